@@ -1,0 +1,100 @@
+"""The package's exception hierarchy (torch-free).
+
+Every error a user can cause (a bad spec, an unknown layer, bad data, a hook that cannot
+work on this model) is a :class:`UnitAblateError`, with a message that says where and what.
+Internal bugs stay ordinary exceptions so they are not mistaken for user errors.
+
+Example::
+
+    >>> from pytest_unitablate.errors import LayerNotFoundError, UnitAblateError
+    >>> issubclass(LayerNotFoundError, UnitAblateError)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class UnitAblateError(Exception):
+    """Base class of every error pytest-unitablate raises on purpose."""
+
+
+# --- model / layer addressing -------------------------------------------------------------
+
+
+class LayerNotFoundError(UnitAblateError, LookupError):
+    """A dotted layer name that ``model.named_modules()`` does not yield.
+
+    ``suggestions`` holds the closest existing names (may be empty).
+    """
+
+    def __init__(self, message: str, *, layer: str, suggestions: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.layer = layer
+        self.suggestions = tuple(suggestions)
+
+
+class UnitOutOfRangeError(UnitAblateError, IndexError):
+    """A unit index outside ``0 .. channels - 1`` of the layer's output."""
+
+    def __init__(self, message: str, *, layer: str, unit: int, channels: int) -> None:
+        super().__init__(message)
+        self.layer = layer
+        self.unit = unit
+        self.channels = channels
+
+
+class HookError(UnitAblateError):
+    """A forward hook cannot give a correct ablation on this model."""
+
+
+class LayerCalledTwiceError(HookError):
+    """The hooked module ran more than once in one forward (a shared module)."""
+
+
+class LayerNeverRanError(HookError):
+    """The hooked module did not run during the forward pass."""
+
+
+class UnsupportedModelError(HookError):
+    """A wrapper (TorchScript, DataParallel, ``torch.compile``) or output type we refuse."""
+
+
+# --- data / evaluation --------------------------------------------------------------------
+
+
+class DataError(UnitAblateError, ValueError):
+    """Evaluation data that cannot be evaluated (shapes, labels, empty data)."""
+
+
+class NonFiniteLogitsError(DataError):
+    """The model produced NaN or infinite logits."""
+
+
+# --- spec files ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One located problem in a spec file; ``line`` is 1-based (0 when unknown)."""
+
+    path: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+class SpecError(UnitAblateError):
+    """A spec file with one or more problems, all reported at once."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class ConfigError(UnitAblateError):
+    """A bad option, or a model/data reference that cannot be resolved."""

@@ -1,0 +1,153 @@
+"""The typed model of a spec file, format version 1 (torch-free).
+
+The loader (:mod:`pytest_unitablate.spec_loader`) turns YAML into these frozen dataclasses;
+everything downstream (collection, ids, reports, record mode) reads only these.
+Every node keeps the 1-based ``line`` of the YAML key that introduced it, so any message
+can say ``path:line:``.
+
+Thresholds are stored as fractions: ``20%`` in YAML is ``0.20`` here.
+
+Example::
+
+    >>> c = Constraint(kind="min_drop", threshold=0.2, line=7)
+    >>> c.describe()
+    'drop >= 20.0 pp'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+FORMAT_VERSION = 1
+
+#: The reserved target name for overall (all-class) accuracy.
+OVERALL = "overall"
+
+ConstraintKind = Literal["min_drop", "max_drop", "min_relative_drop", "max_relative_drop"]
+CONSTRAINT_KINDS: tuple[ConstraintKind, ...] = (
+    "min_drop",
+    "max_drop",
+    "min_relative_drop",
+    "max_relative_drop",
+)
+
+AblationKind = Literal["zero", "mean", "constant"]
+
+#: How a check chooses its units.
+CheckMode = Literal["units", "any_unit", "every_unit", "top_units"]
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """What an ablated channel is replaced by: 0, its mean over the data, or a constant."""
+
+    kind: AblationKind = "zero"
+    value: float | None = None  # only for kind == "constant"
+    line: int = 0
+
+    def label(self) -> str:
+        """Short, id-safe label: ``zero``, ``mean`` or ``const0.5``."""
+        if self.kind == "constant":
+            return f"const{self.value:g}"
+        return self.kind
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One threshold on one target; each constraint becomes one pytest item."""
+
+    kind: ConstraintKind
+    threshold: float  # fraction: 0.2 means 20 pp (or 20 % relative)
+    line: int = 0
+    #: Optional warn band (fraction): pass but warn when within this distance of failing.
+    warn_margin: float | None = None
+    #: Optional: require the bound of this two-sided confidence level, not the point estimate.
+    confidence: float | None = None
+    #: Recorded measurement kept beside the threshold by record mode (fraction), if any.
+    measured: float | None = None
+
+    def describe(self) -> str:
+        """Human text of the requirement, e.g. ``drop >= 20.0 pp``."""
+        pct = self.threshold * 100
+        return {
+            "min_drop": f"drop >= {pct:.1f} pp",
+            "max_drop": f"drop <= {pct:.1f} pp",
+            "min_relative_drop": f"relative drop >= {pct:.1f}%",
+            "max_relative_drop": f"relative drop <= {pct:.1f}%",
+        }[self.kind]
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """The constraints on one target (a class or ``overall``) of a check."""
+
+    target: str | int  # class name, class index, or OVERALL
+    constraints: tuple[Constraint, ...]
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A pytest mark attached to a check (``marks: [xfail]`` or ``{skipif: {reason: ..}}``)."""
+
+    name: str
+    args: tuple[object, ...] = ()
+    kwargs: tuple[tuple[str, object], ...] = ()
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One entry of ``checks:``.
+
+    ``mode`` says how units are chosen:
+
+    - ``units``: the listed ``units`` are ablated together;
+    - ``any_unit``: at least ``at_least`` single units of the layer meet the expectation;
+    - ``every_unit``: every single unit of the layer meets it;
+    - ``top_units``: the ``top_units`` units most damaging to ``top_class`` are ablated together.
+    """
+
+    layer: str
+    mode: CheckMode
+    expectations: tuple[Expectation, ...]
+    line: int = 0
+    layer_line: int = 0
+    units: tuple[int, ...] = ()
+    at_least: int = 1
+    top_units: int | None = None
+    top_class: str | int | None = None
+    ablation: Ablation | None = None  # None: the spec's default
+    marks: tuple[Mark, ...] = ()
+    name: str | None = None  # optional user label, used in the test id if given
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A whole spec file."""
+
+    path: Path
+    version: int
+    model: str  # fixture name, or "package.module:callable"
+    data: str  # fixture name, or "package.module:callable"
+    checks: tuple[Check, ...]
+    model_line: int = 0
+    data_line: int = 0
+    classes: tuple[str, ...] | None = None
+    classes_line: int = 0
+    ablation: Ablation = field(default_factory=Ablation)
+    #: Optional separate split used to rank units for ``top_units`` checks.
+    ranking_data: str | None = None
+    ranking_data_line: int = 0
+    #: Channel dimension of the layers' outputs (1 for N,C,H,W and N,C).
+    channel_dim: int = 1
+    #: Minimum number of evaluation examples a class target needs.
+    min_examples: int = 1
+    #: Record-mode provenance block (torch version, device, dtype, hashes), if present.
+    provenance: tuple[tuple[str, str], ...] = ()
+
+    def ablation_for(self, check: Check) -> Ablation:
+        """The ablation a check uses: its own override or the spec's default."""
+        return check.ablation if check.ablation is not None else self.ablation
