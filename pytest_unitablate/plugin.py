@@ -1,0 +1,1 @@
+"""pytest hooks of pytest-unitablate (torch-free; being written)."""
