@@ -1,0 +1,148 @@
+"""Evaluation data in the forms users have it, as validated ``(inputs, labels)`` batches.
+
+Accepted forms:
+
+* an iterable of ``(inputs, labels)`` batches (a ``DataLoader``, a list, ...);
+* a zero-argument callable returning such an iterable (so a generator can be re-iterated);
+* a map-style ``torch.utils.data.Dataset`` whose items are ``(input, label)``; it is batched
+  in order, without shuffling;
+* a pair of tensors ``(X, y)``, batched in order.
+
+Example::
+
+    >>> import torch
+    >>> X, y = torch.zeros(5, 3), torch.tensor([0, 1, 2, 1, 0])
+    >>> [tuple(b[0].shape) for b in iter_batches((X, y), batch_size=2)]
+    [(2, 3), (2, 3), (1, 3)]
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pytest_unitablate.errors import DataError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def _is_tensor_pair(data: Any) -> bool:
+    return (
+        isinstance(data, tuple)
+        and len(data) == 2
+        and isinstance(data[0], torch.Tensor)
+        and isinstance(data[1], torch.Tensor)
+    )
+
+
+def _raw_batches(data: Any, batch_size: int) -> Iterable[Any]:
+    if _is_tensor_pair(data):
+        inputs, labels = data
+        if inputs.shape[0] != labels.shape[0]:
+            raise DataError(
+                f"data is a pair (inputs, labels) of different lengths: "
+                f"{inputs.shape[0]} inputs, {labels.shape[0]} labels"
+            )
+        return (
+            (inputs[i : i + batch_size], labels[i : i + batch_size])
+            for i in range(0, inputs.shape[0], batch_size)
+        )
+    if isinstance(data, Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
+    if callable(data) and not isinstance(data, Iterable):
+        produced = data()
+        if not isinstance(produced, Iterable):
+            raise DataError(
+                f"data callable {getattr(data, '__name__', data)!r} returned "
+                f"{type(produced).__name__}, not an iterable of (inputs, labels) batches"
+            )
+        return produced
+    if isinstance(data, Iterable):
+        return data
+    raise DataError(
+        f"data must be an iterable of (inputs, labels) batches, a torch Dataset, a pair of "
+        f"tensors, or a callable returning one; got {type(data).__name__}"
+    )
+
+
+def _check_batch(index: int, batch: Any) -> Batch:
+    where = f"batch {index}"
+    if isinstance(batch, dict):
+        raise DataError(f"{where} is a dict; expected a pair (inputs, labels)")
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        kind = type(batch).__name__
+        size = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
+        raise DataError(f"{where} is a {kind}{size}; expected a pair (inputs, labels)")
+    inputs, labels = batch
+    if not isinstance(inputs, torch.Tensor):
+        raise DataError(f"{where}: inputs are a {type(inputs).__name__}, not a tensor")
+    if not isinstance(labels, torch.Tensor):
+        if isinstance(labels, (list, tuple)) and all(isinstance(v, int) for v in labels):
+            labels = torch.tensor(labels, dtype=torch.int64)
+        else:
+            raise DataError(f"{where}: labels are a {type(labels).__name__}, not a tensor")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise DataError(
+            f"{where}: labels have dtype {labels.dtype}; expected integer class indices"
+        )
+    if labels.dim() != 1:
+        raise DataError(
+            f"{where}: labels have shape {tuple(labels.shape)}; expected (N,) class indices"
+        )
+    if inputs.dim() == 0 or inputs.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"{where}: {tuple(inputs.shape)[:1] or 'scalar'} inputs but "
+            f"{labels.shape[0]} labels; the first dimension must match"
+        )
+    if labels.numel() and int(labels.min()) < 0:
+        raise DataError(f"{where}: negative label {int(labels.min())}")
+    return inputs, labels
+
+
+def iter_batches(
+    data: Any, *, batch_size: int = 256, device: torch.device | str | None = None
+) -> Iterator[Batch]:
+    """Yield validated ``(inputs, labels)`` batches, labels as int64, on ``device``.
+
+    Raises :class:`~pytest_unitablate.errors.DataError` naming the batch and the problem.
+    Empty batches are skipped; no examples at all is an error.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    seen = 0
+    for index, raw in enumerate(_raw_batches(data, batch_size)):
+        inputs, labels = _check_batch(index, raw)
+        if labels.numel() == 0:
+            continue
+        seen += labels.numel()
+        if device is not None:
+            inputs = inputs.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+        yield inputs, labels.to(torch.int64)
+    if seen == 0:
+        raise DataError("the data has no examples")
+
+
+def data_fingerprint(data: Any, *, batch_size: int = 256) -> str:
+    """sha256 over the inputs and labels of ``data`` in order (streamed).
+
+    >>> import torch
+    >>> a = data_fingerprint((torch.zeros(2, 2), torch.tensor([0, 1])))
+    >>> b = data_fingerprint((torch.zeros(2, 2), torch.tensor([1, 1])))
+    >>> a != b
+    True
+    """
+    digest = hashlib.sha256()
+    for inputs, labels in iter_batches(data, batch_size=batch_size):
+        x = inputs.detach().to("cpu").contiguous()
+        digest.update(str((x.dtype, tuple(x.shape[1:]))).encode())
+        digest.update(x.numpy().tobytes() if x.dtype != torch.bfloat16 else x.float().numpy().tobytes())
+        digest.update(labels.to("cpu").numpy().tobytes())
+    return digest.hexdigest()
+
+
+DataSource = Iterable[Batch] | Dataset[Any] | Callable[[], Iterable[Batch]] | Batch

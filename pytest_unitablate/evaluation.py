@@ -1,0 +1,185 @@
+"""Top-1 evaluation with per-class accuracy and per-example correctness.
+
+Definitions (as in the project's design contract):
+
+* **overall accuracy**: top-1 accuracy over all examples;
+* **class accuracy** of class ``k``: the fraction of examples labelled ``k`` whose top-1
+  prediction is ``k`` (recall); NaN for a class with no examples;
+* the per-example correctness is kept so that drops can be tested as *paired* samples.
+
+The model runs in eval mode under ``torch.inference_mode()``; the training flag of every
+submodule and the grad mode are restored afterwards, also when forward raises. The model is
+never moved: inputs go to ``device`` if given, else to the device of the model's first
+parameter (or buffer). Only predictions are kept, so memory is bounded by one batch.
+Ties in the logits go to the lowest class index (``torch.argmax``).
+
+Example::
+
+    >>> import torch
+    >>> model = torch.nn.Linear(2, 2, bias=False)
+    >>> _ = model.weight.data.copy_(torch.eye(2))
+    >>> r = evaluate(model, (torch.tensor([[1., 0.], [0., 1.], [1., 0.]]), torch.tensor([0, 1, 1])))
+    >>> round(r.accuracy, 3), r.class_accuracy.tolist(), r.class_counts.tolist()
+    (0.667, [1.0, 0.5], [1, 2])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from pytest_unitablate.data import iter_batches
+from pytest_unitablate.errors import DataError, NonFiniteLogitsError
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """The outcome of :func:`evaluate`; arrays are per example in data order."""
+
+    labels: npt.NDArray[np.int64]
+    predictions: npt.NDArray[np.int64]
+    num_classes: int
+
+    @property
+    def n(self) -> int:
+        """Number of examples."""
+        return int(self.labels.shape[0])
+
+    @property
+    def correct(self) -> npt.NDArray[np.bool_]:
+        """Per-example top-1 correctness."""
+        return self.predictions == self.labels
+
+    @property
+    def accuracy(self) -> float:
+        """Overall top-1 accuracy in [0, 1]."""
+        return float(self.correct.mean())
+
+    @property
+    def class_counts(self) -> npt.NDArray[np.int64]:
+        """Examples per class, shape ``(num_classes,)``."""
+        return np.bincount(self.labels, minlength=self.num_classes).astype(np.int64)
+
+    @property
+    def class_accuracy(self) -> npt.NDArray[np.float64]:
+        """Per-class recall, shape ``(num_classes,)``; NaN where a class has no examples."""
+        hits = np.bincount(self.labels[self.correct], minlength=self.num_classes)
+        counts = self.class_counts
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
+
+    def class_correct(self, k: int) -> npt.NDArray[np.bool_]:
+        """Per-example correctness restricted to the examples labelled ``k``."""
+        return self.correct[self.labels == k]
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode and disable grads; restore both on exit.
+
+    >>> m = torch.nn.Sequential(torch.nn.Dropout()).train()
+    >>> with eval_mode(m):
+    ...     m[0].training
+    False
+    >>> m[0].training
+    True
+    """
+    flags = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        with torch.inference_mode():
+            yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a stateless model)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _check_logits(index: int, logits: Any, batch: int) -> torch.Tensor:
+    if isinstance(logits, (tuple, list)) and logits and isinstance(logits[0], torch.Tensor):
+        logits = logits[0]
+    if not isinstance(logits, torch.Tensor):
+        raise DataError(
+            f"batch {index}: the model returned {type(logits).__name__}; expected a tensor "
+            f"of logits of shape (N, classes)"
+        )
+    if logits.dim() != 2 or logits.shape[0] != batch:
+        raise DataError(
+            f"batch {index}: the model returned logits of shape {tuple(logits.shape)}; "
+            f"expected ({batch}, classes)"
+        )
+    return logits
+
+
+def evaluate(
+    model: nn.Module,
+    data: Any,
+    *,
+    device: torch.device | str | None = None,
+    num_classes: int | None = None,
+    batch_size: int = 256,
+) -> EvalResult:
+    """Evaluate ``model`` on ``data`` and return an :class:`EvalResult`.
+
+    ``data`` is anything :func:`pytest_unitablate.data.iter_batches` accepts. ``num_classes``
+    defaults to the width of the logits. Raises :class:`~pytest_unitablate.errors.DataError`
+    for bad data or logits and :class:`~pytest_unitablate.errors.NonFiniteLogitsError` for
+    NaN/inf logits, naming the batch.
+
+    Example::
+
+        result = evaluate(model, loader)
+        print(result.accuracy, result.class_accuracy)
+    """
+    target = torch.device(device) if device is not None else model_device(model)
+    preds: list[torch.Tensor] = []
+    labels_seen: list[torch.Tensor] = []
+    width: int | None = num_classes
+    with eval_mode(model):
+        for index, (inputs, labels) in enumerate(
+            iter_batches(data, batch_size=batch_size, device=target)
+        ):
+            logits = _check_logits(index, model(inputs), labels.shape[0])
+            if width is None:
+                width = int(logits.shape[1])
+            elif logits.shape[1] != width:
+                raise DataError(
+                    f"batch {index}: logits have {logits.shape[1]} classes, "
+                    f"expected {width}"
+                )
+            finite = torch.isfinite(logits).all(dim=1)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                raise NonFiniteLogitsError(
+                    f"batch {index}: the model produced NaN or infinite logits for {bad} "
+                    f"of {labels.shape[0]} examples"
+                )
+            top = int(labels.max())
+            if top >= width:
+                raise DataError(
+                    f"batch {index}: label {top} is out of range for {width} classes "
+                    f"(labels must be 0..{width - 1})"
+                )
+            preds.append(logits.argmax(dim=1))
+            labels_seen.append(labels)
+    assert width is not None  # iter_batches raises on empty data
+    return EvalResult(
+        labels=torch.cat(labels_seen).cpu().numpy().astype(np.int64),
+        predictions=torch.cat(preds).cpu().numpy().astype(np.int64),
+        num_classes=width,
+    )

@@ -1,0 +1,253 @@
+"""Addressing layers and units of a model.
+
+* A **layer** is a dotted module name exactly as ``model.named_modules()`` yields it
+  (``conv5``, ``layer4.1.conv2``, ``features.10``).
+* A **unit** is channel ``u`` of that module's output, **0-based** (NetDissect reports count
+  from 1; we do not), along the channel dimension (1 by default: ``N,C,H,W`` or ``N,C``).
+
+Wrappers: ``nn.DataParallel`` / ``DistributedDataParallel`` are unwrapped to ``.module`` and
+names may be given with or without the ``module.`` prefix. TorchScript modules cannot carry
+Python forward hooks and are refused. A ``torch.compile``'d model is unwrapped to
+``_orig_mod``: hooks on the original module run in eager mode there, which is exactly the
+network the compiled model computes.
+
+Example::
+
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU())
+    >>> resolve_layer(model, "0")
+    Conv2d(1, 4, kernel_size=(3, 3), stride=(1, 1))
+    >>> probe_layers(model, torch.zeros(1, 1, 5, 5), ["0"])["0"].channels
+    4
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pytest_unitablate.errors import (
+    LayerCalledTwiceError,
+    LayerNeverRanError,
+    LayerNotFoundError,
+    UnitOutOfRangeError,
+    UnsupportedModelError,
+)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module whose submodules carry hooks: unwraps DataParallel and ``torch.compile``.
+
+    Raises :class:`UnsupportedModelError` for TorchScript modules.
+    """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise UnsupportedModelError(
+            "the model is a TorchScript module; forward hooks cannot run inside TorchScript. "
+            "Pass the eager nn.Module it was scripted from."
+        )
+    seen = 0
+    while seen < 8:
+        seen += 1
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+            continue
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module) and type(model).__name__ == "OptimizedModule":
+            model = inner
+            continue
+        break
+    return model
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """All addressable layer names (the root module, named ``""``, excluded)."""
+    return [name for name, _ in unwrap_model(model).named_modules() if name]
+
+
+def closest(name: str, candidates: Sequence[str], n: int = 3) -> list[str]:
+    """The candidates closest to ``name``: suffix/prefix matches first, then difflib.
+
+    >>> closest("conv5", ["features.conv5", "features.conv4", "fc"])
+    ['features.conv5', 'features.conv4']
+    """
+    found: list[str] = []
+    tail = name.split(".")[-1]
+    for cand in candidates:
+        if cand.endswith("." + name) or name.endswith("." + cand) or cand.split(".")[-1] == tail:
+            found.append(cand)
+    for cand in difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5):
+        if cand not in found:
+            found.append(cand)
+    return found[:n]
+
+
+def _strip_wrapper_prefix(model: nn.Module, name: str) -> str:
+    wrapped = isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or (
+        type(model).__name__ == "OptimizedModule"
+    )
+    for prefix in ("module.", "_orig_mod."):
+        if wrapped and name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name`` in ``model.named_modules()``.
+
+    Raises :class:`LayerNotFoundError` naming the closest existing layers.
+    """
+    inner = unwrap_model(model)
+    key = _strip_wrapper_prefix(model, name)
+    modules = dict(inner.named_modules())
+    if key and key in modules:
+        return modules[key]
+    names = [n for n in modules if n]
+    hints = closest(key, names)
+    hint = f"; did you mean {', '.join(repr(h) for h in hints)}?" if hints else ""
+    raise LayerNotFoundError(
+        f"model {type(inner).__name__} has no layer {name!r}{hint} "
+        f"(layers are dotted names from model.named_modules(); it has {len(names)})",
+        layer=name,
+        suggestions=hints,
+    )
+
+
+def check_units(layer: str, units: Iterable[int], channels: int) -> None:
+    """Raise :class:`UnitOutOfRangeError` if a unit is not in ``0 .. channels - 1``."""
+    for unit in units:
+        if not 0 <= unit < channels:
+            raise UnitOutOfRangeError(
+                f"unit {unit} is out of range for layer {layer!r}, which has {channels} "
+                f"channels (units are 0-based: 0..{channels - 1}; NetDissect counts from 1)",
+                layer=layer,
+                unit=unit,
+                channels=channels,
+            )
+
+
+def first_tensor(output: Any) -> torch.Tensor | None:
+    """The tensor a layer's output ablation acts on: the output, or element 0 of a tuple."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    return None
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What one forward pass showed about a layer."""
+
+    name: str
+    shape: tuple[int, ...]  # output shape of the probe batch
+    channels: int  # size of the channel dimension
+    calls: int  # how many times the module ran in that forward
+
+
+def probe_layers(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    layers: Sequence[str],
+    *,
+    channel_dim: int = 1,
+    strict: bool = True,
+) -> dict[str, LayerInfo]:
+    """Run one forward with temporary hooks and report each layer's output and call count.
+
+    With ``strict`` (default), a layer that never ran raises :class:`LayerNeverRanError` and
+    one that ran more than once raises :class:`LayerCalledTwiceError`. The model's modes are
+    restored and all probe hooks removed, also on an exception.
+    """
+    from pytest_unitablate.evaluation import eval_mode
+
+    modules = {name: resolve_layer(model, name) for name in layers}
+    shapes: dict[str, tuple[int, ...]] = {}
+    calls: dict[str, int] = dict.fromkeys(layers, 0)
+    handles = []
+
+    def make_hook(name: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            calls[name] += 1
+            tensor = first_tensor(output)
+            if tensor is not None and name not in shapes:
+                shapes[name] = tuple(tensor.shape)
+
+        return hook
+
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(make_hook(name)))
+        with eval_mode(model):
+            model(example_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    infos: dict[str, LayerInfo] = {}
+    for name in layers:
+        if strict:
+            require_single_call(model, name, calls[name])
+        shape = shapes.get(name)
+        if shape is None:
+            if strict and calls[name]:
+                raise UnsupportedModelError(
+                    f"layer {name!r} returns no tensor (nor a tuple starting with one); "
+                    f"choose a layer whose output is a tensor"
+                )
+            infos[name] = LayerInfo(name, (), 0, calls[name])
+            continue
+        dim = channel_dim if channel_dim >= 0 else len(shape) + channel_dim
+        channels = shape[dim] if 0 <= dim < len(shape) else 0
+        infos[name] = LayerInfo(name, shape, channels, calls[name])
+    return infos
+
+
+def suggest_single_call_layer(model: nn.Module, name: str) -> list[str]:
+    """Layers near ``name`` (its siblings before it, or its parent) that could run once."""
+    inner = unwrap_model(model)
+    parent, _, leaf = name.rpartition(".")
+    siblings = [
+        f"{parent}.{child}" if parent else child
+        for child, _ in (resolve_layer(inner, parent) if parent else inner).named_children()
+    ]
+    before = [s for s in siblings if s != name]
+    hints = [s for s in before if s.split(".")[-1].startswith(("bn", "conv"))][-2:]
+    if parent:
+        hints.append(parent)
+    return hints or before[-2:]
+
+
+def require_single_call(model: nn.Module, name: str, calls: int) -> None:
+    """Raise if ``name`` ran zero times or more than once in one forward."""
+    if calls == 0:
+        raise LayerNeverRanError(
+            f"layer {name!r} never ran during the forward pass, so ablating it would change "
+            f"nothing; choose a layer that the model's forward actually uses"
+        )
+    if calls > 1:
+        hints = suggest_single_call_layer(model, name)
+        hint = f"; ablate a layer that runs once instead, e.g. {', '.join(map(repr, hints))}"
+        raise LayerCalledTwiceError(
+            f"layer {name!r} ran {calls} times in one forward pass (the module is shared, "
+            f"like torchvision's BasicBlock.relu), so a unit of it is not one activation map"
+            + (hint if hints else "")
+        )
+
+
+def normalise_units(units: Mapping[str, int | Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """``{"conv5": 3}`` -> ``{"conv5": (3,)}``; rejects non-integer units."""
+    out: dict[str, tuple[int, ...]] = {}
+    for layer, value in units.items():
+        seq = (value,) if isinstance(value, int) else tuple(value)
+        for unit in seq:
+            if isinstance(unit, bool) or not isinstance(unit, int):
+                raise TypeError(
+                    f"units of layer {layer!r} must be integers, got {unit!r}"
+                )
+        out[layer] = tuple(dict.fromkeys(seq))
+    return out
