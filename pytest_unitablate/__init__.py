@@ -28,7 +28,15 @@ _LAZY = {
     "ScanResult": "pytest_unitablate.scan",
 }
 
-__all__ = sorted([*_LAZY, "__version__"])
+__all__ = [
+    "EvalResult",
+    "ScanResult",
+    "__version__",
+    "ablate",
+    "channel_means",
+    "evaluate",
+    "scan",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from pytest_unitablate.ablation import ablate, channel_means

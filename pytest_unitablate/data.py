@@ -140,7 +140,9 @@ def data_fingerprint(data: Any, *, batch_size: int = 256) -> str:
     for inputs, labels in iter_batches(data, batch_size=batch_size):
         x = inputs.detach().to("cpu").contiguous()
         digest.update(str((x.dtype, tuple(x.shape[1:]))).encode())
-        digest.update(x.numpy().tobytes() if x.dtype != torch.bfloat16 else x.float().numpy().tobytes())
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        digest.update(x.numpy().tobytes())
         digest.update(labels.to("cpu").numpy().tobytes())
     return digest.hexdigest()
 

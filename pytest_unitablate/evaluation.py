@@ -55,7 +55,8 @@ class EvalResult:
     @property
     def correct(self) -> npt.NDArray[np.bool_]:
         """Per-example top-1 correctness."""
-        return self.predictions == self.labels
+        out: npt.NDArray[np.bool_] = self.predictions == self.labels
+        return out
 
     @property
     def accuracy(self) -> float:
@@ -77,7 +78,8 @@ class EvalResult:
 
     def class_correct(self, k: int) -> npt.NDArray[np.bool_]:
         """Per-example correctness restricted to the examples labelled ``k``."""
-        return self.correct[self.labels == k]
+        out: npt.NDArray[np.bool_] = self.correct[self.labels == k]
+        return out
 
 
 @contextmanager
@@ -103,10 +105,10 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (CPU for a stateless model)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for param in model.parameters():
+        return param.device
+    for buf in model.buffers():
+        return buf.device
     return torch.device("cpu")
 
 

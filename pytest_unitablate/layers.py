@@ -73,7 +73,7 @@ def closest(name: str, candidates: Sequence[str], n: int = 3) -> list[str]:
     """The candidates closest to ``name``: suffix/prefix matches first, then difflib.
 
     >>> closest("conv5", ["features.conv5", "features.conv4", "fc"])
-    ['features.conv5', 'features.conv4']
+    ['features.conv5']
     """
     found: list[str] = []
     tail = name.split(".")[-1]
@@ -105,7 +105,8 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     key = _strip_wrapper_prefix(model, name)
     modules = dict(inner.named_modules())
     if key and key in modules:
-        return modules[key]
+        found: nn.Module = modules[key]
+        return found
     names = [n for n in modules if n]
     hints = closest(key, names)
     hint = f"; did you mean {', '.join(repr(h) for h in hints)}?" if hints else ""
@@ -210,7 +211,7 @@ def probe_layers(
 def suggest_single_call_layer(model: nn.Module, name: str) -> list[str]:
     """Layers near ``name`` (its siblings before it, or its parent) that could run once."""
     inner = unwrap_model(model)
-    parent, _, leaf = name.rpartition(".")
+    parent, _, _leaf = name.rpartition(".")
     siblings = [
         f"{parent}.{child}" if parent else child
         for child, _ in (resolve_layer(inner, parent) if parent else inner).named_children()

@@ -1,0 +1,274 @@
+"""Unit ablation as a context manager around forward hooks.
+
+Ablating units ``U`` of a layer replaces the layer's output ``x`` by
+``x * (1 - a) + r * a``, where ``a`` is 1 on the channels in ``U`` and 0 elsewhere and ``r`` is
+0 (``"zero"``), the channel's mean over evaluation data (``"mean"``) or a constant (a number).
+The hook returns a *new* tensor: the module's own output is never modified, so in-place ops
+after the layer (``ReLU(inplace=True)``, ``out += identity``) cannot corrupt anything we
+keep, and other hooks on the same module see the ablated value only if they run after ours.
+
+Safety, per forward pass: a pre-hook on the root model resets call counters and a hook on
+the root checks them, so a layer that runs twice (a shared module such as torchvision's
+``BasicBlock.relu``) or never runs raises a clear error. Only our own hook handles are
+removed on exit, also when forward raises; parameters, buffers and training flags are never
+touched.
+
+Example::
+
+    >>> import torch
+    >>> model = torch.nn.Sequential(torch.nn.Identity())
+    >>> x = torch.ones(1, 3, 2, 2)
+    >>> with ablate(model, {"0": [1]}):
+    ...     model(x)[0, :, 0, 0].tolist()
+    [1.0, 0.0, 1.0]
+    >>> with ablate(model, {"0": [0, 2]}, ablation=0.5):
+    ...     model(x)[0, :, 0, 0].tolist()
+    [0.5, 1.0, 0.5]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from pytest_unitablate.errors import ConfigError, UnsupportedModelError
+from pytest_unitablate.layers import (
+    check_units,
+    first_tensor,
+    normalise_units,
+    require_single_call,
+    resolve_layer,
+    unwrap_model,
+)
+
+AblationArg = str | float | int
+
+
+def _replacement_kind(ablation: AblationArg) -> str | float:
+    if isinstance(ablation, bool):
+        raise ConfigError(f"ablation must be 'zero', 'mean' or a number, got {ablation!r}")
+    if isinstance(ablation, (int, float)):
+        if not math.isfinite(float(ablation)):
+            raise ConfigError(f"a constant ablation must be finite, got {ablation!r}")
+        return float(ablation)
+    if ablation in ("zero", "mean"):
+        return ablation
+    raise ConfigError(
+        f"ablation must be 'zero', 'mean' or a number (a constant), got {ablation!r}"
+    )
+
+
+def _channel_dim(ndim: int, channel_dim: int, layer: str) -> int:
+    dim = channel_dim if channel_dim >= 0 else ndim + channel_dim
+    if not 0 <= dim < ndim:
+        raise UnsupportedModelError(
+            f"layer {layer!r} outputs a {ndim}-D tensor, which has no channel dimension "
+            f"{channel_dim}"
+        )
+    return dim
+
+
+def channel_means(
+    model: nn.Module,
+    data: Any,
+    layers: Sequence[str],
+    *,
+    channel_dim: int = 1,
+    device: torch.device | str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Mean of every channel of each layer's output over all examples and positions.
+
+    Streams ``data`` once (anything :func:`pytest_unitablate.data.iter_batches` accepts);
+    accumulates in float64. Returns ``{layer: tensor of shape (channels,)}``.
+
+    Example::
+
+        means = channel_means(model, loader, ["layer4"])
+        with ablate(model, {"layer4": [7]}, ablation="mean", means=means):
+            ...
+    """
+    from pytest_unitablate.data import iter_batches
+    from pytest_unitablate.evaluation import eval_mode, model_device
+
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = dict.fromkeys(layers, 0)
+    calls: dict[str, int] = dict.fromkeys(layers, 0)
+    handles: list[RemovableHandle] = []
+
+    def make_hook(name: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            calls[name] += 1
+            tensor = first_tensor(output)
+            if tensor is None:
+                raise UnsupportedModelError(f"layer {name!r} returns no tensor")
+            dim = _channel_dim(tensor.dim(), channel_dim, name)
+            moved = tensor.detach().movedim(dim, -1).reshape(-1, tensor.shape[dim])
+            total = moved.sum(dim=0, dtype=torch.float64)
+            sums[name] = total if name not in sums else sums[name] + total
+            counts[name] += moved.shape[0]
+
+        return hook
+
+    target = torch.device(device) if device is not None else model_device(model)
+    try:
+        for name in layers:
+            handles.append(resolve_layer(model, name).register_forward_hook(make_hook(name)))
+        with eval_mode(model):
+            for inputs, _ in iter_batches(data, device=target):
+                before = dict(calls)
+                model(inputs)
+                for name in layers:
+                    require_single_call(model, name, calls[name] - before[name])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: (sums[name] / counts[name]).to(torch.float32) for name in layers}
+
+
+class _LayerAblation:
+    """The forward hook of one layer: builds and caches the mask and replacement."""
+
+    def __init__(
+        self,
+        name: str,
+        units: tuple[int, ...],
+        kind: str | float,
+        mean: torch.Tensor | None,
+        channel_dim: int,
+    ) -> None:
+        self.name = name
+        self.units = units
+        self.kind = kind
+        self.mean = mean
+        self.channel_dim = channel_dim
+        self.calls = 0
+        self._cache: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _mask_and_replacement(
+        self, tensor: torch.Tensor, dim: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (tensor.dim(), dim, tensor.shape[dim], tensor.device, tensor.dtype)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        channels = tensor.shape[dim]
+        check_units(self.name, self.units, channels)
+        view = [1] * tensor.dim()
+        view[dim] = channels
+        keep = torch.ones(channels, dtype=tensor.dtype, device=tensor.device)
+        keep[list(self.units)] = 0
+        if self.kind == "zero":
+            repl = torch.zeros(channels, dtype=tensor.dtype, device=tensor.device)
+        elif self.kind == "mean":
+            assert self.mean is not None
+            if self.mean.numel() != channels:
+                raise ConfigError(
+                    f"channel means for layer {self.name!r} have {self.mean.numel()} values "
+                    f"but the layer has {channels} channels"
+                )
+            repl = self.mean.to(device=tensor.device, dtype=tensor.dtype).clone()
+        else:
+            repl = torch.full((channels,), float(self.kind), dtype=tensor.dtype,
+                              device=tensor.device)
+        repl = repl * (1 - keep)
+        result = (keep.view(view), repl.view(view))
+        self._cache[key] = result
+        return result
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        self.calls += 1
+        tensor = first_tensor(output)
+        if tensor is None:
+            kind = type(output).__name__
+            raise UnsupportedModelError(
+                f"layer {self.name!r} returns a {kind}; only tensors (or tuples/lists whose "
+                f"first element is a tensor) can be ablated"
+            )
+        if not self.units:
+            return None  # an empty unit set changes nothing, bit for bit
+        dim = _channel_dim(tensor.dim(), self.channel_dim, self.name)
+        keep, repl = self._mask_and_replacement(tensor, dim)
+        ablated = tensor * keep + repl  # out of place: a new tensor
+        if isinstance(output, torch.Tensor):
+            return ablated
+        rest = list(output[1:])
+        return type(output)([ablated, *rest]) if isinstance(output, list) else (ablated, *rest)
+
+
+@contextmanager
+def ablate(
+    model: nn.Module,
+    units: Mapping[str, int | Sequence[int]],
+    *,
+    ablation: AblationArg = "zero",
+    means: Mapping[str, torch.Tensor] | None = None,
+    data: Any = None,
+    channel_dim: int = 1,
+    device: torch.device | str | None = None,
+) -> Iterator[dict[str, _LayerAblation]]:
+    """Ablate ``units`` (``{layer: unit or [units]}``) of ``model`` inside the ``with`` block.
+
+    ``ablation`` is ``"zero"``, ``"mean"`` (channel means from ``means`` or computed once
+    from ``data``) or a number. ``channel_dim`` selects the channel dimension (negative
+    values count from the end, e.g. ``-1`` for a transformer's features). Raises
+    :class:`~pytest_unitablate.errors.LayerNotFoundError` on entry and, at the first
+    forward, :class:`~pytest_unitablate.errors.UnitOutOfRangeError`,
+    :class:`~pytest_unitablate.errors.LayerCalledTwiceError` or
+    :class:`~pytest_unitablate.errors.LayerNeverRanError`.
+
+    Example::
+
+        with ablate(model, {"layer4.1.conv2": [245]}, ablation="mean", data=loader):
+            result = evaluate(model, loader)
+    """
+    kind = _replacement_kind(ablation)
+    plan = normalise_units(units)
+    modules = {name: resolve_layer(model, name) for name in plan}
+    for name, unit_list in plan.items():
+        for unit in unit_list:
+            if unit < 0:
+                check_units(name, [unit], 0)
+    layer_means: dict[str, torch.Tensor] = {}
+    if kind == "mean":
+        missing = [name for name in plan if means is None or name not in means]
+        if missing and data is None:
+            raise ConfigError(
+                f"mean ablation needs channel means for {', '.join(map(repr, missing))}: "
+                f"pass means= or data="
+            )
+        if means is not None:
+            layer_means.update({k: v for k, v in means.items() if k in plan})
+        if missing:
+            layer_means.update(
+                channel_means(model, data, missing, channel_dim=channel_dim, device=device)
+            )
+    hooks = {
+        name: _LayerAblation(name, plan[name], kind, layer_means.get(name), channel_dim)
+        for name in plan
+    }
+    root = unwrap_model(model)
+
+    def reset(module: nn.Module, args: Any) -> None:
+        for hook in hooks.values():
+            hook.calls = 0
+
+    def verify(module: nn.Module, args: Any, output: Any) -> None:
+        for name, hook in hooks.items():
+            require_single_call(model, name, hook.calls)
+
+    handles: list[RemovableHandle] = []
+    try:
+        handles.append(root.register_forward_pre_hook(reset))
+        for name, hook in hooks.items():
+            handles.append(modules[name].register_forward_hook(hook))
+        handles.append(root.register_forward_hook(verify))
+        yield hooks
+    finally:
+        for handle in handles:
+            handle.remove()
