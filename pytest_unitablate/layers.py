@@ -41,9 +41,9 @@ from pytest_unitablate.errors import (
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module whose submodules carry hooks: unwraps DataParallel and ``torch.compile``.
+    """The module whose submodules carry hooks: unwraps (Distributed)DataParallel.
 
-    Raises :class:`UnsupportedModelError` for TorchScript modules.
+    Raises :class:`UnsupportedModelError` for TorchScript and ``torch.compile`` wrappers.
     """
     if isinstance(model, torch.jit.ScriptModule):
         raise UnsupportedModelError(
@@ -56,10 +56,12 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
             continue
-        inner = getattr(model, "_orig_mod", None)
-        if isinstance(inner, nn.Module) and type(model).__name__ == "OptimizedModule":
-            model = inner
-            continue
+        if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
+            raise UnsupportedModelError(
+                "the model is wrapped by torch.compile; hooks inside a compiled graph are "
+                "traced into it (or skipped) rather than run per forward. Ablate and "
+                "evaluate the eager module instead: pass model._orig_mod"
+            )
         break
     return model
 
@@ -87,12 +89,9 @@ def closest(name: str, candidates: Sequence[str], n: int = 3) -> list[str]:
 
 
 def _strip_wrapper_prefix(model: nn.Module, name: str) -> str:
-    wrapped = isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) or (
-        type(model).__name__ == "OptimizedModule"
-    )
-    for prefix in ("module.", "_orig_mod."):
-        if wrapped and name.startswith(prefix):
-            return name[len(prefix) :]
+    wrapped = isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel))
+    if wrapped and name.startswith("module."):
+        return name[len("module.") :]
     return name
 
 

@@ -1,0 +1,131 @@
+"""evaluate(): equals a brute-force numpy computation; clear errors for bad data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from pytest_unitablate import evaluate
+from pytest_unitablate.data import data_fingerprint
+from pytest_unitablate.errors import DataError, NonFiniteLogitsError
+
+
+class Lookup(nn.Module):
+    """Returns fixed logits per example: the input is the example's index."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("table", logits)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.table[idx.long()]
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.data())
+def test_evaluate_equals_brute_force_numpy(data: Any) -> None:
+    n = data.draw(st.integers(1, 40))
+    c = data.draw(st.integers(2, 6))
+    seed = data.draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    logits = rng.integers(-3, 4, size=(n, c)).astype(np.float32)  # ties included
+    labels = rng.integers(0, c, size=n)
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, max(n - 1, 1)), max_size=5))))
+    bounds = [0, *[b for b in cuts if b < n], n]
+    batches = [
+        (torch.arange(a, b), torch.tensor(labels[a:b]))
+        for a, b in zip(bounds, bounds[1:], strict=False) if b > a
+    ]
+    result = evaluate(Lookup(torch.tensor(logits)), batches)
+    preds = logits.argmax(axis=1)  # numpy also takes the first maximum
+    correct = preds == labels
+    assert result.n == n
+    assert np.array_equal(result.correct, correct)
+    assert result.accuracy == pytest.approx(correct.mean())
+    for k in range(c):
+        mask = labels == k
+        assert result.class_counts[k] == mask.sum()
+        if mask.sum():
+            assert result.class_accuracy[k] == pytest.approx(correct[mask].mean())
+        else:
+            assert np.isnan(result.class_accuracy[k])
+
+
+def test_dataset_loader_and_tensor_pair_agree_and_repeat() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 3))
+    x, y = torch.randn(37, 5), torch.randint(0, 3, (37,))
+    a = evaluate(model, (x, y), batch_size=8)
+    b = evaluate(model, TensorDataset(x, y), batch_size=5)
+    c = evaluate(model, DataLoader(TensorDataset(x, y), batch_size=16))
+    d = evaluate(model, lambda: iter([(x[:20], y[:20]), (x[20:], y[20:])]))
+    for r in (b, c, d, evaluate(model, (x, y))):
+        assert np.array_equal(r.predictions, a.predictions)
+        assert np.array_equal(r.labels, a.labels)
+
+
+def test_modes_and_grad_restored_after_exception() -> None:
+    class Fails(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.drop = nn.Dropout()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert not torch.is_grad_enabled()
+            raise RuntimeError("boom")
+
+    m = Fails().train()
+    with pytest.raises(RuntimeError, match="boom"):
+        evaluate(m, (torch.zeros(2, 1), torch.zeros(2, dtype=torch.long)))
+    assert m.training and m.drop.training
+    assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([(torch.zeros(2, 3),)], r"batch 0 is a tuple of length 1"),
+        ([(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long))], r"batch 0: \(2,\) inputs but 3"),
+        ([(torch.zeros(2, 3), torch.zeros(2))], r"batch 0: labels have dtype torch.float32"),
+        ([(torch.zeros(2, 3), torch.zeros(2, 1, dtype=torch.long))], r"shape \(2, 1\)"),
+        ([(torch.zeros(2, 3), torch.tensor([0, 7]))], r"label 7 is out of range for 4 classes"),
+        ([(torch.zeros(2, 3), torch.tensor([0, -1]))], r"negative label -1"),
+        ([], r"no examples"),
+        ([("x", torch.tensor([0]))], r"inputs are a str"),
+        (42, r"got int"),
+    ],
+)
+def test_bad_data_raises_a_located_data_error(data: Any, message: str) -> None:
+    model = nn.Linear(3, 4)
+    with pytest.raises(DataError, match=message):
+        evaluate(model, data)
+
+
+def test_nan_logits_and_wrong_logit_shapes() -> None:
+    class Nan(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(x.shape[0], 3)
+            if x.shape[0] == 2:
+                out[1, 0] = float("nan")
+            return out
+
+    with pytest.raises(NonFiniteLogitsError, match=r"batch 1: .*NaN or infinite logits for 1 of 2"):
+        evaluate(Nan(), [(torch.zeros(1, 1), torch.tensor([0])), (torch.zeros(2, 1),
+                                                               torch.tensor([0, 1]))])
+    with pytest.raises(DataError, match=r"logits of shape \(2, 3, 1\)"):
+        evaluate(nn.Unflatten(1, (3, 1)), (torch.zeros(2, 3), torch.tensor([0, 1])))
+
+
+def test_fingerprint_is_stable_and_sensitive() -> None:
+    x, y = torch.randn(10, 3), torch.randint(0, 3, (10,))
+    assert data_fingerprint((x, y)) == data_fingerprint(TensorDataset(x, y))
+    y2 = y.clone()
+    y2[4] = (y2[4] + 1) % 3
+    assert data_fingerprint((x, y)) != data_fingerprint((x, y2))
