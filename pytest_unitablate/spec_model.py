@@ -59,7 +59,8 @@ class Constraint:
     """One threshold on one target; each constraint becomes one pytest item."""
 
     kind: ConstraintKind
-    threshold: float  # fraction: 0.2 means 20 pp (or 20 % relative)
+    #: fraction: 0.2 means 20 pp (or 20 % relative); None: not recorded yet (``null``)
+    threshold: float | None
     line: int = 0
     #: Optional warn band (fraction): pass but warn when within this distance of failing.
     warn_margin: float | None = None
@@ -70,6 +71,8 @@ class Constraint:
 
     def describe(self) -> str:
         """Human text of the requirement, e.g. ``drop >= 20.0 pp``."""
+        if self.threshold is None:
+            return f"{self.kind} (not recorded yet)"
         pct = self.threshold * 100
         return {
             "min_drop": f"drop >= {pct:.1f} pp",
@@ -122,6 +125,12 @@ class Check:
     ablation: Ablation | None = None  # None: the spec's default
     marks: tuple[Mark, ...] = ()
     name: str | None = None  # optional user label, used in the test id if given
+    index: int = 0  # position in ``checks:`` (0-based), used by record mode
+
+    @property
+    def mode_key(self) -> str | None:
+        """The YAML key holding ``expect`` for layer-wide modes; None for named units."""
+        return None if self.mode == "units" else self.mode
 
 
 @dataclass(frozen=True)
