@@ -1,0 +1,72 @@
+"""Record mode on the controller: turn item records into spec updates (torch-free).
+
+Items measure; the controller decides which thresholds to write (by mode and outcome) and
+hands them to :func:`pytest_unitablate.record.apply_updates`, one atomic write per spec.
+
+Example::
+
+    >>> rec = {"spec": "s.yaml", "outcome": "failed", "threshold": 0.3, "record_value": 0.12,
+    ...        "drop": 0.2, "constraint": "min_drop", "check_index": 0, "mode_key": None,
+    ...        "target_key": "seven"}
+    >>> wanted(rec, "failed"), wanted(rec, "new")
+    (True, False)
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pytest_unitablate.record import RecordError, ThresholdUpdate, apply_updates
+
+
+def wanted(record: Mapping[str, Any], mode: str) -> bool:
+    """Whether record mode ``mode`` rewrites this item's threshold."""
+    if record.get("record_value") is None:
+        return False  # not measured (skipped, deselected, errored)
+    if mode == "all":
+        return True
+    if mode == "new":
+        return record.get("threshold") is None
+    if mode == "failed":
+        return record.get("outcome") == "failed" or record.get("threshold") is None
+    return False
+
+
+def _update(record: Mapping[str, Any]) -> ThresholdUpdate:
+    kind = record["constraint"]
+    value = float(record["record_value"])
+    measured = float(record.get("relative_drop") if "relative" in kind else record["drop"])
+    return ThresholdUpdate(
+        check_index=int(record["check_index"]), mode_key=record.get("mode_key"),
+        target_key=record["target_key"], kind=kind, value=value, measured=measured,
+        margin=abs(measured - value),
+    )
+
+
+def apply_recorded(records: Sequence[Mapping[str, Any]], mode: str, level: float,
+                   environment: Mapping[str, Any]) -> list[str]:
+    """Write the thresholds ``mode`` selects; return summary lines for the terminal."""
+    by_spec: dict[str, list[ThresholdUpdate]] = defaultdict(list)
+    provenance: dict[str, dict[str, str]] = {}
+    for record in records:
+        if wanted(record, mode):
+            by_spec[str(record["spec"])].append(_update(record))
+            prov = {k: str(record[k]) for k in ("data_sha256", "weights_sha256")
+                    if record.get(k)}
+            prov.update({k: str(environment[k]) for k in ("torch_version", "device", "dtype")
+                         if environment.get(k)})
+            provenance[str(record["spec"])] = prov
+    lines = []
+    for spec in sorted(by_spec):
+        try:
+            changed = apply_updates(spec, by_spec[spec], provenance=provenance[spec])
+        except (RecordError, OSError) as exc:
+            lines.append(f"{spec}: NOT recorded: {exc}")
+            continue
+        lines.append(f"{spec}: {changed} threshold(s) recorded/updated "
+                     f"({len(by_spec[spec])} measured, {level * 100:g}% bounds)")
+    if not by_spec:
+        lines.append(f"record mode {mode}: nothing to record")
+    return lines

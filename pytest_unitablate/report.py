@@ -1,0 +1,120 @@
+"""Result records, the JSON report and the terminal table (torch-free).
+
+Every item ships its numbers as ``user_properties`` named ``unitablate.<field>`` (so they
+cross xdist and land in JUnit XML too); the controller turns each test report back into a
+:class:`dict` record with :func:`record_from_report`.
+
+Example::
+
+    >>> rec = {"id": "conv5[3]-seven-min_drop", "layer": "conv5", "units": [3],
+    ...        "target": "seven", "baseline": 0.9, "ablated": 0.5, "drop": 0.4,
+    ...        "constraint": "min_drop", "threshold": 0.2, "outcome": "passed"}
+    >>> print(format_table([rec]).splitlines()[2])
+    conv5  3      seven   90.0%     50.0%    40.0 pp  drop >= 20.0 pp  passed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+PROP_PREFIX = "unitablate."
+
+#: The JSON report's per-item fields, in order.
+FIELDS = (
+    "id", "spec", "line", "layer", "units", "ablation", "target", "class_index", "n",
+    "baseline", "ablated", "drop", "ci_low", "ci_high", "constraint", "threshold",
+    "outcome", "p_value", "deciding_units",
+)
+_JSON_FIELDS = ("units", "deciding_units")
+
+
+def outcome_of(report: Any) -> str:
+    """passed / failed / skipped / xfailed / xpassed / error for a test report."""
+    wasxfail = hasattr(report, "wasxfail")
+    if report.when != "call" and report.failed:
+        return "error"
+    if report.skipped:
+        return "xfailed" if wasxfail else "skipped"
+    if report.passed:
+        return "xpassed" if wasxfail else "passed"
+    return "failed"
+
+
+def record_from_report(report: Any) -> dict[str, Any] | None:
+    """The item's record from its ``unitablate.*`` user properties (None if not ours)."""
+    props = {k[len(PROP_PREFIX):]: v for k, v in report.user_properties
+             if isinstance(k, str) and k.startswith(PROP_PREFIX)}
+    if "id" not in props:
+        return None
+    for name in _JSON_FIELDS:
+        if isinstance(props.get(name), str):
+            props[name] = json.loads(props[name])
+    props["outcome"] = outcome_of(report)
+    return props
+
+
+def _describe(constraint: str | None, threshold: float | None) -> str:
+    if constraint is None:
+        return ""
+    if threshold is None:
+        return f"{constraint}: not recorded"
+    op = ">=" if constraint.startswith("min") else "<="
+    what = "relative drop" if "relative" in constraint else "drop"
+    unit = "%" if "relative" in constraint else " pp"
+    return f"{what} {op} {threshold * 100:.1f}{unit}"
+
+
+def _pct(x: Any, suffix: str = "%") -> str:
+    return "" if x is None else f"{float(x) * 100:.1f}{suffix}"
+
+
+def format_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """The terminal summary table: layer, units, target, baseline, ablated, drop, required."""
+    header = ("layer", "units", "target", "baseline", "ablated", "drop", "required", "outcome")
+    rows = []
+    for r in records:
+        units = r.get("units")
+        deciding = r.get("deciding_units")
+        if units:
+            unit_text = "+".join(map(str, units))
+        elif deciding:
+            unit_text = f"{r.get('mode', '')}:{'+'.join(map(str, deciding))}".lstrip(":")
+        else:
+            unit_text = str(r.get("mode") or "")
+        rows.append((
+            str(r.get("layer", "")), unit_text, str(r.get("target", "")),
+            _pct(r.get("baseline")), _pct(r.get("ablated")), _pct(r.get("drop"), " pp"),
+            _describe(r.get("constraint"), r.get("threshold")), str(r.get("outcome", "")),
+        ))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+              for row in rows]
+    return "\n".join(lines)
+
+
+def sort_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Records in a run-independent order: (spec, line, id)."""
+    return sorted((dict(r) for r in records),
+                  key=lambda r: (str(r.get("spec")), int(r.get("line") or 0), str(r.get("id"))))
+
+
+def build_report(records: Iterable[Mapping[str, Any]], environment: Mapping[str, Any]
+                 ) -> dict[str, Any]:
+    """The JSON report document: environment fields plus one record per item."""
+    items = [{name: r.get(name) for name in FIELDS} for r in sort_records(records)]
+    return {**environment, "items": items}
+
+
+def write_json(path: str | os.PathLike[str], document: Mapping[str, Any]) -> None:
+    """Write ``document`` to ``path`` atomically (tmp file in the same folder, then replace)."""
+    from pytest_unitablate.record import atomic_write
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(target, json.dumps(document, indent=2, sort_keys=False) + "\n")

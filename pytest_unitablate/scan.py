@@ -1,0 +1,269 @@
+"""Scan a layer: every unit ablated alone, per-example predictions for each.
+
+Engines, chosen automatically (``method="auto"``) and reported in ``ScanResult.method``:
+
+* ``closed_form``: when everything after the layer is global average pooling, flatten,
+  (eval) dropout and one ``nn.Linear`` — the network's suffix is affine in the layer's
+  output — a single-unit ablation changes the logits by exactly
+  ``-W[:, u] * (pooled_u - r_u)``. One forward per batch serves every unit. The engine is
+  verified against real ablated forwards on the first batch and refused if they disagree.
+* ``naive``: one forward of the whole network per unit and batch, with the ablation hook.
+
+Example::
+
+    result = scan(model, loader, "layer4")
+    result.frame          # tidy DataFrame: unit, target, n, baseline, ablated, drop
+    result.predictions    # (n_units, n_examples) predicted classes
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from pytest_unitablate.ablation import ablate, channel_means
+from pytest_unitablate.data import iter_batches
+from pytest_unitablate.errors import ConfigError
+from pytest_unitablate.evaluation import EvalResult, eval_mode, evaluate, model_device
+from pytest_unitablate.layers import probe_layers, require_single_call, resolve_layer
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Per-unit results of :func:`scan`; arrays are indexed ``[unit position, example]``."""
+
+    layer: str
+    units: tuple[int, ...]
+    predictions: npt.NDArray[np.int64]
+    labels: npt.NDArray[np.int64]
+    baseline: EvalResult
+    method: str
+    reason: str = ""
+
+    @property
+    def correct(self) -> npt.NDArray[np.bool_]:
+        out: npt.NDArray[np.bool_] = self.predictions == self.labels[None, :]
+        return out
+
+    def unit_correct(self, unit: int) -> npt.NDArray[np.bool_]:
+        """Per-example correctness with ``unit`` ablated."""
+        return self.correct[self.units.index(unit)]
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """One row per (unit, target): unit, target (class index or "overall"), n,
+        baseline, ablated, drop (fractions)."""
+        import pandas as pd
+
+        base = self.baseline
+        classes = base.num_classes
+        counts = base.class_counts
+        rows: list[dict[str, Any]] = []
+        correct = self.correct
+        for i, unit in enumerate(self.units):
+            acc = float(correct[i].mean())
+            rows.append({"unit": unit, "target": "overall", "n": base.n,
+                         "baseline": base.accuracy, "ablated": acc,
+                         "drop": base.accuracy - acc})
+            hits = np.bincount(self.labels[correct[i]], minlength=classes)
+            for k in range(classes):
+                if counts[k] == 0:
+                    continue
+                ab = float(hits[k] / counts[k])
+                b = float(base.class_accuracy[k])
+                rows.append({"unit": unit, "target": k, "n": int(counts[k]), "baseline": b,
+                             "ablated": ab, "drop": b - ab})
+        return pd.DataFrame(rows, columns=["unit", "target", "n", "baseline", "ablated",
+                                           "drop"])
+
+
+def _affine_head(model: nn.Module, layer: str) -> nn.Linear | None:
+    """The final Linear if everything after ``layer`` is GAP -> flatten -> dropout -> Linear.
+
+    Detected with torch.fx; ``None`` when the model cannot be traced or the suffix is not
+    of that form.
+    """
+    try:
+        import torch.fx as fx
+
+        graph = fx.symbolic_trace(model).graph
+    except Exception:
+        return None
+    modules = dict(model.named_modules())
+    nodes = list(graph.nodes)
+    start = next((i for i, n in enumerate(nodes)
+                  if n.op == "call_module" and n.target == layer), None)
+    if start is None:
+        return None
+    current = nodes[start]
+    linear: nn.Linear | None = None
+    pooled = False
+    for node in nodes[start + 1:]:
+        if node.op == "output":
+            args = node.args[0]
+            return linear if (args is current and linear is not None and pooled) else None
+        if current not in node.all_input_nodes:
+            if any(current is a for a in node.all_input_nodes):
+                return None
+            continue
+        if len(node.users) == 0:
+            return None
+        mod = modules.get(str(node.target)) if node.op == "call_module" else None
+        if isinstance(mod, nn.AdaptiveAvgPool2d) and mod.output_size in (1, (1, 1)):
+            pooled = True
+        elif isinstance(mod, (nn.Flatten, nn.Dropout, nn.Identity)) or (
+            node.op == "call_function" and node.target is torch.flatten
+        ) or (node.op == "call_method" and node.target in ("flatten", "view", "reshape")):
+            pass
+        elif node.op == "call_function" and node.target is torch.mean and pooled is False:
+            pooled = True
+        elif isinstance(mod, nn.Linear) and linear is None and pooled:
+            linear = mod
+        else:
+            return None
+        # the layer's value must flow through a single chain
+        if sum(1 for n in nodes if current in n.all_input_nodes) != 1:
+            return None
+        current = node
+    return None
+
+
+def _closed_form_batch(logits: torch.Tensor, pooled: torch.Tensor, weight: torch.Tensor,
+                       repl: torch.Tensor, units: Sequence[int]) -> torch.Tensor:
+    """Predictions (n_units, batch) from the exact single-unit logit shifts."""
+    idx = torch.as_tensor(list(units), device=pooled.device)
+    # delta[u, n, :] = -W[:, u] * (pooled[n, u] - r_u)
+    diff = pooled[:, idx] - repl[idx][None, :]  # (batch, U)
+    shifted = logits[None, :, :] - diff.T[:, :, None] * weight[:, idx].T[:, None, :]
+    return shifted.argmax(dim=2)
+
+
+def scan(
+    model: nn.Module,
+    data: Any,
+    layer: str,
+    units: Sequence[int] | None = None,
+    ablation: str | float = "zero",
+    *,
+    means: dict[str, torch.Tensor] | None = None,
+    channel_dim: int = 1,
+    device: torch.device | str | None = None,
+    method: str = "auto",
+    batch_size: int = 256,
+) -> ScanResult:
+    """Ablate each unit of ``layer`` alone and record every example's prediction.
+
+    ``units`` defaults to all channels. ``ablation`` is ``"zero"``, ``"mean"`` or a number.
+    ``method`` is ``"auto"``, ``"closed_form"`` or ``"naive"``.
+    """
+    if method not in ("auto", "closed_form", "naive"):
+        raise ConfigError(f"scan method must be auto, closed_form or naive, got {method!r}")
+    target = torch.device(device) if device is not None else model_device(model)
+    first = next(iter(iter_batches(data, batch_size=batch_size, device=target)))[0]
+    info = probe_layers(model, first[:2], [layer], channel_dim=channel_dim)[layer]
+    chosen = tuple(range(info.channels)) if units is None else tuple(units)
+    if ablation == "mean" and (means is None or layer not in means):
+        means = channel_means(model, data, [layer], channel_dim=channel_dim, device=target)
+    baseline = evaluate(model, data, device=target, batch_size=batch_size)
+
+    head = None
+    reason = ""
+    if method in ("auto", "closed_form"):
+        if channel_dim != 1 or len(info.shape) != 4:
+            reason = "closed form needs a 4-D N,C,H,W layer with channel_dim 1"
+        else:
+            head = _affine_head(model, layer)
+            if head is None:
+                reason = "the network after the layer is not GAP -> flatten -> Linear"
+        if head is None and method == "closed_form":
+            raise ConfigError(f"scan(method='closed_form') refused for {layer!r}: {reason}")
+    if head is not None:
+        preds = _scan_closed_form(model, data, layer, chosen, ablation, means, head, target,
+                                  batch_size)
+        if preds is not None:
+            return ScanResult(layer, chosen, preds, baseline.labels, baseline, "closed_form")
+        reason = "closed form did not match a real ablated forward on the first batch"
+        if method == "closed_form":
+            raise ConfigError(f"scan(method='closed_form') refused for {layer!r}: {reason}")
+    rows = []
+    for unit in chosen:
+        with ablate(model, {layer: [unit]}, ablation=ablation, means=means,
+                    channel_dim=channel_dim):
+            rows.append(evaluate(model, data, device=target, batch_size=batch_size).predictions)
+    preds_naive = np.stack(rows) if rows else np.zeros((0, baseline.n), dtype=np.int64)
+    return ScanResult(layer, chosen, preds_naive, baseline.labels, baseline, "naive", reason)
+
+
+def _replacement(ablation: str | float, means: dict[str, torch.Tensor] | None, layer: str,
+                 channels: int, like: torch.Tensor) -> torch.Tensor:
+    if ablation == "zero":
+        return torch.zeros(channels, dtype=like.dtype, device=like.device)
+    if ablation == "mean":
+        assert means is not None
+        return means[layer].to(dtype=like.dtype, device=like.device)
+    return torch.full((channels,), float(ablation), dtype=like.dtype, device=like.device)
+
+
+def _scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int, ...],
+                      ablation: str | float, means: dict[str, torch.Tensor] | None,
+                      head: nn.Linear, device: torch.device, batch_size: int
+                      ) -> npt.NDArray[np.int64] | None:
+    module = resolve_layer(model, layer)
+    captured: list[torch.Tensor] = []
+    calls = [0]
+
+    def hook(m: nn.Module, a: Any, out: torch.Tensor) -> None:
+        calls[0] += 1
+        captured.append(out.mean(dim=(2, 3)))
+
+    weight = head.weight.detach()
+    out: list[torch.Tensor] = []
+    verified = False
+    handle = module.register_forward_hook(hook)
+    try:
+        with eval_mode(model):
+            for inputs, _ in iter_batches(data, batch_size=batch_size, device=device):
+                captured.clear()
+                calls[0] = 0
+                logits = model(inputs)
+                require_single_call(model, layer, calls[0])
+                pooled = captured[0].to(logits.dtype)
+                repl = _replacement(ablation, means, layer, pooled.shape[1], pooled)
+                preds = _closed_form_batch(logits, pooled, weight, repl, units)
+                if not verified:
+                    handle.remove()
+                    if not _verify(model, layer, inputs, logits, pooled, weight, repl, units,
+                                   ablation, means):
+                        return None
+                    verified = True
+                    handle = module.register_forward_hook(hook)
+                out.append(preds.cpu())
+    finally:
+        handle.remove()
+    return torch.cat(out, dim=1).numpy().astype(np.int64)
+
+
+def _verify(model: nn.Module, layer: str, inputs: torch.Tensor, logits: torch.Tensor,
+            pooled: torch.Tensor, weight: torch.Tensor, repl: torch.Tensor,
+            units: tuple[int, ...], ablation: str | float,
+            means: dict[str, torch.Tensor] | None) -> bool:
+    """Compare the closed-form logits with real ablated forwards for a few units."""
+    sample = sorted(set(units[:2] + units[-1:]))
+    for unit in sample:
+        diff = pooled[:, unit] - repl[unit]
+        predicted = logits - diff[:, None] * weight[:, unit][None, :]
+        with ablate(model, {layer: [unit]}, ablation=ablation, means=means):
+            real = model(inputs)
+        scale = real.abs().max().clamp_min(1.0)
+        if not torch.allclose(predicted, real, rtol=1e-4, atol=1e-4 * float(scale)):
+            return False
+    return True

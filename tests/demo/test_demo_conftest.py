@@ -1,0 +1,86 @@
+"""Root conftest fixtures, --demo-checkpoint, and the import-path callables."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from unitablate_demo import fixtures
+from unitablate_demo.models import CHECKPOINT_DIR, read_manifest, sha256_file
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_fixtures_give_models_and_batches(
+    digits_resnet: nn.Module, digits_alexnet: nn.Module, digits_test: Any,
+    digits_ranking: Any,
+) -> None:
+    batches = list(digits_test)
+    assert sum(len(y) for _, y in batches) == 597
+    assert sum(len(y) for _, y in digits_ranking) == 200
+    x, _ = batches[0]
+    for model in (digits_resnet, digits_alexnet):
+        assert not model.training
+        with torch.inference_mode():
+            assert model(x).shape == (len(x), 10)
+
+
+def test_import_path_callables() -> None:
+    assert isinstance(fixtures.resnet(), nn.Module)
+    assert isinstance(fixtures.alexnet_retrained(), nn.Module)
+    assert sum(len(y) for _, y in fixtures.ranking_data()) == 200
+
+
+def test_conftest_import_does_not_import_torch() -> None:
+    code = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); import conftest; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [([], "resnet"), (["--demo-checkpoint", "resnet-finetuned"], "resnet-finetuned"),
+     (["--demo-checkpoint", "alexnet-retrained"], "resnet")],
+)
+def test_demo_checkpoint_option_swaps_the_model(
+    pytester: pytest.Pytester, args: list[str], expected: str
+) -> None:
+    pytester.makeconftest((ROOT / "conftest.py").read_text())
+    sha = read_manifest()[expected]["sha256"]
+    pytester.makepyfile(
+        f"""
+        import hashlib, io, torch
+        from unitablate_demo.models import CHECKPOINT_DIR, read_manifest
+
+        def test_it(digits_resnet):
+            for name, entry in read_manifest().items():
+                state = torch.load(CHECKPOINT_DIR / entry["file"], weights_only=True)
+                if all(torch.equal(v, digits_resnet.state_dict()[k]) for k, v in state.items()):
+                    assert entry["sha256"] == {sha!r}, name
+                    return
+            raise AssertionError("no checkpoint matches")
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    result.assert_outcomes(passed=1)
+
+
+def test_unknown_demo_checkpoint_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest((ROOT / "conftest.py").read_text())
+    pytester.makepyfile("def test_it(digits_resnet):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--demo-checkpoint", "nope")
+    assert result.ret != 0
+    assert "--demo-checkpoint nope: unknown checkpoint" in result.stdout.str() + result.stderr.str()
+
+
+def test_checkpoint_files_match_manifest() -> None:
+    for entry in read_manifest().values():
+        assert sha256_file(CHECKPOINT_DIR / entry["file"]) == entry["sha256"]

@@ -1,0 +1,176 @@
+"""Single-unit ablation measurements with plain forward hooks (independent of the core).
+
+For one model and one layer, every unit is ablated alone (its channel of the layer's output
+replaced by zero, out of place) and the model is evaluated on the whole test split in one
+batch; the result holds the overall and per-class accuracy drops in percentage points.
+These numbers are the source of the thresholds in ``specs/*.yaml`` and of the findings
+table (``python -m unitablate_demo.findings``).
+
+Command line::
+
+    python -m unitablate_demo.measure --checkpoint resnet --layer layer3.1 [--json out.json]
+
+prints, per class, the units whose ablation hurts that class most.
+
+Example::
+
+    >>> from unitablate_demo.models import load_model        # doctest: +SKIP
+    >>> d = unit_drops(load_model("resnet"), "layer3.1", *load_split("test"))  # doctest: +SKIP
+    >>> d.class_drop.shape                                     # doctest: +SKIP
+    (64, 10)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from unitablate_demo import CLASS_NAMES
+from unitablate_demo.data import SplitName, load_split
+from unitablate_demo.models import load_model
+
+NUM_CLASSES = len(CLASS_NAMES)
+
+
+@contextmanager
+def zero_units(model: nn.Module, layer: str, units: Sequence[int]) -> Iterator[None]:
+    """Replace channels ``units`` of ``layer``'s output by zero (out of place) inside the block."""
+    module = dict(model.named_modules())[layer]
+
+    def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> torch.Tensor:
+        keep = torch.ones(out.shape[1], dtype=out.dtype, device=out.device)
+        keep[list(units)] = 0.0
+        return out * keep.view(1, -1, *([1] * (out.dim() - 2)))
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def accuracies(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[float, npt.NDArray[np.float64]]:
+    """Overall and per-class (recall) top-1 accuracy, as fractions."""
+    model.eval()
+    with torch.inference_mode():
+        pred = model(x).argmax(1)
+    correct = (pred == y).numpy()
+    labels = y.numpy()
+    per_class = np.array([correct[labels == k].mean() for k in range(NUM_CLASSES)])
+    return float(correct.mean()), per_class
+
+
+def num_units(model: nn.Module, layer: str, x: torch.Tensor) -> int:
+    """Channels of ``layer``'s output, found by one forward on two examples."""
+    seen: list[int] = []
+    module = dict(model.named_modules())[layer]
+    handle = module.register_forward_hook(lambda _m, _i, out: seen.append(out.shape[1]))
+    try:
+        with torch.inference_mode():
+            model.eval()(x[:2])
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@dataclass(frozen=True)
+class LayerDrops:
+    """Drops (pp) from ablating each unit of one layer alone."""
+
+    layer: str
+    base_overall: float  # pp
+    base_class: npt.NDArray[np.float64]  # (K,) pp
+    overall_drop: npt.NDArray[np.float64]  # (C,) pp
+    class_drop: npt.NDArray[np.float64]  # (C, K) pp
+
+    def top_units(self, k: int, n: int = 3) -> list[tuple[int, float]]:
+        """The ``n`` units whose ablation drops class ``k`` most, with the drop."""
+        order = np.argsort(-self.class_drop[:, k], kind="stable")[:n]
+        return [(int(u), float(self.class_drop[u, k])) for u in order]
+
+
+def unit_drops(
+    model: nn.Module,
+    layer: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    units: Sequence[int] | None = None,
+) -> LayerDrops:
+    """Ablate each unit of ``layer`` alone (zero) and measure overall and per-class drops."""
+    base_o, base_c = accuracies(model, x, y)
+    if units is None:
+        units = range(num_units(model, layer, x))
+    overall, per_class = [], []
+    for u in units:
+        with zero_units(model, layer, [u]):
+            o, c = accuracies(model, x, y)
+        overall.append(base_o - o)
+        per_class.append(base_c - c)
+    return LayerDrops(
+        layer=layer,
+        base_overall=100 * base_o,
+        base_class=100 * base_c,
+        overall_drop=100 * np.asarray(overall),
+        class_drop=100 * np.asarray(per_class),
+    )
+
+
+def group_drop(
+    model: nn.Module, layer: str, units: Sequence[int], x: torch.Tensor, y: torch.Tensor
+) -> tuple[float, npt.NDArray[np.float64]]:
+    """Overall and per-class drops (pp) from ablating ``units`` of ``layer`` together."""
+    base_o, base_c = accuracies(model, x, y)
+    with zero_units(model, layer, units):
+        o, c = accuracies(model, x, y)
+    return 100 * (base_o - o), 100 * (base_c - c)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (see the module docstring)."""
+    p = argparse.ArgumentParser(description="Per-unit ablation drops of one layer.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--layer", action="append", required=True)
+    p.add_argument("--split", default="test", choices=["train", "ranking", "test"])
+    p.add_argument("--top", type=int, default=3)
+    p.add_argument("--json", help="write all drops to this JSON file")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = load_model(args.checkpoint)
+    split: SplitName = args.split
+    x, y = load_split(split)
+    out: dict[str, Any] = {}
+    for layer in args.layer:
+        d = unit_drops(model, layer, x, y)
+        print(
+            f"{args.checkpoint} {layer}: baseline {d.base_overall:.2f}%, "
+            f"max single-unit overall drop {d.overall_drop.max():.2f} pp"
+        )
+        for k, name in enumerate(CLASS_NAMES):
+            tops = ", ".join(f"{u}: {v:.1f}" for u, v in d.top_units(k, args.top))
+            print(f"  {name:>5} (base {d.base_class[k]:.1f}%): {tops}")
+        out[layer] = {
+            "base_overall": d.base_overall,
+            "base_class": d.base_class.tolist(),
+            "overall_drop": d.overall_drop.tolist(),
+            "class_drop": d.class_drop.tolist(),
+        }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
