@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,15 +45,20 @@ class SpecFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         from pytest_unitablate.spec_loader import load_spec
 
+        shown = _display_path(self.path, self.config.invocation_params.dir)
         try:
-            spec = load_spec(self.path)
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self.CollectError(f"{shown}:0: cannot read the spec: {exc}") from None
+        try:
+            spec = load_spec(shown, text=text)
         except SpecError as exc:
             raise self.CollectError(
-                f"{len(exc.problems)} problem(s) in spec {self.path}:\n{exc}"
+                f"{len(exc.problems)} problem(s) in spec {shown}:\n{exc}"
             ) from None
         keys = item_ids(spec)
         if not keys:
-            raise self.CollectError(f"{self.path}:1: the spec yields no test items")
+            raise self.CollectError(f"{shown}:1: the spec yields no test items")
         for key in keys:
             item = UnitAblateItem.from_parent(
                 self, name=key.id, callobj=_run_spec_item, originalname=key.id
@@ -85,6 +91,7 @@ class UnitAblateItem(pytest.Function):
         static: dict[str, Any] = {
             "id": key.id,
             "spec": str(spec.path),
+            "spec_file": str(self.path),
             "line": key.line,
             "layer": check.layer,
             "mode": check.mode,
@@ -218,7 +225,7 @@ class UnitAblateItem(pytest.Function):
             notes = [f"{passing} of {len(per_unit)} units meet it; at least {check.at_least} "
                      f"needed"] if passing is not None else []
         else:
-            decider = ranked[-1]
+            decider = sorted(per_unit, key=lambda mm: (sign * mm.value(kind), mm.units))[0]
             deciding = [decider.units[0]]
             self._record_value_layer = bounds[-1]
             failing = []
@@ -300,7 +307,15 @@ class UnitAblateItem(pytest.Function):
         return super().repr_failure(excinfo, style=style)
 
     def reportinfo(self) -> tuple[Any, int, str]:
-        return self.path, self.key.line - 1, f"{self.path.name}::{self.key.id}"
+        return self.path, self.key.line - 1, self.key.id
+
+
+def _display_path(path: Path, start: Path) -> str:
+    """``path`` relative to where pytest was invoked, when it lies below it."""
+    try:
+        return str(path.relative_to(start))
+    except ValueError:
+        return str(path)
 
 
 def _target_name(spec: Spec, target: str | int | None) -> str:

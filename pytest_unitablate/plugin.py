@@ -189,9 +189,11 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     if file_path.suffix not in (".yaml", ".yml"):
         return None
     state = parent.config.stash.get(STATE_KEY, None)
+    # pytest drops an argument that lies inside another one (``.`` and ``./a.yaml``) from
+    # its initial paths, so the spec list is checked directly too.
     wanted = parent.session.isinitpath(file_path) or (
         state is not None
-        and any(s.is_dir() and file_path.is_relative_to(s) for s in state.specs)
+        and any(file_path.resolve().is_relative_to(s) for s in state.specs)
     )
     if not wanted:
         return None

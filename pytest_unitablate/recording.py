@@ -52,12 +52,12 @@ def apply_recorded(records: Sequence[Mapping[str, Any]], mode: str, level: float
     provenance: dict[str, dict[str, str]] = {}
     for record in records:
         if wanted(record, mode):
-            by_spec[str(record["spec"])].append(_update(record))
+            by_spec[str(record.get("spec_file") or record["spec"])].append(_update(record))
             prov = {k: str(record[k]) for k in ("data_sha256", "weights_sha256")
                     if record.get(k)}
             prov.update({k: str(environment[k]) for k in ("torch_version", "device", "dtype")
                          if environment.get(k)})
-            provenance[str(record["spec"])] = prov
+            provenance[str(record.get("spec_file") or record["spec"])] = prov
     lines = []
     for spec in sorted(by_spec):
         try:

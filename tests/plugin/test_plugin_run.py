@@ -1,0 +1,346 @@
+"""The plugin end to end with pytester, on a network whose ablation effects are known exactly.
+
+The tiny model routes a one-hot input straight to the logits through ``hidden`` (4 units):
+ablating unit k < 3 zeroes class k's logit, so class k's recall drops from 100% to 0% while
+the other classes are untouched (overall drop 25 pp with balanced classes). Unit 3 carries
+class three, whose bias keeps it right anyway: ablating it changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+# In-process pytester runs restore sys.modules after each run; torch cannot be imported a
+# second time in one process, so it must already be loaded before any run starts.
+import torch  # noqa: F401
+
+pytest_plugins = ["pytester"]
+
+TINY = '''
+import torch
+from torch import nn
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(4, 4)
+        self.unused = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 4)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.eye(4)); self.hidden.bias.zero_()
+            self.head.weight.copy_(torch.eye(4)); self.head.bias.copy_(torch.tensor([0, 0, 0, 0.5]))
+
+    def forward(self, x):
+        return self.head(self.hidden(x))
+
+def model():
+    return Tiny().eval()
+
+def data():
+    labels = torch.arange(4).repeat(10)
+    return [(torch.eye(4)[labels[i:i + 8]], labels[i:i + 8]) for i in range(0, 40, 8)]
+
+def nan_model():
+    m = Tiny().eval()
+    with torch.no_grad():
+        m.head.bias[0] = float("nan")
+    return m
+
+def broken():
+    raise RuntimeError("checkpoint missing")
+'''
+
+HEAD = """\
+unitablate: 1
+model: tinymodel:model
+data: tinymodel:data
+classes: [zero, one, two, three]
+"""
+
+
+@pytest.fixture
+def tiny(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(tinymodel=TINY)
+    pytester.syspathinsert()
+    return pytester
+
+
+def spec(pytester: pytest.Pytester, body: str, name: str = "spec.yaml",
+         head: str = HEAD) -> Path:
+    path = pytester.path / name
+    path.write_text(head + textwrap.dedent(body))
+    return path
+
+
+GOOD = """\
+checks:
+  - layer: hidden
+    units: [1]
+    expect:
+      one: {min_drop: 90%}
+      overall: {max_drop: 30%}
+      zero: {max_drop: 0%}
+  - layer: hidden
+    units: [3]
+    expect:
+      three: {max_drop: 0%}
+"""
+
+
+def test_passing_spec_runs_one_item_per_constraint(tiny: pytest.Pytester) -> None:
+    spec(tiny, GOOD)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "-v")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines([
+        "*spec.yaml::hidden[[]1[]]-one-min_drop PASSED*",
+        "*unitablate summary*",
+        "hidden*1*one*100.0%*0.0%*100.0 pp*drop >= 90.0 pp*passed",
+        "hidden*1*overall*100.0%*75.0%*25.0 pp*drop <= 30.0 pp*passed",
+    ])
+
+
+def test_failure_message_is_located_and_actionable(tiny: pytest.Pytester) -> None:
+    spec(tiny, """\
+        checks:
+          - layer: hidden
+            units: [3]
+            expect:
+              three: {min_drop: 20%}
+        """)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines([
+        "spec.yaml:9: hidden[[]3[]] (zero ablation): class 'three' must have drop >= 20.0 pp",
+        "  baseline 100.0% (10/10)   ablated 100.0% (10/10)   n=10",
+        "  drop     0.0 pp   95% CI [[]*[]] pp (paired, Newcombe)   required drop >= 20.0 pp"
+        "   missed by 20.0 pp*",
+        "  McNemar exact p=1 *",
+        "  To re-record: pytest --unitablate-spec spec.yaml --unitablate-record-mode=failed"
+        " -k 'hidden[[]3[]]-three-min_drop'",
+    ])
+    assert "Traceback" not in result.stdout.str()
+    assert "pytest_unitablate/" not in result.stdout.str()
+
+
+def test_spec_problems_are_collection_errors_exit_2(tiny: pytest.Pytester) -> None:
+    spec(tiny, """\
+        checks:
+          - layer: hidden
+            units: [1]
+            expect:
+              one: {min_drop: 20}
+              seven: {min_drop: 20%}
+        """)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml")
+    assert result.ret == 2
+    result.stdout.fnmatch_lines([
+        "*2 problem(s) in spec spec.yaml:",
+        "spec.yaml:9: min_drop is a bare number (20); write it as a percentage*",
+        "spec.yaml:10: unknown class 'seven'*",
+        "*Interrupted: 1 error during collection*",
+    ])
+    assert "Traceback" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("  - layer: hiden\n    units: [1]\n    expect:\n      one: {min_drop: 5%}\n",
+         "spec.yaml:6: model Tiny has no layer 'hiden'; did you mean 'hidden'*"),
+        ("  - layer: hidden\n    units: [7]\n    expect:\n      one: {min_drop: 5%}\n",
+         "spec.yaml:6: unit 7 is out of range for layer 'hidden', which has 4 channels*"),
+        ("  - layer: unused\n    units: [0]\n    expect:\n      one: {min_drop: 5%}\n",
+         "spec.yaml:6: layer 'unused' never ran during the forward pass*"),
+    ],
+)
+def test_model_dependent_problems_are_located_item_failures(
+    tiny: pytest.Pytester, body: str, expected: str
+) -> None:
+    spec(tiny, "checks:\n" + body)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines([expected])
+    assert "Traceback" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "expected"),
+    [
+        ("tinymodel:nope", "tinymodel:data",
+         "spec.yaml:2: model 'tinymodel:nope': module 'tinymodel' has no attribute 'nope'"),
+        ("missingpkg.models:load", "tinymodel:data",
+         "spec.yaml:2: model 'missingpkg.models:load': cannot import 'missingpkg.models'*"),
+        ("tinymodel:broken", "tinymodel:data",
+         "spec.yaml:2: model 'tinymodel:broken' raised RuntimeError: checkpoint missing"),
+        ("no_such_fixture", "tinymodel:data",
+         "spec.yaml:2: model 'no_such_fixture': no fixture of that name is visible*"),
+        ("tinymodel:nan_model", "tinymodel:data",
+         "spec.yaml:3: batch 0: the model produced NaN or infinite logits for 8 of 8 examples"),
+    ],
+)
+def test_reference_problems_are_located(
+    tiny: pytest.Pytester, model: str, data: str, expected: str
+) -> None:
+    head = HEAD.replace("tinymodel:model", model).replace("tinymodel:data", data)
+    spec(tiny, GOOD, head=head)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines([expected])
+
+
+def test_class_index_beyond_model_width(tiny: pytest.Pytester) -> None:
+    head = HEAD.replace("classes: [zero, one, two, three]\n", "")
+    spec(tiny, "checks:\n  - layer: hidden\n    units: [1]\n    expect:\n"
+               "      9: {min_drop: 5%}\n", head=head)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml")
+    result.stdout.fnmatch_lines(["spec.yaml:8: class index 9 (9) is out of range: the model "
+                                 "has 4 outputs (0..3)"])
+
+
+def test_fixtures_from_conftest_and_marks_and_k(tiny: pytest.Pytester) -> None:
+    tiny.makeconftest("""
+        import pytest, tinymodel
+        @pytest.fixture(scope="session")
+        def tiny_model():
+            return tinymodel.model()
+        @pytest.fixture(scope="session")
+        def tiny_data():
+            return tinymodel.data()
+    """)
+    head = HEAD.replace("tinymodel:model", "tiny_model").replace("tinymodel:data", "tiny_data")
+    spec(tiny, """\
+        checks:
+          - layer: hidden
+            units: [2]
+            expect:
+              two: {min_drop: 50%}
+          - layer: hidden
+            units: [3]
+            marks: [xfail]
+            expect:
+              three: {min_drop: 50%}
+        """, head=head)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml")
+    result.assert_outcomes(passed=1, xfailed=1)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "-k", "hidden[2]-two-min_drop")
+    result.assert_outcomes(passed=1, deselected=1)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "-m", "not unitablate")
+    result.assert_outcomes(deselected=2)
+
+
+def test_json_report_and_junit_properties(tiny: pytest.Pytester) -> None:
+    spec(tiny, GOOD)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-report",
+                            "out/report.json", "--junitxml", "junit.xml")
+    result.assert_outcomes(passed=4)
+    doc = json.loads((tiny.path / "out" / "report.json").read_text())
+    assert doc["device"] == "cpu" and doc["dtype"] == "float32"
+    assert doc["torch_version"] and doc["pytest_unitablate_version"]
+    first = doc["items"][0]
+    assert list(first) == ["id", "spec", "line", "layer", "units", "ablation", "target",
+                           "class_index", "n", "baseline", "ablated", "drop", "ci_low",
+                           "ci_high", "constraint", "threshold", "outcome", "p_value",
+                           "deciding_units"]
+    assert first["id"] == "hidden[1]-one-min_drop" and first["line"] == 9
+    assert first["units"] == [1] and first["class_index"] == 1 and first["n"] == 10
+    assert first["baseline"] == 1.0 and first["ablated"] == 0.0 and first["drop"] == 1.0
+    assert first["ci_low"] < 1.0 == first["ci_high"] and first["outcome"] == "passed"
+    assert first["p_value"] == pytest.approx(2 * 0.5**10)
+    junit = (tiny.path / "junit.xml").read_text()
+    assert 'name="unitablate.drop" value="1.0"' in junit
+    assert 'name="unitablate.baseline"' in junit
+
+
+def test_usage_errors_exit_4(tiny: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = tiny.runpytest("--unitablate-spec", "missing.yaml")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*--unitablate-spec missing.yaml: no such file or directory*"])
+    spec(tiny, GOOD)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-device", "gpu0")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*'gpu0' is not a torch device*"])
+    monkeypatch.setenv("CI", "true")
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-record-mode=all")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*refusing --unitablate-record-mode=all: the CI environment*"])
+    (tiny.path / "other.yaml").write_text("jobs: {}\n")
+    result = tiny.runpytest("--unitablate-spec", "other.yaml")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*other.yaml: no spec collected from it*"])
+
+
+def test_ini_keys_and_cli_precedence(tiny: pytest.Pytester) -> None:
+    spec(tiny, GOOD, name="a.yaml")
+    spec(tiny, "checks:\n  - layer: hidden\n    units: [0]\n    expect:\n"
+               "      zero: {min_drop: 90%}\n", name="b.yaml")
+    tiny.makeini("[pytest]\nunitablate_spec = a.yaml\nunitablate_report = ini.json\n")
+    result = tiny.runpytest()
+    result.assert_outcomes(passed=4)
+    assert (tiny.path / "ini.json").exists()
+    result = tiny.runpytest("--unitablate-spec", "b.yaml", "--unitablate-report", "cli.json")
+    result.assert_outcomes(passed=1)
+    assert json.loads((tiny.path / "cli.json").read_text())["items"][0]["id"] == \
+        "hidden[0]-zero-min_drop"
+    result.stdout.fnmatch_lines(["unitablate: b.yaml (device cpu, seed 0)"])
+
+
+def test_positional_spec_path_and_other_yaml_ignored(tiny: pytest.Pytester) -> None:
+    spec(tiny, GOOD)
+    (tiny.path / "ci.yaml").write_text("jobs: {}\n")
+    tiny.makepyfile(test_x="def test_x():\n    pass\n")
+    result = tiny.runpytest("spec.yaml")
+    result.assert_outcomes(passed=4)
+    result = tiny.runpytest()
+    result.assert_outcomes(passed=1)  # specs are never picked up unless asked for
+
+
+def test_layer_wide_checks_name_the_deciding_unit(tiny: pytest.Pytester) -> None:
+    spec(tiny, """\
+        checks:
+          - layer: hidden
+            any_unit:
+              at_least: 3
+              expect:
+                overall: {min_drop: 20%}
+          - layer: hidden
+            every_unit:
+              expect:
+                overall: {max_drop: 20%}
+          - layer: hidden
+            top_units:
+              k: 1
+              class: two
+              expect:
+                two: {min_drop: 90%}
+                zero: {max_drop: 0%}
+        """)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-report", "r.json")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines([
+        "spec.yaml:14: hidden[[]every[]] (zero ablation): overall accuracy must have "
+        "drop <= 20.0 pp",
+        "*deciding unit: 0",
+        "  3 of 4 units miss it: [[]0, 1, 2[]]",
+    ])
+    items = {r["id"]: r for r in json.loads((tiny.path / "r.json").read_text())["items"]}
+    assert items["hidden[any3]-overall-min_drop"]["deciding_units"] == [0, 1, 2]
+    assert items["hidden[top1-two]-two-min_drop"]["deciding_units"] == [2]
+    assert items["hidden[top1-two]-two-min_drop"]["units"] == [2]
+
+
+def test_plugin_is_inert_when_not_asked_for(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_x="""
+        import sys
+        def test_no_torch():
+            assert 'torch' not in sys.modules
+            assert 'numpy' not in sys.modules
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:randomly")
+    result.assert_outcomes(passed=1)
+    assert "unitablate:" not in result.stdout.str()
+    result = pytester.runpytest_subprocess("-p", "no:unitablate")
+    result.assert_outcomes(passed=1)
