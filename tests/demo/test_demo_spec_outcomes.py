@@ -1,0 +1,50 @@
+"""The README's main job: the demo specs through the real plugin, on every shipped checkpoint.
+
+The expected outcome of every item comes from ``unitablate_demo/checkpoints/
+expected_outcomes.json`` (written by ``python -m unitablate_demo.outcomes`` from plain-hook
+measurements, independent of the plugin): the reference passes everything, the fine-tuned
+model fails exactly the checks on its silenced units, and the retrained model fails the
+named-unit checks while every layer-wide check passes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXPECTED = json.loads((ROOT / "unitablate_demo/checkpoints/expected_outcomes.json").read_text())
+CASES = [(spec, ckpt) for spec, by_ckpt in sorted(EXPECTED["specs"].items())
+         for ckpt in sorted(by_ckpt)]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize(("spec", "checkpoint"), CASES, ids=[f"{Path(s).stem}-{c}"
+                                                             for s, c in CASES])
+def test_plugin_outcomes_match_the_expected_outcomes(spec: str, checkpoint: str,
+                                                     tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--unitablate-spec", spec, "--demo-checkpoint",
+         checkpoint, "--unitablate-report", str(report), "-p", "no:cacheprovider", "-q"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    expected = EXPECTED["specs"][spec][checkpoint]
+    assert proc.returncode == (1 if expected["failed"] else 0), proc.stdout[-3000:]
+    got = {r["id"]: r["outcome"] for r in json.loads(report.read_text())["items"]}
+    want = {i["id"]: i["outcome"] for i in expected["items"]}
+    assert got == want
+    named_fail = [i for i in expected["items"] if i["outcome"] == "failed"]
+    if checkpoint.endswith("retrained"):
+        assert named_fail and all(i["mode"] == "units" for i in named_fail)
+        assert all(i["outcome"] == "passed" for i in expected["items"] if i["mode"] != "units")
+    if checkpoint == "resnet-finetuned":
+        assert sorted(i["id"] for i in named_fail) == [
+            "layer3.0[0]-four-min_drop", "layer3.0[15]-six-min_drop"]
+    if "failed" in proc.stdout:
+        assert "To re-record: pytest --unitablate-spec" in proc.stdout
