@@ -9,7 +9,7 @@ without private APIs (custom ``Item`` subclasses get no fixtures: pytest#2471, #
 Example (what pytest does)::
 
     spec_file = SpecFile.from_parent(session, path=Path("specs/resnet.yaml"))
-    items = list(spec_file.collect())   # one item per constraint, ids like conv5[245]-seven-min_drop
+    items = list(spec_file.collect())   # one item per constraint: conv5[245]-seven-min_drop
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class UnitAblateItem(pytest.Function):
         else:  # top_units
             m, deciding, notes = self._top_units(session, request, baseline, mask, level)
 
-        measured = {
+        measured: dict[str, Any] = {
             "n": m.n, "baseline": m.baseline, "ablated": m.ablated, "drop": m.drop,
             "ci_low": m.ci[0], "ci_high": m.ci[1], "ci_level": m.ci_level,
             "p_value": m.p_value,
@@ -304,7 +304,7 @@ class UnitAblateItem(pytest.Function):
             return (f"{where(self.spec, self.key.line)}: internal error while running "
                     f"{self.key.id}: {type(excinfo.value).__name__}: {excinfo.value}\n"
                     f"  (rerun with --unitablate-full-trace for the traceback)")
-        return super().repr_failure(excinfo, style=style)
+        return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Any, int, str]:
         return self.path, self.key.line - 1, self.key.id

@@ -16,8 +16,9 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pytest_unitablate.spec_model import Constraint
 from pytest_unitablate.stats import PairedTable, mcnemar_exact_p, paired_drop_ci
@@ -37,13 +38,13 @@ class Measurement:
     @classmethod
     def from_correct(
         cls,
-        before: Sequence[bool],
-        after: Sequence[bool],
+        before: Iterable[Any],
+        after: Iterable[Any],
         *,
         level: float = DEFAULT_LEVEL,
         units: tuple[int, ...] = (),
     ) -> Measurement:
-        table = PairedTable.from_correct(list(before), list(after))
+        table = PairedTable.from_correct([bool(x) for x in before], [bool(x) for x in after])
         return cls(table=table, ci_level=level, ci=paired_drop_ci(table, level), units=units)
 
     @property

@@ -124,7 +124,7 @@ def pytest_configure(config: pytest.Config) -> None:
     ini_specs = [Path(p) for p in config.getini("unitablate_spec") or []]
     specs = cli_specs or ini_specs
     device = _option(config, "unitablate_device", "cpu")
-    if not device.split(":")[0] in _DEVICE_PREFIXES or (
+    if device.split(":")[0] not in _DEVICE_PREFIXES or (
         ":" in device and not device.split(":", 1)[1].isdigit()
     ):
         raise pytest.UsageError(

@@ -37,7 +37,7 @@ def wanted(record: Mapping[str, Any], mode: str) -> bool:
 def _update(record: Mapping[str, Any]) -> ThresholdUpdate:
     kind = record["constraint"]
     value = float(record["record_value"])
-    measured = float(record.get("relative_drop") if "relative" in kind else record["drop"])
+    measured = float(record["relative_drop"] if "relative" in kind else record["drop"])
     return ThresholdUpdate(
         check_index=int(record["check_index"]), mode_key=record.get("mode_key"),
         target_key=record["target_key"], kind=kind, value=value, measured=measured,

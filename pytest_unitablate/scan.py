@@ -56,7 +56,8 @@ class ScanResult:
 
     def unit_correct(self, unit: int) -> npt.NDArray[np.bool_]:
         """Per-example correctness with ``unit`` ablated."""
-        return self.correct[self.units.index(unit)]
+        out: npt.NDArray[np.bool_] = self.correct[self.units.index(unit)]
+        return out
 
     @property
     def frame(self) -> pd.DataFrame:

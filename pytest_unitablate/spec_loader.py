@@ -29,6 +29,7 @@ import difflib
 import os
 import re
 from pathlib import Path
+
 from pytest_unitablate.errors import Problem, SpecError
 from pytest_unitablate.spec_model import (
     CONSTRAINT_KINDS,
@@ -136,7 +137,7 @@ class _Validator:
 
     def keys(self, node: YNode, allowed: dict[str, str] | tuple[str, ...], where: str) -> None:
         names = list(allowed)
-        for key in node.keys():
+        for key in node.key_nodes():
             if key.kind != "scalar" or not isinstance(key.value, str):
                 self.err(key.line, f"{where}: keys must be strings, got {key.describe()}")
             elif key.value not in allowed:
@@ -179,7 +180,9 @@ class _Validator:
             return None
         return int(node.value)
 
-    def percent(self, node: YNode, what: str, allow_null: bool = False) -> tuple[bool, float | None]:
+    def percent(
+        self, node: YNode, what: str, allow_null: bool = False
+    ) -> tuple[bool, float | None]:
         """Parse ``20%``; returns (ok, fraction)."""
         if node.kind == "scalar" and node.value is None and allow_null:
             return True, None
@@ -321,7 +324,7 @@ class _Validator:
                     warn_margin=extras.get("warn_margin"), confidence=extras.get("confidence"),
                 ))
             if not constraints and not any(
-                k.value in CONSTRAINT_KINDS for k in body.keys()
+                k.value in CONSTRAINT_KINDS for k in body.key_nodes()
             ):
                 self.err(body.line, f"target {key.value!r} has no threshold; give one of "
                          f"{', '.join(CONSTRAINT_KINDS)}")
@@ -402,9 +405,9 @@ class _Validator:
             if body is None:
                 return None
             self.keys(body, LAYER_WIDE_KEYS[mode], mode)
-            if node.get("expect") is not None:
-                self.err(node.get("expect").line if node.get("expect") else node.line,
-                         f"for {mode}, put 'expect:' inside '{mode}:'")
+            misplaced = node.get("expect")
+            if misplaced is not None:
+                self.err(misplaced.line, f"for {mode}, put 'expect:' inside '{mode}:'")
             expect_node, expect_line = body.get("expect"), body.line
             if mode == "any_unit" and body.get("at_least") is not None:
                 at_least = self.integer(body.get("at_least"), "at_least", minimum=1) or 1
@@ -446,7 +449,7 @@ class _Validator:
             return None
         self.keys(root, TOP_KEYS, "the spec")
         for key in REQUIRED_TOP:
-            if root.get(key) is None and not any(k.value == key for k in root.keys()):
+            if root.get(key) is None and not any(k.value == key for k in root.key_nodes()):
                 self.err(1, f"missing required key {key!r} ({TOP_KEYS[key]})")
         version_node = root.get("unitablate")
         version = self.integer(version_node, "unitablate (the format version)")
@@ -508,13 +511,16 @@ class _Validator:
                         checks.append(c)
         if self.problems or model is None or data is None:
             return None
+        def line_of(key: str) -> int:
+            found = root.get(key)
+            return found.line if found is not None else 0
+
         spec = Spec(
             path=path, version=FORMAT_VERSION, model=model, data=data, checks=tuple(checks),
-            model_line=root.get("model").line if root.get("model") else 0,
-            data_line=root.get("data").line if root.get("data") else 0,
+            model_line=line_of("model"), data_line=line_of("data"),
             classes=classes, classes_line=cnode.line if cnode else 0, ablation=ablation,
             ranking_data=ranking,
-            ranking_data_line=root.get("ranking_data").line if root.get("ranking_data") else 0,
+            ranking_data_line=line_of("ranking_data"),
             channel_dim=1 if channel_dim is None else channel_dim,
             min_examples=min_examples or 1, provenance=provenance,
         )

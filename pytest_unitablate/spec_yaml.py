@@ -48,7 +48,7 @@ class YNode:
                 return v
         return None
 
-    def keys(self) -> list[YNode]:
+    def key_nodes(self) -> list[YNode]:
         return [k for k, _ in self.entries]
 
     def describe(self) -> str:
@@ -93,14 +93,15 @@ def _convert(node: yaml.Node, path: str, problems: list[Problem], loader: _Loade
     if isinstance(node, yaml.SequenceNode):
         return YNode("seq", line, items=[_convert(n, path, problems, loader) for n in node.value])
     assert isinstance(node, yaml.ScalarNode)
+    scalar: Any
     try:
-        value = loader.construct_object(node, deep=True)
+        scalar = loader.construct_object(node, deep=True)
     except yaml.YAMLError as exc:
         problems.append(Problem(path, line, f"cannot read value {node.value!r}: {exc}"))
-        value = None
-    if not isinstance(value, (str, int, float, bool, type(None))):
-        value = str(node.value)  # timestamps and the like: keep the text
-    return YNode("scalar", line, value)
+        scalar = None
+    if not isinstance(scalar, (str, int, float, bool, type(None))):
+        scalar = str(node.value)  # timestamps and the like: keep the text
+    return YNode("scalar", line, scalar)
 
 
 def parse_yaml(text: str, path: str) -> tuple[YNode | None, list[Problem]]:

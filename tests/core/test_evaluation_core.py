@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ def test_evaluate_equals_brute_force_numpy(data: Any) -> None:
     bounds = [0, *[b for b in cuts if b < n], n]
     batches = [
         (torch.arange(a, b), torch.tensor(labels[a:b]))
-        for a, b in zip(bounds, bounds[1:], strict=False) if b > a
+        for a, b in itertools.pairwise(bounds) if b > a
     ]
     result = evaluate(Lookup(torch.tensor(logits)), batches)
     preds = logits.argmax(axis=1)  # numpy also takes the first maximum

@@ -54,6 +54,7 @@ def test_matches_plain_hook_reference(arch: str) -> None:
 
 def test_resnet_basicblock_relu_runs_twice_and_is_refused() -> None:
     model = torchvision.models.resnet18(weights=None).eval()
-    with pytest.raises(LayerCalledTwiceError, match=r"'layer1.0.relu' ran 2 times.*layer1.0.bn2"):
-        with torch.no_grad(), ablate(model, {"layer1.0.relu": [0]}):
-            model(torch.randn(1, 3, 32, 32))
+    match = r"'layer1.0.relu' ran 2 times.*layer1.0.bn2"
+    with pytest.raises(LayerCalledTwiceError, match=match), torch.no_grad(), \
+            ablate(model, {"layer1.0.relu": [0]}):
+        model(torch.randn(1, 3, 32, 32))

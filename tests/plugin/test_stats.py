@@ -18,7 +18,9 @@ tables = st.builds(PairedTable, st.integers(0, 40), st.integers(0, 40), st.integ
 
 @settings(max_examples=300, deadline=None)
 @given(tables, st.sampled_from([0.8, 0.9, 0.95, 0.99]))
-def test_interval_is_ordered_bounded_and_contains_the_estimate(t: PairedTable, level: float) -> None:
+def test_interval_is_ordered_bounded_and_contains_the_estimate(
+    t: PairedTable, level: float
+) -> None:
     lo, hi = paired_drop_ci(t, level)
     assert -1.0 <= lo <= t.drop <= hi <= 1.0
     lo99, hi99 = paired_drop_ci(t, 0.99)
@@ -35,7 +37,9 @@ def test_mcnemar_matches_scipy_binomial_test(t: PairedTable) -> None:
 
 
 def test_from_correct_counts_the_table() -> None:
-    t = PairedTable.from_correct([True, True, False, False, True], [True, False, True, False, False])
+    t = PairedTable.from_correct(
+        [True, True, False, False, True], [True, False, True, False, False]
+    )
     assert (t.a, t.b, t.c, t.d) == (1, 2, 1, 1)
     assert t.drop == pytest.approx(0.2)
 
