@@ -1,0 +1,143 @@
+"""JSON Schema (draft 2020-12) of the spec format, generated from the loader's own tables.
+
+The allowed keys and their descriptions come from :mod:`pytest_unitablate.spec_loader`, so
+the schema and the validator cannot drift apart. The package ships the result as
+``pytest_unitablate/spec.schema.json``; regenerate it with::
+
+    python -m pytest_unitablate.spec_schema > pytest_unitablate/spec.schema.json
+
+Example::
+
+    >>> schema = build_schema()
+    >>> sorted(schema["required"])
+    ['checks', 'data', 'model', 'unitablate']
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pytest_unitablate.spec_loader import (
+    CHECK_KEYS,
+    LAYER_WIDE_KEYS,
+    MODE_KEYS,
+    REQUIRED_TOP,
+    TARGET_KEYS,
+    TOP_KEYS,
+)
+from pytest_unitablate.spec_model import CONSTRAINT_KINDS, FORMAT_VERSION
+
+PERCENT_PATTERN = r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)\s*%\s*$"
+REF_PATTERN = r"^([A-Za-z_]\w*|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)$"
+
+
+def _percent(description: str, nullable: bool) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", "pattern": PERCENT_PATTERN,
+                              "description": description}
+    if nullable:
+        return {"description": description,
+                "oneOf": [{"type": "string", "pattern": PERCENT_PATTERN}, {"type": "null"}]}
+    return schema
+
+
+def build_schema() -> dict[str, Any]:
+    """The schema as a dict."""
+    target = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            key: _percent(desc, nullable=key in CONSTRAINT_KINDS)
+            for key, desc in TARGET_KEYS.items()
+        },
+        "anyOf": [{"required": [k]} for k in CONSTRAINT_KINDS],
+    }
+    expect = {"type": "object", "minProperties": 1,
+              "additionalProperties": {"$ref": "#/$defs/target"},
+              "description": "class name, class index or 'overall' -> constraints"}
+    ablation = {"oneOf": [
+        {"enum": ["zero", "mean"]},
+        {"type": "object", "additionalProperties": False, "required": ["constant"],
+         "properties": {"constant": {"type": "number"}}},
+    ], "description": TOP_KEYS["ablation"]}
+    mark = {"oneOf": [
+        {"type": "string", "pattern": r"^[A-Za-z_]\w*$"},
+        {"type": "object", "minProperties": 1, "maxProperties": 1},
+    ]}
+    layer_wide: dict[str, Any] = {}
+    for mode, keys in LAYER_WIDE_KEYS.items():
+        props: dict[str, Any] = {}
+        for key, desc in keys.items():
+            if key == "expect":
+                props[key] = {"$ref": "#/$defs/expect"}
+            elif key == "class":
+                props[key] = {"type": ["string", "integer"], "description": desc}
+            else:
+                props[key] = {"type": "integer", "minimum": 1, "description": desc}
+        required = ["expect"] + (["k", "class"] if mode == "top_units" else [])
+        layer_wide[mode] = {"type": "object", "additionalProperties": False,
+                            "properties": props, "required": required}
+    check_props: dict[str, Any] = {}
+    for key, desc in CHECK_KEYS.items():
+        if key == "layer":
+            check_props[key] = {"type": "string", "minLength": 1, "description": desc}
+        elif key == "units":
+            check_props[key] = {"description": desc, "oneOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "array", "minItems": 1, "uniqueItems": True,
+                 "items": {"type": "integer", "minimum": 0}}]}
+        elif key in layer_wide:
+            check_props[key] = {**layer_wide[key], "description": desc}
+        elif key == "expect":
+            check_props[key] = {"$ref": "#/$defs/expect"}
+        elif key == "ablation":
+            check_props[key] = {"$ref": "#/$defs/ablation"}
+        elif key == "marks":
+            check_props[key] = {"type": "array", "items": mark, "description": desc}
+        else:
+            check_props[key] = {"type": "string", "pattern": r"^[\w:+\-.\[\]\\/]+$",
+                                "description": desc}
+    check = {
+        "type": "object", "additionalProperties": False, "required": ["layer"],
+        "properties": check_props,
+        "oneOf": [{"required": ["units", "expect"] if m == "units" else [m]}
+                  for m in MODE_KEYS],
+    }
+    top: dict[str, Any] = {}
+    for key, desc in TOP_KEYS.items():
+        if key == "unitablate":
+            top[key] = {"const": FORMAT_VERSION, "description": desc}
+        elif key in ("model", "data", "ranking_data"):
+            top[key] = {"type": "string", "pattern": REF_PATTERN, "description": desc}
+        elif key == "classes":
+            top[key] = {"type": "array", "minItems": 1, "uniqueItems": True,
+                        "items": {"type": "string", "minLength": 1, "not": {"const": "overall"}},
+                        "description": desc}
+        elif key == "ablation":
+            top[key] = {"$ref": "#/$defs/ablation"}
+        elif key == "checks":
+            top[key] = {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/check"},
+                        "description": desc}
+        elif key in ("channel_dim", "min_examples"):
+            top[key] = {"type": "integer", "description": desc}
+        else:
+            top[key] = {"type": "object", "description": desc}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "pytest-unitablate/spec.schema.json",
+        "title": f"pytest-unitablate spec, format version {FORMAT_VERSION}",
+        "type": "object",
+        "additionalProperties": False,
+        "required": list(REQUIRED_TOP),
+        "properties": top,
+        "$defs": {"target": target, "expect": expect, "ablation": ablation, "check": check},
+    }
+
+
+def render() -> str:
+    """The schema as the JSON text the package ships."""
+    return json.dumps(build_schema(), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")
