@@ -100,8 +100,11 @@ def build_schema() -> dict[str, Any]:
     check = {
         "type": "object", "additionalProperties": False, "required": ["layer"],
         "properties": check_props,
-        "oneOf": [{"required": ["units", "expect"] if m == "units" else [m]}
-                  for m in MODE_KEYS],
+        "oneOf": [
+            {"required": ["units", "expect"] if m == "units" else [m],
+             "not": {"anyOf": [{"required": [o]} for o in MODE_KEYS if o != m]}}
+            for m in MODE_KEYS
+        ],
     }
     top: dict[str, Any] = {}
     for key, desc in TOP_KEYS.items():
