@@ -24,8 +24,8 @@ _LAZY = {
     "channel_means": "pytest_unitablate.ablation",
     "evaluate": "pytest_unitablate.evaluation",
     "EvalResult": "pytest_unitablate.evaluation",
-    "scan": "pytest_unitablate.scan",
-    "ScanResult": "pytest_unitablate.scan",
+    "scan": "pytest_unitablate.scanning",
+    "ScanResult": "pytest_unitablate.scanning",
 }
 
 __all__ = [
@@ -41,7 +41,7 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from pytest_unitablate.ablation import ablate, channel_means
     from pytest_unitablate.evaluation import EvalResult, evaluate
-    from pytest_unitablate.scan import ScanResult, scan
+    from pytest_unitablate.scanning import ScanResult, scan
 
 
 def __getattr__(name: str) -> Any:

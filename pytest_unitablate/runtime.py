@@ -260,7 +260,7 @@ class UnitAblateSession:
         means = self._layer_means(spec, check, model, data) if arg == "mean" else None
 
         def run() -> Sweep:
-            from pytest_unitablate.scan import scan
+            from pytest_unitablate.scanning import scan
 
             result = scan(model, data, check.layer, units=units, ablation=arg,
                           means=means, channel_dim=spec.channel_dim, device=self.device)

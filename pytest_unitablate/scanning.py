@@ -7,6 +7,12 @@ Engines, chosen automatically (``method="auto"``) and reported in ``ScanResult.m
   output — a single-unit ablation changes the logits by exactly
   ``-W[:, u] * (pooled_u - r_u)``. One forward per batch serves every unit. The engine is
   verified against real ablated forwards on the first batch and refused if they disagree.
+* ``prefix``: the network is split with ``torch.fx`` at the layer. The prefix (everything
+  the layer's output and the rest of the network need from before it, residual branches
+  included) runs once per batch; the suffix runs on ``chunk_size`` ablated copies of the
+  layer's output stacked along the batch dimension, one unit ablated per copy. Exact
+  because eval-mode networks treat examples independently; verified against real ablated
+  forwards on the first batch.
 * ``naive``: one forward of the whole network per unit and batch, with the ablation hook.
 
 Example::
@@ -93,10 +99,10 @@ def _affine_head(model: nn.Module, layer: str) -> nn.Linear | None:
     Detected with torch.fx; ``None`` when the model cannot be traced or the suffix is not
     of that form.
     """
-    try:
-        import torch.fx as fx
+    from pytest_unitablate.scan_split import trace_keeping
 
-        graph = fx.symbolic_trace(model).graph
+    try:
+        graph = trace_keeping(model, layer).graph
     except Exception:
         return None
     modules = dict(model.named_modules())
@@ -160,21 +166,29 @@ def scan(
     device: torch.device | str | None = None,
     method: str = "auto",
     batch_size: int = 256,
+    chunk_size: int = 16,
 ) -> ScanResult:
     """Ablate each unit of ``layer`` alone and record every example's prediction.
 
     ``units`` defaults to all channels. ``ablation`` is ``"zero"``, ``"mean"`` or a number.
-    ``method`` is ``"auto"``, ``"closed_form"`` or ``"naive"``.
+    ``method`` is ``"auto"``, ``"closed_form"``, ``"prefix"`` or ``"naive"``;
+    ``chunk_size`` units share one suffix forward in the prefix engine (memory grows with
+    ``chunk_size * batch``, never with the data set).
     """
-    if method not in ("auto", "closed_form", "naive"):
-        raise ConfigError(f"scan method must be auto, closed_form or naive, got {method!r}")
+    if method not in ("auto", "closed_form", "prefix", "naive"):
+        raise ConfigError(
+            f"scan method must be auto, closed_form, prefix or naive, got {method!r}")
     target = torch.device(device) if device is not None else model_device(model)
     first = next(iter(iter_batches(data, batch_size=batch_size, device=target)))[0]
     info = probe_layers(model, first[:2], [layer], channel_dim=channel_dim)[layer]
     chosen = tuple(range(info.channels)) if units is None else tuple(units)
     if ablation == "mean" and (means is None or layer not in means):
         means = channel_means(model, data, [layer], channel_dim=channel_dim, device=target)
-    baseline = evaluate(model, data, device=target, batch_size=batch_size)
+
+    def result(out: Any, method_name: str, why: str = "") -> ScanResult:
+        base = EvalResult(labels=out.labels, predictions=out.baseline,
+                          num_classes=out.num_classes)
+        return ScanResult(layer, chosen, out.predictions, out.labels, base, method_name, why)
 
     head = None
     reason = ""
@@ -191,10 +205,24 @@ def scan(
         preds = _scan_closed_form(model, data, layer, chosen, ablation, means, head, target,
                                   batch_size)
         if preds is not None:
-            return ScanResult(layer, chosen, preds, baseline.labels, baseline, "closed_form")
+            return result(preds, "closed_form")
         reason = "closed form did not match a real ablated forward on the first batch"
         if method == "closed_form":
             raise ConfigError(f"scan(method='closed_form') refused for {layer!r}: {reason}")
+    if method in ("auto", "prefix"):
+        from pytest_unitablate.scan_split import scan_prefix, split_at
+
+        split, why = split_at(model, layer)
+        if split is not None:
+            preds = scan_prefix(model, split, data, layer, chosen, ablation, means, target,
+                                batch_size, chunk_size, channel_dim)
+            if preds is not None:
+                return result(preds, "prefix", reason)
+            why = "the split network did not match a real ablated forward on the first batch"
+        reason = f"{reason}; {why}" if reason else why
+        if method == "prefix":
+            raise ConfigError(f"scan(method='prefix') refused for {layer!r}: {why}")
+    baseline = evaluate(model, data, device=target, batch_size=batch_size)
     rows = []
     for unit in chosen:
         with ablate(model, {layer: [unit]}, ablation=ablation, means=means,
@@ -217,7 +245,7 @@ def _replacement(ablation: str | float, means: dict[str, torch.Tensor] | None, l
 def _scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int, ...],
                       ablation: str | float, means: dict[str, torch.Tensor] | None,
                       head: nn.Linear, device: torch.device, batch_size: int
-                      ) -> npt.NDArray[np.int64] | None:
+                      ) -> Any:
     module = resolve_layer(model, layer)
     captured: list[torch.Tensor] = []
     calls = [0]
@@ -226,16 +254,22 @@ def _scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int,
         calls[0] += 1
         captured.append(out.mean(dim=(2, 3)))
 
+    from pytest_unitablate.scan_split import Collector
+
     weight = head.weight.detach()
+    collector = Collector()
     out: list[torch.Tensor] = []
     verified = False
     handle = module.register_forward_hook(hook)
     try:
         with eval_mode(model):
-            for inputs, _ in iter_batches(data, batch_size=batch_size, device=device):
+            for index, (inputs, labels) in enumerate(
+                iter_batches(data, batch_size=batch_size, device=device)
+            ):
                 captured.clear()
                 calls[0] = 0
                 logits = model(inputs)
+                collector.add(index, logits, labels)
                 require_single_call(model, layer, calls[0])
                 pooled = captured[0].to(logits.dtype)
                 repl = _replacement(ablation, means, layer, pooled.shape[1], pooled)
@@ -250,7 +284,7 @@ def _scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int,
                 out.append(preds.cpu())
     finally:
         handle.remove()
-    return torch.cat(out, dim=1).numpy().astype(np.int64)
+    return collector.finish(out)
 
 
 def _verify(model: nn.Module, layer: str, inputs: torch.Tensor, logits: torch.Tensor,
@@ -258,12 +292,13 @@ def _verify(model: nn.Module, layer: str, inputs: torch.Tensor, logits: torch.Te
             units: tuple[int, ...], ablation: str | float,
             means: dict[str, torch.Tensor] | None) -> bool:
     """Compare the closed-form logits with real ablated forwards for a few units."""
-    sample = sorted(set(units[:2] + units[-1:]))
+    few = min(inputs.shape[0], 16)  # a slice of the first batch is enough to catch a mismatch
+    sample = sorted(set(units[:1] + units[-1:]))
     for unit in sample:
-        diff = pooled[:, unit] - repl[unit]
-        predicted = logits - diff[:, None] * weight[:, unit][None, :]
+        diff = pooled[:few, unit] - repl[unit]
+        predicted = logits[:few] - diff[:, None] * weight[:, unit][None, :]
         with ablate(model, {layer: [unit]}, ablation=ablation, means=means):
-            real = model(inputs)
+            real = model(inputs[:few])
         scale = real.abs().max().clamp_min(1.0)
         if not torch.allclose(predicted, real, rtol=1e-4, atol=1e-4 * float(scale)):
             return False

@@ -1,0 +1,241 @@
+"""Split a network at a layer with ``torch.fx`` and scan units through the suffix only.
+
+The prefix graph computes the layer's output and every other value the rest of the
+network uses from before the layer (a residual ``identity`` that skips over it, the input
+itself, ...). The suffix graph takes those as inputs. Per batch the prefix runs once; the
+suffix runs on ``k`` copies of the batch stacked along dimension 0, copy ``j`` with unit
+``u_j`` ablated, so one suffix forward serves ``k`` units.
+
+Example::
+
+    split, why = split_at(model, "layer3")
+    if split is not None:
+        layer_out, *rest = split.prefix(x)
+        logits = split.suffix(layer_out, *rest)   # == model(x)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import fx, nn
+
+from pytest_unitablate.ablation import ablate
+from pytest_unitablate.data import iter_batches
+from pytest_unitablate.evaluation import eval_mode
+
+
+@dataclass
+class EngineOutput:
+    """What a fast engine's single pass yields: per-unit and baseline predictions."""
+
+    predictions: npt.NDArray[np.int64]  # (n_units, n_examples)
+    baseline: npt.NDArray[np.int64]  # (n_examples,) unablated predictions
+    labels: npt.NDArray[np.int64]
+    num_classes: int
+
+
+class Collector:
+    """Accumulates baseline predictions and labels, with evaluate()'s checks on logits."""
+
+    def __init__(self) -> None:
+        self.base: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.width: int | None = None
+
+    def add(self, index: int, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        from pytest_unitablate.errors import DataError, NonFiniteLogitsError
+
+        if logits.dim() != 2 or logits.shape[0] != labels.shape[0]:
+            raise DataError(f"batch {index}: the model returned logits of shape "
+                            f"{tuple(logits.shape)}; expected ({labels.shape[0]}, classes)")
+        self.width = int(logits.shape[1]) if self.width is None else self.width
+        if not bool(torch.isfinite(logits).all()):
+            bad = int((~torch.isfinite(logits).all(dim=1)).sum())
+            raise NonFiniteLogitsError(f"batch {index}: the model produced NaN or infinite "
+                                       f"logits for {bad} of {labels.shape[0]} examples")
+        if int(labels.max()) >= self.width:
+            raise DataError(f"batch {index}: label {int(labels.max())} is out of range for "
+                            f"{self.width} classes (labels must be 0..{self.width - 1})")
+        self.base.append(logits.argmax(dim=1).cpu())
+        self.labels.append(labels.cpu())
+
+    def finish(self, columns: list[torch.Tensor]) -> EngineOutput:
+        assert self.width is not None
+        return EngineOutput(
+            predictions=torch.cat(columns, dim=1).numpy().astype(np.int64),
+            baseline=torch.cat(self.base).numpy().astype(np.int64),
+            labels=torch.cat(self.labels).numpy().astype(np.int64),
+            num_classes=self.width,
+        )
+
+
+@dataclass
+class Split:
+    """The two halves of a traced network; ``suffix(layer_out, *extras)`` gives logits."""
+
+    prefix: fx.GraphModule
+    suffix: fx.GraphModule
+    n_extras: int
+
+
+def trace_keeping(model: nn.Module, layer: str) -> fx.GraphModule:
+    """``torch.fx`` trace of ``model`` in which ``layer`` stays one call (a leaf), even when
+    it is a container such as a ``Sequential`` or a residual block."""
+
+    class _Tracer(fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return qualname == layer or super().is_leaf_module(m, qualname)
+
+    graph = _Tracer().trace(model)
+    return fx.GraphModule(model, graph)
+
+
+def split_at(model: nn.Module, layer: str) -> tuple[Split | None, str]:
+    """Split ``model`` at ``layer``; ``(None, why)`` when it cannot be done exactly."""
+    try:
+        traced = trace_keeping(model, layer)
+    except Exception as exc:
+        return None, f"torch.fx cannot trace the model ({type(exc).__name__}: {exc})"
+    graph = traced.graph
+    hits = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
+    if len(hits) != 1:
+        return None, (f"torch.fx sees {len(hits)} calls of {layer!r} (a layer inside a traced "
+                      f"leaf module, or a shared module)")
+    cut = hits[0]
+    after: set[fx.Node] = {cut}
+    for node in graph.nodes:
+        if any(inp in after for inp in node.all_input_nodes):
+            after.add(node)
+    output = next(n for n in graph.nodes if n.op == "output")
+    if output not in after:
+        return None, f"the model's output does not depend on {layer!r}"
+    extras: list[fx.Node] = []
+    for node in graph.nodes:
+        if node in after and node is not cut:
+            for inp in node.all_input_nodes:
+                if inp not in after and inp not in extras and inp.op != "get_attr":
+                    extras.append(inp)
+
+    # Prefix: everything before the cut, returning (layer output, *extras).
+    prefix_graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in graph.nodes:
+        if node in after and node is not cut:
+            continue
+        if node.op == "output":
+            continue
+        env[node] = prefix_graph.node_copy(node, lambda n: env[n])
+        if node is cut:
+            break
+    for node in graph.nodes:  # values defined after the cut's position but not after it
+        if node not in env and node not in after and node.op != "output":
+            env[node] = prefix_graph.node_copy(node, lambda n: env[n])
+    prefix_graph.output((env[cut], *(env[e] for e in extras)))
+
+    # Suffix: the layer output and the extras come in as placeholders.
+    suffix_graph = fx.Graph()
+    senv: dict[fx.Node, fx.Node] = {cut: suffix_graph.placeholder("layer_out")}
+    for i, extra in enumerate(extras):
+        senv[extra] = suffix_graph.placeholder(f"extra_{i}")
+    for node in graph.nodes:
+        if node in after and node is not cut:
+            if node.op == "output":
+                suffix_graph.output(fx.map_arg(node.args[0], lambda n: senv[n]))
+            else:
+                senv[node] = suffix_graph.node_copy(node, lambda n: senv[n])
+        elif node.op == "get_attr" and node not in senv:
+            senv[node] = suffix_graph.node_copy(node, lambda n: senv[n])
+    prefix, suffix = fx.GraphModule(traced, prefix_graph), fx.GraphModule(traced, suffix_graph)
+    for half in (prefix, suffix):
+        half.graph.eliminate_dead_code()
+        half.recompile()
+    return Split(prefix, suffix, len(extras)), ""
+
+
+def _repeat(value: Any, k: int, batch: int) -> Any:
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+        return value.repeat(k, *([1] * (value.dim() - 1)))
+    return value
+
+
+def _replacement(ablation: str | float, means: dict[str, torch.Tensor] | None, layer: str,
+                 like: torch.Tensor, dim: int) -> torch.Tensor:
+    channels = like.shape[dim]
+    if ablation == "zero":
+        return torch.zeros(channels, dtype=like.dtype, device=like.device)
+    if ablation == "mean":
+        assert means is not None
+        return means[layer].to(dtype=like.dtype, device=like.device)
+    return torch.full((channels,), float(ablation), dtype=like.dtype, device=like.device)
+
+
+def ablated_copies(out: torch.Tensor, units: Sequence[int], repl: torch.Tensor,
+                   dim: int) -> torch.Tensor:
+    """``len(units)`` copies of ``out`` stacked on dim 0, copy ``j`` with ``units[j]`` ablated."""
+    k, batch = len(units), out.shape[0]
+    channels = out.shape[dim]
+    keep = torch.ones(k, channels, dtype=out.dtype, device=out.device)
+    keep[torch.arange(k), torch.as_tensor(list(units))] = 0
+    shape = [k] + [1] * out.dim()
+    shape[dim + 1] = channels
+    keep_v = keep.view(shape)
+    add_v = (repl[None, :] * (1 - keep)).view(shape)
+    stacked = out.unsqueeze(0) * keep_v + add_v
+    return stacked.reshape(k * batch, *out.shape[1:])
+
+
+def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
+                units: tuple[int, ...], ablation: str | float,
+                means: dict[str, torch.Tensor] | None, device: torch.device,
+                batch_size: int, chunk_size: int, channel_dim: int
+                ) -> EngineOutput | None:
+    """Predictions ``(n_units, n_examples)``; ``None`` if the split fails verification."""
+    columns: list[torch.Tensor] = []
+    collector = Collector()
+    verified = False
+    with eval_mode(model), eval_mode(split.prefix), eval_mode(split.suffix):
+        for index, (inputs, labels) in enumerate(
+            iter_batches(data, batch_size=batch_size, device=device)
+        ):
+            produced = split.prefix(inputs)
+            out, extras = produced[0], produced[1:]
+            collector.add(index, split.suffix(out, *extras), labels)
+            dim = channel_dim if channel_dim >= 0 else out.dim() + channel_dim
+            repl = _replacement(ablation, means, layer, out, dim)
+            batch = out.shape[0]
+            rows: list[torch.Tensor] = []
+            for start in range(0, len(units), max(1, chunk_size)):
+                chunk = units[start:start + chunk_size]
+                stacked = ablated_copies(out, chunk, repl, dim)
+                logits = split.suffix(stacked, *(_repeat(e, len(chunk), batch)
+                                                 for e in extras))
+                if not verified:
+                    if not _verify(model, inputs, layer, chunk, logits, batch, ablation,
+                                   means, channel_dim):
+                        return None
+                    verified = True
+                rows.append(logits.argmax(dim=1).view(len(chunk), batch))
+            columns.append(torch.cat(rows, dim=0).cpu())
+    return collector.finish(columns)
+
+
+def _verify(model: nn.Module, inputs: torch.Tensor, layer: str, chunk: Sequence[int],
+            logits: torch.Tensor, batch: int, ablation: str | float,
+            means: dict[str, torch.Tensor] | None, channel_dim: int) -> bool:
+    few = min(batch, 16)  # a slice of the first batch is enough to catch a wrong split
+    for j in sorted({0, len(chunk) - 1}):
+        with ablate(model, {layer: [chunk[j]]}, ablation=ablation, means=means,
+                    channel_dim=channel_dim):
+            real = model(inputs[:few])
+        ours = logits[j * batch:j * batch + few]
+        scale = float(real.abs().max().clamp_min(1.0))
+        if ours.shape != real.shape or not torch.allclose(ours, real, rtol=1e-4,
+                                                          atol=1e-4 * scale):
+            return False
+    return True

@@ -1,0 +1,157 @@
+"""scan() equals the naive method (one ablated forward per unit) on generated networks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from pytest_unitablate import ablate, scan
+from pytest_unitablate.errors import ConfigError
+
+
+class Block(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.bn = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn(self.conv(x)))
+        out += x
+        return out
+
+
+class Net(nn.Module):
+    """stem -> residual blocks -> [tail] -> GAP -> flatten -> [dropout] -> fc."""
+
+    def __init__(self, width: int, depth: int, tail: bool) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, width, 3, padding=1)
+        self.blocks = nn.Sequential(*[Block(width) for _ in range(depth)])
+        self.tail = nn.Sequential(nn.Conv2d(width, width, 1), nn.ReLU()) if tail else \
+            nn.Identity()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten()
+        self.drop = nn.Dropout(0.5)
+        self.fc = nn.Linear(width, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(self.flat(self.pool(self.tail(self.blocks(self.stem(x)))))))
+
+
+def naive(model: nn.Module, x: torch.Tensor, layer: str, units: list[int], ablation: Any,
+          means: Any) -> tuple[np.ndarray, np.ndarray]:
+    preds, logits = [], []
+    with torch.no_grad():
+        model.eval()
+        for u in units:
+            with ablate(model, {layer: [u]}, ablation=ablation, means=means):
+                out = model(x)
+            logits.append(out)
+            preds.append(out.argmax(1).numpy())
+    return np.stack(preds), torch.stack(logits).numpy()
+
+
+def _stable(logits: np.ndarray) -> np.ndarray:
+    top2 = np.sort(logits, axis=-1)[..., -2:]
+    return (top2[..., 1] - top2[..., 0]) > 1e-4
+
+
+@settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_scan_matches_naive(data: Any) -> None:
+    torch.manual_seed(data.draw(st.integers(0, 1000)))
+    width = data.draw(st.integers(2, 6))
+    depth = data.draw(st.integers(1, 2))
+    tail = data.draw(st.booleans())
+    model = Net(width, depth, tail)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2)
+    model.train(data.draw(st.booleans()))  # scan must switch to eval itself
+    n = data.draw(st.integers(3, 20))
+    x, y = torch.randn(n, 1, 6, 6), torch.randint(0, 5, (n,))
+    layers = ["stem", "blocks", "blocks.0", "blocks.0.bn", "tail" if tail else "blocks"]
+    layer = data.draw(st.sampled_from(layers))
+    units = data.draw(st.lists(st.integers(0, width - 1), min_size=1, max_size=width,
+                               unique=True))
+    ablation = data.draw(st.sampled_from(["zero", "mean", 0.25]))
+    batch = data.draw(st.integers(1, 8))
+    chunk = data.draw(st.integers(1, 4))
+    result = scan(model, (x, y), layer, units=units, ablation=ablation, batch_size=batch,
+                  chunk_size=chunk)
+    means = None
+    if ablation == "mean":
+        from pytest_unitablate import channel_means
+        means = channel_means(model, (x, y), [layer])
+    ref_preds, ref_logits = naive(model, x, layer, units, ablation, means)
+    stable = _stable(ref_logits)
+    assert np.array_equal(result.predictions[stable], ref_preds[stable])
+    expected_method = "closed_form" if (layer in ("blocks", "blocks.0") and not tail
+                                        and depth == 1) or (layer == "tail") else None
+    if layer == "blocks" and not tail:
+        expected_method = "closed_form"
+    if expected_method:
+        assert result.method == expected_method, result.reason
+    else:
+        assert result.method == "prefix", result.reason
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_method_choice_and_refusals() -> None:
+    torch.manual_seed(0)
+    model = Net(4, 1, tail=True).eval()
+    x, y = torch.randn(10, 1, 6, 6), torch.randint(0, 5, (10,))
+    assert scan(model, (x, y), "tail").method == "closed_form"
+    assert scan(model, (x, y), "blocks.0").method == "prefix"
+    with pytest.raises(ConfigError, match="not GAP -> flatten -> Linear"):
+        scan(model, (x, y), "blocks.0", method="closed_form")
+    assert scan(model, (x, y), "blocks.0", method="naive").method == "naive"
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        if h.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            h = h * 2
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+def test_untraceable_model_falls_back_to_naive_and_says_why() -> None:
+    torch.manual_seed(0)
+    model = Untraceable()
+    x, y = torch.randn(6, 1, 5, 5), torch.randint(0, 2, (6,))
+    result = scan(model, (x, y), "conv")
+    assert result.method == "naive"
+    assert "torch.fx cannot trace" in result.reason
+    ref, _ = naive(model, x, "conv", [0, 1, 2], "zero", None)
+    assert np.array_equal(result.predictions, ref)
+
+
+def test_frame_columns_and_values() -> None:
+    torch.manual_seed(0)
+    model = Net(3, 1, tail=False).eval()
+    x, y = torch.randn(12, 1, 6, 6), torch.arange(12) % 5
+    result = scan(model, (x, y), "blocks")
+    frame = result.frame
+    assert list(frame.columns) == ["unit", "target", "n", "baseline", "ablated", "drop"]
+    overall = frame[frame.target == "overall"]
+    assert list(overall.unit) == [0, 1, 2]
+    for _, row in overall.iterrows():
+        acc = result.unit_correct(int(row.unit)).mean()
+        assert row.ablated == pytest.approx(acc)
+        assert row["drop"] == pytest.approx(row["baseline"] - acc)
+    assert set(frame[frame.target != "overall"].n) <= {2, 3}
