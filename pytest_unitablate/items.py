@@ -127,6 +127,9 @@ class UnitAblateItem(pytest.Function):
         target = key.expectation.target
         here = where(spec, key.line)
         baseline = session.baseline(spec, request)
+        if spec.provenance and str(spec.path) not in state.provenance_checked:
+            state.provenance_checked.add(str(spec.path))
+            self._check_provenance(session, request)
         k = class_index(spec, target)
         if k is not None:
             if k >= baseline.num_classes:
@@ -205,6 +208,26 @@ class UnitAblateItem(pytest.Function):
                 f"%)"))
 
     _record_value_layer: float | None = None
+
+    def _check_provenance(self, session: Any, request: pytest.FixtureRequest) -> None:
+        """Warn once per spec when its recorded environment differs from this run's."""
+        import sys
+
+        from pytest_unitablate.plugin import UnitAblateWarning
+        from pytest_unitablate.record import provenance_mismatches
+
+        recorded = dict(self.spec.provenance)
+        current: dict[str, str] = {
+            "torch_version": str(sys.modules["torch"].__version__),
+            "device": session.device, "dtype": str(session.dtype),
+        }
+        if "data_sha256" in recorded or "weights_sha256" in recorded:
+            current.update(session.hashes(self.spec, request))
+        lines = provenance_mismatches(recorded, current)
+        if lines:
+            self.warn(UnitAblateWarning(
+                f"{self.spec.path}: thresholds were recorded in another environment "
+                f"({'; '.join(lines)}); re-record if the differences are intended"))
 
     def _layer_wide(self, per_unit: list[Measurement], level: float
                     ) -> tuple[Measurement, list[int], list[str]]:
@@ -301,7 +324,7 @@ class UnitAblateItem(pytest.Function):
         if isinstance(excinfo.value, (ThresholdMiss, ItemProblem)):
             return str(excinfo.value)
         if not self.config.getoption("unitablate_full_trace", False):
-            return (f"{where(self.spec, self.key.line)}: internal error while running "
+            return (f"{where(self.spec, self.key.line)}: unexpected error while running "
                     f"{self.key.id}: {type(excinfo.value).__name__}: {excinfo.value}\n"
                     f"  (rerun with --unitablate-full-trace for the traceback)")
         return super().repr_failure(excinfo)

@@ -46,6 +46,7 @@ class PluginState:
     records: list[dict[str, Any]] = field(default_factory=list)
     collected_specs: set[Path] = field(default_factory=set)
     recorded: list[str] | None = None
+    provenance_checked: set[str] = field(default_factory=set)
     _runtime: UnitAblateSession | None = None
 
     def runtime(self) -> UnitAblateSession:

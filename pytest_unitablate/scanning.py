@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -167,13 +168,15 @@ def scan(
     method: str = "auto",
     batch_size: int = 256,
     chunk_size: int = 16,
+    progress: bool | None = None,
 ) -> ScanResult:
     """Ablate each unit of ``layer`` alone and record every example's prediction.
 
     ``units`` defaults to all channels. ``ablation`` is ``"zero"``, ``"mean"`` or a number.
     ``method`` is ``"auto"``, ``"closed_form"``, ``"prefix"`` or ``"naive"``;
     ``chunk_size`` units share one suffix forward in the prefix engine (memory grows with
-    ``chunk_size * batch``, never with the data set).
+    ``chunk_size * batch``, never with the data set). ``progress`` shows a tqdm bar; by
+    default only on a terminal and for the naive engine over 32 units or more.
     """
     if method not in ("auto", "closed_form", "prefix", "naive"):
         raise ConfigError(
@@ -224,12 +227,23 @@ def scan(
             raise ConfigError(f"scan(method='prefix') refused for {layer!r}: {why}")
     baseline = evaluate(model, data, device=target, batch_size=batch_size)
     rows = []
-    for unit in chosen:
+    show = progress if progress is not None else (sys.stderr.isatty() and len(chosen) >= 32)
+    for unit in _progress(chosen, show, f"scan {layer} (naive)"):
         with ablate(model, {layer: [unit]}, ablation=ablation, means=means,
                     channel_dim=channel_dim):
             rows.append(evaluate(model, data, device=target, batch_size=batch_size).predictions)
     preds_naive = np.stack(rows) if rows else np.zeros((0, baseline.n), dtype=np.int64)
     return ScanResult(layer, chosen, preds_naive, baseline.labels, baseline, "naive", reason)
+
+
+def _progress(items: Sequence[int], show: bool, desc: str) -> Any:
+    if not show:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is optional (the `scan` extra)
+        return items
+    return tqdm(items, desc=desc, unit="unit", leave=False)
 
 
 def _replacement(ablation: str | float, means: dict[str, torch.Tensor] | None, layer: str,

@@ -344,3 +344,67 @@ def test_plugin_is_inert_when_not_asked_for(pytester: pytest.Pytester) -> None:
     assert "unitablate:" not in result.stdout.str()
     result = pytester.runpytest_subprocess("-p", "no:unitablate")
     result.assert_outcomes(passed=1)
+
+
+BOOM = '''
+import torch
+from torch import nn
+
+class Boom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(4, 4)
+
+    def forward(self, x):
+        raise RuntimeError("forward exploded")
+
+def model():
+    return Boom()
+'''
+
+
+def test_unexpected_errors_are_short_unless_full_trace(tiny: pytest.Pytester) -> None:
+    tiny.makepyfile(boommodel=BOOM)
+    spec(tiny, GOOD, head=HEAD.replace("tinymodel:model", "boommodel:model"))
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml")
+    result.stdout.fnmatch_lines([
+        "spec.yaml:9: unexpected error while running hidden[[]1[]]-one-min_drop: "
+        "RuntimeError: forward exploded",
+        "  (rerun with --unitablate-full-trace for the traceback)",
+    ])
+    assert "def forward" not in result.stdout.str()
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-full-trace")
+    result.stdout.fnmatch_lines(["*raise RuntimeError(\"forward exploded\")*"])
+
+
+def test_confidence_level_option_and_seed_ini(tiny: pytest.Pytester) -> None:
+    spec(tiny, "checks:\n  - layer: hidden\n    units: [3]\n    expect:\n"
+               "      three: {min_drop: 20%}\n")
+    tiny.makeini("[pytest]\nunitablate_seed = 7\n")
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml",
+                            "--unitablate-record-confidence", "0.9")
+    result.stdout.fnmatch_lines(["unitablate: spec.yaml (device cpu, seed 7)",
+                                 "  drop     0.0 pp   90% CI [[]*"])
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-seed", "3")
+    result.stdout.fnmatch_lines(["unitablate: spec.yaml (device cpu, seed 3)",
+                                 "  drop     0.0 pp   95% CI [[]*"])
+
+
+def test_confidence_key_judges_the_bound(tiny: pytest.Pytester) -> None:
+    spec(tiny, "checks:\n  - layer: hidden\n    units: [1]\n    expect:\n"
+               "      one: {min_drop: 90%, confidence: 95%}\n"
+               "      two: {max_drop: 1%, confidence: 95%}\n")
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml")
+    # one: drop 100 pp, but with n=10 the 95% lower bound is ~61 pp: it fails on the bound.
+    # two: drop 0 pp, upper bound ~28 pp > 1%: fails too.
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*judged on the 95% CI lower bound*",
+                                 "*judged on the 95% CI upper bound*"])
+
+
+def test_recorded_provenance_mismatch_warns(tiny: pytest.Pytester) -> None:
+    spec(tiny, GOOD + "provenance:\n  torch_version: 0.0.1\n  device: cpu\n")
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*thresholds were recorded in another environment "
+                                 "(torch_version: recorded 0.0.1, now *"])
