@@ -1,0 +1,156 @@
+"""Discovery: from a model to a starter spec with recorded thresholds, in one step.
+
+Scans the given layers (every unit ablated alone), picks the most class-specific units
+(largest lower confidence bound of a class drop), and writes a spec whose thresholds are the
+bounds of paired confidence intervals, so the spec passes on the model it came from and
+tolerates sampling noise on a retrain of the same data:
+
+* one named-unit check per chosen unit: ``min_drop`` on its class (lower bound) and
+  ``max_drop`` on overall accuracy (upper bound);
+* per layer, an ``every_unit`` guard on overall accuracy (the largest upper bound) and an
+  ``any_unit`` check for each chosen class, which survives a retrain that renumbers units.
+
+Command line (model and data are ``package.module:callable`` import paths)::
+
+    python -m pytest_unitablate discover --model unitablate_demo.fixtures:resnet \\
+        --data unitablate_demo.fixtures:test_data --layer layer3.0 --layer layer3.1 \\
+        --classes zero,one,two,three,four,five,six,seven,eight,nine --out specs/starter.yaml
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_unitablate.measure import Measurement
+from pytest_unitablate.record import atomic_write, format_threshold
+
+
+def load_reference(ref: str) -> Any:
+    """Import ``package.module:callable`` and call it."""
+    module_name, _, attr = ref.partition(":")
+    if not attr:
+        raise ValueError(f"{ref!r} is not an import path of the form package.module:callable")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj()
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One unit's damage to one class, with paired confidence bounds."""
+
+    layer: str
+    unit: int
+    target: int
+    drop: float
+    low: float
+    overall_high: float
+
+
+def find_units(model: Any, data: Any, layers: Sequence[str], *, top: int = 5,
+               level: float = 0.95, min_low: float = 0.05) -> tuple[list[Finding],
+                                                                    dict[str, float]]:
+    """The ``top`` most class-specific units over ``layers``, and each layer's largest
+    overall-drop upper bound (for an ``every_unit`` guard)."""
+    from pytest_unitablate.scanning import scan
+
+    findings: list[Finding] = []
+    guards: dict[str, float] = {}
+    for layer in layers:
+        result = scan(model, data, layer)
+        base = result.baseline.correct
+        labels = result.labels
+        worst_high = -1.0
+        for i, unit in enumerate(result.units):
+            after = result.correct[i]
+            overall = Measurement.from_correct(base, after, level=level)
+            worst_high = max(worst_high, overall.ci[1])
+            best: Finding | None = None
+            for k in range(result.baseline.num_classes):
+                mask = labels == k
+                if not mask.any():
+                    continue
+                m = Measurement.from_correct(base[mask], after[mask], level=level)
+                if best is None or m.ci[0] > best.low:
+                    best = Finding(layer, unit, k, m.drop, m.ci[0], overall.ci[1])
+            if best is not None and best.low >= min_low:
+                findings.append(best)
+        guards[layer] = worst_high
+    findings.sort(key=lambda f: (-f.low, f.layer, f.unit))
+    return findings[:top], guards
+
+
+def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
+                findings: Sequence[Finding], guards: dict[str, float], level: float) -> str:
+    """The starter spec as YAML text (comments carry the measurements)."""
+
+    def name(k: int) -> str:
+        return classes[k] if classes else str(k)
+
+    lines = [
+        "# Starter spec written by `python -m pytest_unitablate discover`.",
+        f"# Thresholds are {level * 100:g}% paired confidence bounds (Newcombe) of the",
+        "# measured drops: lower bounds for min_drop, upper bounds for max_drop.",
+        "unitablate: 1",
+        f"model: {model_ref}",
+        f"data: {data_ref}",
+    ]
+    if classes:
+        lines.append(f"classes: [{', '.join(classes)}]")
+    lines += ["ablation: zero", "", "checks:"]
+    for f in findings:
+        lines += [
+            f"  # unit {f.unit} of {f.layer}: class {name(f.target)} drops "
+            f"{f.drop * 100:.1f} pp",
+            f"  - layer: {f.layer}",
+            f"    units: [{f.unit}]",
+            "    expect:",
+            f"      {name(f.target)}: {{min_drop: {format_threshold('min_drop', f.low)}}}",
+            f"      overall: {{max_drop: {format_threshold('max_drop', f.overall_high)}}}",
+        ]
+    by_layer: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_layer.setdefault(f.layer, []).append(f)
+    for layer in sorted(guards):
+        seen: set[int] = set()
+        for f in by_layer.get(layer, []):
+            if f.target in seen:
+                continue
+            seen.add(f.target)
+            lines += [
+                f"  - layer: {layer}            # survives a retrain: any unit will do",
+                "    any_unit:",
+                "      expect:",
+                f"        {name(f.target)}: {{min_drop: "
+                f"{format_threshold('min_drop', f.low)}}}",
+            ]
+        high = guards[layer]
+        if not math.isnan(high) and high >= 0:
+            lines += [
+                f"  - layer: {layer}            # no single unit moves overall accuracy much",
+                "    every_unit:",
+                "      expect:",
+                f"        overall: {{max_drop: {format_threshold('max_drop', high)}}}",
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def discover(model_ref: str, data_ref: str, layers: Sequence[str], out: Path, *,
+             classes: Sequence[str] | None = None, top: int = 5, level: float = 0.95,
+             overwrite: bool = False) -> str:
+    """Scan, choose units, write the starter spec to ``out``; return its text."""
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --force to replace it")
+    model = load_reference(model_ref)
+    data = load_reference(data_ref)
+    findings, guards = find_units(model, data, layers, top=top, level=level)
+    text = render_spec(model_ref, data_ref, classes, findings, guards, level)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, text)
+    return text
