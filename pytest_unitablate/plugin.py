@@ -86,6 +86,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--unitablate-report", dest="unitablate_report", default=None,
                     metavar="PATH.json", help="write one JSON record per spec item (ini "
                     "unitablate_report; default: no report)")
+    group.addoption("--unitablate-html", dest="unitablate_html", default=None,
+                    metavar="PATH.html", help="write a self-contained HTML page of the items' "
+                    "outcomes (default: none)")
     group.addoption("--unitablate-record-mode", dest="unitablate_record_mode", default=None,
                     choices=RECORD_MODES, help="write measured thresholds back into the spec: "
                     "none (never write), new (fill null thresholds), failed (rewrite failing "
@@ -283,6 +286,13 @@ def _write_outputs(session: pytest.Session, state: PluginState) -> None:
         if not path.is_absolute():
             path = Path(session.config.invocation_params.dir) / path
         write_json(path, build_report(state.records, _environment(state)))
+    html_path = session.config.getoption("unitablate_html")
+    if html_path:
+        from pytest_unitablate.html_report import write_html_report
+        from pytest_unitablate.report import sort_records
+
+        write_html_report(Path(session.config.invocation_params.dir) / html_path,
+                          checks=sort_records(state.records))
     if state.record_mode != "none":
         from pytest_unitablate.recording import apply_recorded
 

@@ -235,8 +235,11 @@ def test_fixtures_from_conftest_and_marks_and_k(tiny: pytest.Pytester) -> None:
 def test_json_report_and_junit_properties(tiny: pytest.Pytester) -> None:
     spec(tiny, GOOD)
     result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-report",
-                            "out/report.json", "--junitxml", "junit.xml")
+                            "out/report.json", "--junitxml", "junit.xml",
+                            "--unitablate-html", "out/report.html")
     result.assert_outcomes(passed=4)
+    page = (tiny.path / "out" / "report.html").read_text()
+    assert "4 passed" in page and "hidden[1]-one-min_drop" in page
     doc = json.loads((tiny.path / "out" / "report.json").read_text())
     assert doc["device"] == "cpu" and doc["dtype"] == "float32"
     assert doc["torch_version"] and doc["pytest_unitablate_version"]
