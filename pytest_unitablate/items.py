@@ -146,6 +146,7 @@ class UnitAblateItem(pytest.Function):
                     f"{max(spec.min_examples, 1)} (min_examples)"
                 )
         mask = slice(None) if k is None else (baseline.labels == k)
+        self._check_supportable(baseline.correct[mask])
         level = constraint.confidence or state.record_level
         deciding: list[int] | None = None
         notes: list[str] = []
@@ -208,6 +209,24 @@ class UnitAblateItem(pytest.Function):
                 f"%)"))
 
     _record_value_layer: float | None = None
+
+    def _check_supportable(self, correct: Any) -> None:
+        """A ``min_*`` threshold that even a total collapse could not meet is an error."""
+        c = self.key.constraint
+        if c.threshold is None or not c.kind.startswith("min"):
+            return
+        hits, n = int(correct.sum()), len(correct)
+        best = Measurement.from_correct([True] * hits + [False] * (n - hits),
+                                        [False] * n, level=c.confidence or DEFAULT_LEVEL)
+        reach = best.bound(c.kind, c.confidence) if c.confidence else best.value(c.kind)
+        if reach + 1e-12 < c.threshold:
+            what = "the point estimate" if c.confidence is None else (
+                f"the {c.confidence * 100:g}% lower bound")
+            raise ItemProblem(
+                f"{where(self.spec, self.key.line)}: {self.key.id}: the target has {n} "
+                f"example(s), {hits} right at baseline; even if every one were lost, "
+                f"{what} would be {reach * 100:.1f}, below the required "
+                f"{c.threshold * 100:.1f}. Use more examples or a lower threshold.")
 
     def _check_provenance(self, session: Any, request: pytest.FixtureRequest) -> None:
         """Warn once per spec when its recorded environment differs from this run's."""

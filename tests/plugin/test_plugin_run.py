@@ -395,11 +395,11 @@ def test_confidence_level_option_and_seed_ini(tiny: pytest.Pytester) -> None:
 
 def test_confidence_key_judges_the_bound(tiny: pytest.Pytester) -> None:
     spec(tiny, "checks:\n  - layer: hidden\n    units: [1]\n    expect:\n"
-               "      one: {min_drop: 90%, confidence: 95%}\n"
+               "      overall: {min_drop: 20%, confidence: 95%}\n"
                "      two: {max_drop: 1%, confidence: 95%}\n")
     result = tiny.runpytest("--unitablate-spec", "spec.yaml")
-    # one: drop 100 pp, but with n=10 the 95% lower bound is ~61 pp: it fails on the bound.
-    # two: drop 0 pp, upper bound ~28 pp > 1%: fails too.
+    # overall: the drop is 25 pp (above 20), but its 95% lower bound over 40 examples is
+    # lower: it fails on the bound. two: drop 0 pp, upper bound ~28 pp > 1%: fails too.
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*judged on the 95% CI lower bound*",
                                  "*judged on the 95% CI upper bound*"])
@@ -411,3 +411,14 @@ def test_recorded_provenance_mismatch_warns(tiny: pytest.Pytester) -> None:
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*thresholds were recorded in another environment "
                                  "(torch_version: recorded 0.0.1, now *"])
+
+
+def test_threshold_too_few_examples_can_support_is_an_error(tiny: pytest.Pytester) -> None:
+    spec(tiny, "checks:\n  - layer: hidden\n    units: [1]\n    expect:\n"
+               "      one: {min_drop: 90%, confidence: 99%}\n")
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "spec.yaml:9: hidden[[]1[]]-one-min_drop: the target has 10 example(s), 10 right at "
+        "baseline; even if every one were lost, the 99% lower bound would be *, below the "
+        "required 90.0. Use more examples or a lower threshold."])
