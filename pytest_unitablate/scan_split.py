@@ -164,8 +164,9 @@ def _repeat(value: Any, k: int, batch: int) -> Any:
     return value
 
 
-def _replacement(ablation: str | float, means: dict[str, torch.Tensor] | None, layer: str,
-                 like: torch.Tensor, dim: int) -> torch.Tensor:
+def replacement_values(ablation: str | float, means: dict[str, torch.Tensor] | None, layer: str,
+                       like: torch.Tensor, dim: int) -> torch.Tensor:
+    """The per-channel replacement r (zero, the channel means, or a constant)."""
     channels = like.shape[dim]
     if ablation == "zero":
         return torch.zeros(channels, dtype=like.dtype, device=like.device)
@@ -207,7 +208,7 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
             out, extras = produced[0], produced[1:]
             collector.add(index, split.suffix(out, *extras), labels)
             dim = channel_dim if channel_dim >= 0 else out.dim() + channel_dim
-            repl = _replacement(ablation, means, layer, out, dim)
+            repl = replacement_values(ablation, means, layer, out, dim)
             batch = out.shape[0]
             rows: list[torch.Tensor] = []
             for start in range(0, len(units), max(1, chunk_size)):

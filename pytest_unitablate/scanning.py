@@ -246,16 +246,6 @@ def _progress(items: Sequence[int], show: bool, desc: str) -> Any:
     return tqdm(items, desc=desc, unit="unit", leave=False)
 
 
-def _replacement(ablation: str | float, means: dict[str, torch.Tensor] | None, layer: str,
-                 channels: int, like: torch.Tensor) -> torch.Tensor:
-    if ablation == "zero":
-        return torch.zeros(channels, dtype=like.dtype, device=like.device)
-    if ablation == "mean":
-        assert means is not None
-        return means[layer].to(dtype=like.dtype, device=like.device)
-    return torch.full((channels,), float(ablation), dtype=like.dtype, device=like.device)
-
-
 def _scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int, ...],
                       ablation: str | float, means: dict[str, torch.Tensor] | None,
                       head: nn.Linear, device: torch.device, batch_size: int
@@ -268,7 +258,7 @@ def _scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int,
         calls[0] += 1
         captured.append(out.mean(dim=(2, 3)))
 
-    from pytest_unitablate.scan_split import Collector
+    from pytest_unitablate.scan_split import Collector, replacement_values
 
     weight = head.weight.detach()
     collector = Collector()
@@ -286,7 +276,7 @@ def _scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int,
                 collector.add(index, logits, labels)
                 require_single_call(model, layer, calls[0])
                 pooled = captured[0].to(logits.dtype)
-                repl = _replacement(ablation, means, layer, pooled.shape[1], pooled)
+                repl = replacement_values(ablation, means, layer, pooled, 1)
                 preds = _closed_form_batch(logits, pooled, weight, repl, units)
                 if not verified:
                     handle.remove()

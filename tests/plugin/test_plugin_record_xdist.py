@@ -7,33 +7,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import tiny_source
 import torch  # noqa: F401  (loaded before in-process pytester runs; see test_plugin_run)
 
 pytest_plugins = ["pytester"]
 
-TINY = '''
-import torch
-from torch import nn
-
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.hidden = nn.Linear(4, 4)
-        self.head = nn.Linear(4, 4)
-        with torch.no_grad():
-            self.hidden.weight.copy_(torch.eye(4)); self.hidden.bias.zero_()
-            self.head.weight.copy_(torch.eye(4)); self.head.bias.copy_(torch.tensor([0, 0, 0, 0.5]))
-
-    def forward(self, x):
-        return self.head(self.hidden(x))
-
-def model():
-    return Tiny().eval()
-
-def data():
-    labels = torch.arange(4).repeat(10)
-    return [(torch.eye(4)[labels[i:i + 8]], labels[i:i + 8]) for i in range(0, 40, 8)]
-'''
+TINY = tiny_source.TINY
 
 SPEC = """\
 # my comment at the top

@@ -1,0 +1,39 @@
+"""Source of the hand-built network the plugin tests write into their pytester dirs.
+
+The tiny model routes a one-hot input to the logits through ``hidden`` (4 units): ablating
+unit k < 3 zeroes class k's logit (recall 100% -> 0%); class three's bias keeps it right.
+"""
+
+TINY = '''
+import torch
+from torch import nn
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(4, 4)
+        self.unused = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 4)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.eye(4)); self.hidden.bias.zero_()
+            self.head.weight.copy_(torch.eye(4)); self.head.bias.copy_(torch.tensor([0, 0, 0, 0.5]))
+
+    def forward(self, x):
+        return self.head(self.hidden(x))
+
+def model():
+    return Tiny().eval()
+
+def data():
+    labels = torch.arange(4).repeat(10)
+    return [(torch.eye(4)[labels[i:i + 8]], labels[i:i + 8]) for i in range(0, 40, 8)]
+
+def nan_model():
+    m = Tiny().eval()
+    with torch.no_grad():
+        m.head.bias[0] = float("nan")
+    return m
+
+def broken():
+    raise RuntimeError("checkpoint missing")
+'''
