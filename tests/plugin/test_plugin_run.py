@@ -13,15 +13,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import tiny_source
-
-# In-process pytester runs restore sys.modules after each run; torch cannot be imported a
-# second time in one process, so it must already be loaded before any run starts.
-import torch  # noqa: F401
 
 pytest_plugins = ["pytester"]
 
-TINY = tiny_source.TINY
 
 HEAD = """\
 unitablate: 1
@@ -29,13 +23,6 @@ model: tinymodel:model
 data: tinymodel:data
 classes: [zero, one, two, three]
 """
-
-
-@pytest.fixture
-def tiny(pytester: pytest.Pytester) -> pytest.Pytester:
-    pytester.makepyfile(tinymodel=TINY)
-    pytester.syspathinsert()
-    return pytester
 
 
 def spec(pytester: pytest.Pytester, body: str, name: str = "spec.yaml",

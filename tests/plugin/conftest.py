@@ -1,0 +1,22 @@
+"""Shared set-up of the plugin tests: a pytester directory holding the tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import tiny_source
+
+# In-process pytester runs restore sys.modules after each run; torch cannot be imported a
+# second time in one process, so it must already be loaded before any run starts.
+import torch  # noqa: F401
+
+from pytest_unitablate.record import CI_VARIABLES
+
+
+@pytest.fixture
+def tiny(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """A pytester dir with ``tinymodel.py`` importable and no CI variables set."""
+    for var in CI_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    pytester.makepyfile(tinymodel=tiny_source.TINY)
+    pytester.syspathinsert()
+    return pytester
