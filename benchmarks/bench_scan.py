@@ -6,7 +6,8 @@ For each layer: time per unit of
              channel group; a benchmark-only dependency);
   * scan   — ``pytest_unitablate.scan`` over *all* units of the layer;
 and the ratio naive/scan. Naive and Captum are timed on a few units (their cost per unit is
-constant), scan on every unit. Then peak memory (maxrss of a fresh process) of a scan at two
+constant), scan on every unit; the three are interleaved three times and the medians
+kept. Then peak memory (maxrss of a fresh process) of a scan at two
 data sizes, to show memory is bounded by the batch, not the data set.
 
     python benchmarks/bench_scan.py            # resnet18 (random weights) + the demo models
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -112,6 +114,7 @@ def main() -> None:
     x, y = digits32()
     data = batches(x, y)
     sample = [0, 1] if args.quick else [0, 1, 2, 3]
+    repeats = 1 if args.quick else 3
     rows = []
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
     start = time.perf_counter()
@@ -121,20 +124,30 @@ def main() -> None:
           f"weights), 597 digits at 32x32; one full evaluation {full:.3f} s")
     layers = ["layer4", "layer3"] if args.quick else ["layer4", "layer3", "layer2"]
     for layer in layers:
-        naive = time_naive(model, data, layer, sample)
-        captum = time_captum(model, x, layer, len(sample))
-        per_unit, n_units, method = time_scan(model, data, layer)
-        rows.append(("resnet18", layer, n_units, method, naive, captum, per_unit,
+        # Interleave: naive units, a full scan, more naive units, another scan, ...; the
+        # medians of each see the same machine load.
+        naive_t, scan_t, captum_t = [], [], []
+        n_units, method = 0, ""
+        for _ in range(repeats):
+            naive_t.append(time_naive(model, data, layer, sample))
+            per_unit, n_units, method = time_scan(model, data, layer)
+            scan_t.append(per_unit)
+            captum_t.append(time_captum(model, x, layer, len(sample)))
+        rows.append(("resnet18", layer, n_units, method, statistics.median(naive_t),
+                     statistics.median(captum_t), statistics.median(scan_t),
                      TARGETS.get(layer)))
     from unitablate_demo.fixtures import checkpoint, test_data
 
     demo_data = test_data()
     for name, layer in [("resnet", "layer3.1"), ("resnet", "layer2.1"), ("alexnet", "conv5")]:
         m = checkpoint(name)
-        naive = time_naive(m, demo_data, layer, sample)
-        per_unit, n_units, method = time_scan(m, demo_data, layer)
-        rows.append((f"demo {name}", layer, n_units, method, naive, float("nan"), per_unit,
-                     None))
+        naive_t, scan_t = [], []
+        for _ in range(repeats):
+            naive_t.append(time_naive(m, demo_data, layer, sample))
+            per_unit, n_units, method = time_scan(m, demo_data, layer)
+            scan_t.append(per_unit)
+        rows.append((f"demo {name}", layer, n_units, method, statistics.median(naive_t),
+                     float("nan"), statistics.median(scan_t), None))
     print()
     print("| model | layer | units | scan engine | naive s/unit | captum s/unit | scan s/unit "
           "| naive/scan | target |")

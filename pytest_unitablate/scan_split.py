@@ -158,6 +158,74 @@ def split_at(model: nn.Module, layer: str) -> tuple[Split | None, str]:
     return Split(prefix, suffix, len(extras)), ""
 
 
+@dataclass
+class LinearEntry:
+    """The suffix starts with convolutions only: ``rest(*conv_outputs, *extras)``.
+
+    Ablating unit u changes each entry convolution's output by exactly
+    ``conv_without_bias((x_u - r_u) e_u)``, a convolution of one channel, so the entry
+    convolutions run once per batch and each unit costs 1/C of them.
+    """
+
+    convs: list[nn.Conv2d]
+    rest: fx.GraphModule
+
+
+def linear_entry(split: Split) -> LinearEntry | None:
+    """Split off the suffix's entry convolutions, or ``None`` if something else reads the
+    layer's output (an add, a ReLU, a grouped or non-zero-padded convolution, ...)."""
+    graph = split.suffix.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    layer_in = placeholders[0]
+    modules = dict(split.suffix.named_modules())
+    convs: list[tuple[fx.Node, nn.Conv2d]] = []
+    for user in layer_in.users:
+        mod = modules.get(str(user.target)) if user.op == "call_module" else None
+        if not (isinstance(mod, nn.Conv2d) and mod.groups == 1
+                and mod.padding_mode == "zeros" and isinstance(mod.padding, tuple)
+                and len(user.args) == 1 and not user.kwargs):
+            return None
+        convs.append((user, mod))
+    if not convs:
+        return None
+    rest_graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for i, (node, _) in enumerate(convs):
+        env[node] = rest_graph.placeholder(f"entry_{i}")
+    for extra in placeholders[1:]:
+        env[extra] = rest_graph.placeholder(str(extra.target))
+    consumers = {node for node, _ in convs}
+    for node in graph.nodes:
+        if node.op == "placeholder" or node in consumers:
+            continue
+        if node.op == "output":
+            rest_graph.output(fx.map_arg(node.args[0], lambda n: env[n]))
+        else:
+            env[node] = rest_graph.node_copy(node, lambda n: env[n])
+    rest = fx.GraphModule(split.suffix, rest_graph)
+    rest.graph.eliminate_dead_code()
+    rest.recompile()
+    return LinearEntry([m for _, m in convs], rest)
+
+
+def entry_outputs(entry: LinearEntry, out: torch.Tensor, units: Sequence[int],
+                  repl: torch.Tensor) -> list[torch.Tensor]:
+    """Each entry convolution's output for ``len(units)`` ablated copies (stacked on dim 0)."""
+    k, batch = len(units), out.shape[0]
+    idx = torch.as_tensor(list(units), device=out.device)
+    shifted = out[:, idx] - repl[idx].view(1, k, 1, 1)  # (B, k, H, W): x_u - r_u per unit
+    results = []
+    for conv in entry.convs:
+        full = conv(out)  # (B, O, H', W')
+        weight = conv.weight[:, idx].transpose(0, 1).reshape(k * conv.out_channels, 1,
+                                                             *conv.weight.shape[2:])
+        delta = torch.nn.functional.conv2d(shifted, weight, None, conv.stride, conv.padding,
+                                           conv.dilation, groups=k)
+        delta = delta.view(batch, k, conv.out_channels, *delta.shape[2:]).transpose(0, 1)
+        results.append((full.unsqueeze(0) - delta).reshape(k * batch, *full.shape[1:]))
+    return results
+
+
 def _repeat(value: Any, k: int, batch: int) -> Any:
     if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
         return value.repeat(k, *([1] * (value.dim() - 1)))
@@ -200,6 +268,7 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
     columns: list[torch.Tensor] = []
     collector = Collector()
     verified = False
+    entry = linear_entry(split) if channel_dim in (1, -3) else None
     with eval_mode(model), eval_mode(split.prefix), eval_mode(split.suffix):
         for index, (inputs, labels) in enumerate(
             iter_batches(data, batch_size=batch_size, device=device)
@@ -213,9 +282,11 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
             rows: list[torch.Tensor] = []
             for start in range(0, len(units), max(1, chunk_size)):
                 chunk = units[start:start + chunk_size]
-                stacked = ablated_copies(out, chunk, repl, dim)
-                logits = split.suffix(stacked, *(_repeat(e, len(chunk), batch)
-                                                 for e in extras))
+                repeated = [_repeat(e, len(chunk), batch) for e in extras]
+                if entry is not None and out.dim() == 4:
+                    logits = entry.rest(*entry_outputs(entry, out, chunk, repl), *repeated)
+                else:
+                    logits = split.suffix(ablated_copies(out, chunk, repl, dim), *repeated)
                 if not verified:
                     if not _verify(model, inputs, layer, chunk, logits, batch, ablation,
                                    means, channel_dim):
