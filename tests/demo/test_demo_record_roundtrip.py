@@ -1,0 +1,60 @@
+"""Record -> re-run -> pass on the real demo spec, with every comment of the spec intact."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_unitablate.record import CI_VARIABLES
+from pytest_unitablate.spec_loader import load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def _pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in CI_VARIABLES}
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                           "--rootdir", str(cwd), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_record_new_then_all_then_rerun_passes_with_comments_intact(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
+    original = (ROOT / "specs" / "resnet.yaml").read_text()
+    assert "four: {min_drop: 40%}" in original
+    spec = tmp_path / "resnet.yaml"
+    spec.write_text(original.replace("four: {min_drop: 40%}", "four: {min_drop: null}", 1))
+
+    plain = _pytest(tmp_path, "--unitablate-spec", "resnet.yaml")
+    assert plain.returncode == 1 and "no threshold recorded yet" in plain.stdout
+
+    new = _pytest(tmp_path, "--unitablate-spec", "resnet.yaml", "--unitablate-record-mode=new")
+    assert new.returncode == 0, new.stdout[-2000:]
+    assert "1 threshold(s) recorded/updated" in new.stdout
+    text = spec.read_text()
+    comments = [line.strip() for line in original.splitlines() if line.strip().startswith("#")]
+    assert all(c in text for c in comments)
+    assert "min_drop: null" not in text and "recorded: measured 50.0 pp" in text
+
+    everything = _pytest(tmp_path, "--unitablate-spec", "resnet.yaml",
+                         "--unitablate-record-mode=all")
+    assert everything.returncode == 0, everything.stdout[-2000:]
+    recorded = load_spec(spec)
+    assert dict(recorded.provenance)["device"] == "cpu"
+    assert all(c in spec.read_text() for c in comments)
+
+    again = _pytest(tmp_path, "--unitablate-spec", "resnet.yaml")
+    assert again.returncode == 0, again.stdout[-2000:]
+    assert "25 passed" in again.stdout
+    # Recorded thresholds are confidence bounds: the fine-tuned regression still fails them.
+    caught = _pytest(tmp_path, "--unitablate-spec", "resnet.yaml",
+                     "--demo-checkpoint", "resnet-finetuned")
+    assert caught.returncode == 1
+    assert "layer3.0[0]-four-min_drop" in caught.stdout
