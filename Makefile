@@ -26,18 +26,19 @@ browser:
 		echo "chromium not installed: the rendering test skips locally and fails under CI"
 
 # One torch thread per xdist worker: two workers on two cores, no oversubscription.
-test: $(STAMP) browser
-	$(BIN)/ruff check .
-	$(BIN)/mypy
+test: lint browser
 	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 -m "not slow"
 	$(BIN)/pytest -m slow
 
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 -m "not slow"
 
+# ruff (style, and TID253: no module-level torch in the torch-free layers), mypy --strict,
+# and import-linter (the layer contract in pyproject.toml; docs/architecture.md).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_evaluate.py

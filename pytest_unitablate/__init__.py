@@ -1,5 +1,14 @@
 """pytest-unitablate: regression tests for the class-specific importance of CNN units.
 
+The package has four layers (``docs/architecture.md`` draws the map):
+
+* :mod:`pytest_unitablate.core` (torch, no pytest): layers, ablation, data, evaluation, scans;
+* :mod:`pytest_unitablate.spec` (torch-free): the spec format, its loader, schema and ids;
+* :mod:`pytest_unitablate.verdicts` (torch-free): statistics, judgement, failure text;
+* :mod:`pytest_unitablate.plugin` (pytest; torch only when a spec runs): hooks and items;
+
+plus :mod:`pytest_unitablate.analysis` (unit attributes, discovery, the HTML report).
+
 The public API is imported lazily, so ``import pytest_unitablate`` (done by pytest for every
 run once the plugin is installed) does not import torch.
 
@@ -20,12 +29,16 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0.dev0"
 
 _LAZY = {
-    "ablate": "pytest_unitablate.ablation",
-    "channel_means": "pytest_unitablate.ablation",
-    "evaluate": "pytest_unitablate.evaluation",
-    "EvalResult": "pytest_unitablate.evaluation",
-    "scan": "pytest_unitablate.scanning",
-    "ScanResult": "pytest_unitablate.scanning",
+    "ablate": "pytest_unitablate.core.ablation",
+    "channel_means": "pytest_unitablate.core.ablation",
+    "evaluate": "pytest_unitablate.core.evaluation",
+    "EvalResult": "pytest_unitablate.core.evaluation",
+    "scan": "pytest_unitablate.core.scan",
+    "ScanResult": "pytest_unitablate.core.scan",
+    "load_spec": "pytest_unitablate.spec.loader",
+    "unit_attributes": "pytest_unitablate.analysis.attributes",
+    "attribute_correlations": "pytest_unitablate.analysis.attributes",
+    "discover": "pytest_unitablate.analysis.discover",
 }
 
 __all__ = [
@@ -33,15 +46,22 @@ __all__ = [
     "ScanResult",
     "__version__",
     "ablate",
+    "attribute_correlations",
     "channel_means",
+    "discover",
     "evaluate",
+    "load_spec",
     "scan",
+    "unit_attributes",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pytest_unitablate.ablation import ablate, channel_means
-    from pytest_unitablate.evaluation import EvalResult, evaluate
-    from pytest_unitablate.scanning import ScanResult, scan
+    from pytest_unitablate.analysis.attributes import attribute_correlations, unit_attributes
+    from pytest_unitablate.analysis.discover import discover
+    from pytest_unitablate.core.ablation import ablate, channel_means
+    from pytest_unitablate.core.evaluation import EvalResult, evaluate
+    from pytest_unitablate.core.scan import ScanResult, scan
+    from pytest_unitablate.spec.loader import load_spec
 
 
 def __getattr__(name: str) -> Any:

@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--out", type=Path, required=True, help="spec file to write")
     d.add_argument("--force", action="store_true", help="replace an existing file")
     args = parser.parse_args(argv)
-    from pytest_unitablate.discover import discover
+    from pytest_unitablate.analysis.discover import discover
     from pytest_unitablate.errors import UnitAblateError
 
     classes = args.classes.split(",") if args.classes else None

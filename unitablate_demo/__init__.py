@@ -7,7 +7,7 @@ with ``python -m``:
 * ``python -m unitablate_demo.build_data``  -- regenerate ``data/digits.npz`` (needs scikit-learn)
 * ``python -m unitablate_demo.train --model resnet --seed 0``  -- train a checkpoint
 * ``python -m unitablate_demo.findings``  -- the paper's first two findings, as a table
-* ``python -m unitablate_demo.measure --checkpoint resnet --layer layer3.0``  -- per-unit drops
+* ``python -m unitablate_demo.oracle --checkpoint resnet --layer layer3.0``  -- per-unit drops
   behind the specs' thresholds
 * ``python -m unitablate_demo.outcomes``  -- expected outcome of every spec item per checkpoint
 

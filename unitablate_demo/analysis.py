@@ -19,7 +19,11 @@ LAYERS = [("resnet", "layer2.1", "layer3.0.conv1"), ("resnet", "layer3.0", "laye
 
 def main() -> None:
     from pytest_unitablate import scan
-    from pytest_unitablate.attributes import attribute_correlations, unit_attributes, write_table
+    from pytest_unitablate.analysis.attributes import (
+        attribute_correlations,
+        unit_attributes,
+        write_table,
+    )
     from unitablate_demo.fixtures import checkpoint, test_data
 
     parser = argparse.ArgumentParser()

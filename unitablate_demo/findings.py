@@ -27,8 +27,8 @@ import torch
 
 from unitablate_demo import CLASS_NAMES
 from unitablate_demo.data import load_split
-from unitablate_demo.measure import unit_drops
 from unitablate_demo.models import load_model, read_manifest
+from unitablate_demo.oracle import unit_drops
 
 #: Candidate layers per architecture: block outputs of the ResNet, the last convs of AlexNet.
 LAYERS: dict[str, tuple[str, ...]] = {

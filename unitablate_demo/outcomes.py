@@ -30,8 +30,8 @@ import yaml
 
 from unitablate_demo import CLASS_NAMES
 from unitablate_demo.data import load_split
-from unitablate_demo.measure import LayerDrops, group_drop, unit_drops
 from unitablate_demo.models import CHECKPOINT_DIR, load_model, read_manifest
+from unitablate_demo.oracle import LayerDrops, group_drop, unit_drops
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_PATH = CHECKPOINT_DIR / "expected_outcomes.json"
@@ -69,7 +69,7 @@ class ItemOutcome:
     deciding_unit: int | None
     units_meeting: int | None  # any_unit / every_unit: how many units meet the constraint
     outcome: str  # passed | failed
-    id: str  # the test id under the convention of pytest_unitablate.ids
+    id: str  # the test id under the convention of pytest_unitablate.spec.ids
 
 
 def _meets(kind: str, drop: float, threshold: float) -> bool:

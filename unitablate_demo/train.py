@@ -51,7 +51,6 @@ import torch
 from torch import nn
 
 from unitablate_demo.data import DATA_SHA256, data_sha256, load_split
-from unitablate_demo.measure import zero_units
 from unitablate_demo.models import (
     ARCHITECTURES,
     CHECKPOINT_DIR,
@@ -60,6 +59,7 @@ from unitablate_demo.models import (
     read_manifest,
     sha256_file,
 )
+from unitablate_demo.oracle import zero_units
 
 DEFAULTS: dict[str, dict[str, float]] = {
     "resnet": {

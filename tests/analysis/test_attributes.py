@@ -9,7 +9,11 @@ import torch
 from scipy import stats
 from torch import nn
 
-from pytest_unitablate.attributes import attribute_correlations, unit_attributes, write_table
+from pytest_unitablate.analysis.attributes import (
+    attribute_correlations,
+    unit_attributes,
+    write_table,
+)
 
 
 class Hand(nn.Module):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_unitablate.ids import item_ids
-from pytest_unitablate.spec_loader import load_spec
+from pytest_unitablate.spec.ids import item_ids
+from pytest_unitablate.spec.loader import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = "zero,one,two,three,four,five,six,seven,eight,nine"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pytest_unitablate.html_report import write_html_report
+from pytest_unitablate.analysis.html_report import write_html_report
 
 
 def _frames() -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, object]]]:

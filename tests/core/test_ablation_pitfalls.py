@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 from pytest_unitablate import ablate, channel_means, evaluate
+from pytest_unitablate.core.layers import probe_layers
 from pytest_unitablate.errors import (
     LayerNeverRanError,
     UnsupportedModelError,
 )
-from pytest_unitablate.layers import probe_layers
 
 
 class InplaceAfter(nn.Module):

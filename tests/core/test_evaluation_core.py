@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pytest_unitablate import evaluate
-from pytest_unitablate.data import data_fingerprint
+from pytest_unitablate.core.data import data_fingerprint
 from pytest_unitablate.errors import DataError, NonFiniteLogitsError
 
 

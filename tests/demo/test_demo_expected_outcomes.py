@@ -60,8 +60,8 @@ def test_fresh_evaluation_matches_the_file(spec: str, ckpt: str) -> None:
 
 @pytest.mark.parametrize("spec", sorted(PLAN))
 def test_ids_and_lines_agree_with_the_spec_loader(spec: str) -> None:
-    from pytest_unitablate.ids import item_ids
-    from pytest_unitablate.spec_loader import load_spec
+    from pytest_unitablate.spec.ids import item_ids
+    from pytest_unitablate.spec.loader import load_spec
 
     keys = item_ids(load_spec(Path(ROOT) / spec))
     for ckpt in PLAN[spec]:

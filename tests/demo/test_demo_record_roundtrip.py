@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_unitablate.record import CI_VARIABLES
-from pytest_unitablate.spec_loader import load_spec
+from pytest_unitablate.plugin.record_mode import CI_VARIABLES
+from pytest_unitablate.spec.loader import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import tiny_source
 # second time in one process, so it must already be loaded before any run starts.
 import torch  # noqa: F401
 
-from pytest_unitablate.record import CI_VARIABLES
+from pytest_unitablate.plugin.record_mode import CI_VARIABLES
 
 
 @pytest.fixture

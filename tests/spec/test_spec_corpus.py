@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from pytest_unitablate.errors import SpecError
-from pytest_unitablate.ids import item_ids
-from pytest_unitablate.spec_loader import is_spec_file, load_spec
+from pytest_unitablate.spec.ids import item_ids
+from pytest_unitablate.spec.loader import is_spec_file, load_spec
 
 CORPUS = Path(__file__).parent / "corpus"
 BAD = sorted((CORPUS / "bad").glob("*.yaml"))
@@ -128,8 +128,8 @@ def test_is_spec_file_is_cheap_and_strict(tmp_path: Path) -> None:
 
 
 def test_loader_does_not_import_torch() -> None:
-    code = ("import sys; from pytest_unitablate.spec_loader import load_spec; "
-            "import pytest_unitablate.plugin, pytest_unitablate.items; "
+    code = ("import sys; from pytest_unitablate.spec.loader import load_spec; "
+            "import pytest_unitablate.plugin, pytest_unitablate.plugin.item; "
             "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, "
             "sorted(m for m in sys.modules if m.startswith(('torch', 'numpy')))")
     subprocess.run([sys.executable, "-c", code], check=True)

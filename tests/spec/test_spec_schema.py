@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import pytest_unitablate
-from pytest_unitablate.spec_schema import render
+from pytest_unitablate.spec.schema import render
 
 CORPUS = Path(__file__).parent / "corpus"
 SHIPPED = Path(pytest_unitablate.__file__).parent / "spec.schema.json"
@@ -28,7 +28,7 @@ SEMANTIC = {
 
 def test_shipped_schema_is_the_generated_one() -> None:
     assert SHIPPED.read_text() == render(), (
-        "regenerate: python -m pytest_unitablate.spec_schema > pytest_unitablate/spec.schema.json")
+        "regenerate: python -m pytest_unitablate.spec.schema > pytest_unitablate/spec.schema.json")
 
 
 def test_good_specs_validate() -> None:

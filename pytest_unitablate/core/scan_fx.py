@@ -25,9 +25,9 @@ import numpy.typing as npt
 import torch
 from torch import fx, nn
 
-from pytest_unitablate.ablation import ablate
-from pytest_unitablate.data import iter_batches
-from pytest_unitablate.evaluation import eval_mode
+from pytest_unitablate.core.ablation import ablate
+from pytest_unitablate.core.data import iter_batches
+from pytest_unitablate.core.evaluation import eval_mode
 
 
 @dataclass

@@ -32,22 +32,17 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pytest_unitablate.spec_model import ConstraintKind
-
-RecordMode = Literal["none", "new", "failed", "all"]
-RECORD_MODES: tuple[RecordMode, ...] = ("none", "new", "failed", "all")
+from pytest_unitablate.atomic import atomic_write
+from pytest_unitablate.spec.model import ConstraintKind
 
 #: Marker that starts the end-of-line comments record mode writes (and may overwrite).
 COMMENT_PREFIX = "recorded:"
 
-#: Environment variables that mean "this is a CI run" (record mode refuses unless forced).
-CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE", "JENKINS_URL", "TF_BUILD")
 
 
 @dataclass(frozen=True)
@@ -95,22 +90,6 @@ def format_threshold(kind: ConstraintKind, value: float) -> str:
     if text == "-0.0":
         text = "0.0"
     return f"{text}%"
-
-
-def ci_environment(environ: Mapping[str, str] | None = None) -> str | None:
-    """The name of the variable that marks a CI run, or ``None``.
-
-    >>> ci_environment({"CI": "true"})
-    'CI'
-    >>> ci_environment({"CI": "false"}) is None
-    True
-    """
-    env = os.environ if environ is None else environ
-    for name in CI_VARIABLES:
-        value = env.get(name, "")
-        if value and value.lower() not in ("0", "false", "no"):
-            return name
-    return None
 
 
 class RecordError(Exception):
@@ -223,23 +202,6 @@ def apply_updates(
         return 0
     atomic_write(file, new_text)
     return changed
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically, keeping its permission bits."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def provenance_mismatches(

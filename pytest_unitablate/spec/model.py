@@ -1,6 +1,6 @@
 """The typed model of a spec file, format version 1 (torch-free).
 
-The loader (:mod:`pytest_unitablate.spec_loader`) turns YAML into these frozen dataclasses;
+The loader (:mod:`pytest_unitablate.spec.loader`) turns YAML into these frozen dataclasses;
 everything downstream (collection, ids, reports, record mode) reads only these.
 Every node keeps the 1-based ``line`` of the YAML key that introduced it, so any message
 can say ``path:line:``.
@@ -160,3 +160,26 @@ class Spec:
     def ablation_for(self, check: Check) -> Ablation:
         """The ablation a check uses: its own override or the spec's default."""
         return check.ablation if check.ablation is not None else self.ablation
+
+    def where(self, line: int) -> str:
+        """``path:line`` of a spec line, the prefix of every located message."""
+        return f"{self.path}:{line}"
+
+    def class_index(self, target: str | int) -> int | None:
+        """The class index of an expectation target (``None`` for ``overall``)."""
+        if target == OVERALL:
+            return None
+        if isinstance(target, int):
+            return target
+        if self.classes is None or target not in self.classes:
+            raise KeyError(f"class {target!r} is not in the spec's classes")
+        return self.classes.index(target)
+
+    def target_name(self, target: str | int | None) -> str:
+        """A target as users wrote it: ``overall``, a class name, or an index."""
+        if target is None:
+            return "?"
+        if isinstance(target, int) and self.classes is not None and target < len(self.classes):
+            return self.classes[target]
+        return str(target)
+

@@ -9,11 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_unitablate.record import (
+from pytest_unitablate.spec.rewrite import (
     RecordError,
     ThresholdUpdate,
     apply_updates,
-    ci_environment,
     format_threshold,
     provenance_mismatches,
 )
@@ -119,13 +118,6 @@ def test_recorded_threshold_is_never_stricter_than_the_bound(value: float) -> No
     assert low <= value + 1e-9
     assert high >= value - 1e-9
     assert value - low < 0.0011 and high - value < 0.0011
-
-
-def test_ci_detection() -> None:
-    assert ci_environment({"CI": "true"}) == "CI"
-    assert ci_environment({"GITHUB_ACTIONS": "true"}) == "GITHUB_ACTIONS"
-    assert ci_environment({"CI": "0"}) is None
-    assert ci_environment({}) is None
 
 
 def test_provenance_mismatch_lines() -> None:

@@ -14,11 +14,33 @@ Example::
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
-from pytest_unitablate.record import RecordError, ThresholdUpdate, apply_updates
+from pytest_unitablate.spec.rewrite import RecordError, ThresholdUpdate, apply_updates
+
+RecordMode = Literal["none", "new", "failed", "all"]
+RECORD_MODES: tuple[RecordMode, ...] = ("none", "new", "failed", "all")
+#: Environment variables that mean "this is a CI run" (record mode refuses unless forced).
+CI_VARIABLES = ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE", "JENKINS_URL", "TF_BUILD")
+
+
+def ci_environment(environ: Mapping[str, str] | None = None) -> str | None:
+    """The name of the variable that marks a CI run, or ``None``.
+
+    >>> ci_environment({"CI": "true"})
+    'CI'
+    >>> ci_environment({"CI": "false"}) is None
+    True
+    """
+    env = os.environ if environ is None else environ
+    for name in CI_VARIABLES:
+        value = env.get(name, "")
+        if value and value.lower() not in ("0", "false", "no"):
+            return name
+    return None
 
 
 def wanted(record: Mapping[str, Any], mode: str) -> bool:

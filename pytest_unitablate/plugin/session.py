@@ -23,21 +23,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_unitablate.errors import UnitAblateError
-from pytest_unitablate.spec_model import OVERALL, Check, Spec
+from pytest_unitablate.spec.model import Check, Spec
 
 if TYPE_CHECKING:
     import pytest
     from torch import nn
 
-    from pytest_unitablate.evaluation import EvalResult
+    from pytest_unitablate.core.evaluation import EvalResult
 
 
 class ItemProblem(Exception):
     """A located, user-facing problem of one item (rendered without a traceback)."""
-
-
-def where(spec: Spec, line: int) -> str:
-    return f"{spec.path}:{line}"
 
 
 @dataclass(frozen=True)
@@ -74,12 +70,12 @@ class UnitAblateSession:
                 name = type(exc).__name__
                 if name == "FixtureLookupError":
                     raise ItemProblem(
-                        f"{where(spec, line)}: {what} {ref!r}: no fixture of that name is "
+                        f"{spec.where(line)}: {what} {ref!r}: no fixture of that name is "
                         f"visible from {spec.path} (define it in a conftest.py above the spec, "
                         f"or use 'package.module:callable')"
                     ) from None
                 raise ItemProblem(
-                    f"{where(spec, line)}: {what} fixture {ref!r} raised {name}: {exc}"
+                    f"{spec.where(line)}: {what} fixture {ref!r} raised {name}: {exc}"
                 ) from None
         if ref in self._objects:
             return self._objects[ref]
@@ -88,23 +84,23 @@ class UnitAblateSession:
             obj: Any = importlib.import_module(module_name)
         except Exception as exc:
             raise ItemProblem(
-                f"{where(spec, line)}: {what} {ref!r}: cannot import {module_name!r}: "
+                f"{spec.where(line)}: {what} {ref!r}: cannot import {module_name!r}: "
                 f"{type(exc).__name__}: {exc}"
             ) from None
         for part in attr.split("."):
             if not hasattr(obj, part):
                 raise ItemProblem(
-                    f"{where(spec, line)}: {what} {ref!r}: module {module_name!r} has no "
+                    f"{spec.where(line)}: {what} {ref!r}: module {module_name!r} has no "
                     f"attribute {attr!r}"
                 ) from None
             obj = getattr(obj, part)
         if not callable(obj):
-            raise ItemProblem(f"{where(spec, line)}: {what} {ref!r} is not callable")
+            raise ItemProblem(f"{spec.where(line)}: {what} {ref!r} is not callable")
         try:
             value = obj()
         except Exception as exc:
             raise ItemProblem(
-                f"{where(spec, line)}: {what} {ref!r} raised {type(exc).__name__}: {exc}"
+                f"{spec.where(line)}: {what} {ref!r} raised {type(exc).__name__}: {exc}"
             ) from None
         self._objects[ref] = value
         return value
@@ -115,7 +111,7 @@ class UnitAblateSession:
         model = self.resolve(spec.model, "model", spec.model_line, spec, request)
         if not isinstance(model, nn.Module):
             raise ItemProblem(
-                f"{where(spec, spec.model_line)}: model {spec.model!r} gave a "
+                f"{spec.where(spec.model_line)}: model {spec.model!r} gave a "
                 f"{type(model).__name__}, not a torch.nn.Module"
             )
         return model
@@ -133,12 +129,12 @@ class UnitAblateSession:
         try:
             return fn()
         except UnitAblateError as exc:
-            raise ItemProblem(f"{where(spec, line)}: {exc}") from None
+            raise ItemProblem(f"{spec.where(line)}: {exc}") from None
 
     def _evaluate(self, model: nn.Module, data: Any) -> EvalResult:
         import torch
 
-        from pytest_unitablate.evaluation import evaluate, model_device
+        from pytest_unitablate.core.evaluation import evaluate, model_device
 
         if self.seed is not None:
             torch.manual_seed(self.seed)
@@ -167,7 +163,7 @@ class UnitAblateSession:
         return float(ab.value) if ab.kind == "constant" and ab.value is not None else ab.kind
 
     def _layer_means(self, spec: Spec, check: Check, model: nn.Module, data: Any) -> Any:
-        from pytest_unitablate.ablation import channel_means
+        from pytest_unitablate.core.ablation import channel_means
 
         key = (id(model), id(data), check.layer, spec.channel_dim)
         if key not in self._means:
@@ -178,7 +174,7 @@ class UnitAblateSession:
     def ablated(self, spec: Spec, check: Check, request: pytest.FixtureRequest,
                 units: Sequence[int] | None = None) -> EvalResult:
         """Evaluation with ``units`` (default: the check's) of the check's layer ablated."""
-        from pytest_unitablate.ablation import ablate
+        from pytest_unitablate.core.ablation import ablate
 
         model = self.model(spec, request)
         data = self.data(spec, request)
@@ -199,8 +195,8 @@ class UnitAblateSession:
 
     def channels(self, spec: Spec, check: Check, request: pytest.FixtureRequest) -> int:
         """Number of units of the check's layer (one probing forward, cached)."""
-        from pytest_unitablate.data import iter_batches
-        from pytest_unitablate.layers import probe_layers
+        from pytest_unitablate.core.data import iter_batches
+        from pytest_unitablate.core.layers import probe_layers
 
         model = self.model(spec, request)
         data = self.data(spec, request)
@@ -219,7 +215,7 @@ class UnitAblateSession:
         """sha256 of the evaluation data and of the model's weights (for provenance)."""
         import hashlib
 
-        from pytest_unitablate.data import data_fingerprint
+        from pytest_unitablate.core.data import data_fingerprint
 
         model = self.model(spec, request)
         data = self.data(spec, request)
@@ -239,7 +235,7 @@ class UnitAblateSession:
 
     def check_units(self, spec: Spec, check: Check, request: pytest.FixtureRequest) -> None:
         """Located error for a unit outside the layer's channels, before evaluating."""
-        from pytest_unitablate.layers import check_units
+        from pytest_unitablate.core.layers import check_units
 
         channels = self.channels(spec, check, request)
         self._guard(spec, check.line, lambda: check_units(check.layer, check.units, channels))
@@ -260,7 +256,7 @@ class UnitAblateSession:
         means = self._layer_means(spec, check, model, data) if arg == "mean" else None
 
         def run() -> Sweep:
-            from pytest_unitablate.scanning import scan
+            from pytest_unitablate.core.scan import scan
 
             result = scan(model, data, check.layer, units=units, ablation=arg,
                           means=means, channel_dim=spec.channel_dim, device=self.device)
@@ -269,13 +265,3 @@ class UnitAblateSession:
 
         self._sweeps[key] = self._guard(spec, check.layer_line, run)
         return self._sweeps[key]
-
-
-def class_index(spec: Spec, target: str | int) -> int | None:
-    """The class index of a target (``None`` for ``overall``)."""
-    if target == OVERALL:
-        return None
-    if isinstance(target, int):
-        return target
-    assert spec.classes is not None
-    return spec.classes.index(target)

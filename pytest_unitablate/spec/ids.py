@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pytest_unitablate.spec_model import OVERALL, Check, Constraint, Expectation, Spec
+from pytest_unitablate.spec.model import OVERALL, Check, Constraint, Expectation, Spec
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binomtest
 
-from pytest_unitablate.stats import PairedTable, mcnemar_exact_p, paired_drop_ci, wilson
+from pytest_unitablate.verdicts.stats import PairedTable, mcnemar_exact_p, paired_drop_ci, wilson
 
 tables = st.builds(PairedTable, st.integers(0, 40), st.integers(0, 40), st.integers(0, 40),
                    st.integers(0, 40)).filter(lambda t: t.n > 0)

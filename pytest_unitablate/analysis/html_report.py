@@ -1,7 +1,7 @@
 """A self-contained HTML report: unit x class drop heatmap, selectivity vs drop scatter plots,
 and the checks' outcomes (no external files, scripts or URLs; inline SVG only).
 
-    python -m pytest_unitablate.html_report --report unitablate.json --out report.html \\
+    python -m pytest_unitablate.analysis.html_report --report unitablate.json --out report.html \\
         [--drops drops.csv] [--attributes attributes.csv]
 
 ``--report`` is the plugin's ``--unitablate-report`` JSON; ``--drops`` a ``scan().frame``
@@ -177,7 +177,7 @@ def write_html_report(path: str | Path, *, drops: pd.DataFrame | None = None,
              "td,th{border:1px solid #ccc;padding:2px 6px;font-size:12px}")
     doc = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{_e(title)}</title>"
            f"<style>{style}</style></head><body>{''.join(sections)}</body></html>\n")
-    from pytest_unitablate.record import atomic_write
+    from pytest_unitablate.atomic import atomic_write
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +187,7 @@ def write_html_report(path: str | Path, *, drops: pd.DataFrame | None = None,
 def main(argv: Sequence[str] | None = None) -> int:
     import pandas as pd
 
-    parser = argparse.ArgumentParser(prog="python -m pytest_unitablate.html_report")
+    parser = argparse.ArgumentParser(prog="python -m pytest_unitablate.analysis.html_report")
     parser.add_argument("--report", type=Path, help="the plugin's JSON report")
     parser.add_argument("--drops", type=Path, help="CSV of scan().frame")
     parser.add_argument("--attributes", type=Path, help="CSV of unit_attributes()")

@@ -163,7 +163,7 @@ def probe_layers(
     one that ran more than once raises :class:`LayerCalledTwiceError`. The model's modes are
     restored and all probe hooks removed, also on an exception.
     """
-    from pytest_unitablate.evaluation import eval_mode
+    from pytest_unitablate.core.evaluation import eval_mode
 
     modules = {name: resolve_layer(model, name) for name in layers}
     shapes: dict[str, tuple[int, ...]] = {}

@@ -37,8 +37,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from pytest_unitablate.errors import ConfigError, UnsupportedModelError
-from pytest_unitablate.layers import (
+from pytest_unitablate.core.layers import (
     check_units,
     first_tensor,
     normalise_units,
@@ -46,6 +45,7 @@ from pytest_unitablate.layers import (
     resolve_layer,
     unwrap_model,
 )
+from pytest_unitablate.errors import ConfigError, UnsupportedModelError
 
 AblationArg = str | float | int
 
@@ -93,8 +93,8 @@ def channel_means(
         with ablate(model, {"layer4": [7]}, ablation="mean", means=means):
             ...
     """
-    from pytest_unitablate.data import iter_batches
-    from pytest_unitablate.evaluation import eval_mode, model_device
+    from pytest_unitablate.core.data import iter_batches
+    from pytest_unitablate.core.evaluation import eval_mode, model_device
 
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = dict.fromkeys(layers, 0)

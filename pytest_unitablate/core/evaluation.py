@@ -35,7 +35,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from pytest_unitablate.data import iter_batches
+from pytest_unitablate.core.data import iter_batches
 from pytest_unitablate.errors import DataError, NonFiniteLogitsError
 
 

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytest_unitablate.data import iter_batches
-from pytest_unitablate.evaluation import eval_mode, model_device
-from pytest_unitablate.layers import first_tensor, resolve_layer
+from pytest_unitablate.core.data import iter_batches
+from pytest_unitablate.core.evaluation import eval_mode, model_device
+from pytest_unitablate.core.layers import first_tensor, resolve_layer
 
 if TYPE_CHECKING:
     import pandas as pd

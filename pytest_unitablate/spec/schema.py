@@ -1,10 +1,10 @@
 """JSON Schema (draft 2020-12) of the spec format, generated from the loader's own tables.
 
-The allowed keys and their descriptions come from :mod:`pytest_unitablate.spec_loader`, so
+The allowed keys and their descriptions come from :mod:`pytest_unitablate.spec.loader`, so
 the schema and the validator cannot drift apart. The package ships the result as
 ``pytest_unitablate/spec.schema.json``; regenerate it with::
 
-    python -m pytest_unitablate.spec_schema > pytest_unitablate/spec.schema.json
+    python -m pytest_unitablate.spec.schema > pytest_unitablate/spec.schema.json
 
 Example::
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pytest_unitablate.spec_loader import (
+from pytest_unitablate.spec.loader import (
     CHECK_KEYS,
     LAYER_WIDE_KEYS,
     MODE_KEYS,
@@ -26,7 +26,7 @@ from pytest_unitablate.spec_loader import (
     TARGET_KEYS,
     TOP_KEYS,
 )
-from pytest_unitablate.spec_model import CONSTRAINT_KINDS, FORMAT_VERSION
+from pytest_unitablate.spec.model import CONSTRAINT_KINDS, FORMAT_VERSION
 
 PERCENT_PATTERN = r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)\s*%\s*$"
 REF_PATTERN = r"^([A-Za-z_]\w*|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)$"

@@ -12,61 +12,16 @@ Usage::
 
 from __future__ import annotations
 
-import shlex
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-if TYPE_CHECKING:
-    from pytest_unitablate.runtime import UnitAblateSession
-    from pytest_unitablate.spec_model import Spec
+from pytest_unitablate.plugin.record_mode import RECORD_MODES
+from pytest_unitablate.plugin.state import STATE_KEY, PluginState
 
-RECORD_MODES = ("none", "new", "failed", "all")
 _DEVICE_PREFIXES = ("cpu", "cuda", "mps", "xpu", "meta")
-
-
-class UnitAblateWarning(pytest.PytestWarning):
-    """An expectation that passed inside its warn band, or an environment drift."""
-
-
-@dataclass
-class PluginState:
-    """What the plugin keeps for one pytest run (``config.stash``)."""
-
-    specs: list[Path]
-    device: str
-    seed: int | None
-    report_path: Path | None
-    record_mode: str
-    record_level: float
-    is_worker: bool
-    records: list[dict[str, Any]] = field(default_factory=list)
-    collected_specs: set[Path] = field(default_factory=set)
-    recorded: list[str] | None = None
-    provenance_checked: set[str] = field(default_factory=set)
-    _runtime: UnitAblateSession | None = None
-
-    def runtime(self) -> UnitAblateSession:
-        if self._runtime is None:
-            from pytest_unitablate.runtime import UnitAblateSession
-
-            self._runtime = UnitAblateSession(device=self.device, seed=self.seed)
-        return self._runtime
-
-    def rerun_command(self, spec: Spec, item_id: str, mode: str) -> str:
-        return (f"pytest --unitablate-spec {shlex.quote(str(spec.path))} "
-                f"--unitablate-record-mode={mode} -k {shlex.quote(item_id)}")
-
-
-STATE_KEY = pytest.StashKey[PluginState]()
-
-
-def get_state(config: pytest.Config) -> PluginState:
-    """The run's :class:`PluginState` (created in ``pytest_configure``)."""
-    return config.stash[STATE_KEY]
 
 
 # --- options ----------------------------------------------------------------------------
@@ -149,7 +104,7 @@ def pytest_configure(config: pytest.Config) -> None:
             f"--unitablate-record-confidence must be in [0.5, 1), got {level}")
     is_worker = hasattr(config, "workerinput")
     if mode != "none" and not config.getoption("unitablate_record_force"):
-        from pytest_unitablate.record import ci_environment
+        from pytest_unitablate.plugin.record_mode import ci_environment
 
         var = ci_environment()
         if var is not None:
@@ -201,11 +156,11 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     )
     if not wanted:
         return None
-    from pytest_unitablate.spec_loader import is_spec_file
+    from pytest_unitablate.spec.loader import is_spec_file
 
     if not is_spec_file(file_path):
         return None
-    from pytest_unitablate.items import SpecFile
+    from pytest_unitablate.plugin.collector import SpecFile
 
     if state is not None:
         state.collected_specs.add(file_path.resolve())
@@ -244,7 +199,7 @@ class _RecordCollector:
         self.state = state
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        from pytest_unitablate.report import record_from_report
+        from pytest_unitablate.plugin.report import record_from_report
 
         if report.when == "call" or (report.when == "setup" and not report.passed):
             record = record_from_report(report)
@@ -279,7 +234,7 @@ def _first(records: list[dict[str, Any]], name: str) -> Any:
 
 
 def _write_outputs(session: pytest.Session, state: PluginState) -> None:
-    from pytest_unitablate.report import build_report, write_json
+    from pytest_unitablate.plugin.report import build_report, write_json
 
     if state.report_path is not None:
         path = state.report_path
@@ -288,13 +243,13 @@ def _write_outputs(session: pytest.Session, state: PluginState) -> None:
         write_json(path, build_report(state.records, _environment(state)))
     html_path = session.config.getoption("unitablate_html")
     if html_path:
-        from pytest_unitablate.html_report import write_html_report
-        from pytest_unitablate.report import sort_records
+        from pytest_unitablate.analysis.html_report import write_html_report
+        from pytest_unitablate.plugin.report import sort_records
 
         write_html_report(Path(session.config.invocation_params.dir) / html_path,
                           checks=sort_records(state.records))
     if state.record_mode != "none":
-        from pytest_unitablate.recording import apply_recorded
+        from pytest_unitablate.plugin.record_mode import apply_recorded
 
         state.recorded = apply_recorded(state.records, state.record_mode,
                                         state.record_level, _environment(state))
@@ -305,7 +260,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
     state = config.stash.get(STATE_KEY, None)
     if state is None or state.is_worker or not state.records:
         return
-    from pytest_unitablate.report import format_table, sort_records
+    from pytest_unitablate.plugin.report import format_table, sort_records
 
     terminalreporter.write_sep("=", "unitablate summary")
     terminalreporter.write_line(format_table(sort_records(state.records)))

@@ -34,11 +34,11 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from pytest_unitablate.ablation import ablate, channel_means
-from pytest_unitablate.data import iter_batches
+from pytest_unitablate.core.ablation import ablate, channel_means
+from pytest_unitablate.core.data import iter_batches
+from pytest_unitablate.core.evaluation import EvalResult, eval_mode, evaluate, model_device
+from pytest_unitablate.core.layers import probe_layers, require_single_call, resolve_layer
 from pytest_unitablate.errors import ConfigError
-from pytest_unitablate.evaluation import EvalResult, eval_mode, evaluate, model_device
-from pytest_unitablate.layers import probe_layers, require_single_call, resolve_layer
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -100,7 +100,7 @@ def _affine_head(model: nn.Module, layer: str) -> nn.Linear | None:
     Detected with torch.fx; ``None`` when the model cannot be traced or the suffix is not
     of that form.
     """
-    from pytest_unitablate.scan_split import trace_keeping
+    from pytest_unitablate.core.scan_fx import trace_keeping
 
     try:
         graph = trace_keeping(model, layer).graph
@@ -213,7 +213,7 @@ def scan(
         if method == "closed_form":
             raise ConfigError(f"scan(method='closed_form') refused for {layer!r}: {reason}")
     if method in ("auto", "prefix"):
-        from pytest_unitablate.scan_split import scan_prefix, split_at
+        from pytest_unitablate.core.scan_fx import scan_prefix, split_at
 
         split, why = split_at(model, layer)
         if split is not None:
@@ -258,7 +258,7 @@ def _scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int,
         calls[0] += 1
         captured.append(out.mean(dim=(2, 3)))
 
-    from pytest_unitablate.scan_split import Collector, replacement_values
+    from pytest_unitablate.core.scan_fx import Collector, replacement_values
 
     weight = head.weight.detach()
     collector = Collector()

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_unitablate.measure import Measurement
-from pytest_unitablate.record import atomic_write, format_threshold
+from pytest_unitablate.atomic import atomic_write
+from pytest_unitablate.spec.rewrite import format_threshold
+from pytest_unitablate.verdicts.measure import Measurement
 
 
 def load_reference(ref: str) -> Any:
@@ -58,7 +59,7 @@ def find_units(model: Any, data: Any, layers: Sequence[str], *, top: int = 5,
                                                                     dict[str, float]]:
     """The ``top`` most class-specific units over ``layers``, and each layer's largest
     overall-drop upper bound (for an ``every_unit`` guard)."""
-    from pytest_unitablate.scanning import scan
+    from pytest_unitablate.core.scan import scan
 
     findings: list[Finding] = []
     guards: dict[str, float] = {}

@@ -113,7 +113,7 @@ def build_report(records: Iterable[Mapping[str, Any]], environment: Mapping[str,
 
 def write_json(path: str | os.PathLike[str], document: Mapping[str, Any]) -> None:
     """Write ``document`` to ``path`` atomically (tmp file in the same folder, then replace)."""
-    from pytest_unitablate.record import atomic_write
+    from pytest_unitablate.atomic import atomic_write
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ the line of the offending key or value, a "did you mean" for misspelt keys and c
 how to fix it. Nothing is executed and the file is only read.
 
 The tables of allowed keys below are the single source of truth: the validator walks them
-and :mod:`pytest_unitablate.spec_schema` generates the JSON Schema from them.
+and :mod:`pytest_unitablate.spec.schema` generates the JSON Schema from them.
 
 Example::
 
@@ -31,7 +31,7 @@ import re
 from pathlib import Path
 
 from pytest_unitablate.errors import Problem, SpecError
-from pytest_unitablate.spec_model import (
+from pytest_unitablate.spec.model import (
     CONSTRAINT_KINDS,
     FORMAT_VERSION,
     OVERALL,
@@ -44,7 +44,7 @@ from pytest_unitablate.spec_model import (
     Mark,
     Spec,
 )
-from pytest_unitablate.spec_yaml import YNode, parse_yaml
+from pytest_unitablate.spec.yaml_lines import YNode, parse_yaml
 
 # --- the format's tables (also read by spec_schema) ---------------------------------------
 
@@ -481,7 +481,7 @@ class _Validator:
                         self.err(item.line, "'overall' is reserved; it cannot be a class name")
                     if item.value in names:
                         self.err(item.line, f"class {item.value!r} is listed twice")
-                    from pytest_unitablate.ids import slug
+                    from pytest_unitablate.spec.ids import slug
 
                     s = slug(item.value)
                     if s in slugs and slugs[s] != item.value:
@@ -524,7 +524,7 @@ class _Validator:
             channel_dim=1 if channel_dim is None else channel_dim,
             min_examples=min_examples or 1, provenance=provenance,
         )
-        from pytest_unitablate.ids import duplicate_problems
+        from pytest_unitablate.spec.ids import duplicate_problems
 
         for line, message in duplicate_problems(spec):
             self.err(line, message)

@@ -8,7 +8,7 @@ table (``python -m unitablate_demo.findings``).
 
 Command line::
 
-    python -m unitablate_demo.measure --checkpoint resnet --layer layer3.1 [--json out.json]
+    python -m unitablate_demo.oracle --checkpoint resnet --layer layer3.1 [--json out.json]
 
 prints, per class, the units whose ablation hurts that class most.
 

@@ -9,7 +9,7 @@ Example::
     >>> m = Measurement.from_correct([True] * 10, [True] * 6 + [False] * 4)
     >>> round(m.drop, 2), m.n
     (0.4, 10)
-    >>> from pytest_unitablate.spec_model import Constraint
+    >>> from pytest_unitablate.spec.model import Constraint
     >>> judge(Constraint("min_drop", 0.2), m).passed
     True
 """
@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_unitablate.spec_model import Constraint
-from pytest_unitablate.stats import PairedTable, mcnemar_exact_p, paired_drop_ci
+from pytest_unitablate.spec.model import Constraint
+from pytest_unitablate.verdicts.stats import PairedTable, mcnemar_exact_p, paired_drop_ci
 
 DEFAULT_LEVEL = 0.95
 

@@ -1,0 +1,264 @@
+"""The test item of one spec constraint: it wires fixtures, caches and reports (torch-free
+at import).
+
+The item is a real ``pytest.Function`` built with the public
+``Function.from_parent(..., callobj=...)`` constructor, so the spec's model and data
+fixtures resolve through pytest's own fixture machinery (custom ``Item`` subclasses get no
+fixtures: pytest#2471, #3639). It only orchestrates: evaluations come from the session
+cache (:mod:`pytest_unitablate.plugin.session`), judgement and failure text from the
+torch-free :mod:`pytest_unitablate.verdicts` package.
+
+Example (what pytest does with it)::
+
+    item = UnitAblateItem.from_parent(spec_file, name=key.id, callobj=run_spec_item)
+    item.setup_spec(spec, key)      # marks and the static JSON-report fields
+    item.runtest()                  # -> run_spec_item(request) -> item.run_check(request)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import pytest
+
+from pytest_unitablate.plugin.report import PROP_PREFIX
+from pytest_unitablate.plugin.session import ItemProblem
+from pytest_unitablate.plugin.state import PluginState, UnitAblateWarning, get_state
+from pytest_unitablate.spec.ids import ItemKey
+from pytest_unitablate.spec.model import Spec
+from pytest_unitablate.spec.rewrite import provenance_mismatches
+from pytest_unitablate.verdicts.failure import (
+    FailureContext,
+    failure_text,
+    missing_threshold_text,
+    unsupportable_text,
+    warn_text,
+)
+from pytest_unitablate.verdicts.layerwide import (
+    LayerVerdict,
+    class_drops,
+    judge_any_unit,
+    judge_every_unit,
+    rank_top_units,
+)
+from pytest_unitablate.verdicts.measure import Measurement, judge, record_value
+
+
+class ThresholdMiss(Exception):
+    """A failed expectation: an ordinary test failure with a readable message."""
+
+
+def run_spec_item(request: pytest.FixtureRequest) -> None:
+    """The test function of every spec item; the item itself does the work."""
+    item = request.node
+    assert isinstance(item, UnitAblateItem)
+    item.run_check(request)
+
+
+class UnitAblateItem(pytest.Function):
+    """One constraint of one target of one check."""
+
+    spec: Spec
+    key: ItemKey
+
+    def setup_spec(self, spec: Spec, key: ItemKey) -> None:
+        self.spec = spec
+        self.key = key
+        self.add_marker(pytest.mark.unitablate)
+        self.add_marker(pytest.mark.xdist_group(name=str(spec.path)))
+        for mark in key.check.marks:
+            self.add_marker(getattr(pytest.mark, mark.name)(*mark.args, **dict(mark.kwargs)))
+        check, target = key.check, key.expectation.target
+        self._set_props({
+            "id": key.id,
+            "spec": str(spec.path),
+            "spec_file": str(self.path),
+            "line": key.line,
+            "layer": check.layer,
+            "mode": check.mode,
+            "units": list(check.units) if check.mode == "units" else None,
+            "ablation": spec.ablation_for(check).label(),
+            "target": spec.target_name(target),
+            "class_index": spec.class_index(target),
+            "constraint": key.constraint.kind,
+            "threshold": key.constraint.threshold,
+            "check_index": check.index,
+            "mode_key": check.mode_key,
+            "target_key": target,
+        })
+
+    def _set_props(self, values: dict[str, Any]) -> None:
+        props = dict(self.user_properties)
+        for name, value in values.items():
+            if isinstance(value, (list, tuple, dict)):
+                value = json.dumps(value)
+            props[PROP_PREFIX + name] = value
+        self.user_properties[:] = list(props.items())
+
+    # --- running ------------------------------------------------------------------------
+
+    def run_check(self, request: pytest.FixtureRequest) -> None:
+        """Measure the constraint, record the numbers, and judge it."""
+        state = get_state(self.config)
+        session = state.runtime()
+        spec, key = self.spec, self.key
+        check, constraint = key.check, key.constraint
+        baseline = session.baseline(spec, request)
+        if spec.provenance and str(spec.path) not in state.provenance_checked:
+            state.provenance_checked.add(str(spec.path))
+            self._check_provenance(session, request)
+        k = spec.class_index(key.expectation.target)
+        if k is not None:
+            self._check_class(k, baseline)
+        mask = slice(None) if k is None else (baseline.labels == k)
+        base_correct = baseline.correct[mask]
+        problem = unsupportable_text(spec.where(key.line), key.id, constraint,
+                                     int(base_correct.sum()), len(base_correct))
+        if problem is not None:
+            raise ItemProblem(problem)
+        level = constraint.confidence or state.record_level
+
+        layer: LayerVerdict | None = None
+        notes: list[str] = []
+        if check.mode == "units":
+            session.check_units(spec, check, request)
+            ablated = session.ablated(spec, check, request)
+            m = Measurement.from_correct(base_correct, ablated.correct[mask], level=level,
+                                         units=check.units)
+        elif check.mode in ("any_unit", "every_unit"):
+            sweep = session.sweep(spec, check, request)
+            per_unit = [
+                Measurement.from_correct(base_correct, (sweep.predictions[i] == sweep.labels)
+                                         [mask], level=level, units=(u,))
+                for i, u in enumerate(sweep.units)
+            ]
+            if check.mode == "any_unit":
+                layer = judge_any_unit(constraint, per_unit, at_least=check.at_least,
+                                       level=level)
+            else:
+                layer = judge_every_unit(constraint, per_unit, level=level)
+            m, notes = layer.decider, list(layer.notes)
+        else:
+            chosen, notes = self._top_units(session, request)
+            ablated = session.ablated(spec, check, request, units=chosen)
+            m = Measurement.from_correct(base_correct, ablated.correct[mask], level=level,
+                                         units=tuple(chosen))
+        deciding = layer.deciding if layer is not None else (
+            list(m.units) if check.mode == "top_units" else None)
+        self._record_measurement(state, session, request, m, layer, deciding)
+        self._judge(state, m, deciding, notes)
+
+    def _check_class(self, k: int, baseline: Any) -> None:
+        spec, key = self.spec, self.key
+        name = spec.target_name(key.expectation.target)
+        here = spec.where(key.expectation.line)
+        if k >= baseline.num_classes:
+            raise ItemProblem(
+                f"{here}: class index {k} ({name}) is out of range: the model has "
+                f"{baseline.num_classes} outputs (0..{baseline.num_classes - 1})")
+        count = int(baseline.class_counts[k])
+        needed = max(spec.min_examples, 1)
+        if count < needed:
+            raise ItemProblem(
+                f"{here}: class {name} has {count} example(s) in the evaluation data; the "
+                f"spec needs at least {needed} (min_examples)")
+
+    def _top_units(self, session: Any, request: pytest.FixtureRequest
+                   ) -> tuple[list[int], list[str]]:
+        """The ``top_units`` units, ranked by their single-unit drop of the top class."""
+        spec, check = self.spec, self.key.check
+        assert check.top_class is not None and check.top_units is not None
+        ranking = spec.ranking_data is not None
+        rank_base = session.baseline(spec, request, ranking=ranking)
+        sweep = session.sweep(spec, check, request, ranking=ranking)
+        rmask = rank_base.labels == spec.class_index(check.top_class)
+        drops = class_drops(rank_base.correct[rmask],
+                            ((sweep.predictions[i] == sweep.labels)[rmask]
+                             for i in range(len(sweep.units))))
+        chosen = rank_top_units(list(sweep.units), drops, check.top_units)
+        source = "the ranking_data split" if ranking else "the evaluation data (no ranking_data)"
+        return chosen, [f"units ranked by their drop of {spec.target_name(check.top_class)} "
+                        f"on {source}"]
+
+    def _record_measurement(self, state: PluginState, session: Any,
+                            request: pytest.FixtureRequest, m: Measurement,
+                            layer: LayerVerdict | None, deciding: list[int] | None) -> None:
+        """Ship the numbers as ``user_properties`` (JSON report, JUnit, xdist, record)."""
+        kind = self.key.constraint.kind
+        measured: dict[str, Any] = {
+            "n": m.n, "baseline": m.baseline, "ablated": m.ablated, "drop": m.drop,
+            "ci_low": m.ci[0], "ci_high": m.ci[1], "ci_level": m.ci_level,
+            "p_value": m.p_value,
+            "relative_drop": m.value("min_relative_drop"),
+            "record_value": record_value(kind, m, state.record_level)
+            if layer is None else layer.record_value,
+            "deciding_units": deciding,
+            "torch_version": str(sys.modules["torch"].__version__),
+            "dtype": session.dtype,
+        }
+        if self.key.check.mode == "top_units":
+            measured["units"] = deciding
+        if state.record_mode != "none":
+            measured.update(session.hashes(self.spec, request))
+        self._set_props(measured)
+
+    def _judge(self, state: PluginState, m: Measurement, deciding: list[int] | None,
+               notes: list[str]) -> None:
+        spec, key = self.spec, self.key
+        constraint = key.constraint
+        if constraint.threshold is None:
+            if state.record_mode in ("new", "all"):
+                return
+            raise ThresholdMiss(missing_threshold_text(
+                spec.where(key.line), key.id, constraint.kind, m,
+                state.rerun_command(spec, key.id, "new")))
+        verdict = judge(constraint, m)
+        self._set_props({"outcome_margin": verdict.margin})
+        if state.record_mode == "all":
+            return
+        if not verdict.passed:
+            ctx = FailureContext(
+                where=spec.where(key.line), head=key.id.rsplit("-", 2)[0],
+                ablation=spec.ablation_for(key.check).label(),
+                target=spec.target_name(key.expectation.target),
+                hint=state.rerun_command(spec, key.id, "failed"),
+                deciding=deciding, notes=notes)
+            raise ThresholdMiss(failure_text(ctx, constraint, m, verdict))
+        if verdict.warn:
+            self.warn(UnitAblateWarning(warn_text(spec.where(key.line), key.id, constraint,
+                                                  verdict)))
+
+    def _check_provenance(self, session: Any, request: pytest.FixtureRequest) -> None:
+        """Warn once per spec when its recorded environment differs from this run's."""
+        recorded = dict(self.spec.provenance)
+        current: dict[str, str] = {
+            "torch_version": str(sys.modules["torch"].__version__),
+            "device": session.device, "dtype": str(session.dtype),
+        }
+        if "data_sha256" in recorded or "weights_sha256" in recorded:
+            current.update(session.hashes(self.spec, request))
+        lines = provenance_mismatches(recorded, current)
+        if lines:
+            self.warn(UnitAblateWarning(
+                f"{self.spec.path}: thresholds were recorded in another environment "
+                f"({'; '.join(lines)}); re-record if the differences are intended"))
+
+    # --- reporting ----------------------------------------------------------------------
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
+                     style: Any = None) -> Any:
+        if isinstance(excinfo.value, (ThresholdMiss, ItemProblem)):
+            return str(excinfo.value)
+        if not self.config.getoption("unitablate_full_trace", False):
+            return (f"{self.spec.where(self.key.line)}: unexpected error while running "
+                    f"{self.key.id}: {type(excinfo.value).__name__}: {excinfo.value}\n"
+                    f"  (rerun with --unitablate-full-trace for the traceback)")
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Any, int, str]:
+        return self.path, self.key.line - 1, self.key.id
+
+
+__all__ = ["ThresholdMiss", "UnitAblateItem", "run_spec_item"]

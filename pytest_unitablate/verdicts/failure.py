@@ -1,0 +1,124 @@
+"""The text a user reads when an expectation fails (torch-free).
+
+Every message starts with ``path:line:`` of the spec, says what was required and what was
+measured (baseline and ablated accuracy with their counts, the drop with its paired
+interval, McNemar's p), and ends with the command that fixes it, the way
+pytest-regressions ends with ``--force-regen``.
+
+Example::
+
+    >>> from pytest_unitablate.spec.model import Constraint
+    >>> from pytest_unitablate.verdicts.measure import judge
+    >>> c = Constraint("min_drop", 0.5)
+    >>> m = Measurement.from_correct([True] * 10, [True] * 8 + [False] * 2)
+    >>> text = failure_text(FailureContext(
+    ...     where="specs/s.yaml:9", head="conv5[3]", ablation="zero", target="seven",
+    ...     hint="pytest ... --unitablate-record-mode=failed"), c, m, judge(c, m))
+    >>> print(text.splitlines()[0])
+    specs/s.yaml:9: conv5[3] (zero ablation): class 'seven' must have drop >= 50.0 pp
+    >>> print(text.splitlines()[-1])
+      To re-record: pytest ... --unitablate-record-mode=failed
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pytest_unitablate.spec.model import OVERALL, Constraint
+from pytest_unitablate.verdicts.measure import DEFAULT_LEVEL, Measurement, Verdict
+
+
+def pct(x: float | None) -> str:
+    """A fraction as a percentage with one decimal (``n/a`` for None or NaN)."""
+    return "n/a" if x is None or math.isnan(x) else f"{x * 100:.1f}"
+
+
+@dataclass(frozen=True)
+class FailureContext:
+    """Where an expectation lives and how to re-record it (the item supplies it)."""
+
+    where: str  # "path:line" of the spec entry
+    head: str  # what is ablated, e.g. "layer3.0[0]"
+    ablation: str  # "zero", "mean", "constant 0.5"
+    target: str  # a class name or "overall"
+    hint: str  # the command that re-records the threshold
+    deciding: Sequence[int] | None = None
+    notes: Sequence[str] = field(default_factory=tuple)
+
+
+def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
+                 verdict: Verdict) -> str:
+    """The full message of a failed expectation."""
+    what = "overall accuracy" if ctx.target == OVERALL else f"class {ctx.target!r}"
+    unit_text = ""
+    if ctx.deciding is not None:
+        label = "deciding unit" if len(ctx.deciding) == 1 else "deciding units"
+        unit_text = f"   {label}: {', '.join(map(str, ctx.deciding))}"
+    hits_before = m.table.a + m.table.b
+    hits_after = m.table.a + m.table.c
+    lo, hi = m.ci
+    required = constraint.describe()
+    relative = "relative" in constraint.kind
+    lines = [
+        f"{ctx.where}: {ctx.head} ({ctx.ablation} ablation): {what} must have {required}",
+        f"  baseline {pct(m.baseline)}% ({hits_before}/{m.n})   ablated {pct(m.ablated)}% "
+        f"({hits_after}/{m.n})   n={m.n}{unit_text}",
+        f"  drop     {pct(m.drop)} pp   {m.ci_level * 100:g}% CI [{pct(lo)}, {pct(hi)}] pp "
+        f"(paired, Newcombe)   required {required}   missed by {-verdict.margin * 100:.1f} "
+        f"{'points' if relative else 'pp'} (judged on the {verdict.by})",
+    ]
+    if relative:
+        lines.append(f"  relative drop {pct(m.value(constraint.kind))}% of the baseline")
+    lines.append(f"  McNemar exact p={m.p_value:.3g} ({m.table.b} flipped to wrong, "
+                 f"{m.table.c} to right)")
+    lines.extend(f"  {note}" for note in ctx.notes)
+    lines.append(f"  To re-record: {ctx.hint}")
+    return "\n".join(lines)
+
+
+def missing_threshold_text(where: str, item_id: str, kind: str, m: Measurement,
+                           hint: str) -> str:
+    """The message of an item whose threshold is still ``null``."""
+    return (f"{where}: {item_id}: no threshold recorded yet ({kind}: null); "
+            f"measured drop {pct(m.drop)} pp\n  To record it: {hint}")
+
+
+def warn_text(where: str, item_id: str, constraint: Constraint, verdict: Verdict) -> str:
+    """The warning of an expectation that passed inside its warn band."""
+    band = constraint.warn_margin * 100 if constraint.warn_margin else 0
+    return (f"{where}: {item_id} passes by only {verdict.margin * 100:.1f} pp "
+            f"(warn_margin {band:g}%)")
+
+
+def unsupportable_text(where: str, item_id: str, constraint: Constraint, hits: int,
+                       n: int) -> str | None:
+    """Why a ``min_*`` threshold cannot be met even if every right example were lost.
+
+    ``hits`` of the target's ``n`` examples are right at baseline. Returns ``None`` when
+    the threshold is reachable (or is not a ``min_*`` threshold).
+
+    >>> from pytest_unitablate.spec.model import Constraint
+    >>> unsupportable_text("s.yaml:3", "x", Constraint("min_drop", 0.9), hits=5, n=10)[:40]
+    's.yaml:3: x: the target has 10 example(s'
+    >>> unsupportable_text("s.yaml:3", "x", Constraint("min_drop", 0.4), hits=5, n=10) is None
+    True
+    """
+    c = constraint
+    if c.threshold is None or not c.kind.startswith("min"):
+        return None
+    best = Measurement.from_correct([True] * hits + [False] * (n - hits), [False] * n,
+                                    level=c.confidence or DEFAULT_LEVEL)
+    reach = best.bound(c.kind, c.confidence) if c.confidence else best.value(c.kind)
+    if reach + 1e-12 >= c.threshold:
+        return None
+    what = ("the point estimate" if c.confidence is None
+            else f"the {c.confidence * 100:g}% lower bound")
+    return (f"{where}: {item_id}: the target has {n} example(s), {hits} right at baseline; "
+            f"even if every one were lost, {what} would be {reach * 100:.1f}, below the "
+            f"required {c.threshold * 100:.1f}. Use more examples or a lower threshold.")
+
+
+__all__ = ["FailureContext", "failure_text", "missing_threshold_text", "pct",
+           "unsupportable_text", "warn_text"]

@@ -1,0 +1,122 @@
+"""Judging layer-wide checks and ranking units (torch-free, pure Python).
+
+A layer-wide check looks at every unit of a layer ablated alone:
+
+* ``any_unit`` passes when at least ``at_least`` units meet the constraint; the deciding unit
+  is the ``at_least``-th best one;
+* ``every_unit`` passes when every unit meets it; the deciding unit is the worst one;
+* ``top_units: k`` ablates the ``k`` units whose single-unit ablation hurts a class most,
+  together (:func:`rank_top_units` chooses them).
+
+Ties are broken by the lower unit index, so the outcome never depends on evaluation order.
+
+Example::
+
+    >>> from pytest_unitablate.spec.model import Constraint
+    >>> base = [True] * 10
+    >>> per_unit = [Measurement.from_correct(base, [True] * 10, units=(0,)),
+    ...             Measurement.from_correct(base, [False] * 5 + [True] * 5, units=(1,))]
+    >>> v = judge_any_unit(Constraint("min_drop", 0.3), per_unit, at_least=1)
+    >>> v.deciding, round(v.decider.drop, 2)
+    ([1], 0.5)
+    >>> judge_every_unit(Constraint("min_drop", 0.3), per_unit).deciding
+    [0]
+    >>> rank_top_units([4, 5, 6], [0.1, 0.3, 0.3], k=2)
+    [5, 6]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from pytest_unitablate.spec.model import Constraint
+from pytest_unitablate.verdicts.measure import DEFAULT_LEVEL, Measurement, judge
+
+
+@dataclass(frozen=True)
+class LayerVerdict:
+    """What a layer-wide check comes down to.
+
+    ``decider`` is the measurement the constraint is judged on, ``deciding`` the unit(s)
+    behind it, ``record_value`` the interval bound record mode would write, and ``notes``
+    lines for the failure text (how many units meet the constraint, which miss it).
+    """
+
+    decider: Measurement
+    deciding: list[int]
+    record_value: float
+    notes: list[str] = field(default_factory=list)
+
+
+def _sign(kind: str) -> float:
+    """+1 when a larger value is better for the constraint (``min_*``), else -1."""
+    return 1.0 if kind.startswith("min") else -1.0
+
+
+def _unit(m: Measurement) -> int:
+    return m.units[0]
+
+
+def judge_any_unit(constraint: Constraint, per_unit: Sequence[Measurement], *, at_least: int,
+                   level: float = DEFAULT_LEVEL) -> LayerVerdict:
+    """``any_unit``: the ``at_least``-th best unit decides (best first, ties by index)."""
+    if not per_unit:
+        raise ValueError("a layer-wide check needs at least one unit")
+    kind, sign = constraint.kind, _sign(constraint.kind)
+    ranked = sorted(per_unit, key=lambda m: (-sign * m.value(kind), m.units))
+    bounds = sorted((m.bound(kind, level) for m in per_unit), key=lambda b: -sign * b)
+    k = min(at_least, len(ranked))
+    notes = []
+    if constraint.threshold is not None:
+        passing = sum(judge(constraint, m).passed for m in per_unit)
+        notes.append(f"{passing} of {len(per_unit)} units meet it; at least {at_least} needed")
+    return LayerVerdict(decider=ranked[k - 1], deciding=[_unit(m) for m in ranked[:k]],
+                        record_value=bounds[k - 1], notes=notes)
+
+
+def judge_every_unit(constraint: Constraint, per_unit: Sequence[Measurement], *,
+                     level: float = DEFAULT_LEVEL) -> LayerVerdict:
+    """``every_unit``: the worst unit decides (ties by index)."""
+    if not per_unit:
+        raise ValueError("a layer-wide check needs at least one unit")
+    kind, sign = constraint.kind, _sign(constraint.kind)
+    worst = min(per_unit, key=lambda m: (sign * m.value(kind), m.units))
+    bounds = sorted((m.bound(kind, level) for m in per_unit), key=lambda b: -sign * b)
+    notes = []
+    if constraint.threshold is not None:
+        failing = [_unit(m) for m in per_unit if not judge(constraint, m).passed]
+        shown = f": {failing[:20]}{' ...' if len(failing) > 20 else ''}" if failing else ""
+        notes.append(f"{len(failing)} of {len(per_unit)} units miss it{shown}")
+    return LayerVerdict(decider=worst, deciding=[_unit(worst)], record_value=bounds[-1],
+                        notes=notes)
+
+
+def class_drops(baseline: Sequence[object], per_unit: Iterable[Sequence[object]]
+                ) -> list[float]:
+    """Accuracy drop of one class for each unit, from per-example correctness.
+
+    ``baseline`` and each entry of ``per_unit`` hold the correctness of the class's
+    examples (anything ``bool()`` accepts, e.g. a numpy bool array). A class with no
+    examples has no drop: every unit gets 0.0.
+
+    >>> class_drops([True, True, False], [[True, False, False], [True, True, False]])
+    [0.3333333333333333, 0.0]
+    """
+    n = len(baseline)
+    if n == 0:
+        return [0.0 for _ in per_unit]
+    base = sum(bool(x) for x in baseline) / n
+    return [base - sum(bool(x) for x in after) / n for after in per_unit]
+
+
+def rank_top_units(units: Sequence[int], drops: Sequence[float], k: int) -> list[int]:
+    """The ``k`` units with the largest drops, in ascending unit order (ties: lower index)."""
+    if len(units) != len(drops):
+        raise ValueError(f"{len(units)} units but {len(drops)} drops")
+    order = sorted(range(len(units)), key=lambda i: (-drops[i], units[i]))
+    return sorted(units[i] for i in order[:k])
+
+
+__all__ = ["LayerVerdict", "class_drops", "judge_any_unit", "judge_every_unit",
+           "rank_top_units"]
