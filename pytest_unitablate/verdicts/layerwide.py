@@ -8,7 +8,9 @@ A layer-wide check looks at every unit of a layer ablated alone:
 * ``top_units: k`` ablates the ``k`` units whose single-unit ablation hurts a class most,
   together (:func:`rank_top_units` chooses them).
 
-Ties are broken by the lower unit index, so the outcome never depends on evaluation order.
+Units are ranked by what the constraint judges (the point estimate, or the interval bound
+when it sets ``confidence``); ties are broken by the lower unit index, so the outcome never
+depends on evaluation order.
 
 Example::
 
@@ -27,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -49,8 +52,23 @@ class LayerVerdict:
     notes: list[str] = field(default_factory=list)
 
 
+def _badness(constraint: Constraint, m: Measurement) -> float:
+    """How badly ``m`` does on what the constraint judges (lower is better; NaN is worst).
+
+    Units are ranked by exactly what :func:`judge` compares with the threshold: the point
+    estimate, or the interval bound when the constraint sets ``confidence``. Ranking by the
+    point estimate and judging by the bound could pick a decider that fails while another
+    unit passes.
+    """
+    kind = constraint.kind
+    observed = m.bound(kind, constraint.confidence) if constraint.confidence else m.value(kind)
+    if math.isnan(observed):
+        return math.inf
+    return -observed if kind.startswith("min") else observed
+
+
 def _sign(kind: str) -> float:
-    """+1 when a larger value is better for the constraint (``min_*``), else -1."""
+    """+1 when a larger bound is better for the constraint (``min_*``), else -1."""
     return 1.0 if kind.startswith("min") else -1.0
 
 
@@ -64,7 +82,7 @@ def judge_any_unit(constraint: Constraint, per_unit: Sequence[Measurement], *, a
     if not per_unit:
         raise ValueError("a layer-wide check needs at least one unit")
     kind, sign = constraint.kind, _sign(constraint.kind)
-    ranked = sorted(per_unit, key=lambda m: (-sign * m.value(kind), m.units))
+    ranked = sorted(per_unit, key=lambda m: (_badness(constraint, m), m.units))
     bounds = sorted((m.bound(kind, level) for m in per_unit), key=lambda b: -sign * b)
     k = min(at_least, len(ranked))
     notes = []
@@ -81,7 +99,7 @@ def judge_every_unit(constraint: Constraint, per_unit: Sequence[Measurement], *,
     if not per_unit:
         raise ValueError("a layer-wide check needs at least one unit")
     kind, sign = constraint.kind, _sign(constraint.kind)
-    worst = min(per_unit, key=lambda m: (sign * m.value(kind), m.units))
+    worst = max(per_unit, key=lambda m: (_badness(constraint, m), -m.units[0]))
     bounds = sorted((m.bound(kind, level) for m in per_unit), key=lambda b: -sign * b)
     notes = []
     if constraint.threshold is not None:
