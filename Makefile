@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test test-fast lint bench clean
+.PHONY: setup browser demo test test-fast test-slow lint bench clean
 
 $(STAMP): pyproject.toml requirements-torch.txt
 	$(PY) -m venv $(VENV)
@@ -25,13 +25,17 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 		echo "chromium not installed: the rendering test skips locally and fails under CI"
 
-# One torch thread per xdist worker: two workers on two cores, no oversubscription.
+# One torch thread per xdist worker: two workers on two cores, no oversubscription
+# (OpenMP threads spinning against a busy core are what makes a loaded machine crawl).
+# `make test` runs lint, then every test, fast and slow, in one xdist run.
 test: lint browser
-	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 -m "not slow"
-	$(BIN)/pytest -m slow
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2
 
 test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 -m "not slow"
+
+test-slow: $(STAMP) browser
+	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 -m slow
 
 # ruff (style, and TID253: no module-level torch in the torch-free layers), mypy --strict,
 # and import-linter (the layer contract in pyproject.toml; docs/architecture.md).

@@ -26,9 +26,8 @@ import numpy as np
 import torch
 
 from unitablate_demo import CLASS_NAMES
-from unitablate_demo.data import load_split
-from unitablate_demo.models import load_model, read_manifest
-from unitablate_demo.oracle import unit_drops
+from unitablate_demo.models import read_manifest
+from unitablate_demo.oracle import checkpoint_drops
 
 #: Candidate layers per architecture: block outputs of the ResNet, the last convs of AlexNet.
 LAYERS: dict[str, tuple[str, ...]] = {
@@ -56,11 +55,9 @@ class FindingsRow:
 def findings_rows(checkpoint: str, layers: Sequence[str] | None = None) -> list[FindingsRow]:
     """Measure every single-unit ablation of ``layers`` of ``checkpoint``."""
     arch = str(read_manifest()[checkpoint]["arch"])
-    model = load_model(checkpoint)
-    x, y = load_split("test")
     rows = []
     for layer in layers or LAYERS[arch]:
-        d = unit_drops(model, layer, x, y)
+        d = checkpoint_drops(checkpoint, layer)
         u, k = np.unravel_index(int(np.argmax(d.class_drop)), d.class_drop.shape)
         rows.append(
             FindingsRow(

@@ -31,7 +31,7 @@ import yaml
 from unitablate_demo import CLASS_NAMES
 from unitablate_demo.data import load_split
 from unitablate_demo.models import CHECKPOINT_DIR, load_model, read_manifest
-from unitablate_demo.oracle import LayerDrops, group_drop, unit_drops
+from unitablate_demo.oracle import LayerDrops, checkpoint_drops, group_drop
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_PATH = CHECKPOINT_DIR / "expected_outcomes.json"
@@ -120,7 +120,7 @@ def evaluate_spec(spec_path: Path, checkpoint: str) -> list[ItemOutcome]:
         if mode == "units":
             overall, per_class = group_drop(model, layer, check["units"], x, y)
         elif layer not in cache:
-            cache[layer] = unit_drops(model, layer, x, y)
+            cache[layer] = checkpoint_drops(checkpoint, layer)
         for target, constraints in block["expect"].items():
             k = None if target == "overall" else classes.index(target)
             for kind, text in constraints.items():

@@ -32,9 +32,7 @@ def test_record_new_then_all_then_rerun_passes_with_comments_intact(tmp_path: Pa
     spec = tmp_path / "resnet.yaml"
     spec.write_text(original.replace("four: {min_drop: 40%}", "four: {min_drop: null}", 1))
 
-    plain = _pytest(tmp_path, "--unitablate-spec", "resnet.yaml")
-    assert plain.returncode == 1 and "no threshold recorded yet" in plain.stdout
-
+    # (that a null threshold fails without record mode is a fast plugin test)
     new = _pytest(tmp_path, "--unitablate-spec", "resnet.yaml", "--unitablate-record-mode=new")
     assert new.returncode == 0, new.stdout[-2000:]
     assert "1 threshold(s) recorded/updated" in new.stdout
