@@ -17,27 +17,32 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
+LAYERS = "Layers: plugin > analysis > core | verdicts > spec > atomic | errors BROKEN"
+CYCLES = "No two modules import each other (no cycles between siblings, at any depth) BROKEN"
+
+
+def _lazy(statement: str) -> str:
+    """``statement`` inside a function appended to a module (a lazy import)."""
+    return f"\n\ndef _planted() -> None:\n    {statement}  # noqa: F401\n"
+
+
 #: (module to append to, code appended, the tool and the words its report must contain)
 PLANTS = {
     "core imports pytest": (
         "core/data.py", "\nimport pytest  # noqa: E402,F401\n",
         "lint-imports", "never import pytest BROKEN"),
     "spec imports torch lazily": (
-        "spec/ids.py", "\n\ndef _planted() -> None:\n    import torch  # noqa: F401\n",
+        "spec/ids.py", _lazy("import torch"),
         "lint-imports", "never import torch or numpy, not even lazily BROKEN"),
     "verdicts import the core": (
-        "verdicts/measure.py",
-        "\n\ndef _planted() -> None:\n    from pytest_unitablate.core import data  # noqa: F401\n",
-        "lint-imports", "Layers: plugin > analysis > core | verdicts > spec > atomic | errors BROKEN"),
+        "verdicts/measure.py", _lazy("from pytest_unitablate.core import data"),
+        "lint-imports", LAYERS),
     "core imports the plugin": (
-        "core/layers.py",
-        "\n\ndef _planted() -> None:\n    from pytest_unitablate.plugin import state  # noqa: F401\n",
-        "lint-imports", "Layers: plugin > analysis > core | verdicts > spec > atomic | errors BROKEN"),
+        "core/layers.py", _lazy("from pytest_unitablate.plugin import state"),
+        "lint-imports", LAYERS),
     "two plugin modules import each other": (
-        "plugin/item.py",
-        "\n\ndef _planted() -> None:\n    from pytest_unitablate.plugin import hooks  # noqa: F401\n",
-        "lint-imports", "No two modules import each other (no cycles between siblings, at any "
-        "depth) BROKEN"),
+        "plugin/item.py", _lazy("from pytest_unitablate.plugin import hooks"),
+        "lint-imports", CYCLES),
     "plugin imports torch at module level": (
         "plugin/report.py", "\nimport torch  # noqa: E402,F401\n",
         "ruff", "TID253"),
