@@ -11,8 +11,8 @@ Command (about a minute on one core)::
 
 Example::
 
-    >>> rows = findings_rows("resnet", ["layer3.1"])          # doctest: +SKIP
-    >>> rows[0].max_class_drop > rows[0].max_overall_drop     # doctest: +SKIP
+    >>> rows = findings_rows("resnet", ["layer3.1"])
+    >>> rows[0].max_class_drop > rows[0].max_overall_drop
     True
 """
 

@@ -11,8 +11,10 @@ Data are unshuffled ``DataLoader`` s of ``(inputs, labels)`` batches (256 per ba
 
 Example::
 
-    >>> model = resnet()                        # doctest: +SKIP
-    >>> inputs, labels = next(iter(test_data()))  # doctest: +SKIP
+    >>> model = resnet()
+    >>> inputs, labels = next(iter(test_data()))
+    >>> tuple(inputs.shape), tuple(labels.shape), type(model).__name__
+    ((256, 1, 16, 16), (256,), 'DigitsResNet')
 """
 
 from __future__ import annotations
