@@ -146,7 +146,7 @@ def evaluate_spec(spec_path: Path, checkpoint: str) -> list[ItemOutcome]:
                         ok = bool(good.all())
                     drop = float(drops[deciding])
                 if mode == "units":
-                    unit_part = "+".join(str(u) for u in check["units"])
+                    unit_part = "u" + "+".join(str(u) for u in check["units"])
                 elif mode == "any_unit":
                     unit_part = "any" if at_least == 1 else f"any{at_least}"
                 else:
@@ -168,7 +168,7 @@ def evaluate_spec(spec_path: Path, checkpoint: str) -> list[ItemOutcome]:
                         deciding_unit=deciding,
                         units_meeting=meeting,
                         outcome="passed" if ok else "failed",
-                        id=f"{layer}[{unit_part}]-{target}-{kind}",
+                        id=f"{layer}-{unit_part}-{target}-{kind}",
                     )
                 )
     return out

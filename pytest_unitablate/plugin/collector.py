@@ -40,6 +40,10 @@ class SpecFile(pytest.File):
         keys = item_ids(spec)
         if not keys:
             raise self.CollectError(f"{shown}:1: the spec yields no test items")
+        # torch is imported here, at collection, where an ordinary test module imports it:
+        # never inside a test's setup or call, where pytest-timeout's signal could land in
+        # the middle of the import and leave a half-initialised torch behind (a crash).
+        import torch  # noqa: F401
         for key in keys:
             item = UnitAblateItem.from_parent(
                 self, name=key.id, callobj=run_spec_item, originalname=key.id

@@ -13,97 +13,26 @@ Usage::
 from __future__ import annotations
 
 import sys
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_unitablate.plugin.record_mode import RECORD_MODES
+from pytest_unitablate.plugin.options import add_options, read_settings
 from pytest_unitablate.plugin.state import STATE_KEY, PluginState
-
-_DEVICE_PREFIXES = ("cpu", "cuda", "mps", "xpu", "meta")
-
-
-# --- options ----------------------------------------------------------------------------
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("unitablate", "unit ablation regression tests (pytest-unitablate)")
-    group.addoption("--unitablate-spec", action="append", dest="unitablate_spec", default=[],
-                    metavar="PATH", help="collect this spec file (repeatable); ini: "
-                    "unitablate_spec. Default: none (plugin inactive)")
-    group.addoption("--unitablate-device", dest="unitablate_device", default=None,
-                    metavar="DEVICE", help="device the evaluation inputs go to; the model must "
-                    "already be there (ini unitablate_device; default: cpu)")
-    group.addoption("--unitablate-seed", dest="unitablate_seed", default=None, type=int,
-                    metavar="N", help="torch.manual_seed before every evaluation (ini "
-                    "unitablate_seed; default: 0)")
-    group.addoption("--unitablate-report", dest="unitablate_report", default=None,
-                    metavar="PATH.json", help="write one JSON record per spec item (ini "
-                    "unitablate_report; default: no report)")
-    group.addoption("--unitablate-html", dest="unitablate_html", default=None,
-                    metavar="PATH.html", help="write a self-contained HTML page of the items' "
-                    "outcomes (default: none)")
-    group.addoption("--unitablate-record-mode", dest="unitablate_record_mode", default=None,
-                    choices=RECORD_MODES, help="write measured thresholds back into the spec: "
-                    "none (never write), new (fill null thresholds), failed (rewrite failing "
-                    "ones; they still fail), all (rewrite all; they pass). ini "
-                    "unitablate_record_mode; default: none")
-    group.addoption("--unitablate-record-force", dest="unitablate_record_force",
-                    action="store_true", default=False,
-                    help="allow record mode when a CI environment variable is set")
-    group.addoption("--unitablate-record-confidence", dest="unitablate_record_confidence",
-                    default=None, type=float, metavar="LEVEL",
-                    help="confidence level of the interval whose bound record mode writes and "
-                    "failures show (default: 0.95)")
-    group.addoption("--unitablate-full-trace", dest="unitablate_full_trace",
-                    action="store_true", default=False,
-                    help="show internal tracebacks instead of the short failure text")
-    parser.addini("unitablate_spec", type="paths", default=[],
-                  help="spec files collected in every run (pytest-unitablate)")
-    parser.addini("unitablate_device", default="", help="default device (cpu)")
-    parser.addini("unitablate_seed", default="", help="default torch seed (0)")
-    parser.addini("unitablate_report", default="", help="default JSON report path")
-    parser.addini("unitablate_record_mode", default="", help="default record mode (none)")
-
-
-def _option(config: pytest.Config, name: str, default: str) -> str:
-    """CLI beats ini beats default."""
-    value = config.getoption(name)
-    if value is not None:
-        return str(value)
-    ini = config.getini(name)
-    return str(ini) if ini not in ("", None) else default
+    add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "unitablate: a unit-ablation check collected from a pytest-unitablate spec")
-    cli_specs = [Path(p) for p in config.getoption("unitablate_spec") or []]
-    ini_specs = [Path(p) for p in config.getini("unitablate_spec") or []]
-    specs = cli_specs or ini_specs
-    device = _option(config, "unitablate_device", "cpu")
-    if device.split(":")[0] not in _DEVICE_PREFIXES or (
-        ":" in device and not device.split(":", 1)[1].isdigit()
-    ):
-        raise pytest.UsageError(
-            f"--unitablate-device {device!r} is not a torch device (cpu, cuda, cuda:1, mps)")
-    seed_text = _option(config, "unitablate_seed", "0")
-    try:
-        seed = int(seed_text)
-    except ValueError:
-        raise pytest.UsageError(f"unitablate_seed must be an integer, got {seed_text!r}") \
-            from None
-    mode = _option(config, "unitablate_record_mode", "none")
-    if mode not in RECORD_MODES:
-        raise pytest.UsageError(
-            f"unitablate_record_mode must be one of {', '.join(RECORD_MODES)}, got {mode!r}")
-    level = config.getoption("unitablate_record_confidence") or 0.95
-    if not 0.5 <= level < 1.0:
-        raise pytest.UsageError(
-            f"--unitablate-record-confidence must be in [0.5, 1), got {level}")
-    is_worker = hasattr(config, "workerinput")
-    if mode != "none" and not config.getoption("unitablate_record_force"):
+    settings = read_settings(config)
+    mode = settings.record_mode
+    if mode != "none" and not settings.record_force:
         from pytest_unitablate.plugin.record_mode import ci_environment
 
         var = ci_environment()
@@ -112,36 +41,43 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"refusing --unitablate-record-mode={mode}: the {var} environment variable "
                 f"says this is a CI run, where thresholds must not be rewritten. Record "
                 f"locally and commit the spec, or add --unitablate-record-force.")
-    report = _option(config, "unitablate_report", "")
     state = PluginState(
-        specs=[], device=device, seed=seed, report_path=Path(report) if report else None,
-        record_mode=mode, record_level=float(level), is_worker=is_worker,
+        settings=settings, is_worker=hasattr(config, "workerinput"),
+        invocation_args=tuple(str(a) for a in config.invocation_params.args),
     )
     config.stash[STATE_KEY] = state
     config.pluginmanager.register(_RecordCollector(state), "unitablate-records")
-    if not specs:
+    if not settings.specs:
         return
     root = Path(config.invocation_params.dir)
-    resolved = []
-    for spec in specs:
+    for spec in settings.specs:
         path = spec if spec.is_absolute() else root / spec
         if not path.exists():
             raise pytest.UsageError(f"--unitablate-spec {spec}: no such file or directory")
-        resolved.append(path.resolve())
-    state.specs = resolved
-    # Collection roots. pytest has no public hook that adds a collection root, so the spec
-    # paths join ``config.args`` (the documented Config attribute pytest collects from,
-    # with ``Config.args_source`` saying where it came from). Specs named on the command
-    # line with no positional arguments *replace* the default roots (testpaths), so
-    # ``pytest --unitablate-spec specs/x.yaml`` runs that spec and nothing else; otherwise
-    # they are added. xdist workers re-parse the same invocation and re-run this hook, so
-    # every worker collects exactly what the controller would.
-    spec_args = [str(p) for p in resolved]
-    if cli_specs and config.args_source != pytest.Config.ArgsSource.ARGS:
+        state.specs.append(path.resolve())
+    _add_collection_roots(config, state.specs, root, settings.specs_from_cli)
+
+
+def _add_collection_roots(config: pytest.Config, specs: list[Path], root: Path,
+                          from_cli: bool) -> None:
+    """Make pytest collect the spec files.
+
+    pytest has no public hook that adds a collection root, so the spec paths join
+    ``config.args`` (the documented Config attribute pytest collects from, with
+    ``Config.args_source`` saying where it came from). Specs named on the command line with
+    no positional arguments *replace* the default roots (testpaths), so ``pytest
+    --unitablate-spec specs/x.yaml`` runs that spec and nothing else. Otherwise they are
+    added, except a spec the positional arguments already name, as a path or as a node id
+    (``specs/x.yaml::layer3.0-u0-four-min_drop``): adding its path would collect the whole
+    file and defeat the node id an IDE passes. xdist workers re-parse the same invocation
+    and re-run this hook, so every worker collects exactly what the controller would.
+    """
+    spec_args = [str(p) for p in specs]
+    if from_cli and config.args_source != pytest.Config.ArgsSource.ARGS:
         config.args = spec_args
-    else:
-        existing = {str(Path(root, a).resolve()) for a in config.args if "::" not in a}
-        config.args = [*config.args, *(a for a in spec_args if a not in existing)]
+        return
+    named = {str(Path(root, a.split("::", 1)[0]).resolve()) for a in config.args}
+    config.args = [*config.args, *(a for a in spec_args if a not in named)]
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -188,7 +124,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     names = ", ".join(str(p.relative_to(root)) if p.is_relative_to(root) else str(p)
                       for p in state.specs)
     extra = f", record mode {state.record_mode}" if state.record_mode != "none" else ""
-    return f"unitablate: {names} (device {state.device}, seed {state.seed}{extra})"
+    return f"unitablate: {names} (device {state.device}, seed {state.settings.seed}{extra})"
 
 
 class _RecordCollector:
@@ -204,7 +140,24 @@ class _RecordCollector:
         if report.when == "call" or (report.when == "setup" and not report.passed):
             record = record_from_report(report)
             if record is not None:
-                self.state.records.append(record)
+                # keyed by node id: a rerun (pytest-rerunfailures) replaces the earlier try
+                self.state.records[report.nodeid] = record
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach a spec item's numbers to its report as ``report.unitablate``.
+
+    Reports carry extra attributes across xdist (they are serialized with their
+    ``__dict__``), so the controller gets every worker's numbers without
+    ``user_properties``, which the default JUnit family (xunit2) may not hold.
+    """
+    report = yield
+    record = getattr(item, "unitablate_record", None)
+    if record is not None:
+        report.unitablate = dict(record)  # type: ignore[attr-defined]
+    return report
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -222,11 +175,12 @@ def _environment(state: PluginState) -> dict[str, Any]:
     if "torch" in sys.modules:
         torch_version = str(sys.modules["torch"].__version__)
     dtype = state._runtime.dtype if state._runtime is not None else None
-    recs = [r for r in state.records if r.get("torch_version")]
+    records = list(state.records.values())
+    recs = [r for r in records if r.get("torch_version")]
     if recs:
         torch_version = recs[0]["torch_version"]
     return {"pytest_unitablate_version": __version__, "torch_version": torch_version,
-            "device": state.device, "dtype": dtype or _first(state.records, "dtype")}
+            "device": state.device, "dtype": dtype or _first(records, "dtype")}
 
 
 def _first(records: list[dict[str, Any]], name: str) -> Any:
@@ -236,37 +190,43 @@ def _first(records: list[dict[str, Any]], name: str) -> Any:
 def _write_outputs(session: pytest.Session, state: PluginState) -> None:
     from pytest_unitablate.plugin.report import build_report, write_json
 
+    records = list(state.records.values())
+    where = Path(session.config.invocation_params.dir)
     if state.report_path is not None:
-        path = state.report_path
-        if not path.is_absolute():
-            path = Path(session.config.invocation_params.dir) / path
-        write_json(path, build_report(state.records, _environment(state)))
-    html_path = session.config.getoption("unitablate_html")
-    if html_path:
+        write_json(where / state.report_path, build_report(records, _environment(state)))
+    if state.settings.html is not None:
         from pytest_unitablate.analysis.html_report import write_html_report
         from pytest_unitablate.plugin.report import sort_records
 
-        write_html_report(Path(session.config.invocation_params.dir) / html_path,
-                          checks=sort_records(state.records))
+        write_html_report(where / state.settings.html, checks=sort_records(records))
     if state.record_mode != "none":
         from pytest_unitablate.plugin.record_mode import apply_recorded
 
-        state.recorded = apply_recorded(state.records, state.record_mode,
-                                        state.record_level, _environment(state))
+        state.recorded = apply_recorded(records, state.record_mode, state.record_level,
+                                        _environment(state))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
                             config: pytest.Config) -> None:
+    """The "unitablate" summary, on the controller only.
+
+    ``auto`` (the default) follows pytest's verbosity: the table with ``-v``, nothing with
+    ``-qq``, one line otherwise.
+    """
     state = config.stash.get(STATE_KEY, None)
     if state is None or state.is_worker or not state.records:
         return
-    from pytest_unitablate.plugin.report import format_table, sort_records
+    from pytest_unitablate.plugin.report import format_table, sort_records, summary_line
 
-    terminalreporter.write_sep("=", "unitablate summary")
-    terminalreporter.write_line(format_table(sort_records(state.records)))
-    if state.report_path is not None:
-        terminalreporter.write_line(f"unitablate: JSON report written to {state.report_path}")
-    recorded = getattr(state, "recorded", None)
-    if recorded is not None:
-        for line in recorded:
-            terminalreporter.write_line(f"unitablate: {line}")
+    records = sort_records(state.records.values())
+    mode = state.settings.summary
+    if mode == "auto":
+        verbosity = config.get_verbosity()
+        mode = "table" if verbosity > 0 else "none" if verbosity < -1 else "line"
+    if mode == "table":
+        terminalreporter.write_sep("=", "unitablate summary")
+        terminalreporter.write_line(format_table(records))
+    if mode in ("line", "table"):
+        terminalreporter.write_line(summary_line(records, state.report_path))
+    for line in state.recorded or []:
+        terminalreporter.write_line(f"unitablate: {line}")

@@ -17,13 +17,12 @@ Example (what pytest does with it)::
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 import pytest
 
-from pytest_unitablate.plugin.report import PROP_PREFIX
+from pytest_unitablate.plugin.report import junit_properties
 from pytest_unitablate.plugin.session import ItemProblem
 from pytest_unitablate.plugin.state import PluginState, UnitAblateWarning, get_state
 from pytest_unitablate.spec.ids import ItemKey
@@ -66,8 +65,13 @@ class UnitAblateItem(pytest.Function):
     def setup_spec(self, spec: Spec, key: ItemKey) -> None:
         self.spec = spec
         self.key = key
+        #: The item's numbers; the makereport hook puts them on the report (JSON report,
+        #: terminal table, record mode), and xunit1 JUnit gets them as properties.
+        self.unitablate_record: dict[str, Any] = {}
         self.add_marker(pytest.mark.unitablate)
-        self.add_marker(pytest.mark.xdist_group(name=str(spec.path)))
+        if self.config.pluginmanager.hasplugin("xdist"):
+            # registered by pytest-xdist; without it the mark would be an unknown marker
+            self.add_marker(pytest.mark.xdist_group(name=str(spec.path)))
         for mark in key.check.marks:
             self.add_marker(getattr(pytest.mark, mark.name)(*mark.args, **dict(mark.kwargs)))
         check, target = key.check, key.expectation.target
@@ -90,12 +94,27 @@ class UnitAblateItem(pytest.Function):
         })
 
     def _set_props(self, values: dict[str, Any]) -> None:
-        props = dict(self.user_properties)
-        for name, value in values.items():
-            if isinstance(value, (list, tuple, dict)):
-                value = json.dumps(value)
-            props[PROP_PREFIX + name] = value
-        self.user_properties[:] = list(props.items())
+        self.unitablate_record.update(values)
+        if self.config.getini("junit_family") in ("xunit1", "legacy"):
+            self.user_properties[:] = junit_properties(self.unitablate_record)
+
+    # --- setup: fixtures, torch, model and data ----------------------------------------
+
+    def setup(self) -> None:
+        """Resolve the spec's model and data in the setup phase.
+
+        A failing fixture is then pytest's own ``ERROR at setup`` with the fixture's
+        traceback, and ``--durations`` and ``--timeout`` charge the loading to setup, as
+        they would for a test that requested the fixtures itself. The fixtures are
+        resolved with ``request.getfixturevalue`` on the item's public ``request``.
+        """
+        super().setup()
+        request = self.funcargs["request"]
+        assert isinstance(request, pytest.FixtureRequest)
+        try:
+            get_state(self.config).runtime().prepare(self.spec, request)
+        except ItemProblem as exc:
+            pytest.fail(str(exc), pytrace=False)
 
     # --- running ------------------------------------------------------------------------
 
@@ -213,17 +232,17 @@ class UnitAblateItem(pytest.Function):
                 return
             raise ThresholdMiss(missing_threshold_text(
                 spec.where(key.line), key.id, constraint.kind, m,
-                state.rerun_command(spec, key.id, "new")))
+                state.rerun_command("new")))
         verdict = judge(constraint, m)
         self._set_props({"outcome_margin": verdict.margin})
         if state.record_mode == "all":
             return
         if not verdict.passed:
             ctx = FailureContext(
-                where=spec.where(key.line), head=key.id.rsplit("-", 2)[0],
+                where=spec.where(key.line), head=key.check_part,
                 ablation=spec.ablation_for(key.check).label(),
                 target=spec.target_name(key.expectation.target),
-                hint=state.rerun_command(spec, key.id, "failed"),
+                hint=state.rerun_command("failed"),
                 deciding=deciding, notes=notes)
             raise ThresholdMiss(failure_text(ctx, constraint, m, verdict))
         if verdict.warn:
@@ -258,7 +277,14 @@ class UnitAblateItem(pytest.Function):
         return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Any, int, str]:
-        return self.path, self.key.line - 1, self.key.id
+        """Path, 0-based line and the failure headline.
+
+        The headline is not a suffix of the node id on purpose: pytest's terminal rewrites a
+        suffix domain's dots into ``::`` (it expects ``Class.method``), which would turn the
+        layer ``layer3.0`` into ``layer3::0`` in ``-v`` output.
+        """
+        line = self.key.line
+        return self.path, line - 1, f"{self.key.id} ({self.path.name}:{line})"
 
 
 __all__ = ["ThresholdMiss", "UnitAblateItem", "run_spec_item"]

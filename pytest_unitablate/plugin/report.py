@@ -1,12 +1,14 @@
-"""Result records, the JSON report and the terminal table (torch-free).
+"""Result records, the JSON report and the terminal summary (torch-free).
 
-Every item ships its numbers as ``user_properties`` named ``unitablate.<field>`` (so they
-cross xdist and land in JUnit XML too); the controller turns each test report back into a
-:class:`dict` record with :func:`record_from_report`.
+Every item ships its numbers on its test report as ``report.unitablate`` (a dict, which
+crosses xdist with the report); the controller turns each test report into a :class:`dict`
+record with :func:`record_from_report`. Under JUnit family ``xunit1`` the numbers are also
+``unitablate.<field>`` properties of each test case (:func:`junit_properties`); the default
+family, ``xunit2``, allows no per-test-case properties.
 
 Example::
 
-    >>> rec = {"id": "conv5[3]-seven-min_drop", "layer": "conv5", "units": [3],
+    >>> rec = {"id": "conv5-u3-seven-min_drop", "layer": "conv5", "units": [3],
     ...        "target": "seven", "baseline": 0.9, "ablated": 0.5, "drop": 0.4,
     ...        "constraint": "min_drop", "threshold": 0.2, "outcome": "passed"}
     >>> print(format_table([rec]).splitlines()[2])
@@ -29,7 +31,6 @@ FIELDS = (
     "baseline", "ablated", "drop", "ci_low", "ci_high", "constraint", "threshold",
     "outcome", "p_value", "deciding_units",
 )
-_JSON_FIELDS = ("units", "deciding_units")
 
 
 def outcome_of(report: Any) -> str:
@@ -45,16 +46,30 @@ def outcome_of(report: Any) -> str:
 
 
 def record_from_report(report: Any) -> dict[str, Any] | None:
-    """The item's record from its ``unitablate.*`` user properties (None if not ours)."""
-    props = {k[len(PROP_PREFIX):]: v for k, v in report.user_properties
-             if isinstance(k, str) and k.startswith(PROP_PREFIX)}
-    if "id" not in props:
+    """The item's record from ``report.unitablate`` (None for reports not of spec items)."""
+    values = getattr(report, "unitablate", None)
+    if not isinstance(values, dict) or "id" not in values:
         return None
-    for name in _JSON_FIELDS:
-        if isinstance(props.get(name), str):
-            props[name] = json.loads(props[name])
-    props["outcome"] = outcome_of(report)
-    return props
+    record = dict(values)
+    record["outcome"] = outcome_of(report)
+    return record
+
+
+def junit_properties(values: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(unitablate.<field>, text)`` pairs for JUnit ``<property>`` elements.
+
+    Lists become JSON; missing values (``None``) are left out rather than written "None".
+
+    >>> junit_properties({"id": "x", "units": [3], "threshold": None, "drop": 0.25})
+    [('unitablate.id', 'x'), ('unitablate.units', '[3]'), ('unitablate.drop', '0.25')]
+    """
+    out = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+        out.append((PROP_PREFIX + name, text))
+    return out
 
 
 def _describe(constraint: str | None, threshold: float | None) -> str:
@@ -72,8 +87,31 @@ def _pct(x: Any, suffix: str = "%") -> str:
     return "" if x is None else f"{float(x) * 100:.1f}{suffix}"
 
 
+#: Printed under the table: how to read the ``units`` column.
+TABLE_LEGEND = ("units: the units ablated together; for a layer-wide check, "
+                "<mode>:<units> names the check (any_unit, every_unit, top_units) and the "
+                "unit(s) that decided its outcome")
+
+
+def summary_line(records: Sequence[Mapping[str, Any]], report: Path | None) -> str:
+    """One line: how many checks ran, how many failed, and where the report is.
+
+    >>> summary_line([{"outcome": "passed"}, {"outcome": "failed"}], Path("r.json"))
+    'unitablate: 2 checks, 1 failed; report: r.json'
+    """
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[str(r.get("outcome"))] = counts.get(str(r.get("outcome")), 0) + 1
+    failed = counts.get("failed", 0) + counts.get("error", 0)
+    parts = [f"{len(records)} checks", f"{failed} failed"]
+    parts += [f"{counts[k]} {k}" for k in ("skipped", "xfailed", "xpassed") if counts.get(k)]
+    where = f"; report: {report}" if report is not None else ""
+    return f"unitablate: {', '.join(parts)}{where}"
+
+
 def format_table(records: Sequence[Mapping[str, Any]]) -> str:
-    """The terminal summary table: layer, units, target, baseline, ablated, drop, required."""
+    """The terminal summary table: layer, units, target, baseline, ablated, drop, required,
+    outcome, then the legend of the ``units`` column."""
     header = ("layer", "units", "target", "baseline", "ablated", "drop", "required", "outcome")
     rows = []
     for r in records:
@@ -95,6 +133,7 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
               for row in rows]
+    lines.append(TABLE_LEGEND)
     return "\n".join(lines)
 
 

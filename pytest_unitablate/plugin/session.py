@@ -66,16 +66,15 @@ class UnitAblateSession:
         if ":" not in ref:
             try:
                 return request.getfixturevalue(ref)
-            except Exception as exc:  # FixtureLookupError or the fixture's own failure
-                name = type(exc).__name__
-                if name == "FixtureLookupError":
-                    raise ItemProblem(
-                        f"{spec.where(line)}: {what} {ref!r}: no fixture of that name is "
-                        f"visible from {spec.path} (define it in a conftest.py above the spec, "
-                        f"or use 'package.module:callable')"
-                    ) from None
+            except Exception as exc:
+                # An unknown name gets a located message; the fixture's own failure goes
+                # through untouched, so pytest reports it as the fixture's setup error.
+                if type(exc).__name__ != "FixtureLookupError":
+                    raise
                 raise ItemProblem(
-                    f"{spec.where(line)}: {what} fixture {ref!r} raised {name}: {exc}"
+                    f"{spec.where(line)}: {what} {ref!r}: no fixture of that name is "
+                    f"visible from {spec.path} (define it in a conftest.py above the spec, "
+                    f"or use 'package.module:callable')"
                 ) from None
         if ref in self._objects:
             return self._objects[ref]
@@ -104,6 +103,13 @@ class UnitAblateSession:
             ) from None
         self._objects[ref] = value
         return value
+
+    def prepare(self, spec: Spec, request: pytest.FixtureRequest) -> None:
+        """Resolve the spec's model and data (the item's setup phase)."""
+        self.model(spec, request)
+        self.data(spec, request)
+        if spec.ranking_data:
+            self.data(spec, request, ranking=True)
 
     def model(self, spec: Spec, request: pytest.FixtureRequest) -> nn.Module:
         from torch import nn

@@ -6,12 +6,13 @@ imports the hooks module, so the hooks sit on top and nothing imports back into 
 Example (inside a hook or an item)::
 
     state = get_state(item.config)
-    state.records.append({...})
+    state.settings.record_mode      # "none"
 """
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from pytest_unitablate.plugin.options import Settings
     from pytest_unitablate.plugin.session import UnitAblateSession
-    from pytest_unitablate.spec.model import Spec
 
 
 class UnitAblateWarning(pytest.PytestWarning):
@@ -29,31 +30,71 @@ class UnitAblateWarning(pytest.PytestWarning):
 
 @dataclass
 class PluginState:
-    """What the plugin keeps for one pytest run (``config.stash``)."""
+    """The run's settings plus what it gathers: collected specs and every item's record.
 
-    specs: list[Path]
-    device: str
-    seed: int | None
-    report_path: Path | None
-    record_mode: str
-    record_level: float
-    is_worker: bool
-    records: list[dict[str, Any]] = field(default_factory=list)
+    ``records`` maps node ids to records, so a rerun item (pytest-rerunfailures) or a
+    report that arrives twice keeps only its last outcome.
+    """
+
+    settings: Settings
+    specs: list[Path] = field(default_factory=list)  # resolved --unitablate-spec paths
+    is_worker: bool = False
+    invocation_args: tuple[str, ...] = ()
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
     collected_specs: set[Path] = field(default_factory=set)
     recorded: list[str] | None = None
     provenance_checked: set[str] = field(default_factory=set)
     _runtime: UnitAblateSession | None = None
 
+    @property
+    def device(self) -> str:
+        return self.settings.device
+
+    @property
+    def record_mode(self) -> str:
+        return self.settings.record_mode
+
+    @property
+    def record_level(self) -> float:
+        return self.settings.record_level
+
+    @property
+    def report_path(self) -> Path | None:
+        return self.settings.report
+
     def runtime(self) -> UnitAblateSession:
+        """The per-process evaluation cache (imports torch on first use)."""
         if self._runtime is None:
             from pytest_unitablate.plugin.session import UnitAblateSession
 
-            self._runtime = UnitAblateSession(device=self.device, seed=self.seed)
+            self._runtime = UnitAblateSession(device=self.settings.device,
+                                              seed=self.settings.seed)
         return self._runtime
 
-    def rerun_command(self, spec: Spec, item_id: str, mode: str) -> str:
-        return (f"pytest --unitablate-spec {shlex.quote(str(spec.path))} "
-                f"--unitablate-record-mode={mode} -k {shlex.quote(item_id)}")
+    def rerun_command(self, mode: str) -> str:
+        """The command the user ran, with ``--unitablate-record-mode=mode`` instead of any
+        record mode it had: it reproduces the run (same options, same model and data), so
+        the thresholds are measured where they failed."""
+        return rerun_command(self.invocation_args, mode)
+
+
+def rerun_command(args: Sequence[str], mode: str) -> str:
+    """``pytest <args>`` with the record mode replaced by ``mode``.
+
+    >>> rerun_command(["--unitablate-spec", "s.yaml", "--unitablate-record-mode", "new",
+    ...                "--demo-checkpoint", "ft"], "failed")
+    'pytest --unitablate-spec s.yaml --demo-checkpoint ft --unitablate-record-mode=failed'
+    """
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--unitablate-record-mode":
+            skip = True
+        elif not arg.startswith("--unitablate-record-mode="):
+            kept.append(arg)
+    return shlex.join(["pytest", *kept, f"--unitablate-record-mode={mode}"])
 
 
 STATE_KEY = pytest.StashKey[PluginState]()

@@ -1,16 +1,22 @@
-"""Deterministic, unique, ``-k``-safe test ids for the items of a spec (torch-free).
+r"""Deterministic, unique, ``-k``-safe test ids for the items of a spec (torch-free).
 
-An item is one constraint of one target of one check. Its id reads like the check::
+An item is one constraint of one target of one check. Its id reads like the check, then the
+target, then the constraint::
 
-    conv5[245]-seven-min_drop            units 245 of conv5, class seven, min_drop
-    conv5[245+12]-overall-max_drop       units 245 and 12 ablated together
-    conv5[any3]-seven-min_drop           any_unit with at_least: 3
-    conv5[every]-overall-max_drop        every_unit
-    conv5[top20-seven]-seven-min_drop    the 20 units most damaging to seven
-    conv5[245]:mean-seven-min_drop       the check overrides the spec's ablation
+    conv5-u245-seven-min_drop             unit 245 of conv5, class seven, min_drop
+    conv5-u245+12-overall-max_drop        units 245 and 12 ablated together
+    conv5-any3-seven-min_drop             any_unit with at_least: 3
+    conv5-every-overall-max_drop          every_unit
+    conv5-top20-seven-seven-min_drop      the 20 units most damaging to seven, class seven
+    conv5-u245:mean-seven-min_drop        the check overrides the spec's ablation
+    edge_detector-seven-min_drop          a check with ``name: edge_detector``
 
-Only characters pytest's ``-k`` grammar accepts in one identifier are used
-(``[\\w:+\\-.\\[\\]\\\\/]``); a duplicate id is a spec problem, so ids are unique by
+An id holds no brackets at all. pytest (9.2 and later parse node ids as ``name[params]``)
+treats a ``[`` anywhere in a name as the start of a parameter part, so a bracket in the
+middle broke ``--lf``, ``--ff``, ``--sw``, node-id selection and JUnit names; without one,
+``path::id`` round-trips through every pytest from 8.0 on. Only characters pytest's ``-k``
+grammar accepts in one identifier are used (``[\w:+\-.]``), so ``-k 'conv5-u245-'``
+selects that check's items. A duplicate id is a spec problem, so ids are unique by
 construction.
 
 Example::
@@ -46,20 +52,20 @@ def target_label(spec: Spec, target: str | int) -> str:
 
 
 def check_label(spec: Spec, check: Check) -> str:
-    """The part of the id naming what is ablated, e.g. ``conv5[245+12]:mean``."""
+    """The name part of the id: what is ablated, e.g. ``conv5-u245+12:mean``."""
     if check.name:
         base = check.name
     else:
         if check.mode == "units":
-            inner = "+".join(str(u) for u in check.units)
+            selector = "u" + "+".join(str(u) for u in check.units)
         elif check.mode == "any_unit":
-            inner = "any" if check.at_least == 1 else f"any{check.at_least}"
+            selector = "any" if check.at_least == 1 else f"any{check.at_least}"
         elif check.mode == "every_unit":
-            inner = "every"
+            selector = "every"
         else:
             cls = target_label(spec, check.top_class) if check.top_class is not None else "?"
-            inner = f"top{check.top_units}-{cls}"
-        base = f"{check.layer}[{inner}]"
+            selector = f"top{check.top_units}-{cls}"
+        base = f"{check.layer}-{selector}"
     ablation = spec.ablation_for(check)
     if ablation.label() != spec.ablation.label():
         base += f":{ablation.label()}"
@@ -76,6 +82,11 @@ class ItemKey:
     constraint: Constraint
 
     @property
+    def check_part(self) -> str:
+        """The start of the id that names what is ablated (``conv5-u245``)."""
+        return self.id.removesuffix(f"-{self.constraint.kind}").rsplit("-", 1)[0]
+
+    @property
     def line(self) -> int:
         """1-based spec line of the constraint."""
         return self.constraint.line or self.expectation.line or self.check.line
@@ -88,8 +99,8 @@ def _all_items(spec: Spec) -> list[ItemKey]:
         for expectation in check.expectations:
             label = target_label(spec, expectation.target)
             for constraint in expectation.constraints:
-                items.append(ItemKey(f"{head}-{label}-{constraint.kind}", check, expectation,
-                                     constraint))
+                items.append(ItemKey(f"{head}-{label}-{constraint.kind}", check,
+                                     expectation, constraint))
     return items
 
 

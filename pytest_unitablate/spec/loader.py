@@ -70,7 +70,7 @@ CHECK_KEYS: dict[str, str] = {
     "expect": "targets (class name, class index or overall) -> constraints",
     "ablation": "override of the spec's ablation for this check",
     "marks": "pytest marks: [xfail] or [{skipif: {condition: ..., reason: ...}}]",
-    "name": "optional label used in the test id instead of layer[units]",
+    "name": "optional label used in the test id instead of layer-u<units>",
 }
 MODE_KEYS: tuple[CheckMode, ...] = ("units", "any_unit", "every_unit", "top_units")
 LAYER_WIDE_KEYS: dict[str, dict[str, str]] = {
@@ -94,7 +94,7 @@ ABLATION_NAMES = ("zero", "mean")
 PERCENT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*%\s*$")
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*$")
 IDENT = re.compile(r"^[A-Za-z_]\w*$")
-ID_SAFE = re.compile(r"^[\w:+\-.\[\]\\/]+$")
+ID_SAFE = re.compile(r"^(?!.*::)[\w:+\-.]+$")
 
 
 def closest(name: str, candidates: list[str] | tuple[str, ...], n: int = 3) -> list[str]:
@@ -431,7 +431,8 @@ class _Validator:
             expectations = self.expectations(expect_node, expect_line, where, classes)
         name_node = node.get("name")
         name = self.string(name_node, "name", ID_SAFE,
-                           " in a test id: use letters, digits and _ - . : + [ ] /")
+                           " in a test id: use letters, digits and _ - . : +"
+                           " (no brackets, no '::')")
         if layer is None:
             return None
         return Check(

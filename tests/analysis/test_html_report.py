@@ -25,7 +25,7 @@ def _frames() -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, object]]]:
             rows.append({"unit": u, "target": k, "n": 20, "baseline": 0.9,
                          "ablated": 0.9 - 0.1 * ((u + k) % 4), "drop": 0.1 * ((u + k) % 4)})
     attrs = pd.DataFrame({"unit": range(6), "selectivity": [0.1 * u for u in range(6)]})
-    checks = [{"id": "conv5[1]-two-min_drop", "spec": "s.yaml", "line": 9, "target": "two",
+    checks = [{"id": "conv5-u1-two-min_drop", "spec": "s.yaml", "line": 9, "target": "two",
                "n": 20, "baseline": 0.9, "ablated": 0.5, "drop": 0.4, "ci_low": 0.2,
                "ci_high": 0.6, "constraint": "min_drop", "threshold": 0.2, "outcome": "passed"},
               {"id": "x", "spec": "s.yaml", "line": 12, "target": "<script>alert(1)</script>",
@@ -85,7 +85,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
              f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([browser, *flags, "--dump-dom", out.as_uri()], capture_output=True,
                          text=True, timeout=120)
-    assert dom.stdout.count("<svg") == 3 and "conv5[1]-two-min_drop" in dom.stdout
+    assert dom.stdout.count("<svg") == 3 and "conv5-u1-two-min_drop" in dom.stdout
     png = tmp_path / "shot.png"
     subprocess.run([browser, *flags, f"--screenshot={png}", "--window-size=1200,1400",
                     out.as_uri()], capture_output=True, timeout=120)

@@ -55,4 +55,4 @@ def test_record_new_then_all_then_rerun_passes_with_comments_intact(tmp_path: Pa
     caught = _pytest(tmp_path, "--unitablate-spec", "resnet.yaml",
                      "--demo-checkpoint", "resnet-finetuned")
     assert caught.returncode == 1
-    assert "layer3.0[0]-four-min_drop" in caught.stdout
+    assert "layer3.0-u0-four-min_drop" in caught.stdout

@@ -45,6 +45,8 @@ def test_plugin_outcomes_match_the_expected_outcomes(spec: str, checkpoint: str,
         assert all(i["outcome"] == "passed" for i in expected["items"] if i["mode"] != "units")
     if checkpoint == "resnet-finetuned":
         assert sorted(i["id"] for i in named_fail) == [
-            "layer3.0[0]-four-min_drop", "layer3.0[15]-six-min_drop"]
-    if "failed" in proc.stdout:
-        assert "To re-record: pytest --unitablate-spec" in proc.stdout
+            "layer3.0-u0-four-min_drop", "layer3.0-u15-six-min_drop"]
+    if expected["failed"]:
+        # the hint reproduces this run: same spec, same checkpoint
+        assert (f"To re-record: pytest --unitablate-spec {spec} --demo-checkpoint {checkpoint}"
+                in proc.stdout)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+# In-process pytester runs restore sys.modules after each run, so whatever a run imports
+# is imported again by the next. torch cannot be imported a second time in one process,
+# and hypothesis' terminal summary imports its internals (1.3 s a run): both are loaded
+# here, before any run starts, and stay loaded.
+import hypothesis.internal.observability  # noqa: F401
 import pytest
 import tiny_source
-
-# In-process pytester runs restore sys.modules after each run; torch cannot be imported a
-# second time in one process, so it must already be loaded before any run starts.
 import torch  # noqa: F401
 
 from pytest_unitablate.plugin.record_mode import CI_VARIABLES

@@ -9,27 +9,11 @@ class three, whose bias keeps it right anyway: ablating it changes nothing.
 from __future__ import annotations
 
 import json
-import textwrap
-from pathlib import Path
 
 import pytest
+from tiny_source import HEAD, spec
 
 pytest_plugins = ["pytester"]
-
-
-HEAD = """\
-unitablate: 1
-model: tinymodel:model
-data: tinymodel:data
-classes: [zero, one, two, three]
-"""
-
-
-def spec(pytester: pytest.Pytester, body: str, name: str = "spec.yaml",
-         head: str = HEAD) -> Path:
-    path = pytester.path / name
-    path.write_text(head + textwrap.dedent(body))
-    return path
 
 
 GOOD = """\
@@ -52,7 +36,7 @@ def test_passing_spec_runs_one_item_per_constraint(tiny: pytest.Pytester) -> Non
     result = tiny.runpytest("--unitablate-spec", "spec.yaml", "-v")
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines([
-        "*spec.yaml::hidden[[]1[]]-one-min_drop PASSED*",
+        "spec.yaml::hidden-u1-one-min_drop PASSED*",
         "*unitablate summary*",
         "hidden*1*one*100.0%*0.0%*100.0 pp*drop >= 90.0 pp*passed",
         "hidden*1*overall*100.0%*75.0%*25.0 pp*drop <= 30.0 pp*passed",
@@ -70,13 +54,12 @@ def test_failure_message_is_located_and_actionable(tiny: pytest.Pytester) -> Non
     result = tiny.runpytest("--unitablate-spec", "spec.yaml")
     assert result.ret == 1
     result.stdout.fnmatch_lines([
-        "spec.yaml:9: hidden[[]3[]] (zero ablation): class 'three' must have drop >= 20.0 pp",
+        "spec.yaml:9: hidden-u3 (zero ablation): class 'three' must have drop >= 20.0 pp",
         "  baseline 100.0% (10/10)   ablated 100.0% (10/10)   n=10",
         "  drop     0.0 pp   95% CI [[]*[]] pp (paired, Newcombe)   required drop >= 20.0 pp"
         "   missed by 20.0 pp*",
         "  McNemar exact p=1 *",
-        "  To re-record: pytest --unitablate-spec spec.yaml --unitablate-record-mode=failed"
-        " -k 'hidden[[]3[]]-three-min_drop'",
+        "  To re-record: pytest --unitablate-spec spec.yaml * --unitablate-record-mode=failed",
     ])
     assert "Traceback" not in result.stdout.str()
     assert "pytest_unitablate/" not in result.stdout.str()
@@ -182,7 +165,7 @@ def test_fixtures_from_conftest_and_marks_and_k(tiny: pytest.Pytester) -> None:
         """, head=head)
     result = tiny.runpytest("--unitablate-spec", "spec.yaml")
     result.assert_outcomes(passed=1, xfailed=1)
-    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "-k", "hidden[2]-two-min_drop")
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "-k", "hidden-u2-two-min_drop")
     result.assert_outcomes(passed=1, deselected=1)
     result = tiny.runpytest("--unitablate-spec", "spec.yaml", "-m", "not unitablate")
     result.assert_outcomes(deselected=2)
@@ -192,10 +175,11 @@ def test_json_report_and_junit_properties(tiny: pytest.Pytester) -> None:
     spec(tiny, GOOD)
     result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-report",
                             "out/report.json", "--junitxml", "junit.xml",
-                            "--unitablate-html", "out/report.html")
+                            "-o", "junit_family=xunit1", "--unitablate-html",
+                            "out/report.html")
     result.assert_outcomes(passed=4)
     page = (tiny.path / "out" / "report.html").read_text()
-    assert "4 passed" in page and "hidden[1]-one-min_drop" in page
+    assert "4 passed" in page and "hidden-u1-one-min_drop" in page
     doc = json.loads((tiny.path / "out" / "report.json").read_text())
     assert doc["device"] == "cpu" and doc["dtype"] == "float32"
     assert doc["torch_version"] and doc["pytest_unitablate_version"]
@@ -204,7 +188,7 @@ def test_json_report_and_junit_properties(tiny: pytest.Pytester) -> None:
                            "class_index", "n", "baseline", "ablated", "drop", "ci_low",
                            "ci_high", "constraint", "threshold", "outcome", "p_value",
                            "deciding_units"]
-    assert first["id"] == "hidden[1]-one-min_drop" and first["line"] == 9
+    assert first["id"] == "hidden-u1-one-min_drop" and first["line"] == 9
     assert first["units"] == [1] and first["class_index"] == 1 and first["n"] == 10
     assert first["baseline"] == 1.0 and first["ablated"] == 0.0 and first["drop"] == 1.0
     assert first["ci_low"] < 1.0 == first["ci_high"] and first["outcome"] == "passed"
@@ -243,7 +227,7 @@ def test_ini_keys_and_cli_precedence(tiny: pytest.Pytester) -> None:
     result = tiny.runpytest("--unitablate-spec", "b.yaml", "--unitablate-report", "cli.json")
     result.assert_outcomes(passed=1)
     assert json.loads((tiny.path / "cli.json").read_text())["items"][0]["id"] == \
-        "hidden[0]-zero-min_drop"
+        "hidden-u0-zero-min_drop"
     result.stdout.fnmatch_lines(["unitablate: b.yaml (device cpu, seed 0)"])
 
 
@@ -280,15 +264,15 @@ def test_layer_wide_checks_name_the_deciding_unit(tiny: pytest.Pytester) -> None
     result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-report", "r.json")
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines([
-        "spec.yaml:14: hidden[[]every[]] (zero ablation): overall accuracy must have "
+        "spec.yaml:14: hidden-every (zero ablation): overall accuracy must have "
         "drop <= 20.0 pp",
         "*deciding unit: 0",
         "  3 of 4 units miss it: [[]0, 1, 2[]]",
     ])
     items = {r["id"]: r for r in json.loads((tiny.path / "r.json").read_text())["items"]}
-    assert items["hidden[any3]-overall-min_drop"]["deciding_units"] == [0, 1, 2]
-    assert items["hidden[top1-two]-two-min_drop"]["deciding_units"] == [2]
-    assert items["hidden[top1-two]-two-min_drop"]["units"] == [2]
+    assert items["hidden-any3-overall-min_drop"]["deciding_units"] == [0, 1, 2]
+    assert items["hidden-top1-two-two-min_drop"]["deciding_units"] == [2]
+    assert items["hidden-top1-two-two-min_drop"]["units"] == [2]
 
 
 def test_plugin_is_inert_when_not_asked_for(pytester: pytest.Pytester) -> None:
@@ -327,7 +311,7 @@ def test_unexpected_errors_are_short_unless_full_trace(tiny: pytest.Pytester) ->
     spec(tiny, GOOD, head=HEAD.replace("tinymodel:model", "boommodel:model"))
     result = tiny.runpytest("--unitablate-spec", "spec.yaml")
     result.stdout.fnmatch_lines([
-        "spec.yaml:9: unexpected error while running hidden[[]1[]]-one-min_drop: "
+        "spec.yaml:9: unexpected error while running hidden-u1-one-min_drop: "
         "RuntimeError: forward exploded",
         "  (rerun with --unitablate-full-trace for the traceback)",
     ])
@@ -375,6 +359,6 @@ def test_threshold_too_few_examples_can_support_is_an_error(tiny: pytest.Pyteste
     result = tiny.runpytest("--unitablate-spec", "spec.yaml")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
-        "spec.yaml:9: hidden[[]1[]]-one-min_drop: the target has 10 example(s), 10 right at "
+        "spec.yaml:9: hidden-u1-one-min_drop: the target has 10 example(s), 10 right at "
         "baseline; even if every one were lost, the 99% lower bound would be *, below the "
         "required 90.0. Use more examples or a lower threshold."])

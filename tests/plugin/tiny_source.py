@@ -1,8 +1,30 @@
-"""Source of the hand-built network the plugin tests write into their pytester dirs.
+"""The hand-built network the plugin tests write into their pytester dirs, and a spec writer.
 
 The tiny model routes a one-hot input to the logits through ``hidden`` (4 units): ablating
 unit k < 3 zeroes class k's logit (recall 100% -> 0%); class three's bias keeps it right.
 """
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+HEAD = """\
+unitablate: 1
+model: tinymodel:model
+data: tinymodel:data
+classes: [zero, one, two, three]
+"""
+
+
+def spec(pytester: pytest.Pytester, body: str, name: str = "spec.yaml",
+         head: str = HEAD) -> Path:
+    path = pytester.path / name
+    path.write_text(head + textwrap.dedent(body))
+    return path
+
 
 TINY = '''
 import torch

@@ -99,14 +99,14 @@ def test_good_spec_round_trips_into_the_model() -> None:
     assert spec.checks[5].expectations[0].constraints[0].threshold is None
     ids = [k.id for k in item_ids(spec)]
     assert ids == [
-        "conv5[245]-seven-min_drop",
-        "conv5[245]-overall-max_drop",
-        "conv5[3+17]:mean-two-min_relative_drop",
+        "conv5-u245-seven-min_drop",
+        "conv5-u245-overall-max_drop",
+        "conv5-u3+17:mean-two-min_relative_drop",
         "conv5-seven-any-seven-min_drop",
-        "conv5[every]-overall-max_drop",
-        "conv5[top20-seven]:const0.5-seven-min_drop",
-        "conv5[top20-seven]:const0.5-overall-max_drop",
-        "conv4[7]-nine-min_drop",
+        "conv5-every-overall-max_drop",
+        "conv5-top20-seven:const0.5-seven-min_drop",
+        "conv5-top20-seven:const0.5-overall-max_drop",
+        "conv4-u7-nine-min_drop",
     ]
 
 

@@ -1,0 +1,171 @@
+"""Command-line options and ini keys, and reading them into the run's settings (torch-free).
+
+Every option is ``--unitablate-*`` in one option group; every one a CI sets in a config file
+has an ini twin of its real type (``unitablate_seed`` is an int, ``unitablate_full_trace``
+a bool). The command line beats the ini file, which beats the default. Bad values are
+``pytest.UsageError`` (exit code 4).
+
+``--unitablate-record-force`` has no ini twin on purpose: it disarms the refusal to rewrite
+thresholds on CI, which must be a deliberate choice on one command line, never a standing
+setting of every run.
+
+Example (``pyproject.toml``)::
+
+    [tool.pytest.ini_options]
+    unitablate_spec = ["specs/resnet.yaml"]
+    unitablate_seed = 0
+    unitablate_summary = "table"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_unitablate.plugin.record_mode import RECORD_MODES
+
+SUMMARY_MODES = ("auto", "none", "line", "table")
+_DEVICE_PREFIXES = ("cpu", "cuda", "mps", "xpu", "meta")
+# ini types "int" and "float" exist from pytest 8.4; older versions read strings, which
+# _typed() converts, so the value is checked the same way everywhere.
+_TYPED_INI = pytest.version_tuple >= (8, 4)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register the options and ini keys (``pytest_addoption``)."""
+    group = parser.getgroup("unitablate", "unit ablation regression tests (pytest-unitablate)")
+
+    def option(name: str, ini_help: str | None, ini_type: str = "string", **kwargs: Any
+               ) -> None:
+        dest = "unitablate_" + name.replace("-", "_")
+        group.addoption(f"--unitablate-{name}", dest=dest, **kwargs)
+        if ini_help is not None:
+            typed = ini_type if ini_type in ("string", "bool", "paths") or _TYPED_INI \
+                else "string"
+            parser.addini(dest, type=typed, default=_INI_DEFAULTS[ini_type],  # type: ignore[arg-type]
+                          help=ini_help)
+
+    option("spec", "spec files collected in every run (pytest-unitablate)", "paths",
+           action="append", default=[], metavar="PATH",
+           help="collect this spec file (repeatable). ini: unitablate_spec. "
+           "Default: none (the plugin stays inactive)")
+    option("device", "device of the evaluation inputs (default: cpu)", default=None,
+           metavar="DEVICE", help="device the evaluation inputs go to; the model must already "
+           "be there. ini: unitablate_device. Default: cpu")
+    option("seed", "torch.manual_seed before every evaluation (int; default: 0)", "int",
+           default=None, type=int, metavar="N",
+           help="torch.manual_seed before every evaluation. ini: unitablate_seed. Default: 0")
+    option("report", "path of the JSON report (default: none)", default=None,
+           metavar="PATH.json", help="write one JSON record per spec item. "
+           "ini: unitablate_report. Default: no report")
+    option("html", "path of the HTML page (default: none)", default=None,
+           metavar="PATH.html", help="write a self-contained HTML page of the items' "
+           "outcomes. ini: unitablate_html. Default: none")
+    option("summary", "terminal summary: auto, none, line or table (default: auto)",
+           default=None, choices=SUMMARY_MODES,
+           help="the terminal summary: none; line (one line: checks, failures, report); "
+           "table (one row per item); auto = table with -v, nothing with -qq, else line. "
+           "ini: unitablate_summary. Default: auto")
+    option("record-mode", "record mode: none, new, failed or all (default: none)",
+           default=None, choices=RECORD_MODES,
+           help="write measured thresholds back into the spec: none (never write), new "
+           "(fill null thresholds), failed (rewrite failing ones; they still fail), all "
+           "(rewrite all; they pass). ini: unitablate_record_mode. Default: none")
+    option("record-force", None, action="store_true", default=False,
+           help="allow record mode when a CI environment variable is set (no ini key)")
+    option("record-confidence", "confidence level of recorded bounds (float; default 0.95)",
+           "float", default=None, type=float, metavar="LEVEL",
+           help="confidence level of the interval whose bound record mode writes and "
+           "failures show. ini: unitablate_record_confidence. Default: 0.95")
+    option("full-trace", "show internal tracebacks (bool; default: false)", "bool",
+           action="store_const", const=True, default=None,
+           help="show internal tracebacks instead of the short failure text. "
+           "ini: unitablate_full_trace. Default: off")
+
+
+_INI_DEFAULTS: dict[str, Any] = {"string": "", "paths": [], "int": "", "float": "",
+                                 "bool": False}
+
+
+def _value(config: pytest.Config, dest: str) -> Any:
+    """CLI beats ini beats default (``None`` when neither is set)."""
+    value = config.getoption(dest)
+    if value is not None and value != []:
+        return value
+    try:
+        ini = config.getini(dest)
+    except (ValueError, TypeError, pytest.UsageError) as exc:  # a typed ini value
+        raise pytest.UsageError(f"ini {dest}: {exc}") from None
+    return None if ini in ("", None, []) else ini
+
+
+def _typed(config: pytest.Config, dest: str, kind: type, default: Any) -> Any:
+    value = _value(config, dest)
+    if value is None:
+        return default
+    if kind is bool and isinstance(value, bool):
+        return value
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        name = dest.replace("_", "-")
+        raise pytest.UsageError(
+            f"--{name} / ini {dest} must be {'an' if kind is int else 'a'} "
+            f"{kind.__name__}, got {value!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The run's settings, read once in ``pytest_configure``."""
+
+    specs: tuple[Path, ...]
+    specs_from_cli: bool
+    device: str
+    seed: int
+    report: Path | None
+    html: Path | None
+    summary: str
+    record_mode: str
+    record_force: bool
+    record_level: float
+    full_trace: bool
+
+
+def read_settings(config: pytest.Config) -> Settings:
+    """Read and check every option; bad values are ``pytest.UsageError``."""
+    cli_specs = [Path(p) for p in config.getoption("unitablate_spec") or []]
+    ini_specs = [Path(p) for p in config.getini("unitablate_spec") or []]
+    device = str(_value(config, "unitablate_device") or "cpu")
+    prefix, _, index = device.partition(":")
+    if prefix not in _DEVICE_PREFIXES or (index and not index.isdigit()):
+        raise pytest.UsageError(
+            f"--unitablate-device {device!r} is not a torch device (cpu, cuda, cuda:1, mps)")
+    summary = str(_value(config, "unitablate_summary") or "auto")
+    if summary not in SUMMARY_MODES:
+        raise pytest.UsageError(
+            f"unitablate_summary must be one of {', '.join(SUMMARY_MODES)}, got {summary!r}")
+    mode = str(_value(config, "unitablate_record_mode") or "none")
+    if mode not in RECORD_MODES:
+        raise pytest.UsageError(
+            f"unitablate_record_mode must be one of {', '.join(RECORD_MODES)}, got {mode!r}")
+    level = _typed(config, "unitablate_record_confidence", float, 0.95)
+    if not 0.5 <= level < 1.0:
+        raise pytest.UsageError(
+            f"--unitablate-record-confidence must be in [0.5, 1), got {level}")
+    report = _value(config, "unitablate_report")
+    html = _value(config, "unitablate_html")
+    return Settings(
+        specs=tuple(cli_specs or ini_specs), specs_from_cli=bool(cli_specs), device=device,
+        seed=_typed(config, "unitablate_seed", int, 0),
+        report=Path(report) if report else None, html=Path(html) if html else None,
+        summary=summary, record_mode=mode,
+        record_force=bool(config.getoption("unitablate_record_force")),
+        record_level=float(level),
+        full_trace=bool(_typed(config, "unitablate_full_trace", bool, False)),
+    )
+
+
+__all__ = ["SUMMARY_MODES", "Settings", "add_options", "read_settings"]
