@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test test-fast test-slow lint bench clean
+.PHONY: setup browser demo test test-fast test-slow matrix lint bench clean
 
 $(STAMP): pyproject.toml requirements-torch.txt
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,11 @@ test-fast: $(STAMP)
 test-slow: $(STAMP) browser
 	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 -m slow
 
+# The compatibility matrix (noxfile.py): the plugin's tests on the oldest pytest we claim,
+# the newest, and the newest without pytest-xdist, each in its own virtualenv.
+matrix: $(STAMP)
+	$(BIN)/nox
+
 # ruff (style, and TID253: no module-level torch in the torch-free layers), mypy --strict,
 # and import-linter (the layer contract in pyproject.toml; docs/architecture.md).
 lint: $(STAMP)
@@ -50,4 +55,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_scan.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .nox

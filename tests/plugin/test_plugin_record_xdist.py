@@ -96,6 +96,7 @@ def test_record_force_overrides_ci_refusal(spec_dir: pytest.Pytester,
 
 
 @pytest.mark.slow
+@pytest.mark.requires_xdist
 def test_xdist_gives_the_same_outcomes_and_report_as_serial(spec_dir: pytest.Pytester) -> None:
     body = textwrap.dedent(SPEC).replace("null", "10%")
     (spec_dir.path / "spec.yaml").write_text(body)

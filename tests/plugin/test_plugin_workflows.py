@@ -8,6 +8,7 @@ installed pytest.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -37,6 +38,7 @@ checks:
       expect:
         overall: {max_drop: 20%}
 """
+HAS_XDIST = importlib.util.find_spec("xdist") is not None
 IDS = ["hidden-u1-one-min_drop", "hidden-u1-overall-max_drop", "hidden-u3-three-min_drop",
        "carrier_of_two-two-min_drop", "hidden-every-overall-max_drop"]
 FAILING = ["hidden-u3-three-min_drop", "hidden-every-overall-max_drop"]
@@ -153,9 +155,11 @@ def test_no_unknown_marker_with_or_without_xdist(mixed: pytest.Pytester) -> None
             for item in items:
                 print("MARKS", item.name, sorted(m.name for m in item.iter_markers()))
     """)
-    with_xdist = mixed.runpytest("--unitablate-spec", "spec.yaml", "--collect-only", "-s")
-    with_xdist.stdout.fnmatch_lines(["MARKS hidden-u1-one-min_drop ['unitablate', "
-                                     "'xdist_group']"])
+    installed = mixed.runpytest("--unitablate-spec", "spec.yaml", "--collect-only", "-s")
+    # with pytest-xdist installed (the main suite) items are grouped per spec; in the
+    # matrix session without it (noxfile.py) they carry no xdist mark at all
+    marks = "['unitablate', 'xdist_group']" if HAS_XDIST else "['unitablate']"
+    installed.stdout.fnmatch_lines([f"MARKS hidden-u1-one-min_drop {marks}"])
     without = mixed.runpytest("--unitablate-spec", "spec.yaml", "--collect-only", "-s",
                               "-p", "no:xdist")
     without.stdout.fnmatch_lines(["MARKS hidden-u1-one-min_drop ['unitablate']"])
