@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 class UnitAblateError(Exception):
@@ -98,3 +99,29 @@ class SpecError(UnitAblateError):
 
 class ConfigError(UnitAblateError):
     """A bad option, or a model/data reference that cannot be resolved."""
+
+
+class MissingExtraError(UnitAblateError, ImportError):
+    """A feature needs a package of an optional extra that is not installed."""
+
+
+def optional_import(module: str, extra: str, feature: str) -> Any:
+    """Import ``module`` for ``feature``, or say which extra installs it.
+
+    >>> optional_import("json", "scan", "a test").dumps(1)
+    '1'
+    >>> try:
+    ...     optional_import("no_such_module_here", "scan", "ScanResult.frame")
+    ... except MissingExtraError as exc:
+    ...     print(exc)
+    ScanResult.frame needs no_such_module_here, which is not installed: pip install \
+'pytest-unitablate[scan]'
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError:
+        raise MissingExtraError(
+            f"{feature} needs {module.split('.')[0]}, which is not installed: "
+            f"pip install 'pytest-unitablate[{extra}]'") from None

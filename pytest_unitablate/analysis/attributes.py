@@ -32,6 +32,7 @@ from torch import nn
 from pytest_unitablate.core.data import iter_batches
 from pytest_unitablate.core.evaluation import eval_mode, model_device
 from pytest_unitablate.core.layers import first_tensor, resolve_layer
+from pytest_unitablate.errors import optional_import
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,7 +42,7 @@ def unit_attributes(model: nn.Module, data: Any, layer: str, *, next_layer: str 
                     channel_dim: int = 1, device: torch.device | str | None = None,
                     ) -> pd.DataFrame:
     """One row per unit: selectivity, per-class selectivity, norms, mean, sparsity."""
-    import pandas as pd
+    pd = optional_import("pandas", "analysis", "unit_attributes")
 
     module = resolve_layer(model, layer)
     pooled_batches: list[torch.Tensor] = []
@@ -119,8 +120,8 @@ def attribute_correlations(attributes: pd.DataFrame, drops: pd.DataFrame) -> pd.
     """Pearson and Spearman correlation of each attribute with the overall drop and with
     the class-specific drop (the unit's largest class drop; for per-class selectivity,
     ``selectivity_k`` against the drop of class k over all (unit, k) pairs)."""
-    import pandas as pd
-    from scipy import stats
+    pd = optional_import("pandas", "analysis", "attribute_correlations")
+    stats = optional_import("scipy.stats", "analysis", "attribute_correlations")
 
     overall = drops[drops.target == "overall"].set_index("unit")["drop"]
     per_class = drops[drops.target != "overall"]

@@ -185,7 +185,9 @@ def write_html_report(path: str | Path, *, drops: pd.DataFrame | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import pandas as pd
+    from pytest_unitablate.errors import optional_import
+
+    pd = optional_import("pandas", "analysis", "the HTML report's command line")
 
     parser = argparse.ArgumentParser(prog="python -m pytest_unitablate.analysis.html_report")
     parser.add_argument("--report", type=Path, help="the plugin's JSON report")

@@ -38,7 +38,7 @@ from pytest_unitablate.core.ablation import ablate, channel_means
 from pytest_unitablate.core.data import iter_batches
 from pytest_unitablate.core.evaluation import EvalResult, eval_mode, evaluate, model_device
 from pytest_unitablate.core.layers import probe_layers, require_single_call, resolve_layer
-from pytest_unitablate.errors import ConfigError
+from pytest_unitablate.errors import ConfigError, optional_import
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,8 +69,8 @@ class ScanResult:
     @property
     def frame(self) -> pd.DataFrame:
         """One row per (unit, target): unit, target (class index or "overall"), n,
-        baseline, ablated, drop (fractions)."""
-        import pandas as pd
+        baseline, ablated, drop (fractions). Needs pandas (the ``scan`` extra)."""
+        pd = optional_import("pandas", "scan", "ScanResult.frame")
 
         base = self.baseline
         classes = base.num_classes
