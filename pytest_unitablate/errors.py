@@ -70,6 +70,10 @@ class DataError(UnitAblateError, ValueError):
     """Evaluation data that cannot be evaluated (shapes, labels, empty data)."""
 
 
+class UnpairedDataError(DataError):
+    """Two passes over the data saw different examples or a different order."""
+
+
 class NonFiniteLogitsError(DataError):
     """The model produced NaN or infinite logits."""
 

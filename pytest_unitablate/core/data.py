@@ -23,7 +23,14 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    RandomSampler,
+    SubsetRandomSampler,
+    WeightedRandomSampler,
+)
 
 from pytest_unitablate.errors import DataError
 
@@ -103,13 +110,82 @@ def _check_batch(index: int, batch: Any) -> Batch:
     return inputs, labels
 
 
+class PassDigest:
+    """An order-sensitive fingerprint of one pass over the data.
+
+    Every example's input bytes and label go into a sha256 in the order the pass sees them,
+    so two passes agree exactly when they saw the same examples in the same order: what
+    paired statistics (baseline vs ablated, per example) require.
+
+    >>> a, b = PassDigest(), PassDigest()
+    >>> x, y = torch.arange(4.0).view(2, 2), torch.tensor([0, 1])
+    >>> a.update(x, y); b.update(x.flip(0), y.flip(0))
+    >>> a.hexdigest() == b.hexdigest()
+    False
+    """
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self.n = 0
+
+    def update(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        x = inputs.detach().to("cpu").contiguous()
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        self._sha.update(str((x.dtype, tuple(x.shape))).encode())
+        self._sha.update(x.numpy().tobytes())
+        self._sha.update(labels.detach().to("cpu", torch.int64).numpy().tobytes())
+        self.n += int(labels.shape[0])
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def require_replayable(data: Any) -> None:
+    """Refuse data that cannot give the same examples in the same order on every pass.
+
+    A baseline pass and an ablated pass are compared example by example, so the data must
+    be replayed unchanged: a shuffling ``DataLoader`` and a one-shot iterator (a generator
+    object) are refused with what to change. Everything else is checked after the fact by
+    comparing each pass's :class:`PassDigest` with the baseline's (a custom sampler, an
+    ``IterableDataset``, random augmentation).
+
+    >>> try:
+    ...     require_replayable(iter([1, 2]))
+    ... except DataError as exc:
+    ...     print(str(exc)[:48])
+    the data is a one-shot iterator (list_iterator):
+    """
+    if isinstance(data, DataLoader) and not isinstance(data.dataset, IterableDataset):
+        batches: Any = data.batch_sampler
+        sampler = getattr(batches, "sampler", None) if batches is not None else data.sampler
+        shuffles = isinstance(sampler, (RandomSampler, SubsetRandomSampler,
+                                         WeightedRandomSampler)) or bool(
+            getattr(sampler, "shuffle", False))
+        if shuffles:
+            raise DataError(
+                f"the DataLoader draws its examples with {type(sampler).__name__}"
+                f"{' (shuffle=True)' if 'Random' in type(sampler).__name__ else ''}: each "
+                f"pass would see them in another order, and the baseline and the ablated "
+                f"passes are compared example by example. Build it with shuffle=False "
+                f"(and no random sampler) for evaluation")
+    elif isinstance(data, Iterator):
+        raise DataError(
+            f"the data is a one-shot iterator ({type(data).__name__}): it is used up after "
+            f"the first pass, and every ablation needs another pass over the same examples. "
+            f"Give a list, a Dataset, a DataLoader, or a zero-argument callable that returns "
+            f"a fresh iterable (the generator function itself, not its result)")
+
+
 def iter_batches(
-    data: Any, *, batch_size: int = 256, device: torch.device | str | None = None
+    data: Any, *, batch_size: int = 256, device: torch.device | str | None = None,
+    digest: PassDigest | None = None,
 ) -> Iterator[Batch]:
     """Yield validated ``(inputs, labels)`` batches, labels as int64, on ``device``.
 
     Raises :class:`~pytest_unitablate.errors.DataError` naming the batch and the problem.
-    Empty batches are skipped; no examples at all is an error.
+    Empty batches are skipped; no examples at all is an error. With ``digest``, every batch
+    is added to it (before it moves to ``device``).
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
@@ -119,12 +195,16 @@ def iter_batches(
         if labels.numel() == 0:
             continue
         seen += labels.numel()
+        if digest is not None:
+            digest.update(inputs, labels)
         if device is not None:
             inputs = inputs.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
         yield inputs, labels.to(torch.int64)
     if seen == 0:
-        raise DataError("the data has no examples")
+        hint = (" (a one-shot iterator used up by an earlier pass?)"
+                if isinstance(data, Iterator) else "")
+        raise DataError(f"the data has no examples{hint}")
 
 
 def data_fingerprint(data: Any, *, batch_size: int = 256) -> str:

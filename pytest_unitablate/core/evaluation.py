@@ -35,8 +35,8 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from pytest_unitablate.core.data import iter_batches
-from pytest_unitablate.errors import DataError, NonFiniteLogitsError
+from pytest_unitablate.core.data import PassDigest, iter_batches
+from pytest_unitablate.errors import DataError, NonFiniteLogitsError, UnpairedDataError
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ class EvalResult:
     labels: npt.NDArray[np.int64]
     predictions: npt.NDArray[np.int64]
     num_classes: int
+    #: :class:`~pytest_unitablate.core.data.PassDigest` of the pass ("" when unknown):
+    #: two results are paired (same examples, same order) when their fingerprints agree.
+    fingerprint: str = ""
 
     @property
     def n(self) -> int:
@@ -152,9 +155,10 @@ def evaluate(
     preds: list[torch.Tensor] = []
     labels_seen: list[torch.Tensor] = []
     width: int | None = num_classes
+    digest = PassDigest()
     with eval_mode(model):
         for index, (inputs, labels) in enumerate(
-            iter_batches(data, batch_size=batch_size, device=target)
+            iter_batches(data, batch_size=batch_size, device=target, digest=digest)
         ):
             logits = _check_logits(index, model(inputs), labels.shape[0])
             if width is None:
@@ -184,4 +188,28 @@ def evaluate(
         labels=torch.cat(labels_seen).cpu().numpy().astype(np.int64),
         predictions=torch.cat(preds).cpu().numpy().astype(np.int64),
         num_classes=width,
+        fingerprint=digest.hexdigest(),
     )
+
+
+def check_paired(baseline: EvalResult, other: EvalResult, what: str = "the ablated pass"
+                 ) -> None:
+    """Raise :class:`~pytest_unitablate.errors.UnpairedDataError` unless ``other`` saw the
+    same examples in the same order as ``baseline``.
+
+    Every drop, interval and McNemar p-value compares the two example by example; a
+    shuffling loader or random augmentation would pair unrelated examples silently.
+    """
+    if baseline.fingerprint and other.fingerprint and baseline.fingerprint == other.fingerprint:
+        return
+    unknown = not baseline.fingerprint or not other.fingerprint
+    if unknown and baseline.n == other.n and np.array_equal(baseline.labels, other.labels):
+        return
+    detail = (f"{baseline.n} examples, then {other.n}" if baseline.n != other.n else
+              "the labels come in another order" if not np.array_equal(
+                  baseline.labels, other.labels) else "the inputs differ")
+    raise UnpairedDataError(
+        f"{what} did not see the baseline's examples in the baseline's order ({detail}): "
+        f"the data changes between passes. Use a DataLoader with shuffle=False and no "
+        f"random augmentation (or seed it: the plugin calls torch.manual_seed before "
+        f"every pass), so that every pass replays the same examples")

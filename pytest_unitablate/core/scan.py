@@ -35,8 +35,14 @@ import torch
 from torch import nn
 
 from pytest_unitablate.core.ablation import ablate, channel_means
-from pytest_unitablate.core.data import iter_batches
-from pytest_unitablate.core.evaluation import EvalResult, eval_mode, evaluate, model_device
+from pytest_unitablate.core.data import iter_batches, require_replayable
+from pytest_unitablate.core.evaluation import (
+    EvalResult,
+    check_paired,
+    eval_mode,
+    evaluate,
+    model_device,
+)
 from pytest_unitablate.core.layers import probe_layers, require_single_call, resolve_layer
 from pytest_unitablate.errors import ConfigError, optional_import
 
@@ -181,6 +187,7 @@ def scan(
     if method not in ("auto", "closed_form", "prefix", "naive"):
         raise ConfigError(
             f"scan method must be auto, closed_form, prefix or naive, got {method!r}")
+    require_replayable(data)
     target = torch.device(device) if device is not None else model_device(model)
     first = next(iter(iter_batches(data, batch_size=batch_size, device=target)))[0]
     info = probe_layers(model, first[:2], [layer], channel_dim=channel_dim)[layer]
@@ -190,7 +197,7 @@ def scan(
 
     def result(out: Any, method_name: str, why: str = "") -> ScanResult:
         base = EvalResult(labels=out.labels, predictions=out.baseline,
-                          num_classes=out.num_classes)
+                          num_classes=out.num_classes, fingerprint=out.fingerprint)
         return ScanResult(layer, chosen, out.predictions, out.labels, base, method_name, why)
 
     head = None
@@ -231,7 +238,9 @@ def scan(
     for unit in _progress(chosen, show, f"scan {layer} (naive)"):
         with ablate(model, {layer: [unit]}, ablation=ablation, means=means,
                     channel_dim=channel_dim):
-            rows.append(evaluate(model, data, device=target, batch_size=batch_size).predictions)
+            ablated = evaluate(model, data, device=target, batch_size=batch_size)
+            check_paired(baseline, ablated, f"the pass with unit {unit} of {layer!r} ablated")
+            rows.append(ablated.predictions)
     preds_naive = np.stack(rows) if rows else np.zeros((0, baseline.n), dtype=np.int64)
     return ScanResult(layer, chosen, preds_naive, baseline.labels, baseline, "naive", reason)
 
@@ -268,7 +277,8 @@ def _scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int,
     try:
         with eval_mode(model):
             for index, (inputs, labels) in enumerate(
-                iter_batches(data, batch_size=batch_size, device=device)
+                iter_batches(data, batch_size=batch_size, device=device,
+                             digest=collector.digest)
             ):
                 captured.clear()
                 calls[0] = 0

@@ -26,7 +26,7 @@ import torch
 from torch import fx, nn
 
 from pytest_unitablate.core.ablation import ablate
-from pytest_unitablate.core.data import iter_batches
+from pytest_unitablate.core.data import PassDigest, iter_batches
 from pytest_unitablate.core.evaluation import eval_mode
 
 
@@ -38,6 +38,7 @@ class EngineOutput:
     baseline: npt.NDArray[np.int64]  # (n_examples,) unablated predictions
     labels: npt.NDArray[np.int64]
     num_classes: int
+    fingerprint: str = ""
 
 
 class Collector:
@@ -47,6 +48,7 @@ class Collector:
         self.base: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
         self.width: int | None = None
+        self.digest = PassDigest()
 
     def add(self, index: int, logits: torch.Tensor, labels: torch.Tensor) -> None:
         from pytest_unitablate.errors import DataError, NonFiniteLogitsError
@@ -72,6 +74,7 @@ class Collector:
             baseline=torch.cat(self.base).numpy().astype(np.int64),
             labels=torch.cat(self.labels).numpy().astype(np.int64),
             num_classes=self.width,
+            fingerprint=self.digest.hexdigest(),
         )
 
 
@@ -271,7 +274,8 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
     entry = linear_entry(split) if channel_dim in (1, -3) else None
     with eval_mode(model), eval_mode(split.prefix), eval_mode(split.suffix):
         for index, (inputs, labels) in enumerate(
-            iter_batches(data, batch_size=batch_size, device=device)
+            iter_batches(data, batch_size=batch_size, device=device,
+                         digest=collector.digest)
         ):
             produced = split.prefix(inputs)
             out, extras = produced[0], produced[1:]

@@ -43,6 +43,7 @@ class Sweep:
     units: tuple[int, ...]
     predictions: Any  # np.ndarray (n_units, n_examples)
     labels: Any  # np.ndarray (n_examples,)
+    baseline: Any = None  # EvalResult of the sweep's own pass (its fingerprint)
 
 
 class UnitAblateSession:
@@ -56,6 +57,7 @@ class UnitAblateSession:
         self._means: dict[tuple[Any, ...], Any] = {}
         self._sweeps: dict[tuple[Any, ...], Sweep] = {}
         self._channels: dict[tuple[Any, ...], int] = {}
+        self._replayable: set[int] = set()
         self.dtype: str | None = None
 
     # --- references ---------------------------------------------------------------------
@@ -123,10 +125,27 @@ class UnitAblateSession:
         return model
 
     def data(self, spec: Spec, request: pytest.FixtureRequest, ranking: bool = False) -> Any:
+        """The evaluation (or ranking) data, refused if it cannot replay the same examples
+        in the same order on every pass (a shuffling loader, a one-shot iterator)."""
+        from pytest_unitablate.core.data import require_replayable
+
         if ranking and spec.ranking_data:
-            return self.resolve(spec.ranking_data, "ranking_data", spec.ranking_data_line,
-                                spec, request)
-        return self.resolve(spec.data, "data", spec.data_line, spec, request)
+            ref, what, line = spec.ranking_data, "ranking_data", spec.ranking_data_line
+        else:
+            ref, what, line = spec.data, "data", spec.data_line
+        value = self.resolve(ref, what, line, spec, request)
+        if id(value) not in self._replayable:
+            self._guard(spec, line, lambda: require_replayable(value))
+            self._replayable.add(id(value))
+        return value
+
+    def _paired(self, spec: Spec, baseline: EvalResult, other: EvalResult, what: str,
+                ranking: bool = False) -> None:
+        """A located error unless ``other`` saw the baseline's examples in its order."""
+        from pytest_unitablate.core.evaluation import check_paired
+
+        line = spec.ranking_data_line if ranking and spec.ranking_data else spec.data_line
+        self._guard(spec, line, lambda: check_paired(baseline, other, what))
 
     # --- evaluations --------------------------------------------------------------------
 
@@ -196,7 +215,10 @@ class UnitAblateSession:
                             channel_dim=spec.channel_dim):
                     return self._evaluate(model, data)
 
-            self._evals[key] = self._guard(spec, check.layer_line, run)
+            result: EvalResult = self._guard(spec, check.layer_line, run)
+            self._paired(spec, self.baseline(spec, request), result,
+                         f"the pass with {check.layer} units {list(chosen)} ablated")
+            self._evals[key] = result
         return self._evals[key]
 
     def channels(self, spec: Spec, check: Check, request: pytest.FixtureRequest) -> int:
@@ -262,12 +284,19 @@ class UnitAblateSession:
         means = self._layer_means(spec, check, model, data) if arg == "mean" else None
 
         def run() -> Sweep:
+            import torch
+
             from pytest_unitablate.core.scan import scan
 
+            if self.seed is not None:
+                torch.manual_seed(self.seed)
             result = scan(model, data, check.layer, units=units, ablation=arg,
                           means=means, channel_dim=spec.channel_dim, device=self.device)
             return Sweep(units=units, predictions=np.asarray(result.predictions),
-                         labels=np.asarray(result.labels))
+                         labels=np.asarray(result.labels), baseline=result.baseline)
 
-        self._sweeps[key] = self._guard(spec, check.layer_line, run)
-        return self._sweeps[key]
+        sweep: Sweep = self._guard(spec, check.layer_line, run)
+        self._paired(spec, self.baseline(spec, request, ranking), sweep.baseline,
+                     f"the sweep of {check.layer}", ranking)
+        self._sweeps[key] = sweep
+        return sweep

@@ -59,3 +59,32 @@ def nan_model():
 def broken():
     raise RuntimeError("checkpoint missing")
 '''
+
+# Data that cannot be paired across passes (issue: pairing is verified, never assumed).
+PAIRING = '''
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import tinymodel
+
+def _tensors():
+    labels = torch.arange(4).repeat(10)
+    return torch.eye(4)[labels], labels
+
+def shuffled():
+    return DataLoader(TensorDataset(*_tensors()), batch_size=8, shuffle=True)
+
+def one_shot():
+    return (batch for batch in tinymodel.data())
+
+class Jittered:
+    """Re-iterable, but every pass adds fresh numpy noise: passes never agree."""
+    def __iter__(self):
+        rng = np.random.default_rng()
+        for x, y in tinymodel.data():
+            yield x + torch.from_numpy(rng.normal(0, 1e-3, x.shape)).float(), y
+
+def jittered():
+    return Jittered()
+'''
