@@ -230,3 +230,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
         terminalreporter.write_line(summary_line(records, state.report_path))
     for line in state.recorded or []:
         terminalreporter.write_line(f"unitablate: {line}")
+    disarmed = [r for r in records if r.get("disarmed")]
+    if disarmed:
+        terminalreporter.write_line(
+            f"unitablate: {len(disarmed)} threshold(s) NOT recorded: the measured bound "
+            f"would make a check that cannot fail (remove the check or choose another unit):",
+            red=True)
+        for r in disarmed:
+            terminalreporter.write_line(f"  {r['spec']}:{r['line']}: {r['id']}")

@@ -27,9 +27,10 @@ from pytest_unitablate.plugin.session import ItemProblem
 from pytest_unitablate.plugin.state import PluginState, UnitAblateWarning, get_state
 from pytest_unitablate.spec.ids import ItemKey
 from pytest_unitablate.spec.model import Spec
-from pytest_unitablate.spec.rewrite import provenance_mismatches
+from pytest_unitablate.spec.rewrite import format_threshold, provenance_mismatches
 from pytest_unitablate.verdicts.failure import (
     FailureContext,
+    disarmed_text,
     failure_text,
     missing_threshold_text,
     unsupportable_text,
@@ -42,7 +43,12 @@ from pytest_unitablate.verdicts.layerwide import (
     judge_every_unit,
     rank_top_units,
 )
-from pytest_unitablate.verdicts.measure import Measurement, judge, record_value
+from pytest_unitablate.verdicts.measure import (
+    Measurement,
+    judge,
+    record_value,
+    vacuous_threshold,
+)
 
 
 class ThresholdMiss(Exception):
@@ -135,7 +141,8 @@ class UnitAblateItem(pytest.Function):
         base_correct = baseline.correct[mask]
         problem = unsupportable_text(spec.where(key.line), key.id, constraint,
                                      int(base_correct.sum()), len(base_correct))
-        if problem is not None:
+        if problem is not None and state.record_mode not in ("all", "failed"):
+            # record modes all and failed measure and rewrite such a threshold instead
             raise ItemProblem(problem)
         level = constraint.confidence or state.record_level
 
@@ -227,27 +234,47 @@ class UnitAblateItem(pytest.Function):
                notes: list[str]) -> None:
         spec, key = self.spec, self.key
         constraint = key.constraint
-        if constraint.threshold is None:
-            if state.record_mode in ("new", "all"):
+        mode = state.record_mode
+        verdict = judge(constraint, m) if constraint.threshold is not None else None
+        if verdict is not None:
+            self._set_props({"outcome_margin": verdict.margin})
+        ctx = FailureContext(
+            where=spec.where(key.line), head=key.check_part,
+            ablation=spec.ablation_for(key.check).label(),
+            target=spec.target_name(key.expectation.target),
+            hint=state.rerun_command("failed"), deciding=deciding, notes=notes)
+        records = mode == "all" or (mode in ("new", "failed") and verdict is None) or (
+            mode == "failed" and verdict is not None and not verdict.passed)
+        if records:
+            self._refuse_vacuous(state, ctx, m)
+        if verdict is None:
+            if mode in ("new", "all"):
                 return
             raise ThresholdMiss(missing_threshold_text(
                 spec.where(key.line), key.id, constraint.kind, m,
                 state.rerun_command("new")))
-        verdict = judge(constraint, m)
-        self._set_props({"outcome_margin": verdict.margin})
-        if state.record_mode == "all":
+        if mode == "all":
             return
         if not verdict.passed:
-            ctx = FailureContext(
-                where=spec.where(key.line), head=key.check_part,
-                ablation=spec.ablation_for(key.check).label(),
-                target=spec.target_name(key.expectation.target),
-                hint=state.rerun_command("failed"),
-                deciding=deciding, notes=notes)
             raise ThresholdMiss(failure_text(ctx, constraint, m, verdict))
         if verdict.warn:
             self.warn(UnitAblateWarning(warn_text(spec.where(key.line), key.id, constraint,
                                                   verdict)))
+
+    def _refuse_vacuous(self, state: PluginState, ctx: FailureContext, m: Measurement) -> None:
+        """Record mode never writes a threshold that could not fail: the item fails instead,
+        says why, and the summary lists it (the threshold in the spec stays as it was)."""
+        value = self.unitablate_record.get("record_value")
+        if value is None:
+            return
+        kind = self.key.constraint.kind
+        written = float(format_threshold(kind, float(value)).rstrip("%")) / 100
+        reason = vacuous_threshold(kind, written, m.baseline, state.settings.record_floor)
+        if reason is None:
+            return
+        text = disarmed_text(ctx, kind, m, reason)
+        self._set_props({"record_value": None, "disarmed": text})
+        raise ThresholdMiss(text)
 
     def _check_provenance(self, session: Any, request: pytest.FixtureRequest) -> None:
         """Warn once per spec when its recorded environment differs from this run's."""

@@ -80,6 +80,11 @@ def add_options(parser: pytest.Parser) -> None:
            "float", default=None, type=float, metavar="LEVEL",
            help="confidence level of the interval whose bound record mode writes and "
            "failures show. ini: unitablate_record_confidence. Default: 0.95")
+    option("record-floor", "smallest min_* threshold record mode writes, in pp or % "
+           "(float; default 0)", "float", default=None, type=float, metavar="PP",
+           help="record mode never writes a min_* threshold at or below 0 (it could not "
+           "fail); raise that floor, in percentage points (a relative threshold: percent). "
+           "ini: unitablate_record_floor. Default: 0")
     option("full-trace", "show internal tracebacks (bool; default: false)", "bool",
            action="store_const", const=True, default=None,
            help="show internal tracebacks instead of the short failure text. "
@@ -131,6 +136,7 @@ class Settings:
     record_mode: str
     record_force: bool
     record_level: float
+    record_floor: float  # a fraction: 0.05 for 5 pp
     full_trace: bool
 
 
@@ -164,8 +170,15 @@ def read_settings(config: pytest.Config) -> Settings:
         summary=summary, record_mode=mode,
         record_force=bool(config.getoption("unitablate_record_force")),
         record_level=float(level),
+        record_floor=_floor(_typed(config, "unitablate_record_floor", float, 0.0)),
         full_trace=bool(_typed(config, "unitablate_full_trace", bool, False)),
     )
+
+
+def _floor(pp: float) -> float:
+    if not 0.0 <= pp < 100.0:
+        raise pytest.UsageError(f"--unitablate-record-floor must be in [0, 100) pp, got {pp}")
+    return pp / 100.0
 
 
 __all__ = ["SUMMARY_MODES", "Settings", "add_options", "read_settings"]

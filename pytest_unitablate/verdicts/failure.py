@@ -78,6 +78,31 @@ def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
     return "\n".join(lines)
 
 
+def disarmed_text(ctx: FailureContext, kind: str, m: Measurement, reason: str) -> str:
+    """The failure of an item whose recorded threshold would disarm it (not written).
+
+    >>> from pytest_unitablate.verdicts.measure import Measurement
+    >>> m = Measurement.from_correct([True] * 10, [True] * 10)
+    >>> ctx = FailureContext(where="s.yaml:9", head="layer3.0-u0", ablation="zero",
+    ...                      target="four", hint="cmd")
+    >>> print(disarmed_text(ctx, "min_drop", m, "a min_drop of 0.0 pp passes ...")[:70])
+    s.yaml:9: layer3.0-u0 no longer carries class 'four' (drop 0.0 pp, 95%
+    """
+    what = "overall accuracy" if ctx.target == OVERALL else f"class {ctx.target!r}"
+    lo, hi = m.ci
+    level = f"{m.ci_level * 100:g}% CI [{pct(lo)}, {pct(hi)}] pp"
+    floor = "record floor" in reason
+    if kind.startswith("min"):
+        verb = "carries too little of" if floor else "no longer carries"
+        head = f"{ctx.head} {verb} {what} (drop {pct(m.drop)} pp, {level})"
+        advice = "Remove this check or choose another unit."
+    else:
+        head = f"{ctx.head} damages {what} too much to bound (drop {pct(m.drop)} pp, {level})"
+        advice = "Keep the old threshold or remove this check."
+    why = "" if floor else "; such a threshold could never fail"
+    return f"{ctx.where}: {head}: not recorded, because {reason}{why}. {advice}"
+
+
 def missing_threshold_text(where: str, item_id: str, kind: str, m: Measurement,
                            hint: str) -> str:
     """The message of an item whose threshold is still ``null``."""
@@ -120,5 +145,5 @@ def unsupportable_text(where: str, item_id: str, constraint: Constraint, hits: i
             f"required {c.threshold * 100:.1f}. Use more examples or a lower threshold.")
 
 
-__all__ = ["FailureContext", "failure_text", "missing_threshold_text", "pct",
+__all__ = ["FailureContext", "disarmed_text", "failure_text", "missing_threshold_text", "pct",
            "unsupportable_text", "warn_text"]

@@ -120,3 +120,37 @@ def judge(constraint: Constraint, m: Measurement) -> Verdict:
 def record_value(kind: str, m: Measurement, level: float) -> float:
     """The threshold record mode writes: the CI bound on the safe side of the measurement."""
     return m.bound(kind, level)
+
+
+def vacuous_threshold(kind: str, value: float, baseline: float, floor: float = 0.0
+                      ) -> str | None:
+    """Why ``value`` written as a ``kind`` threshold would make a check that cannot fail.
+
+    ``value`` is the threshold as record mode would write it (rounded away from failing),
+    ``baseline`` the target's baseline accuracy, ``floor`` the smallest ``min_*`` threshold
+    worth keeping. Returns ``None`` when the threshold still guards something.
+
+    >>> vacuous_threshold("min_drop", 0.0, 0.9)
+    'a min_drop of 0.0 pp (at or below 0) passes whatever the ablation does'
+    >>> vacuous_threshold("min_drop", 0.02, 0.9, floor=0.05)
+    'a min_drop of 2.0 pp is below the record floor of 5.0 pp'
+    >>> vacuous_threshold("max_drop", 0.95, 0.9)
+    'a max_drop of 95.0 pp allows every drop: the baseline accuracy is 90.0%'
+    >>> vacuous_threshold("min_drop", 0.3, 0.9) is None
+    True
+    """
+    unit = "%" if "relative" in kind else " pp"
+    if kind.startswith("min"):
+        if value <= 1e-12:
+            return (f"a {kind} of {value * 100:.1f}{unit} (at or below 0) passes whatever the "
+                    f"ablation does")
+        if value < floor - 1e-12:
+            return (f"a {kind} of {value * 100:.1f}{unit} is below the record floor of "
+                    f"{floor * 100:.1f}{unit}")
+        return None
+    most = 1.0 if "relative" in kind else baseline  # no drop exceeds the baseline accuracy
+    if value >= most - 1e-12:
+        return (f"a {kind} of {value * 100:.1f}{unit} allows every drop: the baseline "
+                f"accuracy is {baseline * 100:.1f}%")
+    return None
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,3 +57,26 @@ def test_record_new_then_all_then_rerun_passes_with_comments_intact(tmp_path: Pa
                      "--demo-checkpoint", "resnet-finetuned")
     assert caught.returncode == 1
     assert "layer3.0-u0-four-min_drop" in caught.stdout
+
+
+@pytest.mark.parametrize("name", ["resnet.yaml", "alexnet.yaml"])
+def test_record_all_repairs_a_sabotaged_demo_spec(tmp_path: Path, name: str) -> None:
+    """Every min_drop set to 99% (most of which the classes' examples cannot support):
+    record mode all measures and rewrites every one, the run passes, a plain re-run passes."""
+    shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
+    original = (ROOT / "specs" / name).read_text()
+    sabotaged = re.sub(r"min_drop: [0-9.]+%", "min_drop: 99%", original)
+    count = sabotaged.count("min_drop: 99%")
+    assert count >= 8
+    spec = tmp_path / name
+    spec.write_text(sabotaged)
+    broken = _pytest(tmp_path, "--unitablate-spec", name)
+    assert broken.returncode == 1
+    repaired = _pytest(tmp_path, "--unitablate-spec", name, "--unitablate-record-mode=all")
+    assert repaired.returncode == 0, repaired.stdout[-3000:]
+    assert "NOT recorded" not in repaired.stdout
+    text = spec.read_text()
+    assert "min_drop: 99%" not in text
+    assert text.count("# recorded: measured") >= count
+    again = _pytest(tmp_path, "--unitablate-spec", name)
+    assert again.returncode == 0, again.stdout[-3000:]

@@ -1,0 +1,101 @@
+"""Record mode never turns a guard into a check that cannot fail, and it repairs thresholds
+the data cannot support (the tiny model: unit k < 3 carries class k, unit 3 carries nothing)."""
+
+from __future__ import annotations
+
+import pytest
+from tiny_source import spec
+
+from pytest_unitablate.spec.loader import load_spec
+
+REGRESSION = """\
+checks:
+  - layer: hidden
+    units: [3]                 # the team believed unit 3 carries class three
+    expect:
+      three: {min_drop: 40%}
+  - layer: hidden
+    units: [1]
+    expect:
+      one: {max_drop: 10%}     # unit 1 takes all of class one: no bound below 100 pp
+      overall: {max_drop: 20%}
+  - layer: hidden
+    units: [2]
+    expect:
+      two: {min_drop: 90%}
+"""
+
+
+def _thresholds(path: object) -> dict[tuple[int, str, str], float | None]:
+    loaded = load_spec(path)  # type: ignore[arg-type]
+    return {(c.index, str(e.target), k.kind): k.threshold
+            for c in loaded.checks for e in c.expectations for k in e.constraints}
+
+
+def test_failed_mode_refuses_to_write_a_bound_that_cannot_fail(tiny: pytest.Pytester) -> None:
+    path = spec(tiny, REGRESSION)
+    before = _thresholds(path)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-record-mode=failed")
+    result.assert_outcomes(passed=1, failed=3)
+    result.stdout.fnmatch_lines([
+        "spec.yaml:9: hidden-u3 no longer carries class 'three' (drop 0.0 pp, 95% CI [[]*[]] "
+        "pp): not recorded, because a min_drop of -27.8 pp (at or below 0) passes whatever "
+        "the ablation does; such a threshold could never fail. Remove this check or choose "
+        "another unit.",
+    ])
+    result.stdout.fnmatch_lines([
+        "spec.yaml:13: hidden-u1 damages class 'one' too much to bound (drop 100.0 pp*"
+        "a max_drop of 100.0 pp allows every drop: the baseline accuracy is 100.0%*",
+    ])
+    result.stdout.fnmatch_lines([
+        "unitablate: 2 threshold(s) NOT recorded: *",
+        "  spec.yaml:9: hidden-u3-three-min_drop",
+        "  spec.yaml:13: hidden-u1-one-max_drop",
+    ])
+    after = _thresholds(path)
+    assert after[(0, "three", "min_drop")] == before[(0, "three", "min_drop")] == 0.4
+    assert after[(1, "one", "max_drop")] == 0.1
+    # the overall max_drop (25 pp > 20%) is an honest miss: recorded, and then it passes
+    assert after[(1, "overall", "max_drop")] is not None
+    assert after[(1, "overall", "max_drop")] > 0.25
+    again = tiny.runpytest("--unitablate-spec", "spec.yaml")
+    again.assert_outcomes(passed=2, failed=2)
+
+
+def test_a_record_floor_refuses_weak_bounds(tiny: pytest.Pytester) -> None:
+    body = """\
+        checks:
+          - layer: hidden
+            units: [1]
+            expect:
+              overall: {min_drop: null}   # 25 pp, 95% lower bound 11.1 pp
+        """
+    path = spec(tiny, body)
+    high = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-record-mode=new",
+                          "--unitablate-record-floor", "12")
+    high.assert_outcomes(failed=1)
+    high.stdout.fnmatch_lines(["*hidden-u1 carries too little of overall accuracy*a min_drop "
+                               "of 11.0 pp is below the record floor of 12.0 pp. Remove*"])
+    assert _thresholds(path)[(0, "overall", "min_drop")] is None
+    low = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-record-mode=new",
+                         "-o", "unitablate_record_floor=10")
+    low.assert_outcomes(passed=1)
+    assert _thresholds(path)[(0, "overall", "min_drop")] == pytest.approx(0.110)
+
+
+def test_all_mode_repairs_thresholds_the_data_cannot_support(tiny: pytest.Pytester) -> None:
+    path = spec(tiny, """\
+        checks:
+          - layer: hidden
+            units: [2]
+            expect:
+              two: {min_drop: 95%, confidence: 95%}   # 10 examples cannot support this bound
+        """)
+    plain = tiny.runpytest("--unitablate-spec", "spec.yaml")
+    plain.assert_outcomes(failed=1)
+    plain.stdout.fnmatch_lines(["*even if every one were lost*"])
+    repaired = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-record-mode=all")
+    repaired.assert_outcomes(passed=1)
+    value = _thresholds(path)[(0, "two", "min_drop")]
+    assert value is not None and 0.5 < value < 0.95
+    tiny.runpytest("--unitablate-spec", "spec.yaml").assert_outcomes(passed=1)
