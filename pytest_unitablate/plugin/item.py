@@ -42,6 +42,7 @@ from pytest_unitablate.verdicts.layerwide import (
     judge_any_unit,
     judge_every_unit,
     rank_top_units,
+    ranking_note,
 )
 from pytest_unitablate.verdicts.measure import (
     Measurement,
@@ -204,9 +205,12 @@ class UnitAblateItem(pytest.Function):
                             ((sweep.predictions[i] == sweep.labels)[rmask]
                              for i in range(len(sweep.units))))
         chosen = rank_top_units(list(sweep.units), drops, check.top_units)
+        name = spec.target_name(check.top_class)
+        note = ranking_note(list(sweep.units), drops, check.top_units, name)
+        self._set_props({"ranking_note": note})
         source = "the ranking_data split" if ranking else "the evaluation data (no ranking_data)"
-        return chosen, [f"units ranked by their drop of {spec.target_name(check.top_class)} "
-                        f"on {source}"]
+        notes = [f"units ranked by their drop of {name} on {source}"]
+        return chosen, notes + ([f"ranking: {note}"] if note else [])
 
     def _record_measurement(self, state: PluginState, session: Any,
                             request: pytest.FixtureRequest, m: Measurement,

@@ -29,7 +29,7 @@ PROP_PREFIX = "unitablate."
 FIELDS = (
     "id", "spec", "line", "layer", "units", "ablation", "target", "class_index", "n",
     "baseline", "ablated", "drop", "ci_low", "ci_high", "constraint", "threshold",
-    "outcome", "p_value", "deciding_units",
+    "outcome", "p_value", "deciding_units", "ranking_note",
 )
 
 

@@ -136,5 +136,37 @@ def rank_top_units(units: Sequence[int], drops: Sequence[float], k: int) -> list
     return sorted(units[i] for i in order[:k])
 
 
+def ranking_note(units: Sequence[int], drops: Sequence[float], k: int, target: str
+                 ) -> str | None:
+    """What :func:`rank_top_units` could not decide from the drops, in words (or ``None``).
+
+    The ranking is degenerate when no unit hurts the class at all (every drop <= 0: the
+    choice is by index alone) or when units tie at the cut (the k-th and the (k+1)-th drop
+    are equal: the lower indices are taken).
+
+    >>> print(ranking_note([0, 1, 2], [0.0, 0.0, 0.0], 2, "seven")[:59])
+    no single unit lowers seven on the ranking data (every drop
+    >>> print(ranking_note([0, 1, 2, 3], [0.5, 0.2, 0.2, 0.1], 2, "seven")[:62])
+    units tie at the cut: 2 units share the 2nd largest drop (20.0
+    >>> ranking_note([0, 1, 2], [0.5, 0.2, 0.1], 2, "seven") is None
+    True
+    """
+    if not units or k <= 0:
+        return None
+    k = min(k, len(units))
+    ranked = sorted(drops, reverse=True)
+    if ranked[0] <= 1e-12:
+        return (f"no single unit lowers {target} on the ranking data (every drop <= 0): "
+                f"the choice of {k} unit(s) is by index alone")
+    if k < len(ranked) and abs(ranked[k - 1] - ranked[k]) <= 1e-12:
+        cut = ranked[k - 1]
+        tied = sum(abs(d - cut) <= 1e-12 for d in drops)
+        fit = sum(abs(d - cut) <= 1e-12 for d in ranked[:k])
+        nth = {1: "st", 2: "nd", 3: "rd"}.get(k if k < 20 else k % 10, "th")
+        return (f"units tie at the cut: {tied} units share the {k}{nth} largest drop "
+                f"({cut * 100:.1f} pp) and only {fit} fit; the lower indices were taken")
+    return None
+
+
 __all__ = ["LayerVerdict", "class_drops", "judge_any_unit", "judge_every_unit",
-           "rank_top_units"]
+           "rank_top_units", "ranking_note"]

@@ -3,6 +3,8 @@ the data cannot support (the tiny model: unit k < 3 carries class k, unit 3 carr
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from tiny_source import spec
 
@@ -99,3 +101,21 @@ def test_all_mode_repairs_thresholds_the_data_cannot_support(tiny: pytest.Pytest
     value = _thresholds(path)[(0, "two", "min_drop")]
     assert value is not None and 0.5 < value < 0.95
     tiny.runpytest("--unitablate-spec", "spec.yaml").assert_outcomes(passed=1)
+
+
+def test_a_top_units_ranking_that_cannot_decide_says_so(tiny: pytest.Pytester) -> None:
+    spec(tiny, """\
+        checks:
+          - layer: hidden
+            top_units:
+              k: 1
+              class: three             # no single unit lowers class three
+              expect:
+                three: {min_drop: 50%}
+        """)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-report", "r.json")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["  ranking: no single unit lowers three on the ranking data "
+                                 "(every drop <= 0): the choice of 1 unit(s) is by index alone"])
+    (item,) = json.loads((tiny.path / "r.json").read_text())["items"]
+    assert item["deciding_units"] == [0] and "by index alone" in item["ranking_note"]

@@ -187,7 +187,7 @@ def test_json_report_and_junit_properties(tiny: pytest.Pytester) -> None:
     assert list(first) == ["id", "spec", "line", "layer", "units", "ablation", "target",
                            "class_index", "n", "baseline", "ablated", "drop", "ci_low",
                            "ci_high", "constraint", "threshold", "outcome", "p_value",
-                           "deciding_units"]
+                           "deciding_units", "ranking_note"]
     assert first["id"] == "hidden-u1-one-min_drop" and first["line"] == 9
     assert first["units"] == [1] and first["class_index"] == 1 and first["n"] == 10
     assert first["baseline"] == 1.0 and first["ablated"] == 0.0 and first["drop"] == 1.0

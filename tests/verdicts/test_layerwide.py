@@ -12,6 +12,7 @@ from pytest_unitablate.verdicts.layerwide import (
     judge_any_unit,
     judge_every_unit,
     rank_top_units,
+    ranking_note,
 )
 from pytest_unitablate.verdicts.measure import Measurement, judge
 
@@ -109,3 +110,21 @@ def test_class_drops_from_correctness() -> None:
     assert class_drops([True, True, False, False], [[False, True, False, False],
                                                      [True, True, True, False]]) == [0.25, -0.25]
     assert class_drops([], [[], []]) == [0.0, 0.0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 0.1, 0.2]), min_size=1, max_size=12), st.integers(1, 12))
+def test_the_ranking_note_appears_exactly_when_the_drops_cannot_decide(
+    drops: list[float], k: int
+) -> None:
+    units = list(range(len(drops)))
+    note = ranking_note(units, drops, k, "seven")
+    ranked = sorted(drops, reverse=True)
+    kk = min(k, len(drops))
+    all_zero = ranked[0] <= 0
+    tie = kk < len(ranked) and ranked[kk - 1] == ranked[kk]
+    assert (note is not None) == (all_zero or tie)
+    if all_zero:
+        assert note is not None and "by index alone" in note
+    elif tie:
+        assert note is not None and "tie at the cut" in note
