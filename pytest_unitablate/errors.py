@@ -70,6 +70,10 @@ class DataError(UnitAblateError, ValueError):
     """Evaluation data that cannot be evaluated (shapes, labels, empty data)."""
 
 
+class OutputError(DataError):
+    """The model's output does not hold one logits tensor where the spec says it does."""
+
+
 class UnpairedDataError(DataError):
     """Two passes over the data saw different examples or a different order."""
 

@@ -25,7 +25,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +36,12 @@ import torch
 from torch import nn
 
 from pytest_unitablate.core.data import PassDigest, iter_batches
-from pytest_unitablate.errors import DataError, NonFiniteLogitsError, UnpairedDataError
+from pytest_unitablate.errors import (
+    DataError,
+    NonFiniteLogitsError,
+    OutputError,
+    UnpairedDataError,
+)
 
 
 @dataclass(frozen=True)
@@ -115,9 +120,73 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _check_logits(index: int, logits: Any, batch: int) -> torch.Tensor:
-    if isinstance(logits, (tuple, list)) and logits and isinstance(logits[0], torch.Tensor):
-        logits = logits[0]
+def select_logits(out: Any, output: int | str | None = None, *, where: str = "the model"
+                  ) -> Any:
+    """The logits in a model's output: the output itself, or the part ``output`` names.
+
+    A tuple or list output needs an index unless it holds a single tensor; a dict (or a
+    ``ModelOutput``-style object) needs a key unless it has exactly one tensor or a
+    ``logits`` entry. Anything else ambiguous is refused rather than guessed.
+
+    >>> t = torch.zeros(2, 3)
+    >>> select_logits((torch.zeros(2, 8), t), 1) is t
+    True
+    >>> select_logits({"logits": t, "features": torch.zeros(2, 8)}) is t
+    True
+    >>> try:
+    ...     select_logits((torch.zeros(2, 8), t))
+    ... except OutputError as exc:
+    ...     print(str(exc)[:56])
+    the model returned a tuple of 2 tensors; say which holds
+    """
+    if output is None:
+        if isinstance(out, torch.Tensor):
+            return out
+        if isinstance(out, (tuple, list)):
+            tensors = [x for x in out if isinstance(x, torch.Tensor)]
+            if len(out) == 1:
+                return out[0]
+            raise OutputError(
+                f"{where} returned a {type(out).__name__} of {len(out)} "
+                f"{'tensors' if len(tensors) == len(out) else 'values'}; say which holds the "
+                f"logits with the spec key output: (an index, e.g. output: 1) or "
+                f"evaluate(..., output=1)")
+        items = dict(out) if isinstance(out, Mapping) else (
+            {k: v for k, v in vars(out).items() if not k.startswith("_")}
+            if hasattr(out, "__dict__") else None)
+        if items is not None:
+            if isinstance(items.get("logits"), torch.Tensor):
+                return items["logits"]
+            named = {k: v for k, v in items.items() if isinstance(v, torch.Tensor)}
+            if len(named) == 1:
+                return next(iter(named.values()))
+            raise OutputError(
+                f"{where} returned a {type(out).__name__} with keys {sorted(items)[:8]}; say "
+                f"which holds the logits with the spec key output: (e.g. output: "
+                f"{sorted(named)[0] if named else 'logits'})")
+        return out
+    if isinstance(output, int):
+        if not isinstance(out, (tuple, list)):
+            raise OutputError(f"output: {output} indexes a tuple, but {where} returned a "
+                            f"{type(out).__name__}")
+        if output >= len(out):
+            raise OutputError(f"output: {output} is out of range: {where} returned "
+                            f"{len(out)} values (0..{len(out) - 1})")
+        return out[output]
+    if isinstance(out, Mapping):
+        if output not in out:
+            raise OutputError(f"output: {output} is not a key of {where}'s output "
+                            f"(keys: {sorted(map(str, out))[:8]})")
+        return out[output]
+    if not hasattr(out, output):
+        raise OutputError(f"output: {output} is not an attribute of {where}'s "
+                        f"{type(out).__name__} output")
+    return getattr(out, output)
+
+
+def _check_logits(index: int, logits: Any, batch: int, output: int | str | None = None
+                  ) -> torch.Tensor:
+    logits = select_logits(logits, output, where=f"batch {index}: the model")
     if not isinstance(logits, torch.Tensor):
         raise DataError(
             f"batch {index}: the model returned {type(logits).__name__}; expected a tensor "
@@ -138,11 +207,13 @@ def evaluate(
     device: torch.device | str | None = None,
     num_classes: int | None = None,
     batch_size: int = 256,
+    output: int | str | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``data`` and return an :class:`EvalResult`.
 
     ``data`` is anything :func:`pytest_unitablate.data.iter_batches` accepts. ``num_classes``
-    defaults to the width of the logits. Raises :class:`~pytest_unitablate.errors.DataError`
+    defaults to the width of the logits; ``output`` picks the logits out of a tuple, list or
+    dict output (see :func:`select_logits`). Raises :class:`~pytest_unitablate.errors.DataError`
     for bad data or logits and :class:`~pytest_unitablate.errors.NonFiniteLogitsError` for
     NaN/inf logits, naming the batch.
 
@@ -160,7 +231,7 @@ def evaluate(
         for index, (inputs, labels) in enumerate(
             iter_batches(data, batch_size=batch_size, device=target, digest=digest)
         ):
-            logits = _check_logits(index, model(inputs), labels.shape[0])
+            logits = _check_logits(index, model(inputs), labels.shape[0], output)
             if width is None:
                 width = int(logits.shape[1])
             elif logits.shape[1] != width:

@@ -175,6 +175,7 @@ def scan(
     batch_size: int = 256,
     chunk_size: int = 16,
     progress: bool | None = None,
+    output: int | str | None = None,
 ) -> ScanResult:
     """Ablate each unit of ``layer`` alone and record every example's prediction.
 
@@ -182,7 +183,8 @@ def scan(
     ``method`` is ``"auto"``, ``"closed_form"``, ``"prefix"`` or ``"naive"``;
     ``chunk_size`` units share one suffix forward in the prefix engine (memory grows with
     ``chunk_size * batch``, never with the data set). ``progress`` shows a tqdm bar; by
-    default only on a terminal and for the naive engine over 32 units or more.
+    default only on a terminal and for the naive engine over 32 units or more. ``output``
+    picks the logits out of a tuple, list or dict model output, as for ``evaluate()``.
     """
     if method not in ("auto", "closed_form", "prefix", "naive"):
         raise ConfigError(
@@ -213,7 +215,7 @@ def scan(
             raise ConfigError(f"scan(method='closed_form') refused for {layer!r}: {reason}")
     if head is not None:
         preds = _scan_closed_form(model, data, layer, chosen, ablation, means, head, target,
-                                  batch_size)
+                                  batch_size, output)
         if preds is not None:
             return result(preds, "closed_form")
         reason = "closed form did not match a real ablated forward on the first batch"
@@ -225,20 +227,20 @@ def scan(
         split, why = split_at(model, layer)
         if split is not None:
             preds = scan_prefix(model, split, data, layer, chosen, ablation, means, target,
-                                batch_size, chunk_size, channel_dim)
+                                batch_size, chunk_size, channel_dim, output)
             if preds is not None:
                 return result(preds, "prefix", reason)
             why = "the split network did not match a real ablated forward on the first batch"
         reason = f"{reason}; {why}" if reason else why
         if method == "prefix":
             raise ConfigError(f"scan(method='prefix') refused for {layer!r}: {why}")
-    baseline = evaluate(model, data, device=target, batch_size=batch_size)
+    baseline = evaluate(model, data, device=target, batch_size=batch_size, output=output)
     rows = []
     show = progress if progress is not None else (sys.stderr.isatty() and len(chosen) >= 32)
     for unit in _progress(chosen, show, f"scan {layer} (naive)"):
         with ablate(model, {layer: [unit]}, ablation=ablation, means=means,
                     channel_dim=channel_dim):
-            ablated = evaluate(model, data, device=target, batch_size=batch_size)
+            ablated = evaluate(model, data, device=target, batch_size=batch_size, output=output)
             check_paired(baseline, ablated, f"the pass with unit {unit} of {layer!r} ablated")
             rows.append(ablated.predictions)
     preds_naive = np.stack(rows) if rows else np.zeros((0, baseline.n), dtype=np.int64)
@@ -257,8 +259,8 @@ def _progress(items: Sequence[int], show: bool, desc: str) -> Any:
 
 def _scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int, ...],
                       ablation: str | float, means: dict[str, torch.Tensor] | None,
-                      head: nn.Linear, device: torch.device, batch_size: int
-                      ) -> Any:
+                      head: nn.Linear, device: torch.device, batch_size: int,
+                      output: int | str | None = None) -> Any:
     module = resolve_layer(model, layer)
     captured: list[torch.Tensor] = []
     calls = [0]
@@ -270,7 +272,7 @@ def _scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int,
     from pytest_unitablate.core.scan_fx import Collector, replacement_values
 
     weight = head.weight.detach()
-    collector = Collector()
+    collector = Collector(output)
     out: list[torch.Tensor] = []
     verified = False
     handle = module.register_forward_hook(hook)
@@ -282,8 +284,7 @@ def _scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int,
             ):
                 captured.clear()
                 calls[0] = 0
-                logits = model(inputs)
-                collector.add(index, logits, labels)
+                logits = collector.add(index, model(inputs), labels)
                 require_single_call(model, layer, calls[0])
                 pooled = captured[0].to(logits.dtype)
                 repl = replacement_values(ablation, means, layer, pooled, 1)

@@ -27,7 +27,7 @@ from torch import fx, nn
 
 from pytest_unitablate.core.ablation import ablate
 from pytest_unitablate.core.data import PassDigest, iter_batches
-from pytest_unitablate.core.evaluation import eval_mode
+from pytest_unitablate.core.evaluation import eval_mode, select_logits
 
 
 @dataclass
@@ -44,15 +44,21 @@ class EngineOutput:
 class Collector:
     """Accumulates baseline predictions and labels, with evaluate()'s checks on logits."""
 
-    def __init__(self) -> None:
+    def __init__(self, output: int | str | None = None) -> None:
+        self.output = output
         self.base: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
         self.width: int | None = None
         self.digest = PassDigest()
 
-    def add(self, index: int, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    def add(self, index: int, produced: Any, labels: torch.Tensor) -> torch.Tensor:
+        """Check and keep a batch's baseline; returns the logits picked from ``produced``."""
         from pytest_unitablate.errors import DataError, NonFiniteLogitsError
 
+        logits = select_logits(produced, self.output, where=f"batch {index}: the model")
+        if not isinstance(logits, torch.Tensor):
+            raise DataError(f"batch {index}: the model returned {type(logits).__name__}; "
+                            f"expected a tensor of logits of shape (N, classes)")
         if logits.dim() != 2 or logits.shape[0] != labels.shape[0]:
             raise DataError(f"batch {index}: the model returned logits of shape "
                             f"{tuple(logits.shape)}; expected ({labels.shape[0]}, classes)")
@@ -66,6 +72,7 @@ class Collector:
                             f"{self.width} classes (labels must be 0..{self.width - 1})")
         self.base.append(logits.argmax(dim=1).cpu())
         self.labels.append(labels.cpu())
+        return logits
 
     def finish(self, columns: list[torch.Tensor]) -> EngineOutput:
         assert self.width is not None
@@ -265,11 +272,11 @@ def ablated_copies(out: torch.Tensor, units: Sequence[int], repl: torch.Tensor,
 def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                 units: tuple[int, ...], ablation: str | float,
                 means: dict[str, torch.Tensor] | None, device: torch.device,
-                batch_size: int, chunk_size: int, channel_dim: int
-                ) -> EngineOutput | None:
+                batch_size: int, chunk_size: int, channel_dim: int,
+                output: int | str | None = None) -> EngineOutput | None:
     """Predictions ``(n_units, n_examples)``; ``None`` if the split fails verification."""
     columns: list[torch.Tensor] = []
-    collector = Collector()
+    collector = Collector(output)
     verified = False
     entry = linear_entry(split) if channel_dim in (1, -3) else None
     with eval_mode(model), eval_mode(split.prefix), eval_mode(split.suffix):
@@ -288,12 +295,13 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                 chunk = units[start:start + chunk_size]
                 repeated = [_repeat(e, len(chunk), batch) for e in extras]
                 if entry is not None and out.dim() == 4:
-                    logits = entry.rest(*entry_outputs(entry, out, chunk, repl), *repeated)
+                    produced_c = entry.rest(*entry_outputs(entry, out, chunk, repl), *repeated)
                 else:
-                    logits = split.suffix(ablated_copies(out, chunk, repl, dim), *repeated)
+                    produced_c = split.suffix(ablated_copies(out, chunk, repl, dim), *repeated)
+                logits = select_logits(produced_c, output)
                 if not verified:
                     if not _verify(model, inputs, layer, chunk, logits, batch, ablation,
-                                   means, channel_dim):
+                                   means, channel_dim, output):
                         return None
                     verified = True
                 rows.append(logits.argmax(dim=1).view(len(chunk), batch))
@@ -303,12 +311,13 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
 
 def _verify(model: nn.Module, inputs: torch.Tensor, layer: str, chunk: Sequence[int],
             logits: torch.Tensor, batch: int, ablation: str | float,
-            means: dict[str, torch.Tensor] | None, channel_dim: int) -> bool:
+            means: dict[str, torch.Tensor] | None, channel_dim: int,
+            output: int | str | None = None) -> bool:
     few = min(batch, 16)  # a slice of the first batch is enough to catch a wrong split
     for j in sorted({0, len(chunk) - 1}):
         with ablate(model, {layer: [chunk[j]]}, ablation=ablation, means=means,
                     channel_dim=channel_dim):
-            real = model(inputs[:few])
+            real = select_logits(model(inputs[:few]), output)
         ours = logits[j * batch:j * batch + few]
         scale = float(real.abs().max().clamp_min(1.0))
         if ours.shape != real.shape or not torch.allclose(ours, real, rtol=1e-4,

@@ -110,6 +110,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     for spec in state.specs:
         found = any(c == spec or c.is_relative_to(spec) for c in state.collected_specs)
+        if not found and spec.is_file() and not spec.read_text(errors="replace").strip():
+            raise pytest.UsageError(f"--unitablate-spec {spec}: the file is empty (a spec "
+                                    f"starts with 'unitablate: 1', then model, data, checks)")
         if not found:
             raise pytest.UsageError(
                 f"--unitablate-spec {spec}: no spec collected from it (a spec file needs a "

@@ -135,6 +135,11 @@ class UnitAblateItem(pytest.Function):
         if spec.provenance and str(spec.path) not in state.provenance_checked:
             state.provenance_checked.add(str(spec.path))
             self._check_provenance(session, request)
+        if spec.classes is not None and len(spec.classes) != baseline.num_classes:
+            raise ItemProblem(
+                f"{spec.where(spec.classes_line)}: classes names {len(spec.classes)} classes "
+                f"but the model has {baseline.num_classes} outputs: one name per output, in "
+                f"index order")
         k = spec.class_index(key.expectation.target)
         if k is not None:
             self._check_class(k, baseline)

@@ -49,9 +49,11 @@ class Sweep:
 class UnitAblateSession:
     """Caches shared by all items of a pytest session (one per xdist worker)."""
 
-    def __init__(self, *, device: str = "cpu", seed: int | None = None) -> None:
+    def __init__(self, *, device: str = "cpu", seed: int | None = None,
+                 full_trace: bool = False) -> None:
         self.device = device
         self.seed = seed
+        self.full_trace = full_trace
         self._objects: dict[Any, Any] = {}
         self._evals: dict[tuple[Any, ...], EvalResult] = {}
         self._means: dict[tuple[Any, ...], Any] = {}
@@ -156,7 +158,8 @@ class UnitAblateSession:
         except UnitAblateError as exc:
             raise ItemProblem(f"{spec.where(line)}: {exc}") from None
 
-    def _evaluate(self, model: nn.Module, data: Any) -> EvalResult:
+    def _evaluate(self, model: nn.Module, data: Any, output: int | str | None = None
+                  ) -> EvalResult:
         import torch
 
         from pytest_unitablate.core.evaluation import evaluate, model_device
@@ -171,7 +174,36 @@ class UnitAblateSession:
         if self.dtype is None:
             self.dtype = str(next(iter(model.parameters()), torch.empty(0)).dtype).replace(
                 "torch.", "")
-        return evaluate(model, data, device=self.device)
+        return evaluate(model, data, device=self.device, output=output)
+
+    def _located(self, spec: Spec, fn: Callable[[], Any], line: int = 0) -> Any:
+        """Run an evaluation; put each kind of failure at the spec line that causes it.
+
+        NaN logits are the model's (``model:``), an output that does not hold one logits
+        tensor is ``output:`` (or ``model:``), anything the data or the model's forward
+        raises on the data is ``data:``; ``line`` overrides for ablation problems.
+        """
+        from pytest_unitablate.errors import NonFiniteLogitsError, OutputError
+
+        try:
+            return fn()
+        except ItemProblem:
+            raise
+        except NonFiniteLogitsError as exc:
+            raise ItemProblem(f"{spec.where(spec.model_line)}: model {spec.model!r}: {exc}"
+                              ) from None
+        except OutputError as exc:
+            where = spec.output_line or spec.model_line
+            raise ItemProblem(f"{spec.where(where)}: model {spec.model!r}: {exc}") from None
+        except UnitAblateError as exc:
+            raise ItemProblem(f"{spec.where(line or spec.data_line)}: {exc}") from None
+        except Exception as exc:  # the model's forward rejected the data (shape, dtype, ...)
+            if self.full_trace:
+                raise
+            raise ItemProblem(
+                f"{spec.where(spec.data_line)}: the model {spec.model!r} raised "
+                f"{type(exc).__name__} on the data {spec.data!r}: {exc}. Check the inputs' "
+                f"shape, dtype and device against what the model expects") from None
 
     def baseline(self, spec: Spec, request: pytest.FixtureRequest,
                  ranking: bool = False) -> EvalResult:
@@ -179,8 +211,8 @@ class UnitAblateSession:
         data = self.data(spec, request, ranking)
         key = ("base", id(model), id(data))
         if key not in self._evals:
-            self._evals[key] = self._guard(spec, spec.data_line,
-                                           lambda: self._evaluate(model, data))
+            self._evals[key] = self._located(
+                spec, lambda: self._evaluate(model, data, spec.output))
         return self._evals[key]
 
     def _ablation_arg(self, spec: Spec, check: Check) -> str | float:
@@ -213,9 +245,9 @@ class UnitAblateSession:
             def run() -> EvalResult:
                 with ablate(model, {check.layer: list(chosen)}, ablation=arg, means=means,
                             channel_dim=spec.channel_dim):
-                    return self._evaluate(model, data)
+                    return self._evaluate(model, data, spec.output)
 
-            result: EvalResult = self._guard(spec, check.layer_line, run)
+            result: EvalResult = self._located(spec, run, check.layer_line)
             self._paired(spec, self.baseline(spec, request), result,
                          f"the pass with {check.layer} units {list(chosen)} ablated")
             self._evals[key] = result
@@ -291,11 +323,12 @@ class UnitAblateSession:
             if self.seed is not None:
                 torch.manual_seed(self.seed)
             result = scan(model, data, check.layer, units=units, ablation=arg,
-                          means=means, channel_dim=spec.channel_dim, device=self.device)
+                          means=means, channel_dim=spec.channel_dim, device=self.device,
+                          output=spec.output)
             return Sweep(units=units, predictions=np.asarray(result.predictions),
                          labels=np.asarray(result.labels), baseline=result.baseline)
 
-        sweep: Sweep = self._guard(spec, check.layer_line, run)
+        sweep: Sweep = self._located(spec, run, check.layer_line)
         self._paired(spec, self.baseline(spec, request, ranking), sweep.baseline,
                      f"the sweep of {check.layer}", ranking)
         self._sweeps[key] = sweep

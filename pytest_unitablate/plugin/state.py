@@ -68,7 +68,8 @@ class PluginState:
             from pytest_unitablate.plugin.session import UnitAblateSession
 
             self._runtime = UnitAblateSession(device=self.settings.device,
-                                              seed=self.settings.seed)
+                                              seed=self.settings.seed,
+                                              full_trace=self.settings.full_trace)
         return self._runtime
 
     def rerun_command(self, mode: str) -> str:

@@ -58,6 +58,8 @@ TOP_KEYS: dict[str, str] = {
     "ranking_data": "optional separate split used to rank units for top_units",
     "channel_dim": "channel dimension of layer outputs, default 1",
     "min_examples": "minimum examples a class target needs, default 1",
+    "output": "which part of the model's output holds the logits: an index into a tuple "
+              "or list output, or a key of a dict (or attribute of a ModelOutput)",
     "provenance": "written by record mode: environment of the recorded numbers",
 }
 REQUIRED_TOP = ("unitablate", "model", "data", "checks")
@@ -166,6 +168,17 @@ class _Validator:
             self.err(node.line, f"{what} {node.value!r} is not valid{hint}")
             return None
         return str(node.value)
+
+    def output(self, node: YNode | None) -> int | str | None:
+        """``output:``: a non-negative index, or a key / attribute name."""
+        if node is None:
+            return None
+        if node.kind == "scalar" and isinstance(node.value, int) and not isinstance(
+                node.value, bool):
+            return self.integer(node, "output (an index into the model's tuple output)",
+                                minimum=0)
+        return self.string(node, "output", IDENT,
+                           " (an index like 1, or a key like logits of a dict output)")
 
     def integer(self, node: YNode | None, what: str, minimum: int | None = None) -> int | None:
         if node is None:
@@ -284,16 +297,18 @@ class _Validator:
         for key, value in mapping.entries:
             target = self.target(key, classes)
             body = self.expect_map(value, key.line, f"target {key.value!r}")
-            if target is None or body is None:
+            if body is None:
                 continue
-            canonical: str | int = target
-            if isinstance(target, int) and classes is not None:
-                canonical = classes[target]
-            if canonical in seen:
-                self.err(key.line, f"target {key.value!r} is the same class as the target at "
-                         f"line {seen[canonical]}; merge them")
-                continue
-            seen[canonical] = key.line
+            # a bad target still has its thresholds checked: every problem on a line at once
+            if target is not None:
+                canonical: str | int = target
+                if isinstance(target, int) and classes is not None:
+                    canonical = classes[target]
+                if canonical in seen:
+                    self.err(key.line, f"target {key.value!r} is the same class as the target "
+                             f"at line {seen[canonical]}; merge them")
+                    continue
+                seen[canonical] = key.line
             self.keys(body, TARGET_KEYS, f"target {key.value!r}")
             extras: dict[str, float | None] = {}
             for extra in ("warn_margin", "confidence"):
@@ -332,8 +347,9 @@ class _Validator:
                 if lo in bounds and hi in bounds and bounds[lo] > bounds[hi]:
                     self.err(body.line, f"target {key.value!r}: {lo} {bounds[lo] * 100:g}% is "
                              f"greater than {hi} {bounds[hi] * 100:g}%, so nothing can pass")
-            out.append(Expectation(target=target, constraints=tuple(constraints),
-                                   line=key.line))
+            if target is not None:
+                out.append(Expectation(target=target, constraints=tuple(constraints),
+                                       line=key.line))
         return tuple(out)
 
     def marks(self, node: YNode | None) -> tuple[Mark, ...]:
@@ -494,6 +510,7 @@ class _Validator:
         ablation = self.ablation(root.get("ablation")) or Ablation()
         channel_dim = self.integer(root.get("channel_dim"), "channel_dim")
         min_examples = self.integer(root.get("min_examples"), "min_examples", minimum=1)
+        output = self.output(root.get("output"))
         provenance: tuple[tuple[str, str], ...] = ()
         pnode = self.expect_map(root.get("provenance"), root.line, "provenance")
         if pnode is not None:
@@ -524,6 +541,7 @@ class _Validator:
             ranking_data_line=line_of("ranking_data"),
             channel_dim=1 if channel_dim is None else channel_dim,
             min_examples=min_examples or 1, provenance=provenance,
+            output=output, output_line=line_of("output"),
         )
         from pytest_unitablate.spec.ids import duplicate_problems
 

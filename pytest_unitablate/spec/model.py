@@ -156,6 +156,10 @@ class Spec:
     min_examples: int = 1
     #: Record-mode provenance block (torch version, device, dtype, hashes), if present.
     provenance: tuple[tuple[str, str], ...] = ()
+    #: Where the logits are in the model's output: None (the output is the logits tensor),
+    #: an index into a tuple/list output, or a key of a dict / attribute of a ModelOutput.
+    output: int | str | None = None
+    output_line: int = 0
 
     def ablation_for(self, check: Check) -> Ablation:
         """The ablation a check uses: its own override or the spec's default."""

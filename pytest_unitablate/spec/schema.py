@@ -123,6 +123,10 @@ def build_schema() -> dict[str, Any]:
                         "description": desc}
         elif key in ("channel_dim", "min_examples"):
             top[key] = {"type": "integer", "description": desc}
+        elif key == "output":
+            top[key] = {"anyOf": [{"type": "integer", "minimum": 0},
+                                  {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}],
+                        "description": desc}
         else:
             top[key] = {"type": "object", "description": desc}
     return {

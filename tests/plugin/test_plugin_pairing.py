@@ -5,25 +5,8 @@ from __future__ import annotations
 
 import pytest
 import tiny_source
+from tiny_source import ALL_ENGINES as BODY
 from tiny_source import HEAD, spec
-
-BODY = """\
-checks:
-  - layer: hidden
-    units: [1]
-    expect:
-      one: {min_drop: 90%}
-  - layer: hidden
-    any_unit:
-      expect:
-        two: {min_drop: 50%}
-  - layer: hidden
-    top_units:
-      k: 1
-      class: two
-      expect:
-        two: {min_drop: 50%}
-"""
 
 
 @pytest.fixture
@@ -52,4 +35,4 @@ def test_unpairable_data_is_a_located_error(pairing: pytest.Pytester, source: st
 
 def test_the_same_spec_on_replayable_data_passes(pairing: pytest.Pytester) -> None:
     spec(pairing, BODY)
-    pairing.runpytest("--unitablate-spec", "spec.yaml").assert_outcomes(passed=3)
+    pairing.runpytest("--unitablate-spec", "spec.yaml").assert_outcomes(passed=4)

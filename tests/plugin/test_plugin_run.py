@@ -118,7 +118,8 @@ def test_model_dependent_problems_are_located_item_failures(
         ("no_such_fixture", "tinymodel:data",
          "spec.yaml:2: model 'no_such_fixture': no fixture of that name is visible*"),
         ("tinymodel:nan_model", "tinymodel:data",
-         "spec.yaml:3: batch 0: the model produced NaN or infinite logits for 8 of 8 examples"),
+         "spec.yaml:2: model 'tinymodel:nan_model': batch 0: the model produced NaN or "
+         "infinite logits for 8 of 8 examples"),
     ],
 )
 def test_reference_problems_are_located(
@@ -214,6 +215,10 @@ def test_usage_errors_exit_4(tiny: pytest.Pytester, monkeypatch: pytest.MonkeyPa
     result = tiny.runpytest("--unitablate-spec", "other.yaml")
     assert result.ret == 4
     result.stderr.fnmatch_lines(["*other.yaml: no spec collected from it*"])
+    (tiny.path / "empty.yaml").write_text("\n")
+    result = tiny.runpytest("--unitablate-spec", "empty.yaml")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["*empty.yaml: the file is empty*"])
 
 
 def test_ini_keys_and_cli_precedence(tiny: pytest.Pytester) -> None:
@@ -311,9 +316,9 @@ def test_unexpected_errors_are_short_unless_full_trace(tiny: pytest.Pytester) ->
     spec(tiny, GOOD, head=HEAD.replace("tinymodel:model", "boommodel:model"))
     result = tiny.runpytest("--unitablate-spec", "spec.yaml")
     result.stdout.fnmatch_lines([
-        "spec.yaml:9: unexpected error while running hidden-u1-one-min_drop: "
-        "RuntimeError: forward exploded",
-        "  (rerun with --unitablate-full-trace for the traceback)",
+        "spec.yaml:3: the model 'boommodel:model' raised RuntimeError on the data "
+        "'tinymodel:data': forward exploded. Check the inputs' shape, dtype and device "
+        "against what the model expects",
     ])
     assert "def forward" not in result.stdout.str()
     result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-full-trace")

@@ -26,6 +26,30 @@ def spec(pytester: pytest.Pytester, body: str, name: str = "spec.yaml",
     return path
 
 
+#: One check of every kind (named units, any_unit, every_unit, top_units) on the tiny model.
+ALL_ENGINES = """\
+checks:
+  - layer: hidden
+    units: [1]
+    expect:
+      one: {min_drop: 90%}
+  - layer: hidden
+    any_unit:
+      expect:
+        two: {min_drop: 90%}
+  - layer: hidden
+    every_unit:
+      expect:
+        overall: {max_drop: 30%}
+  - layer: hidden
+    top_units:
+      k: 1
+      class: zero
+      expect:
+        zero: {min_drop: 90%}
+"""
+
+
 TINY = '''
 import torch
 from torch import nn
@@ -87,4 +111,25 @@ class Jittered:
 
 def jittered():
     return Jittered()
+'''
+
+# Models whose output is not one logits tensor (the spec's output: key).
+OUTPUTS = '''
+from tinymodel import Tiny
+
+class Pair(Tiny):
+    def forward(self, x):
+        h = self.hidden(x)
+        return h, self.head(h)
+
+class Named(Tiny):
+    def forward(self, x):
+        h = self.hidden(x)
+        return {"features": h, "scores": self.head(h)}
+
+def pair():
+    return Pair().eval()
+
+def named():
+    return Named().eval()
 '''

@@ -133,3 +133,14 @@ def test_loader_does_not_import_torch() -> None:
             "assert 'torch' not in sys.modules and 'numpy' not in sys.modules, "
             "sorted(m for m in sys.modules if m.startswith(('torch', 'numpy')))")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_problem_on_a_line_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "two.yaml"
+    path.write_text("unitablate: 1\nmodel: m\ndata: d\nchecks:\n  - layer: conv5\n"
+                    "    units: [1]\n    expect:\n      seven: {min_drop: 20}\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    messages = [p.message for p in info.value.problems if p.line == 8]
+    assert any("no 'classes:' list" in m for m in messages)
+    assert any("bare number (20)" in m for m in messages)

@@ -1,0 +1,58 @@
+"""Models whose output is not one logits tensor: the spec's ``output:`` names the logits, in
+every engine (named units, layer-wide sweeps, top_units); an ambiguous output is refused."""
+
+from __future__ import annotations
+
+import pytest
+import tiny_source
+from tiny_source import ALL_ENGINES as BODY
+from tiny_source import HEAD, spec
+
+
+@pytest.fixture
+def outputs(tiny: pytest.Pytester) -> pytest.Pytester:
+    tiny.makepyfile(outputs=tiny_source.OUTPUTS)
+    return tiny
+
+
+@pytest.mark.parametrize(("model", "output"), [("outputs:pair", "1"),
+                                               ("outputs:named", "scores")])
+def test_output_names_the_logits_in_every_engine(outputs: pytest.Pytester, model: str,
+                                                 output: str) -> None:
+    head = HEAD.replace("model: tinymodel:model", f"model: {model}\noutput: {output}")
+    spec(outputs, BODY, head=head)
+    outputs.runpytest("--unitablate-spec", "spec.yaml").assert_outcomes(passed=4)
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    ("outputs:pair", "spec.yaml:2: model 'outputs:pair': batch 0: the model returned a tuple "
+                     "of 2 tensors; say which holds the logits with the spec key output:*"),
+    ("outputs:named", "spec.yaml:2: model 'outputs:named': batch 0: the model returned a "
+                      "dict with keys [[]'features', 'scores'[]]; say which holds the logits*"),
+])
+def test_an_ambiguous_output_is_refused_at_the_model_line(outputs: pytest.Pytester, model: str,
+                                                          message: str) -> None:
+    spec(outputs, BODY, head=HEAD.replace("model: tinymodel:model", f"model: {model}"))
+    result = outputs.runpytest("--unitablate-spec", "spec.yaml")
+    result.assert_outcomes(failed=4)
+    result.stdout.fnmatch_lines([message])
+    assert "AttributeError" not in result.stdout.str()
+
+
+def test_a_wrong_output_points_at_the_output_line(outputs: pytest.Pytester) -> None:
+    head = HEAD.replace("model: tinymodel:model", "model: outputs:pair\noutput: 2")
+    spec(outputs, BODY, head=head)
+    result = outputs.runpytest("--unitablate-spec", "spec.yaml")
+    result.stdout.fnmatch_lines(["spec.yaml:3: model 'outputs:pair': output: 2 is out of "
+                                 "range: batch 0: the model returned 2 values (0..1)"])
+
+
+def test_more_class_names_than_outputs_is_an_error_at_the_classes_line(
+        tiny: pytest.Pytester) -> None:
+    head = HEAD.replace("classes: [zero, one, two, three]",
+                        "classes: [zero, one, two, three, four, five]")
+    spec(tiny, BODY, head=head)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml")
+    result.assert_outcomes(failed=4)
+    result.stdout.fnmatch_lines(["spec.yaml:4: classes names 6 classes but the model has 4 "
+                                 "outputs: one name per output, in index order"])
