@@ -14,11 +14,14 @@ bounds divided by the baseline). The measurement and the margin are written besi
 end-of-line comment starting with ``recorded:``; a top-level ``provenance:`` block keeps the
 environment (torch version, device, dtype, data and weight hashes).
 
-The file is edited with a comment-preserving YAML round trip (ruamel.yaml): the user's
-comments, key order, quoting and untouched entries stay as they were; a flow mapping that
-gets a new value is turned into block style so the comment has a line of its own. The write
-is atomic (temporary file, then ``os.replace``), so an interrupted run never leaves a
-half-written spec.
+The file is edited as text, not re-serialised: each threshold's scalar is located with
+PyYAML's node marks (exact character offsets) and replaced in place, and only that line's
+end-of-line comment is set (a user's own comment on the line is kept before the
+``recorded:`` part). Every other byte stays as it was: line endings (``\r\n`` too), flow or
+block style, quoting, key order, blank lines. The ``provenance:`` block's values are
+replaced the same way, missing keys are added below it, and a spec without one gets it
+appended. The write is atomic (temporary file, then ``os.replace``), so an interrupted run
+never leaves a half-written spec.
 
 Example::
 
@@ -96,49 +99,108 @@ class RecordError(Exception):
     """A recorded update cannot be applied (the spec changed under us)."""
 
 
-def _yaml() -> Any:
-    from ruamel.yaml import YAML
-
-    yaml = YAML()  # round-trip mode: comments, order and quoting survive
-    yaml.preserve_quotes = True
-    yaml.width = 4096
-    return yaml
-
-
-def _find_target_map(doc: Any, update: ThresholdUpdate) -> Any:
-    from ruamel.yaml.comments import CommentedMap
+def _compose(text: str) -> Any:
+    import yaml
 
     try:
-        check = doc["checks"][update.check_index]
-        holder = check if update.mode_key is None else check[update.mode_key]
-        expect = holder["expect"]
-    except (KeyError, IndexError, TypeError) as exc:
-        raise RecordError(
-            f"check #{update.check_index + 1} no longer has the expected shape"
-        ) from exc
-    key: Any = update.target_key
-    if key not in expect:
-        # YAML may hold "7" where the model has 7 (or the other way round).
-        alt = str(key) if isinstance(key, int) else (int(key) if key.isdigit() else None)
-        if alt is None or alt not in expect:
-            raise RecordError(f"target {key!r} not found in check #{update.check_index + 1}")
-        key = alt
-    target = expect[key]
-    if not isinstance(target, CommentedMap):
-        raise RecordError(f"target {key!r} of check #{update.check_index + 1} is not a mapping")
-    return target
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise RecordError(f"the spec no longer parses: {exc}") from None
 
 
-def _set_comment(target: Any, key: str, text: str) -> None:
-    """Put ``text`` as the end-of-line comment of ``key``, keeping a user's own comment."""
-    old = target.ca.items.get(key)
-    user = ""
-    if old and len(old) > 2 and old[2] is not None:
-        raw = str(old[2].value).strip().lstrip("#").strip()
-        if raw and not raw.startswith(COMMENT_PREFIX):
-            user = raw.split(COMMENT_PREFIX)[0].rstrip(" ;")
-        del target.ca.items[key]
-    target.yaml_add_eol_comment(f"{user}; {text}" if user else text, key)
+def _get(node: Any, key: Any) -> Any:
+    """The value node of ``key`` in a mapping node (``None`` if absent)."""
+    import yaml
+
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for k, v in node.value:
+        if k.value == key:
+            return v
+    return None
+
+
+def _target_node(root: Any, update: ThresholdUpdate) -> Any:
+    """The mapping node holding ``update``'s thresholds (``checks[i].[mode.]expect.target``)."""
+    import yaml
+
+    checks = _get(root, "checks")
+    if not isinstance(checks, yaml.SequenceNode) or update.check_index >= len(checks.value):
+        raise RecordError(f"check #{update.check_index + 1} no longer exists")
+    check = checks.value[update.check_index]
+    holder = check if update.mode_key is None else _get(check, update.mode_key)
+    expect = _get(holder, "expect")
+    if not isinstance(expect, yaml.MappingNode):
+        raise RecordError(f"check #{update.check_index + 1} no longer has the expected shape")
+    key = update.target_key
+    for k, v in expect.value:
+        # YAML may hold "7" where the model has 7 (or the other way round)
+        if k.value == key or str(k.value) == str(key):
+            if not isinstance(v, yaml.MappingNode):
+                raise RecordError(
+                    f"target {key!r} of check #{update.check_index + 1} is not a mapping")
+            return v
+    raise RecordError(f"target {key!r} not found in check #{update.check_index + 1}")
+
+
+def _line_bounds(text: str, index: int) -> tuple[int, int]:
+    """Start of the line holding ``index`` and the end of its content (before the break)."""
+    start = text.rfind("\n", 0, index) + 1
+    end = text.find("\n", index)
+    end = len(text) if end < 0 else end
+    if end > start and text[end - 1] == "\r":
+        end -= 1
+    return start, end
+
+
+def _with_comment(line: str, value_end: int, recorded: str) -> str:
+    """``line`` with its end-of-line comment set to ``recorded`` (a user's text kept)."""
+    rest = line[value_end:]
+    hash_at = next((i for i in range(len(rest)) if rest[i] == "#" and (
+        i == 0 or rest[i - 1] in " \t")), None)
+    if hash_at is None:
+        return line.rstrip(" \t") + f"  # {recorded}"
+    code = line[:value_end + hash_at]
+    old = rest[hash_at + 1:].strip()
+    user = old.split(COMMENT_PREFIX)[0].rstrip(" ;") if old else ""
+    return code + (f"# {user}; {recorded}" if user else f"# {recorded}")
+
+
+def _replace_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
+    for start, end, new in sorted(spans, reverse=True):
+        text = text[:start] + new + text[end:]
+    return text
+
+
+def _provenance_edits(text: str, root: Any, provenance: Mapping[str, str], nl: str
+                      ) -> tuple[list[tuple[int, int, str]], str]:
+    """Spans that update the provenance block, and text to append (a new block or keys)."""
+    import yaml
+
+    quoted = {k: '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+              for k, v in provenance.items()}
+    block = _get(root, "provenance")
+    if not isinstance(block, yaml.MappingNode) or block.flow_style:
+        if block is not None:
+            raise RecordError("the provenance: entry is not a block mapping; remove it and "
+                              "record again")
+        tail = "" if text.endswith("\n") or not text else nl
+        lines = "".join(f"  {k}: {quoted[k]}{nl}" for k in sorted(provenance))
+        return [], f"{tail}provenance:{nl}{lines}"
+    spans: list[tuple[int, int, str]] = []
+    present = {str(k.value): v for k, v in block.value}
+    for key in sorted(provenance):
+        node = present.get(key)
+        if node is not None and str(node.value) != str(provenance[key]):
+            spans.append((node.start_mark.index, node.end_mark.index, quoted[key]))
+    missing = [k for k in sorted(provenance) if k not in present]
+    if missing:
+        last = block.value[-1][1]
+        _, end = _line_bounds(text, last.end_mark.index - 1 if last.end_mark.index else 0)
+        indent = " " * block.value[0][0].start_mark.column
+        insert = "".join(f"{nl}{indent}{k}: {quoted[k]}" for k in missing)
+        spans.append((end, end, insert))
+    return spans, ""
 
 
 def apply_updates(
@@ -150,58 +212,61 @@ def apply_updates(
     """Write ``updates`` (and a ``provenance`` block) into the spec at ``path``, atomically.
 
     Returns the number of thresholds whose text changed. The file is left untouched when
-    nothing changes.
+    nothing changes; otherwise only the rewritten values, their lines' comments and the
+    provenance block differ, byte for byte.
     """
-    from ruamel.yaml.comments import CommentedMap
-    from ruamel.yaml.util import load_yaml_guess_indent
-
     file = Path(path)
-    original = file.read_text(encoding="utf-8")
-    _, seq_indent, offset = load_yaml_guess_indent(original)
-    seq_indent, offset = seq_indent or 2, offset or 0
-    yaml = _yaml()
-    # ruamel reports the sequence indent (dash offset included) and the dash offset; the
-    # mapping indent is what remains.
-    yaml.indent(mapping=max(seq_indent - offset, 2), sequence=seq_indent, offset=offset)
-    doc = yaml.load(original)
-
+    with open(file, encoding="utf-8", newline="") as fh:
+        original = fh.read()
+    nl = "\r\n" if "\r\n" in original else "\n"
+    root = _compose(original)
+    spans: list[tuple[int, int, str]] = []
+    comments: dict[int, tuple[int, list[ThresholdUpdate]]] = {}
     changed = 0
-    touched_provenance = False
-    for update in sorted(
-        updates, key=lambda u: (u.check_index, str(u.target_key), u.kind)
-    ):
-        target = _find_target_map(doc, update)
+    for update in sorted(updates, key=lambda u: (u.check_index, str(u.target_key), u.kind)):
+        target = _target_node(root, update)
+        node = _get(target, update.kind)
+        if node is None:
+            raise RecordError(f"{update.kind} of target {update.target_key!r} in check "
+                              f"#{update.check_index + 1} no longer exists")
         text = format_threshold(update.kind, update.value)
-        if target.get(update.kind) == text:
-            _set_comment(target, update.kind, update.comment())
-            continue
-        if target.fa.flow_style():
-            target.fa.set_block_style()
-        target[update.kind] = text
-        _set_comment(target, update.kind, update.comment())
-        changed += 1
-
-    if provenance:
-        block = doc.get("provenance")
-        if not isinstance(block, CommentedMap):
-            block = CommentedMap()
-            doc["provenance"] = block
-        for key in sorted(provenance):
-            if block.get(key) != provenance[key]:
-                block[key] = provenance[key]
-                touched_provenance = True
-    if changed == 0 and not touched_provenance:
+        start, end = node.start_mark.index, node.end_mark.index
+        if original[start:end] != text:
+            spans.append((start, end, text))
+            changed += 1
+        line_start, _ = _line_bounds(original, start)
+        last_end, group = comments.get(line_start, (end, []))
+        comments[line_start] = (max(last_end, end), [*group, update])
+    extra_spans, appended = ([], "") if not provenance else _provenance_edits(
+        original, root, provenance, nl)
+    # comments: rewrite each touched line once, after its value spans are applied
+    result = original
+    line_edits: list[tuple[int, int, str]] = []
+    for line_start, (value_end, group) in comments.items():
+        _, line_end = _line_bounds(original, line_start)
+        line = original[line_start:line_end]
+        local = [(s - line_start, e - line_start, new) for s, e, new in spans
+                 if line_start <= s < line_end]
+        shift = sum(len(new) - (e - s) for s, e, new in local)
+        edited = _replace_spans(line, local)
+        line_edits.append((line_start, line_end,
+                           _with_comment(edited, value_end - line_start + shift,
+                                         _comment_for(group))))
+    touched = {ls for ls, _, _ in line_edits}
+    others = [s for s in spans if _line_bounds(original, s[0])[0] not in touched]
+    result = _replace_spans(original, [*line_edits, *others, *extra_spans]) + appended
+    if result == original:
         return 0
-
-    import io
-
-    buffer = io.StringIO()
-    yaml.dump(doc, buffer)
-    new_text = buffer.getvalue()
-    if new_text == original:
-        return 0
-    atomic_write(file, new_text)
+    atomic_write(file, result)
     return changed
+
+
+def _comment_for(updates: Sequence[ThresholdUpdate]) -> str:
+    """One comment for every threshold recorded on a line."""
+    if len(updates) == 1:
+        return updates[0].comment()
+    parts = [f"{u.kind} " + u.comment().removeprefix(f"{COMMENT_PREFIX} ") for u in updates]
+    return f"{COMMENT_PREFIX} " + "; ".join(parts)
 
 
 def provenance_mismatches(

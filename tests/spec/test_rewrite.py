@@ -53,9 +53,11 @@ def test_round_trip_keeps_comments_order_and_untouched_lines(tmp_path: Path) -> 
     for kept in ("# top comment, kept", "# version", "# first check", "# user comment",
                  "# keep me", "units: [245]"):
         assert kept in text
-    assert "min_drop: 12.3%  # recorded: measured 25.0 pp, margin 12.7 pp" in text
-    assert "max_drop: 1.2%" in text
-    assert "min_drop: 4.0%" in text
+    # flow mappings stay flow mappings; a user's comment stays before the recorded part
+    assert ("seven: {min_drop: 12.3%}   # user comment; recorded: measured 25.0 pp, "
+            "margin 12.7 pp") in text
+    assert "max_drop: 1.2%  # keep me; recorded: measured 0.5 pp, margin 0.7 pp" in text
+    assert "3: {min_drop: 4.0%}  # recorded: measured 9.0 pp, margin 5.0 pp" in text
     assert text.index("model: m") < text.index("checks:") < text.index("provenance:")
     # Lines not touched by an update are byte-identical.
     old_lines = SPEC.splitlines()
