@@ -3,6 +3,8 @@ every engine (named units, layer-wide sweeps, top_units); an ambiguous output is
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import tiny_source
 from tiny_source import ALL_ENGINES as BODY
@@ -56,3 +58,48 @@ def test_more_class_names_than_outputs_is_an_error_at_the_classes_line(
     result.assert_outcomes(failed=4)
     result.stdout.fnmatch_lines(["spec.yaml:4: classes names 6 classes but the model has 4 "
                                  "outputs: one name per output, in index order"])
+
+
+def test_one_layer_two_ablations_and_two_layers_are_kept_apart(tiny: pytest.Pytester) -> None:
+    """Caches keyed without the ablation kind or without the layer would mix these up."""
+    spec(tiny, """\
+        checks:
+          - layer: hidden
+            units: [1]
+            expect:
+              one: {min_drop: 90%}
+          - layer: hidden
+            units: [1]
+            ablation: {constant: 5}     # a huge class-one activation: class one survives
+            expect:
+              one: {max_drop: 0%}
+          - layer: hidden
+            every_unit:
+              expect:
+                three: {max_drop: 0%}   # no hidden unit touches class three
+          - layer: head
+            any_unit:
+              expect:
+                three: {min_drop: 90%}  # the head's unit 3 is class three's logit
+        """)
+    tiny.runpytest("--unitablate-spec", "spec.yaml").assert_outcomes(passed=4)
+
+
+def test_targets_are_masked_by_label_and_relative_drops_divide(tiny: pytest.Pytester) -> None:
+    """On a model that misses two class-zero examples (80% of class zero right)."""
+    tiny.makepyfile(imperfect=tiny_source.IMPERFECT)
+    spec(tiny, """\
+        checks:
+          - layer: hidden
+            units: [0]
+            expect:
+              zero: {min_relative_drop: 99%}   # 80 pp of 80%: all of it
+          - layer: hidden
+            units: [1]
+            expect:
+              zero: {max_drop: 0%}             # the mislabelled examples stay wrong
+        """, head=HEAD.replace("data: tinymodel:data", "data: imperfect:data"))
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-report", "r.json")
+    result.assert_outcomes(passed=2)
+    first = json.loads((tiny.path / "r.json").read_text())["items"][0]
+    assert first["n"] == 10 and first["baseline"] == 0.8 and first["drop"] == 0.8

@@ -57,6 +57,8 @@ def test_failed_mode_refuses_to_write_a_bound_that_cannot_fail(tiny: pytest.Pyte
     after = _thresholds(path)
     assert after[(0, "three", "min_drop")] == before[(0, "three", "min_drop")] == 0.4
     assert after[(1, "one", "max_drop")] == 0.1
+    # failed mode leaves a passing threshold alone (measured 100 pp against 90%)
+    assert after[(2, "two", "min_drop")] == before[(2, "two", "min_drop")] == 0.9
     # the overall max_drop (25 pp > 20%) is an honest miss: recorded, and then it passes
     assert after[(1, "overall", "max_drop")] is not None
     assert after[(1, "overall", "max_drop")] > 0.25

@@ -133,3 +133,15 @@ def pair():
 def named():
     return Named().eval()
 '''
+
+# A model that is not 100% accurate at baseline: examples 0-1 of every batch of class zero
+# carry class one's input (they are labelled zero and predicted one).
+IMPERFECT = '''
+import torch
+
+def data():
+    labels = torch.arange(4).repeat(10)
+    inputs = torch.eye(4)[labels]
+    inputs[0:8:4] = torch.eye(4)[1]   # two class-zero examples look like class one
+    return [(inputs[i:i + 8], labels[i:i + 8]) for i in range(0, 40, 8)]
+'''

@@ -1,0 +1,68 @@
+"""Regressions that a planted bug once survived: each test fails on that bug."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pytest_unitablate import ablate, channel_means
+
+
+class Reuse(nn.Module):
+    """The ablated layer is an Identity, so its output *is* a tensor used again later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre = nn.Conv2d(1, 3, 3, padding=1)
+        self.ident = nn.Identity()
+        self.f = nn.Conv2d(3, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pre(x)
+        return self.f(self.ident(h)) + h  # h + f(h): the skip path must see the original
+
+
+def test_the_layer_output_is_never_written_in_place() -> None:
+    torch.manual_seed(0)
+    net = Reuse().eval()
+    x = torch.randn(2, 1, 5, 5)
+    with torch.no_grad():
+        h = net.pre(x)
+        cut = h.clone()
+        cut[:, 1] = 0.0
+        expected = net.f(cut) + h
+        with ablate(net, {"ident": [1]}):
+            got = net(x)
+    assert torch.allclose(got, expected)
+
+
+def test_hooks_of_the_ablated_module_itself_survive() -> None:
+    net = Reuse().eval()
+    calls: list[str] = []
+    pre = net.ident.register_forward_pre_hook(lambda m, a: calls.append("pre"))
+    post = net.ident.register_forward_hook(lambda m, a, o: calls.append("post"))
+    x = torch.randn(1, 1, 5, 5)
+    with ablate(net, {"ident": [0]}):
+        net(x)
+    calls.clear()
+    net(x)
+    assert calls == ["pre", "post"]
+    pre.remove()
+    post.remove()
+
+
+def test_channel_means_average_over_examples_and_positions() -> None:
+    torch.manual_seed(1)
+    net = Reuse().eval()
+    batches = [(torch.randn(4, 1, 5, 5), torch.zeros(4, dtype=torch.long)),
+               (torch.randn(3, 1, 5, 5), torch.zeros(3, dtype=torch.long))]
+    seen: list[torch.Tensor] = []
+    handle = net.pre.register_forward_hook(lambda m, a, o: seen.append(o.detach().clone()))
+    with torch.no_grad():
+        for x, _ in batches:
+            net(x)
+    handle.remove()
+    reference = torch.cat(seen).permute(1, 0, 2, 3).reshape(3, -1).mean(dim=1)
+    means = channel_means(net, batches, ["pre"])["pre"].reshape(-1)
+    assert means.shape == (3,)
+    assert torch.allclose(means, reference, atol=1e-6)
