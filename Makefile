@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test test-fast test-slow matrix lint bench clean
+.PHONY: setup browser demo test test-fast test-slow matrix mutate lint bench clean
 
 $(STAMP): pyproject.toml requirements-torch.txt
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,13 @@ test-slow: $(STAMP) browser
 matrix: $(STAMP)
 	$(BIN)/nox
 
+# Mutation testing (mutmut; the modules are listed in pyproject.toml [tool.mutmut]): slow,
+# not part of `make test`. Prints every surviving mutant at the end.
+mutate: $(STAMP)
+	rm -rf mutants
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results
+
 # ruff (style, and TID253: no module-level torch in the torch-free layers), mypy --strict,
 # and import-linter (the layer contract in pyproject.toml; docs/architecture.md).
 lint: $(STAMP)
@@ -55,4 +62,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_scan.py
 
 clean:
-	rm -rf $(VENV) .nox
+	rm -rf $(VENV) .nox mutants
