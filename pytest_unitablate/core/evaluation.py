@@ -184,9 +184,17 @@ def select_logits(out: Any, output: int | str | None = None, *, where: str = "th
     return getattr(out, output)
 
 
-def _check_logits(index: int, logits: Any, batch: int, output: int | str | None = None
-                  ) -> torch.Tensor:
-    logits = select_logits(logits, output, where=f"batch {index}: the model")
+def checked_logits(index: int, produced: Any, labels: torch.Tensor, width: int | None,
+                   output: int | str | None = None) -> torch.Tensor:
+    """The logits of batch ``index`` out of the model's output, checked.
+
+    Shared by :func:`evaluate` and the scan engines: the logits (picked with ``output``)
+    must be a finite ``(N, classes)`` tensor with ``width`` classes (any, when ``None``)
+    and every label below that width; each problem is a ``DataError`` (NaN or inf:
+    ``NonFiniteLogitsError``) naming the batch.
+    """
+    logits = select_logits(produced, output, where=f"batch {index}: the model")
+    batch = labels.shape[0]
     if not isinstance(logits, torch.Tensor):
         raise DataError(
             f"batch {index}: the model returned {type(logits).__name__}; expected a tensor "
@@ -196,6 +204,22 @@ def _check_logits(index: int, logits: Any, batch: int, output: int | str | None 
         raise DataError(
             f"batch {index}: the model returned logits of shape {tuple(logits.shape)}; "
             f"expected ({batch}, classes)"
+        )
+    width = int(logits.shape[1]) if width is None else width
+    if logits.shape[1] != width:
+        raise DataError(f"batch {index}: logits have {logits.shape[1]} classes, expected {width}")
+    finite = torch.isfinite(logits).all(dim=1)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise NonFiniteLogitsError(
+            f"batch {index}: the model produced NaN or infinite logits for {bad} of {batch} "
+            f"examples"
+        )
+    top = int(labels.max())
+    if top >= width:
+        raise DataError(
+            f"batch {index}: label {top} is out of range for {width} classes "
+            f"(labels must be 0..{width - 1})"
         )
     return logits
 
@@ -231,27 +255,8 @@ def evaluate(
         for index, (inputs, labels) in enumerate(
             iter_batches(data, batch_size=batch_size, device=target, digest=digest)
         ):
-            logits = _check_logits(index, model(inputs), labels.shape[0], output)
-            if width is None:
-                width = int(logits.shape[1])
-            elif logits.shape[1] != width:
-                raise DataError(
-                    f"batch {index}: logits have {logits.shape[1]} classes, "
-                    f"expected {width}"
-                )
-            finite = torch.isfinite(logits).all(dim=1)
-            if not bool(finite.all()):
-                bad = int((~finite).sum())
-                raise NonFiniteLogitsError(
-                    f"batch {index}: the model produced NaN or infinite logits for {bad} "
-                    f"of {labels.shape[0]} examples"
-                )
-            top = int(labels.max())
-            if top >= width:
-                raise DataError(
-                    f"batch {index}: label {top} is out of range for {width} classes "
-                    f"(labels must be 0..{width - 1})"
-                )
+            logits = checked_logits(index, model(inputs), labels, width, output)
+            width = int(logits.shape[1])
             preds.append(logits.argmax(dim=1))
             labels_seen.append(labels)
     assert width is not None  # iter_batches raises on empty data

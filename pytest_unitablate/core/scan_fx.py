@@ -27,7 +27,7 @@ from torch import fx, nn
 
 from pytest_unitablate.core.ablation import ablate
 from pytest_unitablate.core.data import PassDigest, iter_batches
-from pytest_unitablate.core.evaluation import eval_mode, select_logits
+from pytest_unitablate.core.evaluation import checked_logits, eval_mode, select_logits
 
 
 @dataclass
@@ -53,23 +53,8 @@ class Collector:
 
     def add(self, index: int, produced: Any, labels: torch.Tensor) -> torch.Tensor:
         """Check and keep a batch's baseline; returns the logits picked from ``produced``."""
-        from pytest_unitablate.errors import DataError, NonFiniteLogitsError
-
-        logits = select_logits(produced, self.output, where=f"batch {index}: the model")
-        if not isinstance(logits, torch.Tensor):
-            raise DataError(f"batch {index}: the model returned {type(logits).__name__}; "
-                            f"expected a tensor of logits of shape (N, classes)")
-        if logits.dim() != 2 or logits.shape[0] != labels.shape[0]:
-            raise DataError(f"batch {index}: the model returned logits of shape "
-                            f"{tuple(logits.shape)}; expected ({labels.shape[0]}, classes)")
-        self.width = int(logits.shape[1]) if self.width is None else self.width
-        if not bool(torch.isfinite(logits).all()):
-            bad = int((~torch.isfinite(logits).all(dim=1)).sum())
-            raise NonFiniteLogitsError(f"batch {index}: the model produced NaN or infinite "
-                                       f"logits for {bad} of {labels.shape[0]} examples")
-        if int(labels.max()) >= self.width:
-            raise DataError(f"batch {index}: label {int(labels.max())} is out of range for "
-                            f"{self.width} classes (labels must be 0..{self.width - 1})")
+        logits = checked_logits(index, produced, labels, self.width, self.output)
+        self.width = int(logits.shape[1])
         self.base.append(logits.argmax(dim=1).cpu())
         self.labels.append(labels.cpu())
         return logits

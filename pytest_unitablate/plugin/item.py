@@ -22,12 +22,13 @@ from typing import Any
 
 import pytest
 
+from pytest_unitablate.plugin.record_mode import writes
 from pytest_unitablate.plugin.report import junit_properties
 from pytest_unitablate.plugin.session import ItemProblem
 from pytest_unitablate.plugin.state import PluginState, UnitAblateWarning, get_state
 from pytest_unitablate.spec.ids import ItemKey
 from pytest_unitablate.spec.model import Spec
-from pytest_unitablate.spec.rewrite import format_threshold, provenance_mismatches
+from pytest_unitablate.spec.rewrite import provenance_mismatches, rounded_threshold
 from pytest_unitablate.verdicts.failure import (
     FailureContext,
     disarmed_text,
@@ -253,9 +254,8 @@ class UnitAblateItem(pytest.Function):
             ablation=spec.ablation_for(key.check).label(),
             target=spec.target_name(key.expectation.target),
             hint=state.rerun_command("failed"), deciding=deciding, notes=notes)
-        records = mode == "all" or (mode in ("new", "failed") and verdict is None) or (
-            mode == "failed" and verdict is not None and not verdict.passed)
-        if records:
+        if writes(mode, has_threshold=verdict is not None,
+                  failing=verdict is not None and not verdict.passed):
             self._refuse_vacuous(state, ctx, m)
         if verdict is None:
             if mode in ("new", "all"):
@@ -278,7 +278,7 @@ class UnitAblateItem(pytest.Function):
         if value is None:
             return
         kind = self.key.constraint.kind
-        written = float(format_threshold(kind, float(value)).rstrip("%")) / 100
+        written = rounded_threshold(kind, float(value))
         reason = vacuous_threshold(kind, written, m.baseline, state.settings.record_floor)
         if reason is None:
             return

@@ -43,17 +43,26 @@ def ci_environment(environ: Mapping[str, str] | None = None) -> str | None:
     return None
 
 
+def writes(mode: str, *, has_threshold: bool, failing: bool) -> bool:
+    """Whether record mode ``mode`` rewrites a threshold: every one (``all``), the empty
+    ones (``new``), the empty and the failing ones (``failed``), none (``none``).
+
+    >>> writes("failed", has_threshold=True, failing=False)
+    False
+    """
+    if mode == "all":
+        return True
+    if mode in ("new", "failed") and not has_threshold:
+        return True
+    return mode == "failed" and failing
+
+
 def wanted(record: Mapping[str, Any], mode: str) -> bool:
     """Whether record mode ``mode`` rewrites this item's threshold."""
     if record.get("record_value") is None:
         return False  # not measured (skipped, deselected, errored)
-    if mode == "all":
-        return True
-    if mode == "new":
-        return record.get("threshold") is None
-    if mode == "failed":
-        return record.get("outcome") == "failed" or record.get("threshold") is None
-    return False
+    return writes(mode, has_threshold=record.get("threshold") is not None,
+                  failing=record.get("outcome") == "failed")
 
 
 def _update(record: Mapping[str, Any]) -> ThresholdUpdate:

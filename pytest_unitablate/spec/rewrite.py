@@ -74,6 +74,23 @@ class ThresholdUpdate:
         )
 
 
+def _tenths(kind: str, value: float) -> int:
+    """``value`` in tenths of a percent, rounded away from failing."""
+    tenths = value * 1000.0
+    # Tolerate float noise (0.123 * 1000 = 122.99999999999999) before rounding outward.
+    tenths = round(tenths, 6)
+    return math.floor(tenths) if kind.startswith("min") else math.ceil(tenths)
+
+
+def rounded_threshold(kind: str, value: float) -> float:
+    """The fraction :func:`format_threshold` writes: what the spec will hold.
+
+    >>> rounded_threshold("min_drop", 0.12345)
+    0.123
+    """
+    return _tenths(kind, value) / 1000.0
+
+
 def format_threshold(kind: ConstraintKind, value: float) -> str:
     """Render a fraction as a spec percentage, rounded away from failing.
 
@@ -85,11 +102,7 @@ def format_threshold(kind: ConstraintKind, value: float) -> str:
     >>> format_threshold("max_drop", 0.01201)
     '1.3%'
     """
-    tenths = value * 1000.0
-    # Tolerate float noise (0.123 * 1000 = 122.99999999999999) before rounding outward.
-    tenths = round(tenths, 6)
-    rounded = math.floor(tenths) if kind.startswith("min") else math.ceil(tenths)
-    text = f"{rounded / 10:.1f}"
+    text = f"{_tenths(kind, value) / 10:.1f}"
     if text == "-0.0":
         text = "0.0"
     return f"{text}%"

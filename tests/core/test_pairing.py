@@ -68,3 +68,12 @@ def test_scan_checks_every_naive_pass_against_its_baseline() -> None:
         scan(MODEL, _Jittered(), "0", method="naive")
     result = scan(MODEL, [(X, Y)], "0", method="naive")
     assert result.baseline.fingerprint == evaluate(MODEL, [(X, Y)]).fingerprint
+
+
+def test_a_pass_fingerprint_is_the_data_fingerprint_whatever_the_batching() -> None:
+    """Provenance's data_sha256 reuses the baseline's fingerprint: they must agree."""
+    from pytest_unitablate.core.data import data_fingerprint
+
+    fp = data_fingerprint((X, Y))
+    assert evaluate(MODEL, (X, Y), batch_size=7).fingerprint == fp
+    assert evaluate(MODEL, DataLoader(TensorDataset(X, Y), batch_size=13)).fingerprint == fp
