@@ -129,7 +129,7 @@ class PassDigest:
 
     def update(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         x = inputs.detach().to("cpu").contiguous()
-        # per-example shape only: how a pass is cut into batches does not change the pairing
+        # the batch's dtype and per-example shape (the hash data_fingerprint always had)
         self._sha.update(str((x.dtype, tuple(x.shape[1:]))).encode())
         if x.dtype == torch.bfloat16:
             x = x.float()
@@ -208,7 +208,8 @@ def iter_batches(
 
 def data_fingerprint(data: Any, *, batch_size: int = 256) -> str:
     """sha256 over the inputs and labels of ``data`` in order (streamed): the
-    :class:`PassDigest` of one pass, so it equals ``evaluate(model, data).fingerprint``.
+    :class:`PassDigest` of one pass, so it equals ``evaluate(model, data).fingerprint``
+    when both cut the data into the same batches (the same ``batch_size``, or the loader's).
 
     >>> import torch
     >>> a = data_fingerprint((torch.zeros(2, 2), torch.tensor([0, 1])))
