@@ -131,6 +131,22 @@ def channel_means(
     return {name: (sums[name] / counts[name]).to(torch.float32) for name in layers}
 
 
+def check_means(layer: str, mean: torch.Tensor, channels: int) -> None:
+    """Refuse channel means that do not have one value per channel of ``layer``.
+
+    >>> check_means("conv", torch.zeros(3), 4)
+    Traceback (most recent call last):
+    ...
+    pytest_unitablate.errors.ConfigError: channel means for layer 'conv' have 3 values ...
+    """
+    if mean.dim() != 1 or mean.numel() != channels:
+        raise ConfigError(
+            f"channel means for layer {layer!r} have {mean.numel()} values "
+            f"(shape {tuple(mean.shape)}) but the layer has {channels} channels: compute them "
+            f"with channel_means(model, data, [{layer!r}]) for this model"
+        )
+
+
 class _LayerAblation:
     """The forward hook of one layer: builds and caches the mask and replacement."""
 
@@ -167,11 +183,7 @@ class _LayerAblation:
             repl = torch.zeros(channels, dtype=tensor.dtype, device=tensor.device)
         elif self.kind == "mean":
             assert self.mean is not None
-            if self.mean.numel() != channels:
-                raise ConfigError(
-                    f"channel means for layer {self.name!r} have {self.mean.numel()} values "
-                    f"but the layer has {channels} channels"
-                )
+            check_means(self.name, self.mean, channels)
             repl = self.mean.to(device=tensor.device, dtype=tensor.dtype).clone()
         else:
             repl = torch.full((channels,), float(self.kind), dtype=tensor.dtype,

@@ -25,7 +25,7 @@ import numpy.typing as npt
 import torch
 from torch import fx, nn
 
-from pytest_unitablate.core.ablation import ablate
+from pytest_unitablate.core.ablation import ablate, check_means
 from pytest_unitablate.core.data import PassDigest, iter_batches
 from pytest_unitablate.core.evaluation import checked_logits, eval_mode, select_logits
 
@@ -235,6 +235,7 @@ def replacement_values(ablation: str | float, means: dict[str, torch.Tensor] | N
         return torch.zeros(channels, dtype=like.dtype, device=like.device)
     if ablation == "mean":
         assert means is not None
+        check_means(layer, means[layer], channels)
         return means[layer].to(dtype=like.dtype, device=like.device)
     return torch.full((channels,), float(ablation), dtype=like.dtype, device=like.device)
 

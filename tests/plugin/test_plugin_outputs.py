@@ -8,7 +8,7 @@ import json
 import pytest
 import tiny_source
 from tiny_source import ALL_ENGINES as BODY
-from tiny_source import HEAD, spec
+from tiny_source import HEAD, TOP_ZERO, spec
 
 
 @pytest.fixture
@@ -103,3 +103,52 @@ def test_targets_are_masked_by_label_and_relative_drops_divide(tiny: pytest.Pyte
     result.assert_outcomes(passed=2)
     first = json.loads((tiny.path / "r.json").read_text())["items"][0]
     assert first["n"] == 10 and first["baseline"] == 0.8 and first["drop"] == 0.8
+
+
+# Class zero's logit is hidden unit 0 plus hidden unit 4: the evaluation data shows class
+# zero as input 0, the ranking split as input 4, so each split has a different top unit.
+TWO_PATHS = '''
+import torch
+from torch import nn
+
+class TwoPaths(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(5, 5)
+        with torch.no_grad():
+            self.hidden.weight.copy_(torch.eye(5)); self.hidden.bias.zero_()
+    def forward(self, h):
+        h = self.hidden(h)
+        return torch.stack([h[:, 0] + h[:, 4], h[:, 1], h[:, 2], h[:, 3] + 0.5], dim=1)
+
+def model():
+    return TwoPaths().eval()
+
+def _split(zero_input):
+    labels = torch.arange(4).repeat(10)
+    inputs = torch.eye(5)[torch.where(labels == 0, zero_input, labels)]
+    return [(inputs[i:i + 8], labels[i:i + 8]) for i in range(0, 40, 8)]
+
+def data():
+    return _split(0)
+
+def ranking():
+    return _split(4)
+'''
+
+
+@pytest.mark.parametrize(("ranking", "unit", "outcome"), [(False, 0, "passed"),
+                                                         (True, 4, "failed")])
+def test_top_units_rank_on_the_ranking_split_and_judge_on_the_data(
+        tiny: pytest.Pytester, ranking: bool, unit: int, outcome: str) -> None:
+    tiny.makepyfile(twopaths=TWO_PATHS)
+    head = HEAD.replace("tinymodel:", "twopaths:")
+    if ranking:
+        head += "ranking_data: twopaths:ranking\n"
+    spec(tiny, "checks:\n" + TOP_ZERO, head=head)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-report", "r.json")
+    result.assert_outcomes(**{outcome: 1})
+    (item,) = json.loads((tiny.path / "r.json").read_text())["items"]
+    assert item["deciding_units"] == [unit]
+    # judged on the evaluation data: the unit ranked on the held-out split carries nothing here
+    assert item["drop"] == (1.0 if unit == 0 else 0.0)

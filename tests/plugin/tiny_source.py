@@ -26,6 +26,16 @@ def spec(pytester: pytest.Pytester, body: str, name: str = "spec.yaml",
     return path
 
 
+#: The top unit for class zero must carry it.
+TOP_ZERO = """\
+  - layer: hidden
+    top_units:
+      k: 1
+      class: zero
+      expect:
+        zero: {min_drop: 90%}
+"""
+
 #: One check of every kind (named units, any_unit, every_unit, top_units) on the tiny model.
 ALL_ENGINES = """\
 checks:
@@ -41,13 +51,7 @@ checks:
     every_unit:
       expect:
         overall: {max_drop: 30%}
-  - layer: hidden
-    top_units:
-      k: 1
-      class: zero
-      expect:
-        zero: {min_drop: 90%}
-"""
+""" + TOP_ZERO
 
 
 TINY = '''
