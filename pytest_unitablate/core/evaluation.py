@@ -268,8 +268,8 @@ def evaluate(
     )
 
 
-def check_paired(baseline: EvalResult, other: EvalResult, what: str = "the ablated pass"
-                 ) -> None:
+def check_paired(baseline: EvalResult, other: EvalResult, what: str = "the ablated pass",
+                 reference: str | None = None) -> None:
     """Raise :class:`~pytest_unitablate.errors.UnpairedDataError` unless ``other`` saw the
     same examples in the same order as ``baseline``.
 
@@ -284,8 +284,10 @@ def check_paired(baseline: EvalResult, other: EvalResult, what: str = "the ablat
     detail = (f"{baseline.n} examples, then {other.n}" if baseline.n != other.n else
               "the labels come in another order" if not np.array_equal(
                   baseline.labels, other.labels) else "the inputs differ")
+    seen = "the baseline's examples in the baseline's order" if reference is None else \
+        f"the examples of {reference} in the same order"
     raise UnpairedDataError(
-        f"{what} did not see the baseline's examples in the baseline's order ({detail}): "
+        f"{what} did not see {seen} ({detail}): "
         f"the data changes between passes. Use a DataLoader with shuffle=False and no "
         f"random augmentation (or seed it: the plugin calls torch.manual_seed before "
         f"every pass), so that every pass replays the same examples")

@@ -55,6 +55,8 @@ def pytest_configure(config: pytest.Config) -> None:
         if not path.exists():
             raise pytest.UsageError(f"--unitablate-spec {spec}: no such file or directory")
         state.specs.append(path.resolve())
+    if settings.cache and getattr(config, "cache", None) is not None:
+        state.cache_dir = config.cache.mkdir("unitablate")
     _add_collection_roots(config, state.specs, root, settings.specs_from_cli)
 
 
@@ -219,7 +221,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
     state = config.stash.get(STATE_KEY, None)
     if state is None or state.is_worker or not state.records:
         return
-    from pytest_unitablate.plugin.report import format_table, sort_records, summary_line
+    from pytest_unitablate.plugin.report import (
+        engine_lines,
+        format_table,
+        sort_records,
+        summary_line,
+    )
 
     records = sort_records(state.records.values())
     mode = state.settings.summary
@@ -229,6 +236,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
     if mode == "table":
         terminalreporter.write_sep("=", "unitablate summary")
         terminalreporter.write_line(format_table(records))
+        for line in engine_lines(records):
+            terminalreporter.write_line(f"scan engine: {line}")
+        if state._runtime is not None and state._runtime.cache.enabled:
+            terminalreporter.write_line(state._runtime.cache.summary())
     if mode in ("line", "table"):
         terminalreporter.write_line(summary_line(records, state.report_path))
     for line in state.recorded or []:

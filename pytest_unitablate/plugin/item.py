@@ -40,6 +40,8 @@ from pytest_unitablate.verdicts.failure import (
 from pytest_unitablate.verdicts.layerwide import (
     LayerVerdict,
     class_drops,
+    damaging_first,
+    decided_early,
     judge_any_unit,
     judge_every_unit,
     rank_top_units,
@@ -79,7 +81,9 @@ class UnitAblateItem(pytest.Function):
         self.add_marker(pytest.mark.unitablate)
         if self.config.pluginmanager.hasplugin("xdist"):
             # registered by pytest-xdist; without it the mark would be an unknown marker
-            self.add_marker(pytest.mark.xdist_group(name=str(spec.path)))
+            # one group per (spec, layer): --dist loadgroup runs different layers' sweeps
+            # in parallel; the disk cache makes each evaluation once whatever the mode
+            self.add_marker(pytest.mark.xdist_group(name=f"{spec.path.name}:{key.check.layer}"))
         for mark in key.check.marks:
             self.add_marker(getattr(pytest.mark, mark.name)(*mark.args, **dict(mark.kwargs)))
         check, target = key.check, key.expectation.target
@@ -162,18 +166,34 @@ class UnitAblateItem(pytest.Function):
             m = Measurement.from_correct(base_correct, ablated.correct[mask], level=level,
                                          units=check.units)
         elif check.mode in ("any_unit", "every_unit"):
-            sweep = session.sweep(spec, check, request)
-            per_unit = [
-                Measurement.from_correct(base_correct, (sweep.predictions[i] == sweep.labels)
-                                         [mask], level=level, units=(u,))
-                for i, u in enumerate(sweep.units)
-            ]
+            def measure(sweep: Any) -> list[Measurement]:
+                return [Measurement.from_correct(
+                    base_correct, (sweep.predictions[i] == sweep.labels)[mask], level=level,
+                    units=(u,)) for i, u in enumerate(sweep.units)]
+
+            total = session.channels(spec, check, request)
+            if self._stops_early(state):
+                order, how = session.unit_order(spec, check, request, k,
+                                                damaging_first(constraint, check.mode))
+                sweep = session.sweep_in_order(
+                    spec, check, request, order, lambda sw: decided_early(
+                        constraint, measure(sw), mode=check.mode, at_least=check.at_least))
+            else:
+                sweep = session.sweep(spec, check, request)
+            per_unit = measure(sweep)
+            self._set_props({"engine": sweep.method, "engine_reason": sweep.reason or None,
+                             "units_evaluated": len(sweep.units), "units_total": total})
+            self._warn_engine(sweep)
+            if len(sweep.units) < total:
+                notes.append(f"stopped early: the outcome was decided after {len(sweep.units)}"
+                             f" of {total} units, tried in order of {how} (--unitablate-"
+                             f"full-sweeps evaluates them all)")
             if check.mode == "any_unit":
                 layer = judge_any_unit(constraint, per_unit, at_least=check.at_least,
                                        level=level)
             else:
                 layer = judge_every_unit(constraint, per_unit, level=level)
-            m, notes = layer.decider, list(layer.notes)
+            m, notes = layer.decider, list(layer.notes) + notes
         else:
             chosen, notes = self._top_units(session, request)
             ablated = session.ablated(spec, check, request, units=chosen)
@@ -183,6 +203,23 @@ class UnitAblateItem(pytest.Function):
             list(m.units) if check.mode == "top_units" else None)
         self._record_measurement(state, session, request, m, layer, deciding)
         self._judge(state, m, deciding, notes)
+
+    def _stops_early(self, state: PluginState) -> bool:
+        """Early stopping needs a threshold to decide against, and record mode needs every
+        unit (the bound it writes is the best or worst of all)."""
+        return (not state.settings.full_sweeps and state.record_mode == "none"
+                and self.key.constraint.threshold is not None)
+
+    def _warn_engine(self, sweep: Any) -> None:
+        """A sweep that fell back to the naive engine is slow: say so, once per layer."""
+        state = get_state(self.config)
+        layer = (str(self.spec.path), self.key.check.layer)
+        if "naive" in sweep.method and sweep.reason and layer not in state.engine_warned:
+            state.engine_warned.add(layer)
+            self.warn(UnitAblateWarning(
+                f"{self.spec.where(self.key.check.layer_line)}: the sweep of "
+                f"{self.key.check.layer} used the naive engine (one forward per unit): "
+                f"{sweep.reason}"))
 
     def _check_class(self, k: int, baseline: Any) -> None:
         spec, key = self.spec, self.key
@@ -211,6 +248,8 @@ class UnitAblateItem(pytest.Function):
         drops = class_drops(rank_base.correct[rmask],
                             ((sweep.predictions[i] == sweep.labels)[rmask]
                              for i in range(len(sweep.units))))
+        self._set_props({"engine": sweep.method, "engine_reason": sweep.reason or None})
+        self._warn_engine(sweep)
         chosen = rank_top_units(list(sweep.units), drops, check.top_units)
         name = spec.target_name(check.top_class)
         note = ranking_note(list(sweep.units), drops, check.top_units, name)

@@ -85,6 +85,16 @@ def add_options(parser: pytest.Parser) -> None:
            help="record mode never writes a min_* threshold at or below 0 (it could not "
            "fail); raise that floor, in percentage points (a relative threshold: percent). "
            "ini: unitablate_record_floor. Default: 0")
+    option("cache", "on-disk evaluation cache: on or off (default: on)", default=None,
+           choices=("on", "off"),
+           help="reuse baselines, ablations and sweeps across xdist workers and runs, from "
+           "pytest's cache directory (keyed by weights, data, ablation, versions; "
+           "--cache-clear empties it). ini: unitablate_cache. Default: on")
+    option("full-sweeps", "layer-wide checks always evaluate every unit (bool; default: "
+           "false)", "bool", action="store_const", const=True, default=None,
+           help="evaluate every unit of a layer-wide check, even when the first units "
+           "already decide it (the deciding unit is then the best or worst of all). "
+           "ini: unitablate_full_sweeps. Default: stop as soon as the outcome is decided")
     option("full-trace", "show internal tracebacks (bool; default: false)", "bool",
            action="store_const", const=True, default=None,
            help="show internal tracebacks instead of the short failure text. "
@@ -138,6 +148,8 @@ class Settings:
     record_level: float
     record_floor: float  # a fraction: 0.05 for 5 pp
     full_trace: bool
+    cache: bool = True
+    full_sweeps: bool = False
 
 
 def read_settings(config: pytest.Config) -> Settings:
@@ -161,6 +173,9 @@ def read_settings(config: pytest.Config) -> Settings:
     if not 0.5 <= level < 1.0:
         raise pytest.UsageError(
             f"--unitablate-record-confidence must be in [0.5, 1), got {level}")
+    cache = str(_value(config, "unitablate_cache") or "on")
+    if cache not in ("on", "off"):
+        raise pytest.UsageError(f"unitablate_cache must be on or off, got {cache!r}")
     report = _value(config, "unitablate_report")
     html = _value(config, "unitablate_html")
     return Settings(
@@ -172,6 +187,8 @@ def read_settings(config: pytest.Config) -> Settings:
         record_level=float(level),
         record_floor=_floor(_typed(config, "unitablate_record_floor", float, 0.0)),
         full_trace=bool(_typed(config, "unitablate_full_trace", bool, False)),
+        cache=cache == "on",
+        full_sweeps=bool(_typed(config, "unitablate_full_sweeps", bool, False)),
     )
 
 

@@ -29,7 +29,8 @@ PROP_PREFIX = "unitablate."
 FIELDS = (
     "id", "spec", "line", "layer", "units", "ablation", "target", "class_index", "n",
     "baseline", "ablated", "drop", "ci_low", "ci_high", "constraint", "threshold",
-    "outcome", "p_value", "deciding_units", "ranking_note",
+    "outcome", "p_value", "deciding_units", "ranking_note", "engine", "engine_reason",
+    "units_evaluated", "units_total",
 )
 
 
@@ -135,6 +136,22 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
               for row in rows]
     lines.append(TABLE_LEGEND)
     return "\n".join(lines)
+
+
+def engine_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per swept layer: the scan engine that ran, and why a faster one did not.
+
+    >>> engine_lines([{"spec": "s.yaml", "layer": "layer1", "engine": "naive",
+    ...                "engine_reason": "torch.fx cannot trace the model"}])
+    ['s.yaml layer1: naive (torch.fx cannot trace the model)']
+    """
+    seen: dict[tuple[str, str], str] = {}
+    for r in records:
+        if r.get("engine"):
+            reason = f" ({r['engine_reason']})" if r.get("engine_reason") else ""
+            where = (Path(str(r.get("spec", ""))).name, str(r.get("layer", "")))
+            seen.setdefault(where, f"{r['engine']}{reason}")
+    return [f"{spec} {layer}: {text}" for (spec, layer), text in seen.items()]
 
 
 def sort_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -17,12 +17,15 @@ Example (what an item does)::
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_unitablate.errors import UnitAblateError
+from pytest_unitablate.plugin.eval_cache import EvalCache
 from pytest_unitablate.spec.model import Check, Spec
 
 if TYPE_CHECKING:
@@ -44,16 +47,19 @@ class Sweep:
     predictions: Any  # np.ndarray (n_units, n_examples)
     labels: Any  # np.ndarray (n_examples,)
     baseline: Any = None  # EvalResult of the sweep's own pass (its fingerprint)
+    method: str = ""  # the scan engine that ran: closed_form, prefix or naive
+    reason: str = ""  # why a faster engine was refused
 
 
 class UnitAblateSession:
     """Caches shared by all items of a pytest session (one per xdist worker)."""
 
     def __init__(self, *, device: str = "cpu", seed: int | None = None,
-                 full_trace: bool = False) -> None:
+                 full_trace: bool = False, cache: EvalCache | None = None) -> None:
         self.device = device
         self.seed = seed
         self.full_trace = full_trace
+        self.cache = cache if cache is not None else EvalCache(None)
         self._objects: dict[Any, Any] = {}
         self._evals: dict[tuple[Any, ...], EvalResult] = {}
         self._means: dict[tuple[Any, ...], Any] = {}
@@ -142,12 +148,12 @@ class UnitAblateSession:
         return value
 
     def _paired(self, spec: Spec, baseline: EvalResult, other: EvalResult, what: str,
-                ranking: bool = False) -> None:
+                ranking: bool = False, reference: str | None = None) -> None:
         """A located error unless ``other`` saw the baseline's examples in its order."""
         from pytest_unitablate.core.evaluation import check_paired
 
         line = spec.ranking_data_line if ranking and spec.ranking_data else spec.data_line
-        self._guard(spec, line, lambda: check_paired(baseline, other, what))
+        self._guard(spec, line, lambda: check_paired(baseline, other, what, reference))
 
     # --- evaluations --------------------------------------------------------------------
 
@@ -162,10 +168,19 @@ class UnitAblateSession:
                   ) -> EvalResult:
         import torch
 
-        from pytest_unitablate.core.evaluation import evaluate, model_device
+        from pytest_unitablate.core.evaluation import evaluate
 
         if self.seed is not None:
             torch.manual_seed(self.seed)
+        self._check_model(model)
+        return evaluate(model, data, device=self.device, output=output)
+
+    def _check_model(self, model: nn.Module) -> None:
+        """The model must already be on the run's device; notes its dtype."""
+        import torch
+
+        from pytest_unitablate.core.evaluation import model_device
+
         if model_device(model) != torch.device(self.device):
             raise ItemProblem(
                 f"the model is on {model_device(model)} but --unitablate-device is "
@@ -174,7 +189,6 @@ class UnitAblateSession:
         if self.dtype is None:
             self.dtype = str(next(iter(model.parameters()), torch.empty(0)).dtype).replace(
                 "torch.", "")
-        return evaluate(model, data, device=self.device, output=output)
 
     def _located(self, spec: Spec, fn: Callable[[], Any], line: int = 0) -> Any:
         """Run an evaluation; put each kind of failure at the spec line that causes it.
@@ -211,8 +225,19 @@ class UnitAblateSession:
         data = self.data(spec, request, ranking)
         key = ("base", id(model), id(data))
         if key not in self._evals:
-            self._evals[key] = self._located(
-                spec, lambda: self._evaluate(model, data, spec.output))
+            identity = self.identity(spec, model, data)
+
+            def run() -> dict[str, Any]:
+                result: EvalResult = self._located(
+                    spec, lambda: self._evaluate(model, data, spec.output))
+                if identity["data"] and result.fingerprint != identity["data"]:
+                    self._paired(spec, _fingerprinted(identity["data"], result), result,
+                                 "the baseline pass", ranking,
+                                 reference="the pass that fingerprinted the data")
+                return _eval_arrays(result)
+
+            values = self.cache.get_or_compute({**identity, "what": "baseline"}, run)
+            self._evals[key] = _eval_result(values)
         return self._evals[key]
 
     def _ablation_arg(self, spec: Spec, check: Check) -> str | float:
@@ -220,12 +245,22 @@ class UnitAblateSession:
         return float(ab.value) if ab.kind == "constant" and ab.value is not None else ab.kind
 
     def _layer_means(self, spec: Spec, check: Check, model: nn.Module, data: Any) -> Any:
+        import torch
+
         from pytest_unitablate.core.ablation import channel_means
 
         key = (id(model), id(data), check.layer, spec.channel_dim)
         if key not in self._means:
-            self._means[key] = self._guard(spec, check.layer_line, lambda: channel_means(
-                model, data, [check.layer], channel_dim=spec.channel_dim, device=self.device))
+            def run() -> dict[str, Any]:
+                means = self._guard(spec, check.layer_line, lambda: channel_means(
+                    model, data, [check.layer], channel_dim=spec.channel_dim,
+                    device=self.device))
+                return {"means": means[check.layer].cpu().numpy()}
+
+            identity = self.identity(spec, model, data)
+            values = self.cache.get_or_compute(
+                {**identity, "what": "means", "layer": check.layer}, run)
+            self._means[key] = {check.layer: torch.from_numpy(values["means"])}
         return self._means[key]
 
     def ablated(self, spec: Spec, check: Check, request: pytest.FixtureRequest,
@@ -240,17 +275,25 @@ class UnitAblateSession:
         key = ("abl", id(model), id(data), check.layer, tuple(sorted(chosen)), arg,
                spec.channel_dim)
         if key not in self._evals:
-            means = self._layer_means(spec, check, model, data) if arg == "mean" else None
+            baseline = self.baseline(spec, request)
 
-            def run() -> EvalResult:
-                with ablate(model, {check.layer: list(chosen)}, ablation=arg, means=means,
-                            channel_dim=spec.channel_dim):
-                    return self._evaluate(model, data, spec.output)
+            def run() -> dict[str, Any]:
+                means = self._layer_means(spec, check, model, data) if arg == "mean" else None
 
-            result: EvalResult = self._located(spec, run, check.layer_line)
-            self._paired(spec, self.baseline(spec, request), result,
-                         f"the pass with {check.layer} units {list(chosen)} ablated")
-            self._evals[key] = result
+                def forward() -> EvalResult:
+                    with ablate(model, {check.layer: list(chosen)}, ablation=arg,
+                                means=means, channel_dim=spec.channel_dim):
+                        return self._evaluate(model, data, spec.output)
+
+                result: EvalResult = self._located(spec, forward, check.layer_line)
+                self._paired(spec, baseline, result,
+                             f"the pass with {check.layer} units {list(chosen)} ablated")
+                return _eval_arrays(result)
+
+            values = self.cache.get_or_compute(
+                {**self.identity(spec, model, data), "what": "ablated", "layer": check.layer,
+                 "units": sorted(chosen), "ablation": arg}, run)
+            self._evals[key] = _eval_result(values)
         return self._evals[key]
 
     def channels(self, spec: Spec, check: Check, request: pytest.FixtureRequest) -> int:
@@ -277,22 +320,41 @@ class UnitAblateSession:
         The data hash is the baseline pass's fingerprint (the same sha256
         ``core.data.data_fingerprint`` computes), so no extra pass over the data is made.
         """
-        import hashlib
-
         model = self.model(spec, request)
-        data = self.data(spec, request)
-        key = ("hash", id(model), id(data))
-        if key not in self._objects:
-            digest = hashlib.sha256()
-            for name, tensor in sorted(model.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
-            self._objects[key] = {
-                "data_sha256": self.baseline(spec, request).fingerprint[:16],
-                "weights_sha256": digest.hexdigest()[:16],
+        return {"data_sha256": self.baseline(spec, request).fingerprint[:16],
+                "weights_sha256": _weights_sha256(model)[:16]}
+
+    def identity(self, spec: Spec, model: nn.Module, data: Any) -> dict[str, Any]:
+        """What determines every evaluation of ``model`` on ``data``: the disk cache's key.
+
+        The weights and buffers (sha256 of the state dict), the structure (``repr``) and
+        the source files of the model's own module classes, a fingerprint of the data's
+        inputs and labels in order (one pass over the data, no model), the output key,
+        device, dtype, seed and the torch and package versions. Computed once per (model,
+        data) and only when the cache is on.
+        """
+        key = ("identity", id(model), id(data), spec.output, spec.channel_dim)
+        if key in self._objects:
+            result: dict[str, Any] = self._objects[key]
+            return result
+        self._check_model(model)
+        if not self.cache.enabled:
+            identity: dict[str, Any] = {"data": ""}
+        else:
+            import torch
+
+            from pytest_unitablate import __version__
+            from pytest_unitablate.core.data import data_fingerprint
+
+            fingerprint = self._located(spec, lambda: data_fingerprint(data))
+            identity = {
+                "weights": _weights_sha256(model), "model": _structure_sha256(model),
+                "data": fingerprint, "output": spec.output, "channel_dim": spec.channel_dim,
+                "device": self.device, "dtype": self.dtype, "seed": self.seed,
+                "torch": str(torch.__version__), "unitablate": __version__,
             }
-        result: dict[str, str] = self._objects[key]
-        return result
+        self._objects[key] = identity
+        return identity
 
     def check_units(self, spec: Spec, check: Check, request: pytest.FixtureRequest) -> None:
         """Located error for a unit outside the layer's channels, before evaluating."""
@@ -302,35 +364,195 @@ class UnitAblateSession:
         self._guard(spec, check.line, lambda: check_units(check.layer, check.units, channels))
 
     def sweep(self, spec: Spec, check: Check, request: pytest.FixtureRequest,
-              ranking: bool = False) -> Sweep:
-        """Every unit of the layer ablated alone (one evaluation per unit, cached)."""
+              ranking: bool = False, units: Sequence[int] | None = None) -> Sweep:
+        """Units of the layer (default: all) ablated alone, one prediction per example each.
+
+        The scan engine is :func:`pytest_unitablate.core.scan.scan`; the result names the
+        engine that ran and why a faster one was refused. Cached in memory and on disk.
+        """
         import numpy as np
 
         model = self.model(spec, request)
         data = self.data(spec, request, ranking)
         arg = self._ablation_arg(spec, check)
-        key = (id(model), id(data), check.layer, arg, spec.channel_dim)
+        chosen = tuple(range(self.channels(spec, check, request))) if units is None \
+            else tuple(units)
+        key = (id(model), id(data), check.layer, arg, spec.channel_dim, chosen)
         if key in self._sweeps:
             return self._sweeps[key]
-        channels = self.channels(spec, check, request)
-        units = tuple(range(channels))
-        means = self._layer_means(spec, check, model, data) if arg == "mean" else None
+        baseline = self.baseline(spec, request, ranking)
 
-        def run() -> Sweep:
-            import torch
+        def run() -> dict[str, Any]:
+            means = self._layer_means(spec, check, model, data) if arg == "mean" else None
 
-            from pytest_unitablate.core.scan import scan
+            def scan_layer() -> Any:
+                import torch
 
-            if self.seed is not None:
-                torch.manual_seed(self.seed)
-            result = scan(model, data, check.layer, units=units, ablation=arg,
-                          means=means, channel_dim=spec.channel_dim, device=self.device,
-                          output=spec.output)
-            return Sweep(units=units, predictions=np.asarray(result.predictions),
-                         labels=np.asarray(result.labels), baseline=result.baseline)
+                from pytest_unitablate.core.scan import scan
 
-        sweep: Sweep = self._located(spec, run, check.layer_line)
-        self._paired(spec, self.baseline(spec, request, ranking), sweep.baseline,
-                     f"the sweep of {check.layer}", ranking)
+                if self.seed is not None:
+                    torch.manual_seed(self.seed)
+                return scan(model, data, check.layer, units=chosen, ablation=arg,
+                            means=means, channel_dim=spec.channel_dim, device=self.device,
+                            output=spec.output)
+
+            result = self._located(spec, scan_layer, check.layer_line)
+            self._paired(spec, baseline, result.baseline, f"the sweep of {check.layer}",
+                         ranking)
+            return {"predictions": np.asarray(result.predictions), "method": result.method,
+                    "reason": result.reason}
+
+        values = self.cache.get_or_compute(
+            {**self.identity(spec, model, data), "what": "sweep", "layer": check.layer,
+             "units": list(chosen), "ablation": arg}, run)
+        sweep = Sweep(units=chosen, predictions=values["predictions"], labels=baseline.labels,
+                      baseline=baseline, method=str(values["method"]),
+                      reason=str(values["reason"]))
         self._sweeps[key] = sweep
         return sweep
+
+
+    def unit_order(self, spec: Spec, check: Check, request: pytest.FixtureRequest,
+                   target: int | None, damaging_first: bool) -> tuple[tuple[int, ...], str]:
+        """The layer's units, most (or least) damaging first by a first-order estimate on
+        the evaluation data, and how the order was made (cached in memory and on disk).
+
+        A model autograd cannot differentiate gets index order, said in the second value.
+        """
+        model = self.model(spec, request)
+        data = self.data(spec, request)
+        arg = self._ablation_arg(spec, check)
+        channels = self.channels(spec, check, request)
+        key = ("order", id(model), id(data), check.layer, arg, target)
+        if key not in self._objects:
+            def run() -> dict[str, Any]:
+                import numpy as np
+
+                from pytest_unitablate.core.unit_order import estimated_damage
+
+                means = self._layer_means(spec, check, model, data) if arg == "mean" else None
+                try:
+                    damage = estimated_damage(
+                        model, data, check.layer, target=target, ablation=arg, means=means,
+                        channel_dim=spec.channel_dim, device=self.device, output=spec.output)
+                    how = "a first-order estimate of each unit's damage"
+                except Exception as exc:  # not differentiable: index order, still exact
+                    damage = np.zeros(channels)
+                    how = f"unit index (no gradient estimate: {type(exc).__name__}: {exc})"
+                if len(damage) != channels:
+                    damage, how = np.zeros(channels), "unit index"
+                return {"damage": np.asarray(damage, dtype=np.float64), "how": how}
+
+            self._objects[key] = self.cache.get_or_compute(
+                {**self.identity(spec, model, data), "what": "order", "layer": check.layer,
+                 "ablation": arg, "target": target}, run)
+        values = self._objects[key]
+        damage = [float(d) for d in values["damage"]]
+        sign = -1.0 if damaging_first else 1.0
+        order = sorted(range(channels), key=lambda u: (sign * damage[u], u))
+        return tuple(order), str(values["how"])
+
+    def sweep_in_order(self, spec: Spec, check: Check, request: pytest.FixtureRequest,
+                       order: Sequence[int], decided: Callable[[Sweep], bool],
+                       first: int = 8) -> Sweep:
+        """Units ablated alone in ``order``, in chunks of doubling size (``first``, then
+        twice as many, ...), until ``decided`` says the outcome is fixed or every unit ran.
+
+        The result holds only the units evaluated, in ``order``. A full sweep already made
+        (in memory) is used as it is; so is the closed-form engine, which scans a whole
+        layer for the price of one pass.
+        """
+        model = self.model(spec, request)
+        data = self.data(spec, request)
+        full = (id(model), id(data), check.layer, self._ablation_arg(spec, check),
+                spec.channel_dim, tuple(range(self.channels(spec, check, request))))
+        if full in self._sweeps:
+            return self._sweeps[full]
+        parts: list[Sweep] = []
+        start, size = 0, first
+        while start < len(order):
+            part = self.sweep(spec, check, request, units=order[start:start + size])
+            if part.method == "closed_form" and start + size < len(order):
+                return self.sweep(spec, check, request)
+            parts.append(part)
+            merged = _merge(parts)
+            if decided(merged):
+                return merged
+            start, size = start + size, size * 2
+        return _merge(parts)
+
+
+def _merge(parts: Sequence[Sweep]) -> Sweep:
+    """Partial sweeps of one layer as one (units in evaluation order)."""
+    import numpy as np
+
+    if len(parts) == 1:
+        return parts[0]
+    methods = sorted({p.method for p in parts})
+    return Sweep(units=tuple(u for p in parts for u in p.units),
+                 predictions=np.concatenate([p.predictions for p in parts]),
+                 labels=parts[0].labels, baseline=parts[0].baseline,
+                 method="+".join(methods), reason=parts[-1].reason)
+
+
+def _eval_arrays(result: EvalResult) -> dict[str, Any]:
+    """An :class:`EvalResult` as cache values."""
+    return {"labels": result.labels, "predictions": result.predictions,
+            "num_classes": result.num_classes, "fingerprint": result.fingerprint}
+
+
+def _eval_result(values: dict[str, Any]) -> EvalResult:
+    from pytest_unitablate.core.evaluation import EvalResult
+
+    return EvalResult(labels=values["labels"], predictions=values["predictions"],
+                      num_classes=int(values["num_classes"]),
+                      fingerprint=str(values["fingerprint"]))
+
+
+def _fingerprinted(fingerprint: str, like: EvalResult) -> EvalResult:
+    """A stand-in result with ``fingerprint`` (for the pairing message)."""
+    from dataclasses import replace
+
+    return replace(like, fingerprint=fingerprint)
+
+
+def _weights_sha256(model: nn.Module) -> str:
+    """sha256 over the names and values of every parameter and buffer."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        value = tensor.detach().cpu().contiguous()
+        if value.dtype == torch.bfloat16:  # numpy has no bfloat16: hash the raw bits
+            value = value.view(torch.int16)
+        elif value.is_quantized:
+            value = value.int_repr()
+        digest.update(value.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _structure_sha256(model: nn.Module) -> str:
+    """sha256 of the model's ``repr`` and of the source files of its own module classes
+    (classes outside torch): editing a ``forward`` changes it, so does a new stride."""
+    import hashlib
+    import inspect
+
+    digest = hashlib.sha256(repr(model).encode())
+    files = set()
+    for module in model.modules():
+        cls = type(module)
+        if not cls.__module__.startswith("torch."):
+            try:
+                files.add(inspect.getsourcefile(cls) or "")
+            except TypeError:  # a class defined in the interpreter: no file
+                files.add("")
+    for path in sorted(files):
+        digest.update(path.encode())
+        if path:
+            with contextlib.suppress(OSError):
+                digest.update(Path(path).read_bytes())
+    return digest.hexdigest()

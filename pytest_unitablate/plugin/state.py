@@ -11,6 +11,7 @@ Example (inside a hook or an item)::
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ class PluginState:
     collected_specs: set[Path] = field(default_factory=set)
     recorded: list[str] | None = None
     provenance_checked: set[str] = field(default_factory=set)
+    #: where the evaluation cache lives (None: off, or no pytest cache provider)
+    cache_dir: Path | None = None
+    engine_warned: set[tuple[str, str]] = field(default_factory=set)
     _runtime: UnitAblateSession | None = None
 
     @property
@@ -65,11 +69,15 @@ class PluginState:
     def runtime(self) -> UnitAblateSession:
         """The per-process evaluation cache (imports torch on first use)."""
         if self._runtime is None:
+            from pytest_unitablate.plugin.eval_cache import EvalCache
             from pytest_unitablate.plugin.session import UnitAblateSession
 
+            if self.is_worker:
+                share_threads()
             self._runtime = UnitAblateSession(device=self.settings.device,
                                               seed=self.settings.seed,
-                                              full_trace=self.settings.full_trace)
+                                              full_trace=self.settings.full_trace,
+                                              cache=EvalCache(self.cache_dir))
         return self._runtime
 
     def rerun_command(self, mode: str) -> str:
@@ -77,6 +85,27 @@ class PluginState:
         record mode it had: it reproduces the run (same options, same model and data), so
         the thresholds are measured where they failed."""
         return rerun_command(self.invocation_args, mode)
+
+
+def share_threads() -> int | None:
+    """On an xdist worker, give torch its share of the CPUs: ``cpus // workers`` threads.
+
+    torch sizes its intra-op pool for the whole machine in every process, so ``-n 2`` on
+    two cores ran four busy threads on two cores, slower than one process. An explicit
+    ``OMP_NUM_THREADS`` is left alone. Returns the thread count set (``None``: untouched).
+    """
+    if "OMP_NUM_THREADS" in os.environ:
+        return None
+    import torch
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1))
+    threads = max(1, cpus // workers)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def rerun_command(args: Sequence[str], mode: str) -> str:

@@ -110,6 +110,49 @@ def judge_every_unit(constraint: Constraint, per_unit: Sequence[Measurement], *,
                         notes=notes)
 
 
+def decided_early(constraint: Constraint, per_unit: Sequence[Measurement], *, mode: str,
+                  at_least: int = 1) -> bool:
+    """Whether the units measured so far fix the outcome, whatever the others would do.
+
+    ``any_unit`` is decided (it passes) once ``at_least`` units meet the constraint;
+    ``every_unit`` (it fails) at the first unit that misses it. Nothing else can be decided
+    before every unit is measured; neither can a constraint without a threshold.
+
+    >>> from pytest_unitablate.spec.model import Constraint
+    >>> base = [True] * 10
+    >>> hit = Measurement.from_correct(base, [False] * 10, units=(3,))
+    >>> decided_early(Constraint("min_drop", 0.5), [hit], mode="any_unit")
+    True
+    >>> decided_early(Constraint("min_drop", 0.5), [hit], mode="any_unit", at_least=2)
+    False
+    >>> decided_early(Constraint("max_drop", 0.5), [hit], mode="every_unit")
+    True
+    """
+    if constraint.threshold is None or not per_unit:
+        return False
+    passing = sum(judge(constraint, m).passed for m in per_unit)
+    if mode == "any_unit":
+        return passing >= at_least
+    if mode == "every_unit":
+        return passing < len(per_unit)
+    raise ValueError(f"no early decision for mode {mode!r}")
+
+
+def damaging_first(constraint: Constraint, mode: str) -> bool:
+    """Which end of the estimated-damage order decides early: the most damaging units
+    first when a passing ``any_unit`` needs big drops (``min_*``) or a failing
+    ``every_unit`` is a big drop (``max_*``); the least damaging first otherwise.
+
+    >>> from pytest_unitablate.spec.model import Constraint
+    >>> damaging_first(Constraint("min_drop", 0.2), "any_unit")
+    True
+    >>> damaging_first(Constraint("min_drop", 0.2), "every_unit")
+    False
+    """
+    wants_big = constraint.kind.startswith("min")
+    return wants_big if mode == "any_unit" else not wants_big
+
+
 def class_drops(baseline: Sequence[object], per_unit: Iterable[Sequence[object]]
                 ) -> list[float]:
     """Accuracy drop of one class for each unit, from per-example correctness.
@@ -168,5 +211,5 @@ def ranking_note(units: Sequence[int], drops: Sequence[float], k: int, target: s
     return None
 
 
-__all__ = ["LayerVerdict", "class_drops", "judge_any_unit", "judge_every_unit",
-           "rank_top_units", "ranking_note"]
+__all__ = ["LayerVerdict", "class_drops", "damaging_first", "decided_early",
+           "judge_any_unit", "judge_every_unit", "rank_top_units", "ranking_note"]

@@ -188,7 +188,8 @@ def test_json_report_and_junit_properties(tiny: pytest.Pytester) -> None:
     assert list(first) == ["id", "spec", "line", "layer", "units", "ablation", "target",
                            "class_index", "n", "baseline", "ablated", "drop", "ci_low",
                            "ci_high", "constraint", "threshold", "outcome", "p_value",
-                           "deciding_units", "ranking_note"]
+                           "deciding_units", "ranking_note", "engine", "engine_reason",
+                           "units_evaluated", "units_total"]
     assert first["id"] == "hidden-u1-one-min_drop" and first["line"] == 9
     assert first["units"] == [1] and first["class_index"] == 1 and first["n"] == 10
     assert first["baseline"] == 1.0 and first["ablated"] == 0.0 and first["drop"] == 1.0

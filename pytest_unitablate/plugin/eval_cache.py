@@ -1,0 +1,140 @@
+"""The on-disk evaluation cache shared by xdist workers and by later runs (torch-free).
+
+Baselines, ablated passes, layer sweeps and channel means are numpy arrays; each entry is
+one ``.npz`` file under pytest's cache directory (``.pytest_cache/d/unitablate``), named
+by the sha256 of its key. The key is everything that determines the arrays (the session
+builds it: weights and buffers, the model's structure and source, a fingerprint of the
+data's inputs and labels, the ablation, the layer and units, device, dtype, seed, torch
+and package versions), and the file stores the key itself, so an entry is only used for
+the exact key that wrote it.
+
+Concurrency: a reader tries the entry without a lock; on a miss it takes the entry's
+``filelock.FileLock`` and looks again before computing, so two xdist workers that need the
+same sweep compute it once (the second waits, then reads). Writes go through a temporary
+file and ``os.replace``. A corrupt, truncated or foreign entry is recomputed and replaced,
+never trusted. ``--cache-clear`` empties the directory before the run (pytest does it);
+``--unitablate-cache=off`` (ini ``unitablate_cache``) or ``-p no:cacheprovider`` turn the
+cache off.
+
+Example::
+
+    >>> import tempfile, pathlib, numpy as np
+    >>> cache = EvalCache(pathlib.Path(tempfile.mkdtemp()))
+    >>> calls = []
+    >>> def compute():
+    ...     calls.append(1)
+    ...     return {"predictions": np.arange(3)}
+    >>> cache.get_or_compute({"what": "baseline", "weights": "ab12"}, compute)["predictions"]
+    array([0, 1, 2])
+    >>> cache.get_or_compute({"what": "baseline", "weights": "ab12"}, compute)["predictions"]
+    array([0, 1, 2])
+    >>> len(calls), cache.stats
+    (1, {'hit': 1, 'computed': 1, 'recomputed': 0})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+FORMAT = 1
+_META = "__unitablate_key__"
+
+
+def entry_name(key: Mapping[str, Any]) -> str:
+    """The file stem of ``key``: the sha256 of its canonical JSON."""
+    return hashlib.sha256(_canonical(key).encode()).hexdigest()
+
+
+def _canonical(key: Mapping[str, Any]) -> str:
+    return json.dumps({"format": FORMAT, **key}, sort_keys=True, separators=(",", ":"))
+
+
+class EvalCache:
+    """Entries of numpy arrays under ``root`` (``None``: no cache, everything computed)."""
+
+    def __init__(self, root: Path | None, *, lock_timeout: float = 3600.0) -> None:
+        self.root = root
+        self.lock_timeout = lock_timeout
+        self.stats = {"hit": 0, "computed": 0, "recomputed": 0}
+
+    @property
+    def enabled(self) -> bool:
+        return self.root is not None
+
+    def get_or_compute(self, key: Mapping[str, Any],
+                       compute: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
+        """The arrays stored for ``key``, computing (and storing) them on a miss.
+
+        ``compute`` returns numpy arrays or plain scalars and strings (stored as 0-d
+        arrays and given back as Python values).
+        """
+        if self.root is None:
+            return dict(compute())
+        from filelock import FileLock
+
+        path = self.root / f"{entry_name(key)}.npz"
+        found, stale = self._load(path, key)
+        if found is not None:
+            self.stats["hit"] += 1
+            return found
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock", timeout=self.lock_timeout):
+            found, stale_now = self._load(path, key)  # another worker may have written it
+            if found is not None:
+                self.stats["hit"] += 1
+                return found
+            values = dict(compute())
+            self._store(path, key, values)
+        self.stats["recomputed" if (stale or stale_now) else "computed"] += 1
+        return values
+
+    def _load(self, path: Path, key: Mapping[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+        """(the entry's values, or None; whether a file was there but unusable)."""
+        import numpy as np
+
+        if not path.exists():
+            return None, False
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                if _META not in npz.files or str(npz[_META]) != _canonical(key):
+                    return None, True  # foreign: another key hashed here, or another format
+                return {name: _plain(npz[name]) for name in npz.files if name != _META}, False
+        except Exception:  # truncated, corrupt, not a zip: recompute
+            return None, True
+
+    def _store(self, path: Path, key: Mapping[str, Any], values: Mapping[str, Any]) -> None:
+        import numpy as np
+
+        buffer = io.BytesIO()
+        arrays: dict[str, Any] = {name: np.asarray(value) for name, value in values.items()}
+        arrays[_META] = np.asarray(_canonical(key))
+        np.savez(buffer, **arrays)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(buffer.getvalue())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def summary(self) -> str:
+        s = self.stats
+        return (f"unitablate cache: {s['hit']} reused, {s['computed']} computed"
+                + (f", {s['recomputed']} unusable entries recomputed" if s["recomputed"]
+                   else "") + f" ({self.root})")
+
+
+def _plain(array: Any) -> Any:
+    """0-d arrays back to Python scalars and strings; other arrays as they are."""
+    return array.item() if array.ndim == 0 else array
+
+
+__all__ = ["EvalCache", "entry_name"]
