@@ -1,0 +1,94 @@
+"""The first-order damage estimate that orders layer-wide checks: its arithmetic against a
+finite difference, and the models it must not trip over or change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pytest_unitablate.core.unit_order import estimated_damage
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 5, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)  # in place, right after the layer
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def _logp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, unit: int, eps: float,
+          repl: float) -> float:
+    """Summed true-class log-probability with unit's channel moved eps of the way to repl."""
+    def hook(m: nn.Module, a: Any, o: torch.Tensor) -> torch.Tensor:
+        o = o.clone()
+        o[:, unit] = o[:, unit] + eps * (repl - o[:, unit])
+        return o
+
+    handle = model.conv.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            logp = torch.log_softmax(model(x), dim=1)
+    finally:
+        handle.remove()
+    return float(logp.gather(1, y[:, None]).sum())
+
+
+@pytest.mark.parametrize(("ablation", "target"), [("zero", None), (0.5, 1), ("zero", 2)])
+def test_the_estimate_is_the_directional_derivative(ablation: Any, target: int | None) -> None:
+    torch.manual_seed(0)
+    model = Net().double().eval()
+    x = torch.randn(12, 1, 4, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (12,))
+    damage = estimated_damage(model, (x, y), "conv", target=target, ablation=ablation,
+                              batch_size=5)
+    keep = torch.ones(12, dtype=torch.bool) if target is None else y == target
+    repl = 0.0 if ablation == "zero" else float(ablation)
+    eps = 1e-6
+    for unit in range(5):
+        base = _logp(model, x[keep], y[keep], unit, 0.0, repl)
+        moved = _logp(model, x[keep], y[keep], unit, eps, repl)
+        assert damage[unit] == pytest.approx(-(moved - base) / eps, rel=1e-3, abs=1e-6)
+
+
+def test_frozen_tuple_output_models_are_left_as_they_were() -> None:
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            h = self.conv(x)
+            return h, h.detach()
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pair = Pair()
+            self.drop = nn.Dropout(0.5)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h, _ = self.pair(x)
+            return self.fc(self.drop(h.mean(dim=(2, 3))))
+
+    torch.manual_seed(0)
+    model = Model().train()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    data = (torch.randn(6, 1, 5, 5), torch.tensor([0, 1, 0, 1, 0, 1]))
+    damage = estimated_damage(model, data, "pair")
+    assert damage.shape == (4,) and np.isfinite(damage).all() and np.abs(damage).sum() > 0
+    assert model.training and not any(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(not m._forward_hooks for m in model.modules())
+    # a class with no examples: nothing to estimate
+    assert estimated_damage(model, data, "pair", target=7).shape == (0,)

@@ -1,0 +1,94 @@
+"""The on-disk evaluation cache: reuse, never trusting a bad entry, one computation across
+processes (the xdist case), and off meaning off."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pytest_unitablate.plugin.eval_cache import EvalCache, entry_name
+
+KEY = {"what": "sweep", "layer": "layer3", "weights": "w1", "data": "d1"}
+
+
+def _values() -> dict[str, Any]:
+    return {"predictions": np.arange(12).reshape(3, 4), "method": "prefix", "n": 3}
+
+
+def test_an_entry_is_reused_with_its_types(tmp_path: Path) -> None:
+    cache = EvalCache(tmp_path)
+    first = cache.get_or_compute(KEY, _values)
+    again = cache.get_or_compute(KEY, lambda: (_ for _ in ()).throw(AssertionError("ran")))
+    assert np.array_equal(again["predictions"], first["predictions"])
+    assert again["method"] == "prefix" and again["n"] == 3 and isinstance(again["n"], int)
+    assert cache.stats == {"hit": 1, "computed": 1, "recomputed": 0}
+
+
+def test_every_key_field_separates_entries(tmp_path: Path) -> None:
+    cache = EvalCache(tmp_path)
+    cache.get_or_compute(KEY, _values)
+    for field in KEY:
+        other = {**KEY, field: KEY[field] + "x"}
+        assert entry_name(other) != entry_name(KEY)
+        cache.get_or_compute(other, _values)
+    assert cache.stats["computed"] == 1 + len(KEY)
+
+
+def test_a_corrupt_or_truncated_entry_is_recomputed(tmp_path: Path) -> None:
+    cache = EvalCache(tmp_path)
+    cache.get_or_compute(KEY, _values)
+    path = tmp_path / f"{entry_name(KEY)}.npz"
+    for damage in (b"not a zip file", path.read_bytes()[:40]):
+        path.write_bytes(damage)
+        values = cache.get_or_compute(KEY, _values)
+        assert np.array_equal(values["predictions"], _values()["predictions"])
+    assert cache.stats["recomputed"] == 2
+    assert EvalCache(tmp_path).get_or_compute(KEY, _values)["method"] == "prefix"
+
+
+def test_a_foreign_entry_under_the_name_is_not_trusted(tmp_path: Path) -> None:
+    """A file at the key's name written for another key (or an older format)."""
+    cache = EvalCache(tmp_path)
+    other = {**KEY, "layer": "layer4"}
+    cache.get_or_compute(other, lambda: {"predictions": np.zeros((3, 4)), "method": "naive"})
+    (tmp_path / f"{entry_name(other)}.npz").rename(tmp_path / f"{entry_name(KEY)}.npz")
+    values = cache.get_or_compute(KEY, _values)
+    assert values["method"] == "prefix" and cache.stats["recomputed"] == 1
+
+
+def test_off_computes_every_time_and_writes_nothing(tmp_path: Path) -> None:
+    cache = EvalCache(None)
+    calls = []
+    for _ in range(2):
+        cache.get_or_compute(KEY, lambda: calls.append(1) or _values())
+    assert len(calls) == 2 and not cache.enabled and not list(tmp_path.iterdir())
+
+
+def _worker(root: str, log: str, out: Any) -> None:
+    def compute() -> dict[str, Any]:
+        with open(log, "a") as fh:
+            fh.write("computed\n")
+        time.sleep(0.5)  # long enough for the other process to arrive and wait
+        return _values()
+
+    values = EvalCache(Path(root)).get_or_compute(KEY, compute)
+    out.put(values["predictions"].tolist())
+
+
+def test_two_processes_needing_one_entry_compute_it_once(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    log = tmp_path / "log.txt"
+    procs = [ctx.Process(target=_worker, args=(str(tmp_path / "c"), str(log), out))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert log.read_text().count("computed") == 1
+    assert results[0] == results[1] == _values()["predictions"].tolist()
