@@ -13,6 +13,7 @@ from tiny_source import spec
 # The tiny model whose hidden units 1 and 2 swap roles when swap.txt says so (new weights,
 # same code): unit 1 then carries class two, and "unit 1 carries class one" must fail.
 SWAPPABLE = '''
+from pathlib import Path
 import torch
 import tinymodel
 
