@@ -75,9 +75,21 @@ class EvalCache:
         ``compute`` returns numpy arrays or plain scalars and strings (stored as 0-d
         arrays and given back as Python values).
         """
+        values = self._get_or_compute(key, compute, wait=True)
+        assert values is not None
+        return values
+
+    def try_get_or_compute(self, key: Mapping[str, Any],
+                           compute: Callable[[], Mapping[str, Any]]) -> dict[str, Any] | None:
+        """As :meth:`get_or_compute`, but ``None`` at once when another process holds the
+        entry's lock (it is computing it): the caller can do other work and come back."""
+        return self._get_or_compute(key, compute, wait=False)
+
+    def _get_or_compute(self, key: Mapping[str, Any], compute: Callable[[], Mapping[str, Any]],
+                        wait: bool) -> dict[str, Any] | None:
         if self.root is None:
             return dict(compute())
-        from filelock import FileLock
+        from filelock import FileLock, Timeout
 
         path = self.root / f"{entry_name(key)}.npz"
         found, stale = self._load(path, key)
@@ -85,13 +97,22 @@ class EvalCache:
             self.stats["hit"] += 1
             return found
         self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock", timeout=self.lock_timeout):
+        lock = FileLock(str(path) + ".lock", timeout=self.lock_timeout if wait else 0)
+        try:
+            lock.acquire()
+        except Timeout:
+            if wait:
+                raise
+            return None
+        try:
             found, stale_now = self._load(path, key)  # another worker may have written it
             if found is not None:
                 self.stats["hit"] += 1
                 return found
             values = dict(compute())
             self._store(path, key, values)
+        finally:
+            lock.release()
         self.stats["recomputed" if (stale or stale_now) else "computed"] += 1
         return values
 

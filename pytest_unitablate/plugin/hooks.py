@@ -149,6 +149,31 @@ class _RecordCollector:
                 self.state.records[report.nodeid] = record
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On xdist workers, interleave spec items by (spec, layer), so neighbouring items (which
+    xdist hands to different workers) sweep different layers; serial order is untouched.
+
+    Every worker computes the same order (it depends on the collection alone), as xdist
+    requires. Non-spec items keep their places.
+    """
+    state = config.stash.get(STATE_KEY, None)
+    if state is None or not state.is_worker or not state.specs:
+        return
+    from pytest_unitablate.plugin.item import UnitAblateItem
+
+    slots = [i for i, item in enumerate(items) if isinstance(item, UnitAblateItem)]
+    groups: dict[tuple[str, str], list[pytest.Item]] = {}
+    for i in slots:
+        item = items[i]
+        assert isinstance(item, UnitAblateItem)
+        groups.setdefault((str(item.spec.path), item.key.check.layer), []).append(item)
+    order = [group[k] for k in range(max(map(len, groups.values()), default=0))
+             for group in groups.values() if k < len(group)]
+    for i, item in zip(slots, order, strict=True):
+        items[i] = item
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                               ) -> Generator[None, pytest.TestReport, pytest.TestReport]:

@@ -55,8 +55,12 @@ class UnitAblateSession:
     """Caches shared by all items of a pytest session (one per xdist worker)."""
 
     def __init__(self, *, device: str = "cpu", seed: int | None = None,
-                 full_trace: bool = False, cache: EvalCache | None = None) -> None:
+                 full_trace: bool = False, cache: EvalCache | None = None,
+                 worker: tuple[int, int] = (0, 1)) -> None:
         self.device = device
+        #: (this xdist worker's index, number of workers): workers that need the same sweep
+        #: split it into pieces and each takes the pieces no other worker holds
+        self.worker = worker
         self.seed = seed
         self.full_trace = full_trace
         self.cache = cache if cache is not None else EvalCache(None)
@@ -381,36 +385,62 @@ class UnitAblateSession:
         if key in self._sweeps:
             return self._sweeps[key]
         baseline = self.baseline(spec, request, ranking)
+        identity = self.identity(spec, model, data)
 
-        def run() -> dict[str, Any]:
-            means = self._layer_means(spec, check, model, data) if arg == "mean" else None
+        def piece(units: tuple[int, ...]) -> tuple[dict[str, Any], Callable[[], Any]]:
+            def run() -> dict[str, Any]:
+                means = self._layer_means(spec, check, model, data) if arg == "mean" \
+                    else None
 
-            def scan_layer() -> Any:
-                import torch
+                def scan_layer() -> Any:
+                    import torch
 
-                from pytest_unitablate.core.scan import scan
+                    from pytest_unitablate.core.scan import scan
 
-                if self.seed is not None:
-                    torch.manual_seed(self.seed)
-                return scan(model, data, check.layer, units=chosen, ablation=arg,
-                            means=means, channel_dim=spec.channel_dim, device=self.device,
-                            output=spec.output)
+                    if self.seed is not None:
+                        torch.manual_seed(self.seed)
+                    return scan(model, data, check.layer, units=units, ablation=arg,
+                                means=means, channel_dim=spec.channel_dim,
+                                device=self.device, output=spec.output)
 
-            result = self._located(spec, scan_layer, check.layer_line)
-            self._paired(spec, baseline, result.baseline, f"the sweep of {check.layer}",
-                         ranking)
-            return {"predictions": np.asarray(result.predictions), "method": result.method,
-                    "reason": result.reason}
+                result = self._located(spec, scan_layer, check.layer_line)
+                self._paired(spec, baseline, result.baseline, f"the sweep of {check.layer}",
+                             ranking)
+                return {"predictions": np.asarray(result.predictions),
+                        "method": result.method, "reason": result.reason}
 
-        values = self.cache.get_or_compute(
-            {**self.identity(spec, model, data), "what": "sweep", "layer": check.layer,
-             "units": list(chosen), "ablation": arg}, run)
-        sweep = Sweep(units=chosen, predictions=values["predictions"], labels=baseline.labels,
-                      baseline=baseline, method=str(values["method"]),
-                      reason=str(values["reason"]))
+            key = {**identity, "what": "sweep", "layer": check.layer, "units": list(units),
+                   "ablation": arg}
+            return key, run
+
+        pieces = self._pieces(chosen)
+        found: dict[int, dict[str, Any]] = {}
+        if len(pieces) > 1:  # first the pieces no other worker is computing
+            first = self.worker[0] * len(pieces) // self.worker[1]
+            for i in [*range(first, len(pieces)), *range(first)]:
+                values = self.cache.try_get_or_compute(*piece(pieces[i]))
+                if values is not None:
+                    found[i] = values
+        for i, units_i in enumerate(pieces):  # then wait for the others' pieces
+            if i not in found:
+                found[i] = self.cache.get_or_compute(*piece(units_i))
+        parts = [found[i] for i in range(len(pieces))]
+        methods = sorted({str(v["method"]) for v in parts})
+        sweep = Sweep(units=chosen,
+                      predictions=np.concatenate([v["predictions"] for v in parts]),
+                      labels=baseline.labels, baseline=baseline, method="+".join(methods),
+                      reason=str(parts[0]["reason"]))
         self._sweeps[key] = sweep
         return sweep
 
+    def _pieces(self, units: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """``units`` cut for sharing between xdist workers: one piece when alone (or with
+        the cache off), else pieces of at least 8 units, about two per worker."""
+        workers = self.worker[1]
+        if workers <= 1 or not self.cache.enabled or len(units) <= 8:
+            return [units]
+        size = max(8, -(-len(units) // (2 * workers)))
+        return [units[i:i + size] for i in range(0, len(units), size)]
 
     def unit_order(self, spec: Spec, check: Check, request: pytest.FixtureRequest,
                    target: int | None, damaging_first: bool) -> tuple[tuple[int, ...], str]:

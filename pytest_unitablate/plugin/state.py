@@ -72,12 +72,15 @@ class PluginState:
             from pytest_unitablate.plugin.eval_cache import EvalCache
             from pytest_unitablate.plugin.session import UnitAblateSession
 
+            worker = (0, 1)
             if self.is_worker:
                 share_threads()
+                worker = xdist_worker()
             self._runtime = UnitAblateSession(device=self.settings.device,
                                               seed=self.settings.seed,
                                               full_trace=self.settings.full_trace,
-                                              cache=EvalCache(self.cache_dir))
+                                              cache=EvalCache(self.cache_dir),
+                                              worker=worker)
         return self._runtime
 
     def rerun_command(self, mode: str) -> str:
@@ -106,6 +109,21 @@ def share_threads() -> int | None:
     threads = max(1, cpus // workers)
     torch.set_num_threads(threads)
     return threads
+
+
+def xdist_worker() -> tuple[int, int]:
+    """(index, count) of this xdist worker, from the variables xdist sets (``gw1`` -> 1).
+
+    >>> import os; os.environ.update(PYTEST_XDIST_WORKER="gw1", PYTEST_XDIST_WORKER_COUNT="2")
+    >>> xdist_worker()
+    (1, 2)
+    >>> for v in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT"): del os.environ[v]
+    """
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")
+    index = int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0
+    workers = max(1, int(count) if count.isdigit() else 1)
+    return index % workers, workers
 
 
 def rerun_command(args: Sequence[str], mode: str) -> str:

@@ -102,3 +102,23 @@ def test_record_mode_sweeps_every_unit(tiny: pytest.Pytester) -> None:
                    "--unitablate-record-mode=all")
     items = json.loads((tiny.path / "r.json").read_text())["items"]
     assert {i["units_evaluated"] for i in items} == {32}
+
+
+@pytest.mark.slow
+@pytest.mark.requires_xdist
+@pytest.mark.parametrize("sweeps", [(), ("--unitablate-full-sweeps",)])
+def test_workers_sharing_sweeps_in_pieces_report_what_serial_does(
+        tiny: pytest.Pytester, sweeps: tuple[str, ...]) -> None:
+    """Two workers need the same 32-unit sweep: they split it into pieces of 8."""
+    tiny.makepyfile(wide=WIDE)
+    spec(tiny, BODY, head=HEAD)
+    runs = {}
+    for name, extra in (("serial", ()), ("xdist", ("-n", "2", "--cache-clear"))):
+        result = tiny.runpytest_subprocess("--unitablate-spec", "spec.yaml", "-p",
+                                           "no:randomly", "--unitablate-report",
+                                           f"{name}.json", *sweeps, *extra)
+        result.assert_outcomes(passed=2, failed=2)
+        runs[name] = json.loads((tiny.path / f"{name}.json").read_text())["items"]
+    assert runs["serial"] == runs["xdist"]
+    pieces = list((tiny.path / ".pytest_cache" / "d" / "unitablate").glob("*.npz"))
+    assert pieces
