@@ -488,28 +488,40 @@ class UnitAblateSession:
         """Units ablated alone in ``order``, in chunks of doubling size (``first``, then
         twice as many, ...), until ``decided`` says the outcome is fixed or every unit ran.
 
-        The result holds only the units evaluated, in ``order``. A full sweep already made
-        (in memory) is used as it is; so is the closed-form engine, which scans a whole
-        layer for the price of one pass.
+        The result holds only the units evaluated, in ``order``, and does not depend on
+        what ran before: a full sweep already made is read chunk by chunk, so the stopping
+        point and the deciding unit are the same in a serial run, under xdist and in any
+        item order. With the closed-form engine the whole layer is swept at once (one pass).
         """
         model = self.model(spec, request)
         data = self.data(spec, request)
         full = (id(model), id(data), check.layer, self._ablation_arg(spec, check),
                 spec.channel_dim, tuple(range(self.channels(spec, check, request))))
-        if full in self._sweeps:
-            return self._sweeps[full]
         parts: list[Sweep] = []
         start, size = 0, first
         while start < len(order):
-            part = self.sweep(spec, check, request, units=order[start:start + size])
-            if part.method == "closed_form" and start + size < len(order):
-                return self.sweep(spec, check, request)
+            chunk = tuple(order[start:start + size])
+            if full in self._sweeps:  # already swept: read the chunk out of it
+                part = _select(self._sweeps[full], chunk)
+            else:
+                part = self.sweep(spec, check, request, units=chunk)
+                if part.method == "closed_form" and start + size < len(order):
+                    self.sweep(spec, check, request)  # the whole layer costs one pass
+                    part = _select(self._sweeps[full], chunk)
             parts.append(part)
             merged = _merge(parts)
             if decided(merged):
                 return merged
             start, size = start + size, size * 2
         return _merge(parts)
+
+
+def _select(sweep: Sweep, units: Sequence[int]) -> Sweep:
+    """The rows of ``sweep`` for ``units`` (each unit alone), in that order."""
+    rows = [sweep.units.index(u) for u in units]
+    return Sweep(units=tuple(units), predictions=sweep.predictions[rows],
+                 labels=sweep.labels, baseline=sweep.baseline, method=sweep.method,
+                 reason=sweep.reason)
 
 
 def _merge(parts: Sequence[Sweep]) -> Sweep:

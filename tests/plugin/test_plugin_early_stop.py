@@ -122,3 +122,18 @@ def test_workers_sharing_sweeps_in_pieces_report_what_serial_does(
     assert runs["serial"] == runs["xdist"]
     pieces = list((tiny.path / ".pytest_cache" / "d" / "unitablate").glob("*.npz"))
     assert pieces
+
+
+def test_where_a_check_stops_does_not_depend_on_what_ran_before(tiny: pytest.Pytester) -> None:
+    """A top_units check sweeps the whole layer first; the any_unit item after it still
+    stops where it stops alone (the JSON report is the same in any item order)."""
+    tiny.makepyfile(wide=WIDE)
+    top_first = ("checks:\n  - layer: hidden\n    top_units:\n      k: 1\n      class: two\n"
+                 "      expect:\n        two: {min_drop: 90%}\n"
+                 + BODY.removeprefix("checks:\n"))
+    spec(tiny, top_first, head=HEAD)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-report", "r.json")
+    result.assert_outcomes(passed=3, failed=2)
+    items = {i["id"]: i for i in json.loads((tiny.path / "r.json").read_text())["items"]}
+    assert items["hidden-any-two-min_drop"]["units_evaluated"] == 8
+    assert items["hidden-every-overall-max_drop"]["units_evaluated"] == 8
