@@ -263,8 +263,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
         terminalreporter.write_line(format_table(records))
         for line in engine_lines(records):
             terminalreporter.write_line(f"scan engine: {line}")
-        if state._runtime is not None and state._runtime.cache.enabled:
-            terminalreporter.write_line(state._runtime.cache.summary())
+        cache_line = state.cache_summary()
+        if cache_line:
+            terminalreporter.write_line(cache_line)
     if mode in ("line", "table"):
         terminalreporter.write_line(summary_line(records, state.report_path))
     for line in state.recorded or []:

@@ -172,6 +172,7 @@ class UnitAblateItem(pytest.Function):
                     units=(u,)) for i, u in enumerate(sweep.units)]
 
             total = session.channels(spec, check, request)
+            how = "unit index"
             if self._stops_early(state):
                 order, how = session.unit_order(spec, check, request, k,
                                                 damaging_first(constraint, check.mode))

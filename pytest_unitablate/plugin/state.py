@@ -83,6 +83,13 @@ class PluginState:
                                               worker=worker)
         return self._runtime
 
+    def cache_summary(self) -> str | None:
+        """This process's cache line for the summary (serial runs: under xdist the counts
+        live in the workers)."""
+        if self._runtime is None or not self._runtime.cache.enabled:
+            return None
+        return self._runtime.cache.summary()
+
     def rerun_command(self, mode: str) -> str:
         """The command the user ran, with ``--unitablate-record-mode=mode`` instead of any
         record mode it had: it reproduces the run (same options, same model and data), so

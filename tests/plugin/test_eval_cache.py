@@ -92,3 +92,24 @@ def test_two_processes_needing_one_entry_compute_it_once(tmp_path: Path) -> None
         p.join(timeout=60)
     assert log.read_text().count("computed") == 1
     assert results[0] == results[1] == _values()["predictions"].tolist()
+
+
+def test_an_xdist_worker_takes_its_share_of_the_cpus(monkeypatch: Any) -> None:
+    import os
+
+    import torch
+
+    from pytest_unitablate.plugin.state import share_threads, xdist_worker
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+        cpus = len(os.sched_getaffinity(0))
+        assert share_threads() == max(1, cpus // 2) == torch.get_num_threads()
+        assert xdist_worker() == (1, 2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert share_threads() is None  # the user's setting wins
+    finally:
+        torch.set_num_threads(before)
