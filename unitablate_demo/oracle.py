@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -198,6 +198,48 @@ def group_drop(
     with zero_units(model, layer, units):
         o, c = accuracies(model, x, y)
     return 100 * (base_o - o), 100 * (base_c - c)
+
+
+def damage_profiles(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor
+                    ) -> npt.NDArray[np.float64]:
+    """Class-damage profile of every unit of ``layer`` with one plain hook and autograd
+    (the whole split in one batch): ``[u, k]`` is the mean over class-``k`` examples of
+    ``-sum(grad * (0 - a_u))``, the first-order loss of true-class log-probability when
+    unit ``u`` is zeroed. Independent of ``pytest_unitablate.core.identity``."""
+    module = dict(model.named_modules())[layer]
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> torch.Tensor:
+        leaf = out.detach().clone().requires_grad_(True)
+        store["a"] = leaf
+        return leaf * 1
+
+    handle = module.register_forward_hook(hook)
+    try:
+        model.eval()
+        with torch.enable_grad():
+            logp = torch.log_softmax(model(x), dim=1).gather(1, y.view(-1, 1)).sum()
+            (grad,) = torch.autograd.grad(logp, store["a"])
+    finally:
+        handle.remove()
+    a = store["a"].detach()
+    per = (grad * a).sum(dim=tuple(range(2, a.dim()))).double().numpy()  # (N, C)
+    labels = y.numpy()
+    return np.stack([per[labels == k].mean(axis=0) for k in range(NUM_CLASSES)], axis=1)
+
+
+def match_recorded(recorded: Mapping[int, Sequence[float]], profiles: npt.NDArray[np.float64]
+                   ) -> dict[int, tuple[int, float]]:
+    """Recorded unit -> (unit, cosine similarity), one-to-one, largest total similarity."""
+    from scipy.optimize import linear_sum_assignment
+
+    keys = sorted(recorded)
+    ref = np.array([recorded[k] for k in keys], dtype=np.float64)
+    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    cur = profiles / np.linalg.norm(profiles, axis=1, keepdims=True)
+    sim = ref @ cur.T
+    rows, cols = linear_sum_assignment(-sim)
+    return {keys[r]: (int(c), float(sim[r, c])) for r, c in zip(rows, cols, strict=True)}
 
 
 def main(argv: list[str] | None = None) -> int:

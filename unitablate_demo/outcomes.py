@@ -31,7 +31,34 @@ import yaml
 from unitablate_demo import CLASS_NAMES
 from unitablate_demo.data import load_split
 from unitablate_demo.models import CHECKPOINT_DIR, load_model, read_manifest
-from unitablate_demo.oracle import LayerDrops, checkpoint_drops, group_drop
+from unitablate_demo.oracle import (
+    LayerDrops,
+    checkpoint_drops,
+    damage_profiles,
+    group_drop,
+    match_recorded,
+)
+
+#: min_similarity when a check's identity: mapping does not set one (the plugin's default)
+DEFAULT_MIN_SIMILARITY = 0.75
+
+
+def _recorded(spec_path: Path, spec: dict[str, Any]) -> dict[str, dict[int, list[float]]]:
+    """The spec's signatures sidecar: layer -> recorded unit -> profile."""
+    entry = spec.get("signatures") or {}
+    path = spec_path.parent / entry.get("file", f"{spec_path.stem}.signatures.json")
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text())
+    return {layer: {int(u): list(v["profile"]) for u, v in units.items()}
+            for layer, units in doc["layers"].items()}
+
+
+def _identity(check: dict[str, Any]) -> tuple[str, float]:
+    raw = check.get("identity", "index")
+    if isinstance(raw, dict):
+        return str(raw["by"]), float(raw.get("min_similarity", DEFAULT_MIN_SIMILARITY))
+    return str(raw), DEFAULT_MIN_SIMILARITY
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_PATH = CHECKPOINT_DIR / "expected_outcomes.json"
@@ -70,6 +97,14 @@ class ItemOutcome:
     units_meeting: int | None  # any_unit / every_unit: how many units meet the constraint
     outcome: str  # passed | failed
     id: str  # the test id under the convention of pytest_unitablate.spec.ids
+    #: identity: signature checks: the units matched to the recorded ones, their cosine
+    #: similarities, and whether the check fails because no unit matches
+    matched_units: list[int] | None = None
+    similarity: list[float] | None = None
+    no_match: bool = False
+    #: named class min_drop checks: whether some single unit of the layer meets the
+    #: threshold on this checkpoint (the role survives somewhere, whatever matching says)
+    role_survives: bool | None = None
 
 
 def _meets(kind: str, drop: float, threshold: float) -> bool:
@@ -111,15 +146,28 @@ def evaluate_spec(spec_path: Path, checkpoint: str) -> list[ItemOutcome]:
     model = load_model(checkpoint)
     x, y = load_split("test")
     cache: dict[str, LayerDrops] = {}
+    recorded = _recorded(spec_path, spec)
+    matches: dict[str, dict[int, tuple[int, float]]] = {}
     out: list[ItemOutcome] = []
     for i, check in enumerate(spec["checks"]):
         layer = check["layer"]
         mode = next((m for m in ("units", "any_unit") if m in check), "every_unit")
         block = check if mode == "units" else check[mode]
         at_least = int(block.get("at_least", 1)) if mode == "any_unit" else None
+        identity, min_similarity = _identity(check)
+        matched: list[int] | None = None
+        similarity: list[float] | None = None
+        no_match = False
+        if mode == "units" and identity == "signature":
+            if layer not in matches:
+                matches[layer] = match_recorded(recorded[layer],
+                                                damage_profiles(model, layer, x, y))
+            matched = [matches[layer][u][0] for u in check["units"]]
+            similarity = [round(matches[layer][u][1], 4) for u in check["units"]]
+            no_match = min(similarity) < min_similarity
         if mode == "units":
-            overall, per_class = group_drop(model, layer, check["units"], x, y)
-        elif layer not in cache:
+            overall, per_class = group_drop(model, layer, matched or check["units"], x, y)
+        if layer not in cache and (mode != "units" or identity == "signature"):
             cache[layer] = checkpoint_drops(checkpoint, layer)
         for target, constraints in block["expect"].items():
             k = None if target == "overall" else classes.index(target)
@@ -127,9 +175,13 @@ def evaluate_spec(spec_path: Path, checkpoint: str) -> list[ItemOutcome]:
                 threshold = parse_percent(text)
                 deciding: int | None = None
                 meeting: int | None = None
+                survives: bool | None = None
                 if mode == "units":
                     drop = (overall if k is None else float(per_class[k])) / 100
-                    ok = _meets(kind, drop, threshold)
+                    ok = _meets(kind, drop, threshold) and not no_match
+                    if identity == "signature" and k is not None and kind == "min_drop":
+                        survives = any(_meets(kind, float(v) / 100, threshold)
+                                       for v in cache[layer].class_drop[:, k])
                 else:
                     d = cache[layer]
                     drops = (d.overall_drop if k is None else d.class_drop[:, k]) / 100
@@ -169,6 +221,8 @@ def evaluate_spec(spec_path: Path, checkpoint: str) -> list[ItemOutcome]:
                         units_meeting=meeting,
                         outcome="passed" if ok else "failed",
                         id=f"{layer}-{unit_part}-{target}-{kind}",
+                        matched_units=matched, similarity=similarity, no_match=no_match,
+                        role_survives=survives,
                     )
                 )
     return out

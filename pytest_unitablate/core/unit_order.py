@@ -32,7 +32,7 @@ from pytest_unitablate.core.layers import first_tensor, resolve_layer
 from pytest_unitablate.core.scan_fx import replacement_values
 
 
-def estimated_damage(
+def class_damage_sums(
     model: nn.Module,
     data: Any,
     layer: str,
@@ -44,14 +44,15 @@ def estimated_damage(
     device: torch.device | str | None = None,
     output: int | str | None = None,
     batch_size: int = 256,
-) -> npt.NDArray[np.float64]:
-    """Per unit of ``layer``: the estimated loss of true-class log-probability when it
-    alone is ablated (larger = more damage), over the examples labelled ``target``
-    (``None``: every example).
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """Per unit and per class: the estimated loss of true-class log-probability, summed
+    over the examples of that class, when the unit alone is ablated; and the examples
+    per class. Shapes ``(units, classes)`` and ``(classes,)``; ``classes`` is one more
+    than the largest label seen. With ``target``, only examples labelled ``target`` run.
 
     The model's parameters are not touched and need not require gradients: the gradient
     is taken with respect to a copy of the layer's output. Raises whatever autograd
-    raises on a model that cannot be differentiated (callers fall back to index order).
+    raises on a model that cannot be differentiated.
     """
     module = resolve_layer(model, layer)
     captured: list[torch.Tensor] = []
@@ -67,7 +68,8 @@ def estimated_damage(
             return ablatable
         return (ablatable, *out[1:])
 
-    total: torch.Tensor | None = None
+    sums: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
     handle = module.register_forward_hook(hook)
     try:
         with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
@@ -87,14 +89,52 @@ def estimated_damage(
                 shape = [1] * a.dim()
                 shape[dim] = a.shape[dim]
                 change = (grad * (repl.view(shape) - a)).movedim(dim, 0)
-                per_unit = -change.reshape(change.shape[0], -1).sum(dim=1).double().cpu()
-                total = per_unit if total is None else total + per_unit
+                # (units, examples, positions) -> per example and unit
+                per_example = -change.reshape(change.shape[0], change.shape[1], -1).sum(
+                    dim=2).double().cpu()
+                kept = labels[keep].cpu()
+                for k in torch.unique(kept).tolist():
+                    rows = per_example[:, kept == k].sum(dim=1)
+                    sums[k] = rows if k not in sums else sums[k] + rows
+                    counts[k] = counts.get(k, 0) + int((kept == k).sum())
     finally:
         handle.remove()
-    if total is None:
+    if not sums:
+        return np.zeros((0, 0), dtype=np.float64), np.zeros(0, dtype=np.int64)
+    width = max(sums) + 1
+    units = len(next(iter(sums.values())))
+    table = np.zeros((units, width), dtype=np.float64)
+    count = np.zeros(width, dtype=np.int64)
+    for k, rows in sums.items():
+        table[:, k] = rows.numpy()
+        count[k] = counts[k]
+    return table, count
+
+
+def estimated_damage(
+    model: nn.Module,
+    data: Any,
+    layer: str,
+    *,
+    target: int | None = None,
+    ablation: str | float = "zero",
+    means: dict[str, torch.Tensor] | None = None,
+    channel_dim: int = 1,
+    device: torch.device | str | None = None,
+    output: int | str | None = None,
+    batch_size: int = 256,
+) -> npt.NDArray[np.float64]:
+    """Per unit of ``layer``: the estimated loss of true-class log-probability when it
+    alone is ablated (larger = more damage), over the examples labelled ``target``
+    (``None``: every example). See :func:`class_damage_sums`.
+    """
+    sums, _ = class_damage_sums(model, data, layer, target=target, ablation=ablation,
+                                means=means, channel_dim=channel_dim, device=device,
+                                output=output, batch_size=batch_size)
+    if sums.size == 0:
         return np.zeros(0, dtype=np.float64)
-    out: npt.NDArray[np.float64] = total.numpy()
+    out: npt.NDArray[np.float64] = sums.sum(axis=1)
     return out
 
 
-__all__ = ["estimated_damage"]
+__all__ = ["class_damage_sums", "estimated_damage"]

@@ -34,6 +34,7 @@ from pytest_unitablate.verdicts.failure import (
     disarmed_text,
     failure_text,
     missing_threshold_text,
+    no_match_text,
     unsupportable_text,
     warn_text,
 )
@@ -161,10 +162,13 @@ class UnitAblateItem(pytest.Function):
         layer: LayerVerdict | None = None
         notes: list[str] = []
         if check.mode == "units":
-            session.check_units(spec, check, request)
-            ablated = session.ablated(spec, check, request)
+            units = self._identity_units(state, session, request, notes) \
+                if check.identity == "signature" else None
+            if units is None:
+                session.check_units(spec, check, request)
+            ablated = session.ablated(spec, check, request, units=units)
             m = Measurement.from_correct(base_correct, ablated.correct[mask], level=level,
-                                         units=check.units)
+                                         units=tuple(units or check.units))
         elif check.mode in ("any_unit", "every_unit"):
             def measure(sweep: Any) -> list[Measurement]:
                 return [Measurement.from_correct(
@@ -204,6 +208,63 @@ class UnitAblateItem(pytest.Function):
             list(m.units) if check.mode == "top_units" else None)
         self._record_measurement(state, session, request, m, layer, deciding)
         self._judge(state, m, deciding, notes)
+
+    def _identity_units(self, state: PluginState, session: Any,
+                        request: pytest.FixtureRequest, notes: list[str]) -> list[int] | None:
+        """For ``identity: signature``: the units of the model under test that match the
+        check's recorded units (one-to-one across the layer's recorded units), or ``None``
+        (this run uses the indices: record mode is recording their signatures now).
+
+        A recorded unit whose best possible partner is below ``min_similarity`` fails the
+        item: the unit the check protects is gone.
+        """
+        spec, check = self.spec, self.key.check
+        recording = state.record_mode != "none"
+        signatures = session.signatures(spec, recording=recording)
+        recorded = signatures.units(check.layer) if signatures is not None else {}
+        missing = [u for u in check.units if u not in recorded]
+        self._set_props({"identity": "signature", "min_similarity": check.min_similarity,
+                         "recorded_units": list(check.units)})
+        if missing:
+            if not recording:
+                raise ItemProblem(
+                    f"{spec.where(check.identity_line)}: identity: signature, but no "
+                    f"signature of {check.layer} unit(s) {missing} is recorded in "
+                    f"{spec.signatures_path()}; record it (from the reference model) with: "
+                    f"{state.rerun_command('new')}")
+            session.check_units(spec, check, request)
+            profiles = session.profiles(spec, check, request)
+            self._set_props({
+                "signature": {str(u): [float(v) for v in profiles[u]] for u in check.units},
+                "signatures_file": str(spec.signatures_path()),
+                "signature_classes": list(spec.classes) if spec.classes else None,
+                "signature_data_sha256": session.baseline(spec, request).fingerprint})
+            notes.append(f"identity: signature: no signature recorded yet for unit(s) "
+                         f"{missing}; this run takes the indices as they are and record mode "
+                         f"writes the signatures")
+            return None
+        matches = session.match(spec, check, request)
+        if signatures is not None and signatures.data_sha256 and \
+                signatures.data_sha256 != session.baseline(spec, request).fingerprint and \
+                str(spec.path) not in state.signature_data_warned:
+            state.signature_data_warned.add(str(spec.path))
+            self.warn(UnitAblateWarning(
+                f"{spec.where(spec.signatures_line)}: the signatures were recorded on other "
+                f"evaluation data (fingerprint {signatures.data_sha256[:12]}...); profiles "
+                f"are class averages, so matching still works, but re-record to silence this"))
+        mapped = [matches[u] for u in check.units]
+        self._set_props({
+            "matched_units": [m.unit for m in mapped],
+            "similarity": [round(m.similarity, 4) if m.unit is not None else None
+                           for m in mapped],
+            "mapping": "; ".join(m.describe() for m in mapped)})
+        gone = [m for m in mapped if m.unit is None or m.similarity < check.min_similarity]
+        if gone:
+            raise ThresholdMiss(no_match_text(
+                spec.where(check.identity_line or check.line), self.key.id, check.layer,
+                gone, check.min_similarity, matches))
+        notes.insert(0, "identity: signature: " + "; ".join(m.describe() for m in mapped))
+        return [int(m.unit) for m in mapped if m.unit is not None]
 
     def _stops_early(self, state: PluginState) -> bool:
         """Early stopping needs a threshold to decide against, and record mode needs every

@@ -17,9 +17,15 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from pytest_unitablate.spec.rewrite import RecordError, ThresholdUpdate, apply_updates
+from pytest_unitablate.spec.signatures import (
+    SignatureFileError,
+    Signatures,
+    write_signatures,
+)
 
 RecordMode = Literal["none", "new", "failed", "all"]
 RECORD_MODES: tuple[RecordMode, ...] = ("none", "new", "failed", "all")
@@ -89,15 +95,57 @@ def apply_recorded(records: Sequence[Mapping[str, Any]], mode: str, level: float
             prov.update({k: str(environment[k]) for k in ("torch_version", "device", "dtype")
                          if environment.get(k)})
             provenance[str(record.get("spec_file") or record["spec"])] = prov
+    new_signatures = _signatures_by_spec(records)
     lines = []
-    for spec in sorted(by_spec):
+    for spec in sorted(set(by_spec) | set(new_signatures)):
+        entry: tuple[str, str] | None = None
         try:
-            changed = apply_updates(spec, by_spec[spec], provenance=provenance[spec])
+            if spec in new_signatures:
+                path, signatures = new_signatures[spec]
+                entry = (path.name, _write_merged(path, signatures))
+                count = sum(len(u) for u in signatures.layers.values())
+                lines.append(f"{spec}: {count} unit signature(s) recorded in {path}")
+            changed = apply_updates(spec, by_spec.get(spec, []),
+                                    provenance=provenance.get(spec), signatures=entry)
         except (RecordError, OSError) as exc:
             lines.append(f"{spec}: NOT recorded: {exc}")
             continue
-        lines.append(f"{spec}: {changed} threshold(s) recorded/updated "
-                     f"({len(by_spec[spec])} measured, {level * 100:g}% bounds)")
-    if not by_spec:
+        if spec in by_spec:
+            lines.append(f"{spec}: {changed} threshold(s) recorded/updated "
+                         f"({len(by_spec[spec])} measured, {level * 100:g}% bounds)")
+    if not by_spec and not new_signatures:
         lines.append(f"record mode {mode}: nothing to record")
     return lines
+
+
+def _signatures_by_spec(records: Sequence[Mapping[str, Any]]
+                        ) -> dict[str, tuple[Path, Signatures]]:
+    """The unit signatures items measured (``identity: signature`` checks that had none
+    recorded), per spec file: where the sidecar goes, and what to add to it."""
+    found: dict[str, tuple[Path, Signatures]] = {}
+    for record in sorted(records, key=lambda r: str(r.get("id"))):
+        signature = record.get("signature")
+        if not signature:
+            continue
+        spec = str(record.get("spec_file") or record["spec"])
+        units = {int(u): tuple(float(v) for v in values) for u, values in signature.items()}
+        classes = record.get("signature_classes")
+        add = Signatures(layers={str(record["layer"]): units},
+                         classes=tuple(classes) if classes else None,
+                         data_sha256=str(record.get("signature_data_sha256") or ""),
+                         meta={k: str(record[k]) for k in ("weights_sha256", "torch_version")
+                               if record.get(k)})
+        path = Path(str(record["signatures_file"]))
+        found[spec] = (path, found[spec][1].merged(add) if spec in found else add)
+    return found
+
+
+def _write_merged(path: Path, signatures: Signatures) -> str:
+    """Add ``signatures`` to the sidecar at ``path`` (kept units stay); return its sha256."""
+    existing = None
+    if path.exists():
+        try:
+            existing = Signatures.from_text(path.read_text(encoding="utf-8"), str(path))
+        except (SignatureFileError, OSError, UnicodeDecodeError):
+            existing = None  # unreadable: replaced by what was just measured
+    return write_signatures(path, existing.merged(signatures) if existing else signatures)

@@ -30,7 +30,8 @@ FIELDS = (
     "id", "spec", "line", "layer", "units", "ablation", "target", "class_index", "n",
     "baseline", "ablated", "drop", "ci_low", "ci_high", "constraint", "threshold",
     "outcome", "p_value", "deciding_units", "ranking_note", "engine", "engine_reason",
-    "units_evaluated", "units_total",
+    "units_evaluated", "units_total", "identity", "matched_units", "similarity",
+    "min_similarity", "mapping",
 )
 
 
@@ -91,7 +92,8 @@ def _pct(x: Any, suffix: str = "%") -> str:
 #: Printed under the table: how to read the ``units`` column.
 TABLE_LEGEND = ("units: the units ablated together; for a layer-wide check, "
                 "<mode>:<units> names the check (any_unit, every_unit, top_units) and the "
-                "unit(s) that decided its outcome")
+                "unit(s) that decided its outcome; 10->3: identity: signature matched the "
+                "recorded unit 10 to unit 3 of the model under test")
 
 
 def summary_line(records: Sequence[Mapping[str, Any]], report: Path | None) -> str:
@@ -118,7 +120,11 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
     for r in records:
         units = r.get("units")
         deciding = r.get("deciding_units")
-        if units:
+        matched = r.get("matched_units")
+        if units and matched:
+            unit_text = "+".join(f"{u}->{m if m is not None else '?'}"
+                                 for u, m in zip(units, matched, strict=False))
+        elif units:
             unit_text = "+".join(map(str, units))
         elif deciding:
             unit_text = f"{r.get('mode', '')}:{'+'.join(map(str, deciding))}".lstrip(":")

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from pytest_unitablate.core.evaluation import EvalResult
+    from pytest_unitablate.core.identity import Match
+    from pytest_unitablate.spec.signatures import Signatures
 
 
 class ItemProblem(Exception):
@@ -366,6 +368,80 @@ class UnitAblateSession:
 
         channels = self.channels(spec, check, request)
         self._guard(spec, check.line, lambda: check_units(check.layer, check.units, channels))
+
+    # --- unit identity (identity: signature) ---------------------------------------------
+
+    def signatures(self, spec: Spec, *, recording: bool = False) -> Signatures | None:
+        """The spec's signatures sidecar (read once per spec), ``None`` if it has none.
+
+        A sidecar that is missing, changed since recording or malformed is a located
+        problem at the spec's ``signatures:`` line; while recording (``recording``), a
+        sidecar the spec does not name yet is ignored (record mode will replace it).
+        """
+        from pytest_unitablate.spec.signatures import SignatureFileError, read_signatures
+
+        key = ("signatures", str(spec.path))
+        if key not in self._objects:
+            path = spec.signatures_path()
+            try:
+                value = read_signatures(path, spec.signatures_sha256)
+            except SignatureFileError as exc:
+                if recording and not spec.signatures_sha256:
+                    value = None
+                else:
+                    line = spec.signatures_line or min(
+                        (c.identity_line for c in spec.checks if c.identity_line), default=0)
+                    raise ItemProblem(f"{spec.where(line)}: {exc}") from None
+            self._objects[key] = value
+        result: Signatures | None = self._objects[key]
+        return result
+
+    def profiles(self, spec: Spec, check: Check, request: pytest.FixtureRequest) -> Any:
+        """Class-damage profiles of every unit of the check's layer in the model under test
+        (one forward and backward pass over the evaluation data; cached in memory and on
+        disk): ``(units, classes)``."""
+        model = self.model(spec, request)
+        data = self.data(spec, request)
+        key = ("profiles", id(model), id(data), check.layer, spec.channel_dim)
+        if key not in self._objects:
+            baseline = self.baseline(spec, request)
+
+            def run() -> dict[str, Any]:
+                from pytest_unitablate.core.identity import damage_profiles
+
+                if self.seed is not None:
+                    import torch
+
+                    torch.manual_seed(self.seed)
+                return {"profiles": self._located(spec, lambda: damage_profiles(
+                    model, data, check.layer, num_classes=baseline.num_classes,
+                    channel_dim=spec.channel_dim, device=self.device, output=spec.output),
+                    check.layer_line)}
+
+            values = self.cache.get_or_compute(
+                {**self.identity(spec, model, data), "what": "profiles",
+                 "layer": check.layer}, run)
+            self._objects[key] = values["profiles"]
+        return self._objects[key]
+
+    def match(self, spec: Spec, check: Check, request: pytest.FixtureRequest
+              ) -> dict[int, Match]:
+        """Every recorded unit of the check's layer matched one-to-one to a unit of the
+        model under test (Hungarian method on cosine similarity of profiles; cached)."""
+        from pytest_unitablate.core.identity import match_units
+
+        signatures = self.signatures(spec)
+        assert signatures is not None
+        model = self.model(spec, request)
+        key = ("match", id(model), str(spec.path), check.layer)
+        if key not in self._objects:
+            recorded = signatures.units(check.layer)
+            profiles = self.profiles(spec, check, request)
+            line = spec.signatures_line or check.identity_line
+            self._objects[key] = self._guard(spec, line,
+                                             lambda: match_units(recorded, profiles))
+        result: dict[int, Match] = self._objects[key]
+        return result
 
     def sweep(self, spec: Spec, check: Check, request: pytest.FixtureRequest,
               ranking: bool = False, units: Sequence[int] | None = None) -> Sweep:

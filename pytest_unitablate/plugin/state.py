@@ -48,6 +48,7 @@ class PluginState:
     #: where the evaluation cache lives (None: off, or no pytest cache provider)
     cache_dir: Path | None = None
     engine_warned: set[tuple[str, str]] = field(default_factory=set)
+    signature_data_warned: set[str] = field(default_factory=set)
     _runtime: UnitAblateSession | None = None
 
     @property

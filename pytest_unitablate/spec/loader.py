@@ -33,6 +33,7 @@ from pathlib import Path
 from pytest_unitablate.errors import Problem, SpecError
 from pytest_unitablate.spec.model import (
     CONSTRAINT_KINDS,
+    DEFAULT_MIN_SIMILARITY,
     FORMAT_VERSION,
     OVERALL,
     Ablation,
@@ -41,6 +42,7 @@ from pytest_unitablate.spec.model import (
     Constraint,
     ConstraintKind,
     Expectation,
+    IdentityKind,
     Mark,
     Spec,
 )
@@ -61,6 +63,12 @@ TOP_KEYS: dict[str, str] = {
     "output": "which part of the model's output holds the logits: an index into a tuple "
               "or list output, or a key of a dict (or attribute of a ModelOutput)",
     "provenance": "written by record mode: environment of the recorded numbers",
+    "signatures": "written by record mode: {file: <sidecar next to the spec>, sha256: <hash>} "
+                  "of the signatures that identity: signature checks match",
+}
+SIGNATURES_KEYS: dict[str, str] = {
+    "file": "the sidecar's file name, relative to the spec (default <stem>.signatures.json)",
+    "sha256": "sha256 of the sidecar file as record mode wrote it",
 }
 REQUIRED_TOP = ("unitablate", "model", "data", "checks")
 CHECK_KEYS: dict[str, str] = {
@@ -73,7 +81,14 @@ CHECK_KEYS: dict[str, str] = {
     "ablation": "override of the spec's ablation for this check",
     "marks": "pytest marks: [xfail] or [{skipif: {condition: ..., reason: ...}}]",
     "name": "optional label used in the test id instead of layer-u<units>",
+    "identity": "what a named unit is: index (default) or signature (found again by its "
+                "recorded signature after a retrain); or {by: signature, min_similarity: 0.75}",
 }
+IDENTITY_KEYS: dict[str, str] = {
+    "by": "index or signature",
+    "min_similarity": "below this cosine similarity no unit matches (default 0.75)",
+}
+IDENTITY_KINDS = ("index", "signature")
 MODE_KEYS: tuple[CheckMode, ...] = ("units", "any_unit", "every_unit", "top_units")
 LAYER_WIDE_KEYS: dict[str, dict[str, str]] = {
     "any_unit": {"expect": "targets -> constraints", "at_least": "how many units, default 1"},
@@ -379,6 +394,57 @@ class _Validator:
                          f"like {{xfail: {{reason: ...}}}}, got {item.describe()}")
         return tuple(marks)
 
+    def identity(self, node: YNode | None, mode: CheckMode) -> tuple[IdentityKind, float]:
+        """``identity: signature`` or ``identity: {by: signature, min_similarity: 0.8}``."""
+        if node is None:
+            return "index", DEFAULT_MIN_SIMILARITY
+        by, threshold = node, None
+        if node.kind == "map":
+            self.keys(node, IDENTITY_KEYS, "identity")
+            by = node.get("by") or node
+            threshold = node.get("min_similarity")
+            if node.get("by") is None:
+                self.err(node.line, "identity mapping needs 'by:' (index or signature)")
+                return "index", DEFAULT_MIN_SIMILARITY
+        if by.kind != "scalar" or by.value not in IDENTITY_KINDS:
+            hint = _did_you_mean(str(by.value), IDENTITY_KINDS) if by.kind == "scalar" else ""
+            self.err(by.line, f"identity must be index or signature, got {by.describe()}{hint}")
+            return "index", DEFAULT_MIN_SIMILARITY
+        kind: IdentityKind = by.value
+        if kind == "signature" and mode != "units":
+            self.err(by.line, f"identity: signature is for named units (units: [...]); a "
+                     f"{mode} check already looks at every unit of the layer")
+        minimum = DEFAULT_MIN_SIMILARITY
+        if threshold is not None:
+            v = threshold.value
+            if threshold.kind != "scalar" or isinstance(v, bool) or not isinstance(
+                    v, (int, float)) or not -1.0 <= v <= 1.0:
+                self.err(threshold.line, f"min_similarity must be a number between -1 and 1 "
+                         f"(a cosine similarity, e.g. 0.75), got {threshold.describe()}")
+            else:
+                minimum = float(v)
+        return kind, minimum
+
+    def signatures(self, node: YNode | None) -> tuple[str | None, str | None]:
+        """``signatures: {file: x.signatures.json, sha256: <hex>}`` (record mode writes it)."""
+        if node is None:
+            return None, None
+        if node.kind != "map":
+            self.err(node.line, f"signatures must be a mapping {{file: ..., sha256: ...}}, "
+                     f"got {node.describe()}")
+            return None, None
+        self.keys(node, SIGNATURES_KEYS, "signatures")
+        file_node = node.get("file")
+        file = self.string(file_node, "signatures file")
+        if file_node is not None and file is not None and (
+                Path(file).is_absolute() or ".." in Path(file).parts):
+            self.err(file_node.line,
+                     f"signatures file {file!r} must be a plain path next to the spec")
+            file = None
+        digest = self.string(node.get("sha256"), "signatures sha256",
+                             re.compile(r"^[0-9a-f]{64}$"), " (64 hex digits)")
+        return file, digest
+
     def check(self, index: int, node: YNode, classes: tuple[str, ...] | None) -> Check | None:
         where = f"check #{index + 1}"
         if node.kind != "map":
@@ -449,6 +515,8 @@ class _Validator:
         name = self.string(name_node, "name", ID_SAFE,
                            " in a test id: use letters, digits and _ - . : +"
                            " (no brackets, no '::')")
+        identity_node = node.get("identity")
+        identity, min_similarity = self.identity(identity_node, mode)
         if layer is None:
             return None
         return Check(
@@ -456,7 +524,8 @@ class _Validator:
             layer_line=layer_node.line if layer_node else node.line, units=units,
             at_least=at_least, top_units=top_k, top_class=top_class,
             ablation=self.ablation(node.get("ablation")), marks=self.marks(node.get("marks")),
-            name=name, index=index,
+            name=name, index=index, identity=identity, min_similarity=min_similarity,
+            identity_line=identity_node.line if identity_node is not None else 0,
         )
 
     def spec(self, root: YNode, path: Path) -> Spec | None:
@@ -515,6 +584,7 @@ class _Validator:
         pnode = self.expect_map(root.get("provenance"), root.line, "provenance")
         if pnode is not None:
             provenance = tuple((str(k.value), str(v.value)) for k, v in pnode.entries)
+        sig_file, sig_sha = self.signatures(root.get("signatures"))
         checks: list[Check] = []
         chk = root.get("checks")
         if chk is not None:
@@ -542,6 +612,8 @@ class _Validator:
             channel_dim=1 if channel_dim is None else channel_dim,
             min_examples=min_examples or 1, provenance=provenance,
             output=output, output_line=line_of("output"),
+            signatures=sig_file, signatures_sha256=sig_sha,
+            signatures_line=line_of("signatures"),
         )
         from pytest_unitablate.spec.ids import duplicate_problems
 

@@ -38,6 +38,13 @@ AblationKind = Literal["zero", "mean", "constant"]
 #: How a check chooses its units.
 CheckMode = Literal["units", "any_unit", "every_unit", "top_units"]
 
+#: What a named unit is: its index (the default), or its recorded signature.
+IdentityKind = Literal["index", "signature"]
+
+#: Default ``min_similarity`` of ``identity: signature`` (cosine of class-damage profiles;
+#: how it was chosen on the demo models: ``docs/identity.md``).
+DEFAULT_MIN_SIMILARITY = 0.75
+
 
 @dataclass(frozen=True)
 class Ablation:
@@ -126,6 +133,11 @@ class Check:
     marks: tuple[Mark, ...] = ()
     name: str | None = None  # optional user label, used in the test id if given
     index: int = 0  # position in ``checks:`` (0-based), used by record mode
+    #: ``index``: unit ``u`` is channel ``u``; ``signature``: the unit of the layer whose
+    #: recorded signature matches (``units:`` then names the units of the reference model)
+    identity: IdentityKind = "index"
+    min_similarity: float = DEFAULT_MIN_SIMILARITY
+    identity_line: int = 0
 
     @property
     def mode_key(self) -> str | None:
@@ -160,6 +172,16 @@ class Spec:
     #: an index into a tuple/list output, or a key of a dict / attribute of a ModelOutput.
     output: int | str | None = None
     output_line: int = 0
+    #: The signatures sidecar (path relative to the spec file) and its recorded sha256.
+    signatures: str | None = None
+    signatures_sha256: str | None = None
+    signatures_line: int = 0
+
+    def signatures_path(self) -> Path:
+        """Where the signatures sidecar is (or will be written): next to the spec file,
+        ``<spec stem>.signatures.json`` unless ``signatures: {file: ...}`` says otherwise."""
+        name = self.signatures or f"{self.path.stem}.signatures.json"
+        return self.path.parent / name
 
     def ablation_for(self, check: Check) -> Ablation:
         """The ablation a check uses: its own override or the spec's default."""

@@ -216,17 +216,40 @@ def _provenance_edits(text: str, root: Any, provenance: Mapping[str, str], nl: s
     return spans, ""
 
 
+def _signatures_edits(text: str, root: Any, file: str, sha256: str, nl: str
+                      ) -> list[tuple[int, int, str]]:
+    """Spans that set the top-level ``signatures: {file: ..., sha256: ...}`` entry: its
+    whole value is replaced in place, or a new line goes before ``checks:``."""
+    import yaml
+
+    entry = f"{{file: {file}, sha256: {sha256}}}"
+    node = _get(root, "signatures")
+    if node is not None:
+        return [(node.start_mark.index, node.end_mark.index, entry)]
+    if not isinstance(root, yaml.MappingNode):
+        raise RecordError("the spec is not a mapping")
+    for key, _ in root.value:
+        if key.value == "checks":
+            start, _ = _line_bounds(text, key.start_mark.index)
+            line = f"signatures: {entry}  # written by record mode (identity: signature){nl}"
+            return [(start, start, line)]
+    raise RecordError("the spec has no checks: entry")
+
+
 def apply_updates(
     path: str | os.PathLike[str],
     updates: Sequence[ThresholdUpdate],
     *,
     provenance: Mapping[str, str] | None = None,
+    signatures: tuple[str, str] | None = None,
 ) -> int:
     """Write ``updates`` (and a ``provenance`` block) into the spec at ``path``, atomically.
 
-    Returns the number of thresholds whose text changed. The file is left untouched when
-    nothing changes; otherwise only the rewritten values, their lines' comments and the
-    provenance block differ, byte for byte.
+    ``signatures`` is ``(file, sha256)`` of a signatures sidecar just written: the spec's
+    ``signatures:`` entry is set to it. Returns the number of thresholds whose text changed.
+    The file is left untouched when nothing changes; otherwise only the rewritten values,
+    their lines' comments, the provenance block and the signatures entry differ, byte for
+    byte.
     """
     file = Path(path)
     with open(file, encoding="utf-8", newline="") as fh:
@@ -252,6 +275,8 @@ def apply_updates(
         comments[line_start] = (max(last_end, end), [*group, update])
     extra_spans, appended = ([], "") if not provenance else _provenance_edits(
         original, root, provenance, nl)
+    if signatures is not None:
+        extra_spans = [*extra_spans, *_signatures_edits(original, root, *signatures, nl)]
     # comments: rewrite each touched line once, after its value spans are applied
     result = original
     line_edits: list[tuple[int, int, str]] = []

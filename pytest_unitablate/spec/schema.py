@@ -20,9 +20,12 @@ from typing import Any
 
 from pytest_unitablate.spec.loader import (
     CHECK_KEYS,
+    IDENTITY_KEYS,
+    IDENTITY_KINDS,
     LAYER_WIDE_KEYS,
     MODE_KEYS,
     REQUIRED_TOP,
+    SIGNATURES_KEYS,
     TARGET_KEYS,
     TOP_KEYS,
 )
@@ -94,6 +97,15 @@ def build_schema() -> dict[str, Any]:
             check_props[key] = {"$ref": "#/$defs/ablation"}
         elif key == "marks":
             check_props[key] = {"type": "array", "items": mark, "description": desc}
+        elif key == "identity":
+            kinds = {"enum": list(IDENTITY_KINDS)}
+            check_props[key] = {"description": desc, "oneOf": [
+                kinds,
+                {"type": "object", "additionalProperties": False, "required": ["by"],
+                 "properties": {
+                     "by": {**kinds, "description": IDENTITY_KEYS["by"]},
+                     "min_similarity": {"type": "number", "minimum": -1, "maximum": 1,
+                                        "description": IDENTITY_KEYS["min_similarity"]}}}]}
         else:
             check_props[key] = {"type": "string", "pattern": r"^[\w:+\-.\[\]\\/]+$",
                                 "description": desc}
@@ -123,6 +135,13 @@ def build_schema() -> dict[str, Any]:
                         "description": desc}
         elif key in ("channel_dim", "min_examples"):
             top[key] = {"type": "integer", "description": desc}
+        elif key == "signatures":
+            top[key] = {"type": "object", "additionalProperties": False, "description": desc,
+                        "properties": {
+                            "file": {"type": "string", "minLength": 1,
+                                     "description": SIGNATURES_KEYS["file"]},
+                            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$",
+                                       "description": SIGNATURES_KEYS["sha256"]}}}
         elif key == "output":
             top[key] = {"anyOf": [{"type": "integer", "minimum": 0},
                                   {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}],

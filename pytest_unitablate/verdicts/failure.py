@@ -23,8 +23,9 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pytest_unitablate.spec.model import OVERALL, Constraint
 from pytest_unitablate.verdicts.measure import DEFAULT_LEVEL, Measurement, Verdict
@@ -145,5 +146,37 @@ def unsupportable_text(where: str, item_id: str, constraint: Constraint, hits: i
             f"required {c.threshold * 100:.1f}. Use more examples or a lower threshold.")
 
 
-__all__ = ["FailureContext", "disarmed_text", "failure_text", "missing_threshold_text", "pct",
-           "unsupportable_text", "warn_text"]
+def no_match_text(where: str, item_id: str, layer: str, gone: Sequence[Any],
+                  minimum: float, matches: Mapping[int, Any]) -> str:
+    """The failure of an ``identity: signature`` check whose unit has no match.
+
+    ``gone`` and ``matches`` hold match records (``recorded``, ``unit``, ``similarity``,
+    ``best_unit``, ``best_similarity`` attributes, as
+    :class:`pytest_unitablate.core.identity.Match` has them).
+
+    >>> from types import SimpleNamespace as M
+    >>> g = M(recorded=10, unit=7, similarity=0.41, best_unit=7, best_similarity=0.41)
+    >>> print(no_match_text("s.yaml:9", "x", "layer3.0", [g], 0.75, {10: g}).splitlines()[0])
+    s.yaml:9: x: no unit of layer3.0 matches the recorded unit 10 (best: unit 7, 0.41)
+    """
+    lines = []
+    for g in gone:
+        head = (f"{where}: {item_id}: no unit of {layer} matches the recorded unit "
+                f"{g.recorded} (best: unit {g.best_unit}, {g.best_similarity:.2f})")
+        lines.append(head)
+        claimed = [r for r, m in matches.items() if m.unit == g.best_unit and r != g.recorded]
+        if claimed:
+            lines.append(f"  unit {g.best_unit} is the match of recorded unit {claimed[0]} "
+                         f"(one-to-one); the best unit left for {g.recorded} is "
+                         + (f"unit {g.unit} ({g.similarity:.2f})" if g.unit is not None
+                            else "none (the layer has fewer units than were recorded)"))
+    lines.append(f"  required similarity >= {minimum:.2f} (cosine of class-damage profiles; "
+                 f"min_similarity in the check's identity:)")
+    lines.append("  The unit this check protects is gone: no unit of the model under test "
+                 "plays its role (the classes that depend on it). If that is intended, "
+                 "remove the check, or delete its signature and record the new model's unit.")
+    return "\n".join(lines)
+
+
+__all__ = ["FailureContext", "disarmed_text", "failure_text", "missing_threshold_text",
+           "no_match_text", "pct", "unsupportable_text", "warn_text"]

@@ -26,8 +26,36 @@ def _pytest(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=600)
 
 
+def _copy_sidecar(name: str, tmp_path: Path) -> None:
+    """The spec's signatures sidecar goes with it (identity: signature checks)."""
+    sidecar = ROOT / "specs" / name.replace(".yaml", ".signatures.json")
+    if sidecar.exists():
+        shutil.copy(sidecar, tmp_path / sidecar.name)
+
+
+def test_record_new_writes_the_shipped_signatures_byte_for_byte(tmp_path: Path) -> None:
+    """Without its signatures (no sidecar, no signatures: entry), record mode new on the
+    reference model writes back exactly the shipped sidecar and spec."""
+    shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
+    original = (ROOT / "specs" / "resnet.yaml").read_text()
+    stripped = re.sub(r"^signatures: .*\n", "", original, flags=re.MULTILINE)
+    assert stripped != original
+    spec = tmp_path / "resnet.yaml"
+    spec.write_text(stripped)
+    plain = _pytest(tmp_path, "--unitablate-spec", "resnet.yaml")
+    assert plain.returncode == 1 and "no signature of layer3.0 unit(s) [0] is recorded" in \
+        plain.stdout, plain.stdout[-2000:]
+    new = _pytest(tmp_path, "--unitablate-spec", "resnet.yaml", "--unitablate-record-mode=new")
+    assert new.returncode == 0, new.stdout[-2000:]
+    assert "8 unit signature(s) recorded" in new.stdout
+    assert spec.read_text() == original
+    shipped = (ROOT / "specs" / "resnet.signatures.json").read_text()
+    assert (tmp_path / "resnet.signatures.json").read_text() == shipped
+
+
 def test_record_new_then_all_then_rerun_passes_with_comments_intact(tmp_path: Path) -> None:
     shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
+    _copy_sidecar("resnet.yaml", tmp_path)
     original = (ROOT / "specs" / "resnet.yaml").read_text()
     assert "four: {min_drop: 40%}" in original
     spec = tmp_path / "resnet.yaml"
@@ -64,6 +92,7 @@ def test_record_all_repairs_a_sabotaged_demo_spec(tmp_path: Path, name: str) -> 
     """Every min_drop set to 99% (most of which the classes' examples cannot support):
     record mode all measures and rewrites every one, the run passes, a plain re-run passes."""
     shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
+    _copy_sidecar(name, tmp_path)
     original = (ROOT / "specs" / name).read_text()
     sabotaged = re.sub(r"min_drop: [0-9.]+%", "min_drop: 99%", original)
     count = sabotaged.count("min_drop: 99%")

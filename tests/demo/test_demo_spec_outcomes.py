@@ -2,9 +2,10 @@
 
 The expected outcome of every item comes from ``unitablate_demo/checkpoints/
 expected_outcomes.json`` (written by ``python -m unitablate_demo.outcomes`` from plain-hook
-measurements, independent of the plugin): the reference passes everything, the fine-tuned
-model fails exactly the checks on its silenced units, and the retrained model fails the
-named-unit checks while every layer-wide check passes.
+measurements, independent of the plugin, with its own signature matching): the reference
+passes everything, the fine-tuned model fails exactly the checks on its silenced units
+(mapped to themselves), and on the retrained model the named units are matched to the
+units the oracle matches, while every layer-wide check passes.
 """
 
 from __future__ import annotations
@@ -39,6 +40,14 @@ def test_plugin_outcomes_match_the_expected_outcomes(spec: str, checkpoint: str,
     got = {r["id"]: r["outcome"] for r in json.loads(report.read_text())["items"]}
     want = {i["id"]: i["outcome"] for i in expected["items"]}
     assert got == want
+    # identity: signature: the plugin matched the units the independent oracle matched
+    items = {r["id"]: r for r in json.loads(report.read_text())["items"]}
+    for i in expected["items"]:
+        if i.get("matched_units") is not None:
+            assert items[i["id"]]["matched_units"] == i["matched_units"], i["id"]
+            assert items[i["id"]]["similarity"] == pytest.approx(i["similarity"], abs=1e-3)
+            gone = f"{i['id']}: no unit of {i['layer']} matches the recorded unit"
+            assert (gone in proc.stdout) == i["no_match"], i["id"]
     named_fail = [i for i in expected["items"] if i["outcome"] == "failed"]
     if checkpoint.endswith("retrained"):
         assert named_fail and all(i["mode"] == "units" for i in named_fail)

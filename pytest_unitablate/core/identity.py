@@ -1,0 +1,149 @@
+"""Unit identity across trainings: a unit's signature, and one-to-one matching by it.
+
+Unit indices are arbitrary across trainings: the "seven detector" that is unit 10 of
+``layer3.0`` in one model can be unit 3 in a retrain. A named-unit check can therefore
+protect what a unit *is* instead of its index: a **signature** recorded from the
+reference model, found again in the model under test by matching.
+
+The signature is the unit's **class-damage profile**: for each class ``k``, the
+first-order estimate of how much the log-probability of the true class drops, averaged
+over the examples of class ``k``, when the unit alone is zeroed
+(:func:`pytest_unitablate.core.unit_order.class_damage_sums`; one forward and one backward
+pass over the data give it for every unit of the layer). It describes the unit's *role*
+(which classes depend on it), which is what a named-unit check protects; on the demo
+models it finds the unit that really carries the class more often than the unit's
+activations (Li et al. 2016's correlation), see ``docs/identity.md``.
+
+Similarity is the cosine of two profiles (1: the same role, 0: unrelated; scale-free, so a
+retrain that makes a unit twice as important still matches). :func:`match_units` assigns
+the recorded units of a layer to distinct units of the model under test so that the total
+similarity is largest (the Hungarian method, ``scipy.optimize.linear_sum_assignment``), not
+greedily: two recorded units never claim the same unit.
+
+Example::
+
+    >>> import numpy as np
+    >>> recorded = {10: [0.0, 0.0, 1.0], 4: [1.0, 0.0, 0.0]}
+    >>> current = np.array([[0.9, 0.1, 0.0], [0.0, 0.5, 2.0], [0.0, 1.0, 0.0]])
+    >>> m = match_units(recorded, current)
+    >>> m[10].unit, round(m[10].similarity, 2), m[4].unit
+    (1, 0.97, 0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from pytest_unitablate.core.unit_order import class_damage_sums
+from pytest_unitablate.errors import UnitAblateError
+
+
+class SignatureMismatchError(UnitAblateError):
+    """Recorded signatures cannot be compared with this model's (another class count)."""
+
+
+def damage_profiles(
+    model: nn.Module,
+    data: Any,
+    layer: str,
+    *,
+    num_classes: int | None = None,
+    channel_dim: int = 1,
+    device: torch.device | str | None = None,
+    output: int | str | None = None,
+    batch_size: int = 256,
+) -> npt.NDArray[np.float64]:
+    """The class-damage profile of every unit of ``layer``: shape ``(units, classes)``.
+
+    Entry ``[u, k]`` is the mean, over the examples labelled ``k``, of the first-order
+    estimate of the loss of true-class log-probability when unit ``u`` alone is zeroed
+    (0 for a class without examples). ``num_classes`` pads the columns to the model's
+    output width. The model's weights and train/eval flags are left as they were.
+    """
+    sums, counts = class_damage_sums(model, data, layer, channel_dim=channel_dim,
+                                     device=device, output=output, batch_size=batch_size)
+    width = max(num_classes or 0, sums.shape[1])
+    profile = np.zeros((sums.shape[0], width), dtype=np.float64)
+    seen = counts > 0
+    profile[:, : sums.shape[1]][:, seen] = sums[:, seen] / counts[seen]
+    return profile
+
+
+@dataclass(frozen=True)
+class Match:
+    """Where a recorded unit went: its partner in the model under test, and how sure.
+
+    ``unit`` is ``None`` when the layer has fewer units than were recorded and this one got
+    no partner. ``best_unit``/``best_similarity`` is the most similar unit overall, which
+    differs from ``unit`` when another recorded unit claimed it.
+    """
+
+    recorded: int
+    unit: int | None
+    similarity: float
+    best_unit: int
+    best_similarity: float
+
+    def describe(self) -> str:
+        """``unit 10 -> unit 3 (similarity 0.93)``."""
+        if self.unit is None:
+            return f"unit {self.recorded} -> no unit left to match"
+        return f"unit {self.recorded} -> unit {self.unit} (similarity {self.similarity:.2f})"
+
+
+def cosine_matrix(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]
+                  ) -> npt.NDArray[np.float64]:
+    """Cosine similarity of every row of ``a`` with every row of ``b`` (0 for a zero row).
+
+    >>> cosine_matrix(np.array([[1.0, 0.0]]), np.array([[2.0, 0.0], [0.0, 0.0]])).tolist()
+    [[1.0, 0.0]]
+    """
+    na = np.linalg.norm(a, axis=1, keepdims=True)
+    nb = np.linalg.norm(b, axis=1, keepdims=True)
+    an = np.divide(a, na, out=np.zeros_like(a), where=na > 0)
+    bn = np.divide(b, nb, out=np.zeros_like(b), where=nb > 0)
+    out: npt.NDArray[np.float64] = np.clip(an @ bn.T, -1.0, 1.0)
+    return out
+
+
+def match_units(recorded: Mapping[int, Sequence[float]], profiles: npt.NDArray[np.float64]
+                ) -> dict[int, Match]:
+    """Assign each recorded unit (index -> profile) to a distinct unit of ``profiles``
+    (``(units, classes)``) maximising the total cosine similarity (Hungarian method).
+
+    The assignment is deterministic for given profiles. Raises
+    :class:`SignatureMismatchError` when the profiles have different class counts.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    keys = sorted(recorded)
+    if not keys:
+        return {}
+    ref = np.asarray([list(recorded[k]) for k in keys], dtype=np.float64)
+    if ref.shape[1] != profiles.shape[1]:
+        raise SignatureMismatchError(
+            f"the recorded signatures have {ref.shape[1]} classes but the model gives "
+            f"{profiles.shape[1]}: they were recorded on another model or class list")
+    sim = cosine_matrix(ref, profiles)
+    rows, cols = linear_sum_assignment(sim, maximize=True)
+    partner = {int(r): int(c) for r, c in zip(rows, cols, strict=True)}
+    out: dict[int, Match] = {}
+    for i, key in enumerate(keys):
+        best = int(np.argmax(sim[i])) if sim.shape[1] else -1
+        unit = partner.get(i)
+        out[key] = Match(
+            recorded=key, unit=unit,
+            similarity=float(sim[i, unit]) if unit is not None else float("nan"),
+            best_unit=best, best_similarity=float(sim[i, best]) if best >= 0 else float("nan"))
+    return out
+
+
+__all__ = ["Match", "SignatureMismatchError", "cosine_matrix", "damage_profiles",
+           "match_units"]

@@ -1,0 +1,175 @@
+"""The signatures sidecar: what named units *are*, recorded next to the spec (torch-free).
+
+A check with ``identity: signature`` protects the unit whose recorded signature it names,
+wherever a retrain moved it (matching: :mod:`pytest_unitablate.core.identity`). A
+signature has one number per class, too many for a readable spec on a real data set, so
+record mode keeps them in a JSON sidecar next to the spec (``resnet.signatures.json`` for
+``resnet.yaml``) and writes the sidecar's sha256 into the spec::
+
+    signatures: {file: resnet.signatures.json, sha256: 5f0c...}
+
+The hash ties the two together: a sidecar edited or swapped after recording is refused
+(re-record instead). The sidecar is plain, sorted JSON, readable and diffable::
+
+    {"unitablate_signatures": 1,
+     "signature": "class-damage profile ...", "similarity": "cosine",
+     "classes": ["zero", ...], "data_sha256": "...", "weights_sha256": "...",
+     "layers": {"layer3.0": {"10": {"profile": [0.01, ..., 0.94, ...],
+                                    "top_classes": ["seven", "one"]}}}}
+
+``python -m pytest_unitablate signatures specs/resnet.signatures.json`` prints it as a table.
+
+Example::
+
+    >>> s = Signatures(layers={"conv5": {3: (0.0, 1.0)}}, classes=("a", "b"), data_sha256="d")
+    >>> Signatures.from_text(s.to_text()).layers
+    {'conv5': {3: (0.0, 1.0)}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pytest_unitablate.atomic import atomic_write
+from pytest_unitablate.errors import UnitAblateError
+
+FORMAT = 1
+SIGNATURE_TEXT = ("class-damage profile: per class, the mean first-order loss of the true "
+                  "class's log-probability over that class's examples when the unit alone "
+                  "is zeroed")
+
+
+class SignatureFileError(UnitAblateError):
+    """The sidecar is missing, unreadable, or not the one the spec recorded."""
+
+
+def sha256_text(text: str) -> str:
+    """sha256 of a sidecar's text (UTF-8), as written into the spec."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Signatures:
+    """Recorded signatures: layer -> unit index (in the reference model) -> profile."""
+
+    layers: Mapping[str, Mapping[int, tuple[float, ...]]]
+    classes: tuple[str, ...] | None = None
+    #: fingerprint of the evaluation data the profiles were measured on (the baseline's)
+    data_sha256: str = ""
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+    def units(self, layer: str) -> dict[int, tuple[float, ...]]:
+        """The recorded units of ``layer`` (empty if none)."""
+        return dict(self.layers.get(layer, {}))
+
+    def merged(self, other: Signatures) -> Signatures:
+        """These signatures with ``other``'s added (``other`` wins on the same unit)."""
+        layers = {name: dict(units) for name, units in self.layers.items()}
+        for name, units in other.layers.items():
+            layers.setdefault(name, {}).update(units)
+        return Signatures(layers=layers, classes=other.classes or self.classes,
+                          data_sha256=other.data_sha256 or self.data_sha256,
+                          meta={**self.meta, **other.meta})
+
+    def to_text(self) -> str:
+        """Deterministic JSON (sorted keys, 6 significant digits)."""
+        def top(profile: Sequence[float]) -> list[str]:
+            order = sorted(range(len(profile)), key=lambda k: (-profile[k], k))[:2]
+            names = self.classes or ()
+            return [names[k] if k < len(names) else str(k) for k in order]
+
+        doc = {
+            "unitablate_signatures": FORMAT,
+            "signature": SIGNATURE_TEXT,
+            "similarity": "cosine",
+            "classes": list(self.classes) if self.classes is not None else None,
+            "data_sha256": self.data_sha256,
+            **{k: v for k, v in sorted(self.meta.items())},
+            "layers": {
+                layer: {str(u): {"profile": [float(f"{v:.6g}") for v in profile],
+                                 "top_classes": top(profile)}
+                        for u, profile in sorted(units.items())}
+                for layer, units in sorted(self.layers.items())},
+        }
+        text = json.dumps(doc, indent=1, sort_keys=True)
+        # one line per list (profiles, class names): readable, and a diff shows one unit
+        return re.sub(r"\[[^\[\]{}]*\]", lambda m: " ".join(m.group(0).split()), text) + "\n"
+
+    @classmethod
+    def from_text(cls, text: str, where: str = "the signatures file") -> Signatures:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SignatureFileError(f"{where} is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict) or doc.get("unitablate_signatures") != FORMAT:
+            raise SignatureFileError(f"{where} is not a pytest-unitablate signatures file "
+                                     f"(format {FORMAT})")
+        try:
+            layers = {str(layer): {int(u): tuple(float(v) for v in entry["profile"])
+                                   for u, entry in units.items()}
+                      for layer, units in doc["layers"].items()}
+            classes = tuple(str(c) for c in doc["classes"]) if doc.get("classes") else None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SignatureFileError(f"{where} is malformed: {type(exc).__name__}: {exc}"
+                                     ) from None
+        meta = {k: str(v) for k, v in doc.items() if k in ("weights_sha256", "torch_version")}
+        return cls(layers=layers, classes=classes, data_sha256=str(doc.get("data_sha256", "")),
+                   meta=meta)
+
+
+def read_signatures(path: Path, expected_sha256: str | None) -> Signatures | None:
+    """The sidecar at ``path``; ``None`` when it does not exist and the spec names no hash.
+
+    Raises :class:`SignatureFileError` when the spec recorded a hash and the file is
+    missing or differs from it (edited, swapped, or from another recording).
+    """
+    if not path.exists():
+        if expected_sha256:
+            raise SignatureFileError(
+                f"the signatures file {path} recorded in the spec is missing")
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SignatureFileError(f"cannot read the signatures file {path}: {exc}") from None
+    actual = sha256_text(text)
+    if expected_sha256 and actual != expected_sha256:
+        raise SignatureFileError(
+            f"the signatures file {path} has sha256 {actual[:12]}..., not the "
+            f"{expected_sha256[:12]}... the spec recorded: it changed after recording. "
+            f"Restore it, or delete it and the spec's signatures: entry and record again")
+    if not expected_sha256:
+        raise SignatureFileError(
+            f"{path} exists but the spec has no signatures: entry with its sha256; delete "
+            f"the file and record again, or add the entry record mode wrote")
+    return Signatures.from_text(text, str(path))
+
+
+def write_signatures(path: Path, signatures: Signatures) -> str:
+    """Write the sidecar atomically; return its sha256 (for the spec's entry)."""
+    text = signatures.to_text()
+    atomic_write(path, text)
+    return sha256_text(text)
+
+
+def format_table(signatures: Signatures) -> str:
+    """A readable table of a sidecar: per unit, its two top classes and its profile."""
+    lines = []
+    names = signatures.classes
+    for layer, units in sorted(signatures.layers.items()):
+        for unit, profile in sorted(units.items()):
+            order = sorted(range(len(profile)), key=lambda k: (-profile[k], k))
+            label = [names[k] if names and k < len(names) else str(k) for k in order[:2]]
+            values = " ".join(f"{v:+.3f}" for v in profile)
+            lines.append(f"{layer} unit {unit}: carries {label[0]} (then {label[1]})  "
+                         f"[{values}]" if len(label) > 1 else f"{layer} unit {unit}: [{values}]")
+    return "\n".join(lines)
+
+
+__all__ = ["SignatureFileError", "Signatures", "format_table", "read_signatures",
+           "sha256_text", "write_signatures"]
