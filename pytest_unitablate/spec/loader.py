@@ -406,14 +406,6 @@ class _Validator:
             if node.get("by") is None:
                 self.err(node.line, "identity mapping needs 'by:' (index or signature)")
                 return "index", DEFAULT_MIN_SIMILARITY
-        if by.kind != "scalar" or by.value not in IDENTITY_KINDS:
-            hint = _did_you_mean(str(by.value), IDENTITY_KINDS) if by.kind == "scalar" else ""
-            self.err(by.line, f"identity must be index or signature, got {by.describe()}{hint}")
-            return "index", DEFAULT_MIN_SIMILARITY
-        kind: IdentityKind = by.value
-        if kind == "signature" and mode != "units":
-            self.err(by.line, f"identity: signature is for named units (units: [...]); a "
-                     f"{mode} check already looks at every unit of the layer")
         minimum = DEFAULT_MIN_SIMILARITY
         if threshold is not None:
             v = threshold.value
@@ -423,6 +415,14 @@ class _Validator:
                          f"(a cosine similarity, e.g. 0.75), got {threshold.describe()}")
             else:
                 minimum = float(v)
+        if by.kind != "scalar" or by.value not in IDENTITY_KINDS:
+            hint = _did_you_mean(str(by.value), IDENTITY_KINDS) if by.kind == "scalar" else ""
+            self.err(by.line, f"identity must be index or signature, got {by.describe()}{hint}")
+            return "index", DEFAULT_MIN_SIMILARITY
+        kind: IdentityKind = by.value
+        if kind == "signature" and mode != "units":
+            self.err(by.line, f"identity: signature is for named units (units: [...]); the "
+                     f"layer-wide {mode} already looks at every unit of the layer")
         return kind, minimum
 
     def signatures(self, node: YNode | None) -> tuple[str | None, str | None]:

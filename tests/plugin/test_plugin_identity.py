@@ -1,0 +1,193 @@
+"""identity: signature through the plugin: record, match after a permutation, a unit gone.
+
+The model here is a small MLP whose hidden unit k detects class k (k < 4) on noisy
+one-hot inputs, so the baseline is not 100% accurate. ``PERMUTE=1`` reorders its hidden
+units (the same function, other indices: what a retrain does to unit identity);
+``DESTROY=1`` moves class one's evidence to the output bias so no hidden unit carries it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+MODEL = '''
+import os
+import torch
+from torch import nn
+
+PERM = [3, 0, 5, 1, 4, 2]          # new position i holds old unit PERM[i]
+
+
+def model():
+    g = torch.Generator().manual_seed(0)
+    w1 = torch.zeros(6, 4)
+    w1[:4, :4] = 2.0 * torch.eye(4)
+    w1[4:] = 0.3 * torch.rand(2, 4, generator=g)
+    w2 = torch.zeros(4, 6)
+    w2[:, :4] = torch.eye(4)
+    w2[:, 4:] = 0.1
+    b2 = torch.zeros(4)
+    if os.environ.get("DESTROY") == "1":
+        w1[1] = 0.0                                # unit 1 detects nothing any more
+        w2[1] = 0.0                                # and class one wins on its bias alone
+        b2[1] = 0.9
+    if os.environ.get("PERMUTE") == "1":
+        w1, w2 = w1[PERM], w2[:, PERM]
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 4))
+    with torch.no_grad():
+        net[0].weight.copy_(w1); net[0].bias.zero_()
+        net[2].weight.copy_(w2); net[2].bias.copy_(b2)
+    return net.eval()
+
+
+def data():
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(4).repeat(30)
+    x = torch.nn.functional.one_hot(labels, 4).float() + 0.45 * torch.randn(120, 4, generator=g)
+    return [(x[i:i + 40], labels[i:i + 40]) for i in range(0, 120, 40)]
+'''
+
+SPEC = """\
+unitablate: 1
+model: idmodel:model
+data: idmodel:data
+classes: [zero, one, two, three]
+checks:
+  - layer: "1"
+    units: [1]
+    identity: signature
+    expect:
+      one: {min_drop: 50%}
+  - layer: "1"
+    units: [2]
+    identity: {by: signature, min_similarity: 0.9}
+    expect:
+      two: {min_drop: 50%}
+"""
+
+
+@pytest.fixture
+def idmodel(tiny: pytest.Pytester) -> pytest.Pytester:
+    tiny.makepyfile(idmodel=MODEL)
+    (tiny.path / "spec.yaml").write_text(SPEC)
+    return tiny
+
+
+def _run(p: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *args: str,
+         **env: str) -> tuple[pytest.RunResult, dict[str, dict[str, object]]]:
+    for key in ("PERMUTE", "DESTROY"):
+        monkeypatch.setenv(key, env.get(key, "0"))
+    result = p.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-report", "r.json",
+                         "-p", "no:randomly", "-p", "no:cacheprovider", *args)
+    report = p.path / "r.json"
+    items = {i["id"]: i for i in json.loads(report.read_text())["items"]} \
+        if report.exists() else {}
+    return result, items
+
+
+def test_record_then_match_after_permutation_then_unit_gone(
+        idmodel: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = idmodel.path / "spec.yaml"
+    # no signature recorded yet: a located error that names the command to record it
+    result, _ = _run(idmodel, monkeypatch)
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    assert "spec.yaml:8: identity: signature, but no signature of 1 unit(s) [1] is " \
+        "recorded in spec.signatures.json" in out
+    assert "--unitablate-record-mode=new" in out
+    assert not (idmodel.path / "spec.signatures.json").exists()
+
+    result, items = _run(idmodel, monkeypatch, "--unitablate-record-mode=new")
+    result.assert_outcomes(passed=2)
+    sidecar = idmodel.path / "spec.signatures.json"
+    text = spec.read_text()
+    assert "signatures: {file: spec.signatures.json, sha256: " in text
+    assert text.splitlines()[4].startswith("signatures: {file: spec.signatures.json")
+    assert "".join(text.splitlines(keepends=True)[:4] + text.splitlines(keepends=True)[5:]) \
+        == SPEC  # only the signatures: line was added
+    recorded = json.loads(sidecar.read_text())
+    assert sorted(recorded["layers"]["1"]) == ["1", "2"]
+    assert recorded["layers"]["1"]["1"]["top_classes"][0] == "one"
+
+    # the reference again: identity mapping, similarity 1
+    result, items = _run(idmodel, monkeypatch)
+    result.assert_outcomes(passed=2)
+    one = items["1-u1-one-min_drop"]
+    assert one["matched_units"] == [1] and one["similarity"] == [pytest.approx(1.0)]
+    assert one["baseline"] < 1.0  # not a 100%-accurate toy
+
+    # the hidden units permuted: found at their new positions, the checks pass
+    result, items = _run(idmodel, monkeypatch, "-v", PERMUTE="1")
+    result.assert_outcomes(passed=2)
+    assert items["1-u1-one-min_drop"]["matched_units"] == [3]   # PERM[3] == 1
+    assert items["1-u2-two-min_drop"]["matched_units"] == [5]   # PERM[5] == 2
+    assert items["1-u1-one-min_drop"]["mapping"] == "unit 1 -> unit 3 (similarity 1.00)"
+    result.stdout.fnmatch_lines(["*1->3*one*passed*"])
+
+    # class one's unit destroyed: no unit matches (and the other check still passes)
+    result, items = _run(idmodel, monkeypatch, DESTROY="1", PERMUTE="1")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines([
+        "*spec.yaml:9: 1-u1-one-min_drop: no unit of 1 matches the recorded unit 1 "
+        "(best: unit *, 0.*)", "*required similarity >= 0.75*"])
+    assert items["1-u1-one-min_drop"]["outcome"] == "failed"
+    assert spec.read_text() == text and json.loads(sidecar.read_text()) == recorded
+
+
+def test_index_identity_fails_where_signature_identity_follows_the_unit(
+        idmodel: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    _run(idmodel, monkeypatch, "--unitablate-record-mode=new")
+    spec = idmodel.path / "spec.yaml"
+    text = spec.read_text()
+    spec.write_text(text.replace("    identity: signature\n", "", 1))
+    result, items = _run(idmodel, monkeypatch, PERMUTE="1")
+    result.assert_outcomes(passed=1, failed=1)
+    assert items["1-u1-one-min_drop"]["outcome"] == "failed"      # index 1 is another unit
+    assert items["1-u1-one-min_drop"]["matched_units"] is None
+
+
+def test_a_changed_sidecar_is_refused_at_the_signatures_line(
+        idmodel: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    _run(idmodel, monkeypatch, "--unitablate-record-mode=new")
+    sidecar = idmodel.path / "spec.signatures.json"
+    sidecar.write_text(sidecar.read_text().replace('"one"', '"uno"', 1))
+    before = (idmodel.path / "spec.yaml").read_text(), sidecar.read_text()
+    result, _ = _run(idmodel, monkeypatch)
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*spec.yaml:5: the signatures file *spec.signatures.json has "
+                                 "sha256 *, not the * the spec recorded*"])
+    assert "Traceback" not in result.stdout.str()
+    assert ((idmodel.path / "spec.yaml").read_text(), sidecar.read_text()) == before
+    sidecar.unlink()
+    result, _ = _run(idmodel, monkeypatch)
+    result.stdout.fnmatch_lines(["*spec.yaml:5: the signatures file * recorded in the spec "
+                                 "is missing*"])
+
+
+def test_identity_spec_errors_are_collection_errors(tiny: pytest.Pytester) -> None:
+    (tiny.path / "bad.yaml").write_text("""\
+unitablate: 1
+model: m
+data: d
+signatures: {file: ../elsewhere.json, sha256: abc}
+checks:
+  - layer: conv
+    any_unit:
+      expect: {overall: {max_drop: 5%}}
+    identity: signature
+  - layer: conv
+    units: [1]
+    identity: {by: signatur, min_similarity: 2}
+    expect: {overall: {max_drop: 5%}}
+""")
+    result = tiny.runpytest("--unitablate-spec", "bad.yaml")
+    assert result.ret == 2
+    result.stdout.fnmatch_lines([
+        "*bad.yaml:4: signatures file '../elsewhere.json' must be a plain path next to*",
+        "*bad.yaml:4: signatures sha256 'abc' is not valid (64 hex digits)*",
+        "*bad.yaml:9: identity: signature is for named units*",
+        "*bad.yaml:12: min_similarity must be a number between -1 and 1*",
+        "*bad.yaml:12: identity must be index or signature, got *signatur*did you mean*",
+    ])
