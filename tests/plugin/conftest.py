@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 # In-process pytester runs restore sys.modules after each run, so whatever a run imports
-# is imported again by the next. torch cannot be imported a second time in one process,
-# scipy's compiled modules neither, and hypothesis' terminal summary imports its internals (1.3 s a run): both are loaded
-# here, before any run starts, and stay loaded.
+# is imported again by the next. torch and scipy's compiled modules cannot be imported a
+# second time in one process, and hypothesis' terminal summary imports its internals
+# (1.3 s a run): all are loaded here, before any run starts, and stay loaded.
 import hypothesis.internal.observability  # noqa: F401
 import pytest
 import scipy.optimize  # noqa: F401  (identity: signature matching; cannot load twice)
