@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_scan.py
 	$(BIN)/python benchmarks/bench_threads.py
 	$(BIN)/python benchmarks/bench_xdist.py
+	$(BIN)/python benchmarks/bench_identity.py
 
 clean:
 	rm -rf $(VENV) .nox mutants

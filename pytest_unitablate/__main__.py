@@ -27,14 +27,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--confidence", type=float, default=0.95, help="interval level (0.95)")
     d.add_argument("--out", type=Path, required=True, help="spec file to write")
     d.add_argument("--force", action="store_true", help="replace an existing file")
+    d.add_argument("--identity", action="store_true", help="protect the named units by "
+                   "their signatures (identity: signature; writes <out>.signatures.json)")
+    s = sub.add_parser("signatures", help="print a signatures sidecar as a table")
+    s.add_argument("file", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "signatures":
+        from pytest_unitablate.spec.signatures import (
+            SignatureFileError,
+            Signatures,
+            format_table,
+        )
+
+        try:
+            print(format_table(Signatures.from_text(args.file.read_text(), str(args.file))))
+        except (OSError, SignatureFileError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     from pytest_unitablate.analysis.discover import discover
     from pytest_unitablate.errors import UnitAblateError
 
     classes = args.classes.split(",") if args.classes else None
     try:
         text = discover(args.model, args.data, args.layer, args.out, classes=classes,
-                        top=args.top, level=args.confidence, overwrite=args.force)
+                        top=args.top, level=args.confidence, overwrite=args.force,
+                        identity=args.identity)
     except (UnitAblateError, FileExistsError, ValueError, ImportError, AttributeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

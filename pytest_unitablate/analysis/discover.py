@@ -88,7 +88,8 @@ def find_units(model: Any, data: Any, layers: Sequence[str], *, top: int = 5,
 
 
 def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
-                findings: Sequence[Finding], guards: dict[str, float], level: float) -> str:
+                findings: Sequence[Finding], guards: dict[str, float], level: float,
+                signatures: tuple[str, str] | None = None) -> str:
     """The starter spec as YAML text (comments carry the measurements)."""
 
     def name(k: int) -> str:
@@ -104,13 +105,18 @@ def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
     ]
     if classes:
         lines.append(f"classes: [{', '.join(classes)}]")
-    lines += ["ablation: zero", "", "checks:"]
+    lines += ["ablation: zero", ""]
+    if signatures is not None:
+        lines.append(f"signatures: {{file: {signatures[0]}, sha256: {signatures[1]}}}  "
+                     f"# written by discover (identity: signature)")
+    lines.append("checks:")
     for f in findings:
         lines += [
             f"  # unit {f.unit} of {f.layer}: class {name(f.target)} drops "
             f"{f.drop * 100:.1f} pp",
             f"  - layer: {f.layer}",
             f"    units: [{f.unit}]",
+            *(["    identity: signature"] if signatures is not None else []),
             "    expect:",
             f"      {name(f.target)}: {{min_drop: {format_threshold('min_drop', f.low)}}}",
             f"      overall: {{max_drop: {format_threshold('max_drop', f.overall_high)}}}",
@@ -144,14 +150,38 @@ def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
 
 def discover(model_ref: str, data_ref: str, layers: Sequence[str], out: Path, *,
              classes: Sequence[str] | None = None, top: int = 5, level: float = 0.95,
-             overwrite: bool = False) -> str:
-    """Scan, choose units, write the starter spec to ``out``; return its text."""
+             overwrite: bool = False, identity: bool = False) -> str:
+    """Scan, choose units, write the starter spec to ``out``; return its text.
+
+    With ``identity``, the named-unit checks carry ``identity: signature`` and the units'
+    signatures go to ``<out stem>.signatures.json`` next to the spec (hashed in it).
+    """
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --force to replace it")
     model = load_reference(model_ref)
     data = load_reference(data_ref)
     findings, guards = find_units(model, data, layers, top=top, level=level)
-    text = render_spec(model_ref, data_ref, classes, findings, guards, level)
+    entry = _write_signatures(model, data, findings, out, classes) if identity else None
+    text = render_spec(model_ref, data_ref, classes, findings, guards, level, entry)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, text)
     return text
+
+
+def _write_signatures(model: Any, data: Any, findings: Sequence[Finding], out: Path,
+                      classes: Sequence[str] | None) -> tuple[str, str]:
+    """Record the chosen units' signatures in the sidecar; return its (file, sha256)."""
+    from pytest_unitablate.core.data import data_fingerprint
+    from pytest_unitablate.core.identity import damage_profiles
+    from pytest_unitablate.spec.signatures import Signatures, write_signatures
+
+    layers: dict[str, dict[int, tuple[float, ...]]] = {}
+    for layer in sorted({f.layer for f in findings}):
+        profiles = damage_profiles(model, data, layer)
+        layers[layer] = {f.unit: tuple(float(v) for v in profiles[f.unit])
+                         for f in findings if f.layer == layer}
+    path = out.with_name(f"{out.stem}.signatures.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sha = write_signatures(path, Signatures(layers=layers, classes=tuple(classes or ()) or None,
+                                            data_sha256=data_fingerprint(data)))
+    return path.name, sha
