@@ -68,7 +68,8 @@ def activations(model: torch.nn.Module, layer: str, x: torch.Tensor
 def _normalised(a: npt.NDArray[np.float64], center: bool) -> npt.NDArray[np.float64]:
     a = a - a.mean(axis=1, keepdims=True) if center else a
     norm = np.linalg.norm(a, axis=1, keepdims=True)
-    return np.divide(a, norm, out=np.zeros_like(a), where=norm > 0)
+    out: npt.NDArray[np.float64] = np.divide(a, norm, out=np.zeros_like(a), where=norm > 0)
+    return out
 
 
 def similarity(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64], center: bool
