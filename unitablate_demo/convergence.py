@@ -86,7 +86,7 @@ def role_kept(drops_a: npt.NDArray[np.float64], drops_b: npt.NDArray[np.float64]
     kept = []
     for u, v in sorted(match.items()):
         k = int(np.argmax(drops_a[u]))
-        kept.append(int(np.argmax(drops_b[v])) == k and drops_b[v, k] >= 0.5 * drops_a[u, k])
+        kept.append(bool(int(np.argmax(drops_b[v])) == k and drops_b[v, k] >= 0.5 * drops_a[u, k]))
     return kept
 
 
