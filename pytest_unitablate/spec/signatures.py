@@ -53,6 +53,18 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def top_classes(profile: Sequence[float], classes: Sequence[str] | None, n: int = 2
+                ) -> list[str]:
+    """The ``n`` classes a profile depends on most (names where known), largest first.
+
+    >>> top_classes([0.1, 0.9, 0.3], ["a", "b", "c"])
+    ['b', 'c']
+    """
+    names = classes or ()
+    order = sorted(range(len(profile)), key=lambda k: (-profile[k], k))[:n]
+    return [names[k] if k < len(names) else str(k) for k in order]
+
+
 @dataclass(frozen=True)
 class Signatures:
     """Recorded signatures: layer -> unit index (in the reference model) -> profile."""
@@ -78,11 +90,6 @@ class Signatures:
 
     def to_text(self) -> str:
         """Deterministic JSON (sorted keys, 6 significant digits)."""
-        def top(profile: Sequence[float]) -> list[str]:
-            order = sorted(range(len(profile)), key=lambda k: (-profile[k], k))[:2]
-            names = self.classes or ()
-            return [names[k] if k < len(names) else str(k) for k in order]
-
         doc = {
             "unitablate_signatures": FORMAT,
             "signature": SIGNATURE_TEXT,
@@ -92,7 +99,7 @@ class Signatures:
             **{k: v for k, v in sorted(self.meta.items())},
             "layers": {
                 layer: {str(u): {"profile": [float(f"{v:.6g}") for v in profile],
-                                 "top_classes": top(profile)}
+                                 "top_classes": top_classes(profile, self.classes)}
                         for u, profile in sorted(units.items())}
                 for layer, units in sorted(self.layers.items())},
         }
@@ -163,8 +170,7 @@ def format_table(signatures: Signatures) -> str:
     names = signatures.classes
     for layer, units in sorted(signatures.layers.items()):
         for unit, profile in sorted(units.items()):
-            order = sorted(range(len(profile)), key=lambda k: (-profile[k], k))
-            label = [names[k] if names and k < len(names) else str(k) for k in order[:2]]
+            label = top_classes(profile, names)
             values = " ".join(f"{v:+.3f}" for v in profile)
             lines.append(f"{layer} unit {unit}: carries {label[0]} (then {label[1]})  "
                          f"[{values}]" if len(label) > 1 else f"{layer} unit {unit}: [{values}]")
