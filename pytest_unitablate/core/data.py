@@ -206,6 +206,26 @@ def iter_batches(
         raise DataError(f"the data has no examples{hint}")
 
 
+def count_examples(data: Any) -> int | None:
+    """How many examples ``data`` holds, when that is known without a pass (a tensor pair, a
+    sized ``Dataset``, a ``DataLoader`` over one); ``None`` otherwise. For progress bars.
+
+    >>> import torch
+    >>> count_examples((torch.zeros(5, 2), torch.zeros(5))), count_examples(lambda: [])
+    (5, None)
+    """
+    if _is_tensor_pair(data):
+        return int(data[0].shape[0])
+    if isinstance(data, DataLoader):
+        data = data.dataset
+    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+        try:
+            return len(data)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+    return None
+
+
 def data_fingerprint(data: Any, *, batch_size: int = 256) -> str:
     """sha256 over the inputs and labels of ``data`` in order (streamed): the
     :class:`PassDigest` of one pass, so it equals ``evaluate(model, data).fingerprint``

@@ -25,7 +25,7 @@ Example::
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from pytest_unitablate.core.ablation import ablate, channel_means
-from pytest_unitablate.core.data import iter_batches, require_replayable
+from pytest_unitablate.core.data import count_examples, iter_batches, require_replayable
 from pytest_unitablate.core.evaluation import (
     EvalResult,
     check_paired,
@@ -44,6 +44,7 @@ from pytest_unitablate.core.evaluation import (
     model_device,
 )
 from pytest_unitablate.core.layers import probe_layers, require_single_call, resolve_layer
+from pytest_unitablate.core.memory import DEFAULT_MEMORY_BUDGET
 from pytest_unitablate.errors import ConfigError, optional_import
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ class ScanResult:
     baseline: EvalResult
     method: str
     reason: str = ""
+    plan: str = ""
 
     @property
     def correct(self) -> npt.NDArray[np.bool_]:
@@ -173,23 +175,37 @@ def scan(
     device: torch.device | str | None = None,
     method: str = "auto",
     batch_size: int = 256,
-    chunk_size: int = 16,
-    progress: bool | None = None,
+    chunk_size: int | None = None,
+    memory_budget: int | None = None,
+    progress: bool | Callable[[int, int | None], None] | None = None,
     output: int | str | None = None,
 ) -> ScanResult:
     """Ablate each unit of ``layer`` alone and record every example's prediction.
 
     ``units`` defaults to all channels. ``ablation`` is ``"zero"``, ``"mean"`` or a number.
-    ``method`` is ``"auto"``, ``"closed_form"``, ``"prefix"`` or ``"naive"``;
-    ``chunk_size`` units share one suffix forward in the prefix engine (memory grows with
-    ``chunk_size * batch``, never with the data set). ``progress`` shows a tqdm bar; by
-    default only on a terminal and for the naive engine over 32 units or more. ``output``
-    picks the logits out of a tuple, list or dict model output, as for ``evaluate()``.
+    ``method`` is ``"auto"``, ``"closed_form"``, ``"prefix"`` or ``"naive"``.
+
+    The prefix engine stacks several ablated copies of a batch into one suffix forward.
+    By default it measures, on the first batch, how many units per pass are fastest and
+    how many fit in ``memory_budget`` bytes (default
+    :data:`~pytest_unitablate.core.memory.DEFAULT_MEMORY_BUDGET`, 2 GiB, beyond what a
+    plain forward of one batch needs), and with ``method="auto"`` falls back to the naive
+    loop if the split network is measured slower than it; ``ScanResult.plan`` says what it
+    chose. ``chunk_size`` fixes the units per pass instead (still within the budget).
+
+    ``progress``: ``True`` shows a tqdm bar, ``False`` none; by default a bar appears on
+    a terminal once the scan has run for 2 s. A callable is called as ``progress(done,
+    total)`` with (unit, example) pairs finished and the total (``None`` when the data's
+    length is unknown). ``output`` picks the logits out of a tuple, list or dict model
+    output, as for ``evaluate()``.
     """
     if method not in ("auto", "closed_form", "prefix", "naive"):
         raise ConfigError(
             f"scan method must be auto, closed_form, prefix or naive, got {method!r}")
     require_replayable(data)
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    if budget < 1:
+        raise ConfigError(f"scan memory_budget must be a positive number of bytes, got {budget}")
     target = torch.device(device) if device is not None else model_device(model)
     first = next(iter(iter_batches(data, batch_size=batch_size, device=target)))[0]
     info = probe_layers(model, first[:2], [layer], channel_dim=channel_dim)[layer]
@@ -197,10 +213,14 @@ def scan(
     if ablation == "mean" and (means is None or layer not in means):
         means = channel_means(model, data, [layer], channel_dim=channel_dim, device=target)
 
+    tick = _progress(progress, len(chosen), count_examples(data), f"scan {layer}")
+
     def result(out: Any, method_name: str, why: str = "") -> ScanResult:
+        tick.close()
         base = EvalResult(labels=out.labels, predictions=out.baseline,
                           num_classes=out.num_classes, fingerprint=out.fingerprint)
-        return ScanResult(layer, chosen, out.predictions, out.labels, base, method_name, why)
+        return ScanResult(layer, chosen, out.predictions, out.labels, base, method_name, why,
+                          out.plan)
 
     head = None
     reason = ""
@@ -215,7 +235,7 @@ def scan(
             raise ConfigError(f"scan(method='closed_form') refused for {layer!r}: {reason}")
     if head is not None:
         preds = _scan_closed_form(model, data, layer, chosen, ablation, means, head, target,
-                                  batch_size, output)
+                                  batch_size, output, tick)
         if preds is not None:
             return result(preds, "closed_form")
         reason = "closed form did not match a real ablated forward on the first batch"
@@ -226,41 +246,77 @@ def scan(
 
         split, why = split_at(model, layer)
         if split is not None:
-            preds = scan_prefix(model, split, data, layer, chosen, ablation, means, target,
-                                batch_size, chunk_size, channel_dim, output)
-            if preds is not None:
-                return result(preds, "prefix", reason)
-            why = "the split network did not match a real ablated forward on the first batch"
+            tick.restart()
+            found = scan_prefix(model, split, data, layer, chosen, ablation, means, target,
+                                batch_size, chunk_size, channel_dim, output,
+                                memory_budget=budget, progress=tick,
+                                allow_naive=method == "auto" and chunk_size is None)
+            if not isinstance(found, str):
+                return result(found, "prefix", reason)
+            why = found
         reason = f"{reason}; {why}" if reason else why
         if method == "prefix":
             raise ConfigError(f"scan(method='prefix') refused for {layer!r}: {why}")
+    tick.restart()
     baseline = evaluate(model, data, device=target, batch_size=batch_size, output=output)
     rows = []
-    show = progress if progress is not None else (sys.stderr.isatty() and len(chosen) >= 32)
-    for unit in _progress(chosen, show, f"scan {layer} (naive)"):
+    for unit in chosen:
         with ablate(model, {layer: [unit]}, ablation=ablation, means=means,
                     channel_dim=channel_dim):
             ablated = evaluate(model, data, device=target, batch_size=batch_size, output=output)
             check_paired(baseline, ablated, f"the pass with unit {unit} of {layer!r} ablated")
             rows.append(ablated.predictions)
+        tick(baseline.n)
+    tick.close()
     preds_naive = np.stack(rows) if rows else np.zeros((0, baseline.n), dtype=np.int64)
     return ScanResult(layer, chosen, preds_naive, baseline.labels, baseline, "naive", reason)
 
 
-def _progress(items: Sequence[int], show: bool, desc: str) -> Any:
-    if not show:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is optional (the `scan` extra)
-        return items
-    return tqdm(items, desc=desc, unit="unit", leave=False)
+class _progress:
+    """Counts (unit, example) pairs done and shows them: a tqdm bar (in units) or a callback."""
+
+    def __init__(self, progress: bool | Callable[[int, int | None], None] | None,
+                 n_units: int, n_examples: int | None, desc: str) -> None:
+        self.callback = progress if callable(progress) else None
+        self.total = n_units * n_examples if n_examples is not None else None
+        self.n_examples = n_examples
+        self.done = 0
+        self.bar: Any = None
+        if progress is False or self.callback is not None:
+            return
+        if progress is None and not sys.stderr.isatty():
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:  # tqdm is optional (the `scan` extra)
+            return
+        self.bar = tqdm(total=n_units if n_examples else None, desc=desc, unit="unit",
+                        leave=False, delay=0 if progress else 2)
+
+    def __call__(self, pairs: int) -> None:
+        self.done += pairs
+        if self.callback is not None:
+            self.callback(self.done, self.total)
+        if self.bar is not None:
+            self.bar.update(pairs / self.n_examples if self.n_examples else pairs)
+
+    def restart(self) -> None:
+        """Another engine starts over (the previous one was refused)."""
+        if self.done and self.bar is not None:
+            self.bar.reset()
+        self.done = 0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int, ...],
                       ablation: str | float, means: dict[str, torch.Tensor] | None,
                       head: nn.Linear, device: torch.device, batch_size: int,
-                      output: int | str | None = None) -> Any:
+                      output: int | str | None = None,
+                      progress: Callable[[int], None] | None = None) -> Any:
     module = resolve_layer(model, layer)
     captured: list[torch.Tensor] = []
     calls = [0]
@@ -297,6 +353,8 @@ def _scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int,
                     verified = True
                     handle = module.register_forward_hook(hook)
                 out.append(preds.cpu())
+                if progress is not None:
+                    progress(len(units) * int(labels.shape[0]))
     finally:
         handle.remove()
     return collector.finish(out)

@@ -16,8 +16,10 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,8 @@ from torch import fx, nn
 from pytest_unitablate.core.ablation import ablate, check_means
 from pytest_unitablate.core.data import PassDigest, iter_batches
 from pytest_unitablate.core.evaluation import checked_logits, eval_mode, select_logits
+from pytest_unitablate.core.memory import DEFAULT_MEMORY_BUDGET, peak_bytes
+from pytest_unitablate.core.scan_plan import Calibration, Plan, limits, slower_than_naive
 
 
 @dataclass
@@ -39,6 +43,7 @@ class EngineOutput:
     labels: npt.NDArray[np.int64]
     num_classes: int
     fingerprint: str = ""
+    plan: str = ""  # the prefix engine's units and examples per suffix pass, and why
 
 
 class Collector:
@@ -203,21 +208,21 @@ def linear_entry(split: Split) -> LinearEntry | None:
     return LinearEntry([m for _, m in convs], rest)
 
 
-def entry_outputs(entry: LinearEntry, out: torch.Tensor, units: Sequence[int],
-                  repl: torch.Tensor) -> list[torch.Tensor]:
-    """Each entry convolution's output for ``len(units)`` ablated copies (stacked on dim 0)."""
+def entry_outputs(entry: LinearEntry, out: torch.Tensor, full: Sequence[torch.Tensor],
+                  units: Sequence[int], repl: torch.Tensor) -> list[torch.Tensor]:
+    """Each entry convolution's output for ``len(units)`` ablated copies (stacked on dim 0);
+    ``full`` holds the convolutions of the unablated ``out``, computed once per batch."""
     k, batch = len(units), out.shape[0]
     idx = torch.as_tensor(list(units), device=out.device)
     shifted = out[:, idx] - repl[idx].view(1, k, 1, 1)  # (B, k, H, W): x_u - r_u per unit
     results = []
-    for conv in entry.convs:
-        full = conv(out)  # (B, O, H', W')
+    for conv, whole in zip(entry.convs, full, strict=True):
         weight = conv.weight[:, idx].transpose(0, 1).reshape(k * conv.out_channels, 1,
                                                              *conv.weight.shape[2:])
         delta = torch.nn.functional.conv2d(shifted, weight, None, conv.stride, conv.padding,
                                            conv.dilation, groups=k)
         delta = delta.view(batch, k, conv.out_channels, *delta.shape[2:]).transpose(0, 1)
-        results.append((full.unsqueeze(0) - delta).reshape(k * batch, *full.shape[1:]))
+        results.append((whole.unsqueeze(0) - delta).reshape(k * batch, *whole.shape[1:]))
     return results
 
 
@@ -255,44 +260,142 @@ def ablated_copies(out: torch.Tensor, units: Sequence[int], repl: torch.Tensor,
     return stacked.reshape(k * batch, *out.shape[1:])
 
 
+def _rows(value: Any, rows: slice, batch: int) -> Any:
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+        return value[rows]
+    return value
+
+
+class _Batch:
+    """One batch through the prefix: suffix logits for ablated copies of some of its rows."""
+
+    def __init__(self, split: Split, entry: LinearEntry | None, out: torch.Tensor,
+                 extras: Sequence[Any], repl: torch.Tensor, dim: int,
+                 output: int | str | None) -> None:
+        self.split, self.entry, self.out, self.extras = split, entry, out, extras
+        self.repl, self.dim, self.output = repl, dim, output
+        # the entry convolutions of the unablated batch: computed once per batch
+        self.full = [conv(out) for conv in entry.convs] if entry is not None else []
+
+    def logits(self, rows: slice, chunk: Sequence[int]) -> torch.Tensor:
+        """Logits ``(len(chunk) * n_rows, classes)``: copy j has ``chunk[j]`` ablated."""
+        batch = self.out.shape[0]
+        part = self.out[rows]
+        repeated = [_repeat(_rows(e, rows, batch), len(chunk), part.shape[0])
+                    for e in self.extras]
+        if self.entry is not None:
+            produced = self.entry.rest(
+                *entry_outputs(self.entry, part, [f[rows] for f in self.full], chunk,
+                               self.repl), *repeated)
+        else:
+            produced = self.split.suffix(ablated_copies(part, chunk, self.repl, self.dim),
+                                         *repeated)
+        logits: torch.Tensor = select_logits(produced, self.output)
+        return logits
+
+
+def _row_bytes(fn: Callable[[], Any], fallback: int) -> int:
+    try:
+        return max(1, peak_bytes(fn))
+    except Exception:  # no dispatch-mode hook in this torch: a conservative guess
+        return max(1, fallback)
+
+
 def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                 units: tuple[int, ...], ablation: str | float,
                 means: dict[str, torch.Tensor] | None, device: torch.device,
-                batch_size: int, chunk_size: int, channel_dim: int,
-                output: int | str | None = None) -> EngineOutput | None:
-    """Predictions ``(n_units, n_examples)``; ``None`` if the split fails verification."""
+                batch_size: int, chunk_size: int | None, channel_dim: int,
+                output: int | str | None = None, *,
+                memory_budget: int = DEFAULT_MEMORY_BUDGET,
+                progress: Callable[[int], None] | None = None,
+                allow_naive: bool = False) -> EngineOutput | str:
+    """Predictions ``(n_units, n_examples)``, or why the engine was refused: the split fails
+    verification, or (with ``allow_naive``) it measured slower than the naive loop.
+
+    Units and examples per suffix pass follow :mod:`pytest_unitablate.core.scan_plan`
+    (``chunk_size`` fixes the units per pass, still within ``memory_budget``). ``progress``
+    is called with the number of (unit, example) pairs each pass finished.
+    """
     columns: list[torch.Tensor] = []
     collector = Collector(output)
-    verified = False
     entry = linear_entry(split) if channel_dim in (1, -3) else None
+    plan: Plan | None = None
+    calibration: Calibration | None = None
+    calibration_plan = (1, 1)  # examples per pass and bytes per (unit, example), once measured
+    verified = 0
     with eval_mode(model), eval_mode(split.prefix), eval_mode(split.suffix):
         for index, (inputs, labels) in enumerate(
             iter_batches(data, batch_size=batch_size, device=device,
                          digest=collector.digest)
         ):
+            began = time.perf_counter()
             produced = split.prefix(inputs)
+            prefix_time = time.perf_counter() - began
             out, extras = produced[0], produced[1:]
             collector.add(index, split.suffix(out, *extras), labels)
+            whole_time = time.perf_counter() - began
             dim = channel_dim if channel_dim >= 0 else out.dim() + channel_dim
             repl = replacement_values(ablation, means, layer, out, dim)
             batch = out.shape[0]
-            rows: list[torch.Tensor] = []
-            for start in range(0, len(units), max(1, chunk_size)):
-                chunk = units[start:start + chunk_size]
-                repeated = [_repeat(e, len(chunk), batch) for e in extras]
-                if entry is not None and out.dim() == 4:
-                    produced_c = entry.rest(*entry_outputs(entry, out, chunk, repl), *repeated)
+            work = _Batch(split, entry if out.dim() == 4 else None, out, extras, repl, dim,
+                          output)
+            run = work.logits
+            if plan is None and calibration is None:
+                row_bytes = _row_bytes(partial(run, slice(0, 1), units[:1]),
+                                       fallback=8 * out[:1].nbytes)
+                examples, most = limits(batch, len(units), row_bytes, memory_budget)
+                if chunk_size is not None:
+                    plan = Plan(max(1, min(chunk_size, most)), examples, row_bytes,
+                                memory_budget, f"chunk_size={chunk_size}" +
+                                ("" if chunk_size <= most else ", capped by the budget"))
                 else:
-                    produced_c = split.suffix(ablated_copies(out, chunk, repl, dim), *repeated)
-                logits = select_logits(produced_c, output)
-                if not verified:
-                    if not _verify(model, inputs, layer, chunk, logits, batch, ablation,
-                                   means, channel_dim, output):
-                        return None
-                    verified = True
-                rows.append(logits.argmax(dim=1).view(len(chunk), batch))
-            columns.append(torch.cat(rows, dim=0).cpu())
-    return collector.finish(columns)
+                    calibration = Calibration(most)
+                    calibration_plan = (examples, row_bytes)
+            predictions = torch.empty(len(units), batch, dtype=torch.int64)
+            step = plan.examples if plan is not None else calibration_plan[0]
+            for first in range(0, batch, step):
+                rows = slice(first, min(batch, first + step))
+                size = rows.stop - rows.start
+                pos = 0
+                while pos < len(units):
+                    calibrating = plan is None and calibration is not None
+                    k = calibration.next if calibration is not None and calibrating \
+                        else plan.units if plan is not None else 1
+                    chunk = units[pos:pos + k]
+                    began = time.perf_counter()
+                    logits = run(rows, chunk)
+                    took = time.perf_counter() - began
+                    if verified < 2:  # the first two passes are checked against real ablations
+                        if not _verify(model, inputs[rows], layer, chunk, logits, size,
+                                       ablation, means, channel_dim, output):
+                            return ("the split network did not match a real ablated forward "
+                                    "on the first batch")
+                        verified += 1
+                    if calibration is not None and calibrating and len(chunk) == k:
+                        calibration.record(k, took)
+                        if calibration.done:
+                            plan = Plan(calibration.chosen, *calibration_plan, memory_budget,
+                                        "measured on the first batch")
+                            per_unit = calibration.per_unit[plan.units] / size
+                            if allow_naive and len(units) >= 4 and slower_than_naive(
+                                    prefix_time / batch, per_unit, whole_time / batch,
+                                    len(units)):
+                                return (f"measured on the first batch, the split network "
+                                        f"costs {per_unit * 1e3 * batch:.2f} ms per unit "
+                                        f"against {whole_time * 1e3:.2f} ms for a whole "
+                                        f"forward (the naive loop)")
+                    predictions[pos:pos + len(chunk), rows] = \
+                        logits.argmax(dim=1).view(len(chunk), size).cpu()
+                    pos += len(chunk)
+                    if progress is not None:
+                        progress(len(chunk) * size)
+            columns.append(predictions)
+    if plan is None and calibration is not None:  # too little work to finish measuring
+        plan = Plan(calibration.chosen, *calibration_plan, memory_budget,
+                    "measured on the first batch")
+    result = collector.finish(columns)
+    result.plan = plan.describe() if plan is not None else ""
+    return result
 
 
 def _verify(model: nn.Module, inputs: torch.Tensor, layer: str, chunk: Sequence[int],

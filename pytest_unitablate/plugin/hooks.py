@@ -45,6 +45,9 @@ def pytest_configure(config: pytest.Config) -> None:
         settings=settings, is_worker=hasattr(config, "workerinput"),
         invocation_args=tuple(str(a) for a in config.invocation_params.args),
     )
+    from pytest_unitablate.plugin.progress import Progress
+
+    state.progress = Progress(config, settings.progress, is_worker=state.is_worker)
     config.stash[STATE_KEY] = state
     config.pluginmanager.register(_RecordCollector(state), "unitablate-records")
     if not settings.specs:

@@ -180,13 +180,18 @@ class UnitAblateItem(pytest.Function):
             if self._stops_early(state):
                 order, how = session.unit_order(spec, check, request, k,
                                                 damaging_first(constraint, check.mode))
+                # any_unit: the first `at_least` units may already decide it; every_unit
+                # needs all units to pass, but a failing first few decide a fail
+                first = max(1, check.at_least or 1) if check.mode == "any_unit" else 4
                 sweep = session.sweep_in_order(
                     spec, check, request, order, lambda sw: decided_early(
-                        constraint, measure(sw), mode=check.mode, at_least=check.at_least))
+                        constraint, measure(sw), mode=check.mode, at_least=check.at_least),
+                    first=first)
             else:
                 sweep = session.sweep(spec, check, request)
             per_unit = measure(sweep)
             self._set_props({"engine": sweep.method, "engine_reason": sweep.reason or None,
+                             "engine_plan": sweep.plan or None,
                              "units_evaluated": len(sweep.units), "units_total": total})
             self._warn_engine(sweep)
             if len(sweep.units) < total:
@@ -273,10 +278,12 @@ class UnitAblateItem(pytest.Function):
                 and self.key.constraint.threshold is not None)
 
     def _warn_engine(self, sweep: Any) -> None:
-        """A sweep that fell back to the naive engine is slow: say so, once per layer."""
+        """A sweep that fell back to the naive engine is slow: say so, once per layer (not
+        when the naive loop was chosen because it measured faster)."""
         state = get_state(self.config)
         layer = (str(self.spec.path), self.key.check.layer)
-        if "naive" in sweep.method and sweep.reason and layer not in state.engine_warned:
+        refused = sweep.reason and "measured on the first batch" not in sweep.reason
+        if "naive" in sweep.method and refused and layer not in state.engine_warned:
             state.engine_warned.add(layer)
             self.warn(UnitAblateWarning(
                 f"{self.spec.where(self.key.check.layer_line)}: the sweep of "
@@ -310,7 +317,8 @@ class UnitAblateItem(pytest.Function):
         drops = class_drops(rank_base.correct[rmask],
                             ((sweep.predictions[i] == sweep.labels)[rmask]
                              for i in range(len(sweep.units))))
-        self._set_props({"engine": sweep.method, "engine_reason": sweep.reason or None})
+        self._set_props({"engine": sweep.method, "engine_reason": sweep.reason or None,
+                         "engine_plan": sweep.plan or None})
         self._warn_engine(sweep)
         chosen = rank_top_units(list(sweep.units), drops, check.top_units)
         name = spec.target_name(check.top_class)

@@ -95,6 +95,15 @@ def add_options(parser: pytest.Parser) -> None:
            help="evaluate every unit of a layer-wide check, even when the first units "
            "already decide it (the deciding unit is then the best or worst of all). "
            "ini: unitablate_full_sweeps. Default: stop as soon as the outcome is decided")
+    option("memory-budget", "bytes a layer sweep's stacked passes may hold at once, e.g. "
+           "512MiB or 4GiB (default: 2GiB)", default=None, metavar="SIZE",
+           help="memory the scan engine may use beyond one plain batch: it measures one "
+           "unit on one example and stacks as many as fit (B, KiB, MiB, GiB; plain numbers "
+           "are bytes). ini: unitablate_memory_budget. Default: 2GiB")
+    option("progress", "progress lines for long sweeps on a terminal: auto, on or off "
+           "(default: auto)", default=None, choices=("auto", "on", "off"),
+           help="show how far a long layer sweep is (serial runs on a terminal; auto: "
+           "after it has run for 2 s). ini: unitablate_progress. Default: auto")
     option("full-trace", "show internal tracebacks (bool; default: false)", "bool",
            action="store_const", const=True, default=None,
            help="show internal tracebacks instead of the short failure text. "
@@ -150,6 +159,8 @@ class Settings:
     full_trace: bool
     cache: bool = True
     full_sweeps: bool = False
+    memory_budget: int = 2 * 1024**3
+    progress: str = "auto"
 
 
 def read_settings(config: pytest.Config) -> Settings:
@@ -176,6 +187,10 @@ def read_settings(config: pytest.Config) -> Settings:
     cache = str(_value(config, "unitablate_cache") or "on")
     if cache not in ("on", "off"):
         raise pytest.UsageError(f"unitablate_cache must be on or off, got {cache!r}")
+    budget = parse_size(str(_value(config, "unitablate_memory_budget") or "2GiB"))
+    progress = str(_value(config, "unitablate_progress") or "auto")
+    if progress not in ("auto", "on", "off"):
+        raise pytest.UsageError(f"unitablate_progress must be auto, on or off, got {progress!r}")
     report = _value(config, "unitablate_report")
     html = _value(config, "unitablate_html")
     return Settings(
@@ -189,7 +204,32 @@ def read_settings(config: pytest.Config) -> Settings:
         full_trace=bool(_typed(config, "unitablate_full_trace", bool, False)),
         cache=cache == "on",
         full_sweeps=bool(_typed(config, "unitablate_full_sweeps", bool, False)),
+        memory_budget=budget, progress=progress,
     )
+
+
+_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+          "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``"512MiB"``, ``"4 GiB"``, ``"1.5GB"`` or a plain number of bytes.
+
+    >>> parse_size("512MiB"), parse_size("2 GiB"), parse_size("1000")
+    (536870912, 2147483648, 1000)
+    """
+    import re
+
+    found = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = found.group(2).lower() if found else ""
+    if found is None or (unit and unit not in _UNITS):
+        raise pytest.UsageError(
+            f"--unitablate-memory-budget / ini unitablate_memory_budget must be a size such "
+            f"as 512MiB or 4GiB, got {text!r}")
+    size = int(float(found.group(1)) * _UNITS.get(unit, 1))
+    if size < 1:
+        raise pytest.UsageError(f"--unitablate-memory-budget must be positive, got {text!r}")
+    return size
 
 
 def _floor(pp: float) -> float:
@@ -198,4 +238,4 @@ def _floor(pp: float) -> float:
     return pp / 100.0
 
 
-__all__ = ["SUMMARY_MODES", "Settings", "add_options", "read_settings"]
+__all__ = ["SUMMARY_MODES", "Settings", "add_options", "parse_size", "read_settings"]

@@ -30,7 +30,7 @@ FIELDS = (
     "id", "spec", "line", "layer", "units", "ablation", "target", "class_index", "n",
     "baseline", "ablated", "drop", "ci_low", "ci_high", "constraint", "threshold",
     "outcome", "p_value", "deciding_units", "ranking_note", "engine", "engine_reason",
-    "units_evaluated", "units_total", "identity", "matched_units", "similarity",
+    "engine_plan", "units_evaluated", "units_total", "identity", "matched_units", "similarity",
     "min_similarity", "mapping",
 )
 
@@ -150,11 +150,15 @@ def engine_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
     >>> engine_lines([{"spec": "s.yaml", "layer": "layer1", "engine": "naive",
     ...                "engine_reason": "torch.fx cannot trace the model"}])
     ['s.yaml layer1: naive (torch.fx cannot trace the model)']
+    >>> engine_lines([{"spec": "s.yaml", "layer": "layer3", "engine": "prefix",
+    ...                "engine_plan": "4 unit(s) x 64 example(s) per suffix pass"}])
+    ['s.yaml layer3: prefix, 4 unit(s) x 64 example(s) per suffix pass']
     """
     seen: dict[tuple[str, str], str] = {}
     for r in records:
         if r.get("engine"):
-            reason = f" ({r['engine_reason']})" if r.get("engine_reason") else ""
+            reason = f", {r['engine_plan']}" if r.get("engine_plan") else ""
+            reason += f" ({r['engine_reason']})" if r.get("engine_reason") else ""
             where = (Path(str(r.get("spec", ""))).name, str(r.get("layer", "")))
             seen.setdefault(where, f"{r['engine']}{reason}")
     return [f"{spec} {layer}: {text}" for (spec, layer), text in seen.items()]

@@ -51,6 +51,7 @@ class Sweep:
     baseline: Any = None  # EvalResult of the sweep's own pass (its fingerprint)
     method: str = ""  # the scan engine that ran: closed_form, prefix or naive
     reason: str = ""  # why a faster engine was refused
+    plan: str = ""  # the prefix engine's units and examples per pass, and what chose them
 
 
 class UnitAblateSession:
@@ -58,8 +59,13 @@ class UnitAblateSession:
 
     def __init__(self, *, device: str = "cpu", seed: int | None = None,
                  full_trace: bool = False, cache: EvalCache | None = None,
-                 worker: tuple[int, int] = (0, 1)) -> None:
+                 worker: tuple[int, int] = (0, 1), memory_budget: int | None = None,
+                 progress: Any = None) -> None:
         self.device = device
+        #: bytes a sweep's stacked suffix passes may hold (None: the core's default)
+        self.memory_budget = memory_budget
+        #: makes ``progress(done, total)`` callbacks for sweeps (plugin.progress.Progress)
+        self.progress = progress
         #: (this xdist worker's index, number of workers): workers that need the same sweep
         #: split it into pieces and each takes the pieces no other worker holds
         self.worker = worker
@@ -455,8 +461,8 @@ class UnitAblateSession:
         model = self.model(spec, request)
         data = self.data(spec, request, ranking)
         arg = self._ablation_arg(spec, check)
-        chosen = tuple(range(self.channels(spec, check, request))) if units is None \
-            else tuple(units)
+        channels = self.channels(spec, check, request)
+        chosen = tuple(range(channels)) if units is None else tuple(units)
         key = (id(model), id(data), check.layer, arg, spec.channel_dim, chosen)
         if key in self._sweeps:
             return self._sweeps[key]
@@ -475,15 +481,21 @@ class UnitAblateSession:
 
                     if self.seed is not None:
                         torch.manual_seed(self.seed)
+                    label = f"{spec.path.name} {check.layer}" + (
+                        f" (units {units[0]}..{units[-1]})" if len(units) < channels else "")
+                    lines = self.progress.for_sweep(label) if self.progress else None
                     return scan(model, data, check.layer, units=units, ablation=arg,
                                 means=means, channel_dim=spec.channel_dim,
-                                device=self.device, output=spec.output)
+                                device=self.device, output=spec.output,
+                                memory_budget=self.memory_budget,
+                                progress=lines if lines is not None else False)
 
                 result = self._located(spec, scan_layer, check.layer_line)
                 self._paired(spec, baseline, result.baseline, f"the sweep of {check.layer}",
                              ranking)
                 return {"predictions": np.asarray(result.predictions),
-                        "method": result.method, "reason": result.reason}
+                        "method": result.method, "reason": result.reason,
+                        "plan": result.plan}
 
             key = {**identity, "what": "sweep", "layer": check.layer, "units": list(units),
                    "ablation": arg}
@@ -505,7 +517,7 @@ class UnitAblateSession:
         sweep = Sweep(units=chosen,
                       predictions=np.concatenate([v["predictions"] for v in parts]),
                       labels=baseline.labels, baseline=baseline, method="+".join(methods),
-                      reason=str(parts[0]["reason"]))
+                      reason=str(parts[0]["reason"]), plan=str(parts[0].get("plan", "")))
         self._sweeps[key] = sweep
         return sweep
 
@@ -597,7 +609,7 @@ def _select(sweep: Sweep, units: Sequence[int]) -> Sweep:
     rows = [sweep.units.index(u) for u in units]
     return Sweep(units=tuple(units), predictions=sweep.predictions[rows],
                  labels=sweep.labels, baseline=sweep.baseline, method=sweep.method,
-                 reason=sweep.reason)
+                 reason=sweep.reason, plan=sweep.plan)
 
 
 def _merge(parts: Sequence[Sweep]) -> Sweep:
@@ -610,7 +622,7 @@ def _merge(parts: Sequence[Sweep]) -> Sweep:
     return Sweep(units=tuple(u for p in parts for u in p.units),
                  predictions=np.concatenate([p.predictions for p in parts]),
                  labels=parts[0].labels, baseline=parts[0].baseline,
-                 method="+".join(methods), reason=parts[-1].reason)
+                 method="+".join(methods), reason=parts[-1].reason, plan=parts[-1].plan)
 
 
 def _eval_arrays(result: EvalResult) -> dict[str, Any]:

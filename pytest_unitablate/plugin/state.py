@@ -49,6 +49,8 @@ class PluginState:
     cache_dir: Path | None = None
     engine_warned: set[tuple[str, str]] = field(default_factory=set)
     signature_data_warned: set[str] = field(default_factory=set)
+    #: makes the per-sweep progress callbacks (plugin.progress.Progress), set at configure
+    progress: Any = None
     _runtime: UnitAblateSession | None = None
 
     @property
@@ -81,7 +83,9 @@ class PluginState:
                                               seed=self.settings.seed,
                                               full_trace=self.settings.full_trace,
                                               cache=EvalCache(self.cache_dir),
-                                              worker=worker)
+                                              worker=worker,
+                                              memory_budget=self.settings.memory_budget,
+                                              progress=self.progress)
         return self._runtime
 
     def cache_summary(self) -> str | None:

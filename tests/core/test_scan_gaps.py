@@ -93,7 +93,7 @@ def test_closed_form_that_fails_verification_falls_back_to_prefix_and_says_why()
     model = Head().eval()
     model.fc.register_forward_hook(lambda m, a, o: o ** 2)
     data = _data()
-    result = scan(model, data, "conv", batch_size=8)
+    result = scan(model, data, "conv", batch_size=8, chunk_size=6)
     assert result.method == "prefix"
     assert "closed form did not match a real ablated forward" in result.reason
     assert np.array_equal(result.predictions, _naive(model, data, "conv", 8))

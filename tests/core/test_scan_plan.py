@@ -1,0 +1,160 @@
+"""How the prefix engine cuts its work (units and examples per suffix pass), measured
+memory, the measured switch to the naive loop, progress, and the entry convolutions run
+once per batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from pytest_unitablate import ablate, evaluate, scan
+from pytest_unitablate.core import scan_fx
+from pytest_unitablate.core.memory import peak_bytes
+from pytest_unitablate.core.scan_plan import Calibration, limits, slower_than_naive
+
+
+class Wide(nn.Module):
+    """A layer (``mid``) whose suffix is wide enough that its memory is easy to see; the
+    suffix starts with a convolution, so the entry-convolution path runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.mid = nn.ReLU()
+        self.up = nn.Conv2d(8, 64, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.up(self.mid(self.stem(x))))
+        return self.fc(torch.flatten(self.pool(h * h), 1))
+
+
+def _data(n: int = 40) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(n, 1, 12, 12, generator=g), torch.randint(0, 5, (n,), generator=g)
+    return [(x[i:i + 20], y[i:i + 20]) for i in range(0, n, 20)]
+
+
+def _naive(model: nn.Module, data: Any, layer: str, units: Any) -> np.ndarray:
+    rows = []
+    for unit in units:
+        with ablate(model, {layer: [unit]}):
+            rows.append(evaluate(model, data).predictions)
+    return np.stack(rows)
+
+
+@given(batch=st.integers(1, 512), n_units=st.integers(1, 2048),
+       row_bytes=st.integers(1, 10**7), budget=st.integers(1, 10**10))
+def test_limits_stay_within_the_budget(batch: int, n_units: int, row_bytes: int,
+                                       budget: int) -> None:
+    examples, units = limits(batch, n_units, row_bytes, budget)
+    assert 1 <= examples <= batch and 1 <= units <= n_units
+    if row_bytes <= budget:  # anything fits one example and one unit, or nothing does
+        assert examples * units * row_bytes <= budget
+    if examples < batch:  # the batch is split only when one unit does not fit it
+        assert units == 1 and (examples + 1) * row_bytes > budget
+
+
+@given(st.lists(st.floats(1e-4, 10.0), min_size=1, max_size=12), st.integers(1, 64))
+def test_calibration_keeps_the_fastest_and_stops(times: list[float], most: int) -> None:
+    plan = Calibration(most)
+    tried = []
+    for seconds in times:
+        if plan.done:
+            break
+        tried.append(plan.next)
+        plan.record(plan.next, seconds)
+    assert tried == [2 ** i for i in range(len(tried))]  # 1, 2, 4, ...
+    assert all(k <= max(1, most) for k in tried)
+    assert plan.chosen in tried
+    assert plan.per_unit[plan.chosen] == min(plan.per_unit.values())
+    if plan.done and len(tried) >= 2 and tried[-1] * 2 <= most:  # stopped: no 10% gain
+        assert plan.per_unit[tried[-1]] >= 0.9 * min(plan.per_unit[k] for k in tried[:-1])
+
+
+def test_slower_than_naive_counts_the_prefix_pass_once() -> None:
+    assert not slower_than_naive(prefix=0.5, per_unit=0.5, whole=1.0, n_units=1)
+    assert slower_than_naive(prefix=0.6, per_unit=0.5, whole=1.0, n_units=1)
+    assert not slower_than_naive(prefix=0.6, per_unit=0.5, whole=1.0, n_units=2)
+
+
+def test_peak_bytes_counts_live_tensors_only() -> None:
+    x = torch.ones(1000)
+    assert peak_bytes(lambda: x * 2) == 4000
+    assert peak_bytes(lambda: (x * 2) * 3) == 8000  # both alive during the second product
+    assert peak_bytes(lambda: x.view(10, 100).relu_()) == 0  # a view of an input, in place
+
+
+def test_a_small_budget_splits_the_batch_and_bounds_memory() -> None:
+    torch.manual_seed(0)
+    model = Wide().eval()
+    data = _data()
+    big = scan(model, data, "mid", chunk_size=8)
+    small = scan(model, data, "mid", chunk_size=8, memory_budget=200_000)
+    assert big.method == small.method == "prefix"
+    assert big.plan.startswith("8 unit(s) x 20 example(s)"), big.plan
+    assert small.plan.startswith("1 unit(s) x "), small.plan
+    assert "capped by the budget" in small.plan
+    examples = int(small.plan.split(" x ")[1].split(" ")[0])
+    assert examples < 20
+    expected = _naive(model, data, "mid", range(8))
+    assert np.array_equal(big.predictions, expected)
+    assert np.array_equal(small.predictions, expected)
+    with torch.no_grad():
+        plain = peak_bytes(lambda: evaluate(model, data))
+        measured = peak_bytes(lambda: scan(model, data, "mid", chunk_size=8,
+                                           memory_budget=200_000, progress=False))
+        unbounded = peak_bytes(lambda: scan(model, data, "mid", chunk_size=8,
+                                            progress=False))
+    assert measured <= 3 * plain + 200_000 < unbounded
+
+
+def test_an_engine_measured_slower_than_the_naive_loop_is_replaced_and_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    model = Wide().eval()
+    data = _data()
+    monkeypatch.setattr(scan_fx, "slower_than_naive", lambda *a: True)
+    result = scan(model, data, "mid")
+    assert result.method == "naive"
+    assert "measured on the first batch, the split network costs" in result.reason
+    assert np.array_equal(result.predictions, _naive(model, data, "mid", range(8)))
+    assert scan(model, data, "mid", chunk_size=4).method == "prefix"  # a fixed size: no switch
+    assert scan(model, data, "mid", method="prefix").method == "prefix"
+
+
+def test_progress_reports_every_unit_and_example() -> None:
+    torch.manual_seed(0)
+    model = Wide().eval()
+    x = torch.cat([b[0] for b in _data()])
+    y = torch.cat([b[1] for b in _data()])
+    for layer, method in [("mid", "prefix"), ("mid", "naive"), ("up", "prefix")]:
+        seen: list[tuple[int, int | None]] = []
+        scan(model, (x, y), layer, method=method, batch_size=16,
+             progress=lambda done, total, seen=seen: seen.append((done, total)))
+        units = 8 if layer == "mid" else 64
+        assert seen[-1] == (units * 40, units * 40), (layer, method)
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_entry_convolutions_run_once_per_batch_whatever_the_units() -> None:
+    torch.manual_seed(0)
+    model = Wide().eval()
+    data = _data()
+    calls = [0]
+    model.up.register_forward_hook(lambda m, a, o: calls.__setitem__(0, calls[0] + 1))
+    counts = []
+    for n in (2, 8):
+        calls[0] = 0
+        result = scan(model, data, "mid", units=list(range(n)), chunk_size=1)
+        counts.append(calls[0])
+        assert result.method == "prefix"
+        assert np.array_equal(result.predictions, _naive(model, data, "mid", range(n)))
+    assert counts[0] == counts[1], counts  # not once per pass of units
