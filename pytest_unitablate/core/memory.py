@@ -1,89 +1,82 @@
-"""Memory a computation needs: the peak of its live tensors, measured on any device.
+"""Memory a traced computation needs: the peak of its live values, measured on any device.
 
-``scan()`` sizes its suffix passes with this: it measures one pass on one example and one
-unit, then stacks as many copies as the memory budget allows. The measure counts every
-tensor that torch's operators create while ``fn`` runs and that is still alive, by storage
-(views and in-place results of an operator's inputs add nothing), so it works the same on
-CPU, where torch keeps no allocator statistics, and on CUDA. Tensors that existed before
-(weights, the inputs) are not counted.
+``scan()`` sizes its suffix passes with this: it runs the suffix graph on one example with
+one unit ablated, takes each node's output size, and replays the graph's order of
+evaluation, freeing a value after its last use as the generated ``forward`` does. Views
+and in-place results (an output that shares an input's storage) add nothing and keep that
+input alive. A pass on ``u`` units and ``e`` examples holds about ``u * e`` times the
+peak, so it works the same on CPU, where torch keeps no allocator statistics, and on
+CUDA. Weights and buffers are not counted, nor are a leaf module's own temporaries.
 
 Example::
 
     >>> import torch
-    >>> layer = torch.nn.Linear(1000, 1000)
-    >>> with torch.no_grad():
-    ...     need = peak_bytes(lambda: layer(torch.ones(4, 1000)).relu())
-    >>> need == 2 * 4 * 1000 * 4   # two (4, 1000) float tensors alive at once, at most
-    True
+    >>> from torch import fx, nn
+    >>> net = fx.symbolic_trace(nn.Sequential(nn.Linear(10, 100), nn.ReLU(), nn.Linear(100, 2)))
+    >>> graph_peak_bytes(net, torch.ones(1, 10))   # input + hidden, then hidden + relu
+    800
 """
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import fx
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 """Bytes a scan's stacked suffix passes may hold at once (2 GiB), beyond one plain batch."""
 
 
-class _PeakTracker:
-    """Counts live tensor storages created under it; ``peak`` is the largest sum seen."""
-
-    def __init__(self) -> None:
-        self.current = 0
-        self.peak = 0
-        self._refs: dict[int, int] = {}
-        self._size: dict[int, int] = {}
-
-    def track(self, tensor: torch.Tensor) -> None:
-        storage = tensor.untyped_storage()
-        key, size = storage.data_ptr(), storage.nbytes()
-        if size == 0 or tensor.device.type == "meta":
-            return
-        if key not in self._refs:
-            self._refs[key] = 0
-            self._size[key] = size
-            self.current += size
-            self.peak = max(self.peak, self.current)
-        self._refs[key] += 1
-        weakref.finalize(tensor, self._release, key)
-
-    def _release(self, key: int) -> None:
-        self._refs[key] -= 1
-        if self._refs[key] == 0:
-            del self._refs[key]
-            self.current -= self._size.pop(key)
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
 
 
-def peak_bytes(fn: Callable[[], Any]) -> int:
-    """Peak bytes of tensors that ``fn`` creates and holds at once (its result included).
+def graph_peak_bytes(module: fx.GraphModule, *args: Any) -> int:
+    """Peak bytes of the values ``module``'s graph holds at once when run on ``args``
+    (the arguments included, as they are alive while it runs)."""
+    sizes: dict[fx.Node, int] = {}
+    storages: dict[fx.Node, set[int]] = {}
+    owner: dict[fx.Node, fx.Node] = {}  # a view's or in-place result's storage owner
 
-    Raises ``RuntimeError`` if torch's dispatch-mode hook is unavailable.
-    """
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_leaves
-
-    tracker = _PeakTracker()
-
-    class _Mode(TorchDispatchMode):  # type: ignore[no-untyped-call]
-        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
-                               kwargs: Any = None) -> Any:
-            out = func(*args, **(kwargs or {}))
-            inputs = {leaf.untyped_storage().data_ptr()
-                      for leaf in tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)}
-            for leaf in tree_leaves(out):  # views and in-place results of inputs are not new
-                if isinstance(leaf, torch.Tensor) and \
-                        leaf.untyped_storage().data_ptr() not in inputs:
-                    tracker.track(leaf)
+    class _Sizes(fx.Interpreter):
+        def run_node(self, node: fx.Node) -> Any:
+            out = super().run_node(node)
+            tensors = _tensors(out)
+            ptrs = {t.untyped_storage().data_ptr() for t in tensors}
+            storages[node] = ptrs
+            shared = [n for n in node.all_input_nodes if storages.get(n, set()) & ptrs]
+            if shared and node.op != "placeholder":
+                owner[node] = owner.get(shared[0], shared[0])
+                sizes[node] = 0
+            else:
+                sizes[node] = sum(t.untyped_storage().nbytes() for t in tensors)
             return out
 
-    with _Mode():  # type: ignore[no-untyped-call]
-        result = fn()
-    del result
-    return tracker.peak
+    with torch.no_grad():
+        _Sizes(module).run(*args)
+    nodes = list(module.graph.nodes)
+    last: dict[fx.Node, int] = {}
+    for index, node in enumerate(nodes):
+        for used in node.all_input_nodes:
+            root = owner.get(used, used)
+            last[root] = index
+            last[used] = index
+    live = peak = 0
+    for index, node in enumerate(nodes):
+        live += sizes.get(node, 0)
+        peak = max(peak, live)
+        for used in {owner.get(n, n) for n in node.all_input_nodes}:
+            if last.get(used) == index:
+                live -= sizes.get(used, 0)
+                sizes[used] = 0  # freed once
+    return peak
 
 
 def format_bytes(n: float) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,7 @@ from torch import fx, nn
 from pytest_unitablate.core.ablation import ablate, check_means
 from pytest_unitablate.core.data import PassDigest, iter_batches
 from pytest_unitablate.core.evaluation import checked_logits, eval_mode, select_logits
-from pytest_unitablate.core.memory import DEFAULT_MEMORY_BUDGET, peak_bytes
+from pytest_unitablate.core.memory import DEFAULT_MEMORY_BUDGET, graph_peak_bytes
 from pytest_unitablate.core.scan_plan import Calibration, Plan, limits, slower_than_naive
 
 
@@ -277,28 +276,33 @@ class _Batch:
         # the entry convolutions of the unablated batch: computed once per batch
         self.full = [conv(out) for conv in entry.convs] if entry is not None else []
 
-    def logits(self, rows: slice, chunk: Sequence[int]) -> torch.Tensor:
-        """Logits ``(len(chunk) * n_rows, classes)``: copy j has ``chunk[j]`` ablated."""
+    def inputs(self, rows: slice, chunk: Sequence[int]) -> tuple[fx.GraphModule, list[Any]]:
+        """The graph to run for ablated copies of ``rows`` (copy j: ``chunk[j]`` ablated),
+        and its arguments."""
         batch = self.out.shape[0]
         part = self.out[rows]
         repeated = [_repeat(_rows(e, rows, batch), len(chunk), part.shape[0])
                     for e in self.extras]
         if self.entry is not None:
-            produced = self.entry.rest(
-                *entry_outputs(self.entry, part, [f[rows] for f in self.full], chunk,
-                               self.repl), *repeated)
-        else:
-            produced = self.split.suffix(ablated_copies(part, chunk, self.repl, self.dim),
-                                         *repeated)
-        logits: torch.Tensor = select_logits(produced, self.output)
+            entry = entry_outputs(self.entry, part, [f[rows] for f in self.full], chunk,
+                                  self.repl)
+            return self.entry.rest, [*entry, *repeated]
+        return self.split.suffix, [ablated_copies(part, chunk, self.repl, self.dim),
+                                   *repeated]
+
+    def logits(self, rows: slice, chunk: Sequence[int]) -> torch.Tensor:
+        """Logits ``(len(chunk) * n_rows, classes)``: copy j has ``chunk[j]`` ablated."""
+        graph, args = self.inputs(rows, chunk)
+        logits: torch.Tensor = select_logits(graph(*args), self.output)
         return logits
 
-
-def _row_bytes(fn: Callable[[], Any], fallback: int) -> int:
-    try:
-        return max(1, peak_bytes(fn))
-    except Exception:  # no dispatch-mode hook in this torch: a conservative guess
-        return max(1, fallback)
+    def row_bytes(self, unit: int) -> int:
+        """Peak bytes of one suffix pass on one example with ``unit`` ablated."""
+        graph, args = self.inputs(slice(0, 1), [unit])
+        try:
+            return max(1, graph_peak_bytes(graph, *args))
+        except Exception:  # the graph does not replay node by node: a conservative guess
+            return max(1, 16 * sum(a.nbytes for a in args if isinstance(a, torch.Tensor)))
 
 
 def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
@@ -341,8 +345,7 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                           output)
             run = work.logits
             if plan is None and calibration is None:
-                row_bytes = _row_bytes(partial(run, slice(0, 1), units[:1]),
-                                       fallback=8 * out[:1].nbytes)
+                row_bytes = work.row_bytes(units[0])
                 examples, most = limits(batch, len(units), row_bytes, memory_budget)
                 if chunk_size is not None:
                     plan = Plan(max(1, min(chunk_size, most)), examples, row_bytes,
@@ -383,7 +386,8 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                                 return (f"measured on the first batch, the split network "
                                         f"costs {per_unit * 1e3 * batch:.2f} ms per unit "
                                         f"against {whole_time * 1e3:.2f} ms for a whole "
-                                        f"forward (the naive loop)")
+                                        f"forward (the naive loop), with "
+                                        f"{plan.describe()}")
                     predictions[pos:pos + len(chunk), rows] = \
                         logits.argmax(dim=1).view(len(chunk), size).cpu()
                     pos += len(chunk)

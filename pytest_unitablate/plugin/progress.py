@@ -46,15 +46,19 @@ class Progress:
         stream = getattr(self.writer, "_file", None)
         return self.mode == "on" or bool(getattr(stream, "isatty", lambda: False)())
 
-    def for_sweep(self, label: str) -> Callable[[int, int | None], None] | None:
+    def for_sweep(self, label: str, total: int | None = None
+                  ) -> Callable[[int, int | None], None] | None:
         """A ``progress(done, total)`` callback for one sweep (``None`` when disabled);
-        ``done`` and ``total`` count (unit, example) pairs."""
+        ``done`` and ``total`` count (unit, example) pairs; ``total`` here is used when the
+        scan does not know it (data without a length)."""
         if not self._enabled():
             return None
+        fallback = total
         start = self.clock()
         shown = [start + FIRST_AFTER - EVERY]
 
-        def report(done: int, total: int | None) -> None:
+        def report(done: int, known: int | None) -> None:
+            total = known if known is not None else fallback
             now = self.clock()
             finished = total is not None and done >= total
             if now - shown[0] < EVERY or (finished and shown[0] < start):

@@ -483,7 +483,8 @@ class UnitAblateSession:
                         torch.manual_seed(self.seed)
                     label = f"{spec.path.name} {check.layer}" + (
                         f" (units {units[0]}..{units[-1]})" if len(units) < channels else "")
-                    lines = self.progress.for_sweep(label) if self.progress else None
+                    lines = self.progress.for_sweep(label, len(units) * baseline.n) \
+                        if self.progress else None
                     return scan(model, data, check.layer, units=units, ablation=arg,
                                 means=means, channel_dim=spec.channel_dim,
                                 device=self.device, output=spec.output,

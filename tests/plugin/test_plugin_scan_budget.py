@@ -1,0 +1,62 @@
+"""The sweep engine's memory budget and progress lines, through pytest (pytester)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_plugin_early_stop import BODY, HEAD, WIDE
+from tiny_source import spec
+
+from pytest_unitablate.plugin import progress
+
+
+def _run(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, dict[str, dict]]:
+    result = pytester.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-report",
+                                "r.json", "--unitablate-cache=off", *args)
+    result.assert_outcomes(passed=2, failed=2)
+    items = json.loads((pytester.path / "r.json").read_text())["items"]
+    return result, {i["id"]: i for i in items}
+
+
+def test_a_small_memory_budget_splits_batches_and_keeps_every_outcome(
+        tiny: pytest.Pytester) -> None:
+    tiny.makepyfile(wide=WIDE)
+    spec(tiny, BODY, head=HEAD)
+    _, default = _run(tiny, "--unitablate-full-sweeps")
+    _, small = _run(tiny, "--unitablate-full-sweeps", "--unitablate-memory-budget=300")
+    keep = ("outcome", "ablated", "deciding_units", "units_evaluated")
+    assert {k: [v[f] for f in keep] for k, v in default.items()} == \
+        {k: [v[f] for f in keep] for k, v in small.items()}
+    item = small["hidden-any-two-min_drop"]
+    # the plan, or, when the naive loop measured faster on this toy, the reason naming it
+    plan = item["engine_plan"] or item["engine_reason"].split(", with ")[1]
+    examples = int(plan.split(" x ")[1].split(" ")[0])
+    assert plan.startswith("1 unit(s) x ") and examples < 8, plan  # batches of 8 split
+    assert "budget 300 B" in plan
+    assert "budget 2.0 GiB" in default["hidden-any-two-min_drop"]["engine_plan"]
+
+
+@pytest.mark.parametrize("value", ["lots", "12 parsecs", "0"])
+def test_a_bad_memory_budget_is_a_usage_error(tiny: pytest.Pytester, value: str) -> None:
+    tiny.makepyfile(wide=WIDE)
+    spec(tiny, BODY, head=HEAD)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml",
+                            f"--unitablate-memory-budget={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unitablate-memory-budget*"])
+
+
+def test_progress_lines_on_request_and_never_in_a_captured_log(
+        tiny: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "FIRST_AFTER", 0.0)  # every sweep counts as long
+    monkeypatch.setattr(progress, "EVERY", 0.0)
+    tiny.makepyfile(wide=WIDE)
+    spec(tiny, BODY, head=HEAD)
+    shown, _ = _run(tiny, "--unitablate-progress=on")
+    shown.stdout.fnmatch_lines(["unitablate: sweep of spec.yaml hidden*: *% (* s)",
+                                "unitablate: sweep of spec.yaml hidden*: 100% (* s)"])
+    auto, _ = _run(tiny)  # pytester's output is not a terminal
+    assert "unitablate: sweep of" not in auto.stdout.str()
+    off, _ = _run(tiny, "--unitablate-progress=off")
+    assert "unitablate: sweep of" not in off.stdout.str()
