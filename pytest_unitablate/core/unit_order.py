@@ -51,8 +51,9 @@ def class_damage_sums(
     than the largest label seen. With ``target``, only examples labelled ``target`` run.
 
     The model's parameters are not touched and need not require gradients: the gradient
-    is taken with respect to a copy of the layer's output. Raises whatever autograd
-    raises on a model that cannot be differentiated.
+    is taken with respect to a copy of the layer's output, and only the network after the
+    layer records a graph for backward (the layers before it run without one). Raises
+    whatever autograd raises on a model that cannot be differentiated.
     """
     module = resolve_layer(model, layer)
     captured: list[torch.Tensor] = []
@@ -61,6 +62,11 @@ def class_damage_sums(
         tensor = first_tensor(out)
         if tensor is None:
             return None
+        # The forward runs under no_grad up to here, so the prefix keeps no activations
+        # for backward (the memory of a big model's early layers); the rest of this
+        # forward records a graph from the layer's output on (the no_grad block restores
+        # the grad mode when the forward returns).
+        torch.set_grad_enabled(True)
         leaf = tensor.detach().clone().requires_grad_(True)
         captured.append(leaf)
         ablatable = leaf * 1  # not a leaf: in-place ops after the layer stay legal
@@ -79,7 +85,9 @@ def class_damage_sums(
                 if not bool(keep.any()):
                     continue
                 captured.clear()
-                logits = select_logits(model(inputs[keep]), output)
+                with torch.no_grad():
+                    produced = model(inputs[keep])
+                logits = select_logits(produced, output)
                 logp = torch.log_softmax(logits.float(), dim=1)
                 chosen = logp.gather(1, labels[keep][:, None]).sum()
                 (grad,) = torch.autograd.grad(chosen, captured[0])

@@ -92,3 +92,19 @@ def test_frozen_tuple_output_models_are_left_as_they_were() -> None:
     assert all(not m._forward_hooks for m in model.modules())
     # a class with no examples: nothing to estimate
     assert estimated_damage(model, data, "pair", target=7).shape == (0,)
+
+
+def test_only_the_network_after_the_layer_records_a_graph() -> None:
+    """The layers before the ablated one keep nothing for backward (a big model's memory),
+    and the caller's grad mode is back as it was afterwards."""
+    torch.manual_seed(0)
+    model = Net().eval()
+    modes: dict[str, list[bool]] = {"conv": [], "fc": []}
+    model.conv.register_forward_pre_hook(
+        lambda m, a: modes["conv"].append(torch.is_grad_enabled()))
+    model.fc.register_forward_pre_hook(lambda m, a: modes["fc"].append(torch.is_grad_enabled()))
+    x, y = torch.randn(6, 1, 4, 4), torch.randint(0, 3, (6,))
+    assert torch.is_grad_enabled()
+    damage = estimated_damage(model, (x, y), "relu")
+    assert modes == {"conv": [False], "fc": [True]}
+    assert torch.is_grad_enabled() and damage.shape == (5,)
