@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -87,6 +88,7 @@ checks:
 
 
 CALLS: dict[str, list[float]] = {}
+CPU: dict[str, list[float]] = {}  # busy cores: CPU seconds (all processes) per wall second
 
 
 def _pytest(cwd: Path, spec: str, cache_dir: Path, *args: str) -> float:
@@ -94,9 +96,13 @@ def _pytest(cwd: Path, spec: str, cache_dir: Path, *args: str) -> float:
     env.pop("OMP_NUM_THREADS", None)  # what a user's run has: torch picks its threads
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-o",
            f"cache_dir={cache_dir}", "--unitablate-spec", spec, *args]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    CPU.setdefault(" ".join(args) + spec, []).append(cpu / elapsed)
     if done.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-3000:]}"
                          f"\n{done.stderr[-2000:]}")
@@ -110,6 +116,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", choices=("scan", "demo", "any_unit"), default=None,
+                        help="run one group of configurations (its ratios only)")
     opts = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench_xdist_"))
     (folder / "conftest.py").write_text(CONFTEST.format(device=opts.device))
@@ -132,6 +140,8 @@ def main() -> None:
                                                 "--durations-min=0",
                                                 "--unitablate-full-sweeps", *device)),
     }
+    if opts.only:
+        configs = {k: v for k, v in configs.items() if k.startswith(opts.only)}
     times: dict[str, list[float]] = {name: [] for name in configs}
     for _ in range(opts.repeats):
         for name, (spec, args) in configs.items():
@@ -141,8 +151,13 @@ def main() -> None:
             times[name].append(_pytest(cwd, spec, cache, *args))
     med = {name: statistics.median(values) for name, values in times.items()}
     for name, value in med.items():
-        print(f"{name:28s} {value:7.1f} s   (runs: {', '.join(f'{t:.1f}' for t in times[name])})")
+        spec, args = configs[name]
+        busy = statistics.median(CPU[" ".join(args) + spec])
+        print(f"{name:28s} {value:7.1f} s   {busy:4.2f} cores busy   "
+              f"(runs: {', '.join(f'{t:.1f}' for t in times[name])})")
     print()
+    if opts.only:
+        return _only(opts.only, med)
     rows = [
         ("scan spec: serial / -n 2 (cold)", med["scan serial cold"] / med["scan -n 2 cold"],
          ">= 1.7"),
@@ -165,6 +180,24 @@ def main() -> None:
     for label, ratio, target in rows:
         print(f"{label:36s} {ratio:6.2f}x   target {target}")
     print(f"\n(whole pytest runs; generated specs and caches in {folder})")
+
+
+def _only(group: str, med: dict[str, float]) -> None:
+    if group == "scan":
+        print(f"scan spec: serial / -n 2 (cold) "
+              f"{med['scan serial cold'] / med['scan -n 2 cold']:.2f}x; cold / warm serial "
+              f"{med['scan serial cold'] / med['scan serial warm']:.2f}x, -n 2 "
+              f"{med['scan -n 2 cold'] / med['scan -n 2 warm']:.2f}x")
+    elif group == "demo":
+        print(f"demo spec: -n 2 / serial (cold) "
+              f"{med['demo -n 2 cold'] / med['demo serial cold']:.2f}x; cold / warm "
+              f"{med['demo serial cold'] / med['demo serial warm']:.2f}x")
+    else:
+        early = statistics.median(next(v for k, v in CALLS.items() if "full" not in k))
+        full = statistics.median(next(v for k, v in CALLS.items() if "full" in k))
+        print(f"any_unit layer3 item call time: early {early:.2f} s, full {full:.2f} s: "
+              f"{full / early:.2f}x; whole runs "
+              f"{med['any_unit layer3 full'] / med['any_unit layer3 early']:.2f}x")
 
 
 if __name__ == "__main__":

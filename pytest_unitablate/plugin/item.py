@@ -180,13 +180,9 @@ class UnitAblateItem(pytest.Function):
             if self._stops_early(state):
                 order, how = session.unit_order(spec, check, request, k,
                                                 damaging_first(constraint, check.mode))
-                # any_unit: the first `at_least` units may already decide it; every_unit
-                # needs all units to pass, but a failing first few decide a fail
-                first = max(1, check.at_least or 1) if check.mode == "any_unit" else 4
                 sweep = session.sweep_in_order(
                     spec, check, request, order, lambda sw: decided_early(
-                        constraint, measure(sw), mode=check.mode, at_least=check.at_least),
-                    first=first)
+                        constraint, measure(sw), mode=check.mode, at_least=check.at_least))
             else:
                 sweep = session.sweep(spec, check, request)
             per_unit = measure(sweep)

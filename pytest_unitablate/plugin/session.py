@@ -573,9 +573,16 @@ class UnitAblateSession:
 
     def sweep_in_order(self, spec: Spec, check: Check, request: pytest.FixtureRequest,
                        order: Sequence[int], decided: Callable[[Sweep], bool],
-                       first: int = 8) -> Sweep:
-        """Units ablated alone in ``order``, in chunks of doubling size (``first``, then
-        twice as many, ...), until ``decided`` says the outcome is fixed or every unit ran.
+                       first: int = 1, growth: int = 4) -> Sweep:
+        """Units ablated alone in ``order``, in chunks of growing size (``first``, then
+        ``growth`` times as many, ...), until ``decided`` says the outcome is fixed or
+        every unit ran.
+
+        One unit first: it often decides alone (the most damaging unit meets an
+        ``any_unit`` bound, or breaks an ``every_unit`` one). Growing by 4 rather than 2
+        keeps a layer that needs every unit to a few scans (each pays one prefix pass).
+        The chunks depend only on ``order``, so two checks of one layer that order its
+        units alike share every chunk through the caches.
 
         The result holds only the units evaluated, in ``order``, and does not depend on
         what ran before: a full sweep already made is read chunk by chunk, so the stopping
@@ -601,7 +608,7 @@ class UnitAblateSession:
             merged = _merge(parts)
             if decided(merged):
                 return merged
-            start, size = start + size, size * 2
+            start, size = start + size, size * growth
         return _merge(parts)
 
 
