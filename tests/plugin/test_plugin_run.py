@@ -274,8 +274,11 @@ def test_layer_wide_checks_name_the_deciding_unit(tiny: pytest.Pytester) -> None
         "spec.yaml:14: hidden-every (zero ablation): overall accuracy must have "
         "drop <= 20.0 pp",
         "*deciding unit: 0",
-        "  3 of 4 units miss it: [[]0, 1, 2[]]",
+        "  1 of 1 units miss it: [[]0[]]",  # the first unit tried decides it
+        "  stopped early: the outcome was decided after 1 of 4 units*",
     ])
+    full = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-full-sweeps")
+    full.stdout.fnmatch_lines(["*deciding unit: 0", "  3 of 4 units miss it: [[]0, 1, 2[]]"])
     items = {r["id"]: r for r in json.loads((tiny.path / "r.json").read_text())["items"]}
     assert items["hidden-any3-overall-min_drop"]["deciding_units"] == [0, 1, 2]
     assert items["hidden-top1-two-two-min_drop"]["deciding_units"] == [2]
