@@ -60,9 +60,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_evaluate.py
 	$(BIN)/python benchmarks/bench_import.py
 	$(BIN)/python benchmarks/bench_scan.py
+	$(BIN)/python benchmarks/bench_chunks.py
 	$(BIN)/python benchmarks/bench_threads.py
 	$(BIN)/python benchmarks/bench_xdist.py
 	$(BIN)/python benchmarks/bench_identity.py
+	$(BIN)/python benchmarks/bench_big.py
 
 clean:
 	rm -rf $(VENV) .nox mutants

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import pytest
@@ -34,6 +35,7 @@ class Progress:
         self.clock = clock
         self.mode = "off" if is_worker else mode
         self.writer: Any = None
+        self.tty: bool | None = None
 
     def _enabled(self) -> bool:
         """Looked up on first use: the terminal reporter registers after this plugin."""
@@ -43,8 +45,13 @@ class Progress:
         if reporter is None:
             return False
         self.writer = self.config.get_terminal_writer()
-        stream = getattr(self.writer, "_file", None)
-        return self.mode == "on" or bool(getattr(stream, "isatty", lambda: False)())
+        if self.mode == "on":
+            return True
+        if self.tty is None:  # fd capture points stdout at a file while a test runs
+            stream = getattr(self.writer, "_file", None)
+            with self._uncaptured():
+                self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        return self.tty
 
     def for_sweep(self, label: str, total: int | None = None
                   ) -> Callable[[int, int | None], None] | None:
@@ -69,13 +76,12 @@ class Progress:
 
         return report
 
-    def write(self, line: str) -> None:
+    def _uncaptured(self) -> Any:
         capman: Any = self.config.pluginmanager.getplugin("capturemanager")
+        return capman.global_and_fixture_disabled() if capman is not None else nullcontext()
+
+    def write(self, line: str) -> None:
         assert self.writer is not None
-        if capman is not None:
-            with capman.global_and_fixture_disabled():
-                self.writer.line()
-                self.writer.line(line)
-        else:
+        with self._uncaptured():
             self.writer.line()
             self.writer.line(line)

@@ -482,7 +482,8 @@ class UnitAblateSession:
                     if self.seed is not None:
                         torch.manual_seed(self.seed)
                     label = f"{spec.path.name} {check.layer}" + (
-                        f" (units {units[0]}..{units[-1]})" if len(units) < channels else "")
+                        f" ({len(units)} of {channels} units)" if len(units) < channels
+                        else "")
                     lines = self.progress.for_sweep(label, len(units) * baseline.n) \
                         if self.progress else None
                     return scan(model, data, check.layer, units=units, ablation=arg,

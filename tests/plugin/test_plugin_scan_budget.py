@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import types
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from test_plugin_early_stop import BODY, HEAD, WIDE
@@ -60,3 +64,49 @@ def test_progress_lines_on_request_and_never_in_a_captured_log(
     assert "unitablate: sweep of" not in auto.stdout.str()
     off, _ = _run(tiny, "--unitablate-progress=off")
     assert "unitablate: sweep of" not in off.stdout.str()
+
+
+class _Capture:
+    """A capture manager whose fd capture hides the terminal until suspended."""
+
+    def __init__(self) -> None:
+        self.suspended = False
+
+    @contextlib.contextmanager
+    def global_and_fixture_disabled(self) -> Iterator[None]:
+        self.suspended = True
+        try:
+            yield
+        finally:
+            self.suspended = False
+
+
+class _Config:
+    def __init__(self, capture: _Capture, lines: list[str]) -> None:
+        stream = types.SimpleNamespace(isatty=lambda: capture.suspended)
+        self.writer = types.SimpleNamespace(_file=stream, line=lambda text="": lines.append(
+            f"{text} (captured)" if not capture.suspended else text))
+        plugins = {"capturemanager": capture, "terminalreporter": object()}
+        self.pluginmanager = types.SimpleNamespace(getplugin=plugins.get)
+
+    def get_terminal_writer(self) -> Any:
+        return self.writer
+
+
+def test_the_terminal_is_looked_for_and_written_to_with_capture_suspended() -> None:
+    """While a test runs, fd capture points stdout at a file: asking isatty() then says no
+    terminal (the bug a real pty showed), and a line written then would be swallowed."""
+    capture, lines = _Capture(), []
+    clock = iter(range(0, 1000, 5)).__next__
+    config: Any = _Config(capture, lines)
+    lines_for = progress.Progress(config, "auto", clock=clock)
+    report = lines_for.for_sweep("big.yaml layer3", total=100)
+    assert report is not None
+    for done in (10, 40, 70):
+        report(done, None)
+    assert lines and all("(captured)" not in line for line in lines)
+    # the clock ticks 5 s per call: shown at 5 s, then not again before 10 s more
+    assert [line for line in lines if line] == ["unitablate: sweep of big.yaml layer3: 10% (5 s)",
+                                                "unitablate: sweep of big.yaml layer3: 70% (15 s)"]
+    worker: Any = _Config(capture, [])
+    assert progress.Progress(worker, "auto", is_worker=True).for_sweep("x") is None
