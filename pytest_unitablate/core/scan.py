@@ -213,6 +213,10 @@ def scan(
     if ablation == "mean" and (means is None or layer not in means):
         means = channel_means(model, data, [layer], channel_dim=channel_dim, device=target)
 
+    if not chosen:  # nothing to ablate: the baseline alone
+        base = evaluate(model, data, device=target, batch_size=batch_size, output=output)
+        return ScanResult(layer, chosen, np.zeros((0, base.n), dtype=np.int64), base.labels,
+                          base, "naive", "no units to scan")
     tick = _progress(progress, len(chosen), count_examples(data), f"scan {layer}")
 
     def result(out: Any, method_name: str, why: str = "") -> ScanResult:

@@ -334,6 +334,8 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
         ):
             began = time.perf_counter()
             produced = split.prefix(inputs)
+            if produced[0].is_cuda:  # kernels run asynchronously: wait before timing
+                torch.cuda.synchronize(produced[0].device)
             prefix_time = time.perf_counter() - began
             out, extras = produced[0], produced[1:]
             collector.add(index, split.suffix(out, *extras), labels)
@@ -367,6 +369,7 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                     chunk = units[pos:pos + k]
                     began = time.perf_counter()
                     logits = run(rows, chunk)
+                    predicted = logits.argmax(dim=1).view(len(chunk), size).cpu()  # syncs
                     took = time.perf_counter() - began
                     if verified < 2:  # the first two passes are checked against real ablations
                         if not _verify(model, inputs[rows], layer, chunk, logits, size,
@@ -388,8 +391,7 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                                         f"against {whole_time * 1e3:.2f} ms for a whole "
                                         f"forward (the naive loop), with "
                                         f"{plan.describe()}")
-                    predictions[pos:pos + len(chunk), rows] = \
-                        logits.argmax(dim=1).view(len(chunk), size).cpu()
+                    predictions[pos:pos + len(chunk), rows] = predicted
                     pos += len(chunk)
                     if progress is not None:
                         progress(len(chunk) * size)

@@ -209,3 +209,12 @@ def test_entry_convolutions_run_once_per_batch_whatever_the_units() -> None:
         assert result.method == "prefix"
         assert np.array_equal(result.predictions, _naive(model, data, "mid", range(n)))
     assert counts[0] == counts[1], counts  # not once per pass of units
+
+
+def test_no_units_gives_the_baseline_and_no_rows() -> None:
+    torch.manual_seed(0)
+    model = Wide().eval()
+    data = _data()
+    result = scan(model, data, "mid", units=[])
+    assert result.predictions.shape == (0, 40) and result.units == ()
+    assert result.baseline.predictions.tolist() == evaluate(model, data).predictions.tolist()
