@@ -218,62 +218,62 @@ def scan(
         return ScanResult(layer, chosen, np.zeros((0, base.n), dtype=np.int64), base.labels,
                           base, "naive", "no units to scan")
     tick = _progress(progress, len(chosen), count_examples(data), f"scan {layer}")
+    try:  # the bar goes away even when a batch raises
+        def result(out: Any, method_name: str, why: str = "") -> ScanResult:
+            base = EvalResult(labels=out.labels, predictions=out.baseline,
+                              num_classes=out.num_classes, fingerprint=out.fingerprint)
+            return ScanResult(layer, chosen, out.predictions, out.labels, base, method_name, why,
+                              out.plan)
 
-    def result(out: Any, method_name: str, why: str = "") -> ScanResult:
+        head = None
+        reason = ""
+        if method in ("auto", "closed_form"):
+            if channel_dim != 1 or len(info.shape) != 4:
+                reason = "closed form needs a 4-D N,C,H,W layer with channel_dim 1"
+            else:
+                head = _affine_head(model, layer)
+                if head is None:
+                    reason = "the network after the layer is not GAP -> flatten -> Linear"
+            if head is None and method == "closed_form":
+                raise ConfigError(f"scan(method='closed_form') refused for {layer!r}: {reason}")
+        if head is not None:
+            preds = _scan_closed_form(model, data, layer, chosen, ablation, means, head, target,
+                                      batch_size, output, tick)
+            if preds is not None:
+                return result(preds, "closed_form")
+            reason = "closed form did not match a real ablated forward on the first batch"
+            if method == "closed_form":
+                raise ConfigError(f"scan(method='closed_form') refused for {layer!r}: {reason}")
+        if method in ("auto", "prefix"):
+            from pytest_unitablate.core.scan_fx import scan_prefix, split_at
+
+            split, why = split_at(model, layer)
+            if split is not None:
+                tick.restart()
+                found = scan_prefix(model, split, data, layer, chosen, ablation, means, target,
+                                    batch_size, chunk_size, channel_dim, output,
+                                    memory_budget=budget, progress=tick,
+                                    allow_naive=method == "auto" and chunk_size is None)
+                if not isinstance(found, str):
+                    return result(found, "prefix", reason)
+                why = found
+            reason = f"{reason}; {why}" if reason else why
+            if method == "prefix":
+                raise ConfigError(f"scan(method='prefix') refused for {layer!r}: {why}")
+        tick.restart()
+        baseline = evaluate(model, data, device=target, batch_size=batch_size, output=output)
+        rows = []
+        for unit in chosen:
+            with ablate(model, {layer: [unit]}, ablation=ablation, means=means,
+                        channel_dim=channel_dim):
+                ablated = evaluate(model, data, device=target, batch_size=batch_size, output=output)
+                check_paired(baseline, ablated, f"the pass with unit {unit} of {layer!r} ablated")
+                rows.append(ablated.predictions)
+            tick(baseline.n)
+        preds_naive = np.stack(rows) if rows else np.zeros((0, baseline.n), dtype=np.int64)
+        return ScanResult(layer, chosen, preds_naive, baseline.labels, baseline, "naive", reason)
+    finally:
         tick.close()
-        base = EvalResult(labels=out.labels, predictions=out.baseline,
-                          num_classes=out.num_classes, fingerprint=out.fingerprint)
-        return ScanResult(layer, chosen, out.predictions, out.labels, base, method_name, why,
-                          out.plan)
-
-    head = None
-    reason = ""
-    if method in ("auto", "closed_form"):
-        if channel_dim != 1 or len(info.shape) != 4:
-            reason = "closed form needs a 4-D N,C,H,W layer with channel_dim 1"
-        else:
-            head = _affine_head(model, layer)
-            if head is None:
-                reason = "the network after the layer is not GAP -> flatten -> Linear"
-        if head is None and method == "closed_form":
-            raise ConfigError(f"scan(method='closed_form') refused for {layer!r}: {reason}")
-    if head is not None:
-        preds = _scan_closed_form(model, data, layer, chosen, ablation, means, head, target,
-                                  batch_size, output, tick)
-        if preds is not None:
-            return result(preds, "closed_form")
-        reason = "closed form did not match a real ablated forward on the first batch"
-        if method == "closed_form":
-            raise ConfigError(f"scan(method='closed_form') refused for {layer!r}: {reason}")
-    if method in ("auto", "prefix"):
-        from pytest_unitablate.core.scan_fx import scan_prefix, split_at
-
-        split, why = split_at(model, layer)
-        if split is not None:
-            tick.restart()
-            found = scan_prefix(model, split, data, layer, chosen, ablation, means, target,
-                                batch_size, chunk_size, channel_dim, output,
-                                memory_budget=budget, progress=tick,
-                                allow_naive=method == "auto" and chunk_size is None)
-            if not isinstance(found, str):
-                return result(found, "prefix", reason)
-            why = found
-        reason = f"{reason}; {why}" if reason else why
-        if method == "prefix":
-            raise ConfigError(f"scan(method='prefix') refused for {layer!r}: {why}")
-    tick.restart()
-    baseline = evaluate(model, data, device=target, batch_size=batch_size, output=output)
-    rows = []
-    for unit in chosen:
-        with ablate(model, {layer: [unit]}, ablation=ablation, means=means,
-                    channel_dim=channel_dim):
-            ablated = evaluate(model, data, device=target, batch_size=batch_size, output=output)
-            check_paired(baseline, ablated, f"the pass with unit {unit} of {layer!r} ablated")
-            rows.append(ablated.predictions)
-        tick(baseline.n)
-    tick.close()
-    preds_naive = np.stack(rows) if rows else np.zeros((0, baseline.n), dtype=np.int64)
-    return ScanResult(layer, chosen, preds_naive, baseline.labels, baseline, "naive", reason)
 
 
 class _progress:
