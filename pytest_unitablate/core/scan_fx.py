@@ -325,7 +325,12 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
     entry = linear_entry(split) if channel_dim in (1, -3) else None
     plan: Plan | None = None
     calibration: Calibration | None = None
-    calibration_plan = (1, 1)  # examples per pass and bytes per (unit, example), once measured
+    examples = row_bytes = 0  # per pass, and per (unit, example): measured on the first batch
+
+    def measured(units_per_pass: int) -> Plan:
+        return Plan(units_per_pass, examples, row_bytes, memory_budget,
+                    "measured on the first batch")
+
     verified = 0
     with eval_mode(model), eval_mode(split.prefix), eval_mode(split.suffix):
         for index, (inputs, labels) in enumerate(
@@ -345,7 +350,6 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
             batch = out.shape[0]
             work = _Batch(split, entry if out.dim() == 4 else None, out, extras, repl, dim,
                           output)
-            run = work.logits
             if plan is None and calibration is None:
                 row_bytes = work.row_bytes(units[0])
                 examples, most = limits(batch, len(units), row_bytes, memory_budget)
@@ -355,20 +359,21 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                                 ("" if chunk_size <= most else ", capped by the budget"))
                 else:
                     calibration = Calibration(most)
-                    calibration_plan = (examples, row_bytes)
             predictions = torch.empty(len(units), batch, dtype=torch.int64)
-            step = plan.examples if plan is not None else calibration_plan[0]
-            for first in range(0, batch, step):
-                rows = slice(first, min(batch, first + step))
+            for first in range(0, batch, examples):
+                rows = slice(first, min(batch, first + examples))
                 size = rows.stop - rows.start
                 pos = 0
                 while pos < len(units):
-                    calibrating = plan is None and calibration is not None
-                    k = calibration.next if calibration is not None and calibrating \
-                        else plan.units if plan is not None else 1
+                    calibrating = calibration if plan is None else None
+                    if calibrating is not None:
+                        k = calibrating.next
+                    else:
+                        assert plan is not None  # set by chunk_size or by the calibration
+                        k = plan.units
                     chunk = units[pos:pos + k]
                     began = time.perf_counter()
-                    logits = run(rows, chunk)
+                    logits = work.logits(rows, chunk)
                     predicted = logits.argmax(dim=1).view(len(chunk), size).cpu()  # syncs
                     took = time.perf_counter() - began
                     if verified < 2:  # the first two passes are checked against real ablations
@@ -377,12 +382,11 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                             return ("the split network did not match a real ablated forward "
                                     "on the first batch")
                         verified += 1
-                    if calibration is not None and calibrating and len(chunk) == k:
-                        calibration.record(k, took)
-                        if calibration.done:
-                            plan = Plan(calibration.chosen, *calibration_plan, memory_budget,
-                                        "measured on the first batch")
-                            per_unit = calibration.per_unit[plan.units] / size
+                    if calibrating is not None and len(chunk) == k:
+                        calibrating.record(k, took)
+                        if calibrating.done:
+                            plan = measured(calibrating.chosen)
+                            per_unit = calibrating.per_unit[plan.units] / size
                             if allow_naive and len(units) >= 4 and slower_than_naive(
                                     prefix_time / batch, per_unit, whole_time / batch,
                                     len(units)):
@@ -397,8 +401,7 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                         progress(len(chunk) * size)
             columns.append(predictions)
     if plan is None and calibration is not None:  # too little work to finish measuring
-        plan = Plan(calibration.chosen, *calibration_plan, memory_budget,
-                    "measured on the first batch")
+        plan = measured(calibration.chosen)
     result = collector.finish(columns)
     result.plan = plan.describe() if plan is not None else ""
     return result
