@@ -50,6 +50,8 @@ from pytest_unitablate.errors import ConfigError, optional_import
 if TYPE_CHECKING:
     import pandas as pd
 
+    from pytest_unitablate.core.prefix_cache import PrefixCache
+
 
 @dataclass(frozen=True)
 class ScanResult:
@@ -179,6 +181,7 @@ def scan(
     memory_budget: int | None = None,
     progress: bool | Callable[[int, int | None], None] | None = None,
     output: int | str | None = None,
+    prefix_cache: PrefixCache | None = None,
 ) -> ScanResult:
     """Ablate each unit of ``layer`` alone and record every example's prediction.
 
@@ -197,7 +200,10 @@ def scan(
     a terminal once the scan has run for 2 s. A callable is called as ``progress(done,
     total)`` with (unit, example) pairs finished and the total (``None`` when the data's
     length is unknown). ``output`` picks the logits out of a tuple, list or dict model
-    output, as for ``evaluate()``.
+    output, as for ``evaluate()``. ``prefix_cache``
+    (:class:`~pytest_unitablate.core.prefix_cache.PrefixCache`) lets scans of one layer
+    share the network before it: the prefix engine reuses the outputs an earlier pass left
+    there and leaves its own (results are the same with or without it).
     """
     if method not in ("auto", "closed_form", "prefix", "naive"):
         raise ConfigError(
@@ -247,13 +253,20 @@ def scan(
         if method in ("auto", "prefix"):
             from pytest_unitablate.core.scan_fx import scan_prefix, split_at
 
-            split, why = split_at(model, layer)
+            split, why = split_at(model, layer) if prefix_cache is None else \
+                prefix_cache.split(model, layer)
             if split is not None:
-                tick.restart()
-                found = scan_prefix(model, split, data, layer, chosen, ablation, means, target,
-                                    batch_size, chunk_size, channel_dim, output,
-                                    memory_budget=budget, progress=tick,
-                                    allow_naive=method == "auto" and chunk_size is None)
+                found = None
+                for cache in (prefix_cache, None):  # None: the data changed since it was kept
+                    tick.restart()
+                    found = scan_prefix(model, split, data, layer, chosen, ablation, means,
+                                        target, batch_size, chunk_size, channel_dim, output,
+                                        memory_budget=budget, progress=tick,
+                                        allow_naive=method == "auto" and chunk_size is None,
+                                        cache=cache)
+                    if found is not None:
+                        break
+                assert found is not None
                 if not isinstance(found, str):
                     return result(found, "prefix", reason)
                 why = found

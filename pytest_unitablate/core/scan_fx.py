@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,9 @@ from pytest_unitablate.core.data import PassDigest, iter_batches
 from pytest_unitablate.core.evaluation import checked_logits, eval_mode, select_logits
 from pytest_unitablate.core.memory import DEFAULT_MEMORY_BUDGET, graph_peak_bytes
 from pytest_unitablate.core.scan_plan import Calibration, Plan, limits, slower_than_naive
+
+if TYPE_CHECKING:
+    from pytest_unitablate.core.prefix_cache import PrefixCache
 
 
 @dataclass
@@ -55,9 +58,12 @@ class Collector:
         self.width: int | None = None
         self.digest = PassDigest()
 
-    def add(self, index: int, produced: Any, labels: torch.Tensor) -> torch.Tensor:
-        """Check and keep a batch's baseline; returns the logits picked from ``produced``."""
-        logits = checked_logits(index, produced, labels, self.width, self.output)
+    def add(self, index: int, produced: Any, labels: torch.Tensor, picked: bool = False
+            ) -> torch.Tensor:
+        """Check and keep a batch's baseline; returns the logits picked from ``produced``
+        (``picked``: ``produced`` is those logits already)."""
+        logits = checked_logits(index, produced, labels, self.width,
+                                None if picked else self.output)
         self.width = int(logits.shape[1])
         self.base.append(logits.argmax(dim=1).cpu())
         self.labels.append(labels.cpu())
@@ -312,14 +318,20 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                 output: int | str | None = None, *,
                 memory_budget: int = DEFAULT_MEMORY_BUDGET,
                 progress: Callable[[int], None] | None = None,
-                allow_naive: bool = False) -> EngineOutput | str:
+                allow_naive: bool = False,
+                cache: PrefixCache | None = None) -> EngineOutput | str | None:
     """Predictions ``(n_units, n_examples)``, or why the engine was refused: the split fails
     verification, or (with ``allow_naive``) it measured slower than the naive loop.
 
     Units and examples per suffix pass follow :mod:`pytest_unitablate.core.scan_plan`
     (``chunk_size`` fixes the units per pass, still within ``memory_budget``). ``progress``
-    is called with the number of (unit, example) pairs each pass finished.
+    is called with the number of (unit, example) pairs each pass finished. With ``cache``
+    (:mod:`~pytest_unitablate.core.prefix_cache`) the prefix outputs and unablated logits
+    of an earlier pass are reused, and this pass's are kept; ``None`` means the data no
+    longer matched the stored pass (the entry is dropped): run again.
     """
+    kept = cache.get(model, data, layer, device, batch_size) if cache is not None else None
+    recording = cache.recorder() if cache is not None and kept is None else None
     columns: list[torch.Tensor] = []
     collector = Collector(output)
     entry = linear_entry(split) if channel_dim in (1, -3) else None
@@ -332,19 +344,42 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                     "measured on the first batch")
 
     verified = 0
+    first_prefix = first_whole = 0.0
     with eval_mode(model), eval_mode(split.prefix), eval_mode(split.suffix):
         for index, (inputs, labels) in enumerate(
             iter_batches(data, batch_size=batch_size, device=device,
                          digest=collector.digest)
         ):
             began = time.perf_counter()
-            produced = split.prefix(inputs)
+            stored = kept.batches[index] if kept is not None and index < len(
+                kept.batches) else None
+            produced = split.prefix(inputs) if stored is None else stored
+            if not isinstance(produced[0], torch.Tensor):
+                return (f"the layer's output is a {type(produced[0]).__name__}, not one "
+                        f"tensor (the naive loop ablates its first tensor)")
             if produced[0].is_cuda:  # kernels run asynchronously: wait before timing
                 torch.cuda.synchronize(produced[0].device)
             prefix_time = time.perf_counter() - began
             out, extras = produced[0], produced[1:]
-            collector.add(index, split.suffix(out, *extras), labels)
+            known = kept.logits[index] if kept is not None and stored is not None else None
+            if known is not None:
+                collector.add(index, known, labels, picked=True)
+            else:
+                base = collector.add(index, split.suffix(out, *extras), labels)
+                if kept is not None and stored is not None:
+                    kept.add_logits(index, base)
+                elif recording is not None:
+                    recording.add(produced, base)
             whole_time = time.perf_counter() - began
+            if index == 0 and kept is not None and stored is not None:
+                # the prefix ran before; the naive loop's cost is still a whole forward
+                if kept.whole_seconds is None:
+                    kept.whole_seconds = kept.prefix_seconds + whole_time
+                prefix_time, whole_time = 0.0, kept.whole_seconds
+            elif index == 0 and recording is not None:
+                recording.prefix_seconds, recording.whole_seconds = prefix_time, whole_time
+            if index == 0:  # the naive loop is weighed with the first batch's times
+                first_prefix, first_whole = prefix_time, whole_time
             dim = channel_dim if channel_dim >= 0 else out.dim() + channel_dim
             repl = replacement_values(ablation, means, layer, out, dim)
             batch = out.shape[0]
@@ -388,11 +423,11 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                             plan = measured(calibrating.chosen)
                             per_unit = calibrating.per_unit[plan.units] / size
                             if allow_naive and len(units) >= 4 and slower_than_naive(
-                                    prefix_time / batch, per_unit, whole_time / batch,
+                                    first_prefix / batch, per_unit, first_whole / batch,
                                     len(units)):
                                 return (f"measured on the first batch, the split network "
                                         f"costs {per_unit * 1e3 * batch:.2f} ms per unit "
-                                        f"against {whole_time * 1e3:.2f} ms for a whole "
+                                        f"against {first_whole * 1e3:.2f} ms for a whole "
                                         f"forward (the naive loop), with "
                                         f"{plan.describe()}")
                     predictions[pos:pos + len(chunk), rows] = predicted
@@ -403,6 +438,13 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
     if plan is None and calibration is not None:  # too little work to finish measuring
         plan = measured(calibration.chosen)
     result = collector.finish(columns)
+    if cache is not None:
+        if kept is not None and (kept.fingerprint != result.fingerprint
+                                 or len(kept.batches) != len(columns)):
+            cache.drop(model, data, layer, device, batch_size)  # the data changed: again
+            return None
+        if recording is not None:
+            cache.put(model, data, layer, device, batch_size, recording, result.fingerprint)
     result.plan = plan.describe() if plan is not None else ""
     return result
 

@@ -10,6 +10,9 @@ true class around the unablated layer output ``a``: ablating unit ``u`` (replaci
 channel by ``r_u``) changes it by about ``sum(grad_u * (r_u - a_u))``, summed over the
 positions of the channel and the examples of the target class (all examples for
 ``overall``). One forward and one backward pass over the data give it for every unit.
+With a :class:`~pytest_unitablate.core.prefix_cache.PrefixCache`, the network is split at
+the layer (``torch.fx``): the part before it runs once without autograd and its outputs
+are kept for the scans that follow, and only the part after it runs forward and backward.
 
 Example::
 
@@ -19,17 +22,75 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
 
-from pytest_unitablate.core.data import iter_batches
-from pytest_unitablate.core.evaluation import eval_mode, select_logits
+from pytest_unitablate.core.data import PassDigest, iter_batches
+from pytest_unitablate.core.evaluation import eval_mode, model_device, select_logits
 from pytest_unitablate.core.layers import first_tensor, resolve_layer
-from pytest_unitablate.core.scan_fx import replacement_values
+from pytest_unitablate.core.scan_fx import Split, replacement_values
+
+if TYPE_CHECKING:
+    from pytest_unitablate.core.prefix_cache import PrefixCache
+
+
+class _Sums:
+    """Per class: the estimated damage of every unit, summed over the class's examples."""
+
+    def __init__(self, ablation: str | float, means: dict[str, torch.Tensor] | None,
+                 layer: str, channel_dim: int) -> None:
+        self.ablation, self.means, self.layer, self.channel_dim = ablation, means, layer, \
+            channel_dim
+        self.sums: dict[int, torch.Tensor] = {}
+        self.counts: dict[int, int] = {}
+
+    def add(self, leaf: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """``logits`` computed from ``leaf`` (the layer's output, requiring grad)."""
+        logp = torch.log_softmax(logits.float(), dim=1)
+        chosen = logp.gather(1, labels[:, None]).sum()
+        (grad,) = torch.autograd.grad(chosen, leaf)
+        a = leaf.detach()
+        dim = self.channel_dim if self.channel_dim >= 0 else a.dim() + self.channel_dim
+        repl = replacement_values(self.ablation, self.means, self.layer, a, dim)
+        shape = [1] * a.dim()
+        shape[dim] = a.shape[dim]
+        change = (grad * (repl.view(shape) - a)).movedim(dim, 0)
+        # (units, examples, positions) -> per example and unit
+        per_example = -change.reshape(change.shape[0], change.shape[1], -1).sum(
+            dim=2).double().cpu()
+        kept = labels.cpu()
+        for k in torch.unique(kept).tolist():
+            rows = per_example[:, kept == k].sum(dim=1)
+            self.sums[k] = rows if k not in self.sums else self.sums[k] + rows
+            self.counts[k] = self.counts.get(k, 0) + int((kept == k).sum())
+
+    def table(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+        if not self.sums:
+            return np.zeros((0, 0), dtype=np.float64), np.zeros(0, dtype=np.int64)
+        width = max(self.sums) + 1
+        units = len(next(iter(self.sums.values())))
+        table = np.zeros((units, width), dtype=np.float64)
+        count = np.zeros(width, dtype=np.int64)
+        for k, rows in self.sums.items():
+            table[:, k] = rows.numpy()
+            count[k] = self.counts[k]
+        return table, count
+
+
+class _NotOneTensor(Exception):
+    """The layer's output is not one tensor (the split network cannot ablate it)."""
+
+
+def _rows(value: Any, keep: torch.Tensor, batch: int) -> Any:
+    """``value`` restricted to the kept examples (a per-example tensor; else as it is)."""
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
+        return value[keep].clone()  # a normal tensor, also when a scan kept an inference one
+    return value
 
 
 def class_damage_sums(
@@ -44,6 +105,7 @@ def class_damage_sums(
     device: torch.device | str | None = None,
     output: int | str | None = None,
     batch_size: int = 256,
+    prefix_cache: PrefixCache | None = None,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
     """Per unit and per class: the estimated loss of true-class log-probability, summed
     over the examples of that class, when the unit alone is ablated; and the examples
@@ -53,8 +115,21 @@ def class_damage_sums(
     The model's parameters are not touched and need not require gradients: the gradient
     is taken with respect to a copy of the layer's output, and only the network after the
     layer records a graph for backward (the layers before it run without one). Raises
-    whatever autograd raises on a model that cannot be differentiated.
+    whatever autograd raises on a model that cannot be differentiated. ``prefix_cache``:
+    see the module's docstring (a model ``torch.fx`` cannot split uses forward hooks).
     """
+    sums = _Sums(ablation, means, layer, channel_dim)
+    split = prefix_cache.split(model, layer)[0] if prefix_cache is not None else None
+    if split is not None and prefix_cache is not None:
+        place = torch.device(device) if device is not None else model_device(model)
+        try:
+            for cache in (prefix_cache, None):  # None: the data changed since it was kept
+                sums = _Sums(ablation, means, layer, channel_dim)
+                if _through_split(model, split, cache, data, layer, place, batch_size,
+                                  target, output, sums):
+                    return sums.table()
+        except _NotOneTensor:  # a layer with a tuple output: hooks take its first tensor
+            sums = _Sums(ablation, means, layer, channel_dim)
     module = resolve_layer(model, layer)
     captured: list[torch.Tensor] = []
 
@@ -74,8 +149,6 @@ def class_damage_sums(
             return ablatable
         return (ablatable, *out[1:])
 
-    sums: dict[int, torch.Tensor] = {}
-    counts: dict[int, int] = {}
     handle = module.register_forward_hook(hook)
     try:
         with eval_mode(model), torch.inference_mode(False), torch.enable_grad():
@@ -87,36 +160,65 @@ def class_damage_sums(
                 captured.clear()
                 with torch.no_grad():
                     produced = model(inputs[keep])
-                logits = select_logits(produced, output)
-                logp = torch.log_softmax(logits.float(), dim=1)
-                chosen = logp.gather(1, labels[keep][:, None]).sum()
-                (grad,) = torch.autograd.grad(chosen, captured[0])
-                a = captured[0].detach()
-                dim = channel_dim if channel_dim >= 0 else a.dim() + channel_dim
-                repl = replacement_values(ablation, means, layer, a, dim)
-                shape = [1] * a.dim()
-                shape[dim] = a.shape[dim]
-                change = (grad * (repl.view(shape) - a)).movedim(dim, 0)
-                # (units, examples, positions) -> per example and unit
-                per_example = -change.reshape(change.shape[0], change.shape[1], -1).sum(
-                    dim=2).double().cpu()
-                kept = labels[keep].cpu()
-                for k in torch.unique(kept).tolist():
-                    rows = per_example[:, kept == k].sum(dim=1)
-                    sums[k] = rows if k not in sums else sums[k] + rows
-                    counts[k] = counts.get(k, 0) + int((kept == k).sum())
+                sums.add(captured[0], select_logits(produced, output), labels[keep])
     finally:
         handle.remove()
-    if not sums:
-        return np.zeros((0, 0), dtype=np.float64), np.zeros(0, dtype=np.int64)
-    width = max(sums) + 1
-    units = len(next(iter(sums.values())))
-    table = np.zeros((units, width), dtype=np.float64)
-    count = np.zeros(width, dtype=np.int64)
-    for k, rows in sums.items():
-        table[:, k] = rows.numpy()
-        count[k] = counts[k]
-    return table, count
+    return sums.table()
+
+
+def _through_split(model: nn.Module, split: Split, cache: PrefixCache | None, data: Any,
+                   layer: str, device: torch.device, batch_size: int, target: int | None,
+                   output: int | str | None, sums: _Sums) -> bool:
+    """:func:`class_damage_sums` on the split network: the prefix without autograd (or out
+    of ``cache``, which it fills), the suffix forward and backward. ``False`` when the
+    cached pass no longer matches the data (the entry is dropped)."""
+    entry = cache.get(model, data, layer, device, batch_size) if cache is not None else None
+    recording = cache.recorder() if cache is not None and entry is None else None
+    digest = PassDigest()
+    seen = 0
+    with eval_mode(model), eval_mode(split.prefix), eval_mode(split.suffix), \
+            torch.inference_mode(False):
+        for index, (inputs, labels) in enumerate(
+                iter_batches(data, batch_size=batch_size, device=device, digest=digest)):
+            seen += 1
+            keep = torch.ones_like(labels, dtype=torch.bool) if target is None \
+                else labels == target
+            stored = entry.batches[index] if entry is not None and index < len(
+                entry.batches) else None
+            whole = recording is not None and not recording.full
+            if stored is None and not whole and not bool(keep.any()):
+                continue
+            if stored is None:  # the whole batch when it is kept for later passes
+                began = time.perf_counter()
+                with torch.no_grad():
+                    produced = split.prefix(inputs if whole else inputs[keep])
+                if whole:
+                    assert recording is not None
+                    if index == 0:
+                        recording.prefix_seconds = time.perf_counter() - began
+                    recording.add(produced)
+            else:
+                produced = stored
+            if not isinstance(produced[0], torch.Tensor):
+                raise _NotOneTensor
+            if not bool(keep.any()):
+                continue
+            batch = produced[0].shape[0]
+            if stored is not None or whole:
+                produced = tuple(_rows(v, keep, batch) for v in produced)
+            leaf = produced[0].detach().clone().requires_grad_(True)
+            extras = [v.clone() if isinstance(v, torch.Tensor) else v for v in produced[1:]]
+            with torch.enable_grad():
+                logits = select_logits(split.suffix(leaf * 1, *extras), output)
+                sums.add(leaf, logits, labels[keep])
+    if entry is not None and (entry.fingerprint != digest.hexdigest()
+                              or len(entry.batches) != seen):
+        assert cache is not None
+        cache.drop(model, data, layer, device, batch_size)
+        return False
+    if cache is not None and recording is not None:
+        cache.put(model, data, layer, device, batch_size, recording, digest.hexdigest())
+    return True
 
 
 def estimated_damage(
@@ -131,6 +233,7 @@ def estimated_damage(
     device: torch.device | str | None = None,
     output: int | str | None = None,
     batch_size: int = 256,
+    prefix_cache: PrefixCache | None = None,
 ) -> npt.NDArray[np.float64]:
     """Per unit of ``layer``: the estimated loss of true-class log-probability when it
     alone is ablated (larger = more damage), over the examples labelled ``target``
@@ -138,7 +241,8 @@ def estimated_damage(
     """
     sums, _ = class_damage_sums(model, data, layer, target=target, ablation=ablation,
                                 means=means, channel_dim=channel_dim, device=device,
-                                output=output, batch_size=batch_size)
+                                output=output, batch_size=batch_size,
+                                prefix_cache=prefix_cache)
     if sums.size == 0:
         return np.zeros(0, dtype=np.float64)
     out: npt.NDArray[np.float64] = sums.sum(axis=1)

@@ -154,8 +154,10 @@ class _RecordCollector:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On xdist workers, interleave spec items by (spec, layer), so neighbouring items (which
-    xdist hands to different workers) sweep different layers; serial order is untouched.
+    """On xdist workers, spread spec items so that neighbouring runs of items (which
+    xdist hands to different workers) work on different layers, and the items of one
+    check stay together (:mod:`~pytest_unitablate.plugin.schedule`); serial order is
+    untouched.
 
     Every worker computes the same order (it depends on the collection alone), as xdist
     requires. Non-spec items keep their places.
@@ -164,17 +166,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if state is None or not state.is_worker or not state.specs:
         return
     from pytest_unitablate.plugin.item import UnitAblateItem
+    from pytest_unitablate.plugin.schedule import spread
 
     slots = [i for i, item in enumerate(items) if isinstance(item, UnitAblateItem)]
-    groups: dict[tuple[str, str], list[pytest.Item]] = {}
-    for i in slots:
-        item = items[i]
+    spec_items = [items[i] for i in slots]
+    keys = []
+    for item in spec_items:
         assert isinstance(item, UnitAblateItem)
-        groups.setdefault((str(item.spec.path), item.key.check.layer), []).append(item)
-    order = [group[k] for k in range(max(map(len, groups.values()), default=0))
-             for group in groups.values() if k < len(group)]
-    for i, item in zip(slots, order, strict=True):
-        items[i] = item
+        keys.append(((str(item.spec.path), item.key.check.layer), id(item.key.check)))
+    for i, position in zip(slots, spread(keys), strict=True):
+        items[i] = spec_items[position]
 
 
 @pytest.hookimpl(wrapper=True)

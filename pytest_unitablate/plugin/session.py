@@ -78,7 +78,20 @@ class UnitAblateSession:
         self._sweeps: dict[tuple[Any, ...], Sweep] = {}
         self._channels: dict[tuple[Any, ...], int] = {}
         self._replayable: set[int] = set()
+        self._prefixes: Any = None
         self.dtype: str | None = None
+
+    @property
+    def prefixes(self) -> Any:
+        """The torch core's :class:`~pytest_unitablate.core.prefix_cache.PrefixCache`: the
+        unit order and the sweeps of one layer share its prefix pass (made on first use)."""
+        if self._prefixes is None:
+            from pytest_unitablate.core.memory import DEFAULT_MEMORY_BUDGET
+            from pytest_unitablate.core.prefix_cache import PrefixCache
+
+            self._prefixes = PrefixCache(DEFAULT_MEMORY_BUDGET if self.memory_budget is None
+                                         else self.memory_budget)
+        return self._prefixes
 
     # --- references ---------------------------------------------------------------------
 
@@ -490,7 +503,8 @@ class UnitAblateSession:
                                 means=means, channel_dim=spec.channel_dim,
                                 device=self.device, output=spec.output,
                                 memory_budget=self.memory_budget,
-                                progress=lines if lines is not None else False)
+                                progress=lines if lines is not None else False,
+                                prefix_cache=self.prefixes)
 
                 result = self._located(spec, scan_layer, check.layer_line)
                 self._paired(spec, baseline, result.baseline, f"the sweep of {check.layer}",
@@ -554,7 +568,8 @@ class UnitAblateSession:
                 try:
                     damage = estimated_damage(
                         model, data, check.layer, target=target, ablation=arg, means=means,
-                        channel_dim=spec.channel_dim, device=self.device, output=spec.output)
+                        channel_dim=spec.channel_dim, device=self.device, output=spec.output,
+                        prefix_cache=self.prefixes)
                     how = "a first-order estimate of each unit's damage"
                 except Exception as exc:  # not differentiable: index order, still exact
                     damage = np.zeros(channels)
