@@ -365,7 +365,12 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
             if known is not None:
                 collector.add(index, known, labels, picked=True)
             else:
-                base = collector.add(index, split.suffix(out, *extras), labels)
+                if cache is not None:  # kept values must survive in-place ops in the suffix
+                    base_in = [v.clone() if isinstance(v, torch.Tensor) else v
+                               for v in (out, *extras)]
+                else:
+                    base_in = [out, *extras]
+                base = collector.add(index, split.suffix(*base_in), labels)
                 if kept is not None and stored is not None:
                     kept.add_logits(index, base)
                 elif recording is not None:

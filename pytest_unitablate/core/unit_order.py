@@ -83,7 +83,23 @@ class _Sums:
 
 
 class _NotOneTensor(Exception):
-    """The layer's output is not one tensor (the split network cannot ablate it)."""
+    """The split network cannot stand in for the model here: the layer's output is not
+    one tensor, or the split's logits differ from the model's."""
+
+
+def _split_matches(model: nn.Module, split: Split, inputs: torch.Tensor,
+                   output: int | str | None) -> bool:
+    """Whether the split network gives the model's logits on a few examples (as the scan
+    engine checks its ablations on the first batch)."""
+    few = inputs[:16]
+    with torch.no_grad():
+        real = select_logits(model(few), output)
+        ours = select_logits(split.suffix(*split.prefix(few)), output)
+    if not isinstance(real, torch.Tensor) or not isinstance(ours, torch.Tensor) \
+            or ours.shape != real.shape:
+        return False
+    scale = float(real.abs().max().clamp_min(1.0))
+    return bool(torch.allclose(ours, real, rtol=1e-4, atol=1e-4 * scale))
 
 
 def _rows(value: Any, keep: torch.Tensor, batch: int) -> Any:
@@ -176,6 +192,7 @@ def _through_split(model: nn.Module, split: Split, cache: PrefixCache | None, da
     recording = cache.recorder() if cache is not None and entry is None else None
     digest = PassDigest()
     seen = 0
+    checked = False
     with eval_mode(model), eval_mode(split.prefix), eval_mode(split.suffix), \
             torch.inference_mode(False):
         for index, (inputs, labels) in enumerate(
@@ -201,6 +218,10 @@ def _through_split(model: nn.Module, split: Split, cache: PrefixCache | None, da
                 produced = stored
             if not isinstance(produced[0], torch.Tensor):
                 raise _NotOneTensor
+            if not checked:  # once, on the first batch that gets here
+                if not _split_matches(model, split, inputs, output):
+                    raise _NotOneTensor  # e.g. an in-place op fx dropped as dead code
+                checked = True
             if not bool(keep.any()):
                 continue
             batch = produced[0].shape[0]

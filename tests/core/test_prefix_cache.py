@@ -32,9 +32,9 @@ def _data(n: int = 48, size: int = 32, seed: int = 1) -> list[tuple[torch.Tensor
 def _count_prefix(cache: PrefixCache, model: nn.Module, layer: str) -> list[int]:
     split, why = cache.split(model, layer)
     assert split is not None, why
-    calls: list[int] = []
-    split.prefix.register_forward_hook(lambda m, a, o: calls.append(1))
-    return calls
+    examples: list[int] = []  # per call of the prefix graph, how many examples it ran
+    split.prefix.register_forward_hook(lambda m, a, o: examples.append(int(a[0].shape[0])))
+    return examples
 
 
 @pytest.mark.parametrize("layer", ["layer3", "layer2.0.conv1", "layer1.1"])
@@ -43,12 +43,13 @@ def test_order_and_scans_equal_the_uncached_ones_and_run_the_prefix_once(
         layer: str, target: int | None) -> None:
     model, data = _resnet(), _data()
     cache = PrefixCache()
-    calls = _count_prefix(cache, model, layer)
+    examples = _count_prefix(cache, model, layer)
     sums, counts = class_damage_sums(model, data, layer, target=target, prefix_cache=cache)
     plain_sums, plain_counts = class_damage_sums(model, data, layer, target=target)
     np.testing.assert_allclose(sums, plain_sums, rtol=1e-4, atol=1e-6)
     assert np.array_equal(counts, plain_counts)
-    assert len(calls) == len(data)  # the whole batches, kept (also for a class target)
+    # the whole data once, kept (also for a class target), and 16 examples checking the split
+    assert examples == [20, 16, 20, 8]
     for units in ([5], [0, 3, 9, 17]):
         cached = scan(model, data, layer, units=units, prefix_cache=cache, progress=False)
         plain = scan(model, data, layer, units=units, progress=False)
@@ -56,7 +57,7 @@ def test_order_and_scans_equal_the_uncached_ones_and_run_the_prefix_once(
         assert np.array_equal(cached.predictions, plain.predictions)
         assert np.array_equal(cached.baseline.predictions, plain.baseline.predictions)
         assert cached.baseline.fingerprint == plain.baseline.fingerprint
-    assert len(calls) == len(data)  # the scans ran only the network after the layer
+    assert examples == [20, 16, 20, 8]  # the scans ran only the network after the layer
     assert cache.stats == {"reused": 2, "stored": 1}
 
 
@@ -137,3 +138,38 @@ def test_a_layer_with_a_tuple_output_orders_its_units_as_without_a_cache() -> No
     assert result.method == "naive" and "not one tensor" in result.reason
     assert np.array_equal(result.predictions,
                           scan(model, data, "pair", method="naive", progress=False).predictions)
+
+
+def test_in_place_ops_after_the_layer_neither_corrupt_nor_mislead() -> None:
+    """``h.mul_(3)`` whose result is unused: torch.fx drops it as dead code, so the split
+    network is wrong; the order then comes from hooks, the scan from the naive loop, and a
+    later pass is not fed values a suffix changed in place."""
+
+    class InPlace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(1, 6, 3)
+            self.layer = nn.Conv2d(6, 6, 3)
+            self.b = nn.Conv2d(6, 8, 1)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.layer(torch.relu(self.a(x)))
+            h.mul_(3.0)
+            h.add_(0.5)
+            return self.fc(torch.tanh(self.b(h)).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    model = InPlace().eval()
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(30, 1, 9, 9, generator=g), torch.randint(0, 3, (30,), generator=g))
+            for _ in range(3)]
+    cache = PrefixCache()
+    plain = class_damage_sums(model, data, "layer")[0]
+    for _ in range(2):
+        np.testing.assert_allclose(class_damage_sums(model, data, "layer", prefix_cache=cache)[0],
+                                   plain, rtol=1e-5)
+        result = scan(model, data, "layer", prefix_cache=cache, progress=False)
+        naive = scan(model, data, "layer", method="naive", progress=False)
+        assert np.array_equal(result.predictions, naive.predictions)
+        assert np.array_equal(result.baseline.predictions, naive.baseline.predictions)

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pytest_unitablate import ablate, scan
+from pytest_unitablate.core.prefix_cache import PrefixCache
+from pytest_unitablate.core.unit_order import class_damage_sums
 from pytest_unitablate.errors import ConfigError
 
 
@@ -104,6 +106,17 @@ def test_scan_matches_naive(data: Any) -> None:
     else:
         assert result.method == "prefix", result.reason
     assert all(not m._forward_hooks for m in model.modules())
+    # the same scan after an order pass and a scan left the layer's prefix in a cache
+    cache, pair = PrefixCache(), (x, y)  # one data object: entries are kept per object
+    class_damage_sums(model, pair, layer, ablation=ablation, means=means, batch_size=batch,
+                      prefix_cache=cache)
+    for _ in range(2):
+        again = scan(model, pair, layer, units=units, ablation=ablation, batch_size=batch,
+                     chunk_size=chunk, means=means, prefix_cache=cache)
+        assert np.array_equal(again.predictions, result.predictions)
+        assert np.array_equal(again.baseline.predictions, result.baseline.predictions)
+        assert again.method == result.method
+    assert result.method == "closed_form" or cache.stats["reused"] >= 2
 
 
 def test_method_choice_and_refusals() -> None:
