@@ -14,22 +14,30 @@ same pass over the data: the data is still iterated, for the labels and the pass
 fingerprint, and a pass whose fingerprint differs from the stored one is computed again
 without the cache.
 
+:func:`evaluate_keeping` fills the cache from the baseline pass itself: forward hooks
+copy the layer's output and the values that skip over it (when each is the model's input
+or a module's output) and the logits, so no pass after the baseline runs the prefix.
+
 Example::
 
     cache = PrefixCache(budget=512 * 2**20)
-    damage = estimated_damage(model, loader, "layer3", prefix_cache=cache)  # fills it
+    base = evaluate_keeping(model, loader, ["layer3"], cache)               # fills it
+    damage = estimated_damage(model, loader, "layer3", prefix_cache=cache)  # suffix only
     result = scan(model, loader, "layer3", units=[7], prefix_cache=cache)   # suffix only
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from pytest_unitablate.core.evaluation import EvalResult, evaluate, model_device, select_logits
 from pytest_unitablate.core.memory import DEFAULT_MEMORY_BUDGET
 from pytest_unitablate.core.scan_fx import Split, split_at
 
@@ -160,4 +168,116 @@ class PrefixCache:
         return sum(e.nbytes for e in self._entries.values())
 
 
-__all__ = ["PrefixCache", "PrefixEntry", "Recorder"]
+def _sources(split: Split) -> list[str] | None:
+    """Where each prefix output comes from in the eager model: ``""`` for the model's input,
+    else the name of the module whose output it is; ``None`` if one is anything else."""
+    out = next(n for n in split.prefix.graph.nodes if n.op == "output")
+    names: list[str] = []
+    for node in out.args[0]:
+        if node.op == "placeholder":
+            names.append("")
+        elif node.op == "call_module":
+            names.append(str(node.target))
+        else:
+            return None
+    placeholders = [n for n in split.prefix.graph.nodes if n.op == "placeholder"]
+    return names if len(placeholders) == 1 else None
+
+
+def _same_as_prefix(split: Split | None, inputs: Any, kept: tuple[Any, ...]) -> bool:
+    """Whether values copied from the eager forward equal the prefix graph's outputs on
+    the first examples of the batch."""
+    if split is None or not isinstance(inputs, torch.Tensor):
+        return False
+    few = min(16, inputs.shape[0])
+    theirs = split.prefix(inputs[:few])
+    for ours, ref in zip(kept, theirs, strict=True):
+        if not isinstance(ref, torch.Tensor) or ours.shape[1:] != ref.shape[1:]:
+            return False
+        if ours.shape[0] != inputs.shape[0] or not torch.allclose(ours[:few], ref, rtol=1e-5,
+                                                                   atol=1e-6):
+            return False
+    return True
+
+
+def evaluate_keeping(model: nn.Module, data: Any, layers: Sequence[str], cache: PrefixCache,
+                     *, device: torch.device | str | None = None, batch_size: int = 256,
+                     output: int | str | None = None) -> EvalResult:
+    """:func:`~pytest_unitablate.core.evaluation.evaluate`, which also leaves the prefix
+    outputs and logits of each of ``layers`` in ``cache`` (those ``torch.fx`` can split, whose
+    prefix outputs are the model's input or outputs of modules called once per forward,
+    within the cache's budget over all of them). The result is ``evaluate()``'s: the hooks
+    only copy values."""
+    place = torch.device(device) if device is not None else model_device(model)
+    plans: dict[str, list[str]] = {}
+    for layer in dict.fromkeys(layers):
+        split, _ = cache.split(model, layer)
+        names = _sources(split) if split is not None else None
+        if names is not None:
+            plans[layer] = names
+    if not plans:
+        return evaluate(model, data, device=place, batch_size=batch_size, output=output)
+    seen: dict[str, list[Any]] = {name: [] for names in plans.values() for name in names}
+    recorders = {layer: cache.recorder() for layer in plans}
+    began = [0.0]
+
+    checking = [False]  # the check's own prefix pass calls the same modules
+
+    def keep(name: str) -> Any:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            if not checking[0]:
+                seen[name].append(out.detach().clone() if isinstance(out, torch.Tensor)
+                                  else None)
+        return hook
+
+    inputs: list[Any] = [None]
+
+    def start(module: nn.Module, args: Any) -> None:
+        began[0] = time.perf_counter()
+        for values in seen.values():
+            values.clear()
+        inputs[0] = args[0] if args else None
+        if "" in seen and isinstance(inputs[0], torch.Tensor):
+            seen[""].append(inputs[0].detach().clone())
+
+    def finish(module: nn.Module, args: Any, out: Any) -> None:
+        try:
+            logits = select_logits(out, output)
+        except Exception:  # evaluate() says what is wrong with the output, and where
+            logits = None
+        for layer, names in plans.items():
+            record = recorders[layer]
+            values = [seen[name] for name in names]
+            if any(len(v) != 1 or v[0] is None for v in values) or not isinstance(
+                    logits, torch.Tensor):
+                record.full = True  # called twice, or not a tensor: not kept
+                continue
+            kept = tuple(v[0] for v in values)
+            if not record.batches:  # the first batch: a plain forward's cost, and a check
+                record.prefix_seconds = record.whole_seconds = time.perf_counter() - began[0]
+                checking[0] = True
+                try:
+                    same = _same_as_prefix(cache.split(model, layer)[0], inputs[0], kept)
+                finally:
+                    checking[0] = False
+                if not same:  # e.g. an in-place op changed a value after its module
+                    record.full = True
+                    continue
+            record.add(kept, logits)
+        while sum(r.nbytes for r in recorders.values() if not r.full) > cache.budget:
+            max((r for r in recorders.values() if not r.full), key=lambda r: r.nbytes).full = True
+
+    handles = [model.register_forward_pre_hook(start), model.register_forward_hook(finish)]
+    handles += [model.get_submodule(name).register_forward_hook(keep(name))
+                for name in seen if name]
+    try:
+        result = evaluate(model, data, device=place, batch_size=batch_size, output=output)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for layer in plans:
+        cache.put(model, data, layer, place, batch_size, recorders[layer], result.fingerprint)
+    return result
+
+
+__all__ = ["PrefixCache", "PrefixEntry", "Recorder", "evaluate_keeping"]

@@ -189,15 +189,21 @@ class UnitAblateSession:
         except UnitAblateError as exc:
             raise ItemProblem(f"{spec.where(line)}: {exc}") from None
 
-    def _evaluate(self, model: nn.Module, data: Any, output: int | str | None = None
-                  ) -> EvalResult:
+    def _evaluate(self, model: nn.Module, data: Any, output: int | str | None = None,
+                  keep: Sequence[str] = ()) -> EvalResult:
+        """``evaluate()``; with ``keep``, the pass also leaves those layers' prefix outputs
+        in :attr:`prefixes` for the unit orders and sweeps that follow."""
         import torch
 
         from pytest_unitablate.core.evaluation import evaluate
+        from pytest_unitablate.core.prefix_cache import evaluate_keeping
 
         if self.seed is not None:
             torch.manual_seed(self.seed)
         self._check_model(model)
+        if keep:
+            return evaluate_keeping(model, data, keep, self.prefixes, device=self.device,
+                                    output=output)
         return evaluate(model, data, device=self.device, output=output)
 
     def _check_model(self, model: nn.Module) -> None:
@@ -251,10 +257,12 @@ class UnitAblateSession:
         key = ("base", id(model), id(data))
         if key not in self._evals:
             identity = self.identity(spec, model, data)
+            swept = [c.layer for c in spec.checks if c.mode in ("any_unit", "every_unit",
+                                                                  "top_units")]
 
             def run() -> dict[str, Any]:
                 result: EvalResult = self._located(
-                    spec, lambda: self._evaluate(model, data, spec.output))
+                    spec, lambda: self._evaluate(model, data, spec.output, swept))
                 if identity["data"] and result.fingerprint != identity["data"]:
                     self._paired(spec, _fingerprinted(identity["data"], result), result,
                                  "the baseline pass", ranking,

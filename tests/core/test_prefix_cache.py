@@ -12,8 +12,8 @@ import torch
 import torchvision
 from torch import nn
 
-from pytest_unitablate import scan
-from pytest_unitablate.core.prefix_cache import PrefixCache
+from pytest_unitablate import evaluate, scan
+from pytest_unitablate.core.prefix_cache import PrefixCache, evaluate_keeping
 from pytest_unitablate.core.unit_order import class_damage_sums
 
 
@@ -173,3 +173,62 @@ def test_in_place_ops_after_the_layer_neither_corrupt_nor_mislead() -> None:
         naive = scan(model, data, "layer", method="naive", progress=False)
         assert np.array_equal(result.predictions, naive.predictions)
         assert np.array_equal(result.baseline.predictions, naive.baseline.predictions)
+
+
+def test_the_baseline_pass_leaves_each_layer_prefix_for_the_passes_after_it() -> None:
+    model, data = _resnet(), _data()
+    layers = ["layer3", "layer2.0.conv1", "layer1.1"]
+    cache = PrefixCache()
+    base = evaluate_keeping(model, data, layers, cache)
+    plain = evaluate(model, data)
+    assert np.array_equal(base.predictions, plain.predictions)
+    assert base.fingerprint == plain.fingerprint
+    assert cache.stats["stored"] == 3
+    for layer in layers:
+        examples = _count_prefix(cache, model, layer)
+        np.testing.assert_allclose(class_damage_sums(model, data, layer, prefix_cache=cache)[0],
+                                   class_damage_sums(model, data, layer)[0], rtol=1e-4,
+                                   atol=1e-6)
+        cached = scan(model, data, layer, units=[0, 3, 5], prefix_cache=cache, progress=False)
+        fresh = scan(model, data, layer, units=[0, 3, 5], progress=False)
+        assert cached.method == fresh.method == "prefix"
+        assert np.array_equal(cached.predictions, fresh.predictions)
+        assert np.array_equal(cached.baseline.predictions, plain.predictions)
+        assert examples == [16]  # only the order pass's check of the split; no whole batch
+
+
+def test_values_the_eager_forward_changes_after_their_module_are_not_kept() -> None:
+    class Skip(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(1, 4, 3, padding=1)
+            self.act = nn.ReLU(inplace=True)
+            self.layer = nn.Conv2d(4, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.stem(x)
+            self.act(h)  # in place, result unused: fx drops it, eager keeps it
+            return self.fc((h + self.layer(h)).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    model = Skip().eval()
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(30, 1, 6, 6, generator=g), torch.randint(0, 3, (30,), generator=g))
+            for _ in range(2)]
+    cache = PrefixCache()
+    evaluate_keeping(model, data, ["layer"], cache)
+    assert cache.stats["stored"] == 0
+    result = scan(model, data, "layer", prefix_cache=cache, progress=False)
+    assert np.array_equal(result.predictions,
+                          scan(model, data, "layer", method="naive", progress=False).predictions)
+
+
+def test_the_layers_kept_by_one_baseline_pass_share_the_budget() -> None:
+    model, data = _resnet(), _data()
+    layer3 = 48 * 256 * 2 * 2 * 4 + 48 * 6 * 4  # outputs and logits, float32
+    layer2 = 48 * 128 * 4 * 4 * 4 + 48 * 6 * 4
+    cache = PrefixCache(budget=layer3 + layer2 // 2)
+    evaluate_keeping(model, data, ["layer3", "layer2"], cache)
+    assert cache.held() == layer3  # layer2 did not fit beside it
+    assert cache.get(model, data, "layer2", torch.device("cpu"), 256) is None
