@@ -5,7 +5,11 @@
 * ``data``: ``(inputs, labels)`` batches from a loader, a ``Dataset`` or ``(X, y)``;
 * ``evaluation``: ``evaluate()`` and ``EvalResult`` (per-example correctness, in data order);
 * ``scan``: every unit of a layer ablated alone (``scan()``), choosing an engine;
-* ``scan_fx``: the ``torch.fx`` prefix/suffix engine ``scan`` uses where it can.
+* ``scan_fx``: the ``torch.fx`` prefix/suffix engine ``scan`` uses where it can;
+* ``scan_plan``, ``memory``: how that engine sizes its passes (measured speed, a budget);
+* ``prefix_cache``: a layer's prefix outputs kept between the passes over it;
+* ``unit_order``: the first-order damage estimate that orders layer-wide checks;
+* ``identity``: class-damage signatures and one-to-one unit matching.
 
 Example::
 
