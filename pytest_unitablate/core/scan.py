@@ -314,8 +314,10 @@ class _progress:
         self.done += pairs
         if self.callback is not None:
             self.callback(self.done, self.total)
-        if self.bar is not None:
-            self.bar.update(pairs / self.n_examples if self.n_examples else pairs)
+        if self.bar is not None:  # whole units' worth of pairs (no "127.5/128")
+            shown = self.done // self.n_examples if self.n_examples else self.done
+            if shown > self.bar.n:
+                self.bar.update(shown - self.bar.n)
 
     def restart(self) -> None:
         """Another engine starts over (the previous one was refused)."""

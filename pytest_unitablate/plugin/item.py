@@ -196,9 +196,9 @@ class UnitAblateItem(pytest.Function):
                              f"full-sweeps evaluates them all)")
             if check.mode == "any_unit":
                 layer = judge_any_unit(constraint, per_unit, at_least=check.at_least,
-                                       level=level)
+                                       level=level, total=total)
             else:
-                layer = judge_every_unit(constraint, per_unit, level=level)
+                layer = judge_every_unit(constraint, per_unit, level=level, total=total)
             m, notes = layer.decider, list(layer.notes) + notes
         else:
             chosen, notes = self._top_units(session, request)

@@ -195,6 +195,37 @@ def test_progress_reports_every_unit_and_example() -> None:
         assert [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 
+def test_the_progress_bar_counts_whole_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tqdm
+
+    bars: list[Any] = []
+
+    class Bar:
+        def __init__(self, **kwargs: Any) -> None:
+            self.total, self.n, self.steps = kwargs["total"], 0, []
+            bars.append(self)
+
+        def update(self, k: Any) -> None:
+            self.steps.append(k)
+            self.n += k
+
+        def reset(self) -> None:
+            self.n = 0
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    torch.manual_seed(0)
+    model = Wide().eval()
+    x = torch.cat([b[0] for b in _data()])
+    y = torch.cat([b[1] for b in _data()])
+    scan(model, (x, y), "mid", batch_size=16, chunk_size=3, progress=True)  # 3 batches
+    (bar,) = bars
+    assert bar.total == 8 and bar.n == 8
+    assert all(isinstance(k, int) and k > 0 for k in bar.steps), bar.steps
+
+
 def test_entry_convolutions_run_once_per_batch_whatever_the_units() -> None:
     torch.manual_seed(0)
     model = Wide().eval()

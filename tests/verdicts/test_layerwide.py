@@ -128,3 +128,14 @@ def test_the_ranking_note_appears_exactly_when_the_drops_cannot_decide(
         assert note is not None and "by index alone" in note
     elif tie:
         assert note is not None and "tie at the cut" in note
+
+
+def test_notes_after_an_early_stop_say_the_units_were_those_evaluated() -> None:
+    base = [True] * 10
+    hit = Measurement.from_correct(base, [False] * 10, units=(4,))
+    every = judge_every_unit(Constraint("max_drop", 0.1), [hit], total=12)
+    assert every.notes == ["1 of 1 units evaluated miss it: [4]"]
+    assert judge_every_unit(Constraint("max_drop", 0.1), [hit], total=1).notes == [
+        "1 of 1 units miss it: [4]"]
+    some = judge_any_unit(Constraint("min_drop", 0.5), [hit], at_least=1, total=12)
+    assert some.notes == ["1 of 1 units evaluated meet it; at least 1 needed"]
