@@ -245,7 +245,7 @@ def ablate(
     for name, unit_list in plan.items():
         for unit in unit_list:
             if unit < 0:
-                check_units(name, [unit], 0)
+                check_units(name, [unit], None)
     layer_means: dict[str, torch.Tensor] = {}
     if kind == "mean":
         missing = [name for name in plan if means is None or name not in means]

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import difflib
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -117,9 +118,16 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     )
 
 
-def check_units(layer: str, units: Iterable[int], channels: int) -> None:
-    """Raise :class:`UnitOutOfRangeError` if a unit is not in ``0 .. channels - 1``."""
+def check_units(layer: str, units: Iterable[int], channels: int | None) -> None:
+    """Raise :class:`UnitOutOfRangeError` if a unit is not in ``0 .. channels - 1``
+    (``channels=None``, not known yet: only negative units)."""
     for unit in units:
+        if channels is None:
+            if unit < 0:
+                raise UnitOutOfRangeError(
+                    f"unit {unit} of layer {layer!r} is negative: units are 0-based channel "
+                    f"indices (NetDissect counts from 1)", layer=layer, unit=unit, channels=-1)
+            continue
         if not 0 <= unit < channels:
             raise UnitOutOfRangeError(
                 f"unit {unit} is out of range for layer {layer!r}, which has {channels} "
@@ -239,15 +247,29 @@ def require_single_call(model: nn.Module, name: str, calls: int) -> None:
         )
 
 
+def unit_indices(layer: str, value: Any) -> tuple[int, ...]:
+    """Unit indices as Python ints: an int, or a sequence of them; numpy and torch integers
+    count (``np.argsort`` output), bools and floats do not.
+
+    >>> import numpy as np
+    >>> unit_indices("conv5", np.array([3, 1]))
+    (3, 1)
+    """
+    single = isinstance(value, int) or (hasattr(value, "__index__")
+                                        and not hasattr(value, "__len__"))
+    out = []
+    for unit in (value,) if single else tuple(value):
+        try:
+            if isinstance(unit, bool):  # (a float has no __index__)
+                raise TypeError
+            out.append(operator.index(unit))
+        except TypeError:
+            raise TypeError(f"units of layer {layer!r} must be integers, got {unit!r}"
+                            ) from None
+    return tuple(out)
+
+
 def normalise_units(units: Mapping[str, int | Sequence[int]]) -> dict[str, tuple[int, ...]]:
     """``{"conv5": 3}`` -> ``{"conv5": (3,)}``; rejects non-integer units."""
-    out: dict[str, tuple[int, ...]] = {}
-    for layer, value in units.items():
-        seq = (value,) if isinstance(value, int) else tuple(value)
-        for unit in seq:
-            if isinstance(unit, bool) or not isinstance(unit, int):
-                raise TypeError(
-                    f"units of layer {layer!r} must be integers, got {unit!r}"
-                )
-        out[layer] = tuple(dict.fromkeys(seq))
-    return out
+    return {layer: tuple(dict.fromkeys(unit_indices(layer, value)))
+            for layer, value in units.items()}

@@ -43,7 +43,13 @@ from pytest_unitablate.core.evaluation import (
     evaluate,
     model_device,
 )
-from pytest_unitablate.core.layers import probe_layers, require_single_call, resolve_layer
+from pytest_unitablate.core.layers import (
+    check_units,
+    probe_layers,
+    require_single_call,
+    resolve_layer,
+    unit_indices,
+)
 from pytest_unitablate.core.memory import DEFAULT_MEMORY_BUDGET
 from pytest_unitablate.errors import ConfigError, optional_import
 
@@ -215,7 +221,8 @@ def scan(
     target = torch.device(device) if device is not None else model_device(model)
     first = next(iter(iter_batches(data, batch_size=batch_size, device=target)))[0]
     info = probe_layers(model, first[:2], [layer], channel_dim=channel_dim)[layer]
-    chosen = tuple(range(info.channels)) if units is None else tuple(units)
+    chosen = tuple(range(info.channels)) if units is None else unit_indices(layer, units)
+    check_units(layer, chosen, info.channels)
     if ablation == "mean" and (means is None or layer not in means):
         means = channel_means(model, data, [layer], channel_dim=channel_dim, device=target)
 

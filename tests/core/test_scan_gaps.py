@@ -127,3 +127,28 @@ def test_means_of_the_wrong_length_are_refused_by_every_engine(method: str, leng
     with pytest.raises(ConfigError, match=rf"have {length} values"), \
             ablate(model, {layer: [0]}, ablation="mean", means=means):
         model(_data()[0])
+
+
+def test_units_from_numpy_are_taken_and_bad_units_refused_up_front() -> None:
+    """A stranger's ``np.argsort`` output used to fail deep inside ``ablate``; a unit past
+    the layer's channels was a bare IndexError, and a negative one claimed 0 channels."""
+    from pytest_unitablate.errors import UnitOutOfRangeError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 5, 3), nn.ReLU(), nn.Conv2d(5, 6, 3),
+                          nn.Flatten(), nn.LazyLinear(3)).eval()
+    data = (torch.randn(10, 1, 7, 7), torch.randint(0, 3, (10,)))
+    model(data[0])  # materialise the lazy layer
+    order = np.argsort(np.array([0.3, 0.1, 0.9, 0.2, 0.5]))
+    by_numpy = scan(model, data, "1", units=order[:3], progress=False)
+    by_list = scan(model, data, "1", units=[int(u) for u in order[:3]], progress=False)
+    assert by_numpy.units == by_list.units == (1, 3, 0)
+    assert np.array_equal(by_numpy.predictions, by_list.predictions)
+    for bad, message in (([5], "which has 5 channels"), ([-1], "which has 5 channels")):
+        with pytest.raises(UnitOutOfRangeError, match=message):
+            scan(model, data, "1", units=bad, progress=False)
+    with pytest.raises(TypeError, match=r"must be integers, got 1\.5"):
+        scan(model, data, "1", units=[1.5], progress=False)
+    with pytest.raises(UnitOutOfRangeError, match="is negative: units are 0-based"), \
+            ablate(model, {"1": [-2]}):
+        pass
