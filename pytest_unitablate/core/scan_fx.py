@@ -353,6 +353,10 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
             began = time.perf_counter()
             stored = kept.batches[index] if kept is not None and index < len(
                 kept.batches) else None
+            if stored is not None and stored[0].shape[0] != inputs.shape[0]:
+                assert cache is not None  # the data changed since it was kept: again
+                cache.drop(model, data, layer, device, batch_size)
+                return None
             produced = split.prefix(inputs) if stored is None else stored
             if not isinstance(produced[0], torch.Tensor):
                 return (f"the layer's output is a {type(produced[0]).__name__}, not one "

@@ -202,6 +202,10 @@ def _through_split(model: nn.Module, split: Split, cache: PrefixCache | None, da
                 else labels == target
             stored = entry.batches[index] if entry is not None and index < len(
                 entry.batches) else None
+            if stored is not None and stored[0].shape[0] != labels.shape[0]:
+                assert cache is not None  # the data changed since it was kept: again
+                cache.drop(model, data, layer, device, batch_size)
+                return False
             whole = recording is not None and not recording.full
             if stored is None and not whole and not bool(keep.any()):
                 continue

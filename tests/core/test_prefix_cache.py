@@ -232,3 +232,20 @@ def test_the_layers_kept_by_one_baseline_pass_share_the_budget() -> None:
     evaluate_keeping(model, data, ["layer3", "layer2"], cache)
     assert cache.held() == layer3  # layer2 did not fit beside it
     assert cache.get(model, data, "layer2", torch.device("cpu"), 256) is None
+
+
+def test_batches_of_another_size_are_computed_again_not_misread() -> None:
+    model, data = _resnet(), _data()
+    cache = PrefixCache()
+    evaluate_keeping(model, data, ["layer3"], cache)
+    x, y = data[1]
+    data[1] = (x[:7], y[:7])  # the same list, a shorter second batch
+    sums = class_damage_sums(model, data, "layer3", prefix_cache=cache)[0]
+    np.testing.assert_allclose(sums, class_damage_sums(model, data, "layer3")[0], rtol=1e-4,
+                               atol=1e-6)
+    evaluate_keeping(model, data, ["layer3"], cache)
+    data[2] = (data[2][0][:3], data[2][1][:3])
+    cached = scan(model, data, "layer3", units=[2], prefix_cache=cache, progress=False)
+    fresh = scan(model, data, "layer3", units=[2], progress=False)
+    assert np.array_equal(cached.predictions, fresh.predictions)
+    assert np.array_equal(cached.baseline.labels, fresh.baseline.labels)
