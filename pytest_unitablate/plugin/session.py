@@ -257,8 +257,12 @@ class UnitAblateSession:
         key = ("base", id(model), id(data))
         if key not in self._evals:
             identity = self.identity(spec, model, data)
-            swept = [c.layer for c in spec.checks if c.mode in ("any_unit", "every_unit",
-                                                                  "top_units")]
+            # the layers swept on this data: top_units ranks on the ranking data if any
+            if ranking and spec.ranking_data:
+                modes = {"top_units"}
+            else:
+                modes = {"any_unit", "every_unit", *(() if spec.ranking_data else ("top_units",))}
+            swept = [c.layer for c in spec.checks if c.mode in modes]
 
             def run() -> dict[str, Any]:
                 result: EvalResult = self._located(

@@ -35,6 +35,12 @@ class Counted(nn.Module):
 def model():
     return Counted().eval()
 
+def ranking():  # another split, in batches of 18
+    g = torch.Generator().manual_seed(2)
+    inputs = torch.randn(36, 4, generator=g)
+    labels = torch.arange(36) % 4
+    return [(inputs[i:i + 18], labels[i:i + 18]) for i in range(0, 36, 18)]
+
 def data():
     g = torch.Generator().manual_seed(1)
     inputs = torch.randn(40, 4, generator=g)
@@ -81,3 +87,16 @@ def test_the_layer_prefix_runs_once_for_the_baseline_order_and_chunks(
     assert shared == 2, shared  # the two batches of the baseline pass, nothing after it
     # without the cache: the baseline, the unit order and the chunk each run both batches
     assert alone >= 6, alone
+
+
+def test_top_units_keeps_its_prefix_from_the_ranking_baseline_only(
+        tiny: pytest.Pytester) -> None:
+    tiny.makepyfile(counted=COUNTED)
+    top = ("checks:\n  - layer: hidden\n    top_units:\n      k: 2\n      class: 1\n"
+           "      expect:\n        overall: {max_drop: 100%}\n")
+    spec(tiny, top, head=HEAD + "ranking_data: counted:ranking\n")
+    seen = Path(tiny.path / "seen.txt")
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-cache=off")
+    result.assert_outcomes(passed=1)
+    calls = [int(n) for n in seen.read_text().split()]
+    assert calls.count(18) == 2  # the ranking split's baseline; its sweep read the cache
