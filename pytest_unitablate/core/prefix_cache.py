@@ -99,10 +99,14 @@ class Recorder:
             return
         self.nbytes += _nbytes(produced) + (logits.nbytes if logits is not None else 0)
         if self.nbytes > self.budget:
-            self.full, self.batches, self.logits = True, [], []
+            self.give_up()
             return
         self.batches.append(tuple(produced))
         self.logits.append(logits.detach() if logits is not None else None)
+
+    def give_up(self) -> None:
+        """Keep nothing of this pass (and free what was kept)."""
+        self.full, self.batches, self.logits, self.nbytes = True, [], [], 0
 
 
 class PrefixCache:
@@ -247,10 +251,12 @@ def evaluate_keeping(model: nn.Module, data: Any, layers: Sequence[str], cache: 
             logits = None
         for layer, names in plans.items():
             record = recorders[layer]
+            if record.full:
+                continue
             values = [seen[name] for name in names]
             if any(len(v) != 1 or v[0] is None for v in values) or not isinstance(
                     logits, torch.Tensor):
-                record.full = True  # called twice, or not a tensor: not kept
+                record.give_up()  # called twice, or not a tensor: not kept
                 continue
             kept = tuple(v[0] for v in values)
             if not record.batches:  # the first batch: a plain forward's cost, and a check
@@ -261,11 +267,12 @@ def evaluate_keeping(model: nn.Module, data: Any, layers: Sequence[str], cache: 
                 finally:
                     checking[0] = False
                 if not same:  # e.g. an in-place op changed a value after its module
-                    record.full = True
+                    record.give_up()
                     continue
             record.add(kept, logits)
         while sum(r.nbytes for r in recorders.values() if not r.full) > cache.budget:
-            max((r for r in recorders.values() if not r.full), key=lambda r: r.nbytes).full = True
+            max((r for r in recorders.values() if not r.full),
+                key=lambda r: r.nbytes).give_up()  # the biggest goes first
 
     handles = [model.register_forward_pre_hook(start), model.register_forward_hook(finish)]
     handles += [model.get_submodule(name).register_forward_hook(keep(name))
