@@ -224,6 +224,21 @@ def checked_logits(index: int, produced: Any, labels: torch.Tensor, width: int |
     return logits
 
 
+def logits_agree(ours: Any, real: Any) -> bool:
+    """Whether logits a fast path computed match the model's own, as every engine checks
+    itself on the first batch: same shape, and within 1e-4 (relative, and absolute on the
+    scale of the larger of 1 and the biggest logit).
+
+    >>> logits_agree(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 2.00001]]))
+    True
+    """
+    if not isinstance(ours, torch.Tensor) or not isinstance(real, torch.Tensor) \
+            or ours.shape != real.shape:
+        return False
+    scale = float(real.abs().max().clamp_min(1.0))
+    return bool(torch.allclose(ours, real, rtol=1e-4, atol=1e-4 * scale))
+
+
 def evaluate(
     model: nn.Module,
     data: Any,

@@ -41,6 +41,7 @@ from pytest_unitablate.core.evaluation import (
     check_paired,
     eval_mode,
     evaluate,
+    logits_agree,
     model_device,
 )
 from pytest_unitablate.core.layers import (
@@ -398,7 +399,6 @@ def _verify(model: nn.Module, layer: str, inputs: torch.Tensor, logits: torch.Te
         predicted = logits[:few] - diff[:, None] * weight[:, unit][None, :]
         with ablate(model, {layer: [unit]}, ablation=ablation, means=means):
             real = model(inputs[:few])
-        scale = real.abs().max().clamp_min(1.0)
-        if not torch.allclose(predicted, real, rtol=1e-4, atol=1e-4 * float(scale)):
+        if not logits_agree(predicted, real):
             return False
     return True

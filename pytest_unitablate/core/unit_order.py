@@ -31,7 +31,12 @@ import torch
 from torch import nn
 
 from pytest_unitablate.core.data import PassDigest, iter_batches
-from pytest_unitablate.core.evaluation import eval_mode, model_device, select_logits
+from pytest_unitablate.core.evaluation import (
+    eval_mode,
+    logits_agree,
+    model_device,
+    select_logits,
+)
 from pytest_unitablate.core.layers import first_tensor, resolve_layer
 from pytest_unitablate.core.scan_fx import Split, replacement_values
 
@@ -95,11 +100,7 @@ def _split_matches(model: nn.Module, split: Split, inputs: torch.Tensor,
     with torch.no_grad():
         real = select_logits(model(few), output)
         ours = select_logits(split.suffix(*split.prefix(few)), output)
-    if not isinstance(real, torch.Tensor) or not isinstance(ours, torch.Tensor) \
-            or ours.shape != real.shape:
-        return False
-    scale = float(real.abs().max().clamp_min(1.0))
-    return bool(torch.allclose(ours, real, rtol=1e-4, atol=1e-4 * scale))
+    return logits_agree(ours, real)
 
 
 def _rows(value: Any, keep: torch.Tensor, batch: int) -> Any:
