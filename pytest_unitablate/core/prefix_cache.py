@@ -11,8 +11,8 @@ after the layer.
 An entry is used only for the same model object, layer, device and batch size, with
 every parameter and buffer unchanged (torch's in-place version counters), and for the
 same pass over the data: the data is still iterated, for the labels and the pass's
-fingerprint, and a pass whose fingerprint differs from the stored one is computed again
-without the cache.
+fingerprint, and a pass whose batches or fingerprint differ from the stored one raises
+:class:`StalePrefix` from the entry; the caller drops it and makes the pass without it.
 
 :func:`evaluate_keeping` fills the cache from the baseline pass itself: forward hooks
 copy the layer's output and the values that skip over it (when each is the model's input
@@ -59,6 +59,11 @@ def _versions(model: nn.Module) -> tuple[int, ...] | None:
         return None
 
 
+class StalePrefix(Exception):
+    """A kept pass no longer matches the data being passed (another batch size, number of
+    batches or fingerprint): drop the entry and make the pass without it."""
+
+
 @dataclass
 class PrefixEntry:
     """One layer's prefix outputs over a whole pass; ``logits[i]`` is ``None`` until a scan
@@ -75,6 +80,21 @@ class PrefixEntry:
     #: cost of a plain forward, which a scan weighs against its suffix passes)
     prefix_seconds: float
     whole_seconds: float | None = None
+
+    def batch(self, index: int, examples: int) -> tuple[Any, ...] | None:
+        """Batch ``index``'s prefix outputs, ``None`` past the kept batches; raises
+        :class:`StalePrefix` if they were kept for another number of examples."""
+        if index >= len(self.batches):
+            return None
+        if self.batches[index][0].shape[0] != examples:
+            raise StalePrefix
+        return self.batches[index]
+
+    def check_pass(self, fingerprint: str, batches: int) -> None:
+        """Raise :class:`StalePrefix` unless the pass just made (its fingerprint and number
+        of batches) is the one kept."""
+        if fingerprint != self.fingerprint or batches != len(self.batches):
+            raise StalePrefix
 
     def add_logits(self, index: int, logits: torch.Tensor) -> None:
         if self.logits[index] is None:
@@ -287,4 +307,4 @@ def evaluate_keeping(model: nn.Module, data: Any, layers: Sequence[str], cache: 
     return result
 
 
-__all__ = ["PrefixCache", "PrefixEntry", "Recorder", "evaluate_keeping"]
+__all__ = ["PrefixCache", "PrefixEntry", "Recorder", "StalePrefix", "evaluate_keeping"]

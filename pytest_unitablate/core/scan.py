@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from pytest_unitablate.core.prefix_cache import PrefixCache
+    from pytest_unitablate.core.scan_fx import EngineOutput
 
 
 @dataclass(frozen=True)
@@ -259,21 +260,25 @@ def scan(
             if method == "closed_form":
                 raise ConfigError(f"scan(method='closed_form') refused for {layer!r}: {reason}")
         if method in ("auto", "prefix"):
+            from pytest_unitablate.core.prefix_cache import StalePrefix
             from pytest_unitablate.core.scan_fx import scan_prefix, split_at
 
             split, why = split_at(model, layer) if prefix_cache is None else \
                 prefix_cache.split(model, layer)
             if split is not None:
-                found = None
+                found: EngineOutput | str | None = None
                 for cache in (prefix_cache, None):  # None: the data changed since it was kept
                     tick.restart()
-                    found = scan_prefix(model, split, data, layer, chosen, ablation, means,
-                                        target, batch_size, chunk_size, channel_dim, output,
-                                        memory_budget=budget, progress=tick,
-                                        allow_naive=method == "auto" and chunk_size is None,
-                                        cache=cache)
-                    if found is not None:
+                    try:
+                        found = scan_prefix(model, split, data, layer, chosen, ablation, means,
+                                            target, batch_size, chunk_size, channel_dim,
+                                            output, memory_budget=budget, progress=tick,
+                                            allow_naive=method == "auto" and chunk_size is None,
+                                            cache=cache)
                         break
+                    except StalePrefix:
+                        assert prefix_cache is not None
+                        prefix_cache.drop(model, data, layer, target, batch_size)
                 assert found is not None
                 if not isinstance(found, str):
                     return result(found, "prefix", reason)

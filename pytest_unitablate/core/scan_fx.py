@@ -324,7 +324,7 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                 memory_budget: int = DEFAULT_MEMORY_BUDGET,
                 progress: Callable[[int], None] | None = None,
                 allow_naive: bool = False,
-                cache: PrefixCache | None = None) -> EngineOutput | str | None:
+                cache: PrefixCache | None = None) -> EngineOutput | str:
     """Predictions ``(n_units, n_examples)``, or why the engine was refused: the split fails
     verification, or (with ``allow_naive``) it measured slower than the naive loop.
 
@@ -332,8 +332,8 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
     (``chunk_size`` fixes the units per pass, still within ``memory_budget``). ``progress``
     is called with the number of (unit, example) pairs each pass finished. With ``cache``
     (:mod:`~pytest_unitablate.core.prefix_cache`) the prefix outputs and unablated logits
-    of an earlier pass are reused, and this pass's are kept; ``None`` means the data no
-    longer matched the stored pass (the entry is dropped): run again.
+    of an earlier pass are reused (raising ``StalePrefix`` if the data no longer matches
+    them), and this pass's are kept.
     """
     kept = cache.get(model, data, layer, device, batch_size) if cache is not None else None
     recording = cache.recorder() if cache is not None and kept is None else None
@@ -356,12 +356,7 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                          digest=collector.digest)
         ):
             began = time.perf_counter()
-            stored = kept.batches[index] if kept is not None and index < len(
-                kept.batches) else None
-            if stored is not None and stored[0].shape[0] != inputs.shape[0]:
-                assert cache is not None  # the data changed since it was kept: again
-                cache.drop(model, data, layer, device, batch_size)
-                return None
+            stored = kept.batch(index, inputs.shape[0]) if kept is not None else None
             produced = split.prefix(inputs) if stored is None else stored
             if not isinstance(produced[0], torch.Tensor):
                 return (f"the layer's output is a {type(produced[0]).__name__}, not one "
@@ -452,13 +447,10 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
     if plan is None and calibration is not None:  # too little work to finish measuring
         plan = measured(calibration.chosen)
     result = collector.finish(columns)
-    if cache is not None:
-        if kept is not None and (kept.fingerprint != result.fingerprint
-                                 or len(kept.batches) != len(columns)):
-            cache.drop(model, data, layer, device, batch_size)  # the data changed: again
-            return None
-        if recording is not None:
-            cache.put(model, data, layer, device, batch_size, recording, result.fingerprint)
+    if kept is not None:
+        kept.check_pass(result.fingerprint, len(columns))
+    if cache is not None and recording is not None:
+        cache.put(model, data, layer, device, batch_size, recording, result.fingerprint)
     result.plan = plan.describe() if plan is not None else ""
     return result
 

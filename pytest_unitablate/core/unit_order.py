@@ -23,7 +23,7 @@ Example::
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -38,10 +38,8 @@ from pytest_unitablate.core.evaluation import (
     select_logits,
 )
 from pytest_unitablate.core.layers import first_tensor, resolve_layer
+from pytest_unitablate.core.prefix_cache import PrefixCache, StalePrefix
 from pytest_unitablate.core.scan_fx import Split, replacement_values
-
-if TYPE_CHECKING:
-    from pytest_unitablate.core.prefix_cache import PrefixCache
 
 
 class _Sums:
@@ -142,9 +140,12 @@ def class_damage_sums(
         try:
             for cache in (prefix_cache, None):  # None: the data changed since it was kept
                 sums = _Sums(ablation, means, layer, channel_dim)
-                if _through_split(model, split, cache, data, layer, place, batch_size,
-                                  target, output, sums):
+                try:
+                    _through_split(model, split, cache, data, layer, place, batch_size,
+                                   target, output, sums)
                     return sums.table()
+                except StalePrefix:
+                    prefix_cache.drop(model, data, layer, place, batch_size)
         except _NotOneTensor:  # a layer with a tuple output: hooks take its first tensor
             sums = _Sums(ablation, means, layer, channel_dim)
     module = resolve_layer(model, layer)
@@ -185,10 +186,10 @@ def class_damage_sums(
 
 def _through_split(model: nn.Module, split: Split, cache: PrefixCache | None, data: Any,
                    layer: str, device: torch.device, batch_size: int, target: int | None,
-                   output: int | str | None, sums: _Sums) -> bool:
+                   output: int | str | None, sums: _Sums) -> None:
     """:func:`class_damage_sums` on the split network: the prefix without autograd (or out
-    of ``cache``, which it fills), the suffix forward and backward. ``False`` when the
-    cached pass no longer matches the data (the entry is dropped)."""
+    of ``cache``, which it fills; ``StalePrefix`` when the kept pass no longer matches the
+    data), the suffix forward and backward."""
     entry = cache.get(model, data, layer, device, batch_size) if cache is not None else None
     recording = cache.recorder() if cache is not None and entry is None else None
     digest = PassDigest()
@@ -201,12 +202,7 @@ def _through_split(model: nn.Module, split: Split, cache: PrefixCache | None, da
             seen += 1
             keep = torch.ones_like(labels, dtype=torch.bool) if target is None \
                 else labels == target
-            stored = entry.batches[index] if entry is not None and index < len(
-                entry.batches) else None
-            if stored is not None and stored[0].shape[0] != labels.shape[0]:
-                assert cache is not None  # the data changed since it was kept: again
-                cache.drop(model, data, layer, device, batch_size)
-                return False
+            stored = entry.batch(index, labels.shape[0]) if entry is not None else None
             whole = recording is not None and not recording.full
             if stored is None and not whole and not bool(keep.any()):
                 continue
@@ -237,14 +233,10 @@ def _through_split(model: nn.Module, split: Split, cache: PrefixCache | None, da
             with torch.enable_grad():
                 logits = select_logits(split.suffix(leaf * 1, *extras), output)
                 sums.add(leaf, logits, labels[keep])
-    if entry is not None and (entry.fingerprint != digest.hexdigest()
-                              or len(entry.batches) != seen):
-        assert cache is not None
-        cache.drop(model, data, layer, device, batch_size)
-        return False
+    if entry is not None:
+        entry.check_pass(digest.hexdigest(), seen)
     if cache is not None and recording is not None:
         cache.put(model, data, layer, device, batch_size, recording, digest.hexdigest())
-    return True
 
 
 def estimated_damage(
