@@ -102,9 +102,11 @@ def _split_matches(model: nn.Module, split: Split, inputs: torch.Tensor,
 
 
 def _rows(value: Any, keep: torch.Tensor, batch: int) -> Any:
-    """``value`` restricted to the kept examples (a per-example tensor; else as it is)."""
-    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
-        return value[keep].clone()  # a normal tensor, also when a scan kept an inference one
+    """A per-example tensor restricted to the kept examples, any other tensor whole: as a
+    new normal tensor (a scan keeps inference tensors, which autograd cannot use, and the
+    kept values must not change)."""
+    if isinstance(value, torch.Tensor):
+        return value[keep] if value.dim() > 0 and value.shape[0] == batch else value.clone()
     return value
 
 
@@ -226,12 +228,12 @@ def _through_split(model: nn.Module, split: Split, cache: PrefixCache | None, da
             if not bool(keep.any()):
                 continue
             batch = produced[0].shape[0]
-            if stored is not None or whole:
+            if stored is not None or whole:  # copies: the kept values stay as they are
                 produced = tuple(_rows(v, keep, batch) for v in produced)
-            leaf = produced[0].detach().clone().requires_grad_(True)
-            extras = [v.clone() if isinstance(v, torch.Tensor) else v for v in produced[1:]]
+            # (otherwise this pass's own prefix outputs, made without autograd)
+            leaf = produced[0].detach().requires_grad_(True)
             with torch.enable_grad():
-                logits = select_logits(split.suffix(leaf * 1, *extras), output)
+                logits = select_logits(split.suffix(leaf * 1, *produced[1:]), output)
                 sums.add(leaf, logits, labels[keep])
     if entry is not None:
         entry.check_pass(digest.hexdigest(), seen)
