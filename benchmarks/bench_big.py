@@ -192,7 +192,7 @@ def main() -> None:
         print(json.dumps(child(opts.child, opts)))
         return
 
-    from pytest_unitablate.core.memory import DEFAULT_MEMORY_BUDGET
+    from pytest_unitablate.core.scan.memory import DEFAULT_MEMORY_BUDGET
     from pytest_unitablate.plugin.options import parse_size
 
     runs = {kind: _spawn(kind, opts)

@@ -35,7 +35,7 @@ _LAZY = {
     "EvalResult": "pytest_unitablate.core.evaluation",
     "scan": "pytest_unitablate.core.scan",
     "ScanResult": "pytest_unitablate.core.scan",
-    "PrefixCache": "pytest_unitablate.core.prefix_cache",
+    "PrefixCache": "pytest_unitablate.core.scan",
     "load_spec": "pytest_unitablate.spec.loader",
     "unit_attributes": "pytest_unitablate.analysis.attributes",
     "attribute_correlations": "pytest_unitablate.analysis.attributes",
@@ -62,8 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from pytest_unitablate.analysis.discover import discover
     from pytest_unitablate.core.ablation import ablate, channel_means
     from pytest_unitablate.core.evaluation import EvalResult, evaluate
-    from pytest_unitablate.core.prefix_cache import PrefixCache
-    from pytest_unitablate.core.scan import ScanResult, scan
+    from pytest_unitablate.core.scan import PrefixCache, ScanResult, scan
     from pytest_unitablate.spec.loader import load_spec
 
 

@@ -43,6 +43,11 @@ PLANTS = {
     "two plugin modules import each other": (
         "plugin/item.py", _lazy("from pytest_unitablate.plugin import hooks"),
         "lint-imports", CYCLES),
+    "the scan split imports the prefix cache under TYPE_CHECKING": (
+        "core/scan/split.py",
+        "\nfrom typing import TYPE_CHECKING  # noqa: E402\n\nif TYPE_CHECKING:\n"
+        "    from pytest_unitablate.core.scan.prefix import PrefixCache  # noqa: F401\n",
+        "lint-imports", "The scan subsystem: api > closed_form"),
     "plugin imports torch at module level": (
         "plugin/report.py", "\nimport torch  # noqa: E402,F401\n",
         "ruff", "TID253"),

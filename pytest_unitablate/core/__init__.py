@@ -4,10 +4,9 @@
 * ``ablation``: the ``ablate()`` context manager and channel means;
 * ``data``: ``(inputs, labels)`` batches from a loader, a ``Dataset`` or ``(X, y)``;
 * ``evaluation``: ``evaluate()`` and ``EvalResult`` (per-example correctness, in data order);
-* ``scan``: every unit of a layer ablated alone (``scan()``), choosing an engine;
-* ``scan_fx``: the ``torch.fx`` prefix/suffix engine ``scan`` uses where it can;
-* ``scan_plan``, ``memory``: how that engine sizes its passes (measured speed, a budget);
-* ``prefix_cache``: a layer's prefix outputs kept between the passes over it;
+* ``scan`` (a subpackage): every unit of a layer ablated alone (``scan()``), its engines
+  (closed form, the ``torch.fx`` prefix/suffix split, the naive loop), how passes are
+  sized (measured speed, a memory budget) and the prefix outputs kept between passes;
 * ``unit_order``: the first-order damage estimate that orders layer-wide checks;
 * ``identity``: class-damage signatures and one-to-one unit matching.
 

@@ -10,7 +10,7 @@ true class around the unablated layer output ``a``: ablating unit ``u`` (replaci
 channel by ``r_u``) changes it by about ``sum(grad_u * (r_u - a_u))``, summed over the
 positions of the channel and the examples of the target class (all examples for
 ``overall``). One forward and one backward pass over the data give it for every unit.
-With a :class:`~pytest_unitablate.core.prefix_cache.PrefixCache`, the network is split at
+With a :class:`~pytest_unitablate.core.scan.prefix.PrefixCache`, the network is split at
 the layer (``torch.fx``): the part before it runs once without autograd and its outputs
 are kept for the scans that follow, and only the part after it runs forward and backward.
 
@@ -38,8 +38,9 @@ from pytest_unitablate.core.evaluation import (
     select_logits,
 )
 from pytest_unitablate.core.layers import first_tensor, resolve_layer
-from pytest_unitablate.core.prefix_cache import PrefixCache, StalePrefix
-from pytest_unitablate.core.scan_fx import Split, replacement_values
+from pytest_unitablate.core.scan.collect import replacement_values
+from pytest_unitablate.core.scan.prefix import PrefixCache, StalePrefix
+from pytest_unitablate.core.scan.split import Split
 
 
 class _Sums:

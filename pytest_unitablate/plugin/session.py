@@ -83,11 +83,11 @@ class UnitAblateSession:
 
     @property
     def prefixes(self) -> Any:
-        """The torch core's :class:`~pytest_unitablate.core.prefix_cache.PrefixCache`: the
+        """The torch core's :class:`~pytest_unitablate.core.scan.prefix.PrefixCache`: the
         unit order and the sweeps of one layer share its prefix pass (made on first use)."""
         if self._prefixes is None:
-            from pytest_unitablate.core.memory import DEFAULT_MEMORY_BUDGET
-            from pytest_unitablate.core.prefix_cache import PrefixCache
+            from pytest_unitablate.core.scan.memory import DEFAULT_MEMORY_BUDGET
+            from pytest_unitablate.core.scan.prefix import PrefixCache
 
             self._prefixes = PrefixCache(DEFAULT_MEMORY_BUDGET if self.memory_budget is None
                                          else self.memory_budget)
@@ -196,7 +196,7 @@ class UnitAblateSession:
         import torch
 
         from pytest_unitablate.core.evaluation import evaluate
-        from pytest_unitablate.core.prefix_cache import evaluate_keeping
+        from pytest_unitablate.core.scan.prefix import evaluate_keeping
 
         if self.seed is not None:
             torch.manual_seed(self.seed)

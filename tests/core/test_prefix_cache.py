@@ -13,7 +13,7 @@ import torchvision
 from torch import nn
 
 from pytest_unitablate import evaluate, scan
-from pytest_unitablate.core.prefix_cache import PrefixCache, evaluate_keeping
+from pytest_unitablate.core.scan.prefix import PrefixCache, evaluate_keeping
 from pytest_unitablate.core.unit_order import class_damage_sums
 
 

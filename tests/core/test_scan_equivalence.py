@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pytest_unitablate import ablate, scan
-from pytest_unitablate.core.prefix_cache import PrefixCache
+from pytest_unitablate.core.scan.prefix import PrefixCache
 from pytest_unitablate.core.unit_order import class_damage_sums
 from pytest_unitablate.errors import ConfigError
 

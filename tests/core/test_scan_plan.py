@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pytest_unitablate import ablate, evaluate, scan
-from pytest_unitablate.core import scan_fx
-from pytest_unitablate.core.memory import graph_peak_bytes
-from pytest_unitablate.core.scan_plan import Calibration, limits, slower_than_naive
+from pytest_unitablate.core.scan import suffix as scan_fx
+from pytest_unitablate.core.scan.memory import graph_peak_bytes
+from pytest_unitablate.core.scan.plan import Calibration, limits, slower_than_naive
 
 
 class Wide(nn.Module):

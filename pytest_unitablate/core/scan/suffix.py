@@ -1,273 +1,46 @@
-"""Split a network at a layer with ``torch.fx`` and scan units through the suffix only.
+"""The prefix engine: per batch the prefix runs once, the suffix on stacked ablated copies.
 
-The prefix graph computes the layer's output and every other value the rest of the
-network uses from before the layer (a residual ``identity`` that skips over it, the input
-itself, ...). The suffix graph takes those as inputs. Per batch the prefix runs once; the
-suffix runs on ``k`` copies of the batch stacked along dimension 0, copy ``j`` with unit
-``u_j`` ablated, so one suffix forward serves ``k`` units.
+The suffix runs on ``k`` copies of the batch stacked along dimension 0, copy ``j`` with
+unit ``u_j`` ablated, so one suffix forward serves ``k`` units; how many units and
+examples go into one pass is measured on the first batch (:mod:`.plan`, :mod:`.memory`).
+A :class:`~.prefix.PrefixCache` lets the prefix outputs of an earlier pass stand in for
+the prefix.
 
 Example::
 
     split, why = split_at(model, "layer3")
-    if split is not None:
-        layer_out, *rest = split.prefix(x)
-        logits = split.suffix(layer_out, *rest)   # == model(x)
+    out = scan_prefix(model, split, loader, "layer3", (0, 1, 2), "zero", None,
+                      torch.device("cpu"), 256, None, 1)   # EngineOutput, or why not
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import torch
 from torch import fx, nn
 
-from pytest_unitablate.core.ablation import ablate, check_means
-from pytest_unitablate.core.data import PassDigest, iter_batches
-from pytest_unitablate.core.evaluation import (
-    checked_logits,
-    eval_mode,
-    logits_agree,
-    select_logits,
+from pytest_unitablate.core.ablation import ablate
+from pytest_unitablate.core.data import iter_batches
+from pytest_unitablate.core.evaluation import eval_mode, logits_agree, select_logits
+from pytest_unitablate.core.scan.collect import (
+    Collector,
+    EngineOutput,
+    ablated_copies,
+    replacement_values,
 )
-from pytest_unitablate.core.memory import DEFAULT_MEMORY_BUDGET, graph_peak_bytes
-from pytest_unitablate.core.scan_plan import Calibration, Plan, limits, slower_than_naive
-
-if TYPE_CHECKING:
-    from pytest_unitablate.core.prefix_cache import PrefixCache
-
-
-@dataclass
-class EngineOutput:
-    """What a fast engine's single pass yields: per-unit and baseline predictions."""
-
-    predictions: npt.NDArray[np.int64]  # (n_units, n_examples)
-    baseline: npt.NDArray[np.int64]  # (n_examples,) unablated predictions
-    labels: npt.NDArray[np.int64]
-    num_classes: int
-    fingerprint: str = ""
-    plan: str = ""  # the prefix engine's units and examples per suffix pass, and why
-
-
-class Collector:
-    """Accumulates baseline predictions and labels, with evaluate()'s checks on logits."""
-
-    def __init__(self, output: int | str | None = None) -> None:
-        self.output = output
-        self.base: list[torch.Tensor] = []
-        self.labels: list[torch.Tensor] = []
-        self.width: int | None = None
-        self.digest = PassDigest()
-
-    def add(self, index: int, produced: Any, labels: torch.Tensor, picked: bool = False
-            ) -> torch.Tensor:
-        """Check and keep a batch's baseline; returns the logits picked from ``produced``
-        (``picked``: ``produced`` is those logits already)."""
-        logits = checked_logits(index, produced, labels, self.width,
-                                None if picked else self.output)
-        self.width = int(logits.shape[1])
-        self.base.append(logits.argmax(dim=1).cpu())
-        self.labels.append(labels.cpu())
-        return logits
-
-    def finish(self, columns: list[torch.Tensor]) -> EngineOutput:
-        assert self.width is not None
-        return EngineOutput(
-            predictions=torch.cat(columns, dim=1).numpy().astype(np.int64),
-            baseline=torch.cat(self.base).numpy().astype(np.int64),
-            labels=torch.cat(self.labels).numpy().astype(np.int64),
-            num_classes=self.width,
-            fingerprint=self.digest.hexdigest(),
-        )
-
-
-@dataclass
-class Split:
-    """The two halves of a traced network; ``suffix(layer_out, *extras)`` gives logits."""
-
-    prefix: fx.GraphModule
-    suffix: fx.GraphModule
-    n_extras: int
-
-
-def trace_keeping(model: nn.Module, layer: str) -> fx.GraphModule:
-    """``torch.fx`` trace of ``model`` in which ``layer`` stays one call (a leaf), even when
-    it is a container such as a ``Sequential`` or a residual block."""
-
-    class _Tracer(fx.Tracer):
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return qualname == layer or super().is_leaf_module(m, qualname)
-
-    graph = _Tracer().trace(model)
-    return fx.GraphModule(model, graph)
-
-
-def split_at(model: nn.Module, layer: str) -> tuple[Split | None, str]:
-    """Split ``model`` at ``layer``; ``(None, why)`` when it cannot be done exactly."""
-    try:
-        traced = trace_keeping(model, layer)
-    except Exception as exc:
-        return None, f"torch.fx cannot trace the model ({type(exc).__name__}: {exc})"
-    graph = traced.graph
-    hits = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
-    if len(hits) != 1:
-        return None, (f"torch.fx sees {len(hits)} calls of {layer!r} (a layer inside a traced "
-                      f"leaf module, or a shared module)")
-    cut = hits[0]
-    after: set[fx.Node] = {cut}
-    for node in graph.nodes:
-        if any(inp in after for inp in node.all_input_nodes):
-            after.add(node)
-    output = next(n for n in graph.nodes if n.op == "output")
-    if output not in after:
-        return None, f"the model's output does not depend on {layer!r}"
-    extras: list[fx.Node] = []
-    for node in graph.nodes:
-        if node in after and node is not cut:
-            for inp in node.all_input_nodes:
-                if inp not in after and inp not in extras and inp.op != "get_attr":
-                    extras.append(inp)
-
-    # Prefix: everything before the cut, returning (layer output, *extras).
-    prefix_graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    for node in graph.nodes:
-        if node in after and node is not cut:
-            continue
-        if node.op == "output":
-            continue
-        env[node] = prefix_graph.node_copy(node, lambda n: env[n])
-        if node is cut:
-            break
-    for node in graph.nodes:  # values defined after the cut's position but not after it
-        if node not in env and node not in after and node.op != "output":
-            env[node] = prefix_graph.node_copy(node, lambda n: env[n])
-    prefix_graph.output((env[cut], *(env[e] for e in extras)))
-
-    # Suffix: the layer output and the extras come in as placeholders.
-    suffix_graph = fx.Graph()
-    senv: dict[fx.Node, fx.Node] = {cut: suffix_graph.placeholder("layer_out")}
-    for i, extra in enumerate(extras):
-        senv[extra] = suffix_graph.placeholder(f"extra_{i}")
-    for node in graph.nodes:
-        if node in after and node is not cut:
-            if node.op == "output":
-                suffix_graph.output(fx.map_arg(node.args[0], lambda n: senv[n]))
-            else:
-                senv[node] = suffix_graph.node_copy(node, lambda n: senv[n])
-        elif node.op == "get_attr" and node not in senv:
-            senv[node] = suffix_graph.node_copy(node, lambda n: senv[n])
-    prefix, suffix = fx.GraphModule(traced, prefix_graph), fx.GraphModule(traced, suffix_graph)
-    for half in (prefix, suffix):
-        half.graph.eliminate_dead_code()
-        half.recompile()
-    return Split(prefix, suffix, len(extras)), ""
-
-
-@dataclass
-class LinearEntry:
-    """The suffix starts with convolutions only: ``rest(*conv_outputs, *extras)``.
-
-    Ablating unit u changes each entry convolution's output by exactly
-    ``conv_without_bias((x_u - r_u) e_u)``, a convolution of one channel, so the entry
-    convolutions run once per batch and each unit costs 1/C of them.
-    """
-
-    convs: list[nn.Conv2d]
-    rest: fx.GraphModule
-
-
-def linear_entry(split: Split) -> LinearEntry | None:
-    """Split off the suffix's entry convolutions, or ``None`` if something else reads the
-    layer's output (an add, a ReLU, a grouped or non-zero-padded convolution, ...)."""
-    graph = split.suffix.graph
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    layer_in = placeholders[0]
-    modules = dict(split.suffix.named_modules())
-    convs: list[tuple[fx.Node, nn.Conv2d]] = []
-    for user in layer_in.users:
-        mod = modules.get(str(user.target)) if user.op == "call_module" else None
-        if not (isinstance(mod, nn.Conv2d) and mod.groups == 1
-                and mod.padding_mode == "zeros" and isinstance(mod.padding, tuple)
-                and len(user.args) == 1 and not user.kwargs):
-            return None
-        convs.append((user, mod))
-    if not convs:
-        return None
-    rest_graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    for i, (node, _) in enumerate(convs):
-        env[node] = rest_graph.placeholder(f"entry_{i}")
-    for extra in placeholders[1:]:
-        env[extra] = rest_graph.placeholder(str(extra.target))
-    consumers = {node for node, _ in convs}
-    for node in graph.nodes:
-        if node.op == "placeholder" or node in consumers:
-            continue
-        if node.op == "output":
-            rest_graph.output(fx.map_arg(node.args[0], lambda n: env[n]))
-        else:
-            env[node] = rest_graph.node_copy(node, lambda n: env[n])
-    rest = fx.GraphModule(split.suffix, rest_graph)
-    rest.graph.eliminate_dead_code()
-    rest.recompile()
-    return LinearEntry([m for _, m in convs], rest)
-
-
-def entry_outputs(entry: LinearEntry, out: torch.Tensor, full: Sequence[torch.Tensor],
-                  units: Sequence[int], repl: torch.Tensor) -> list[torch.Tensor]:
-    """Each entry convolution's output for ``len(units)`` ablated copies (stacked on dim 0);
-    ``full`` holds the convolutions of the unablated ``out``, computed once per batch."""
-    k, batch = len(units), out.shape[0]
-    idx = torch.as_tensor(list(units), device=out.device)
-    shifted = out[:, idx] - repl[idx].view(1, k, 1, 1)  # (B, k, H, W): x_u - r_u per unit
-    results = []
-    for conv, whole in zip(entry.convs, full, strict=True):
-        weight = conv.weight[:, idx].transpose(0, 1).reshape(k * conv.out_channels, 1,
-                                                             *conv.weight.shape[2:])
-        delta = torch.nn.functional.conv2d(shifted, weight, None, conv.stride, conv.padding,
-                                           conv.dilation, groups=k)
-        delta = delta.view(batch, k, conv.out_channels, *delta.shape[2:]).transpose(0, 1)
-        results.append((whole.unsqueeze(0) - delta).reshape(k * batch, *whole.shape[1:]))
-    return results
+from pytest_unitablate.core.scan.memory import DEFAULT_MEMORY_BUDGET, graph_peak_bytes
+from pytest_unitablate.core.scan.plan import Calibration, Plan, limits, slower_than_naive
+from pytest_unitablate.core.scan.prefix import PrefixCache
+from pytest_unitablate.core.scan.split import LinearEntry, Split, entry_outputs, linear_entry
 
 
 def _repeat(value: Any, k: int, batch: int) -> Any:
     if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == batch:
         return value.repeat(k, *([1] * (value.dim() - 1)))
     return value
-
-
-def replacement_values(ablation: str | float, means: dict[str, torch.Tensor] | None, layer: str,
-                       like: torch.Tensor, dim: int) -> torch.Tensor:
-    """The per-channel replacement r (zero, the channel means, or a constant)."""
-    channels = like.shape[dim]
-    if ablation == "zero":
-        return torch.zeros(channels, dtype=like.dtype, device=like.device)
-    if ablation == "mean":
-        assert means is not None
-        check_means(layer, means[layer], channels)
-        return means[layer].to(dtype=like.dtype, device=like.device)
-    return torch.full((channels,), float(ablation), dtype=like.dtype, device=like.device)
-
-
-def ablated_copies(out: torch.Tensor, units: Sequence[int], repl: torch.Tensor,
-                   dim: int) -> torch.Tensor:
-    """``len(units)`` copies of ``out`` stacked on dim 0, copy ``j`` with ``units[j]`` ablated."""
-    k, batch = len(units), out.shape[0]
-    channels = out.shape[dim]
-    keep = torch.ones(k, channels, dtype=out.dtype, device=out.device)
-    keep[torch.arange(k), torch.as_tensor(list(units))] = 0
-    shape = [k] + [1] * out.dim()
-    shape[dim + 1] = channels
-    keep_v = keep.view(shape)
-    add_v = (repl[None, :] * (1 - keep)).view(shape)
-    stacked = out.unsqueeze(0) * keep_v + add_v
-    return stacked.reshape(k * batch, *out.shape[1:])
 
 
 def _rows(value: Any, rows: slice, batch: int) -> Any:
@@ -328,10 +101,10 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
     """Predictions ``(n_units, n_examples)``, or why the engine was refused: the split fails
     verification, or (with ``allow_naive``) it measured slower than the naive loop.
 
-    Units and examples per suffix pass follow :mod:`pytest_unitablate.core.scan_plan`
+    Units and examples per suffix pass follow :mod:`pytest_unitablate.core.scan.plan`
     (``chunk_size`` fixes the units per pass, still within ``memory_budget``). ``progress``
     is called with the number of (unit, example) pairs each pass finished. With ``cache``
-    (:mod:`~pytest_unitablate.core.prefix_cache`) the prefix outputs and unablated logits
+    (:mod:`~pytest_unitablate.core.scan.prefix`) the prefix outputs and unablated logits
     of an earlier pass are reused (raising ``StalePrefix`` if the data no longer matches
     them), and this pass's are kept.
     """
@@ -467,3 +240,6 @@ def _verify(model: nn.Module, inputs: torch.Tensor, layer: str, chunk: Sequence[
         if not logits_agree(logits[j * batch:j * batch + few], real):
             return False
     return True
+
+
+__all__ = ["scan_prefix"]

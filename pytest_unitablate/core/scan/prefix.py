@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from pytest_unitablate.core.evaluation import EvalResult, evaluate, model_device, select_logits
-from pytest_unitablate.core.memory import DEFAULT_MEMORY_BUDGET
-from pytest_unitablate.core.scan_fx import Split, split_at
+from pytest_unitablate.core.scan.memory import DEFAULT_MEMORY_BUDGET
+from pytest_unitablate.core.scan.split import Split, split_at
 
 
 def _nbytes(values: Any) -> int:

@@ -39,26 +39,25 @@ from pytest_unitablate.core.data import count_examples, iter_batches, require_re
 from pytest_unitablate.core.evaluation import (
     EvalResult,
     check_paired,
-    eval_mode,
     evaluate,
-    logits_agree,
     model_device,
 )
 from pytest_unitablate.core.layers import (
     check_units,
     probe_layers,
-    require_single_call,
-    resolve_layer,
     unit_indices,
 )
-from pytest_unitablate.core.memory import DEFAULT_MEMORY_BUDGET
+from pytest_unitablate.core.scan.closed_form import affine_head, scan_closed_form
+from pytest_unitablate.core.scan.collect import EngineOutput
+from pytest_unitablate.core.scan.memory import DEFAULT_MEMORY_BUDGET
+from pytest_unitablate.core.scan.prefix import PrefixCache, StalePrefix
+from pytest_unitablate.core.scan.split import split_at
+from pytest_unitablate.core.scan.suffix import scan_prefix
 from pytest_unitablate.errors import ConfigError, optional_import
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pytest_unitablate.core.prefix_cache import PrefixCache
-    from pytest_unitablate.core.scan_fx import EngineOutput
 
 
 @dataclass(frozen=True)
@@ -112,67 +111,6 @@ class ScanResult:
                                            "drop"])
 
 
-def _affine_head(model: nn.Module, layer: str) -> nn.Linear | None:
-    """The final Linear if everything after ``layer`` is GAP -> flatten -> dropout -> Linear.
-
-    Detected with torch.fx; ``None`` when the model cannot be traced or the suffix is not
-    of that form.
-    """
-    from pytest_unitablate.core.scan_fx import trace_keeping
-
-    try:
-        graph = trace_keeping(model, layer).graph
-    except Exception:
-        return None
-    modules = dict(model.named_modules())
-    nodes = list(graph.nodes)
-    start = next((i for i, n in enumerate(nodes)
-                  if n.op == "call_module" and n.target == layer), None)
-    if start is None:
-        return None
-    current = nodes[start]
-    linear: nn.Linear | None = None
-    pooled = False
-    for node in nodes[start + 1:]:
-        if node.op == "output":
-            args = node.args[0]
-            return linear if (args is current and linear is not None and pooled) else None
-        if current not in node.all_input_nodes:
-            if any(current is a for a in node.all_input_nodes):
-                return None
-            continue
-        if len(node.users) == 0:
-            return None
-        mod = modules.get(str(node.target)) if node.op == "call_module" else None
-        if isinstance(mod, nn.AdaptiveAvgPool2d) and mod.output_size in (1, (1, 1)):
-            pooled = True
-        elif isinstance(mod, (nn.Flatten, nn.Dropout, nn.Identity)) or (
-            node.op == "call_function" and node.target is torch.flatten
-        ) or (node.op == "call_method" and node.target in ("flatten", "view", "reshape")):
-            pass
-        elif node.op == "call_function" and node.target is torch.mean and pooled is False:
-            pooled = True
-        elif isinstance(mod, nn.Linear) and linear is None and pooled:
-            linear = mod
-        else:
-            return None
-        # the layer's value must flow through a single chain
-        if sum(1 for n in nodes if current in n.all_input_nodes) != 1:
-            return None
-        current = node
-    return None
-
-
-def _closed_form_batch(logits: torch.Tensor, pooled: torch.Tensor, weight: torch.Tensor,
-                       repl: torch.Tensor, units: Sequence[int]) -> torch.Tensor:
-    """Predictions (n_units, batch) from the exact single-unit logit shifts."""
-    idx = torch.as_tensor(list(units), device=pooled.device)
-    # delta[u, n, :] = -W[:, u] * (pooled[n, u] - r_u)
-    diff = pooled[:, idx] - repl[idx][None, :]  # (batch, U)
-    shifted = logits[None, :, :] - diff.T[:, :, None] * weight[:, idx].T[:, None, :]
-    return shifted.argmax(dim=2)
-
-
 def scan(
     model: nn.Module,
     data: Any,
@@ -199,7 +137,7 @@ def scan(
     The prefix engine stacks several ablated copies of a batch into one suffix forward.
     By default it measures, on the first batch, how many units per pass are fastest and
     how many fit in ``memory_budget`` bytes (default
-    :data:`~pytest_unitablate.core.memory.DEFAULT_MEMORY_BUDGET`, 2 GiB, beyond what a
+    :data:`~pytest_unitablate.core.scan.memory.DEFAULT_MEMORY_BUDGET`, 2 GiB, beyond what a
     plain forward of one batch needs), and with ``method="auto"`` falls back to the naive
     loop if the split network is measured slower than it; ``ScanResult.plan`` says what it
     chose. ``chunk_size`` fixes the units per pass instead (still within the budget).
@@ -209,7 +147,7 @@ def scan(
     total)`` with (unit, example) pairs finished and the total (``None`` when the data's
     length is unknown). ``output`` picks the logits out of a tuple, list or dict model
     output, as for ``evaluate()``. ``prefix_cache``
-    (:class:`~pytest_unitablate.core.prefix_cache.PrefixCache`) lets scans of one layer
+    (:class:`~pytest_unitablate.core.scan.prefix.PrefixCache`) lets scans of one layer
     share the network before it: the prefix engine reuses the outputs an earlier pass left
     there and leaves its own (results are the same with or without it).
     """
@@ -246,13 +184,13 @@ def scan(
             if channel_dim != 1 or len(info.shape) != 4:
                 reason = "closed form needs a 4-D N,C,H,W layer with channel_dim 1"
             else:
-                head = _affine_head(model, layer)
+                head = affine_head(model, layer)
                 if head is None:
                     reason = "the network after the layer is not GAP -> flatten -> Linear"
             if head is None and method == "closed_form":
                 raise ConfigError(f"scan(method='closed_form') refused for {layer!r}: {reason}")
         if head is not None:
-            preds = _scan_closed_form(model, data, layer, chosen, ablation, means, head, target,
+            preds = scan_closed_form(model, data, layer, chosen, ablation, means, head, target,
                                       batch_size, output, tick)
             if preds is not None:
                 return result(preds, "closed_form")
@@ -260,9 +198,6 @@ def scan(
             if method == "closed_form":
                 raise ConfigError(f"scan(method='closed_form') refused for {layer!r}: {reason}")
         if method in ("auto", "prefix"):
-            from pytest_unitablate.core.prefix_cache import StalePrefix
-            from pytest_unitablate.core.scan_fx import scan_prefix, split_at
-
             split, why = split_at(model, layer) if prefix_cache is None else \
                 prefix_cache.split(model, layer)
             if split is not None:
@@ -344,66 +279,3 @@ class _progress:
             self.bar = None
 
 
-def _scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int, ...],
-                      ablation: str | float, means: dict[str, torch.Tensor] | None,
-                      head: nn.Linear, device: torch.device, batch_size: int,
-                      output: int | str | None = None,
-                      progress: Callable[[int], None] | None = None) -> Any:
-    module = resolve_layer(model, layer)
-    captured: list[torch.Tensor] = []
-    calls = [0]
-
-    def hook(m: nn.Module, a: Any, out: torch.Tensor) -> None:
-        calls[0] += 1
-        captured.append(out.mean(dim=(2, 3)))
-
-    from pytest_unitablate.core.scan_fx import Collector, replacement_values
-
-    weight = head.weight.detach()
-    collector = Collector(output)
-    out: list[torch.Tensor] = []
-    verified = False
-    handle = module.register_forward_hook(hook)
-    try:
-        with eval_mode(model):
-            for index, (inputs, labels) in enumerate(
-                iter_batches(data, batch_size=batch_size, device=device,
-                             digest=collector.digest)
-            ):
-                captured.clear()
-                calls[0] = 0
-                logits = collector.add(index, model(inputs), labels)
-                require_single_call(model, layer, calls[0])
-                pooled = captured[0].to(logits.dtype)
-                repl = replacement_values(ablation, means, layer, pooled, 1)
-                preds = _closed_form_batch(logits, pooled, weight, repl, units)
-                if not verified:
-                    handle.remove()
-                    if not _verify(model, layer, inputs, logits, pooled, weight, repl, units,
-                                   ablation, means):
-                        return None
-                    verified = True
-                    handle = module.register_forward_hook(hook)
-                out.append(preds.cpu())
-                if progress is not None:
-                    progress(len(units) * int(labels.shape[0]))
-    finally:
-        handle.remove()
-    return collector.finish(out)
-
-
-def _verify(model: nn.Module, layer: str, inputs: torch.Tensor, logits: torch.Tensor,
-            pooled: torch.Tensor, weight: torch.Tensor, repl: torch.Tensor,
-            units: tuple[int, ...], ablation: str | float,
-            means: dict[str, torch.Tensor] | None) -> bool:
-    """Compare the closed-form logits with real ablated forwards for a few units."""
-    few = min(inputs.shape[0], 16)  # a slice of the first batch is enough to catch a mismatch
-    sample = sorted(set(units[:1] + units[-1:]))
-    for unit in sample:
-        diff = pooled[:few, unit] - repl[unit]
-        predicted = logits[:few] - diff[:, None] * weight[:, unit][None, :]
-        with ablate(model, {layer: [unit]}, ablation=ablation, means=means):
-            real = model(inputs[:few])
-        if not logits_agree(predicted, real):
-            return False
-    return True

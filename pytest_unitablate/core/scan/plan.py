@@ -3,7 +3,7 @@
 Two things decide it, both measured on the first batch rather than fixed in advance:
 
 * **memory**: one suffix pass on one example with one unit ablated is measured with
-  :func:`~pytest_unitablate.core.memory.graph_peak_bytes`; a pass on ``u`` units and ``e``
+  :func:`~pytest_unitablate.core.scan.memory.graph_peak_bytes`; a pass on ``u`` units and ``e``
   examples holds about ``u * e`` times that, so ``u * e`` is capped by the budget. The
   examples of a batch are split only when one unit on the whole batch does not fit;
 * **speed**: units per pass are tried as 1, 2, 4, ... on real work (the first batch's own
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pytest_unitablate.core.memory import format_bytes
+from pytest_unitablate.core.scan.memory import format_bytes
 
 
 @dataclass(frozen=True)

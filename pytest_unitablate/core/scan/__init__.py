@@ -1,0 +1,29 @@
+"""Scan a layer: every unit ablated alone, per-example predictions for each.
+
+One subpackage, one direction of imports (``make lint`` enforces it; no cycle, not even
+under ``TYPE_CHECKING``)::
+
+    api          scan(), ScanResult: checks the request, picks an engine, runs it
+     ├─ closed_form  exact closed form where the suffix is GAP -> Linear
+     └─ suffix       the prefix engine: prefix once per batch, stacked ablated copies
+         ├─ prefix   PrefixCache, evaluate_keeping: prefix outputs kept between passes
+         │   └─ split  the torch.fx split at a layer, the linear entry convolutions
+         ├─ plan     units and examples per suffix pass (measured speed, memory budget)
+         │   └─ memory  peak bytes of one traced pass; the default budget
+         └─ collect  replacement values, ablated copies, baseline collection
+
+Example::
+
+    from pytest_unitablate.core.scan import scan
+
+    result = scan(model, loader, "layer4")
+    result.predictions    # (n_units, n_examples) predicted classes
+    result.method         # closed_form, prefix or naive
+"""
+
+from pytest_unitablate.core.scan.api import ScanResult, scan
+from pytest_unitablate.core.scan.memory import DEFAULT_MEMORY_BUDGET
+from pytest_unitablate.core.scan.prefix import PrefixCache, StalePrefix, evaluate_keeping
+
+__all__ = ["DEFAULT_MEMORY_BUDGET", "PrefixCache", "ScanResult", "StalePrefix",
+           "evaluate_keeping", "scan"]

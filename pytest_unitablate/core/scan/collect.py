@@ -1,0 +1,97 @@
+"""What every scan engine shares: the per-unit replacement values, ablated copies of a
+layer output, and the collection of baseline predictions with ``evaluate()``'s checks.
+
+Example::
+
+    repl = replacement_values("zero", None, "layer3", out, 1)   # r = 0 for every channel
+    stacked = ablated_copies(out, [3, 7], repl, 1)              # 2 copies: unit 3, unit 7
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from pytest_unitablate.core.ablation import check_means
+from pytest_unitablate.core.data import PassDigest
+from pytest_unitablate.core.evaluation import checked_logits
+
+
+@dataclass
+class EngineOutput:
+    """What a fast engine's single pass yields: per-unit and baseline predictions."""
+
+    predictions: npt.NDArray[np.int64]  # (n_units, n_examples)
+    baseline: npt.NDArray[np.int64]  # (n_examples,) unablated predictions
+    labels: npt.NDArray[np.int64]
+    num_classes: int
+    fingerprint: str = ""
+    plan: str = ""  # the prefix engine's units and examples per suffix pass, and why
+
+
+class Collector:
+    """Accumulates baseline predictions and labels, with evaluate()'s checks on logits."""
+
+    def __init__(self, output: int | str | None = None) -> None:
+        self.output = output
+        self.base: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.width: int | None = None
+        self.digest = PassDigest()
+
+    def add(self, index: int, produced: Any, labels: torch.Tensor, picked: bool = False
+            ) -> torch.Tensor:
+        """Check and keep a batch's baseline; returns the logits picked from ``produced``
+        (``picked``: ``produced`` is those logits already)."""
+        logits = checked_logits(index, produced, labels, self.width,
+                                None if picked else self.output)
+        self.width = int(logits.shape[1])
+        self.base.append(logits.argmax(dim=1).cpu())
+        self.labels.append(labels.cpu())
+        return logits
+
+    def finish(self, columns: list[torch.Tensor]) -> EngineOutput:
+        assert self.width is not None
+        return EngineOutput(
+            predictions=torch.cat(columns, dim=1).numpy().astype(np.int64),
+            baseline=torch.cat(self.base).numpy().astype(np.int64),
+            labels=torch.cat(self.labels).numpy().astype(np.int64),
+            num_classes=self.width,
+            fingerprint=self.digest.hexdigest(),
+        )
+
+
+def replacement_values(ablation: str | float, means: dict[str, torch.Tensor] | None, layer: str,
+                       like: torch.Tensor, dim: int) -> torch.Tensor:
+    """The per-channel replacement r (zero, the channel means, or a constant)."""
+    channels = like.shape[dim]
+    if ablation == "zero":
+        return torch.zeros(channels, dtype=like.dtype, device=like.device)
+    if ablation == "mean":
+        assert means is not None
+        check_means(layer, means[layer], channels)
+        return means[layer].to(dtype=like.dtype, device=like.device)
+    return torch.full((channels,), float(ablation), dtype=like.dtype, device=like.device)
+
+
+def ablated_copies(out: torch.Tensor, units: Sequence[int], repl: torch.Tensor,
+                   dim: int) -> torch.Tensor:
+    """``len(units)`` copies of ``out`` stacked on dim 0, copy ``j`` with ``units[j]`` ablated."""
+    k, batch = len(units), out.shape[0]
+    channels = out.shape[dim]
+    keep = torch.ones(k, channels, dtype=out.dtype, device=out.device)
+    keep[torch.arange(k), torch.as_tensor(list(units))] = 0
+    shape = [k] + [1] * out.dim()
+    shape[dim + 1] = channels
+    keep_v = keep.view(shape)
+    add_v = (repl[None, :] * (1 - keep)).view(shape)
+    stacked = out.unsqueeze(0) * keep_v + add_v
+    return stacked.reshape(k * batch, *out.shape[1:])
+
+
+__all__ = ["Collector", "EngineOutput", "ablated_copies", "replacement_values"]
