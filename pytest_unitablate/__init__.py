@@ -1,11 +1,14 @@
 """pytest-unitablate: regression tests for the class-specific importance of CNN units.
 
-The package has four layers (``docs/architecture.md`` draws the map):
+The package has five layers (``docs/architecture.md`` draws the map):
 
 * :mod:`pytest_unitablate.core` (torch, no pytest): layers, ablation, data, evaluation, scans;
 * :mod:`pytest_unitablate.spec` (torch-free): the spec format, its loader, schema and ids;
-* :mod:`pytest_unitablate.verdicts` (torch-free): statistics, judgement, failure text;
-* :mod:`pytest_unitablate.plugin` (pytest; torch only when a spec runs): hooks and items;
+* :mod:`pytest_unitablate.verdicts` (torch-free): statistics, judgement, failure text, records;
+* :mod:`pytest_unitablate.engine` (torch, no pytest): a spec evaluated and judged
+  (:func:`run_spec`; ``python -m pytest_unitablate check``);
+* :mod:`pytest_unitablate.plugin` (pytest; torch only when a spec runs): binds fixtures and
+  items to the engine;
 
 plus :mod:`pytest_unitablate.analysis` (unit attributes, discovery, the HTML report).
 
@@ -20,13 +23,19 @@ Example::
     with ablate(model, {"layer4.1.conv2": [245]}):
         ablated = evaluate(model, loader)
     print(base.class_accuracy - ablated.class_accuracy)   # per-class drop
+
+    from pytest_unitablate import run_spec
+
+    run = run_spec("specs/resnet.yaml", fixtures={"digits_resnet": model,
+                                                  "digits_test": loader})
+    assert run.ok, run.text()
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.3.0.dev0"
+from pytest_unitablate.version import __version__
 
 _LAZY = {
     "ablate": "pytest_unitablate.core.ablation",
@@ -37,6 +46,8 @@ _LAZY = {
     "ScanResult": "pytest_unitablate.core.scan",
     "PrefixCache": "pytest_unitablate.core.scan",
     "load_spec": "pytest_unitablate.spec.loader",
+    "run_spec": "pytest_unitablate.engine.run",
+    "SpecRun": "pytest_unitablate.engine.run",
     "unit_attributes": "pytest_unitablate.analysis.attributes",
     "attribute_correlations": "pytest_unitablate.analysis.attributes",
     "discover": "pytest_unitablate.analysis.discover",
@@ -46,6 +57,7 @@ __all__ = [
     "EvalResult",
     "PrefixCache",
     "ScanResult",
+    "SpecRun",
     "__version__",
     "ablate",
     "attribute_correlations",
@@ -53,6 +65,7 @@ __all__ = [
     "discover",
     "evaluate",
     "load_spec",
+    "run_spec",
     "scan",
     "unit_attributes",
 ]
@@ -63,6 +76,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from pytest_unitablate.core.ablation import ablate, channel_means
     from pytest_unitablate.core.evaluation import EvalResult, evaluate
     from pytest_unitablate.core.scan import PrefixCache, ScanResult, scan
+    from pytest_unitablate.engine.run import SpecRun, run_spec
     from pytest_unitablate.spec.loader import load_spec
 
 

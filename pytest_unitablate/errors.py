@@ -105,6 +105,13 @@ class SpecError(UnitAblateError):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class ItemProblem(UnitAblateError):
+    """A located problem of one spec item that is not a threshold miss: a model or data
+    reference that does not resolve, data that cannot be paired, a class with too few
+    examples, a unit outside its layer. Its message starts with ``path:line:``; a front
+    end shows it without a traceback (pytest: an error; ``run_spec``: outcome ``error``)."""
+
+
 class ConfigError(UnitAblateError):
     """A bad option, or a model/data reference that cannot be resolved."""
 

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
-LAYERS = "Layers: plugin > analysis > core | verdicts > spec > atomic | errors BROKEN"
+LAYERS = "Layers: plugin > engine | analysis > core | verdicts > spec > atomic | errors BROKEN"
 CYCLES = "No two modules import each other (no cycles between siblings, at any depth) BROKEN"
 
 
@@ -30,7 +30,13 @@ def _lazy(statement: str) -> str:
 PLANTS = {
     "core imports pytest": (
         "core/data.py", "\nimport pytest  # noqa: E402,F401\n",
-        "lint-imports", "never import pytest BROKEN"),
+        "lint-imports", "No pytest below the plugin BROKEN"),
+    "the engine imports pytest lazily": (
+        "engine/run.py", _lazy("import pytest"),
+        "lint-imports", "No pytest below the plugin BROKEN"),
+    "the engine imports the plugin": (
+        "engine/judge.py", _lazy("from pytest_unitablate.plugin import state"),
+        "lint-imports", LAYERS),
     "spec imports torch lazily": (
         "spec/ids.py", _lazy("import torch"),
         "lint-imports", "never import torch or numpy, not even lazily BROKEN"),

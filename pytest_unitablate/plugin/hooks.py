@@ -203,12 +203,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def _environment(state: PluginState) -> dict[str, Any]:
-    from pytest_unitablate import __version__
+    from pytest_unitablate.version import __version__
 
     torch_version = None
     if "torch" in sys.modules:
         torch_version = str(sys.modules["torch"].__version__)
-    dtype = state._runtime.dtype if state._runtime is not None else None
+    dtype = state.dtype
     records = list(state.records.values())
     recs = [r for r in records if r.get("torch_version")]
     if recs:
@@ -222,7 +222,7 @@ def _first(records: list[dict[str, Any]], name: str) -> Any:
 
 
 def _write_outputs(session: pytest.Session, state: PluginState) -> None:
-    from pytest_unitablate.plugin.report import build_report, write_json
+    from pytest_unitablate.verdicts.records import build_report, write_json
 
     records = list(state.records.values())
     where = Path(session.config.invocation_params.dir)
@@ -230,7 +230,7 @@ def _write_outputs(session: pytest.Session, state: PluginState) -> None:
         write_json(where / state.report_path, build_report(records, _environment(state)))
     if state.settings.html is not None:
         from pytest_unitablate.analysis.html_report import write_html_report
-        from pytest_unitablate.plugin.report import sort_records
+        from pytest_unitablate.verdicts.records import sort_records
 
         write_html_report(where / state.settings.html, checks=sort_records(records))
     if state.record_mode != "none":
@@ -250,7 +250,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
     state = config.stash.get(STATE_KEY, None)
     if state is None or state.is_worker or not state.records:
         return
-    from pytest_unitablate.plugin.report import (
+    from pytest_unitablate.verdicts.records import (
         engine_lines,
         format_table,
         sort_records,

@@ -28,7 +28,6 @@ import pytest
 from pytest_unitablate.plugin.record_mode import RECORD_MODES
 
 SUMMARY_MODES = ("auto", "none", "line", "table")
-_DEVICE_PREFIXES = ("cpu", "cuda", "mps", "xpu", "meta")
 # ini types "int" and "float" exist from pytest 8.4; older versions read strings, which
 # _typed() converts, so the value is checked the same way everywhere.
 _TYPED_INI = pytest.version_tuple >= (8, 4)
@@ -95,6 +94,11 @@ def add_options(parser: pytest.Parser) -> None:
            help="evaluate every unit of a layer-wide check, even when the first units "
            "already decide it (the deciding unit is then the best or worst of all). "
            "ini: unitablate_full_sweeps. Default: stop as soon as the outcome is decided")
+    option("plain-passes", "named checks get their own full forward passes (bool; "
+           "default: false)", "bool", action="store_const", const=True, default=None,
+           help="evaluate each named check with its own full forward passes instead of "
+           "grouping a layer's named checks into one scan (same outcomes, slower; for "
+           "comparison and debugging). ini: unitablate_plain_passes. Default: grouped")
     option("memory-budget", "bytes a layer sweep's stacked passes may hold at once, e.g. "
            "512MiB or 4GiB (default: 2GiB)", default=None, metavar="SIZE",
            help="memory the scan engine may use beyond one plain batch: it measures one "
@@ -161,6 +165,7 @@ class Settings:
     full_sweeps: bool = False
     memory_budget: int = 2 * 1024**3
     progress: str = "auto"
+    plain_passes: bool = False
 
 
 def read_settings(config: pytest.Config) -> Settings:
@@ -168,10 +173,11 @@ def read_settings(config: pytest.Config) -> Settings:
     cli_specs = [Path(p) for p in config.getoption("unitablate_spec") or []]
     ini_specs = [Path(p) for p in config.getini("unitablate_spec") or []]
     device = str(_value(config, "unitablate_device") or "cpu")
-    prefix, _, index = device.partition(":")
-    if prefix not in _DEVICE_PREFIXES or (index and not index.isdigit()):
-        raise pytest.UsageError(
-            f"--unitablate-device {device!r} is not a torch device (cpu, cuda, cuda:1, mps)")
+    from pytest_unitablate.engine.settings import device_problem
+
+    problem = device_problem(device)
+    if problem is not None:
+        raise pytest.UsageError(f"--unitablate-device {problem}")
     summary = str(_value(config, "unitablate_summary") or "auto")
     if summary not in SUMMARY_MODES:
         raise pytest.UsageError(
@@ -205,31 +211,23 @@ def read_settings(config: pytest.Config) -> Settings:
         cache=cache == "on",
         full_sweeps=bool(_typed(config, "unitablate_full_sweeps", bool, False)),
         memory_budget=budget, progress=progress,
+        plain_passes=bool(_typed(config, "unitablate_plain_passes", bool, False)),
     )
 
 
-_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
-          "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
-
-
 def parse_size(text: str) -> int:
-    """Bytes from ``"512MiB"``, ``"4 GiB"``, ``"1.5GB"`` or a plain number of bytes.
+    """Bytes from ``"512MiB"``, ``"4 GiB"`` or a plain number; a usage error otherwise.
 
-    >>> parse_size("512MiB"), parse_size("2 GiB"), parse_size("1000")
-    (536870912, 2147483648, 1000)
+    >>> parse_size("512MiB")
+    536870912
     """
-    import re
+    from pytest_unitablate.engine.settings import parse_size as parse
 
-    found = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
-    unit = found.group(2).lower() if found else ""
-    if found is None or (unit and unit not in _UNITS):
+    try:
+        return parse(text)
+    except ValueError as exc:
         raise pytest.UsageError(
-            f"--unitablate-memory-budget / ini unitablate_memory_budget must be a size such "
-            f"as 512MiB or 4GiB, got {text!r}")
-    size = int(float(found.group(1)) * _UNITS.get(unit, 1))
-    if size < 1:
-        raise pytest.UsageError(f"--unitablate-memory-budget must be positive, got {text!r}")
-    return size
+            f"--unitablate-memory-budget / ini unitablate_memory_budget {exc}") from None
 
 
 def _floor(pp: float) -> float:

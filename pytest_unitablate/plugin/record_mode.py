@@ -26,6 +26,7 @@ from pytest_unitablate.spec.signatures import (
     Signatures,
     write_signatures,
 )
+from pytest_unitablate.verdicts.measure import writes
 
 RecordMode = Literal["none", "new", "failed", "all"]
 RECORD_MODES: tuple[RecordMode, ...] = ("none", "new", "failed", "all")
@@ -47,20 +48,6 @@ def ci_environment(environ: Mapping[str, str] | None = None) -> str | None:
         if value and value.lower() not in ("0", "false", "no"):
             return name
     return None
-
-
-def writes(mode: str, *, has_threshold: bool, failing: bool) -> bool:
-    """Whether record mode ``mode`` rewrites a threshold: every one (``all``), the empty
-    ones (``new``), the empty and the failing ones (``failed``), none (``none``).
-
-    >>> writes("failed", has_threshold=True, failing=False)
-    False
-    """
-    if mode == "all":
-        return True
-    if mode in ("new", "failed") and not has_threshold:
-        return True
-    return mode == "failed" and failing
 
 
 def wanted(record: Mapping[str, Any], mode: str) -> bool:

@@ -1,38 +1,25 @@
-"""Result records, the JSON report and the terminal summary (torch-free).
+"""Records from pytest's test reports, and JUnit properties (torch-free).
 
 Every item ships its numbers on its test report as ``report.unitablate`` (a dict, which
-crosses xdist with the report); the controller turns each test report into a :class:`dict`
-record with :func:`record_from_report`. Under JUnit family ``xunit1`` the numbers are also
+crosses xdist with the report); the controller turns each test report into a record with
+:func:`record_from_report`. Under JUnit family ``xunit1`` the numbers are also
 ``unitablate.<field>`` properties of each test case (:func:`junit_properties`); the default
-family, ``xunit2``, allows no per-test-case properties.
+family, ``xunit2``, allows no per-test-case properties. The JSON report, the table and the
+summary line are the same as every front end's: :mod:`pytest_unitablate.verdicts.records`.
 
 Example::
 
-    >>> rec = {"id": "conv5-u3-seven-min_drop", "layer": "conv5", "units": [3],
-    ...        "target": "seven", "baseline": 0.9, "ablated": 0.5, "drop": 0.4,
-    ...        "constraint": "min_drop", "threshold": 0.2, "outcome": "passed"}
-    >>> print(format_table([rec]).splitlines()[2])
-    conv5  3      seven   90.0%     50.0%    40.0 pp  drop >= 20.0 pp  passed
+    >>> junit_properties({"id": "x", "units": [3], "threshold": None})
+    [('unitablate.id', 'x'), ('unitablate.units', '[3]')]
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 PROP_PREFIX = "unitablate."
-
-#: The JSON report's per-item fields, in order.
-FIELDS = (
-    "id", "spec", "line", "layer", "units", "ablation", "target", "class_index", "n",
-    "baseline", "ablated", "drop", "ci_low", "ci_high", "constraint", "threshold",
-    "outcome", "p_value", "deciding_units", "ranking_note", "engine", "engine_reason",
-    "engine_plan", "units_evaluated", "units_total", "identity", "matched_units", "similarity",
-    "min_similarity", "mapping",
-)
 
 
 def outcome_of(report: Any) -> str:
@@ -74,113 +61,4 @@ def junit_properties(values: Mapping[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def _describe(constraint: str | None, threshold: float | None) -> str:
-    if constraint is None:
-        return ""
-    if threshold is None:
-        return f"{constraint}: not recorded"
-    op = ">=" if constraint.startswith("min") else "<="
-    what = "relative drop" if "relative" in constraint else "drop"
-    unit = "%" if "relative" in constraint else " pp"
-    return f"{what} {op} {threshold * 100:.1f}{unit}"
-
-
-def _pct(x: Any, suffix: str = "%") -> str:
-    return "" if x is None else f"{float(x) * 100:.1f}{suffix}"
-
-
-#: Printed under the table: how to read the ``units`` column.
-TABLE_LEGEND = ("units: the units ablated together; for a layer-wide check, "
-                "<mode>:<units> names the check (any_unit, every_unit, top_units) and the "
-                "unit(s) that decided its outcome; 10->3: identity: signature matched the "
-                "recorded unit 10 to unit 3 of the model under test")
-
-
-def summary_line(records: Sequence[Mapping[str, Any]], report: Path | None) -> str:
-    """One line: how many checks ran, how many failed, and where the report is.
-
-    >>> summary_line([{"outcome": "passed"}, {"outcome": "failed"}], Path("r.json"))
-    'unitablate: 2 checks, 1 failed; report: r.json'
-    """
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[str(r.get("outcome"))] = counts.get(str(r.get("outcome")), 0) + 1
-    failed = counts.get("failed", 0) + counts.get("error", 0)
-    parts = [f"{len(records)} checks", f"{failed} failed"]
-    parts += [f"{counts[k]} {k}" for k in ("skipped", "xfailed", "xpassed") if counts.get(k)]
-    where = f"; report: {report}" if report is not None else ""
-    return f"unitablate: {', '.join(parts)}{where}"
-
-
-def format_table(records: Sequence[Mapping[str, Any]]) -> str:
-    """The terminal summary table: layer, units, target, baseline, ablated, drop, required,
-    outcome, then the legend of the ``units`` column."""
-    header = ("layer", "units", "target", "baseline", "ablated", "drop", "required", "outcome")
-    rows = []
-    for r in records:
-        units = r.get("units")
-        deciding = r.get("deciding_units")
-        matched = r.get("matched_units")
-        if units and matched:
-            unit_text = "+".join(f"{u}->{m if m is not None else '?'}"
-                                 for u, m in zip(units, matched, strict=False))
-        elif units:
-            unit_text = "+".join(map(str, units))
-        elif deciding:
-            unit_text = f"{r.get('mode', '')}:{'+'.join(map(str, deciding))}".lstrip(":")
-        else:
-            unit_text = str(r.get("mode") or "")
-        rows.append((
-            str(r.get("layer", "")), unit_text, str(r.get("target", "")),
-            _pct(r.get("baseline")), _pct(r.get("ablated")), _pct(r.get("drop"), " pp"),
-            _describe(r.get("constraint"), r.get("threshold")), str(r.get("outcome", "")),
-        ))
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-              for row in rows]
-    lines.append(TABLE_LEGEND)
-    return "\n".join(lines)
-
-
-def engine_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One line per swept layer: the scan engine that ran, and why a faster one did not.
-
-    >>> engine_lines([{"spec": "s.yaml", "layer": "layer1", "engine": "naive",
-    ...                "engine_reason": "torch.fx cannot trace the model"}])
-    ['s.yaml layer1: naive (torch.fx cannot trace the model)']
-    >>> engine_lines([{"spec": "s.yaml", "layer": "layer3", "engine": "prefix",
-    ...                "engine_plan": "4 unit(s) x 64 example(s) per suffix pass"}])
-    ['s.yaml layer3: prefix, 4 unit(s) x 64 example(s) per suffix pass']
-    """
-    seen: dict[tuple[str, str], str] = {}
-    for r in records:
-        if r.get("engine"):
-            reason = f", {r['engine_plan']}" if r.get("engine_plan") else ""
-            reason += f" ({r['engine_reason']})" if r.get("engine_reason") else ""
-            where = (Path(str(r.get("spec", ""))).name, str(r.get("layer", "")))
-            seen.setdefault(where, f"{r['engine']}{reason}")
-    return [f"{spec} {layer}: {text}" for (spec, layer), text in seen.items()]
-
-
-def sort_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Records in a run-independent order: (spec, line, id)."""
-    return sorted((dict(r) for r in records),
-                  key=lambda r: (str(r.get("spec")), int(r.get("line") or 0), str(r.get("id"))))
-
-
-def build_report(records: Iterable[Mapping[str, Any]], environment: Mapping[str, Any]
-                 ) -> dict[str, Any]:
-    """The JSON report document: environment fields plus one record per item."""
-    items = [{name: r.get(name) for name in FIELDS} for r in sort_records(records)]
-    return {**environment, "items": items}
-
-
-def write_json(path: str | os.PathLike[str], document: Mapping[str, Any]) -> None:
-    """Write ``document`` to ``path`` atomically (tmp file in the same folder, then replace)."""
-    from pytest_unitablate.atomic import atomic_write
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(target, json.dumps(document, indent=2, sort_keys=False) + "\n")
+__all__ = ["junit_properties", "outcome_of", "record_from_report"]

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from pytest_unitablate.engine.engine import Engine
     from pytest_unitablate.plugin.options import Settings
-    from pytest_unitablate.plugin.session import UnitAblateSession
 
 
 class UnitAblateWarning(pytest.PytestWarning):
@@ -44,14 +44,11 @@ class PluginState:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     collected_specs: set[Path] = field(default_factory=set)
     recorded: list[str] | None = None
-    provenance_checked: set[str] = field(default_factory=set)
     #: where the evaluation cache lives (None: off, or no pytest cache provider)
     cache_dir: Path | None = None
-    engine_warned: set[tuple[str, str]] = field(default_factory=set)
-    signature_data_warned: set[str] = field(default_factory=set)
     #: makes the per-sweep progress callbacks (plugin.progress.Progress), set at configure
     progress: Any = None
-    _runtime: UnitAblateSession | None = None
+    _engine: Engine | None = None
 
     @property
     def device(self) -> str:
@@ -69,31 +66,40 @@ class PluginState:
     def report_path(self) -> Path | None:
         return self.settings.report
 
-    def runtime(self) -> UnitAblateSession:
-        """The per-process evaluation cache (imports torch on first use)."""
-        if self._runtime is None:
-            from pytest_unitablate.plugin.eval_cache import EvalCache
-            from pytest_unitablate.plugin.session import UnitAblateSession
+    def engine(self) -> Engine:
+        """This process's engine (imports torch on first use): every evaluation of the
+        session, computed once, in a store under pytest's cache directory."""
+        if self._engine is None:
+            from pytest_unitablate.engine.engine import Engine
+            from pytest_unitablate.engine.settings import EngineSettings
+            from pytest_unitablate.engine.store import DiskStore
 
             worker = (0, 1)
             if self.is_worker:
                 share_threads()
                 worker = xdist_worker()
-            self._runtime = UnitAblateSession(device=self.settings.device,
-                                              seed=self.settings.seed,
-                                              full_trace=self.settings.full_trace,
-                                              cache=EvalCache(self.cache_dir),
-                                              worker=worker,
-                                              memory_budget=self.settings.memory_budget,
-                                              progress=self.progress)
-        return self._runtime
+            s = self.settings
+            settings = EngineSettings(
+                device=s.device, seed=s.seed, full_trace=s.full_trace,
+                memory_budget=s.memory_budget, full_sweeps=s.full_sweeps,
+                plain_passes=s.plain_passes, record_mode=s.record_mode,
+                record_level=s.record_level, record_floor=s.record_floor, worker=worker,
+                rerun=self.rerun_command,
+                progress=self.progress.for_sweep if self.progress is not None else None)
+            self._engine = Engine(settings, DiskStore(self.cache_dir))
+        return self._engine
+
+    @property
+    def dtype(self) -> str | None:
+        """The dtype of the model this process evaluated (``None`` before any)."""
+        return self._engine.dtype if self._engine is not None else None
 
     def cache_summary(self) -> str | None:
         """This process's cache line for the summary (serial runs: under xdist the counts
         live in the workers)."""
-        if self._runtime is None or not self._runtime.cache.enabled:
+        if self._engine is None or not self._engine.store.enabled:
             return None
-        return self._runtime.cache.summary()
+        return self._engine.store.summary()
 
     def rerun_command(self, mode: str) -> str:
         """The command the user ran, with ``--unitablate-record-mode=mode`` instead of any

@@ -154,3 +154,16 @@ def vacuous_threshold(kind: str, value: float, baseline: float, floor: float = 0
                 f"accuracy is {baseline * 100:.1f}%")
     return None
 
+
+def writes(mode: str, *, has_threshold: bool, failing: bool) -> bool:
+    """Whether record mode ``mode`` rewrites a threshold: every one (``all``), the empty
+    ones (``new``), the empty and the failing ones (``failed``), none (``none``).
+
+    >>> writes("failed", has_threshold=True, failing=False)
+    False
+    """
+    if mode == "all":
+        return True
+    if mode in ("new", "failed") and not has_threshold:
+        return True
+    return mode == "failed" and failing

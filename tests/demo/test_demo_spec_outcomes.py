@@ -6,6 +6,9 @@ measurements, independent of the plugin, with its own signature matching): the r
 passes everything, the fine-tuned model fails exactly the checks on its silenced units
 (mapped to themselves), and on the retrained model the named units are matched to the
 units the oracle matches, while every layer-wide check passes.
+
+``run_spec``, in a process that cannot import pytest, gives every item the same record
+as the plugin (the prefix engine's measured plan aside).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from no_pytest import env_without_pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = json.loads((ROOT / "unitablate_demo/checkpoints/expected_outcomes.json").read_text())
@@ -23,6 +27,18 @@ CASES = [(spec, ckpt) for spec, by_ckpt in sorted(EXPECTED["specs"].items())
          for ckpt in sorted(by_ckpt)]
 
 pytestmark = pytest.mark.slow
+
+#: run_spec on one demo spec and checkpoint, the demo's fixtures given by name
+RUN_SPEC = """
+import json, sys
+from pytest_unitablate import run_spec
+from unitablate_demo import fixtures as f
+spec, checkpoint = sys.argv[1:3]
+model = f.checkpoint(checkpoint)
+run = run_spec(spec, fixtures={"digits_resnet": model, "digits_alexnet": model,
+                               "digits_test": f.test_data(), "digits_ranking": f.ranking_data()})
+print(json.dumps(run.records))
+"""
 
 
 @pytest.mark.parametrize(("spec", "checkpoint"), CASES, ids=[f"{Path(s).stem}-{c}"
@@ -48,6 +64,14 @@ def test_plugin_outcomes_match_the_expected_outcomes(spec: str, checkpoint: str,
             assert items[i["id"]]["similarity"] == pytest.approx(i["similarity"], abs=1e-3)
             gone = f"{i['id']}: no unit of {i['layer']} matches the recorded unit"
             assert (gone in proc.stdout) == i["no_match"], i["id"]
+    engine = subprocess.run([sys.executable, "-c", RUN_SPEC, spec, checkpoint], cwd=ROOT,
+                            env=env_without_pytest(tmp_path / "blocker"), capture_output=True,
+                            text=True, timeout=600)
+    assert engine.returncode == 0, engine.stderr[-3000:]
+    without = [{k: v for k, v in r.items() if k != "engine_plan"}
+               for r in json.loads(engine.stdout.strip().splitlines()[-1])]
+    assert without == [{k: v for k, v in r.items() if k != "engine_plan"}
+                       for r in json.loads(report.read_text())["items"]]
     named_fail = [i for i in expected["items"] if i["outcome"] == "failed"]
     if checkpoint.endswith("retrained"):
         assert named_fail and all(i["mode"] == "units" for i in named_fail)

@@ -1,34 +1,39 @@
-"""The on-disk evaluation cache shared by xdist workers and by later runs (torch-free).
+"""Where the engine keeps what it computed: a small interface, and the two stores it ships.
 
-Baselines, ablated passes, layer sweeps and channel means are numpy arrays; each entry is
-one ``.npz`` file under pytest's cache directory (``.pytest_cache/d/unitablate``), named
-by the sha256 of its key. The key is everything that determines the arrays (the session
-builds it: weights and buffers, the model's structure and source, a fingerprint of the
-data's inputs and labels, the ablation, the layer and units, device, dtype, seed, torch
-and package versions), and the file stores the key itself, so an entry is only used for
-the exact key that wrote it.
+The engine memoises every evaluation in memory for as long as it lives; a :class:`Store`
+is what it asks first, so results outlive the process and are shared between processes.
+The engine knows nothing about where a store keeps its entries (the pytest plugin hands
+it a :class:`DiskStore` under pytest's cache directory; :func:`run_spec` none, or the one
+its caller gives).
 
-Concurrency: a reader tries the entry without a lock; on a miss it takes the entry's
-``filelock.FileLock`` and looks again before computing, so two xdist workers that need the
-same sweep compute it once (the second waits, then reads). Writes go through a temporary
-file and ``os.replace``. A corrupt, truncated or foreign entry is recomputed and replaced,
-never trusted. ``--cache-clear`` empties the directory before the run (pytest does it);
-``--unitablate-cache=off`` (ini ``unitablate_cache``) or ``-p no:cacheprovider`` turn the
-cache off.
+* :class:`NullStore` keeps nothing: every entry is computed (the default of ``run_spec``).
+* :class:`DiskStore` keeps numpy arrays, one ``.npz`` file per entry under a folder, named
+  by the sha256 of its key. The key is everything that determines the arrays (the engine
+  builds it: weights and buffers, the model's structure and source, a fingerprint of the
+  data's inputs and labels, the ablation, the layer and units, device, dtype, seed, torch
+  and package versions), and the file stores the key itself, so an entry is only used for
+  the exact key that wrote it.
+
+Concurrency (:class:`DiskStore`): a reader tries the entry without a lock; on a miss it
+takes the entry's ``filelock.FileLock`` and looks again before computing, so two
+processes (xdist workers, two CI jobs on one runner) that need the same entry compute it
+once (the second waits, then reads). Writes go through a temporary file and
+``os.replace``. A corrupt, truncated or foreign entry is recomputed and replaced, never
+trusted.
 
 Example::
 
     >>> import tempfile, pathlib, numpy as np
-    >>> cache = EvalCache(pathlib.Path(tempfile.mkdtemp()))
+    >>> store = DiskStore(pathlib.Path(tempfile.mkdtemp()))
     >>> calls = []
     >>> def compute():
     ...     calls.append(1)
     ...     return {"predictions": np.arange(3)}
-    >>> cache.get_or_compute({"what": "baseline", "weights": "ab12"}, compute)["predictions"]
+    >>> store.get_or_compute({"what": "baseline", "weights": "ab12"}, compute)["predictions"]
     array([0, 1, 2])
-    >>> cache.get_or_compute({"what": "baseline", "weights": "ab12"}, compute)["predictions"]
+    >>> store.get_or_compute({"what": "baseline", "weights": "ab12"}, compute)["predictions"]
     array([0, 1, 2])
-    >>> len(calls), cache.stats
+    >>> len(calls), store.stats
     (1, {'hit': 1, 'computed': 1, 'recomputed': 0})
 """
 
@@ -41,7 +46,7 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 FORMAT = 1
 _META = "__unitablate_key__"
@@ -56,8 +61,56 @@ def _canonical(key: Mapping[str, Any]) -> str:
     return json.dumps({"format": FORMAT, **key}, sort_keys=True, separators=(",", ":"))
 
 
-class EvalCache:
-    """Entries of numpy arrays under ``root`` (``None``: no cache, everything computed)."""
+Values = Mapping[str, Any]
+
+
+class Store(Protocol):
+    """What the engine needs of a store. ``enabled`` False means nothing is kept (the
+    engine then skips hashing weights and data for keys)."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def get_or_compute(self, key: Mapping[str, Any],
+                       compute: Callable[[], Values]) -> dict[str, Any]:
+        """The values stored for ``key``, computing (and storing) them on a miss."""
+        ...
+
+    def try_get_or_compute(self, key: Mapping[str, Any],
+                           compute: Callable[[], Values]) -> dict[str, Any] | None:
+        """As :meth:`get_or_compute`, or ``None`` at once when another process is
+        computing that entry (the caller can do other work first)."""
+        ...
+
+    def summary(self) -> str:
+        """One line for a run's summary: what was reused and computed."""
+        ...
+
+
+class NullStore:
+    """Keeps nothing: every entry is computed.
+
+    >>> NullStore().get_or_compute({"what": "x"}, lambda: {"a": 1})
+    {'a': 1}
+    """
+
+    enabled = False
+
+    def get_or_compute(self, key: Mapping[str, Any],
+                       compute: Callable[[], Values]) -> dict[str, Any]:
+        return dict(compute())
+
+    def try_get_or_compute(self, key: Mapping[str, Any],
+                           compute: Callable[[], Values]) -> dict[str, Any] | None:
+        return dict(compute())
+
+    def summary(self) -> str:
+        return "unitablate cache: off"
+
+
+class DiskStore:
+    """Entries of numpy arrays under ``root`` (``None``: nothing kept, as
+    :class:`NullStore`)."""
 
     def __init__(self, root: Path | None, *, lock_timeout: float = 3600.0) -> None:
         self.root = root
@@ -158,4 +211,4 @@ def _plain(array: Any) -> Any:
     return array.item() if array.ndim == 0 else array
 
 
-__all__ = ["EvalCache", "entry_name"]
+__all__ = ["DiskStore", "NullStore", "Store", "entry_name"]

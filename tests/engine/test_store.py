@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from pytest_unitablate.plugin.eval_cache import EvalCache, entry_name
+from pytest_unitablate.engine.store import DiskStore, entry_name
 
 KEY = {"what": "sweep", "layer": "layer3", "weights": "w1", "data": "d1"}
 
@@ -20,7 +20,7 @@ def _values() -> dict[str, Any]:
 
 
 def test_an_entry_is_reused_with_its_types(tmp_path: Path) -> None:
-    cache = EvalCache(tmp_path)
+    cache = DiskStore(tmp_path)
     first = cache.get_or_compute(KEY, _values)
     again = cache.get_or_compute(KEY, lambda: (_ for _ in ()).throw(AssertionError("ran")))
     assert np.array_equal(again["predictions"], first["predictions"])
@@ -29,7 +29,7 @@ def test_an_entry_is_reused_with_its_types(tmp_path: Path) -> None:
 
 
 def test_every_key_field_separates_entries(tmp_path: Path) -> None:
-    cache = EvalCache(tmp_path)
+    cache = DiskStore(tmp_path)
     cache.get_or_compute(KEY, _values)
     for field in KEY:
         other = {**KEY, field: KEY[field] + "x"}
@@ -39,7 +39,7 @@ def test_every_key_field_separates_entries(tmp_path: Path) -> None:
 
 
 def test_a_corrupt_or_truncated_entry_is_recomputed(tmp_path: Path) -> None:
-    cache = EvalCache(tmp_path)
+    cache = DiskStore(tmp_path)
     cache.get_or_compute(KEY, _values)
     path = tmp_path / f"{entry_name(KEY)}.npz"
     for damage in (b"not a zip file", path.read_bytes()[:40]):
@@ -47,12 +47,12 @@ def test_a_corrupt_or_truncated_entry_is_recomputed(tmp_path: Path) -> None:
         values = cache.get_or_compute(KEY, _values)
         assert np.array_equal(values["predictions"], _values()["predictions"])
     assert cache.stats["recomputed"] == 2
-    assert EvalCache(tmp_path).get_or_compute(KEY, _values)["method"] == "prefix"
+    assert DiskStore(tmp_path).get_or_compute(KEY, _values)["method"] == "prefix"
 
 
 def test_a_foreign_entry_under_the_name_is_not_trusted(tmp_path: Path) -> None:
     """A file at the key's name written for another key (or an older format)."""
-    cache = EvalCache(tmp_path)
+    cache = DiskStore(tmp_path)
     other = {**KEY, "layer": "layer4"}
     cache.get_or_compute(other, lambda: {"predictions": np.zeros((3, 4)), "method": "naive"})
     (tmp_path / f"{entry_name(other)}.npz").rename(tmp_path / f"{entry_name(KEY)}.npz")
@@ -61,7 +61,7 @@ def test_a_foreign_entry_under_the_name_is_not_trusted(tmp_path: Path) -> None:
 
 
 def test_off_computes_every_time_and_writes_nothing(tmp_path: Path) -> None:
-    cache = EvalCache(None)
+    cache = DiskStore(None)
     calls = []
     for _ in range(2):
         cache.get_or_compute(KEY, lambda: calls.append(1) or _values())
@@ -75,7 +75,7 @@ def _worker(root: str, log: str, out: Any) -> None:
         time.sleep(0.5)  # long enough for the other process to arrive and wait
         return _values()
 
-    values = EvalCache(Path(root)).get_or_compute(KEY, compute)
+    values = DiskStore(Path(root)).get_or_compute(KEY, compute)
     out.put(values["predictions"].tolist())
 
 

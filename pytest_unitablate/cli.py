@@ -1,0 +1,196 @@
+"""The command line: ``python -m pytest_unitablate COMMAND`` (or the ``unitablate`` script).
+
+* ``check SPEC``: evaluate a spec without pytest (the same engine, the same failure text)
+  and exit as pytest would for it: 0 every item passed, 1 an item failed or errored, 2 the
+  spec has problems, 4 a usage error (a missing file, a bad option);
+* ``discover``: scan layers of a model and write a starter spec that passes;
+* ``signatures FILE``: print a signatures sidecar as a table.
+
+Model and data names in a spec (pytest fixture names) are given with ``--fixture
+NAME=package.module:callable``; references written as import paths need nothing.
+
+Example::
+
+    python -m pytest_unitablate check specs/resnet.yaml \\
+        --fixture digits_resnet=unitablate_demo.fixtures:resnet \\
+        --fixture digits_test=unitablate_demo.fixtures:test_data --report out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+#: pytest's exit code for a usage error (and ours)
+USAGE = 4
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error exits 4 as pytest's does (argparse would exit 2, which
+    pytest and ``check`` keep for a spec with problems)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from pytest_unitablate.version import __version__
+
+    parser = _Parser(prog="python -m pytest_unitablate")
+    parser.add_argument("--version", action="version", version=f"pytest-unitablate "
+                        f"{__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    c = sub.add_parser("check", help="evaluate a spec without pytest; exit 0/1/2/4 as "
+                       "pytest would")
+    c.add_argument("spec", type=Path, help="the spec file")
+    c.add_argument("--fixture", action="append", default=[], metavar="NAME=MODULE:CALLABLE",
+                   help="the object a name in the spec stands for: the callable is called "
+                   "once (repeatable)")
+    c.add_argument("--report", type=Path, default=None, metavar="PATH.json",
+                   help="write the JSON report (the same as --unitablate-report)")
+    c.add_argument("--device", default="cpu", help="device of the evaluation inputs; the "
+                   "model must already be there (default: cpu)")
+    c.add_argument("--seed", type=int, default=0, help="torch.manual_seed before every "
+                   "pass (default: 0)")
+    c.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                   help="keep results on disk there, keyed by weights, data and versions "
+                   "(default: nothing kept)")
+    c.add_argument("--memory-budget", default=None, metavar="SIZE",
+                   help="memory a layer sweep's stacked passes may hold, e.g. 512MiB "
+                   "(default: 2GiB)")
+    c.add_argument("--full-sweeps", action="store_true",
+                   help="layer-wide checks evaluate every unit (no early stop)")
+    c.add_argument("-v", "--verbose", action="store_true",
+                   help="print the table of every item")
+    d = sub.add_parser("discover", help="scan layers and write a starter spec with recorded "
+                       "thresholds")
+    d.add_argument("--model", required=True, help="package.module:callable returning the model")
+    d.add_argument("--data", required=True, help="package.module:callable returning the data")
+    d.add_argument("--layer", action="append", required=True, help="layer to scan (repeatable)")
+    d.add_argument("--classes", default=None, help="comma-separated class names")
+    d.add_argument("--top", type=int, default=5, help="named-unit checks to write (default 5)")
+    d.add_argument("--confidence", type=float, default=0.95, help="interval level (0.95)")
+    d.add_argument("--out", type=Path, required=True, help="spec file to write")
+    d.add_argument("--force", action="store_true", help="replace an existing file")
+    d.add_argument("--identity", action="store_true", help="protect the named units by "
+                   "their signatures (identity: signature; writes <out>.signatures.json)")
+    s = sub.add_parser("signatures", help="print a signatures sidecar as a table")
+    s.add_argument("file", type=Path)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        return check(args)
+    if args.command == "signatures":
+        return signatures(args.file)
+    return discover(args)
+
+
+def check(args: argparse.Namespace) -> int:
+    """``check``: the spec through the engine; prints failures and the summary line."""
+    from pytest_unitablate.engine.settings import parse_size
+
+    usage = _usage_problem(args)
+    budget = None
+    if usage is None and args.memory_budget is not None:
+        try:
+            budget = parse_size(args.memory_budget)
+        except ValueError as exc:
+            usage = f"--memory-budget {exc}"
+    fixtures: dict[str, str] = {}
+    for given in args.fixture:
+        name, sep, ref = given.partition("=")
+        if usage is None and (not sep or not name or ":" not in ref):
+            usage = f"--fixture {given!r}: write NAME=package.module:callable"
+        fixtures[name] = ref
+    if usage is not None:
+        print(f"ERROR: {usage}", file=sys.stderr)
+        return USAGE
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("ERROR: check needs torch, which is not installed: pip install torch",
+              file=sys.stderr)
+        return USAGE
+    from pytest_unitablate.engine.engine import Engine
+    from pytest_unitablate.engine.refs import import_lookup
+    from pytest_unitablate.engine.run import FAILING, evaluate_spec
+    from pytest_unitablate.engine.settings import EngineSettings
+    from pytest_unitablate.engine.store import DiskStore, NullStore, Store
+    from pytest_unitablate.errors import SpecError
+
+    settings = EngineSettings(device=args.device, seed=args.seed, memory_budget=budget,
+                              full_sweeps=args.full_sweeps)
+    store: Store = DiskStore(args.cache_dir) if args.cache_dir is not None else NullStore()
+    hint = ("it is not given with --fixture NAME=package.module:callable and not an "
+            "import path 'package.module:callable'")
+    try:
+        run = evaluate_spec(args.spec, import_lookup(fixtures, hint), Engine(settings, store))
+    except SpecError as exc:
+        print(f"{len(exc.problems)} problem(s) in spec {args.spec}:\n{exc}", file=sys.stderr)
+        return 2
+    if args.report is not None:
+        run.write_report(args.report)
+    for item in run.items:
+        for text in item.warnings:
+            print(f"WARNING {args.spec}::{item.id}: {text}")
+    print(run.text(table=args.verbose, report=args.report))
+    return 1 if any(i.outcome in FAILING for i in run.items) else 0
+
+
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``check``'s arguments before anything runs (exit 4, as pytest
+    gives for ``--unitablate-spec`` of a missing, empty or non-spec file)."""
+    from pytest_unitablate.engine.settings import device_problem
+    from pytest_unitablate.spec.loader import is_spec_file
+
+    spec: Path = args.spec
+    if not spec.is_file():
+        return f"{spec}: no such file"
+    if not spec.read_text(errors="replace").strip():
+        return (f"{spec}: the file is empty (a spec starts with 'unitablate: 1', then "
+                f"model, data, checks)")
+    if not is_spec_file(spec):
+        return (f"{spec}: not a spec (a spec file needs a top-level 'unitablate: 1' key "
+                f"and a .yaml/.yml name)")
+    problem = device_problem(args.device)
+    return f"--device {problem}" if problem else None
+
+
+def signatures(file: Path) -> int:
+    """``signatures``: a sidecar as a table."""
+    from pytest_unitablate.spec.signatures import SignatureFileError, Signatures, format_table
+
+    try:
+        print(format_table(Signatures.from_text(file.read_text(), str(file))))
+    except (OSError, SignatureFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def discover(args: argparse.Namespace) -> int:
+    """``discover``: a starter spec from scans of the given layers."""
+    from pytest_unitablate.analysis.discover import discover as write_spec
+    from pytest_unitablate.errors import UnitAblateError
+
+    classes = args.classes.split(",") if args.classes else None
+    try:
+        text = write_spec(args.model, args.data, args.layer, args.out, classes=classes,
+                          top=args.top, level=args.confidence, overwrite=args.force,
+                          identity=args.identity)
+    except (UnitAblateError, FileExistsError, ValueError, ImportError, AttributeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    checks = text.count("  - layer:")
+    print(f"wrote {args.out} with {checks} checks; run: pytest --unitablate-spec {args.out}")
+    return 0
+
+
+__all__ = ["main"]

@@ -1,0 +1,324 @@
+"""Every evaluation a spec needs, computed once: baselines, ablated passes, channel means.
+
+An :class:`Evaluations` lives as long as its engine (one per pytest process, one per
+``run_spec`` call). Each result is memoised in memory, keyed by the model and data
+objects, and goes through the engine's :class:`~pytest_unitablate.engine.store.Store`
+first, keyed by :meth:`Evaluations.identity` (weights, structure, data fingerprint,
+versions) plus what was evaluated. Before any number is compared, every pass is checked
+to have replayed the baseline's examples in the baseline's order.
+
+Errors of the core become located :class:`~pytest_unitablate.errors.ItemProblem` s at the
+spec line that causes them: NaN logits at ``model:``, an output without one logits tensor
+at ``output:``, anything the model's forward raises on the data at ``data:``.
+
+Example::
+
+    evals = Evaluations(EngineSettings(device="cpu", seed=0), NullStore())
+    base = evals.baseline(spec, subject)                 # EvalResult
+    ablated = evals.ablated(spec, subject, check)        # the check's units ablated
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pytest_unitablate.core.ablation import ablate, channel_means
+from pytest_unitablate.core.data import data_fingerprint, iter_batches, require_replayable
+from pytest_unitablate.core.evaluation import EvalResult, check_paired, evaluate, model_device
+from pytest_unitablate.core.layers import check_units, probe_layers
+from pytest_unitablate.core.scan import DEFAULT_MEMORY_BUDGET, PrefixCache, evaluate_keeping
+from pytest_unitablate.engine.fingerprint import structure_sha256, weights_sha256
+from pytest_unitablate.engine.refs import Subject
+from pytest_unitablate.engine.settings import EngineSettings
+from pytest_unitablate.engine.store import Store
+from pytest_unitablate.errors import (
+    ItemProblem,
+    NonFiniteLogitsError,
+    OutputError,
+    UnitAblateError,
+)
+from pytest_unitablate.spec.model import Check, Spec
+
+#: The check modes whose layers are swept unit by unit on the evaluation data.
+SWEPT = ("any_unit", "every_unit")
+
+
+class Evaluations:
+    """Baselines, ablated passes, channel means, channel counts and store keys."""
+
+    def __init__(self, settings: EngineSettings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.objects: dict[Any, Any] = {}
+        self._evals: dict[tuple[Any, ...], EvalResult] = {}
+        self._means: dict[tuple[Any, ...], Any] = {}
+        self._channels: dict[tuple[Any, ...], int] = {}
+        self._replayable: set[int] = set()
+        self._prefixes: PrefixCache | None = None
+        self.dtype: str | None = None
+
+    @property
+    def device(self) -> str:
+        return self.settings.device
+
+    @property
+    def prefixes(self) -> PrefixCache:
+        """The core's :class:`~pytest_unitablate.core.scan.PrefixCache`: the unit order
+        and the sweeps of one layer share its prefix pass (made on first use)."""
+        if self._prefixes is None:
+            budget = self.settings.memory_budget
+            self._prefixes = PrefixCache(DEFAULT_MEMORY_BUDGET if budget is None else budget)
+        return self._prefixes
+
+    # --- checks and located errors -------------------------------------------------------
+
+    def check_subject(self, spec: Spec, subject: Subject) -> None:
+        """The model is a module; the data can replay the same examples in the same order
+        on every pass (a shuffling loader, a one-shot iterator are refused)."""
+        if not isinstance(subject.model, nn.Module):
+            raise ItemProblem(
+                f"{spec.where(spec.model_line)}: model {spec.model!r} gave a "
+                f"{type(subject.model).__name__}, not a torch.nn.Module")
+        pairs = [(subject.data, spec.data_line)]
+        if subject.ranking is not None:
+            pairs.append((subject.ranking, spec.ranking_data_line))
+        for value, line in pairs:
+            if id(value) not in self._replayable:
+                self.guard(spec, line, functools.partial(require_replayable, value))
+                self._replayable.add(id(value))
+
+    def guard(self, spec: Spec, line: int, fn: Callable[[], Any]) -> Any:
+        """Run ``fn``; turn the core's user errors into located item problems."""
+        try:
+            return fn()
+        except UnitAblateError as exc:
+            raise ItemProblem(f"{spec.where(line)}: {exc}") from None
+
+    def paired(self, spec: Spec, baseline: EvalResult, other: EvalResult, what: str,
+               ranking: bool = False, reference: str | None = None) -> None:
+        """A located error unless ``other`` saw the baseline's examples in its order."""
+        line = spec.ranking_data_line if ranking and spec.ranking_data else spec.data_line
+        self.guard(spec, line, lambda: check_paired(baseline, other, what, reference))
+
+    def located(self, spec: Spec, fn: Callable[[], Any], line: int = 0) -> Any:
+        """Run an evaluation; put each kind of failure at the spec line that causes it.
+
+        NaN logits are the model's (``model:``), an output that does not hold one logits
+        tensor is ``output:`` (or ``model:``), anything the data or the model's forward
+        raises on the data is ``data:``; ``line`` overrides for ablation problems.
+        """
+        try:
+            return fn()
+        except ItemProblem:
+            raise
+        except NonFiniteLogitsError as exc:
+            raise ItemProblem(f"{spec.where(spec.model_line)}: model {spec.model!r}: {exc}"
+                              ) from None
+        except OutputError as exc:
+            where = spec.output_line or spec.model_line
+            raise ItemProblem(f"{spec.where(where)}: model {spec.model!r}: {exc}") from None
+        except UnitAblateError as exc:
+            raise ItemProblem(f"{spec.where(line or spec.data_line)}: {exc}") from None
+        except Exception as exc:  # the model's forward rejected the data (shape, dtype, ...)
+            if self.settings.full_trace:
+                raise
+            raise ItemProblem(
+                f"{spec.where(spec.data_line)}: the model {spec.model!r} raised "
+                f"{type(exc).__name__} on the data {spec.data!r}: {exc}. Check the inputs' "
+                f"shape, dtype and device against what the model expects") from None
+
+    def check_model(self, model: nn.Module) -> None:
+        """The model must already be on the run's device; notes its dtype."""
+        if model_device(model) != torch.device(self.device):
+            raise ItemProblem(
+                f"the model is on {model_device(model)} but the run's device is "
+                f"{self.device} (--unitablate-device, or run_spec(device=...)); move the "
+                f"model where it is made (we never move it)")
+        if self.dtype is None:
+            self.dtype = str(next(iter(model.parameters()), torch.empty(0)).dtype).replace(
+                "torch.", "")
+
+    def seeded(self) -> None:
+        """``torch.manual_seed`` before a pass (seeded random augmentation pairs up)."""
+        if self.settings.seed is not None:
+            torch.manual_seed(self.settings.seed)
+
+    # --- evaluations ---------------------------------------------------------------------
+
+    def _evaluate(self, model: nn.Module, data: Any, output: int | str | None = None,
+                  keep: Sequence[str] = ()) -> EvalResult:
+        """``evaluate()``; with ``keep``, the pass also leaves those layers' prefix outputs
+        in :attr:`prefixes` for the unit orders and sweeps that follow."""
+        self.seeded()
+        self.check_model(model)
+        if keep:
+            return evaluate_keeping(model, data, keep, self.prefixes, device=self.device,
+                                    output=output)
+        return evaluate(model, data, device=self.device, output=output)
+
+    def baseline(self, spec: Spec, subject: Subject, ranking: bool = False) -> EvalResult:
+        """The unablated pass over the evaluation (or ranking) data."""
+        model, data = subject.model, subject.data_for(ranking)
+        key = ("base", id(model), id(data))
+        if key not in self._evals:
+            identity = self.identity(spec, model, data)
+            # the layers swept on this data: top_units ranks on the ranking data if any
+            if ranking and spec.ranking_data:
+                modes: set[str] = {"top_units"}
+            else:
+                modes = {*SWEPT, *(() if spec.ranking_data else ("top_units",))}
+            swept = [c.layer for c in spec.checks if c.mode in modes]
+
+            def run() -> dict[str, Any]:
+                result: EvalResult = self.located(
+                    spec, lambda: self._evaluate(model, data, spec.output, swept))
+                if identity["data"] and result.fingerprint != identity["data"]:
+                    self.paired(spec, replace(result, fingerprint=identity["data"]), result,
+                                "the baseline pass", ranking,
+                                reference="the pass that fingerprinted the data")
+                return eval_arrays(result)
+
+            values = self.store.get_or_compute({**identity, "what": "baseline"}, run)
+            self._evals[key] = eval_result(values)
+        return self._evals[key]
+
+    def ablation_arg(self, spec: Spec, check: Check) -> str | float:
+        """The check's ablation as the core takes it: ``"zero"``, ``"mean"`` or a number."""
+        ab = spec.ablation_for(check)
+        return float(ab.value) if ab.kind == "constant" and ab.value is not None else ab.kind
+
+    def layer_means(self, spec: Spec, check: Check, subject: Subject) -> dict[str, Any]:
+        """The channel means of the check's layer over the evaluation data."""
+        model, data = subject.model, subject.data
+        key = (id(model), id(data), check.layer, spec.channel_dim)
+        if key not in self._means:
+            def run() -> dict[str, Any]:
+                means = self.guard(spec, check.layer_line, lambda: channel_means(
+                    model, data, [check.layer], channel_dim=spec.channel_dim,
+                    device=self.device))
+                return {"means": means[check.layer].cpu().numpy()}
+
+            identity = self.identity(spec, model, data)
+            values = self.store.get_or_compute(
+                {**identity, "what": "means", "layer": check.layer}, run)
+            self._means[key] = {check.layer: torch.from_numpy(values["means"])}
+        result: dict[str, Any] = self._means[key]
+        return result
+
+    def ablated(self, spec: Spec, subject: Subject, check: Check,
+                units: Sequence[int] | None = None) -> EvalResult:
+        """Evaluation with ``units`` (default: the check's) of the check's layer ablated,
+        one full forward pass per batch."""
+        model, data = subject.model, subject.data
+        chosen = tuple(check.units if units is None else units)
+        arg = self.ablation_arg(spec, check)
+        key = ("abl", id(model), id(data), check.layer, tuple(sorted(chosen)), arg,
+               spec.channel_dim)
+        if key not in self._evals:
+            baseline = self.baseline(spec, subject)
+
+            def run() -> dict[str, Any]:
+                means = self.layer_means(spec, check, subject) if arg == "mean" else None
+
+                def forward() -> EvalResult:
+                    with ablate(model, {check.layer: list(chosen)}, ablation=arg,
+                                means=means, channel_dim=spec.channel_dim):
+                        return self._evaluate(model, data, spec.output)
+
+                result: EvalResult = self.located(spec, forward, check.layer_line)
+                self.paired(spec, baseline, result,
+                            f"the pass with {check.layer} units {list(chosen)} ablated")
+                return eval_arrays(result)
+
+            values = self.store.get_or_compute(self.ablated_key(spec, subject, check, chosen),
+                                               run)
+            self._evals[key] = eval_result(values)
+        return self._evals[key]
+
+    def ablated_key(self, spec: Spec, subject: Subject, check: Check,
+                    units: Sequence[int]) -> dict[str, Any]:
+        """The store key of the pass with ``units`` of the check's layer ablated."""
+        return {**self.identity(spec, subject.model, subject.data), "what": "ablated",
+                "layer": check.layer, "units": sorted(units),
+                "ablation": self.ablation_arg(spec, check)}
+
+    def channels(self, spec: Spec, subject: Subject, check: Check) -> int:
+        """Number of units of the check's layer (one probing forward, cached)."""
+        model, data = subject.model, subject.data
+        key = (id(model), check.layer, spec.channel_dim)
+        if key not in self._channels:
+            def run() -> int:
+                inputs, _ = next(iter(iter_batches(data, device=self.device)))
+                info = probe_layers(model, inputs[:2], [check.layer],
+                                    channel_dim=spec.channel_dim)
+                return info[check.layer].channels
+
+            self._channels[key] = self.guard(spec, check.layer_line, run)
+        return self._channels[key]
+
+    def check_units(self, spec: Spec, subject: Subject, check: Check) -> None:
+        """Located error for a unit outside the layer's channels, before evaluating."""
+        channels = self.channels(spec, subject, check)
+        self.guard(spec, check.line, lambda: check_units(check.layer, check.units, channels))
+
+    def hashes(self, spec: Spec, subject: Subject) -> dict[str, str]:
+        """sha256 of the evaluation data and of the model's weights (for provenance).
+
+        The data hash is the baseline pass's fingerprint (the same sha256
+        ``core.data.data_fingerprint`` computes), so no extra pass over the data is made.
+        """
+        return {"data_sha256": self.baseline(spec, subject).fingerprint[:16],
+                "weights_sha256": weights_sha256(subject.model)[:16]}
+
+    def identity(self, spec: Spec, model: nn.Module, data: Any) -> dict[str, Any]:
+        """What determines every evaluation of ``model`` on ``data``: the store's key.
+
+        The weights and buffers (sha256 of the state dict), the structure (``repr``) and
+        the source files of the model's own module classes, a fingerprint of the data's
+        inputs and labels in order (one pass over the data, no model), the output key,
+        device, dtype, seed and the torch and package versions. Computed once per (model,
+        data) and only when the store keeps anything.
+        """
+        key = ("identity", id(model), id(data), spec.output, spec.channel_dim)
+        if key in self.objects:
+            found: dict[str, Any] = self.objects[key]
+            return found
+        self.check_model(model)
+        if not self.store.enabled:
+            identity: dict[str, Any] = {"data": ""}
+        else:
+            from pytest_unitablate.version import __version__
+
+            fingerprint = self.located(spec, lambda: data_fingerprint(data))
+            identity = {
+                "weights": weights_sha256(model), "model": structure_sha256(model),
+                "data": fingerprint, "output": spec.output, "channel_dim": spec.channel_dim,
+                "device": self.device, "dtype": self.dtype, "seed": self.settings.seed,
+                "torch": str(torch.__version__), "unitablate": __version__,
+            }
+        self.objects[key] = identity
+        return identity
+
+
+def eval_arrays(result: EvalResult) -> dict[str, Any]:
+    """An :class:`EvalResult` as store values."""
+    return {"labels": result.labels, "predictions": result.predictions,
+            "num_classes": result.num_classes, "fingerprint": result.fingerprint}
+
+
+def eval_result(values: dict[str, Any]) -> EvalResult:
+    """Store values back as an :class:`EvalResult`."""
+    return EvalResult(labels=np.asarray(values["labels"]),
+                      predictions=np.asarray(values["predictions"]),
+                      num_classes=int(values["num_classes"]),
+                      fingerprint=str(values["fingerprint"]))
+
+
+__all__ = ["SWEPT", "Evaluations", "eval_arrays", "eval_result"]

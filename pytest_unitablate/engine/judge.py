@@ -1,0 +1,398 @@
+"""One spec item measured and judged: its record, its outcome and the text a user reads.
+
+:func:`judge_item` is what every front end calls per item (the pytest plugin from its test
+item, :func:`pytest_unitablate.run_spec` from its loop). It asks the engine for the
+evaluations the item needs, masks per-example correctness to the item's target, builds
+the :class:`~pytest_unitablate.verdicts.measure.Measurement` and judges it with the
+torch-free verdicts. A miss is outcome ``failed`` with the failure text; a located problem
+(a class with too few examples, a missing signature, ...) is outcome ``error`` with its
+message. Unexpected exceptions are not caught here: each front end shows them its way.
+
+Example::
+
+    result = judge_item(engine, spec, subject, key)
+    result.status       # "passed", "failed" or "error"
+    result.message      # the failure text or the located problem (None when passed)
+    result.record       # the numbers of the JSON report (id, baseline, ablated, drop, ...)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pytest_unitablate.errors import ItemProblem
+from pytest_unitablate.spec.ids import ItemKey
+from pytest_unitablate.spec.model import Spec
+from pytest_unitablate.spec.rewrite import provenance_mismatches, rounded_threshold
+from pytest_unitablate.verdicts.failure import (
+    FailureContext,
+    disarmed_text,
+    failure_text,
+    missing_threshold_text,
+    no_match_text,
+    unsupportable_text,
+    warn_text,
+)
+from pytest_unitablate.verdicts.layerwide import (
+    LayerVerdict,
+    class_drops,
+    damaging_first,
+    decided_early,
+    judge_any_unit,
+    judge_every_unit,
+    rank_top_units,
+    ranking_note,
+)
+from pytest_unitablate.verdicts.measure import (
+    Measurement,
+    judge,
+    record_value,
+    vacuous_threshold,
+    writes,
+)
+from pytest_unitablate.verdicts.records import static_record
+
+if TYPE_CHECKING:
+    from pytest_unitablate.core.evaluation import EvalResult
+    from pytest_unitablate.engine.evaluations import Evaluations
+    from pytest_unitablate.engine.matching import Matching
+    from pytest_unitablate.engine.refs import Subject
+    from pytest_unitablate.engine.settings import EngineSettings
+    from pytest_unitablate.engine.sweeps import Sweeps
+    from pytest_unitablate.spec.model import Check
+
+Status = Literal["passed", "failed", "error"]
+
+
+class Engine(Protocol):
+    """What judging an item needs of the engine (:class:`~.engine.Engine` has it)."""
+
+    settings: EngineSettings
+    evals: Evaluations
+    sweeps: Sweeps
+    matching: Matching
+    provenance_checked: set[str]
+    engine_warned: set[tuple[str, str]]
+    signature_data_warned: set[str]
+
+    def ablated(self, spec: Spec, subject: Subject, check: Check,
+                units: Sequence[int] | None = None) -> EvalResult: ...
+
+
+class Miss(Exception):
+    """A failed expectation (its text is the failure message)."""
+
+
+@dataclass
+class ItemResult:
+    """What judging one item gave."""
+
+    record: dict[str, Any]
+    status: Status = "passed"
+    #: the failure text (``failed``) or the located problem (``error``)
+    message: str | None = None
+    #: warnings to show (a pass inside the warn band, an environment drift, ...)
+    warnings: list[str] = field(default_factory=list)
+
+
+def judge_item(engine: Engine, spec: Spec, subject: Subject, key: ItemKey) -> ItemResult:
+    """Measure and judge the item ``key`` of ``spec`` on ``subject``."""
+    run = _ItemRun(engine, spec, subject, key)
+    try:
+        run.run()
+    except Miss as exc:
+        run.result.status, run.result.message = "failed", str(exc)
+    except ItemProblem as exc:
+        run.result.status, run.result.message = "error", str(exc)
+    return run.result
+
+
+class _ItemRun:
+    """The state of one item while it is judged."""
+
+    def __init__(self, engine: Engine, spec: Spec, subject: Subject, key: ItemKey) -> None:
+        self.engine, self.spec, self.subject, self.key = engine, spec, subject, key
+        self.settings = engine.settings
+        self.result = ItemResult(record=static_record(spec, key))
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return self.result.record
+
+    def warn(self, text: str) -> None:
+        self.result.warnings.append(text)
+
+    def rerun(self, mode: str) -> str:
+        return self.settings.rerun_command(mode, str(self.spec.path))
+
+    def run(self) -> None:
+        """Measure the constraint, record the numbers, and judge it."""
+        engine, spec, subject, key = self.engine, self.spec, self.subject, self.key
+        evals = engine.evals
+        check, constraint = key.check, key.constraint
+        baseline = evals.baseline(spec, subject)
+        if spec.provenance and str(spec.path) not in engine.provenance_checked:
+            engine.provenance_checked.add(str(spec.path))
+            self._check_provenance()
+        if spec.classes is not None and len(spec.classes) > baseline.num_classes:
+            # fewer names than outputs is fine (they name classes 0..k-1); more is a mistake
+            raise ItemProblem(
+                f"{spec.where(spec.classes_line)}: classes names {len(spec.classes)} classes "
+                f"but the model has {baseline.num_classes} outputs: one name per output, in "
+                f"index order")
+        k = spec.class_index(key.expectation.target)
+        if k is not None:
+            self._check_class(k, baseline)
+        mask = slice(None) if k is None else (baseline.labels == k)
+        base_correct = baseline.correct[mask]
+        problem = unsupportable_text(spec.where(key.line), key.id, constraint,
+                                     int(base_correct.sum()), len(base_correct))
+        if problem is not None and self.settings.record_mode not in ("all", "failed"):
+            # record modes all and failed measure and rewrite such a threshold instead
+            raise ItemProblem(problem)
+        level = constraint.confidence or self.settings.record_level
+
+        layer: LayerVerdict | None = None
+        notes: list[str] = []
+        if check.mode == "units":
+            units = self._identity_units(notes) if check.identity == "signature" else None
+            if units is None:
+                evals.check_units(spec, subject, check)
+            ablated = engine.ablated(spec, subject, check, units=units)
+            m = Measurement.from_correct(base_correct, ablated.correct[mask], level=level,
+                                         units=tuple(units or check.units))
+        elif check.mode in ("any_unit", "every_unit"):
+            def measure(sweep: Any) -> list[Measurement]:
+                return [Measurement.from_correct(
+                    base_correct, (sweep.predictions[i] == sweep.labels)[mask], level=level,
+                    units=(u,)) for i, u in enumerate(sweep.units)]
+
+            total = evals.channels(spec, subject, check)
+            how = "unit index"
+            if self._stops_early():
+                order, how = engine.sweeps.unit_order(spec, subject, check, k,
+                                                      damaging_first(constraint, check.mode))
+                sweep = engine.sweeps.in_order(
+                    spec, subject, check, order, lambda sw: decided_early(
+                        constraint, measure(sw), mode=check.mode, at_least=check.at_least))
+            else:
+                sweep = engine.sweeps.sweep(spec, subject, check)
+            per_unit = measure(sweep)
+            self.record.update({"engine": sweep.method, "engine_reason": sweep.reason or None,
+                                "engine_plan": sweep.plan or None,
+                                "units_evaluated": len(sweep.units), "units_total": total})
+            self._warn_engine(sweep)
+            if len(sweep.units) < total:
+                notes.append(f"stopped early: the outcome was decided after {len(sweep.units)}"
+                             f" of {total} units, tried in order of {how} (--unitablate-"
+                             f"full-sweeps evaluates them all)")
+            if check.mode == "any_unit":
+                layer = judge_any_unit(constraint, per_unit, at_least=check.at_least,
+                                       level=level, total=total)
+            else:
+                layer = judge_every_unit(constraint, per_unit, level=level, total=total)
+            m, notes = layer.decider, list(layer.notes) + notes
+        else:
+            chosen, notes = self._top_units()
+            ablated = engine.ablated(spec, subject, check, units=chosen)
+            m = Measurement.from_correct(base_correct, ablated.correct[mask], level=level,
+                                         units=tuple(chosen))
+        deciding = layer.deciding if layer is not None else (
+            list(m.units) if check.mode == "top_units" else None)
+        self._record_measurement(m, layer, deciding)
+        self._judge(m, deciding, notes)
+
+    def _identity_units(self, notes: list[str]) -> list[int] | None:
+        """For ``identity: signature``: the units of the model under test that match the
+        check's recorded units (one-to-one across the layer's recorded units), or ``None``
+        (this run uses the indices: record mode is recording their signatures now).
+
+        A recorded unit whose best possible partner is below ``min_similarity`` fails the
+        item: the unit the check protects is gone.
+        """
+        engine, spec, subject, check = self.engine, self.spec, self.subject, self.key.check
+        recording = self.settings.record_mode != "none"
+        signatures = engine.matching.signatures(spec, recording=recording)
+        recorded = signatures.units(check.layer) if signatures is not None else {}
+        missing = [u for u in check.units if u not in recorded]
+        self.record.update({"identity": "signature", "min_similarity": check.min_similarity,
+                            "recorded_units": list(check.units)})
+        if missing:
+            if not recording:
+                raise ItemProblem(
+                    f"{spec.where(check.identity_line)}: identity: signature, but no "
+                    f"signature of {check.layer} unit(s) {missing} is recorded in "
+                    f"{spec.signatures_path()}; record it (from the reference model) with: "
+                    f"{self.rerun('new')}")
+            engine.evals.check_units(spec, subject, check)
+            profiles = engine.matching.profiles(spec, subject, check)
+            self.record.update({
+                "signature": {str(u): [float(v) for v in profiles[u]] for u in check.units},
+                "signatures_file": str(spec.signatures_path()),
+                "signature_classes": list(spec.classes) if spec.classes else None,
+                "signature_data_sha256": engine.evals.baseline(spec, subject).fingerprint})
+            notes.append(f"identity: signature: no signature recorded yet for unit(s) "
+                         f"{missing}; this run takes the indices as they are and record mode "
+                         f"writes the signatures")
+            return None
+        matches = engine.matching.match(spec, subject, check)
+        fingerprint = engine.evals.baseline(spec, subject).fingerprint
+        if signatures is not None and signatures.data_sha256 and \
+                signatures.data_sha256 != fingerprint and \
+                str(spec.path) not in engine.signature_data_warned:
+            engine.signature_data_warned.add(str(spec.path))
+            self.warn(f"{spec.where(spec.signatures_line)}: the signatures were recorded on "
+                      f"other evaluation data (fingerprint {signatures.data_sha256[:12]}...); "
+                      f"profiles are class averages, so matching still works, but re-record "
+                      f"to silence this")
+        mapped = [matches[u] for u in check.units]
+        self.record.update({
+            "matched_units": [m.unit for m in mapped],
+            "similarity": [round(m.similarity, 4) if m.unit is not None else None
+                           for m in mapped],
+            "mapping": "; ".join(m.describe() for m in mapped)})
+        gone = [m for m in mapped if m.unit is None or m.similarity < check.min_similarity]
+        if gone:
+            raise Miss(no_match_text(
+                spec.where(check.identity_line or check.line), self.key.id, check.layer,
+                gone, check.min_similarity, matches))
+        notes.insert(0, "identity: signature: " + "; ".join(m.describe() for m in mapped))
+        return [int(m.unit) for m in mapped if m.unit is not None]
+
+    def _stops_early(self) -> bool:
+        """Early stopping needs a threshold to decide against, and record mode needs every
+        unit (the bound it writes is the best or worst of all)."""
+        return (not self.settings.full_sweeps and self.settings.record_mode == "none"
+                and self.key.constraint.threshold is not None)
+
+    def _warn_engine(self, sweep: Any) -> None:
+        """A sweep that fell back to the naive engine is slow: say so, once per layer (not
+        when the naive loop was chosen because it measured faster)."""
+        layer = (str(self.spec.path), self.key.check.layer)
+        refused = sweep.reason and "measured on the first batch" not in sweep.reason
+        if "naive" in sweep.method and refused and layer not in self.engine.engine_warned:
+            self.engine.engine_warned.add(layer)
+            self.warn(f"{self.spec.where(self.key.check.layer_line)}: the sweep of "
+                      f"{self.key.check.layer} used the naive engine (one forward per unit): "
+                      f"{sweep.reason}")
+
+    def _check_class(self, k: int, baseline: Any) -> None:
+        spec, key = self.spec, self.key
+        name = spec.target_name(key.expectation.target)
+        here = spec.where(key.expectation.line)
+        if k >= baseline.num_classes:
+            raise ItemProblem(
+                f"{here}: class index {k} ({name}) is out of range: the model has "
+                f"{baseline.num_classes} outputs (0..{baseline.num_classes - 1})")
+        count = int(baseline.class_counts[k])
+        needed = max(spec.min_examples, 1)
+        if count < needed:
+            raise ItemProblem(
+                f"{here}: class {name} has {count} example(s) in the evaluation data; the "
+                f"spec needs at least {needed} (min_examples)")
+
+    def _top_units(self) -> tuple[list[int], list[str]]:
+        """The ``top_units`` units, ranked by their single-unit drop of the top class."""
+        engine, spec, subject, check = self.engine, self.spec, self.subject, self.key.check
+        assert check.top_class is not None and check.top_units is not None
+        ranking = spec.ranking_data is not None
+        rank_base = engine.evals.baseline(spec, subject, ranking=ranking)
+        sweep = engine.sweeps.sweep(spec, subject, check, ranking=ranking)
+        rmask = rank_base.labels == spec.class_index(check.top_class)
+        drops = class_drops(rank_base.correct[rmask],
+                            ((sweep.predictions[i] == sweep.labels)[rmask]
+                             for i in range(len(sweep.units))))
+        self.record.update({"engine": sweep.method, "engine_reason": sweep.reason or None,
+                            "engine_plan": sweep.plan or None})
+        self._warn_engine(sweep)
+        chosen = rank_top_units(list(sweep.units), drops, check.top_units)
+        name = spec.target_name(check.top_class)
+        note = ranking_note(list(sweep.units), drops, check.top_units, name)
+        self.record["ranking_note"] = note
+        source = "the ranking_data split" if ranking else "the evaluation data (no ranking_data)"
+        notes = [f"units ranked by their drop of {name} on {source}"]
+        return chosen, notes + ([f"ranking: {note}"] if note else [])
+
+    def _record_measurement(self, m: Measurement, layer: LayerVerdict | None,
+                            deciding: list[int] | None) -> None:
+        """The item's numbers (JSON report, JUnit, xdist, record mode)."""
+        kind = self.key.constraint.kind
+        measured: dict[str, Any] = {
+            "n": m.n, "baseline": m.baseline, "ablated": m.ablated, "drop": m.drop,
+            "ci_low": m.ci[0], "ci_high": m.ci[1], "ci_level": m.ci_level,
+            "p_value": m.p_value,
+            "relative_drop": m.value("min_relative_drop"),
+            "record_value": record_value(kind, m, self.settings.record_level)
+            if layer is None else layer.record_value,
+            "deciding_units": deciding,
+            "torch_version": str(sys.modules["torch"].__version__),
+            "dtype": self.engine.evals.dtype,
+        }
+        if self.key.check.mode == "top_units":
+            measured["units"] = deciding
+        if self.settings.record_mode != "none":
+            measured.update(self.engine.evals.hashes(self.spec, self.subject))
+        self.record.update(measured)
+
+    def _judge(self, m: Measurement, deciding: list[int] | None, notes: list[str]) -> None:
+        spec, key = self.spec, self.key
+        constraint = key.constraint
+        mode = self.settings.record_mode
+        verdict = judge(constraint, m) if constraint.threshold is not None else None
+        if verdict is not None:
+            self.record["outcome_margin"] = verdict.margin
+        ctx = FailureContext(
+            where=spec.where(key.line), head=key.check_part,
+            ablation=spec.ablation_for(key.check).label(),
+            target=spec.target_name(key.expectation.target),
+            hint=self.rerun("failed"), deciding=deciding, notes=notes)
+        if writes(mode, has_threshold=verdict is not None,
+                   failing=verdict is not None and not verdict.passed):
+            self._refuse_vacuous(ctx, m)
+        if verdict is None:
+            if mode in ("new", "all"):
+                return
+            raise Miss(missing_threshold_text(
+                spec.where(key.line), key.id, constraint.kind, m, self.rerun("new")))
+        if mode == "all":
+            return
+        if not verdict.passed:
+            raise Miss(failure_text(ctx, constraint, m, verdict))
+        if verdict.warn:
+            self.warn(warn_text(spec.where(key.line), key.id, constraint, verdict))
+
+    def _refuse_vacuous(self, ctx: FailureContext, m: Measurement) -> None:
+        """Record mode never writes a threshold that could not fail: the item fails instead,
+        says why, and the summary lists it (the threshold in the spec stays as it was)."""
+        value = self.record.get("record_value")
+        if value is None:
+            return
+        kind = self.key.constraint.kind
+        written = rounded_threshold(kind, float(value))
+        reason = vacuous_threshold(kind, written, m.baseline, self.settings.record_floor)
+        if reason is None:
+            return
+        text = disarmed_text(ctx, kind, m, reason)
+        self.record.update({"record_value": None, "disarmed": text})
+        raise Miss(text)
+
+    def _check_provenance(self) -> None:
+        """Warn once per spec when its recorded environment differs from this run's."""
+        evals = self.engine.evals
+        recorded = dict(self.spec.provenance)
+        current: dict[str, str] = {
+            "torch_version": str(sys.modules["torch"].__version__),
+            "device": evals.device, "dtype": str(evals.dtype),
+        }
+        if "data_sha256" in recorded or "weights_sha256" in recorded:
+            current.update(evals.hashes(self.spec, self.subject))
+        lines = provenance_mismatches(recorded, current)
+        if lines:
+            self.warn(f"{self.spec.path}: thresholds were recorded in another environment "
+                      f"({'; '.join(lines)}); re-record if the differences are intended")
+
+
+__all__ = ["Engine", "ItemResult", "Miss", "judge_item"]

@@ -1,0 +1,95 @@
+"""Unit identity for ``identity: signature``: the recorded signatures, the model's profiles,
+and the one-to-one matching between them.
+
+Example::
+
+    units = Matching(evals)
+    recorded = units.signatures(spec)                  # the sidecar, or None
+    matches = units.match(spec, subject, check)        # recorded unit -> Match
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pytest_unitablate.core.identity import Match, match_units
+from pytest_unitablate.engine.evaluations import Evaluations
+from pytest_unitablate.engine.refs import Subject
+from pytest_unitablate.errors import ItemProblem
+from pytest_unitablate.spec.model import Check, Spec
+from pytest_unitablate.spec.signatures import SignatureFileError, Signatures, read_signatures
+
+
+class Matching:
+    """Signatures sidecars (read once per spec), profiles and matches (once per layer)."""
+
+    def __init__(self, evals: Evaluations) -> None:
+        self.evals = evals
+
+    def signatures(self, spec: Spec, *, recording: bool = False) -> Signatures | None:
+        """The spec's signatures sidecar (read once per spec), ``None`` if it has none.
+
+        A sidecar that is missing, changed since recording or malformed is a located
+        problem at the spec's ``signatures:`` line; while recording (``recording``), a
+        sidecar the spec does not name yet is ignored (record mode will replace it).
+        """
+        objects = self.evals.objects
+        key = ("signatures", str(spec.path))
+        if key not in objects:
+            path = spec.signatures_path()
+            try:
+                value = read_signatures(path, spec.signatures_sha256)
+            except SignatureFileError as exc:
+                if recording and not spec.signatures_sha256:
+                    value = None
+                else:
+                    line = spec.signatures_line or min(
+                        (c.identity_line for c in spec.checks if c.identity_line), default=0)
+                    raise ItemProblem(f"{spec.where(line)}: {exc}") from None
+            objects[key] = value
+        result: Signatures | None = objects[key]
+        return result
+
+    def profiles(self, spec: Spec, subject: Subject, check: Check) -> Any:
+        """Class-damage profiles of every unit of the check's layer in the model under test
+        (one forward and backward pass over the evaluation data; cached in memory and in
+        the store): ``(units, classes)``."""
+        ev = self.evals
+        model, data = subject.model, subject.data
+        key = ("profiles", id(model), id(data), check.layer, spec.channel_dim)
+        if key not in ev.objects:
+            baseline = ev.baseline(spec, subject)
+
+            def run() -> dict[str, Any]:
+                # looked up at call time: a test stands in for another CPU by wrapping it
+                from pytest_unitablate.core import identity
+
+                ev.seeded()
+                return {"profiles": ev.located(spec, lambda: identity.damage_profiles(
+                    model, data, check.layer, num_classes=baseline.num_classes,
+                    channel_dim=spec.channel_dim, device=ev.device, output=spec.output),
+                    check.layer_line)}
+
+            values = ev.store.get_or_compute(
+                {**ev.identity(spec, model, data), "what": "profiles",
+                 "layer": check.layer}, run)
+            ev.objects[key] = values["profiles"]
+        return ev.objects[key]
+
+    def match(self, spec: Spec, subject: Subject, check: Check) -> dict[int, Match]:
+        """Every recorded unit of the check's layer matched one-to-one to a unit of the
+        model under test (Hungarian method on cosine similarity of profiles; cached)."""
+        signatures = self.signatures(spec)
+        assert signatures is not None
+        ev = self.evals
+        key = ("match", id(subject.model), str(spec.path), check.layer)
+        if key not in ev.objects:
+            recorded = signatures.units(check.layer)
+            profiles = self.profiles(spec, subject, check)
+            line = spec.signatures_line or check.identity_line
+            ev.objects[key] = ev.guard(spec, line, lambda: match_units(recorded, profiles))
+        result: dict[int, Match] = ev.objects[key]
+        return result
+
+
+__all__ = ["Matching"]

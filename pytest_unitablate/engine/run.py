@@ -1,0 +1,243 @@
+"""``run_spec``: does this model still meet this spec? From Python, without pytest.
+
+The same engine as the pytest plugin evaluates every item of a spec and returns the
+records of the JSON report. Model and data references that are names resolve from
+``fixtures=``; ``package.module:callable`` references resolve themselves; a name that is
+neither is a located error of every item (outcome ``error``), as a missing fixture is in
+pytest. A spec with problems raises :class:`~pytest_unitablate.errors.SpecError` (every
+problem, ``path:line: message``), as pytest's collection error does.
+
+Check marks act as they do in pytest: ``skip`` and a true ``skipif`` skip the item,
+``xfail`` turns a failure into ``xfailed`` and a pass into ``xpassed`` (``failed`` with
+``strict=True``); other marks are pytest's business and are ignored here.
+
+Every call makes a new engine: results are memoised within the call only (a training loop
+that calls it every N steps evaluates the weights of that moment). Pass
+``cache_dir=`` for an on-disk store keyed by the weights' hash.
+
+Example::
+
+    from pytest_unitablate import run_spec
+
+    run = run_spec("specs/resnet.yaml",
+                   fixtures={"digits_resnet": model, "digits_test": loader})
+    for record in run.failed:
+        print(record["id"], record["drop"], record["threshold"])
+    print(run.text())            # failure texts and the summary line
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_unitablate.engine.engine import Engine
+from pytest_unitablate.engine.refs import Lookup, mapping_lookup
+from pytest_unitablate.engine.settings import EngineSettings, ProgressFactory
+from pytest_unitablate.engine.store import DiskStore, NullStore, Store
+from pytest_unitablate.errors import ItemProblem, Problem, SpecError
+from pytest_unitablate.spec.ids import ItemKey, item_ids
+from pytest_unitablate.spec.loader import load_spec
+from pytest_unitablate.spec.model import Mark, Spec
+from pytest_unitablate.verdicts.records import (
+    FIELDS,
+    build_report,
+    format_table,
+    sort_records,
+    static_record,
+    summary_line,
+    write_json,
+)
+
+#: outcomes that make a run fail (and ``check`` exit 1)
+FAILING = ("failed", "error")
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    """One item's outcome, with everything the engine said about it."""
+
+    id: str
+    outcome: str  # passed, failed, error, skipped, xfailed, xpassed
+    message: str | None  # the failure text, the located problem or the skip reason
+    record: dict[str, Any]  # every number the engine recorded (a superset of FIELDS)
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class SpecRun:
+    """The result of :func:`run_spec`."""
+
+    spec: Spec
+    items: list[ItemOutcome]
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per item with the JSON report's fields (``outcome`` included), in the
+        report's order (spec, line, id)."""
+        full = [{**item.record, "outcome": item.outcome} for item in self.items]
+        return [{name: r.get(name) for name in FIELDS} for r in sort_records(full)]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        """The records of the items that failed (a threshold missed) or errored (a located
+        problem, such as a missing fixture)."""
+        return [r for r in self.records if r["outcome"] in FAILING]
+
+    @property
+    def ok(self) -> bool:
+        """No item failed or errored."""
+        return not self.failed
+
+    def report(self) -> dict[str, Any]:
+        """The JSON report document, as ``--unitablate-report`` writes it."""
+        return build_report([{**i.record, "outcome": i.outcome} for i in self.items],
+                            self.environment)
+
+    def write_report(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`report` to ``path`` (atomically)."""
+        write_json(path, self.report())
+
+    def text(self, *, table: bool = False, report: Path | None = None) -> str:
+        """What a terminal shows: each failure's text (as pytest prints it), optionally
+        the table of every item, and the summary line."""
+        parts = []
+        for item in self.items:
+            if item.outcome in FAILING:
+                label = "FAILED" if item.outcome == "failed" else "ERROR"
+                parts.append(f"{label} {self.spec.path}::{item.id}\n{item.message}\n")
+        if table:
+            parts.append(format_table(sort_records(
+                [{**i.record, "outcome": i.outcome} for i in self.items])))
+        parts.append(summary_line(self.records, report))
+        return "\n".join(parts)
+
+
+def run_spec(spec: str | os.PathLike[str] | Spec, *,
+             fixtures: Mapping[str, Any] | None = None, device: str = "cpu",
+             seed: int | None = 0, cache_dir: str | os.PathLike[str] | None = None,
+             memory_budget: int | None = None, full_sweeps: bool = False,
+             plain_passes: bool = False, progress: ProgressFactory | None = None,
+             full_trace: bool = False) -> SpecRun:
+    """Evaluate every item of ``spec`` and judge it; see the module docstring.
+
+    ``fixtures`` maps the names the spec's ``model:``/``data:``/``ranking_data:`` use to
+    their objects (a model already on ``device``, data as for ``evaluate()``). ``seed``:
+    ``torch.manual_seed`` before every pass (``None``: never). ``cache_dir``: keep
+    results on disk there (shared with other processes; keyed by weights, data and
+    versions). ``memory_budget``: bytes a layer sweep's stacked passes may hold.
+    ``full_sweeps``: layer-wide checks evaluate every unit. ``plain_passes``: named checks
+    get their own forward passes. ``progress(label, total)``: a callback factory for long
+    sweeps. ``full_trace``: let unexpected exceptions through instead of recording them
+    as ``error`` items.
+    """
+    settings = EngineSettings(device=device, seed=seed, full_trace=full_trace,
+                              memory_budget=memory_budget, full_sweeps=full_sweeps,
+                              plain_passes=plain_passes, progress=progress)
+    store: Store = DiskStore(Path(cache_dir)) if cache_dir is not None else NullStore()
+    return evaluate_spec(spec, mapping_lookup(dict(fixtures or {})), Engine(settings, store))
+
+
+def evaluate_spec(spec: str | os.PathLike[str] | Spec, lookup: Lookup | None,
+                  engine: Engine) -> SpecRun:
+    """Every item of ``spec`` through ``engine``, names resolved by ``lookup``."""
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    keys = item_ids(spec)
+    if not keys:
+        raise SpecError([Problem(str(spec.path), 1, "the spec yields no test items")])
+    try:
+        subject: Any = engine.bind(spec, lookup)
+        problem = None
+    except ItemProblem as exc:
+        subject, problem = None, str(exc)
+    items = []
+    for key in keys:
+        record_only = static_record(spec, key)
+        skip = _skip_reason(key.check.marks)
+        if skip is not None:
+            items.append(ItemOutcome(key.id, "skipped", skip, record_only))
+        elif problem is not None:
+            items.append(_with_xfail(key, ItemOutcome(key.id, "error", problem, record_only)))
+        else:
+            items.append(_with_xfail(key, _run(engine, spec, subject, key)))
+    return SpecRun(spec, items, _environment(engine))
+
+
+def _run(engine: Engine, spec: Spec, subject: Any, key: ItemKey) -> ItemOutcome:
+    try:
+        result = engine.run_item(spec, subject, key)
+    except Exception as exc:
+        if engine.settings.full_trace:
+            raise
+        message = (f"{spec.where(key.line)}: unexpected error while running {key.id}: "
+                   f"{type(exc).__name__}: {exc}\n  (pass full_trace=True for the "
+                   f"traceback)")
+        return ItemOutcome(key.id, "error", message, static_record(spec, key))
+    return ItemOutcome(key.id, result.status, result.message, result.record,
+                       tuple(result.warnings))
+
+
+def _skip_reason(marks: tuple[Mark, ...]) -> str | None:
+    """The reason a ``skip`` or true ``skipif`` mark gives, else ``None``."""
+    for mark in marks:
+        kwargs = dict(mark.kwargs)
+        if mark.name == "skip":
+            return str(kwargs.get("reason", mark.args[0] if mark.args else "skipped"))
+        if mark.name == "skipif" and any(_true(c) for c in _conditions(mark)):
+            return str(kwargs.get("reason", "skipif"))
+    return None
+
+
+def _conditions(mark: Mark) -> tuple[object, ...]:
+    """A mark's conditions: its positional arguments, or its ``condition=``."""
+    kwargs = dict(mark.kwargs)
+    return mark.args or ((kwargs["condition"],) if "condition" in kwargs else ())
+
+
+def _true(condition: object) -> bool:
+    """A mark condition: a bool, or a string evaluated as pytest does (``os``, ``sys``,
+    ``platform`` in its namespace)."""
+    if isinstance(condition, str):
+        return bool(eval(condition, {"os": os, "sys": sys, "platform": platform}))
+    return bool(condition)
+
+
+def _with_xfail(key: ItemKey, item: ItemOutcome) -> ItemOutcome:
+    """An ``xfail`` mark (its condition true) turns failures into ``xfailed`` and a pass
+    into ``xpassed`` (into ``failed`` with ``strict=True``)."""
+    for mark in key.check.marks:
+        if mark.name != "xfail":
+            continue
+        kwargs = dict(mark.kwargs)
+        conditions = _conditions(mark)
+        if conditions and not any(_true(c) for c in conditions):
+            continue
+        reason = str(kwargs.get("reason", ""))
+        if item.outcome in FAILING:
+            return ItemOutcome(item.id, "xfailed", reason or item.message, item.record,
+                               item.warnings)
+        if item.outcome == "passed":
+            outcome = "failed" if kwargs.get("strict") else "xpassed"
+            message = f"[XPASS(strict)] {reason}" if outcome == "failed" else None
+            return ItemOutcome(item.id, outcome, message, item.record, item.warnings)
+    return item
+
+
+def _environment(engine: Engine) -> dict[str, Any]:
+    """The report's run fields (as the plugin writes them)."""
+    from pytest_unitablate.version import __version__
+
+    torch = sys.modules.get("torch")
+    return {"pytest_unitablate_version": __version__,
+            "torch_version": str(torch.__version__) if torch is not None else None,
+            "device": engine.settings.device, "dtype": engine.dtype}
+
+
+__all__ = ["FAILING", "ItemOutcome", "SpecRun", "evaluate_spec", "run_spec"]

@@ -1,0 +1,210 @@
+"""``run_spec`` and ``python -m pytest_unitablate check``: the engine without pytest.
+
+The same spec through the plugin and through ``run_spec`` gives the same records and the
+same failure text (the re-record hint aside, which names each front end's command); a
+process that cannot import pytest evaluates a spec; ``check`` exits as pytest does.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tiny_source
+from no_pytest import env_without_pytest
+
+from pytest_unitablate import run_spec
+from pytest_unitablate.errors import SpecError
+from pytest_unitablate.plugin.record_mode import CI_VARIABLES
+
+#: fields a timing decides (the prefix engine's plan is measured on the first batch)
+TIMED = ("engine_plan",)
+
+#: The tiny model on data where two class-zero examples look like class one (baseline 80%
+#: for zero): 7 items, 2 of which fail (B: unit 0 costs zero 80 pp; F: unit 2 costs 25 pp
+#: overall).
+SPEC = tiny_source.HEAD.replace("data: tinymodel:data", "data: imperfect:data") + """\
+checks:
+  - layer: hidden
+    units: [1]
+    expect:
+      one: {min_drop: 90%}
+      zero: {max_drop: 1%}
+  - layer: hidden
+    units: [0]
+    expect:
+      zero: {max_drop: 50%}
+  - layer: hidden
+    any_unit:
+      expect:
+        two: {min_drop: 90%}
+  - layer: hidden
+    every_unit:
+      expect:
+        overall: {max_drop: 30%}
+  - layer: hidden
+    top_units:
+      k: 1
+      class: zero
+      expect:
+        zero: {min_drop: 70%}
+  - layer: hidden
+    units: [2]
+    expect:
+      overall: {max_drop: 10%}
+"""
+FAILING = ["hidden-u0-zero-max_drop", "hidden-u2-overall-max_drop"]
+
+
+@pytest.fixture
+def folder(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """pytester's folder (the current directory) with the tiny model (imperfect data)
+    importable and the spec."""
+    for var in CI_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    pytester.makepyfile(tinymodel=tiny_source.TINY, imperfect=tiny_source.IMPERFECT)
+    (pytester.path / "spec.yaml").write_text(SPEC)
+    pytester.syspathinsert()
+    return pytester.path
+
+
+def _without_hint(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if "To re-record:" not in line)
+
+
+def _comparable(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in r.items() if k not in TIMED} for r in records]
+
+
+def test_run_spec_gives_the_plugins_records_and_failure_text(
+        folder: Path, pytester: pytest.Pytester) -> None:
+    report = folder / "report.json"
+    result = pytester.runpytest("--unitablate-spec", "spec.yaml",
+                                "--unitablate-report", str(report), "-p", "no:randomly")
+    result.assert_outcomes(passed=5, failed=2)
+    run = run_spec("spec.yaml")
+    plugin = json.loads(report.read_text())
+    assert _comparable(run.records) == _comparable(plugin["items"])
+    assert run.report()["torch_version"] == plugin["torch_version"]
+    assert sorted(r["id"] for r in run.failed) == FAILING
+    out = result.stdout.str()
+    for item in run.items:
+        if item.outcome == "failed":
+            assert item.message is not None and item.message.startswith("spec.yaml:")
+            assert _without_hint(item.message) in out  # the plugin printed the same text
+            assert "To re-record: pytest --unitablate-spec spec.yaml " \
+                   "--unitablate-record-mode=failed" in item.message
+
+
+def test_names_resolve_from_fixtures_and_an_unknown_name_is_located(folder: Path) -> None:
+    import tinymodel
+
+    spec = folder / "named.yaml"
+    spec.write_text(SPEC.replace("model: tinymodel:model", "model: my_model"))
+    run = run_spec(spec, fixtures={"my_model": tinymodel.model()})
+    assert len(run.records) == 7 and len(run.failed) == 2
+    missing = run_spec(spec, fixtures={"other": 1})
+    assert {r["outcome"] for r in missing.records} == {"error"}
+    message = missing.items[0].message
+    assert message is not None and message.startswith(f"{spec}:2: model 'my_model': it is not "
+                                                      f"one of the fixtures given (other)")
+
+
+def test_marks_act_as_in_pytest(folder: Path) -> None:
+    spec = folder / "marks.yaml"
+    spec.write_text(tiny_source.HEAD + textwrap.dedent("""\
+        checks:
+          - layer: hidden
+            units: [1]
+            marks: [{skip: {reason: not today}}]
+            expect:
+              one: {min_drop: 90%}
+          - layer: hidden
+            units: [2]
+            marks: [xfail]
+            expect:
+              two: {max_drop: 1%}
+          - layer: hidden
+            units: [3]
+            marks: [{xfail: {strict: true}}]
+            expect:
+              three: {max_drop: 1%}
+          - layer: hidden
+            units: [0]
+            marks: [{skipif: {condition: "sys.platform == 'nowhere'", reason: never}}]
+            expect:
+              zero: {min_drop: 90%}
+        """))
+    outcomes = {r["id"]: r["outcome"] for r in run_spec(spec).records}
+    assert outcomes == {"hidden-u1-one-min_drop": "skipped",
+                        "hidden-u2-two-max_drop": "xfailed",
+                        "hidden-u3-three-max_drop": "failed",  # strict xfail that passed
+                        "hidden-u0-zero-min_drop": "passed"}
+
+
+def test_a_spec_with_problems_raises_every_problem(folder: Path) -> None:
+    bad = folder / "bad.yaml"
+    bad.write_text(tiny_source.HEAD + "checks:\n  - layer: hidden\n    units: [1]\n"
+                   "    expect:\n      one: {min_drop: 20}\n      nobody: {min_drop: 5%}\n")
+    with pytest.raises(SpecError) as info:
+        run_spec(bad)
+    assert [p.line for p in info.value.problems] == [9, 10]
+
+
+def _check(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m pytest_unitablate check`` in a process that cannot import pytest."""
+    env = env_without_pytest(folder / "blocker", folder)
+    return subprocess.run([sys.executable, "-m", "pytest_unitablate", "check", *args],
+                          cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_check_exits_as_pytest_does_without_pytest(folder: Path) -> None:
+    failing = _check(folder, "spec.yaml", "--report", "out.json")
+    assert failing.returncode == 1, failing.stderr
+    assert "FAILED spec.yaml::hidden-u0-zero-max_drop" in failing.stdout
+    assert "unitablate: 7 checks, 2 failed; report: out.json" in failing.stdout
+    assert len(json.loads((folder / "out.json").read_text())["items"]) == 7
+    (folder / "good.yaml").write_text(SPEC.replace("max_drop: 50%", "max_drop: 90%")
+                                      .replace("max_drop: 10%", "max_drop: 30%"))
+    assert _check(folder, "good.yaml").returncode == 0
+    (folder / "bad.yaml").write_text(SPEC.replace("min_drop: 90%", "min_drop: 90"))
+    bad = _check(folder, "bad.yaml")
+    assert bad.returncode == 2 and "2 problem(s) in spec bad.yaml:\nbad.yaml:9: " in bad.stderr
+    named = SPEC.replace("model: tinymodel:model", "model: mine")
+    (folder / "named.yaml").write_text(named)
+    given = _check(folder, "named.yaml", "--fixture", "mine=tinymodel:model")
+    assert given.returncode == 1 and "7 checks, 2 failed" in given.stdout
+    unknown = _check(folder, "named.yaml")
+    assert unknown.returncode == 1
+    assert "named.yaml:2: model 'mine': it is not given with --fixture" in unknown.stdout
+    for args in (["missing.yaml"], ["spec.yaml", "--fixture", "mine"],
+                 ["spec.yaml", "--device", "gpu0"], ["spec.yaml", "--bogus"],
+                 ["spec.yaml", "--memory-budget", "lots"]):
+        usage = _check(folder, *args)
+        assert usage.returncode == 4, (args, usage.stdout, usage.stderr)
+
+
+@pytest.mark.slow
+def test_run_spec_in_a_process_that_cannot_import_pytest(folder: Path) -> None:
+    script = textwrap.dedent("""
+        import json, sys
+        from pytest_unitablate import run_spec
+        import tinymodel
+        run = run_spec("spec.yaml", fixtures={}, seed=0)
+        print(json.dumps({"outcomes": [r["outcome"] for r in run.records],
+                          "pytest": any(m.split(".")[0] in ("pytest", "_pytest")
+                                        for m in sys.modules)}))
+    """)
+    env = env_without_pytest(folder / "blocker", folder)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {"outcomes": ["passed", "passed", "failed", "passed", "passed", "passed",
+                                "failed"], "pytest": False}
