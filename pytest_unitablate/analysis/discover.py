@@ -68,7 +68,8 @@ def find_units(model: Any, data: Any, layers: Sequence[str], *, top: int = 5,
         base = result.baseline.correct
         labels = result.labels
         worst_high = -1.0
-        for i, unit in enumerate(result.units):
+        for i in range(len(result.units)):  # a full scan: row i is unit i alone
+            unit = i
             after = result.correct[i]
             overall = Measurement.from_correct(base, after, level=level)
             worst_high = max(worst_high, overall.ci[1])

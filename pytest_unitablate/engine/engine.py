@@ -23,6 +23,7 @@ from pytest_unitablate.core.evaluation import EvalResult
 from pytest_unitablate.engine.evaluations import Evaluations
 from pytest_unitablate.engine.judge import ItemResult, judge_item
 from pytest_unitablate.engine.matching import Matching
+from pytest_unitablate.engine.named import NamedChecks
 from pytest_unitablate.engine.refs import Lookup, References, Subject
 from pytest_unitablate.engine.settings import EngineSettings
 from pytest_unitablate.engine.store import NullStore, Store
@@ -42,6 +43,7 @@ class Engine:
         self.evals = Evaluations(self.settings, self.store)
         self.sweeps = Sweeps(self.evals)
         self.matching = Matching(self.evals)
+        self.named = NamedChecks(self.evals, self.evals.objects)
         #: what was said once per spec or layer (warnings are not repeated per item)
         self.provenance_checked: set[str] = set()
         self.engine_warned: set[tuple[str, str]] = set()
@@ -76,8 +78,12 @@ class Engine:
     def ablated(self, spec: Spec, subject: Subject, check: Check,
                 units: Sequence[int] | None = None) -> EvalResult:
         """The evaluation with ``units`` (default: the check's) of the check's layer
-        ablated together."""
-        return self.evals.ablated(spec, subject, check, units)
+        ablated together: with the layer's other named checks in one scan
+        (:mod:`.named`), or its own forward passes with ``plain_passes``."""
+        chosen = tuple(check.units if units is None else units)
+        if self.settings.plain_passes:
+            return self.evals.ablated(spec, subject, check, chosen)
+        return self.named.ablated(spec, subject, check, chosen)
 
     def run_item(self, spec: Spec, subject: Subject, key: ItemKey) -> ItemResult:
         """Measure and judge one item (:func:`~pytest_unitablate.engine.judge.judge_item`)."""

@@ -43,6 +43,7 @@ from pytest_unitablate.errors import (
     NonFiniteLogitsError,
     OutputError,
     UnitAblateError,
+    UnpairedDataError,
 )
 from pytest_unitablate.spec.model import Check, Spec
 
@@ -107,12 +108,14 @@ class Evaluations:
         line = spec.ranking_data_line if ranking and spec.ranking_data else spec.data_line
         self.guard(spec, line, lambda: check_paired(baseline, other, what, reference))
 
-    def located(self, spec: Spec, fn: Callable[[], Any], line: int = 0) -> Any:
+    def located(self, spec: Spec, fn: Callable[[], Any], line: int = 0,
+                ranking: bool = False) -> Any:
         """Run an evaluation; put each kind of failure at the spec line that causes it.
 
         NaN logits are the model's (``model:``), an output that does not hold one logits
         tensor is ``output:`` (or ``model:``), anything the data or the model's forward
-        raises on the data is ``data:``; ``line`` overrides for ablation problems.
+        raises on the data is ``data:``; ``line`` overrides for ablation problems. Data
+        that a pass finds unpaired is the data's line (``ranking_data:`` with ``ranking``).
         """
         try:
             return fn()
@@ -124,6 +127,9 @@ class Evaluations:
         except OutputError as exc:
             where = spec.output_line or spec.model_line
             raise ItemProblem(f"{spec.where(where)}: model {spec.model!r}: {exc}") from None
+        except UnpairedDataError as exc:  # the data's fault, wherever a pass found it out
+            where = spec.ranking_data_line if ranking and spec.ranking_data else spec.data_line
+            raise ItemProblem(f"{spec.where(where)}: {exc}") from None
         except UnitAblateError as exc:
             raise ItemProblem(f"{spec.where(line or spec.data_line)}: {exc}") from None
         except Exception as exc:  # the model's forward rejected the data (shape, dtype, ...)
@@ -173,8 +179,9 @@ class Evaluations:
             if ranking and spec.ranking_data:
                 modes: set[str] = {"top_units"}
             else:
-                modes = {*SWEPT, *(() if spec.ranking_data else ("top_units",))}
-            swept = [c.layer for c in spec.checks if c.mode in modes]
+                modes = {*SWEPT, *(() if spec.ranking_data else ("top_units",)),
+                         *(() if self.settings.plain_passes else ("units",))}
+            swept = list(dict.fromkeys(c.layer for c in spec.checks if c.mode in modes))
 
             def run() -> dict[str, Any]:
                 result: EvalResult = self.located(
@@ -219,8 +226,7 @@ class Evaluations:
         model, data = subject.model, subject.data
         chosen = tuple(check.units if units is None else units)
         arg = self.ablation_arg(spec, check)
-        key = ("abl", id(model), id(data), check.layer, tuple(sorted(chosen)), arg,
-               spec.channel_dim)
+        key = self.ablated_memo(spec, subject, check, chosen)
         if key not in self._evals:
             baseline = self.baseline(spec, subject)
 
@@ -242,11 +248,25 @@ class Evaluations:
             self._evals[key] = eval_result(values)
         return self._evals[key]
 
+    def ablated_memo(self, spec: Spec, subject: Subject, check: Check,
+                     units: Sequence[int]) -> tuple[Any, ...]:
+        """The in-memory key of the pass with ``units`` of the check's layer ablated."""
+        return ("abl", id(subject.model), id(subject.data), check.layer,
+                tuple(sorted(set(units))), self.ablation_arg(spec, check), spec.channel_dim)
+
+    def recall(self, key: tuple[Any, ...]) -> EvalResult | None:
+        """An evaluation made before under the in-memory ``key``, if any."""
+        return self._evals.get(key)
+
+    def remember(self, key: tuple[Any, ...], result: EvalResult) -> None:
+        """Keep ``result`` under the in-memory ``key``."""
+        self._evals[key] = result
+
     def ablated_key(self, spec: Spec, subject: Subject, check: Check,
                     units: Sequence[int]) -> dict[str, Any]:
         """The store key of the pass with ``units`` of the check's layer ablated."""
         return {**self.identity(spec, subject.model, subject.data), "what": "ablated",
-                "layer": check.layer, "units": sorted(units),
+                "layer": check.layer, "units": sorted(set(units)),
                 "ablation": self.ablation_arg(spec, check)}
 
     def channels(self, spec: Spec, subject: Subject, check: Check) -> int:

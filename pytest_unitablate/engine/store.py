@@ -44,7 +44,7 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -82,6 +82,14 @@ class Store(Protocol):
         computing that entry (the caller can do other work first)."""
         ...
 
+    def get_or_compute_many(self, keys: Sequence[Mapping[str, Any]],
+                            compute: Callable[[list[int]], Sequence[Values]]
+                            ) -> list[dict[str, Any]]:
+        """The values of every key; ``compute(missing)`` is called once with the
+        positions of the keys not stored and returns their values, in that order (one
+        pass makes them all: a layer's named checks in one scan)."""
+        ...
+
     def summary(self) -> str:
         """One line for a run's summary: what was reused and computed."""
         ...
@@ -103,6 +111,11 @@ class NullStore:
     def try_get_or_compute(self, key: Mapping[str, Any],
                            compute: Callable[[], Values]) -> dict[str, Any] | None:
         return dict(compute())
+
+    def get_or_compute_many(self, keys: Sequence[Mapping[str, Any]],
+                            compute: Callable[[list[int]], Sequence[Values]]
+                            ) -> list[dict[str, Any]]:
+        return [dict(v) for v in compute(list(range(len(keys))))]
 
     def summary(self) -> str:
         return "unitablate cache: off"
@@ -168,6 +181,40 @@ class DiskStore:
             lock.release()
         self.stats["recomputed" if (stale or stale_now) else "computed"] += 1
         return values
+
+    def get_or_compute_many(self, keys: Sequence[Mapping[str, Any]],
+                            compute: Callable[[list[int]], Sequence[Values]]
+                            ) -> list[dict[str, Any]]:
+        """As :meth:`Store.get_or_compute_many`. The missing entries are computed under
+        one lock named after the whole group, so processes that plan the same group
+        compute it once; each entry is stored (and found later) on its own."""
+        if self.root is None:
+            return [dict(v) for v in compute(list(range(len(keys))))]
+        from filelock import FileLock
+
+        paths = [self.root / f"{entry_name(k)}.npz" for k in keys]
+        found: list[dict[str, Any] | None] = [self._load(p, k)[0] for p, k in zip(
+            paths, keys, strict=True)]
+        self.stats["hit"] += sum(v is not None for v in found)
+        if all(v is not None for v in found):
+            return [v for v in found if v is not None]
+        self.root.mkdir(parents=True, exist_ok=True)
+        group = hashlib.sha256("".join(p.name for p in paths).encode()).hexdigest()
+        with FileLock(str(self.root / f"group-{group}.lock"), timeout=self.lock_timeout):
+            missing = []
+            for i, (path, key) in enumerate(zip(paths, keys, strict=True)):
+                if found[i] is None:
+                    found[i] = self._load(path, key)[0]  # another process may have made it
+                    if found[i] is None:
+                        missing.append(i)
+                    else:
+                        self.stats["hit"] += 1
+            if missing:
+                for i, values in zip(missing, compute(missing), strict=True):
+                    found[i] = dict(values)
+                    self._store(paths[i], keys[i], values)
+                self.stats["computed"] += len(missing)
+        return [v for v in found if v is not None]
 
     def _load(self, path: Path, key: Mapping[str, Any]) -> tuple[dict[str, Any] | None, bool]:
         """(the entry's values, or None; whether a file was there but unusable)."""

@@ -104,7 +104,7 @@ class Sweeps:
                                 progress=lines if lines is not None else False,
                                 prefix_cache=ev.prefixes)
 
-                result = ev.located(spec, scan_layer, check.layer_line)
+                result = ev.located(spec, scan_layer, check.layer_line, ranking)
                 ev.paired(spec, baseline, result.baseline, f"the sweep of {check.layer}",
                           ranking)
                 return {"predictions": np.asarray(result.predictions),

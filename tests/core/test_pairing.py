@@ -64,7 +64,7 @@ class _Jittered:
 
 
 def test_scan_checks_every_naive_pass_against_its_baseline() -> None:
-    with pytest.raises(UnpairedDataError, match="unit 0 of '0' ablated"):
+    with pytest.raises(UnpairedDataError, match=r"the pass with 0 units \[0\] ablated"):
         scan(MODEL, _Jittered(), "0", method="naive")
     result = scan(MODEL, [(X, Y)], "0", method="naive")
     assert result.baseline.fingerprint == evaluate(MODEL, [(X, Y)]).fingerprint

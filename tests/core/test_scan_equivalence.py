@@ -48,13 +48,15 @@ class Net(nn.Module):
         return self.fc(self.drop(self.flat(self.pool(self.tail(self.blocks(self.stem(x)))))))
 
 
-def naive(model: nn.Module, x: torch.Tensor, layer: str, units: list[int], ablation: Any,
+def naive(model: nn.Module, x: torch.Tensor, layer: str, units: list[Any], ablation: Any,
           means: Any) -> tuple[np.ndarray, np.ndarray]:
+    """One forward per element of ``units`` (a unit, or a tuple ablated together)."""
     preds, logits = [], []
     with torch.no_grad():
         model.eval()
         for u in units:
-            with ablate(model, {layer: [u]}, ablation=ablation, means=means):
+            with ablate(model, {layer: list(u) if isinstance(u, tuple) else [u]},
+                        ablation=ablation, means=means):
                 out = model(x)
             logits.append(out)
             preds.append(out.argmax(1).numpy())
@@ -117,6 +119,56 @@ def test_scan_matches_naive(data: Any) -> None:
         assert np.array_equal(again.baseline.predictions, result.baseline.predictions)
         assert again.method == result.method
     assert result.method == "closed_form" or cache.stats["reused"] >= 2
+
+
+@settings(deadline=None, max_examples=20, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_scan_of_unit_sets_ablates_each_set_together(data: Any) -> None:
+    """Rows that ablate several units together (what named checks of a layer become) equal
+    one real forward per set, in every engine."""
+    torch.manual_seed(data.draw(st.integers(0, 1000)))
+    width = data.draw(st.integers(2, 6))
+    tail = data.draw(st.booleans())
+    model = Net(width, 1, tail).eval()
+    x, y = torch.randn(data.draw(st.integers(3, 12)), 1, 6, 6), torch.randint(0, 5, (12,))
+    y = y[:len(x)]
+    layer = data.draw(st.sampled_from(["stem", "blocks", "blocks.0.conv"]
+                                      + (["tail"] if tail else [])))
+    unit = st.integers(0, width - 1)
+    rows = data.draw(st.lists(st.one_of(unit, st.lists(unit, min_size=1, max_size=width,
+                                                       unique=True).map(tuple)),
+                              min_size=1, max_size=6))
+    ablation = data.draw(st.sampled_from(["zero", "mean", -0.5]))
+    method = data.draw(st.sampled_from(["auto", "naive"]))
+    result = scan(model, (x, y), layer, units=rows, ablation=ablation, method=method,
+                  chunk_size=data.draw(st.integers(1, 3)), batch_size=data.draw(st.integers(1, 8)))
+    assert result.units == tuple(rows)
+    means = None
+    if ablation == "mean":
+        from pytest_unitablate import channel_means
+        means = channel_means(model, (x, y), [layer])
+    ref_preds, ref_logits = naive(model, x, layer, rows, ablation, means)
+    stable = _stable(ref_logits)
+    assert np.array_equal(result.predictions[stable], ref_preds[stable])
+    if method == "auto":
+        assert result.method == ("closed_form" if layer in ("blocks", "tail") and (
+            layer == "tail" or not tail) else "prefix"), result.reason
+
+
+@pytest.mark.parametrize("layer", ["blocks", "blocks.0.conv"])
+def test_a_set_between_single_units_is_ablated_together(layer: str) -> None:
+    """Each engine verifies only its first and last rows against real forwards: a set in
+    the middle must still be ablated whole (closed form for ``blocks``, prefix else)."""
+    torch.manual_seed(3)
+    model = Net(5, 1, tail=False).eval()
+    x, y = torch.randn(40, 1, 6, 6), torch.randint(0, 5, (40,))
+    rows = [0, (0, 1, 2, 3), (1, 4), 2]
+    result = scan(model, (x, y), layer, units=rows, chunk_size=2)
+    assert result.method == ("closed_form" if layer == "blocks" else "prefix")
+    ref_preds, ref_logits = naive(model, x, layer, rows, "zero", None)
+    stable = _stable(ref_logits)
+    assert np.array_equal(result.predictions[stable], ref_preds[stable])
+    assert not np.array_equal(ref_preds[1], ref_preds[0])  # the set changes predictions
 
 
 def test_method_choice_and_refusals() -> None:

@@ -100,3 +100,41 @@ def test_top_units_keeps_its_prefix_from_the_ranking_baseline_only(
     result.assert_outcomes(passed=1)
     calls = [int(n) for n in seen.read_text().split()]
     assert calls.count(18) == 2  # the ranking split's baseline; its sweep read the cache
+
+
+NAMED = """\
+checks:
+  - layer: hidden
+    units: [0]
+    expect:
+      overall: {max_drop: 0%}
+  - layer: hidden
+    units: [3, 7]
+    expect:
+      overall: {max_drop: 1%}
+  - layer: hidden
+    units: [11]
+    expect:
+      overall: {min_drop: 50%}
+"""
+
+
+def test_named_checks_of_a_layer_are_one_scan_with_the_plain_passes_outcomes(
+        tiny: pytest.Pytester) -> None:
+    """Three named checks of one layer: grouped, the network before the layer sees only
+    the baseline's two batches (the prefix kept, the rows in suffix passes); with
+    --unitablate-plain-passes every check runs both batches again. Same records."""
+    tiny.makepyfile(counted=COUNTED)
+    spec(tiny, NAMED, head=HEAD)
+    seen = Path(tiny.path / "seen.txt")
+    reports = {}
+    batches = {}
+    for mode, extra in (("grouped", []), ("plain", ["--unitablate-plain-passes"])):
+        seen.unlink(missing_ok=True)
+        result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-cache=off",
+                                "--unitablate-report", f"{mode}.json", *extra)
+        result.assert_outcomes(passed=2, failed=1)
+        batches[mode] = sum(int(n) == 20 for n in seen.read_text().split())
+        reports[mode] = json.loads((tiny.path / f"{mode}.json").read_text())["items"]
+    assert reports["grouped"] == reports["plain"]
+    assert batches == {"grouped": 2, "plain": 2 + 3 * 2}

@@ -60,12 +60,45 @@ if TYPE_CHECKING:
 
 
 
+#: What one row of a scan ablates: one unit, or a tuple of units ablated together.
+Unit = int | tuple[int, ...]
+
+
+def variants_of(layer: str, units: Sequence[int | Sequence[int]]
+                ) -> tuple[tuple[Unit, ...], tuple[tuple[int, ...], ...]]:
+    """The rows of a scan: each element of ``units`` as the result names it (an int, or a
+    tuple), and as the engines take it (always a tuple of indices).
+
+    >>> variants_of("conv5", [3, (4, 7)])
+    ((3, (4, 7)), ((3,), (4, 7)))
+    """
+    labels: list[Unit] = []
+    variants: list[tuple[int, ...]] = []
+    if hasattr(units, "__index__") and not hasattr(units, "__len__"):
+        units = [units]  # type: ignore[list-item]  # one unit, as scan(units=5)
+    for element in units:
+        if not hasattr(element, "__iter__"):  # one unit (a float here is refused)
+            (unit,) = unit_indices(layer, [element])
+            labels.append(unit)
+            variants.append((unit,))
+        else:
+            group = tuple(dict.fromkeys(unit_indices(layer, element)))
+            if not group:
+                raise ConfigError(f"scan of {layer!r}: an empty set of units to ablate")
+            labels.append(group)
+            variants.append(group)
+    return tuple(labels), tuple(variants)
+
+
 @dataclass(frozen=True)
 class ScanResult:
-    """Per-unit results of :func:`scan`; arrays are indexed ``[unit position, example]``."""
+    """Per-unit results of :func:`scan`; arrays are indexed ``[unit position, example]``.
+
+    ``units`` holds what was ablated in each row, as the caller gave it: a unit index, or
+    a tuple of indices ablated together."""
 
     layer: str
-    units: tuple[int, ...]
+    units: tuple[Unit, ...]
     predictions: npt.NDArray[np.int64]
     labels: npt.NDArray[np.int64]
     baseline: EvalResult
@@ -78,8 +111,8 @@ class ScanResult:
         out: npt.NDArray[np.bool_] = self.predictions == self.labels[None, :]
         return out
 
-    def unit_correct(self, unit: int) -> npt.NDArray[np.bool_]:
-        """Per-example correctness with ``unit`` ablated."""
+    def unit_correct(self, unit: Unit) -> npt.NDArray[np.bool_]:
+        """Per-example correctness with ``unit`` (an index, or a tuple of them) ablated."""
         out: npt.NDArray[np.bool_] = self.correct[self.units.index(unit)]
         return out
 
@@ -115,7 +148,7 @@ def scan(
     model: nn.Module,
     data: Any,
     layer: str,
-    units: Sequence[int] | None = None,
+    units: Sequence[int | Sequence[int]] | None = None,
     ablation: str | float = "zero",
     *,
     means: dict[str, torch.Tensor] | None = None,
@@ -131,7 +164,9 @@ def scan(
 ) -> ScanResult:
     """Ablate each unit of ``layer`` alone and record every example's prediction.
 
-    ``units`` defaults to all channels. ``ablation`` is ``"zero"``, ``"mean"`` or a number.
+    ``units`` defaults to all channels. An element may also be a tuple of units: that row
+    ablates them together (``units=[3, (4, 7)]``: unit 3 alone, then 4 and 7 together).
+    ``ablation`` is ``"zero"``, ``"mean"`` or a number.
     ``method`` is ``"auto"``, ``"closed_form"``, ``"prefix"`` or ``"naive"``.
 
     The prefix engine stacks several ablated copies of a batch into one suffix forward.
@@ -161,8 +196,9 @@ def scan(
     target = torch.device(device) if device is not None else model_device(model)
     first = next(iter(iter_batches(data, batch_size=batch_size, device=target)))[0]
     info = probe_layers(model, first[:2], [layer], channel_dim=channel_dim)[layer]
-    chosen = tuple(range(info.channels)) if units is None else unit_indices(layer, units)
-    check_units(layer, chosen, info.channels)
+    chosen, variants = (tuple(range(info.channels)), tuple((u,) for u in range(
+        info.channels))) if units is None else variants_of(layer, units)
+    check_units(layer, [u for v in variants for u in v], info.channels)
     if ablation == "mean" and (means is None or layer not in means):
         means = channel_means(model, data, [layer], channel_dim=channel_dim, device=target)
 
@@ -190,7 +226,7 @@ def scan(
             if head is None and method == "closed_form":
                 raise ConfigError(f"scan(method='closed_form') refused for {layer!r}: {reason}")
         if head is not None:
-            preds = scan_closed_form(model, data, layer, chosen, ablation, means, head, target,
+            preds = scan_closed_form(model, data, layer, variants, ablation, means, head, target,
                                       batch_size, output, tick)
             if preds is not None:
                 return result(preds, "closed_form")
@@ -205,7 +241,7 @@ def scan(
                 for cache in (prefix_cache, None):  # None: the data changed since it was kept
                     tick.restart()
                     try:
-                        found = scan_prefix(model, split, data, layer, chosen, ablation, means,
+                        found = scan_prefix(model, split, data, layer, variants, ablation, means,
                                             target, batch_size, chunk_size, channel_dim,
                                             output, memory_budget=budget, progress=tick,
                                             allow_naive=method == "auto" and chunk_size is None,
@@ -224,11 +260,12 @@ def scan(
         tick.restart()
         baseline = evaluate(model, data, device=target, batch_size=batch_size, output=output)
         rows = []
-        for unit in chosen:
-            with ablate(model, {layer: [unit]}, ablation=ablation, means=means,
+        for variant in variants:
+            with ablate(model, {layer: list(variant)}, ablation=ablation, means=means,
                         channel_dim=channel_dim):
                 ablated = evaluate(model, data, device=target, batch_size=batch_size, output=output)
-                check_paired(baseline, ablated, f"the pass with unit {unit} of {layer!r} ablated")
+                check_paired(baseline, ablated,
+                             f"the pass with {layer} units {list(variant)} ablated")
                 rows.append(ablated.predictions)
             tick(baseline.n)
         preds_naive = np.stack(rows) if rows else np.zeros((0, baseline.n), dtype=np.int64)

@@ -78,21 +78,35 @@ def affine_head(model: nn.Module, layer: str) -> nn.Linear | None:
     return None
 
 
+def _shifted(logits: torch.Tensor, diff: torch.Tensor, weight: torch.Tensor,
+             variant: Sequence[int]) -> torch.Tensor:
+    """Logits with the units of ``variant`` ablated: ``logits - sum_u (p_u - r_u) W[:, u]``
+    (``diff`` holds ``p - r`` per example and channel)."""
+    idx = torch.as_tensor(list(variant), device=diff.device)
+    return logits - diff[:, idx] @ weight[:, idx].T
+
+
 def _closed_form_batch(logits: torch.Tensor, pooled: torch.Tensor, weight: torch.Tensor,
-                       repl: torch.Tensor, units: Sequence[int]) -> torch.Tensor:
-    """Predictions (n_units, batch) from the exact single-unit logit shifts."""
-    idx = torch.as_tensor(list(units), device=pooled.device)
-    # delta[u, n, :] = -W[:, u] * (pooled[n, u] - r_u)
-    diff = pooled[:, idx] - repl[idx][None, :]  # (batch, U)
-    shifted = logits[None, :, :] - diff.T[:, :, None] * weight[:, idx].T[:, None, :]
-    return shifted.argmax(dim=2)
+                       repl: torch.Tensor, variants: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Predictions (n_variants, batch) from the exact logit shifts."""
+    if all(len(v) == 1 for v in variants):  # one unit per row: all rows in one product
+        idx = torch.as_tensor([v[0] for v in variants], device=pooled.device)
+        # delta[u, n, :] = -W[:, u] * (pooled[n, u] - r_u)
+        diff = pooled[:, idx] - repl[idx][None, :]  # (batch, U)
+        shifted = logits[None, :, :] - diff.T[:, :, None] * weight[:, idx].T[:, None, :]
+        return shifted.argmax(dim=2)
+    diff = pooled - repl[None, :]
+    return torch.stack([_shifted(logits, diff, weight, v).argmax(dim=1) for v in variants])
 
 
-def scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int, ...],
-                      ablation: str | float, means: dict[str, torch.Tensor] | None,
-                      head: nn.Linear, device: torch.device, batch_size: int,
-                      output: int | str | None = None,
-                      progress: Callable[[int], None] | None = None) -> Any:
+def scan_closed_form(model: nn.Module, data: Any, layer: str,
+                     variants: tuple[tuple[int, ...], ...],
+                     ablation: str | float, means: dict[str, torch.Tensor] | None,
+                     head: nn.Linear, device: torch.device, batch_size: int,
+                     output: int | str | None = None,
+                     progress: Callable[[int], None] | None = None) -> Any:
+    """Predictions of every row of ``variants`` (each a tuple of units ablated together),
+    or ``None`` when the closed form does not match a real ablated forward."""
     module = resolve_layer(model, layer)
     captured: list[torch.Tensor] = []
     calls = [0]
@@ -118,17 +132,17 @@ def scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int, 
                 require_single_call(model, layer, calls[0])
                 pooled = captured[0].to(logits.dtype)
                 repl = replacement_values(ablation, means, layer, pooled, 1)
-                preds = _closed_form_batch(logits, pooled, weight, repl, units)
+                preds = _closed_form_batch(logits, pooled, weight, repl, variants)
                 if not verified:
                     handle.remove()
-                    if not _verify(model, layer, inputs, logits, pooled, weight, repl, units,
-                                   ablation, means):
+                    if not _verify(model, layer, inputs, logits, pooled, weight, repl,
+                                   variants, ablation, means):
                         return None
                     verified = True
                     handle = module.register_forward_hook(hook)
                 out.append(preds.cpu())
                 if progress is not None:
-                    progress(len(units) * int(labels.shape[0]))
+                    progress(len(variants) * int(labels.shape[0]))
     finally:
         handle.remove()
     return collector.finish(out)
@@ -136,15 +150,15 @@ def scan_closed_form(model: nn.Module, data: Any, layer: str, units: tuple[int, 
 
 def _verify(model: nn.Module, layer: str, inputs: torch.Tensor, logits: torch.Tensor,
             pooled: torch.Tensor, weight: torch.Tensor, repl: torch.Tensor,
-            units: tuple[int, ...], ablation: str | float,
+            variants: tuple[tuple[int, ...], ...], ablation: str | float,
             means: dict[str, torch.Tensor] | None) -> bool:
-    """Compare the closed-form logits with real ablated forwards for a few units."""
+    """Compare the closed-form logits with real ablated forwards for the first and the
+    last row."""
     few = min(inputs.shape[0], 16)  # a slice of the first batch is enough to catch a mismatch
-    sample = sorted(set(units[:1] + units[-1:]))
-    for unit in sample:
-        diff = pooled[:few, unit] - repl[unit]
-        predicted = logits[:few] - diff[:, None] * weight[:, unit][None, :]
-        with ablate(model, {layer: [unit]}, ablation=ablation, means=means):
+    diff = pooled[:few] - repl[None, :]
+    for variant in dict.fromkeys((variants[0], variants[-1])):
+        predicted = _shifted(logits[:few], diff, weight, variant)
+        with ablate(model, {layer: list(variant)}, ablation=ablation, means=means):
             real = model(inputs[:few])
         if not logits_agree(predicted, real):
             return False

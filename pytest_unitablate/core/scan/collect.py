@@ -4,7 +4,7 @@ layer output, and the collection of baseline predictions with ``evaluate()``'s c
 Example::
 
     repl = replacement_values("zero", None, "layer3", out, 1)   # r = 0 for every channel
-    stacked = ablated_copies(out, [3, 7], repl, 1)              # 2 copies: unit 3, unit 7
+    stacked = ablated_copies(out, [(3,), (4, 7)], repl, 1)  # 2 copies: 3; 4 and 7 together
 """
 
 from __future__ import annotations
@@ -79,13 +79,15 @@ def replacement_values(ablation: str | float, means: dict[str, torch.Tensor] | N
     return torch.full((channels,), float(ablation), dtype=like.dtype, device=like.device)
 
 
-def ablated_copies(out: torch.Tensor, units: Sequence[int], repl: torch.Tensor,
+def ablated_copies(out: torch.Tensor, variants: Sequence[Sequence[int]], repl: torch.Tensor,
                    dim: int) -> torch.Tensor:
-    """``len(units)`` copies of ``out`` stacked on dim 0, copy ``j`` with ``units[j]`` ablated."""
-    k, batch = len(units), out.shape[0]
+    """``len(variants)`` copies of ``out`` stacked on dim 0, copy ``j`` with the units of
+    ``variants[j]`` ablated (together)."""
+    k, batch = len(variants), out.shape[0]
     channels = out.shape[dim]
     keep = torch.ones(k, channels, dtype=out.dtype, device=out.device)
-    keep[torch.arange(k), torch.as_tensor(list(units))] = 0
+    rows = [j for j, v in enumerate(variants) for _ in v]
+    keep[torch.as_tensor(rows), torch.as_tensor([u for v in variants for u in v])] = 0
     shape = [k] + [1] * out.dim()
     shape[dim + 1] = channels
     keep_v = keep.view(shape)

@@ -60,29 +60,32 @@ class _Batch:
         # the entry convolutions of the unablated batch: computed once per batch
         self.full = [conv(out) for conv in entry.convs] if entry is not None else []
 
-    def inputs(self, rows: slice, chunk: Sequence[int]) -> tuple[fx.GraphModule, list[Any]]:
-        """The graph to run for ablated copies of ``rows`` (copy j: ``chunk[j]`` ablated),
+    def inputs(self, rows: slice, chunk: Sequence[tuple[int, ...]]
+               ) -> tuple[fx.GraphModule, list[Any]]:
+        """The graph to run for ablated copies of ``rows`` (copy j: the units of
+        ``chunk[j]`` ablated),
         and its arguments."""
         batch = self.out.shape[0]
         part = self.out[rows]
         repeated = [_repeat(_rows(e, rows, batch), len(chunk), part.shape[0])
                     for e in self.extras]
         if self.entry is not None:
-            entry = entry_outputs(self.entry, part, [f[rows] for f in self.full], chunk,
+            entry = entry_outputs(self.entry, part, [f[rows] for f in self.full],
+                                  [v[0] for v in chunk],
                                   self.repl)
             return self.entry.rest, [*entry, *repeated]
         return self.split.suffix, [ablated_copies(part, chunk, self.repl, self.dim),
                                    *repeated]
 
-    def logits(self, rows: slice, chunk: Sequence[int]) -> torch.Tensor:
+    def logits(self, rows: slice, chunk: Sequence[tuple[int, ...]]) -> torch.Tensor:
         """Logits ``(len(chunk) * n_rows, classes)``: copy j has ``chunk[j]`` ablated."""
         graph, args = self.inputs(rows, chunk)
         logits: torch.Tensor = select_logits(graph(*args), self.output)
         return logits
 
-    def row_bytes(self, unit: int) -> int:
-        """Peak bytes of one suffix pass on one example with ``unit`` ablated."""
-        graph, args = self.inputs(slice(0, 1), [unit])
+    def row_bytes(self, variant: tuple[int, ...]) -> int:
+        """Peak bytes of one suffix pass on one example with ``variant`` ablated."""
+        graph, args = self.inputs(slice(0, 1), [variant])
         try:
             return max(1, graph_peak_bytes(graph, *args))
         except Exception:  # the graph does not replay node by node: a conservative guess
@@ -90,7 +93,7 @@ class _Batch:
 
 
 def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
-                units: tuple[int, ...], ablation: str | float,
+                units: tuple[tuple[int, ...], ...], ablation: str | float,
                 means: dict[str, torch.Tensor] | None, device: torch.device,
                 batch_size: int, chunk_size: int | None, channel_dim: int,
                 output: int | str | None = None, *,
@@ -98,7 +101,8 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                 progress: Callable[[int], None] | None = None,
                 allow_naive: bool = False,
                 cache: PrefixCache | None = None) -> EngineOutput | str:
-    """Predictions ``(n_units, n_examples)``, or why the engine was refused: the split fails
+    """Predictions ``(len(units), n_examples)`` (each element of ``units`` a tuple of units
+    ablated together), or why the engine was refused: the split fails
     verification, or (with ``allow_naive``) it measured slower than the naive loop.
 
     Units and examples per suffix pass follow :mod:`pytest_unitablate.core.scan.plan`
@@ -112,7 +116,9 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
     recording = cache.recorder() if cache is not None and kept is None else None
     columns: list[torch.Tensor] = []
     collector = Collector(output)
-    entry = linear_entry(split) if channel_dim in (1, -3) else None
+    # the entry convolutions' one-channel shortcut serves one unit per copy
+    single = all(len(v) == 1 for v in units)
+    entry = linear_entry(split) if channel_dim in (1, -3) and single else None
     plan: Plan | None = None
     calibration: Calibration | None = None
     examples = row_bytes = 0  # per pass, and per (unit, example): measured on the first batch
@@ -228,13 +234,14 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
     return result
 
 
-def _verify(model: nn.Module, inputs: torch.Tensor, layer: str, chunk: Sequence[int],
+def _verify(model: nn.Module, inputs: torch.Tensor, layer: str,
+            chunk: Sequence[tuple[int, ...]],
             logits: torch.Tensor, batch: int, ablation: str | float,
             means: dict[str, torch.Tensor] | None, channel_dim: int,
             output: int | str | None = None) -> bool:
     few = min(batch, 16)  # a slice of the first batch is enough to catch a wrong split
     for j in sorted({0, len(chunk) - 1}):
-        with ablate(model, {layer: [chunk[j]]}, ablation=ablation, means=means,
+        with ablate(model, {layer: list(chunk[j])}, ablation=ablation, means=means,
                     channel_dim=channel_dim):
             real = select_logits(model(inputs[:few]), output)
         if not logits_agree(logits[j * batch:j * batch + few], real):
