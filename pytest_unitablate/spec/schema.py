@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pytest_unitablate.spec.loader import (
+from pytest_unitablate.spec.keys import (
     CHECK_KEYS,
     IDENTITY_KEYS,
     IDENTITY_KINDS,

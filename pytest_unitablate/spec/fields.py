@@ -1,0 +1,175 @@
+r"""Reading the scalar fields of a spec, every problem collected (torch-free).
+
+:class:`Fields` turns YAML nodes (with their lines) into Python values and records a
+located :class:`~pytest_unitablate.errors.Problem` for each value it cannot take, with a
+"did you mean" where a near name exists; the loader builds on it for the spec's structure.
+
+Example::
+
+    >>> from pytest_unitablate.spec.yaml_lines import parse_yaml
+    >>> root, _ = parse_yaml("x: 20\n", "s.yaml")
+    >>> node = root.get("x")
+    >>> fields = Fields("s.yaml")
+    >>> fields.percent(node, "min_drop"), fields.problems[0].line
+    ((False, None), 1)
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+from pytest_unitablate.errors import Problem
+from pytest_unitablate.spec.keys import ABLATION_NAMES, IDENT, PERCENT
+from pytest_unitablate.spec.model import Ablation
+from pytest_unitablate.spec.yaml_lines import YNode
+
+
+def closest(name: str, candidates: list[str] | tuple[str, ...], n: int = 3) -> list[str]:
+    """The candidates closest to ``name`` (difflib), for "did you mean".
+
+    >>> closest("min_dorp", ["min_drop", "max_drop"])
+    ['min_drop', 'max_drop']
+    """
+    return difflib.get_close_matches(str(name), [str(c) for c in candidates], n=n, cutoff=0.5)
+
+
+def did_you_mean(name: str, candidates: list[str] | tuple[str, ...]) -> str:
+    hints = closest(name, candidates)
+    return f"; did you mean {' or '.join(repr(h) for h in hints)}?" if hints else ""
+
+
+def plain(node: YNode) -> object:
+    """A node as plain Python values (mappings, lists, scalars), lines dropped."""
+    if node.kind == "map":
+        return {str(k.value): plain(v) for k, v in node.entries}
+    if node.kind == "seq":
+        return [plain(v) for v in node.items]
+    return node.value
+
+
+class Fields:
+    """Typed reads of YAML nodes; problems accumulate in :attr:`problems`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.problems: list[Problem] = []
+
+    def err(self, line: int, message: str) -> None:
+        self.problems.append(Problem(self.path, line, message))
+
+    def keys(self, node: YNode, allowed: dict[str, str] | tuple[str, ...], where: str) -> None:
+        names = list(allowed)
+        for key in node.key_nodes():
+            if key.kind != "scalar" or not isinstance(key.value, str):
+                self.err(key.line, f"{where}: keys must be strings, got {key.describe()}")
+            elif key.value not in allowed:
+                self.err(
+                    key.line,
+                    f"unknown key {key.value!r} in {where}{did_you_mean(key.value, names)} "
+                    f"(allowed: {', '.join(names)})",
+                )
+
+    def expect_map(self, node: YNode | None, line: int, what: str) -> YNode | None:
+        if node is None:
+            return None
+        if node.kind != "map":
+            self.err(node.line, f"{what} must be a mapping, got {node.describe()}")
+            return None
+        return node
+
+    def string(self, node: YNode | None, what: str, pattern: re.Pattern[str] | None = None,
+               hint: str = "") -> str | None:
+        if node is None:
+            return None
+        if node.kind != "scalar" or not isinstance(node.value, str) or not node.value.strip():
+            self.err(node.line, f"{what} must be a non-empty string, got {node.describe()}")
+            return None
+        if pattern is not None and not pattern.match(node.value):
+            self.err(node.line, f"{what} {node.value!r} is not valid{hint}")
+            return None
+        return str(node.value)
+
+    def output(self, node: YNode | None) -> int | str | None:
+        """``output:``: a non-negative index, or a key / attribute name."""
+        if node is None:
+            return None
+        if node.kind == "scalar" and isinstance(node.value, int) and not isinstance(
+                node.value, bool):
+            return self.integer(node, "output (an index into the model's tuple output)",
+                                minimum=0)
+        return self.string(node, "output", IDENT,
+                           " (an index like 1, or a key like logits of a dict output)")
+
+    def integer(self, node: YNode | None, what: str, minimum: int | None = None) -> int | None:
+        if node is None:
+            return None
+        if node.kind != "scalar" or isinstance(node.value, bool) or not isinstance(
+            node.value, int
+        ):
+            self.err(node.line, f"{what} must be an integer, got {node.describe()}")
+            return None
+        if minimum is not None and node.value < minimum:
+            self.err(node.line, f"{what} must be >= {minimum}, got {node.value}")
+            return None
+        return int(node.value)
+
+    def percent(
+        self, node: YNode, what: str, allow_null: bool = False
+    ) -> tuple[bool, float | None]:
+        """Parse ``20%``; returns (ok, fraction)."""
+        if node.kind == "scalar" and node.value is None and allow_null:
+            return True, None
+        if node.kind == "scalar" and isinstance(node.value, str):
+            m = PERCENT.match(node.value)
+            if m:
+                value = float(m.group(1)) / 100.0
+                if not -1.0 <= value <= 1.0:
+                    self.err(node.line, f"{what} {node.value} is outside -100%..100%")
+                    return False, None
+                return True, value
+        if node.kind == "scalar" and isinstance(node.value, (int, float)) and not isinstance(
+            node.value, bool
+        ):
+            v = node.value
+            self.err(
+                node.line,
+                f"{what} is a bare number ({v!r}); write it as a percentage with a % sign, "
+                f"e.g. '{what.split()[-1]}: {v if abs(v) > 1 else v * 100:g}%' "
+                f"(percentage points; 20% means 20 pp)",
+            )
+            return False, None
+        null_hint = " or null (to be filled by record mode)" if allow_null else ""
+        self.err(node.line, f"{what} must be a percentage like 20%{null_hint}, got "
+                 f"{node.describe()}")
+        return False, None
+
+    # --- nodes --------------------------------------------------------------------------
+
+    def ablation(self, node: YNode | None) -> Ablation | None:
+        if node is None:
+            return None
+        if node.kind == "scalar" and node.value in ABLATION_NAMES:
+            return Ablation(kind=node.value, line=node.line)
+        if node.kind == "map":
+            self.keys(node, ("constant",), "ablation")
+            const = node.get("constant")
+            if const is not None and len(node.entries) == 1:
+                v = const.value
+                if const.kind == "scalar" and isinstance(v, (int, float)) and not isinstance(
+                    v, bool
+                ) and v == v and abs(v) != float("inf"):
+                    return Ablation(kind="constant", value=float(v), line=node.line)
+                self.err(const.line, f"ablation constant must be a finite number, got "
+                         f"{const.describe()}")
+                return None
+            if const is None and not node.entries:
+                self.err(node.line, "ablation mapping is empty; write {constant: 0.5}")
+            return None
+        hint = did_you_mean(str(node.value), ABLATION_NAMES) if node.kind == "scalar" else ""
+        self.err(node.line, f"ablation must be zero, mean or {{constant: <number>}}, got "
+                 f"{node.describe()}{hint}")
+        return None
+
+
+__all__ = ["Fields", "closest", "did_you_mean", "plain"]

@@ -1,0 +1,80 @@
+"""The spec format's tables of keys: the single source of truth (torch-free).
+
+The loader (:mod:`pytest_unitablate.spec.loader`) walks them to validate a spec, and
+:mod:`pytest_unitablate.spec.schema` generates the JSON Schema from them, so the two
+cannot drift apart. Each key maps to the text that explains it.
+
+Example::
+
+    >>> "min_drop" in TARGET_KEYS, REQUIRED_TOP
+    (True, ('unitablate', 'model', 'data', 'checks'))
+"""
+
+from __future__ import annotations
+
+import re
+
+from pytest_unitablate.spec.model import CheckMode
+
+TOP_KEYS: dict[str, str] = {
+    "unitablate": "format version, required: 1",
+    "model": "pytest fixture name or 'package.module:callable' returning the model",
+    "data": "fixture name or 'package.module:callable': (inputs, labels) batches or a Dataset",
+    "classes": "optional list of class names, index order",
+    "ablation": "zero | mean | {constant: <number>}; default zero",
+    "checks": "list of checks, required",
+    "ranking_data": "optional separate split used to rank units for top_units",
+    "channel_dim": "channel dimension of layer outputs, default 1",
+    "min_examples": "minimum examples a class target needs, default 1",
+    "output": "which part of the model's output holds the logits: an index into a tuple "
+              "or list output, or a key of a dict (or attribute of a ModelOutput)",
+    "provenance": "written by record mode: environment of the recorded numbers",
+    "signatures": "written by record mode: {file: <sidecar next to the spec>, sha256: <hash>} "
+                  "of the signatures that identity: signature checks match",
+}
+SIGNATURES_KEYS: dict[str, str] = {
+    "file": "the sidecar's file name, relative to the spec (default <stem>.signatures.json)",
+    "sha256": "sha256 of the sidecar file as record mode wrote it",
+}
+REQUIRED_TOP = ("unitablate", "model", "data", "checks")
+CHECK_KEYS: dict[str, str] = {
+    "layer": "dotted module name from model.named_modules()",
+    "units": "list of 0-based unit indices, ablated together",
+    "any_unit": "layer-wide: at least `at_least` single units meet `expect`",
+    "every_unit": "layer-wide: every single unit meets `expect`",
+    "top_units": "ablate together the k units most damaging to `class`",
+    "expect": "targets (class name, class index or overall) -> constraints",
+    "ablation": "override of the spec's ablation for this check",
+    "marks": "pytest marks: [xfail] or [{skipif: {condition: ..., reason: ...}}]",
+    "name": "optional label used in the test id instead of layer-u<units>",
+    "identity": "what a named unit is: index (default) or signature (found again by its "
+                "recorded signature after a retrain); or {by: signature, min_similarity: 0.75}",
+}
+IDENTITY_KEYS: dict[str, str] = {
+    "by": "index or signature",
+    "min_similarity": "below this cosine similarity no unit matches (default 0.75)",
+}
+IDENTITY_KINDS = ("index", "signature")
+MODE_KEYS: tuple[CheckMode, ...] = ("units", "any_unit", "every_unit", "top_units")
+LAYER_WIDE_KEYS: dict[str, dict[str, str]] = {
+    "any_unit": {"expect": "targets -> constraints", "at_least": "how many units, default 1"},
+    "every_unit": {"expect": "targets -> constraints"},
+    "top_units": {
+        "k": "number of units to ablate together",
+        "class": "the class whose most damaging units are chosen",
+        "expect": "targets -> constraints",
+    },
+}
+TARGET_KEYS: dict[str, str] = {
+    "min_drop": "the drop must be at least this many percentage points, e.g. 20%",
+    "max_drop": "the drop must be at most this many percentage points, e.g. 1%",
+    "min_relative_drop": "drop / baseline must be at least this, e.g. 50%",
+    "max_relative_drop": "drop / baseline must be at most this",
+    "warn_margin": "warn (but pass) when within this many points of failing",
+    "confidence": "judge the bound of this confidence interval, e.g. 95%",
+}
+ABLATION_NAMES = ("zero", "mean")
+PERCENT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*%\s*$")
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*$")
+IDENT = re.compile(r"^[A-Za-z_]\w*$")
+ID_SAFE = re.compile(r"^(?!.*::)[\w:+\-.]+$")
