@@ -47,6 +47,8 @@ _LAZY = {
     "PrefixCache": "pytest_unitablate.core.scan",
     "load_spec": "pytest_unitablate.spec.loader",
     "run_spec": "pytest_unitablate.engine.run",
+    "SpecError": "pytest_unitablate.errors",
+    "UnitAblateError": "pytest_unitablate.errors",
     "SpecRun": "pytest_unitablate.engine.run",
     "unit_attributes": "pytest_unitablate.analysis.attributes",
     "attribute_correlations": "pytest_unitablate.analysis.attributes",
@@ -57,7 +59,9 @@ __all__ = [
     "EvalResult",
     "PrefixCache",
     "ScanResult",
+    "SpecError",
     "SpecRun",
+    "UnitAblateError",
     "__version__",
     "ablate",
     "attribute_correlations",
@@ -77,6 +81,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from pytest_unitablate.core.evaluation import EvalResult, evaluate
     from pytest_unitablate.core.scan import PrefixCache, ScanResult, scan
     from pytest_unitablate.engine.run import SpecRun, run_spec
+    from pytest_unitablate.errors import SpecError, UnitAblateError
     from pytest_unitablate.spec.loader import load_spec
 
 

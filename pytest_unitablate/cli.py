@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     c = sub.add_parser("check", help="evaluate a spec without pytest; exit 0/1/2/4 as "
                        "pytest would")
-    c.add_argument("spec", type=Path, help="the spec file")
+    c.add_argument("spec", type=Path, nargs="+", help="spec files, or folders of them")
     c.add_argument("--fixture", action="append", default=[], metavar="NAME=MODULE:CALLABLE",
                    help="the object a name in the spec stands for: the callable is called "
                    "once (repeatable)")
@@ -93,10 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    """``check``: the spec through the engine; prints failures and the summary line."""
+    """``check``: each spec through the engine; prints failures and the summary line."""
     from pytest_unitablate.engine.settings import parse_size
 
-    usage = _usage_problem(args)
+    specs, usage = _spec_files(args.spec)
+    usage = usage or _device_problem(args.device)
     budget = None
     if usage is None and args.memory_budget is not None:
         try:
@@ -109,57 +111,108 @@ def check(args: argparse.Namespace) -> int:
         if usage is None and (not sep or not name or ":" not in ref):
             usage = f"--fixture {given!r}: write NAME=package.module:callable"
         fixtures[name] = ref
+    if usage is None:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            usage = "check needs torch, which is not installed: pip install torch"
+    if usage is None:
+        from pytest_unitablate.engine.run import cuda_problem
+
+        problem = cuda_problem(args.device)
+        usage = f"--device {problem}" if problem else None
     if usage is not None:
         print(f"ERROR: {usage}", file=sys.stderr)
         return USAGE
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        print("ERROR: check needs torch, which is not installed: pip install torch",
-              file=sys.stderr)
-        return USAGE
+    # import paths resolve from the current directory, as with python -m (the installed
+    # script's own folder is first on sys.path otherwise)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return _check(args, specs, fixtures, budget)
+
+
+def _check(args: argparse.Namespace, specs: list[Path], fixtures: dict[str, str],
+           budget: int | None) -> int:
     from pytest_unitablate.engine.engine import Engine
     from pytest_unitablate.engine.refs import import_lookup
     from pytest_unitablate.engine.run import FAILING, evaluate_spec
     from pytest_unitablate.engine.settings import EngineSettings
     from pytest_unitablate.engine.store import DiskStore, NullStore, Store
     from pytest_unitablate.errors import SpecError
+    from pytest_unitablate.verdicts.records import (
+        build_report,
+        engine_lines,
+        sort_records,
+        summary_line,
+        write_json,
+    )
 
     settings = EngineSettings(device=args.device, seed=args.seed, memory_budget=budget,
-                              full_sweeps=args.full_sweeps)
+                              full_sweeps=args.full_sweeps, full_sweeps_option="--full-sweeps",
+                              device_option="--device")
     store: Store = DiskStore(args.cache_dir) if args.cache_dir is not None else NullStore()
-    hint = ("it is not given with --fixture NAME=package.module:callable and not an "
-            "import path 'package.module:callable'")
-    try:
-        run = evaluate_spec(args.spec, import_lookup(fixtures, hint), Engine(settings, store))
-    except SpecError as exc:
-        print(f"{len(exc.problems)} problem(s) in spec {args.spec}:\n{exc}", file=sys.stderr)
+    engine = Engine(settings, store)
+    given = ", ".join(sorted(fixtures)) or "none"
+    hint = (f"it is not one of the names given with --fixture ({given}) and not an import "
+            f"path 'package.module:callable'")
+    runs, problems = [], 0
+    for spec in specs:
+        try:
+            runs.append(evaluate_spec(spec, import_lookup(fixtures, hint), engine))
+        except SpecError as exc:
+            print(f"{len(exc.problems)} problem(s) in spec {spec}:\n{exc}", file=sys.stderr)
+            problems += 1
+    if problems:
         return 2
+    records = [{**i.record, "outcome": i.outcome} for run in runs for i in run.items]
     if args.report is not None:
-        run.write_report(args.report)
-    for item in run.items:
-        for text in item.warnings:
-            print(f"WARNING {args.spec}::{item.id}: {text}")
-    print(run.text(table=args.verbose, report=args.report))
-    return 1 if any(i.outcome in FAILING for i in run.items) else 0
+        write_json(args.report, build_report(records, runs[0].environment))
+    for run in runs:
+        for item in run.items:
+            for text in item.warnings:
+                print(f"WARNING {run.spec.path}::{item.id}: {text}")
+        body = run.text(table=args.verbose).splitlines()[:-1]  # the summary comes last
+        if body:
+            print("\n".join(body))
+    if args.verbose:
+        for line in engine_lines(sort_records(records)):
+            print(f"scan engine: {line}")
+        if store.enabled:
+            print(store.summary())
+    print(summary_line(sort_records(records), args.report))
+    return 1 if any(r["outcome"] in FAILING for r in records) else 0
 
 
-def _usage_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with ``check``'s arguments before anything runs (exit 4, as pytest
-    gives for ``--unitablate-spec`` of a missing, empty or non-spec file)."""
-    from pytest_unitablate.engine.settings import device_problem
+def _spec_files(paths: list[Path]) -> tuple[list[Path], str | None]:
+    """The spec files ``paths`` name (a folder: the spec files below it, sorted), or what
+    is wrong (exit 4, as pytest gives for ``--unitablate-spec`` of a missing, empty or
+    non-spec file)."""
     from pytest_unitablate.spec.loader import is_spec_file
 
-    spec: Path = args.spec
-    if not spec.is_file():
-        return f"{spec}: no such file"
-    if not spec.read_text(errors="replace").strip():
-        return (f"{spec}: the file is empty (a spec starts with 'unitablate: 1', then "
-                f"model, data, checks)")
-    if not is_spec_file(spec):
-        return (f"{spec}: not a spec (a spec file needs a top-level 'unitablate: 1' key "
-                f"and a .yaml/.yml name)")
-    problem = device_problem(args.device)
+    found: list[Path] = []
+    for spec in paths:
+        if spec.is_dir():
+            inside = sorted(p for p in spec.rglob("*.y*ml") if is_spec_file(p))
+            if not inside:
+                return [], f"{spec}: no spec file in this folder"
+            found.extend(inside)
+        elif not spec.is_file():
+            return [], f"{spec}: no such file or folder"
+        elif not spec.read_text(errors="replace").strip():
+            return [], (f"{spec}: the file is empty (a spec starts with 'unitablate: 1', "
+                        f"then model, data, checks)")
+        elif not is_spec_file(spec):
+            return [], (f"{spec}: not a spec (a spec file needs a top-level 'unitablate: 1' "
+                        f"key and a .yaml/.yml name)")
+        else:
+            found.append(spec)
+    return found, None
+
+
+def _device_problem(device: str) -> str | None:
+    from pytest_unitablate.engine.settings import device_problem
+
+    problem = device_problem(device)
     return f"--device {problem}" if problem else None
 
 

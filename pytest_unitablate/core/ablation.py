@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from pytest_unitablate.core.evaluation import no_fast_path
 from pytest_unitablate.core.layers import (
     check_units,
     first_tensor,
@@ -223,12 +224,18 @@ def ablate(
     data: Any = None,
     channel_dim: int = 1,
     device: torch.device | str | None = None,
-) -> Iterator[dict[str, _LayerAblation]]:
+    unit: str = "channel",
+    num_heads: int | None = None,
+) -> Iterator[dict[str, Any]]:
     """Ablate ``units`` (``{layer: unit or [units]}``) of ``model`` inside the ``with`` block.
 
     ``ablation`` is ``"zero"``, ``"mean"`` (channel means from ``means`` or computed once
     from ``data``) or a number. ``channel_dim`` selects the channel dimension (negative
-    values count from the end, e.g. ``-1`` for a transformer's features). Raises
+    values count from the end, e.g. ``-1`` for a transformer's features). With
+    ``unit="head"`` the units are attention heads of each layer (an
+    ``nn.MultiheadAttention`` or an output projection; :mod:`pytest_unitablate.core.heads`;
+    ``num_heads`` where the module does not say), and ``means`` hold per-feature means of
+    the heads' concatenated output (:func:`~pytest_unitablate.core.heads.head_means`). Raises
     :class:`~pytest_unitablate.errors.LayerNotFoundError` on entry and, at the first
     forward, :class:`~pytest_unitablate.errors.UnitOutOfRangeError`,
     :class:`~pytest_unitablate.errors.LayerCalledTwiceError` or
@@ -241,11 +248,17 @@ def ablate(
     """
     kind = _replacement_kind(ablation)
     plan = normalise_units(units)
+    if unit == "head":
+        with _ablate_heads(model, plan, kind, means, data, device, num_heads) as hooks:
+            yield hooks
+        return
+    if unit != "channel":
+        raise ConfigError(f"unit must be 'channel' or 'head', got {unit!r}")
     modules = {name: resolve_layer(model, name) for name in plan}
     for name, unit_list in plan.items():
-        for unit in unit_list:
-            if unit < 0:
-                check_units(name, [unit], None)
+        for index in unit_list:
+            if index < 0:
+                check_units(name, [index], None)
     layer_means: dict[str, torch.Tensor] = {}
     if kind == "mean":
         missing = [name for name in plan if means is None or name not in means]
@@ -280,7 +293,66 @@ def ablate(
         for name, hook in hooks.items():
             handles.append(modules[name].register_forward_hook(hook))
         handles.append(root.register_forward_hook(verify))
-        yield hooks
+        with no_fast_path():  # fused attention kernels would skip the hooked submodules
+            yield hooks
     finally:
         for handle in handles:
             handle.remove()
+
+
+class _HeadAblation:
+    """Counts the calls of one head site per forward (the edit itself is the site's)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def called(self) -> None:
+        self.calls += 1
+
+
+@contextmanager
+def _ablate_heads(model: nn.Module, plan: Mapping[str, tuple[int, ...]], kind: str | float,
+                  means: Mapping[str, torch.Tensor] | None, data: Any,
+                  device: torch.device | str | None, num_heads: int | None
+                  ) -> Iterator[dict[str, Any]]:
+    """``ablate(..., unit="head")``: each layer's heads replaced on every forward."""
+    from contextlib import ExitStack
+
+    from pytest_unitablate.core.heads import ablation_edit, editing_heads, head_means, head_site
+
+    sites = {name: head_site(model, name, num_heads) for name in plan}
+    layer_means: dict[str, torch.Tensor] = {}
+    if kind == "mean":
+        for name in plan:
+            if means is not None and name in means:
+                layer_means[name] = means[name]
+            elif data is not None:
+                layer_means[name] = head_means(model, data, name, num_heads=num_heads,
+                                               device=device)
+            else:
+                raise ConfigError(f"mean ablation of the heads of {name!r} needs their means: "
+                                  f"pass means= or data=")
+    hooks = {name: _HeadAblation() for name in plan}
+    root = unwrap_model(model)
+
+    def reset(module: nn.Module, args: Any) -> None:
+        for hook in hooks.values():
+            hook.calls = 0
+
+    def verify(module: nn.Module, args: Any, output: Any) -> None:
+        for name, hook in hooks.items():
+            require_single_call(model, name, hook.calls)
+
+    handles: list[RemovableHandle] = []
+    with ExitStack() as stack:
+        try:
+            handles.append(root.register_forward_pre_hook(reset))
+            for name, site in sites.items():
+                edit = ablation_edit(site, plan[name], kind, layer_means.get(name))
+                stack.enter_context(editing_heads(site, edit, hooks[name].called))
+            handles.append(root.register_forward_hook(verify))
+            with no_fast_path():
+                yield hooks
+        finally:
+            for handle in handles:
+                handle.remove()

@@ -104,11 +104,32 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     flags = [(module, module.training) for module in model.modules()]
     try:
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), no_fast_path():
             yield
     finally:
         for module, flag in flags:
             module.training = flag
+
+
+@contextmanager
+def no_fast_path() -> Iterator[None]:
+    """torch's fused attention fast path off inside the block (restored after).
+
+    In eval mode under no-grad, ``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention``
+    may run one fused kernel instead of their submodules, so hooks on those submodules (and
+    head ablation) would never run, and an ablated pass would use other kernels than its
+    baseline. Every pass runs the ordinary path instead.
+    """
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    before = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(before)
 
 
 def model_device(model: nn.Module) -> torch.device:

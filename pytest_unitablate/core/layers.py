@@ -118,9 +118,26 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     )
 
 
-def check_units(layer: str, units: Iterable[int], channels: int | None) -> None:
+def shape_text(shape: Sequence[int], dim: int | None = None) -> str:
+    """A layer output's shape as users read it, the batch named N and the unit dimension
+    marked: ``(N, [17], 64)``.
+
+    >>> shape_text((8, 17, 64), dim=1), shape_text((8, 64)), shape_text((8, 17, 64), -1)
+    ('(N, [17], 64)', '(N, 64)', '(N, 17, [64])')
+    """
+    parts = ["N", *(str(n) for n in shape[1:])]
+    if dim is not None and parts:
+        at = dim if dim >= 0 else len(parts) + dim
+        if 0 < at < len(parts):
+            parts[at] = f"[{parts[at]}]"
+    return f"({', '.join(parts)})"
+
+
+def check_units(layer: str, units: Iterable[int], channels: int | None,
+                shape: Sequence[int] | None = None, dim: int | None = None) -> None:
     """Raise :class:`UnitOutOfRangeError` if a unit is not in ``0 .. channels - 1``
-    (``channels=None``, not known yet: only negative units)."""
+    (``channels=None``, not known yet: only negative units). With the layer's output
+    ``shape`` and the unit dimension ``dim``, the message shows both."""
     for unit in units:
         if channels is None:
             if unit < 0:
@@ -129,9 +146,12 @@ def check_units(layer: str, units: Iterable[int], channels: int | None) -> None:
                     f"indices (NetDissect counts from 1)", layer=layer, unit=unit, channels=-1)
             continue
         if not 0 <= unit < channels:
+            where = (f"whose output {shape_text(shape, dim)} has {channels} units along "
+                     f"dimension {dim}" if shape is not None and dim is not None
+                     else f"which has {channels} channels")
             raise UnitOutOfRangeError(
-                f"unit {unit} is out of range for layer {layer!r}, which has {channels} "
-                f"channels (units are 0-based: 0..{channels - 1}; NetDissect counts from 1)",
+                f"unit {unit} is out of range for layer {layer!r}, {where} (units are "
+                f"0-based: 0..{channels - 1}; NetDissect counts from 1)",
                 layer=layer,
                 unit=unit,
                 channels=channels,

@@ -62,9 +62,11 @@ class Engine:
         :class:`~pytest_unitablate.errors.ItemProblem` for a reference that does not
         resolve, a model that is not a module, data that cannot replay the same examples.
         """
+        __tracebackhide__ = True  # pytest shows a failing fixture from the fixture on
         where = str(spec.path)
 
         def resolve(ref: str, what: str, line: int) -> object:
+            __tracebackhide__ = True
             return self.references.resolve(ref, what, line, where=where, lookup=lookup)
 
         model = resolve(spec.model, "model", spec.model_line)

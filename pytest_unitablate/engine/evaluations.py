@@ -32,12 +32,14 @@ from torch import nn
 from pytest_unitablate.core.ablation import ablate, channel_means
 from pytest_unitablate.core.data import data_fingerprint, iter_batches, require_replayable
 from pytest_unitablate.core.evaluation import EvalResult, check_paired, evaluate, model_device
-from pytest_unitablate.core.layers import check_units, probe_layers
+from pytest_unitablate.core.heads import check_heads, head_means, head_site
+from pytest_unitablate.core.layers import check_units
 from pytest_unitablate.core.scan import DEFAULT_MEMORY_BUDGET, PrefixCache, evaluate_keeping
 from pytest_unitablate.engine.fingerprint import structure_sha256, weights_sha256
 from pytest_unitablate.engine.refs import Subject
 from pytest_unitablate.engine.settings import EngineSettings
 from pytest_unitablate.engine.store import Store
+from pytest_unitablate.engine.units import LayerUnits, resolve_units
 from pytest_unitablate.errors import (
     ItemProblem,
     NonFiniteLogitsError,
@@ -60,7 +62,7 @@ class Evaluations:
         self.objects: dict[Any, Any] = {}
         self._evals: dict[tuple[Any, ...], EvalResult] = {}
         self._means: dict[tuple[Any, ...], Any] = {}
-        self._channels: dict[tuple[Any, ...], int] = {}
+        self._units: dict[tuple[Any, ...], LayerUnits] = {}
         self._replayable: set[int] = set()
         self._prefixes: PrefixCache | None = None
         self.dtype: str | None = None
@@ -140,13 +142,14 @@ class Evaluations:
                 f"{type(exc).__name__} on the data {spec.data!r}: {exc}. Check the inputs' "
                 f"shape, dtype and device against what the model expects") from None
 
-    def check_model(self, model: nn.Module) -> None:
+    def check_model(self, model: nn.Module, spec: Spec | None = None) -> None:
         """The model must already be on the run's device; notes its dtype."""
         if model_device(model) != torch.device(self.device):
+            where = f"{spec.where(spec.model_line)}: model {spec.model!r}: " if spec else ""
             raise ItemProblem(
-                f"the model is on {model_device(model)} but the run's device is "
-                f"{self.device} (--unitablate-device, or run_spec(device=...)); move the "
-                f"model where it is made (we never move it)")
+                f"{where}the model is on {model_device(model)} but the run's device is "
+                f"{self.device} ({self.settings.device_option}); move the model where it "
+                f"is made (we never move it)")
         if self.dtype is None:
             self.dtype = str(next(iter(model.parameters()), torch.empty(0)).dtype).replace(
                 "torch.", "")
@@ -159,11 +162,11 @@ class Evaluations:
     # --- evaluations ---------------------------------------------------------------------
 
     def _evaluate(self, model: nn.Module, data: Any, output: int | str | None = None,
-                  keep: Sequence[str] = ()) -> EvalResult:
+                  keep: Sequence[str] = (), spec: Spec | None = None) -> EvalResult:
         """``evaluate()``; with ``keep``, the pass also leaves those layers' prefix outputs
         in :attr:`prefixes` for the unit orders and sweeps that follow."""
         self.seeded()
-        self.check_model(model)
+        self.check_model(model, spec)
         if keep:
             return evaluate_keeping(model, data, keep, self.prefixes, device=self.device,
                                     output=output)
@@ -185,7 +188,7 @@ class Evaluations:
 
             def run() -> dict[str, Any]:
                 result: EvalResult = self.located(
-                    spec, lambda: self._evaluate(model, data, spec.output, swept))
+                    spec, lambda: self._evaluate(model, data, spec.output, swept, spec))
                 if identity["data"] and result.fingerprint != identity["data"]:
                     self.paired(spec, replace(result, fingerprint=identity["data"]), result,
                                 "the baseline pass", ranking,
@@ -202,19 +205,26 @@ class Evaluations:
         return float(ab.value) if ab.kind == "constant" and ab.value is not None else ab.kind
 
     def layer_means(self, spec: Spec, check: Check, subject: Subject) -> dict[str, Any]:
-        """The channel means of the check's layer over the evaluation data."""
+        """The means of the check's units over the evaluation data: per channel, or per
+        feature of the heads' concatenated output."""
         model, data = subject.model, subject.data
-        key = (id(model), id(data), check.layer, spec.channel_dim)
+        units = self.units(spec, subject, check)
+        key = (id(model), id(data), units.memo)
         if key not in self._means:
+            def compute() -> Any:
+                if units.unit == "head":
+                    return head_means(model, data, check.layer, num_heads=units.num_heads,
+                                      device=self.device)
+                return channel_means(model, data, [check.layer],
+                                     channel_dim=units.channel_dim,
+                                     device=self.device)[check.layer]
+
             def run() -> dict[str, Any]:
-                means = self.guard(spec, check.layer_line, lambda: channel_means(
-                    model, data, [check.layer], channel_dim=spec.channel_dim,
-                    device=self.device))
-                return {"means": means[check.layer].cpu().numpy()}
+                return {"means": self.guard(spec, check.layer_line, compute).cpu().numpy()}
 
             identity = self.identity(spec, model, data)
             values = self.store.get_or_compute(
-                {**identity, "what": "means", "layer": check.layer}, run)
+                {**identity, "what": "means", **units.key()}, run)
             self._means[key] = {check.layer: torch.from_numpy(values["means"])}
         result: dict[str, Any] = self._means[key]
         return result
@@ -235,8 +245,8 @@ class Evaluations:
 
                 def forward() -> EvalResult:
                     with ablate(model, {check.layer: list(chosen)}, ablation=arg,
-                                means=means, channel_dim=spec.channel_dim):
-                        return self._evaluate(model, data, spec.output)
+                                means=means, **self.units(spec, subject, check).core_args()):
+                        return self._evaluate(model, data, spec.output, spec=spec)
 
                 result: EvalResult = self.located(spec, forward, check.layer_line)
                 self.paired(spec, baseline, result,
@@ -251,8 +261,9 @@ class Evaluations:
     def ablated_memo(self, spec: Spec, subject: Subject, check: Check,
                      units: Sequence[int]) -> tuple[Any, ...]:
         """The in-memory key of the pass with ``units`` of the check's layer ablated."""
-        return ("abl", id(subject.model), id(subject.data), check.layer,
-                tuple(sorted(set(units))), self.ablation_arg(spec, check), spec.channel_dim)
+        return ("abl", id(subject.model), id(subject.data),
+                self.units(spec, subject, check).memo, tuple(sorted(set(units))),
+                self.ablation_arg(spec, check))
 
     def recall(self, key: tuple[Any, ...]) -> EvalResult | None:
         """An evaluation made before under the in-memory ``key``, if any."""
@@ -266,27 +277,37 @@ class Evaluations:
                     units: Sequence[int]) -> dict[str, Any]:
         """The store key of the pass with ``units`` of the check's layer ablated."""
         return {**self.identity(spec, subject.model, subject.data), "what": "ablated",
-                "layer": check.layer, "units": sorted(set(units)),
+                **self.units(spec, subject, check).key(), "units": sorted(set(units)),
                 "ablation": self.ablation_arg(spec, check)}
 
-    def channels(self, spec: Spec, subject: Subject, check: Check) -> int:
-        """Number of units of the check's layer (one probing forward, cached)."""
+    def units(self, spec: Spec, subject: Subject, check: Check) -> LayerUnits:
+        """What the check's units are on the model (one probing forward, cached); an output
+        whose unit dimension is not stated and not N,C,H,W or N,C is a located error."""
         model, data = subject.model, subject.data
-        key = (id(model), check.layer, spec.channel_dim)
-        if key not in self._channels:
-            def run() -> int:
+        key = (id(model), check.layer, spec.unit_for(check), spec.channel_dim_for(check),
+               check.num_heads)
+        if key not in self._units:
+            def run() -> LayerUnits:
                 inputs, _ = next(iter(iter_batches(data, device=self.device)))
-                info = probe_layers(model, inputs[:2], [check.layer],
-                                    channel_dim=spec.channel_dim)
-                return info[check.layer].channels
+                return resolve_units(spec, check, model, inputs[:2])
 
-            self._channels[key] = self.guard(spec, check.layer_line, run)
-        return self._channels[key]
+            line = check.layer_line if spec.channel_dim_for(check) is None else check.line
+            self._units[key] = self.guard(spec, line, run)
+        return self._units[key]
+
+    def channels(self, spec: Spec, subject: Subject, check: Check) -> int:
+        """Number of units (channels or heads) of the check's layer."""
+        return self.units(spec, subject, check).count
 
     def check_units(self, spec: Spec, subject: Subject, check: Check) -> None:
-        """Located error for a unit outside the layer's channels, before evaluating."""
-        channels = self.channels(spec, subject, check)
-        self.guard(spec, check.line, lambda: check_units(check.layer, check.units, channels))
+        """Located error for a unit outside the layer's units, before evaluating."""
+        units = self.units(spec, subject, check)
+        if units.unit == "head":
+            site = head_site(subject.model, check.layer, units.num_heads)
+            self.guard(spec, check.line, lambda: check_heads(site, check.units))
+        else:
+            self.guard(spec, check.line, lambda: check_units(
+                check.layer, check.units, units.count, units.shape, units.channel_dim))
 
     def hashes(self, spec: Spec, subject: Subject) -> dict[str, str]:
         """sha256 of the evaluation data and of the model's weights (for provenance).
@@ -306,11 +327,11 @@ class Evaluations:
         device, dtype, seed and the torch and package versions. Computed once per (model,
         data) and only when the store keeps anything.
         """
-        key = ("identity", id(model), id(data), spec.output, spec.channel_dim)
+        key = ("identity", id(model), id(data), spec.output)
         if key in self.objects:
             found: dict[str, Any] = self.objects[key]
             return found
-        self.check_model(model)
+        self.check_model(model, spec)
         if not self.store.enabled:
             identity: dict[str, Any] = {"data": ""}
         else:
@@ -319,7 +340,7 @@ class Evaluations:
             fingerprint = self.located(spec, lambda: data_fingerprint(data))
             identity = {
                 "weights": weights_sha256(model), "model": structure_sha256(model),
-                "data": fingerprint, "output": spec.output, "channel_dim": spec.channel_dim,
+                "data": fingerprint, "output": spec.output,
                 "device": self.device, "dtype": self.dtype, "seed": self.settings.seed,
                 "torch": str(torch.__version__), "unitablate": __version__,
             }

@@ -187,8 +187,8 @@ class _ItemRun:
             self._warn_engine(sweep)
             if len(sweep.units) < total:
                 notes.append(f"stopped early: the outcome was decided after {len(sweep.units)}"
-                             f" of {total} units, tried in order of {how} (--unitablate-"
-                             f"full-sweeps evaluates them all)")
+                             f" of {total} units, tried in order of {how} "
+                             f"({self.settings.full_sweeps_option} evaluates them all)")
             if check.mode == "any_unit":
                 layer = judge_any_unit(constraint, per_unit, at_least=check.at_least,
                                        level=level, total=total)
@@ -272,7 +272,8 @@ class _ItemRun:
         """A sweep that fell back to the naive engine is slow: say so, once per layer (not
         when the naive loop was chosen because it measured faster)."""
         layer = (str(self.spec.path), self.key.check.layer)
-        refused = sweep.reason and "measured on the first batch" not in sweep.reason
+        refused = sweep.reason and "measured on the first batch" not in sweep.reason and \
+            not sweep.reason.startswith("heads:")
         if "naive" in sweep.method and refused and layer not in self.engine.engine_warned:
             self.engine.engine_warned.add(layer)
             self.warn(f"{self.spec.where(self.key.check.layer_line)}: the sweep of "

@@ -52,27 +52,34 @@ class Matching:
 
     def profiles(self, spec: Spec, subject: Subject, check: Check) -> Any:
         """Class-damage profiles of every unit of the check's layer in the model under test
-        (one forward and backward pass over the evaluation data; cached in memory and in
-        the store): ``(units, classes)``."""
+        (cached in memory and in the store): ``(units, classes)``. For channels one forward
+        and backward pass over the evaluation data (a first-order estimate); for heads one
+        ablated pass per head (measured)."""
         ev = self.evals
         model, data = subject.model, subject.data
-        key = ("profiles", id(model), id(data), check.layer, spec.channel_dim)
+        units = ev.units(spec, subject, check)
+        key = ("profiles", id(model), id(data), units.memo)
         if key not in ev.objects:
             baseline = ev.baseline(spec, subject)
 
-            def run() -> dict[str, Any]:
+            def compute() -> Any:
                 # looked up at call time: a test stands in for another CPU by wrapping it
                 from pytest_unitablate.core import identity
 
-                ev.seeded()
-                return {"profiles": ev.located(spec, lambda: identity.damage_profiles(
+                if units.unit == "head":
+                    return identity.head_profiles(
+                        model, data, check.layer, num_classes=baseline.num_classes,
+                        num_heads=units.num_heads, device=ev.device, output=spec.output)
+                return identity.damage_profiles(
                     model, data, check.layer, num_classes=baseline.num_classes,
-                    channel_dim=spec.channel_dim, device=ev.device, output=spec.output),
-                    check.layer_line)}
+                    channel_dim=units.channel_dim, device=ev.device, output=spec.output)
+
+            def run() -> dict[str, Any]:
+                ev.seeded()
+                return {"profiles": ev.located(spec, compute, check.layer_line)}
 
             values = ev.store.get_or_compute(
-                {**ev.identity(spec, model, data), "what": "profiles",
-                 "layer": check.layer}, run)
+                {**ev.identity(spec, model, data), "what": "profiles", **units.key()}, run)
             ev.objects[key] = values["profiles"]
         return ev.objects[key]
 

@@ -102,14 +102,14 @@ class NamedChecks:
 
             def run() -> Any:
                 ev.seeded()
-                ev.check_model(subject.model)
+                ev.check_model(subject.model, spec)
                 factory = ev.settings.progress
                 label = f"{spec.path.name} {check.layer} ({len(todo)} named check(s))"
                 lines = factory(label, len(todo) * baseline.n) if factory else None
                 rows = [v[0] if len(v) == 1 else v for v in todo]  # named as plain passes
                 return scan(subject.model, subject.data, check.layer, units=rows,
-                            ablation=arg, means=means, channel_dim=spec.channel_dim,
-                            device=ev.device, output=spec.output,
+                            ablation=arg, means=means, device=ev.device,
+                            output=spec.output, **ev.units(spec, subject, check).core_args(),
                             memory_budget=ev.settings.memory_budget,
                             progress=lines if lines is not None else False,
                             prefix_cache=ev.prefixes)

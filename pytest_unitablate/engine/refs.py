@@ -66,6 +66,7 @@ class References:
         ``where`` is the spec's path (messages start ``where:line:``). An exception that
         the lookup raises for a known name (a fixture that fails) goes through untouched.
         """
+        __tracebackhide__ = True  # (pytest's convention; nothing is imported for it)
         here = f"{where}:{line}"
         if ":" not in ref:
             if lookup is None:

@@ -38,7 +38,12 @@ from typing import Any
 
 from pytest_unitablate.engine.engine import Engine
 from pytest_unitablate.engine.refs import Lookup, mapping_lookup
-from pytest_unitablate.engine.settings import EngineSettings, ProgressFactory
+from pytest_unitablate.engine.settings import (
+    EngineSettings,
+    ProgressFactory,
+    device_problem,
+    parse_size,
+)
 from pytest_unitablate.engine.store import DiskStore, NullStore, Store
 from pytest_unitablate.errors import ItemProblem, Problem, SpecError
 from pytest_unitablate.spec.ids import ItemKey, item_ids
@@ -63,7 +68,9 @@ class ItemOutcome:
     """One item's outcome, with everything the engine said about it."""
 
     id: str
-    outcome: str  # passed, failed, error, skipped, xfailed, xpassed
+    #: passed, failed (a threshold missed, or a problem found while measuring it), error
+    #: (the model or data could not be had), skipped, xfailed, xpassed: as pytest says
+    outcome: str
     message: str | None  # the failure text, the located problem or the skip reason
     record: dict[str, Any]  # every number the engine recorded (a superset of FIELDS)
     warnings: tuple[str, ...] = ()
@@ -86,8 +93,9 @@ class SpecRun:
 
     @property
     def failed(self) -> list[dict[str, Any]]:
-        """The records of the items that failed (a threshold missed) or errored (a located
-        problem, such as a missing fixture)."""
+        """The records of the items that failed (a threshold missed, or a located problem
+        found while measuring: an unknown layer, NaN logits) or errored (the model or data
+        could not be had: an unknown name, an import that fails, data that cannot replay)."""
         return [r for r in self.records if r["outcome"] in FAILING]
 
     @property
@@ -122,7 +130,7 @@ class SpecRun:
 def run_spec(spec: str | os.PathLike[str] | Spec, *,
              fixtures: Mapping[str, Any] | None = None, device: str = "cpu",
              seed: int | None = 0, cache_dir: str | os.PathLike[str] | None = None,
-             memory_budget: int | None = None, full_sweeps: bool = False,
+             memory_budget: int | str | None = None, full_sweeps: bool = False,
              plain_passes: bool = False, progress: ProgressFactory | None = None,
              full_trace: bool = False) -> SpecRun:
     """Evaluate every item of ``spec`` and judge it; see the module docstring.
@@ -131,17 +139,49 @@ def run_spec(spec: str | os.PathLike[str] | Spec, *,
     their objects (a model already on ``device``, data as for ``evaluate()``). ``seed``:
     ``torch.manual_seed`` before every pass (``None``: never). ``cache_dir``: keep
     results on disk there (shared with other processes; keyed by weights, data and
-    versions). ``memory_budget``: bytes a layer sweep's stacked passes may hold.
+    versions). ``memory_budget``: bytes (or ``"512MiB"``) a layer sweep's stacked passes
+    may hold. A bad ``device``, ``seed`` or ``memory_budget`` raises at once (``ValueError``
+    or ``TypeError``); a missing spec file is ``FileNotFoundError``.
     ``full_sweeps``: layer-wide checks evaluate every unit. ``plain_passes``: named checks
     get their own forward passes. ``progress(label, total)``: a callback factory for long
     sweeps. ``full_trace``: let unexpected exceptions through instead of recording them
     as ``error`` items.
     """
-    settings = EngineSettings(device=device, seed=seed, full_trace=full_trace,
-                              memory_budget=memory_budget, full_sweeps=full_sweeps,
-                              plain_passes=plain_passes, progress=progress)
+    if not isinstance(spec, Spec) and not Path(spec).is_file():
+        raise FileNotFoundError(f"run_spec: no spec file {spec}")
+    problem = device_problem(str(device)) or cuda_problem(str(device))
+    if problem is not None:
+        raise ValueError(f"run_spec(device={device!r}): {problem}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TypeError(f"run_spec(seed=...) takes an int or None, got {seed!r}")
+    try:
+        budget = parse_size(memory_budget) if isinstance(memory_budget, str) \
+            else memory_budget
+    except ValueError as exc:
+        raise ValueError(f"run_spec(memory_budget=...) {exc}") from None
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
+                               or budget < 1):
+        raise ValueError(f"run_spec(memory_budget=...) takes a positive number of bytes or "
+                         f"a size such as '512MiB', got {memory_budget!r}")
+    settings = EngineSettings(device=str(device), seed=seed, full_trace=full_trace,
+                              memory_budget=budget, full_sweeps=full_sweeps,
+                              plain_passes=plain_passes, progress=progress,
+                              full_sweeps_option="run_spec(full_sweeps=True)",
+                              device_option="run_spec(device=...)")
     store: Store = DiskStore(Path(cache_dir)) if cache_dir is not None else NullStore()
     return evaluate_spec(spec, mapping_lookup(dict(fixtures or {})), Engine(settings, store))
+
+
+def cuda_problem(device: str) -> str | None:
+    """Why a CUDA (or MPS) device cannot be used here, or ``None``."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return f"{device!r}: CUDA is not available to this torch ({torch.__version__})"
+    mps = getattr(torch.backends, "mps", None)
+    if device.startswith("mps") and not (mps is not None and mps.is_available()):
+        return f"{device!r}: MPS is not available to this torch"
+    return None
 
 
 def evaluate_spec(spec: str | os.PathLike[str] | Spec, lookup: Lookup | None,
@@ -179,8 +219,11 @@ def _run(engine: Engine, spec: Spec, subject: Any, key: ItemKey) -> ItemOutcome:
         message = (f"{spec.where(key.line)}: unexpected error while running {key.id}: "
                    f"{type(exc).__name__}: {exc}\n  (pass full_trace=True for the "
                    f"traceback)")
-        return ItemOutcome(key.id, "error", message, static_record(spec, key))
-    return ItemOutcome(key.id, result.status, result.message, result.record,
+        return ItemOutcome(key.id, "failed", message, static_record(spec, key))
+    # as in pytest: a problem found while measuring fails the item (its call phase);
+    # ``error`` is for the model and data that could not be had (its setup phase)
+    outcome = "failed" if result.status == "error" else result.status
+    return ItemOutcome(key.id, outcome, result.message, result.record,
                        tuple(result.warnings))
 
 

@@ -54,6 +54,11 @@ class EngineSettings:
     #: SPEC --unitablate-record-mode=MODE``
     rerun: Callable[[str], str] | None = None
     progress: ProgressFactory | None = None
+    #: how this front end spells the option that makes layer-wide checks evaluate every
+    #: unit (messages name it)
+    full_sweeps_option: str = "--unitablate-full-sweeps"
+    #: how this front end spells the device option (messages name it)
+    device_option: str = "--unitablate-device"
 
     def rerun_command(self, mode: str, spec: str) -> str:
         """The re-record command a failure text ends with."""

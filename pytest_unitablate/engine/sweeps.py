@@ -78,9 +78,10 @@ class Sweeps:
         ev = self.evals
         model, data = subject.model, subject.data_for(ranking)
         arg = ev.ablation_arg(spec, check)
-        channels = ev.channels(spec, subject, check)
+        layer_units = ev.units(spec, subject, check)
+        channels = layer_units.count
         chosen = tuple(range(channels)) if units is None else tuple(units)
-        key = (id(model), id(data), check.layer, arg, spec.channel_dim, chosen)
+        key = (id(model), id(data), layer_units.memo, arg, chosen)
         if key in self._sweeps:
             return self._sweeps[key]
         baseline = ev.baseline(spec, subject, ranking)
@@ -98,8 +99,8 @@ class Sweeps:
                     factory = ev.settings.progress
                     lines = factory(label, len(units) * baseline.n) if factory else None
                     return scan(model, data, check.layer, units=units, ablation=arg,
-                                means=means, channel_dim=spec.channel_dim,
-                                device=ev.device, output=spec.output,
+                                means=means, device=ev.device, output=spec.output,
+                                **layer_units.core_args(),
                                 memory_budget=ev.settings.memory_budget,
                                 progress=lines if lines is not None else False,
                                 prefix_cache=ev.prefixes)
@@ -111,7 +112,7 @@ class Sweeps:
                         "method": result.method, "reason": result.reason,
                         "plan": result.plan}
 
-            key = {**identity, "what": "sweep", "layer": check.layer, "units": list(units),
+            key = {**identity, "what": "sweep", **layer_units.key(), "units": list(units),
                    "ablation": arg}
             return key, run
 
@@ -155,16 +156,19 @@ class Sweeps:
         ev = self.evals
         model, data = subject.model, subject.data
         arg = ev.ablation_arg(spec, check)
-        channels = ev.channels(spec, subject, check)
-        key = ("order", id(model), id(data), check.layer, arg, target)
+        layer_units = ev.units(spec, subject, check)
+        channels = layer_units.count
+        key = ("order", id(model), id(data), layer_units.memo, arg, target)
         if key not in ev.objects:
             def run() -> dict[str, Any]:
+                if layer_units.unit == "head":  # a layer has few heads: index order
+                    return {"damage": np.zeros(channels), "how": "head index"}
                 means = ev.layer_means(spec, check, subject) if arg == "mean" else None
                 try:
                     damage = estimated_damage(
                         model, data, check.layer, target=target, ablation=arg, means=means,
-                        channel_dim=spec.channel_dim, device=ev.device, output=spec.output,
-                        prefix_cache=ev.prefixes)
+                        channel_dim=layer_units.channel_dim, device=ev.device,
+                        output=spec.output, prefix_cache=ev.prefixes)
                     how = "a first-order estimate of each unit's damage"
                 except Exception as exc:  # not differentiable: index order, still exact
                     damage = np.zeros(channels)
@@ -174,7 +178,7 @@ class Sweeps:
                 return {"damage": np.asarray(damage, dtype=np.float64), "how": how}
 
             ev.objects[key] = ev.store.get_or_compute(
-                {**ev.identity(spec, model, data), "what": "order", "layer": check.layer,
+                {**ev.identity(spec, model, data), "what": "order", **layer_units.key(),
                  "ablation": arg, "target": target}, run)
         values = ev.objects[key]
         damage = [float(d) for d in values["damage"]]
@@ -200,8 +204,9 @@ class Sweeps:
         item order. With the closed-form engine the whole layer is swept at once (one pass).
         """
         ev = self.evals
-        full = (id(subject.model), id(subject.data), check.layer, ev.ablation_arg(spec, check),
-                spec.channel_dim, tuple(range(ev.channels(spec, subject, check))))
+        layer_units = ev.units(spec, subject, check)
+        full = (id(subject.model), id(subject.data), layer_units.memo,
+                ev.ablation_arg(spec, check), tuple(range(layer_units.count)))
         parts: list[Sweep] = []
         start, size = 0, first
         while start < len(order):

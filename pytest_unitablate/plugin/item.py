@@ -48,6 +48,7 @@ def fixture_lookup(request: pytest.FixtureRequest, spec: Spec) -> Any:
     from pytest_unitablate.engine.refs import UnknownName
 
     def lookup(name: str) -> Any:
+        __tracebackhide__ = True
         try:
             return request.getfixturevalue(name)
         except Exception as exc:
@@ -96,14 +97,17 @@ class UnitAblateItem(pytest.Function):
         they would for a test that requested the fixtures itself. The fixtures are
         resolved with ``request.getfixturevalue`` on the item's public ``request``.
         """
+        __tracebackhide__ = True  # a failing fixture's traceback starts at the fixture
         super().setup()
         request = self.funcargs["request"]
         assert isinstance(request, pytest.FixtureRequest)
         try:
             self.subject = get_state(self.config).engine().bind(
                 self.spec, fixture_lookup(request, self.spec))
+            return
         except ItemProblem as exc:
-            pytest.fail(str(exc), pytrace=False)
+            problem = str(exc)
+        pytest.fail(problem, pytrace=False)  # outside the except: no chained repeat
 
     def run_check(self) -> None:
         """Ask the engine to judge the item; pass its numbers, warnings and outcome on."""

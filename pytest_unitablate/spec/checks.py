@@ -23,6 +23,7 @@ from pytest_unitablate.spec.keys import (
     LAYER_WIDE_KEYS,
     MODE_KEYS,
     TARGET_KEYS,
+    UNIT_KINDS,
 )
 from pytest_unitablate.spec.model import (
     CONSTRAINT_KINDS,
@@ -35,6 +36,7 @@ from pytest_unitablate.spec.model import (
     Expectation,
     IdentityKind,
     Mark,
+    UnitKind,
 )
 from pytest_unitablate.spec.yaml_lines import YNode
 
@@ -274,6 +276,11 @@ class Checks(Fields):
                            " (no brackets, no '::')")
         identity_node = node.get("identity")
         identity, min_similarity = self.identity(identity_node, mode)
+        unit = self.unit_kind(node.get("unit"))
+        heads_node = node.get("num_heads")
+        num_heads = self.integer(heads_node, "num_heads", minimum=1)
+        if heads_node is not None and unit != "head":
+            self.err(heads_node.line, "num_heads is for a check with unit: head")
         if layer is None:
             return None
         return Check(
@@ -283,7 +290,20 @@ class Checks(Fields):
             ablation=self.ablation(node.get("ablation")), marks=self.marks(node.get("marks")),
             name=name, index=index, identity=identity, min_similarity=min_similarity,
             identity_line=identity_node.line if identity_node is not None else 0,
+            channel_dim=self.integer(node.get("channel_dim"), "channel_dim"),
+            unit=unit, num_heads=num_heads,
         )
+
+    def unit_kind(self, node: YNode | None) -> UnitKind | None:
+        """``unit: channel`` or ``unit: head``."""
+        if node is None:
+            return None
+        if node.kind == "scalar" and node.value in UNIT_KINDS:
+            kind: UnitKind = node.value
+            return kind
+        hint = did_you_mean(str(node.value), UNIT_KINDS) if node.kind == "scalar" else ""
+        self.err(node.line, f"unit must be channel or head, got {node.describe()}{hint}")
+        return None
 
 
 __all__ = ["Checks"]

@@ -24,7 +24,11 @@ TOP_KEYS: dict[str, str] = {
     "ablation": "zero | mean | {constant: <number>}; default zero",
     "checks": "list of checks, required",
     "ranking_data": "optional separate split used to rank units for top_units",
-    "channel_dim": "channel dimension of layer outputs, default 1",
+    "channel_dim": "which dimension of a layer's output holds its units (1 for N,C,H,W and "
+                   "N,C,L; -1 for N,T,C token features); required for outputs that are not "
+                   "N,C,H,W or N,C; a check may override it",
+    "unit": "what a unit is: channel (default) or head (attention heads); a check may "
+            "override it",
     "min_examples": "minimum examples a class target needs, default 1",
     "output": "which part of the model's output holds the logits: an index into a tuple "
               "or list output, or a key of a dict (or attribute of a ModelOutput)",
@@ -49,7 +53,12 @@ CHECK_KEYS: dict[str, str] = {
     "name": "optional label used in the test id instead of layer-u<units>",
     "identity": "what a named unit is: index (default) or signature (found again by its "
                 "recorded signature after a retrain); or {by: signature, min_similarity: 0.75}",
+    "channel_dim": "this check's channel dimension (overrides the spec's)",
+    "unit": "this check's kind of unit: channel or head (overrides the spec's)",
+    "num_heads": "for unit: head, how many heads the layer has, where the module does not "
+                 "say (num_heads, num_attention_heads, n_head, n_heads)",
 }
+UNIT_KINDS = ("channel", "head")
 IDENTITY_KEYS: dict[str, str] = {
     "by": "index or signature",
     "min_similarity": "below this cosine similarity no unit matches (default 0.75)",

@@ -168,7 +168,7 @@ class _Validator(Checks):
             classes=classes, classes_line=cnode.line if cnode else 0, ablation=ablation,
             ranking_data=ranking,
             ranking_data_line=line_of("ranking_data"),
-            channel_dim=1 if channel_dim is None else channel_dim,
+            channel_dim=channel_dim, unit=self.unit_kind(root.get("unit")) or "channel",
             min_examples=min_examples or 1, provenance=provenance,
             output=output, output_line=line_of("output"),
             signatures=sig_file, signatures_sha256=sig_sha,

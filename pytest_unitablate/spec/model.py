@@ -41,6 +41,9 @@ CheckMode = Literal["units", "any_unit", "every_unit", "top_units"]
 #: What a named unit is: its index (the default), or its recorded signature.
 IdentityKind = Literal["index", "signature"]
 
+#: What the units of a layer are: channels of its output, or attention heads.
+UnitKind = Literal["channel", "head"]
+
 #: Default ``min_similarity`` of ``identity: signature`` (cosine of class-damage profiles;
 #: how it was chosen on the demo models: ``docs/identity.md``).
 DEFAULT_MIN_SIMILARITY = 0.75
@@ -138,6 +141,12 @@ class Check:
     identity: IdentityKind = "index"
     min_similarity: float = DEFAULT_MIN_SIMILARITY
     identity_line: int = 0
+    #: the dimension of the layer's output that holds the units (None: the spec's)
+    channel_dim: int | None = None
+    #: what the units are (None: the spec's)
+    unit: UnitKind | None = None
+    #: for unit: head, the number of heads where the module does not say it
+    num_heads: int | None = None
 
     @property
     def mode_key(self) -> str | None:
@@ -162,8 +171,11 @@ class Spec:
     #: Optional separate split used to rank units for ``top_units`` checks.
     ranking_data: str | None = None
     ranking_data_line: int = 0
-    #: Channel dimension of the layers' outputs (1 for N,C,H,W and N,C).
-    channel_dim: int = 1
+    #: Channel dimension of the layers' outputs; None when the spec does not say (then 1,
+    #: for N,C,H,W and N,C outputs only: other shapes must say which dimension)
+    channel_dim: int | None = None
+    #: What the units are unless a check says otherwise: channels or attention heads.
+    unit: UnitKind = "channel"
     #: Minimum number of evaluation examples a class target needs.
     min_examples: int = 1
     #: Record-mode provenance block (torch version, device, dtype, hashes), if present.
@@ -182,6 +194,14 @@ class Spec:
         ``<spec stem>.signatures.json`` unless ``signatures: {file: ...}`` says otherwise."""
         name = self.signatures or f"{self.path.stem}.signatures.json"
         return self.path.parent / name
+
+    def channel_dim_for(self, check: Check) -> int | None:
+        """The channel dimension a check states (its own, or the spec's), or ``None``."""
+        return check.channel_dim if check.channel_dim is not None else self.channel_dim
+
+    def unit_for(self, check: Check) -> UnitKind:
+        """What the check's units are: its own ``unit:``, or the spec's."""
+        return check.unit if check.unit is not None else self.unit
 
     def ablation_for(self, check: Check) -> Ablation:
         """The ablation a check uses: its own override or the spec's default."""

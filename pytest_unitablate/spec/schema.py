@@ -28,6 +28,7 @@ from pytest_unitablate.spec.keys import (
     SIGNATURES_KEYS,
     TARGET_KEYS,
     TOP_KEYS,
+    UNIT_KINDS,
 )
 from pytest_unitablate.spec.model import CONSTRAINT_KINDS, FORMAT_VERSION
 
@@ -106,6 +107,12 @@ def build_schema() -> dict[str, Any]:
                      "by": {**kinds, "description": IDENTITY_KEYS["by"]},
                      "min_similarity": {"type": "number", "minimum": -1, "maximum": 1,
                                         "description": IDENTITY_KEYS["min_similarity"]}}}]}
+        elif key == "channel_dim":
+            check_props[key] = {"type": "integer", "description": desc}
+        elif key == "num_heads":
+            check_props[key] = {"type": "integer", "minimum": 1, "description": desc}
+        elif key == "unit":
+            check_props[key] = {"enum": list(UNIT_KINDS), "description": desc}
         else:
             check_props[key] = {"type": "string", "pattern": r"^[\w:+\-.\[\]\\/]+$",
                                 "description": desc}
@@ -135,6 +142,8 @@ def build_schema() -> dict[str, Any]:
                         "description": desc}
         elif key in ("channel_dim", "min_examples"):
             top[key] = {"type": "integer", "description": desc}
+        elif key == "unit":
+            top[key] = {"enum": list(UNIT_KINDS), "description": desc}
         elif key == "signatures":
             top[key] = {"type": "object", "additionalProperties": False, "description": desc,
                         "properties": {

@@ -144,7 +144,8 @@ def test_units_from_numpy_are_taken_and_bad_units_refused_up_front() -> None:
     by_list = scan(model, data, "1", units=[int(u) for u in order[:3]], progress=False)
     assert by_numpy.units == by_list.units == (1, 3, 0)
     assert np.array_equal(by_numpy.predictions, by_list.predictions)
-    for bad, message in (([5], "which has 5 channels"), ([-1], "which has 5 channels")):
+    for bad, message in (([5], r"whose output \(N, \[5\], 5, 5\) has 5 units"),
+                         ([-1], r"\(N, \[5\], 5, 5\) has 5 units along dimension 1")):
         with pytest.raises(UnitOutOfRangeError, match=message):
             scan(model, data, "1", units=bad, progress=False)
     with pytest.raises(TypeError, match=r"must be integers, got 1\.5"):

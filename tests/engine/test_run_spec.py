@@ -182,7 +182,8 @@ def test_check_exits_as_pytest_does_without_pytest(folder: Path) -> None:
     assert given.returncode == 1 and "7 checks, 2 failed" in given.stdout
     unknown = _check(folder, "named.yaml")
     assert unknown.returncode == 1
-    assert "named.yaml:2: model 'mine': it is not given with --fixture" in unknown.stdout
+    assert "named.yaml:2: model 'mine': it is not one of the names given with --fixture " \
+           "(none)" in unknown.stdout
     for args in (["missing.yaml"], ["spec.yaml", "--fixture", "mine"],
                  ["spec.yaml", "--device", "gpu0"], ["spec.yaml", "--bogus"],
                  ["spec.yaml", "--memory-budget", "lots"]):
@@ -208,3 +209,59 @@ def test_run_spec_in_a_process_that_cannot_import_pytest(folder: Path) -> None:
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got == {"outcomes": ["passed", "passed", "failed", "passed", "passed", "passed",
                                 "failed"], "pytest": False}
+
+
+def test_problems_have_the_plugins_outcomes(folder: Path, pytester: pytest.Pytester) -> None:
+    """A problem found while measuring (an unknown layer) fails the item, as in pytest; a
+    model that cannot be had (an unknown name) is an error, as pytest's setup error."""
+    bad = tiny_source.HEAD + "checks:\n  - layer: hiden\n    units: [1]\n    expect:\n" \
+        "      one: {min_drop: 5%}\n"
+    (folder / "layer.yaml").write_text(bad)
+    (folder / "name.yaml").write_text(bad.replace("model: tinymodel:model", "model: nobody"))
+    for name, outcome in (("layer.yaml", "failed"), ("name.yaml", "error")):
+        result = pytester.runpytest("--unitablate-spec", name, "--unitablate-report",
+                                    "r.json", "-p", "no:randomly")
+        plugin = json.loads((folder / "r.json").read_text())["items"]
+        run = run_spec(name)
+        assert [r["outcome"] for r in plugin] == [r["outcome"] for r in run.records] == \
+            [outcome], result.stdout.str()
+        assert run.failed == run.records
+
+
+def test_bad_arguments_are_refused_at_once(folder: Path) -> None:
+    with pytest.raises(ValueError, match="'gpu0' is not a torch device"):
+        run_spec("spec.yaml", device="gpu0")
+    with pytest.raises(TypeError, match="seed"):
+        run_spec("spec.yaml", seed="x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="memory_budget"):
+        run_spec("spec.yaml", memory_budget="lots")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        run_spec("missing.yaml")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            run_spec("spec.yaml", device="cuda")
+    budgeted = run_spec("spec.yaml", memory_budget="64MiB")
+    assert [r["outcome"] for r in budgeted.records] == \
+        [r["outcome"] for r in run_spec("spec.yaml").records]
+
+
+@pytest.mark.slow
+def test_check_takes_folders_and_several_specs_and_imports_from_here(folder: Path) -> None:
+    (folder / "specs").mkdir()
+    (folder / "specs" / "a.yaml").write_text(SPEC)
+    (folder / "specs" / "notes.yaml").write_text("title: not a spec\n")
+    both = _check(folder, "specs", "spec.yaml", "--report", "both.json")
+    assert both.returncode == 1, both.stderr
+    assert "unitablate: 14 checks, 4 failed; report: both.json" in both.stdout
+    assert {i["spec"] for i in json.loads((folder / "both.json").read_text())["items"]} == \
+        {"spec.yaml", "specs/a.yaml"}
+    script = Path(sys.executable).parent / "unitablate"  # the installed console script
+    env = env_without_pytest(folder / "blocker")  # (folder itself is not on the path)
+    named = SPEC.replace("model: tinymodel:model", "model: mine")
+    (folder / "named.yaml").write_text(named)
+    proc = subprocess.run([str(script), "check", "named.yaml", "--fixture",
+                           "mine=tinymodel:model"], cwd=folder, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1 and "7 checks, 2 failed" in proc.stdout, proc.stdout

@@ -91,7 +91,8 @@ def test_spec_problems_are_collection_errors_exit_2(tiny: pytest.Pytester) -> No
         ("  - layer: hiden\n    units: [1]\n    expect:\n      one: {min_drop: 5%}\n",
          "spec.yaml:6: model Tiny has no layer 'hiden'; did you mean 'hidden'*"),
         ("  - layer: hidden\n    units: [7]\n    expect:\n      one: {min_drop: 5%}\n",
-         "spec.yaml:6: unit 7 is out of range for layer 'hidden', which has 4 channels*"),
+         "spec.yaml:6: unit 7 is out of range for layer 'hidden', whose output (N, [[]4[]]) "
+         "has 4 units along dimension 1*"),
         ("  - layer: unused\n    units: [0]\n    expect:\n      one: {min_drop: 5%}\n",
          "spec.yaml:6: layer 'unused' never ran during the forward pass*"),
     ],

@@ -42,6 +42,7 @@ from pytest_unitablate.core.evaluation import (
     evaluate,
     model_device,
 )
+from pytest_unitablate.core.heads import check_heads, head_means, head_site
 from pytest_unitablate.core.layers import (
     check_units,
     probe_layers,
@@ -161,6 +162,8 @@ def scan(
     progress: bool | Callable[[int, int | None], None] | None = None,
     output: int | str | None = None,
     prefix_cache: PrefixCache | None = None,
+    unit: str = "channel",
+    num_heads: int | None = None,
 ) -> ScanResult:
     """Ablate each unit of ``layer`` alone and record every example's prediction.
 
@@ -185,6 +188,12 @@ def scan(
     (:class:`~pytest_unitablate.core.scan.prefix.PrefixCache`) lets scans of one layer
     share the network before it: the prefix engine reuses the outputs an earlier pass left
     there and leaves its own (results are the same with or without it).
+
+    ``unit="head"`` scans attention heads of ``layer`` (an ``nn.MultiheadAttention`` or an
+    output projection: :mod:`pytest_unitablate.core.heads`; ``num_heads`` where the module
+    does not say): ``units`` are head indices and ``means`` per-feature means of the heads'
+    concatenated output. Heads are ablated inside the attention computation, so the naive
+    loop (one forward per head) runs them.
     """
     if method not in ("auto", "closed_form", "prefix", "naive"):
         raise ConfigError(
@@ -196,11 +205,25 @@ def scan(
     target = torch.device(device) if device is not None else model_device(model)
     first = next(iter(iter_batches(data, batch_size=batch_size, device=target)))[0]
     info = probe_layers(model, first[:2], [layer], channel_dim=channel_dim)[layer]
-    chosen, variants = (tuple(range(info.channels)), tuple((u,) for u in range(
-        info.channels))) if units is None else variants_of(layer, units)
-    check_units(layer, [u for v in variants for u in v], info.channels)
+    count = info.channels
+    if unit == "head":
+        count = head_site(model, layer, num_heads).num_heads
+    elif unit != "channel":
+        raise ConfigError(f"scan unit must be 'channel' or 'head', got {unit!r}")
+    chosen, variants = (tuple(range(count)), tuple((u,) for u in range(count))) \
+        if units is None else variants_of(layer, units)
+    flat = [u for v in variants for u in v]
+    if unit == "head":
+        check_heads(head_site(model, layer, num_heads), flat)
+    else:
+        check_units(layer, flat, count, info.shape, channel_dim)
     if ablation == "mean" and (means is None or layer not in means):
-        means = channel_means(model, data, [layer], channel_dim=channel_dim, device=target)
+        means = {layer: head_means(model, data, layer, num_heads=num_heads, device=target)} \
+            if unit == "head" else channel_means(model, data, [layer],
+                                                  channel_dim=channel_dim, device=target)
+    if unit == "head" and method in ("closed_form", "prefix"):
+        raise ConfigError(f"scan(method={method!r}) refused for {layer!r}: heads are ablated "
+                          f"inside the attention computation; use method='auto' or 'naive'")
 
     if not chosen:  # nothing to ablate: the baseline alone
         base = evaluate(model, data, device=target, batch_size=batch_size, output=output)
@@ -216,6 +239,9 @@ def scan(
 
         head = None
         reason = ""
+        if unit == "head":
+            method = "naive"
+            reason = "heads: one forward per head (the naive loop)"
         if method in ("auto", "closed_form"):
             if channel_dim != 1 or len(info.shape) != 4:
                 reason = "closed form needs a 4-D N,C,H,W layer with channel_dim 1"
@@ -262,7 +288,7 @@ def scan(
         rows = []
         for variant in variants:
             with ablate(model, {layer: list(variant)}, ablation=ablation, means=means,
-                        channel_dim=channel_dim):
+                        channel_dim=channel_dim, unit=unit, num_heads=num_heads):
                 ablated = evaluate(model, data, device=target, batch_size=batch_size, output=output)
                 check_paired(baseline, ablated,
                              f"the pass with {layer} units {list(variant)} ablated")

@@ -1,0 +1,110 @@
+"""What a check's units are on the model under test: channels along a stated dimension of
+the layer's output, or attention heads, resolved once per (model, layer).
+
+No axis is guessed where it could be wrong. An output of shape ``N,C,H,W`` or ``N,C``
+has its units on dimension 1; any other shape (``N,T,C`` tokens, ``N,C,L`` sequences,
+``N,C,D,H,W`` volumes) needs the check or the spec to say ``channel_dim:``, or the check
+is a located error that names the shape and the two likely choices. (Ablating dimension 1
+of a transformer block's ``N,T,C`` output ablates a *token position*, silently.)
+
+Example::
+
+    units = resolve_units(spec, check, model, first_batch)
+    units.count, units.describe()        # 64, "unit 'blocks.1' (N, 17, [64])"
+    units.label(3)                       # "unit 3" (or "head 3")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pytest_unitablate.core.heads import head_site
+from pytest_unitablate.core.layers import probe_layers, shape_text
+from pytest_unitablate.errors import ConfigError
+from pytest_unitablate.spec.model import Check, Spec, UnitKind
+
+
+@dataclass(frozen=True)
+class LayerUnits:
+    """A check's layer and what its units are, on one model."""
+
+    layer: str
+    unit: UnitKind
+    #: the output dimension holding the units (channels; for heads, the last dimension of
+    #: the heads' concatenated output)
+    channel_dim: int
+    num_heads: int | None
+    #: how many units the layer has (channels, or heads)
+    count: int
+    #: the layer's output shape on a probe batch
+    shape: tuple[int, ...]
+
+    @property
+    def memo(self) -> tuple[Any, ...]:
+        """What identifies these units in memory keys."""
+        return (self.layer, self.unit, self.channel_dim, self.num_heads)
+
+    def key(self) -> dict[str, Any]:
+        """What identifies these units in store keys."""
+        return {"layer": self.layer, "unit": self.unit, "channel_dim": self.channel_dim,
+                "num_heads": self.num_heads}
+
+    def core_args(self) -> dict[str, Any]:
+        """The keyword arguments ``ablate()`` and ``scan()`` take for these units."""
+        return {"channel_dim": self.channel_dim, "unit": self.unit,
+                "num_heads": self.num_heads}
+
+    def label(self, index: int) -> str:
+        """``head 3`` or ``unit 3``."""
+        return f"{'head' if self.unit == 'head' else 'unit'} {index}"
+
+    def describe(self) -> str:
+        """The layer and where its units are, for messages."""
+        if self.unit == "head":
+            return f"{self.layer!r} ({self.count} heads)"
+        return f"{self.layer!r}, output {shape_text(self.shape, self.channel_dim)}"
+
+
+def _stated_dim(spec: Spec, check: Check) -> int | None:
+    return spec.channel_dim_for(check)
+
+
+def resolve_units(spec: Spec, check: Check, model: nn.Module, inputs: torch.Tensor
+                  ) -> LayerUnits:
+    """The check's units on ``model`` (one probing forward on ``inputs``).
+
+    Raises :class:`~pytest_unitablate.errors.ConfigError` (the engine locates it) for an
+    output whose unit dimension is not stated and not ``N,C,H,W`` or ``N,C``, and for a
+    stated dimension the output does not have.
+    """
+    unit = spec.unit_for(check)
+    stated = _stated_dim(spec, check)
+    info = probe_layers(model, inputs, [check.layer], channel_dim=stated or 1)[check.layer]
+    shape = info.shape
+    if unit == "head":
+        site = head_site(model, check.layer, check.num_heads)
+        return LayerUnits(check.layer, "head", -1, check.num_heads, site.num_heads, shape)
+    if stated is None:
+        if len(shape) not in (2, 4):
+            raise ConfigError(
+                f"layer {check.layer!r} outputs shape {shape_text(shape)}, which is not "
+                f"N,C,H,W or N,C: say which dimension holds its units, 'channel_dim: -1' "
+                f"for N,T,C token features (a transformer's), 'channel_dim: 1' for N,C,L "
+                f"(a 1-D convolution's); on the check, or for the whole spec")
+        stated = 1
+    ndim = len(shape)
+    dim = stated if stated >= 0 else ndim + stated
+    if not 1 <= dim < ndim:
+        raise ConfigError(
+            f"channel_dim: {stated} for layer {check.layer!r}, whose output "
+            f"{shape_text(shape)} has no such dimension besides the batch (N): use one of "
+            f"{', '.join(str(d) for d in range(1, ndim))} or "
+            f"{', '.join(str(d - ndim) for d in range(1, ndim))}")
+    return LayerUnits(check.layer, "channel", stated, None, shape[dim], shape)
+
+
+__all__ = ["LayerUnits", "resolve_units"]
