@@ -277,6 +277,22 @@ def ablate(
         name: _LayerAblation(name, plan[name], kind, layer_means.get(name), channel_dim)
         for name in plan
     }
+    handles: list[RemovableHandle] = []
+    try:
+        for name, hook in hooks.items():
+            handles.append(modules[name].register_forward_hook(hook))
+        with counting_calls(model, hooks):
+            yield hooks
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def counting_calls(model: nn.Module, hooks: Mapping[str, Any]) -> Iterator[None]:
+    """Per forward of ``model``: reset each hook's ``calls`` before, and after it refuse a
+    layer that ran twice or never (a shared module, a layer off the path). Torch's fused
+    attention fast path is off inside (it would skip the hooked submodules)."""
     root = unwrap_model(model)
 
     def reset(module: nn.Module, args: Any) -> None:
@@ -287,14 +303,10 @@ def ablate(
         for name, hook in hooks.items():
             require_single_call(model, name, hook.calls)
 
-    handles: list[RemovableHandle] = []
+    handles = [root.register_forward_pre_hook(reset), root.register_forward_hook(verify)]
     try:
-        handles.append(root.register_forward_pre_hook(reset))
-        for name, hook in hooks.items():
-            handles.append(modules[name].register_forward_hook(hook))
-        handles.append(root.register_forward_hook(verify))
-        with no_fast_path():  # fused attention kernels would skip the hooked submodules
-            yield hooks
+        with no_fast_path():
+            yield
     finally:
         for handle in handles:
             handle.remove()
@@ -333,26 +345,9 @@ def _ablate_heads(model: nn.Module, plan: Mapping[str, tuple[int, ...]], kind: s
                 raise ConfigError(f"mean ablation of the heads of {name!r} needs their means: "
                                   f"pass means= or data=")
     hooks = {name: _HeadAblation() for name in plan}
-    root = unwrap_model(model)
-
-    def reset(module: nn.Module, args: Any) -> None:
-        for hook in hooks.values():
-            hook.calls = 0
-
-    def verify(module: nn.Module, args: Any, output: Any) -> None:
-        for name, hook in hooks.items():
-            require_single_call(model, name, hook.calls)
-
-    handles: list[RemovableHandle] = []
     with ExitStack() as stack:
-        try:
-            handles.append(root.register_forward_pre_hook(reset))
-            for name, site in sites.items():
-                edit = ablation_edit(site, plan[name], kind, layer_means.get(name))
-                stack.enter_context(editing_heads(site, edit, hooks[name].called))
-            handles.append(root.register_forward_hook(verify))
-            with no_fast_path():
-                yield hooks
-        finally:
-            for handle in handles:
-                handle.remove()
+        for name, site in sites.items():
+            edit = ablation_edit(site, plan[name], kind, layer_means.get(name))
+            stack.enter_context(editing_heads(site, edit, hooks[name].called))
+        with counting_calls(model, hooks):
+            yield hooks

@@ -235,7 +235,7 @@ def test_bad_arguments_are_refused_at_once(folder: Path) -> None:
         run_spec("spec.yaml", seed="x")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="memory_budget"):
         run_spec("spec.yaml", memory_budget="lots")
-    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"missing.yaml"):
         run_spec("missing.yaml")
     import torch
 
