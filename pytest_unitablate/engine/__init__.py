@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 _LAZY = {
     "Engine": "pytest_unitablate.engine.engine",
     "EngineSettings": "pytest_unitablate.engine.settings",
-    "ItemResult": "pytest_unitablate.engine.judge",
+    "ItemResult": "pytest_unitablate.engine.results",
     "DiskStore": "pytest_unitablate.engine.store",
     "NullStore": "pytest_unitablate.engine.store",
     "Store": "pytest_unitablate.engine.store",
@@ -45,7 +45,7 @@ __all__ = ["DiskStore", "Engine", "EngineSettings", "ItemResult", "NullStore", "
 
 if TYPE_CHECKING:  # pragma: no cover
     from pytest_unitablate.engine.engine import Engine
-    from pytest_unitablate.engine.judge import ItemResult
+    from pytest_unitablate.engine.results import ItemResult
     from pytest_unitablate.engine.run import SpecRun, run_spec
     from pytest_unitablate.engine.settings import EngineSettings
     from pytest_unitablate.engine.store import DiskStore, NullStore, Store

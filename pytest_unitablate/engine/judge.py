@@ -19,10 +19,9 @@ Example::
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any
 
+from pytest_unitablate.engine.results import Engine, ItemResult, Miss
 from pytest_unitablate.errors import ItemProblem
 from pytest_unitablate.spec.ids import ItemKey
 from pytest_unitablate.spec.model import Spec
@@ -56,47 +55,7 @@ from pytest_unitablate.verdicts.measure import (
 from pytest_unitablate.verdicts.records import static_record
 
 if TYPE_CHECKING:
-    from pytest_unitablate.core.evaluation import EvalResult
-    from pytest_unitablate.engine.evaluations import Evaluations
-    from pytest_unitablate.engine.matching import Matching
     from pytest_unitablate.engine.refs import Subject
-    from pytest_unitablate.engine.settings import EngineSettings
-    from pytest_unitablate.engine.sweeps import Sweeps
-    from pytest_unitablate.spec.model import Check
-
-Status = Literal["passed", "failed", "error"]
-
-
-class Engine(Protocol):
-    """What judging an item needs of the engine (:class:`~.engine.Engine` has it)."""
-
-    settings: EngineSettings
-    evals: Evaluations
-    sweeps: Sweeps
-    matching: Matching
-    provenance_checked: set[str]
-    engine_warned: set[tuple[str, str]]
-    signature_data_warned: set[str]
-
-    def ablated(self, spec: Spec, subject: Subject, check: Check,
-                units: Sequence[int] | None = None) -> EvalResult: ...
-
-
-class Miss(Exception):
-    """A failed expectation (its text is the failure message)."""
-
-
-@dataclass
-class ItemResult:
-    """What judging one item gave."""
-
-    record: dict[str, Any]
-    status: Status = "passed"
-    #: the failure text (``failed``) or the located problem (``error``)
-    message: str | None = None
-    #: warnings to show (a pass inside the warn band, an environment drift, ...)
-    warnings: list[str] = field(default_factory=list)
-
 
 def judge_item(engine: Engine, spec: Spec, subject: Subject, key: ItemKey) -> ItemResult:
     """Measure and judge the item ``key`` of ``spec`` on ``subject``."""
@@ -124,6 +83,11 @@ class _ItemRun:
 
     def warn(self, text: str) -> None:
         self.result.warnings.append(text)
+
+    @property
+    def noun(self) -> str:
+        """What one of the check's units is called in messages: ``unit`` or ``head``."""
+        return "head" if self.spec.unit_for(self.key.check) == "head" else "unit"
 
     def rerun(self, mode: str) -> str:
         return self.settings.rerun_command(mode, str(self.spec.path))
@@ -171,7 +135,8 @@ class _ItemRun:
                     units=(u,)) for i, u in enumerate(sweep.units)]
 
             total = evals.channels(spec, subject, check)
-            how = "unit index"
+            noun = self.noun
+            how = f"{noun} index"
             if self._stops_early():
                 order, how = engine.sweeps.unit_order(spec, subject, check, k,
                                                       damaging_first(constraint, check.mode))
@@ -187,13 +152,14 @@ class _ItemRun:
             self._warn_engine(sweep)
             if len(sweep.units) < total:
                 notes.append(f"stopped early: the outcome was decided after {len(sweep.units)}"
-                             f" of {total} units, tried in order of {how} "
+                             f" of {total} {noun}s, tried in order of {how} "
                              f"({self.settings.full_sweeps_option} evaluates them all)")
             if check.mode == "any_unit":
                 layer = judge_any_unit(constraint, per_unit, at_least=check.at_least,
-                                       level=level, total=total)
+                                       level=level, total=total, noun=noun)
             else:
-                layer = judge_every_unit(constraint, per_unit, level=level, total=total)
+                layer = judge_every_unit(constraint, per_unit, level=level, total=total,
+                                         noun=noun)
             m, notes = layer.decider, list(layer.notes) + notes
         else:
             chosen, notes = self._top_units()
@@ -258,7 +224,7 @@ class _ItemRun:
         if gone:
             raise Miss(no_match_text(
                 spec.where(check.identity_line or check.line), self.key.id, check.layer,
-                gone, check.min_similarity, matches))
+                gone, check.min_similarity, matches, self.noun))
         notes.insert(0, "identity: signature: " + "; ".join(m.describe() for m in mapped))
         return [int(m.unit) for m in mapped if m.unit is not None]
 
@@ -349,7 +315,7 @@ class _ItemRun:
             where=spec.where(key.line), head=key.check_part,
             ablation=spec.ablation_for(key.check).label(),
             target=spec.target_name(key.expectation.target),
-            hint=self.rerun("failed"), deciding=deciding, notes=notes)
+            hint=self.rerun("failed"), deciding=deciding, notes=notes, noun=self.noun)
         if writes(mode, has_threshold=verdict is not None,
                    failing=verdict is not None and not verdict.passed):
             self._refuse_vacuous(ctx, m)

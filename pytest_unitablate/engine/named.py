@@ -30,6 +30,7 @@ from pytest_unitablate.core.evaluation import EvalResult
 from pytest_unitablate.core.scan import scan
 from pytest_unitablate.engine.evaluations import Evaluations, eval_result
 from pytest_unitablate.engine.refs import Subject
+from pytest_unitablate.errors import ItemProblem
 from pytest_unitablate.spec.model import Check, Spec
 
 
@@ -64,17 +65,28 @@ class NamedChecks:
         layer with the same ablation (signature checks once matched), in a fixed order."""
         ev = self.evals
         arg = ev.ablation_arg(spec, check)
-        channels = ev.channels(spec, subject, check)
+        layer_units = ev.units(spec, subject, check)
+        channels = layer_units.count
         wanted = {tuple(sorted(set(units)))}
         for other in spec.checks:
             if other.mode != "units" or other.layer != check.layer or \
-                    ev.ablation_arg(spec, other) != arg:
+                    ev.ablation_arg(spec, other) != arg or \
+                    not self._same_units(spec, subject, other, layer_units.memo):
                 continue
             chosen = self._matched(spec, subject, other) if other.identity == "signature" \
                 else other.units
             if chosen and all(0 <= u < channels for u in chosen):
                 wanted.add(tuple(sorted(set(chosen))))
         return sorted(wanted)
+
+    def _same_units(self, spec: Spec, subject: Subject, other: Check,
+                    memo: tuple[Any, ...]) -> bool:
+        """Whether ``other`` addresses the layer's units as the planned check does (its own
+        problems are its item's to report, not this one's)."""
+        try:
+            return self.evals.units(spec, subject, other).memo == memo
+        except ItemProblem:
+            return False
 
     def _matched(self, spec: Spec, subject: Subject, check: Check) -> tuple[int, ...] | None:
         """The units a signature check's recorded units matched, when the match was made

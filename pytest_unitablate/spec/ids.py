@@ -10,6 +10,8 @@ target, then the constraint::
     conv5-top20-seven-seven-min_drop      the 20 units most damaging to seven, class seven
     conv5-u245:mean-seven-min_drop        the check overrides the spec's ablation
     edge_detector-seven-min_drop          a check with ``name: edge_detector``
+    blocks.1.attn-h3-zero-min_drop        head 3 (``unit: head``)
+    blocks.1.attn-every_head-overall-max_drop   every_unit over heads
 
 An id holds no brackets at all. pytest (9.2 and later parse node ids as ``name[params]``)
 treats a ``[`` anywhere in a name as the start of a parameter part, so a bracket in the
@@ -56,8 +58,9 @@ def check_label(spec: Spec, check: Check) -> str:
     if check.name:
         base = check.name
     else:
+        heads = spec.unit_for(check) == "head"
         if check.mode == "units":
-            selector = "u" + "+".join(str(u) for u in check.units)
+            selector = ("h" if heads else "u") + "+".join(str(u) for u in check.units)
         elif check.mode == "any_unit":
             selector = "any" if check.at_least == 1 else f"any{check.at_least}"
         elif check.mode == "every_unit":
@@ -65,6 +68,8 @@ def check_label(spec: Spec, check: Check) -> str:
         else:
             cls = target_label(spec, check.top_class) if check.top_class is not None else "?"
             selector = f"top{check.top_units}-{cls}"
+        if heads and check.mode != "units":
+            selector += "_head"
         base = f"{check.layer}-{selector}"
     ablation = spec.ablation_for(check)
     if ablation.label() != spec.ablation.label():

@@ -47,6 +47,8 @@ class FailureContext:
     hint: str  # the command that re-records the threshold
     deciding: Sequence[int] | None = None
     notes: Sequence[str] = field(default_factory=tuple)
+    #: what a unit of the check is called: ``unit`` (a channel) or ``head``
+    noun: str = "unit"
 
 
 def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
@@ -55,7 +57,7 @@ def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
     what = "overall accuracy" if ctx.target == OVERALL else f"class {ctx.target!r}"
     unit_text = ""
     if ctx.deciding is not None:
-        label = "deciding unit" if len(ctx.deciding) == 1 else "deciding units"
+        label = f"deciding {ctx.noun}" + ("" if len(ctx.deciding) == 1 else "s")
         unit_text = f"   {label}: {', '.join(map(str, ctx.deciding))}"
     hits_before = m.table.a + m.table.b
     hits_after = m.table.a + m.table.c
@@ -147,12 +149,13 @@ def unsupportable_text(where: str, item_id: str, constraint: Constraint, hits: i
 
 
 def no_match_text(where: str, item_id: str, layer: str, gone: Sequence[Any],
-                  minimum: float, matches: Mapping[int, Any]) -> str:
+                  minimum: float, matches: Mapping[int, Any], noun: str = "unit") -> str:
     """The failure of an ``identity: signature`` check whose unit has no match.
 
     ``gone`` and ``matches`` hold match records (``recorded``, ``unit``, ``similarity``,
     ``best_unit``, ``best_similarity`` attributes, as
-    :class:`pytest_unitablate.core.identity.Match` has them).
+    :class:`pytest_unitablate.core.identity.Match` has them); ``noun`` is ``unit`` or
+    ``head``.
 
     >>> from types import SimpleNamespace as M
     >>> g = M(recorded=10, unit=7, similarity=0.41, best_unit=7, best_similarity=0.41)
@@ -161,20 +164,22 @@ def no_match_text(where: str, item_id: str, layer: str, gone: Sequence[Any],
     """
     lines = []
     for g in gone:
-        head = (f"{where}: {item_id}: no unit of {layer} matches the recorded unit "
-                f"{g.recorded} (best: unit {g.best_unit}, {g.best_similarity:.2f})")
+        head = (f"{where}: {item_id}: no {noun} of {layer} matches the recorded {noun} "
+                f"{g.recorded} (best: {noun} {g.best_unit}, {g.best_similarity:.2f})")
         lines.append(head)
         claimed = [r for r, m in matches.items() if m.unit == g.best_unit and r != g.recorded]
         if claimed:
-            lines.append(f"  unit {g.best_unit} is the match of recorded unit {claimed[0]} "
-                         f"(one-to-one); the best unit left for {g.recorded} is "
-                         + (f"unit {g.unit} ({g.similarity:.2f})" if g.unit is not None
-                            else "none (the layer has fewer units than were recorded)"))
+            lines.append(f"  {noun} {g.best_unit} is the match of recorded {noun} "
+                         f"{claimed[0]} (one-to-one); the best {noun} left for {g.recorded} "
+                         f"is " + (f"{noun} {g.unit} ({g.similarity:.2f})" if g.unit is not None
+                                   else f"none (the layer has fewer {noun}s than were "
+                                        f"recorded)"))
     lines.append(f"  required similarity >= {minimum:.2f} (cosine of class-damage profiles; "
                  f"min_similarity in the check's identity:)")
-    lines.append("  The unit this check protects is gone: no unit of the model under test "
-                 "plays its role (the classes that depend on it). If that is intended, "
-                 "remove the check, or delete its signature and record the new model's unit.")
+    lines.append(f"  The {noun} this check protects is gone: no {noun} of the model under "
+                 f"test plays its role (the classes that depend on it). If that is intended, "
+                 f"remove the check, or delete its signature and record the new model's "
+                 f"{noun}.")
     return "\n".join(lines)
 
 

@@ -76,15 +76,16 @@ def _unit(m: Measurement) -> int:
     return m.units[0]
 
 
-def _of(per_unit: Sequence[Measurement], total: int | None) -> str:
+def _of(per_unit: Sequence[Measurement], total: int | None, noun: str = "unit") -> str:
     """``"3 of 8 units"``, or ``"1 of 1 units evaluated"`` when a check stopped early
-    (``total``: the layer's units)."""
+    (``total``: the layer's units; ``noun``: ``unit`` or ``head``)."""
     partial = total is not None and total > len(per_unit)
-    return f"of {len(per_unit)} units{' evaluated' if partial else ''}"
+    return f"of {len(per_unit)} {noun}s{' evaluated' if partial else ''}"
 
 
 def judge_any_unit(constraint: Constraint, per_unit: Sequence[Measurement], *, at_least: int,
-                   level: float = DEFAULT_LEVEL, total: int | None = None) -> LayerVerdict:
+                   level: float = DEFAULT_LEVEL, total: int | None = None,
+                   noun: str = "unit") -> LayerVerdict:
     """``any_unit``: the ``at_least``-th best unit decides (best first, ties by index).
     ``total``: the layer's units, when ``per_unit`` holds only those evaluated."""
     if not per_unit:
@@ -96,13 +97,15 @@ def judge_any_unit(constraint: Constraint, per_unit: Sequence[Measurement], *, a
     notes = []
     if constraint.threshold is not None:
         passing = sum(judge(constraint, m).passed for m in per_unit)
-        notes.append(f"{passing} {_of(per_unit, total)} meet it; at least {at_least} needed")
+        notes.append(f"{passing} {_of(per_unit, total, noun)} meet it; at least {at_least} "
+                     f"needed")
     return LayerVerdict(decider=ranked[k - 1], deciding=[_unit(m) for m in ranked[:k]],
                         record_value=bounds[k - 1], notes=notes)
 
 
 def judge_every_unit(constraint: Constraint, per_unit: Sequence[Measurement], *,
-                     level: float = DEFAULT_LEVEL, total: int | None = None) -> LayerVerdict:
+                     level: float = DEFAULT_LEVEL, total: int | None = None,
+                     noun: str = "unit") -> LayerVerdict:
     """``every_unit``: the worst unit decides (ties by index); ``total`` as for
     :func:`judge_any_unit`."""
     if not per_unit:
@@ -114,7 +117,7 @@ def judge_every_unit(constraint: Constraint, per_unit: Sequence[Measurement], *,
     if constraint.threshold is not None:
         failing = [_unit(m) for m in per_unit if not judge(constraint, m).passed]
         shown = f": {failing[:20]}{' ...' if len(failing) > 20 else ''}" if failing else ""
-        notes.append(f"{len(failing)} {_of(per_unit, total)} miss it{shown}")
+        notes.append(f"{len(failing)} {_of(per_unit, total, noun)} miss it{shown}")
     return LayerVerdict(decider=worst, deciding=[_unit(worst)], record_value=bounds[-1],
                         notes=notes)
 

@@ -27,7 +27,7 @@ from pytest_unitablate.spec.model import Spec
 
 #: The JSON report's per-item fields, in order.
 FIELDS = (
-    "id", "spec", "line", "layer", "units", "ablation", "target", "class_index", "n",
+    "id", "spec", "line", "layer", "unit", "units", "ablation", "target", "class_index", "n",
     "baseline", "ablated", "drop", "ci_low", "ci_high", "constraint", "threshold",
     "outcome", "p_value", "deciding_units", "ranking_note", "engine", "engine_reason",
     "engine_plan", "units_evaluated", "units_total", "identity", "matched_units", "similarity",
@@ -44,6 +44,7 @@ def static_record(spec: Spec, key: ItemKey) -> dict[str, Any]:
         "line": key.line,
         "layer": check.layer,
         "mode": check.mode,
+        "unit": spec.unit_for(check),
         "units": list(check.units) if check.mode == "units" else None,
         "ablation": spec.ablation_for(check).label(),
         "target": spec.target_name(target),
@@ -72,10 +73,10 @@ def _pct(x: Any, suffix: str = "%") -> str:
 
 
 #: Printed under the table: how to read the ``units`` column.
-TABLE_LEGEND = ("units: the units ablated together; for a layer-wide check, "
-                "<mode>:<units> names the check (any_unit, every_unit, top_units) and the "
-                "unit(s) that decided its outcome; 10->3: identity: signature matched the "
-                "recorded unit 10 to unit 3 of the model under test")
+TABLE_LEGEND = ("units: the units ablated together (h3: attention head 3); for a "
+                "layer-wide check, <mode>:<units> names the check (any_unit, every_unit, "
+                "top_units) and the unit(s) that decided its outcome; 10->3: identity: "
+                "signature matched the recorded unit 10 to unit 3 of the model under test")
 
 
 def summary_line(records: Sequence[Mapping[str, Any]], report: Path | None) -> str:
@@ -103,13 +104,15 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
         units = r.get("units")
         deciding = r.get("deciding_units")
         matched = r.get("matched_units")
+        h = "h" if r.get("unit") == "head" else ""
         if units and matched:
-            unit_text = "+".join(f"{u}->{m if m is not None else '?'}"
+            unit_text = "+".join(f"{h}{u}->{h}{m}" if m is not None else f"{h}{u}->?"
                                  for u, m in zip(units, matched, strict=False))
         elif units:
-            unit_text = "+".join(map(str, units))
+            unit_text = "+".join(f"{h}{u}" for u in units)
         elif deciding:
-            unit_text = f"{r.get('mode', '')}:{'+'.join(map(str, deciding))}".lstrip(":")
+            unit_text = f"{r.get('mode', '')}:{'+'.join(f'{h}{u}' for u in deciding)}".lstrip(
+                ":")
         else:
             unit_text = str(r.get("mode") or "")
         rows.append((

@@ -1,0 +1,123 @@
+"""``unit: head`` through the engine: every head's per-class drop equals weight surgery on
+the output projection (an implementation that shares nothing with ours), for an
+``nn.MultiheadAttention`` inside ``nn.TransformerEncoderLayer`` and for a Hugging
+Face-style ``o_proj``; an ``N,T,C`` layer without ``channel_dim`` is refused, shape named."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import transformer_source
+
+from pytest_unitablate import run_spec
+
+HEAD = "unitablate: 1\nmodel: {module}:model\ndata: {module}:data\n"
+CLASSES = 4
+
+
+@pytest.fixture
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "tinyvit.py").write_text(transformer_source.SOURCE)
+    (tmp_path / "hfattn.py").write_text(transformer_source.HF_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _predictions(model: torch.nn.Module, data: list[Any]) -> np.ndarray:
+    with torch.no_grad():
+        return torch.cat([model(x).argmax(1) for x, _ in data]).numpy()
+
+
+def _drops(model: torch.nn.Module, surgery: torch.nn.Module, data: list[Any]
+           ) -> dict[str, float]:
+    labels = torch.cat([y for _, y in data]).numpy()
+    before, after = _predictions(model, data) == labels, _predictions(surgery, data) == labels
+    drops = {"overall": float(before.mean() - after.mean())}
+    for k in range(CLASSES):
+        mask = labels == k
+        drops[str(k)] = float(before[mask].mean() - after[mask].mean())
+    return drops
+
+
+@pytest.mark.parametrize(("module", "layer", "weight"), [
+    ("tinyvit", "encoder.layers.1.self_attn", "encoder.layers.1.self_attn.out_proj.weight"),
+    ("hfattn", "attn.o_proj", "attn.o_proj.weight"),
+])
+def test_every_heads_class_drops_equal_weight_surgery(folder: Path, module: str, layer: str,
+                                                     weight: str) -> None:
+    import importlib
+
+    source = importlib.import_module(module)
+    checks = "".join(
+        f"  - layer: {layer}\n    unit: head\n    units: [{h}]\n    expect:\n"
+        + "".join(f"      {t}: {{max_drop: 100%}}\n" for t in ("overall", 0, 1, 2, 3))
+        for h in range(4))
+    (folder / "heads.yaml").write_text(HEAD.format(module=module) + "checks:\n" + checks)
+    run = run_spec("heads.yaml")
+    model, data = source.model(), source.data()
+    hit = 0
+    for h in range(4):
+        surgery = copy.deepcopy(model)
+        with torch.no_grad():
+            dict(surgery.named_parameters())[weight][:, h * 4:(h + 1) * 4] = 0
+        expected = _drops(model, surgery, data)
+        hit += expected["overall"] != 0
+        got = {r["target"]: r["drop"] for r in run.records if r["units"] == [h]}
+        assert got == pytest.approx(expected, abs=1e-12), h
+    assert hit, "no head changed a prediction: the comparison would prove nothing"
+    assert {r["unit"] for r in run.records} == {"head"}
+
+
+def test_layer_wide_checks_over_heads_name_the_deciding_head(folder: Path) -> None:
+    (folder / "every.yaml").write_text(HEAD.format(module="tinyvit") + """\
+checks:
+  - layer: encoder.layers.1.self_attn
+    unit: head
+    every_unit:
+      expect:
+        overall: {max_drop: 1%}
+""")
+    run = run_spec("every.yaml", full_sweeps=True)
+    (item,) = run.items
+    assert item.outcome == "failed" and item.message is not None
+    assert "deciding head: " in item.message and "of 4 heads miss it" in item.message
+    assert item.record["engine"] == "naive"
+    assert item.warnings == ()  # one forward per head is the plan, not a fallback
+
+
+def test_a_token_layer_without_channel_dim_is_refused_with_its_shape(folder: Path) -> None:
+    (folder / "axis.yaml").write_text(HEAD.format(module="tinyvit") + """\
+checks:
+  - layer: encoder.layers.0
+    units: [5]
+    expect:
+      overall: {max_drop: 50%}
+  - layer: encoder.layers.0
+    name: features
+    channel_dim: -1
+    units: [5]
+    expect:
+      overall: {max_drop: 50%}
+  - layer: encoder.layers.0
+    name: outside
+    channel_dim: 2
+    units: [16]
+    expect:
+      overall: {max_drop: 50%}
+""")
+    run = run_spec("axis.yaml")
+    first, stated, outside = run.items
+    assert first.outcome == "failed" and first.message is not None
+    assert first.message.startswith(
+        "axis.yaml:5: layer 'encoder.layers.0' outputs shape (N, 6, 16), which is not "
+        "N,C,H,W or N,C: say which dimension holds its units, 'channel_dim: -1' for N,T,C "
+        "token features")
+    assert stated.outcome == "passed"
+    assert outside.message is not None and "whose output (N, 6, [16]) has 16 units along " \
+        "dimension 2" in outside.message
