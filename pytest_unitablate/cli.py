@@ -79,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="replace an existing file")
     d.add_argument("--identity", action="store_true", help="protect the named units by "
                    "their signatures (identity: signature; writes <out>.signatures.json)")
+    d.add_argument("--unit", choices=("channel", "head"), default="channel",
+                   help="what a unit is: a channel (default) or an attention head")
+    d.add_argument("--channel-dim", type=int, default=None, metavar="DIM",
+                   help="the dimension of the layers' outputs that holds the units; needed "
+                   "for outputs that are not N,C,H,W or N,C (-1 for N,T,C tokens)")
+    d.add_argument("--num-heads", type=int, default=None, metavar="N",
+                   help="with --unit head: the heads of each layer, where the module does "
+                   "not say")
     s = sub.add_parser("signatures", help="print a signatures sidecar as a table")
     s.add_argument("file", type=Path)
     return parser
@@ -237,11 +245,12 @@ def discover(args: argparse.Namespace) -> int:
     try:
         text = write_spec(args.model, args.data, args.layer, args.out, classes=classes,
                           top=args.top, level=args.confidence, overwrite=args.force,
-                          identity=args.identity)
+                          identity=args.identity, unit=args.unit,
+                          channel_dim=args.channel_dim, num_heads=args.num_heads)
     except (UnitAblateError, FileExistsError, ValueError, ImportError, AttributeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    checks = text.count("  - layer:")
+    checks = text.count("  - layer:")  # (checks, not items: each check holds several)
     print(f"wrote {args.out} with {checks} checks; run: pytest --unitablate-spec {args.out}")
     return 0
 

@@ -54,9 +54,33 @@ class Finding:
     overall_high: float
 
 
+@dataclass(frozen=True)
+class Addressing:
+    """How the scanned layers' units are addressed: channels along ``channel_dim`` (or
+    the default for N,C,H,W and N,C outputs), or attention heads."""
+
+    unit: str = "channel"
+    channel_dim: int | None = None
+    num_heads: int | None = None
+
+    def scan_args(self, model: Any, data: Any, layer: str) -> dict[str, Any]:
+        """``scan()``'s keyword arguments; refuses an output whose unit dimension is not
+        stated and not N,C,H,W or N,C (no silent axis)."""
+        if self.unit == "head":
+            return {"unit": "head", "num_heads": self.num_heads}
+        from pytest_unitablate.core.data import iter_batches
+        from pytest_unitablate.core.layers import probe_layers, unit_dim
+
+        inputs, _ = next(iter(iter_batches(data)))
+        shape = probe_layers(model, inputs[:2], [layer], channel_dim=self.channel_dim or 1,
+                             strict=False)[layer].shape
+        return {"channel_dim": unit_dim(layer, shape, self.channel_dim)}
+
+
 def find_units(model: Any, data: Any, layers: Sequence[str], *, top: int = 5,
-               level: float = 0.95, min_low: float = 0.05) -> tuple[list[Finding],
-                                                                    dict[str, float]]:
+               level: float = 0.95, min_low: float = 0.05,
+               addressing: Addressing = Addressing()) -> tuple[list[Finding],
+                                                               dict[str, float]]:
     """The ``top`` most class-specific units over ``layers``, and each layer's largest
     overall-drop upper bound (for an ``every_unit`` guard)."""
     from pytest_unitablate.core.scan import scan
@@ -64,7 +88,7 @@ def find_units(model: Any, data: Any, layers: Sequence[str], *, top: int = 5,
     findings: list[Finding] = []
     guards: dict[str, float] = {}
     for layer in layers:
-        result = scan(model, data, layer)
+        result = scan(model, data, layer, **addressing.scan_args(model, data, layer))
         base = result.baseline.correct
         labels = result.labels
         worst_high = -1.0
@@ -90,7 +114,8 @@ def find_units(model: Any, data: Any, layers: Sequence[str], *, top: int = 5,
 
 def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
                 findings: Sequence[Finding], guards: dict[str, float], level: float,
-                signatures: tuple[str, str] | None = None) -> str:
+                signatures: tuple[str, str] | None = None,
+                addressing: Addressing = Addressing()) -> str:
     """The starter spec as YAML text (comments carry the measurements)."""
 
     def name(k: int) -> str:
@@ -106,16 +131,25 @@ def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
     ]
     if classes:
         lines.append(f"classes: [{', '.join(classes)}]")
-    lines += ["ablation: zero", ""]
+    lines.append("ablation: zero")
+    if addressing.unit == "head":
+        lines.append("unit: head                       # units are attention heads")
+    elif addressing.channel_dim is not None:
+        lines.append(f"channel_dim: {addressing.channel_dim}"
+                     f"                   # the dimension that holds the units")
+    lines.append("")
+    heads = [f"    num_heads: {addressing.num_heads}"] if addressing.num_heads else []
+    noun = "head" if addressing.unit == "head" else "unit"
     if signatures is not None:
         lines.append(f"signatures: {{file: {signatures[0]}, sha256: {signatures[1]}}}  "
                      f"# written by discover (identity: signature)")
     lines.append("checks:")
     for f in findings:
         lines += [
-            f"  # unit {f.unit} of {f.layer}: class {name(f.target)} drops "
+            f"  # {noun} {f.unit} of {f.layer}: class {name(f.target)} drops "
             f"{f.drop * 100:.1f} pp",
             f"  - layer: {f.layer}",
+            *heads,
             f"    units: [{f.unit}]",
             *(["    identity: signature"] if signatures is not None else []),
             "    expect:",
@@ -132,7 +166,8 @@ def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
                 continue
             seen.add(f.target)
             lines += [
-                f"  - layer: {layer}            # survives a retrain: any unit will do",
+                f"  - layer: {layer}            # survives a retrain: any {noun} will do",
+                *heads,
                 "    any_unit:",
                 "      expect:",
                 f"        {name(f.target)}: {{min_drop: "
@@ -141,7 +176,9 @@ def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
         high = guards[layer]
         if not math.isnan(high) and high >= 0:
             lines += [
-                f"  - layer: {layer}            # no single unit moves overall accuracy much",
+                f"  - layer: {layer}            # no single {noun} moves overall accuracy "
+                f"much",
+                *heads,
                 "    every_unit:",
                 "      expect:",
                 f"        overall: {{max_drop: {format_threshold('max_drop', high)}}}",
@@ -151,34 +188,47 @@ def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
 
 def discover(model_ref: str, data_ref: str, layers: Sequence[str], out: Path, *,
              classes: Sequence[str] | None = None, top: int = 5, level: float = 0.95,
-             overwrite: bool = False, identity: bool = False) -> str:
+             overwrite: bool = False, identity: bool = False, unit: str = "channel",
+             channel_dim: int | None = None, num_heads: int | None = None) -> str:
     """Scan, choose units, write the starter spec to ``out``; return its text.
 
     With ``identity``, the named-unit checks carry ``identity: signature`` and the units'
     signatures go to ``<out stem>.signatures.json`` next to the spec (hashed in it).
+    ``unit="head"`` scans attention heads (``num_heads`` where the module does not say);
+    ``channel_dim`` says which dimension of a layer's output holds its units (required for
+    outputs that are not N,C,H,W or N,C, e.g. ``-1`` for a transformer's N,T,C tokens).
     """
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --force to replace it")
+    addressing = Addressing(unit, channel_dim, num_heads)
     model = load_reference(model_ref)
     data = load_reference(data_ref)
-    findings, guards = find_units(model, data, layers, top=top, level=level)
-    entry = _write_signatures(model, data, findings, out, classes) if identity else None
-    text = render_spec(model_ref, data_ref, classes, findings, guards, level, entry)
+    findings, guards = find_units(model, data, layers, top=top, level=level,
+                                  addressing=addressing)
+    entry = _write_signatures(model, data, findings, out, classes, addressing) \
+        if identity else None
+    text = render_spec(model_ref, data_ref, classes, findings, guards, level, entry,
+                       addressing)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, text)
     return text
 
 
 def _write_signatures(model: Any, data: Any, findings: Sequence[Finding], out: Path,
-                      classes: Sequence[str] | None) -> tuple[str, str]:
+                      classes: Sequence[str] | None, addressing: Addressing
+                      ) -> tuple[str, str]:
     """Record the chosen units' signatures in the sidecar; return its (file, sha256)."""
     from pytest_unitablate.core.data import data_fingerprint
-    from pytest_unitablate.core.identity import damage_profiles
+    from pytest_unitablate.core.identity import damage_profiles, head_profiles
     from pytest_unitablate.spec.signatures import Signatures, write_signatures
 
     layers: dict[str, dict[int, tuple[float, ...]]] = {}
     for layer in sorted({f.layer for f in findings}):
-        profiles = damage_profiles(model, data, layer)
+        if addressing.unit == "head":
+            profiles = head_profiles(model, data, layer, num_heads=addressing.num_heads)
+        else:
+            dim = addressing.scan_args(model, data, layer)["channel_dim"]
+            profiles = damage_profiles(model, data, layer, channel_dim=dim)
         layers[layer] = {f.unit: tuple(float(v) for v in profiles[f.unit])
                          for f in findings if f.layer == layer}
     path = out.with_name(f"{out.stem}.signatures.json")

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from pytest_unitablate.errors import (
+    ConfigError,
     LayerCalledTwiceError,
     LayerNeverRanError,
     LayerNotFoundError,
@@ -131,6 +132,38 @@ def shape_text(shape: Sequence[int], dim: int | None = None) -> str:
         if 0 < at < len(parts):
             parts[at] = f"[{parts[at]}]"
     return f"({', '.join(parts)})"
+
+
+def unit_dim(layer: str, shape: Sequence[int], stated: int | None) -> int:
+    """The dimension of ``layer``'s output (``shape``) that holds its units: ``stated``
+    (checked), or 1 for an ``N,C,H,W`` or ``N,C`` output. Any other output without a
+    stated dimension is refused: guessing would ablate token positions of a transformer's
+    ``N,T,C`` output without a word.
+
+    >>> unit_dim("fc", (8, 10), None), unit_dim("blk", (8, 17, 64), -1)
+    (1, -1)
+    >>> unit_dim("blk", (8, 17, 64), None)
+    Traceback (most recent call last):
+    ...
+    pytest_unitablate.errors.ConfigError: layer 'blk' outputs shape (N, 17, 64), which ...
+    """
+    if stated is None:
+        if len(shape) not in (2, 4):
+            raise ConfigError(
+                f"layer {layer!r} outputs shape {shape_text(shape)}, which is not N,C,H,W or "
+                f"N,C: say which dimension holds its units, 'channel_dim: -1' for N,T,C token "
+                f"features (a transformer's), 'channel_dim: 1' for N,C,L (a 1-D "
+                f"convolution's); on the check, or for the whole spec")
+        return 1
+    ndim = len(shape)
+    dim = stated if stated >= 0 else ndim + stated
+    if not 1 <= dim < ndim:
+        raise ConfigError(
+            f"channel_dim: {stated} for layer {layer!r}, whose output {shape_text(shape)} "
+            f"has no such dimension besides the batch (N): use one of "
+            f"{', '.join(str(d) for d in range(1, ndim))} or "
+            f"{', '.join(str(d - ndim) for d in range(1, ndim))}")
+    return stated
 
 
 def check_units(layer: str, units: Iterable[int], channels: int | None,

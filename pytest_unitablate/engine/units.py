@@ -23,8 +23,7 @@ import torch
 from torch import nn
 
 from pytest_unitablate.core.heads import head_site
-from pytest_unitablate.core.layers import probe_layers, shape_text
-from pytest_unitablate.errors import ConfigError
+from pytest_unitablate.core.layers import probe_layers, shape_text, unit_dim
 from pytest_unitablate.spec.model import Check, Spec, UnitKind
 
 
@@ -88,22 +87,8 @@ def resolve_units(spec: Spec, check: Check, model: nn.Module, inputs: torch.Tens
     if unit == "head":
         site = head_site(model, check.layer, check.num_heads)
         return LayerUnits(check.layer, "head", -1, check.num_heads, site.num_heads, shape)
-    if stated is None:
-        if len(shape) not in (2, 4):
-            raise ConfigError(
-                f"layer {check.layer!r} outputs shape {shape_text(shape)}, which is not "
-                f"N,C,H,W or N,C: say which dimension holds its units, 'channel_dim: -1' "
-                f"for N,T,C token features (a transformer's), 'channel_dim: 1' for N,C,L "
-                f"(a 1-D convolution's); on the check, or for the whole spec")
-        stated = 1
-    ndim = len(shape)
-    dim = stated if stated >= 0 else ndim + stated
-    if not 1 <= dim < ndim:
-        raise ConfigError(
-            f"channel_dim: {stated} for layer {check.layer!r}, whose output "
-            f"{shape_text(shape)} has no such dimension besides the batch (N): use one of "
-            f"{', '.join(str(d) for d in range(1, ndim))} or "
-            f"{', '.join(str(d - ndim) for d in range(1, ndim))}")
+    stated = unit_dim(check.layer, shape, stated)
+    dim = stated if stated >= 0 else len(shape) + stated
     return LayerUnits(check.layer, "channel", stated, None, shape[dim], shape)
 
 

@@ -45,9 +45,9 @@ FORMAT = 1
 #: a sidecar recorded on another machine equal to this one's but for a rare flip of the
 #: last digit, and no such difference moves a cosine similarity measurably.
 PROFILE_DECIMALS = 4
-SIGNATURE_TEXT = ("class-damage profile: per class, the mean first-order loss of the true "
-                  "class's log-probability over that class's examples when the unit alone "
-                  "is zeroed")
+SIGNATURE_TEXT = ("class-damage profile: per class, the mean loss of the true class's "
+                  "log-probability over that class's examples when the unit alone is zeroed "
+                  "(a first-order estimate for a channel, measured for an attention head)")
 
 
 class SignatureFileError(UnitAblateError):

@@ -48,3 +48,30 @@ def test_bad_reference_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "error: No module named 'nomodule'" in proc.stderr
     assert not (tmp_path / "s.yaml").exists()
+
+
+def test_discover_over_heads_and_token_features(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A transformer: heads of an attention layer, and neurons of an N,T,C output, which
+    discover refuses to guess the axis of (it would scan token positions)."""
+    import transformer_source
+
+    from pytest_unitablate import run_spec
+    from pytest_unitablate.analysis.discover import discover
+    from pytest_unitablate.errors import ConfigError
+
+    (tmp_path / "tinyvit.py").write_text(transformer_source.SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"outputs shape \(N, 6, 16\), which is not"):
+        discover("tinyvit:model", "tinyvit:data", ["encoder.layers.0"], tmp_path / "a.yaml")
+    text = discover("tinyvit:model", "tinyvit:data", ["encoder.layers.0"],
+                    tmp_path / "tokens.yaml", channel_dim=-1, top=2)
+    assert "channel_dim: -1" in text
+    heads = discover("tinyvit:model", "tinyvit:data", ["encoder.layers.1.self_attn"],
+                     tmp_path / "heads.yaml", unit="head", top=2, identity=True)
+    assert "unit: head" in heads and "every_unit" in heads
+    for name in ("tokens.yaml", "heads.yaml"):
+        run = run_spec(name)
+        assert run.ok, run.text()
+    assert {r["unit"] for r in run_spec("heads.yaml").records} == {"head"}
