@@ -1,6 +1,7 @@
 """Root conftest: session fixtures of the digits demo (unitablate_demo).
 
-Fixtures: ``digits_resnet``, ``digits_alexnet`` (models in eval mode), ``digits_test``,
+Fixtures: ``digits_resnet``, ``digits_alexnet``, ``digits_vit`` (models in eval mode),
+``digits_test``,
 ``digits_ranking`` (unshuffled ``DataLoader`` s of ``(inputs, labels)`` batches).
 ``--demo-checkpoint NAME`` (repeatable) swaps in another shipped checkpoint for the
 fixture of its architecture, e.g.::
@@ -29,8 +30,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="demo_checkpoint",
         metavar="NAME",
         help="use this shipped checkpoint for the digits fixture of its architecture "
-        "(resnet-finetuned, resnet-retrained, alexnet-retrained, ...); "
-        "default: resnet / alexnet",
+        "(resnet-finetuned, resnet-retrained, alexnet-retrained, vit-finetuned, ...); "
+        "default: resnet / alexnet / vit",
     )
 
 
@@ -65,6 +66,14 @@ def digits_alexnet(pytestconfig: pytest.Config) -> nn.Module:
     from unitablate_demo.fixtures import checkpoint
 
     return checkpoint(_checkpoint_for(pytestconfig, "alexnet"))
+
+
+@pytest.fixture(scope="session")
+def digits_vit(pytestconfig: pytest.Config) -> nn.Module:
+    """The demo vision transformer (checkpoint ``vit`` unless ``--demo-checkpoint``)."""
+    from unitablate_demo.fixtures import checkpoint
+
+    return checkpoint(_checkpoint_for(pytestconfig, "vit"))
 
 
 @pytest.fixture(scope="session")

@@ -59,6 +59,17 @@ def alexnet_retrained() -> nn.Module:
     return checkpoint("alexnet-retrained")
 
 
+def vit() -> nn.Module:
+    """The reference vision transformer (checkpoint ``vit``; needs torchvision)."""
+    return checkpoint("vit")
+
+
+def vit_finetuned() -> nn.Module:
+    """The ViT fine-tuned without head 1 and neuron 24 of its first block
+    (``vit-finetuned``)."""
+    return checkpoint("vit-finetuned")
+
+
 def test_data() -> DataLoader[tuple[torch.Tensor, ...]]:
     """The test split (597 examples) as batches of ``(inputs, labels)``."""
     from unitablate_demo.data import digits_loader

@@ -1,4 +1,4 @@
-"""The two demo CNNs and their checkpoint loader.
+"""The demo models (two CNNs and a vision transformer) and their checkpoint loader.
 
 * :func:`resnet_digits` -- a CIFAR-style ResNet-14 (He et al. 2016, section 4.2: three
   stages of two ``BasicBlock`` s, narrow widths 8/16/16) with torchvision's module names:
@@ -11,7 +11,11 @@
   ``pool1``/``pool2``, then ``avgpool`` (global) and ``fc``. ``conv5`` has 256
   units, so "unit 245 in conv5" is a real unit.
 
-Both take ``(N, 1, 16, 16)`` inputs (:data:`unitablate_demo.data.INPUT_SIZE`) and return
+* :func:`vit_digits` -- a small torchvision ``VisionTransformer`` (3 blocks, 4 heads of
+  16, an MLP of 64 neurons) whose attention heads and MLP neurons are the units of
+  ``specs/vit.yaml``; it needs torchvision, which only this model imports.
+
+All take ``(N, 1, 16, 16)`` inputs (:data:`unitablate_demo.data.INPUT_SIZE`) and return
 10 logits. :func:`load_model` loads a shipped checkpoint in eval mode after checking its
 sha256 against ``checkpoints/manifest.json``.
 
@@ -155,7 +159,25 @@ def alexnet_digits() -> DigitsAlexNet:
     return DigitsAlexNet()
 
 
-ARCHITECTURES = {"resnet": resnet_digits, "alexnet": alexnet_digits}
+def vit_digits() -> nn.Module:
+    """A fresh (untrained) demo vision transformer: torchvision's ``VisionTransformer`` for
+    16x16 inputs in 4x4 patches (16 tokens and a class token), 3 encoder blocks of 4 heads
+    of 16 and an MLP of 32 neurons; its patch embedding takes the one gray channel.
+
+    Its layers by name: ``encoder.layers.encoder_layer_{i}.self_attention`` (heads: ``unit:
+    head``), ``encoder.layers.encoder_layer_{i}.mlp.1`` (the MLP's neurons after GELU, ``N,T,C``:
+    ``channel_dim: -1``), ``conv_proj`` (the patch embedding, ``N,C,H,W``), ``heads.head``.
+    """
+    from torchvision.models import VisionTransformer  # the ViT demo needs torchvision
+
+    vit = VisionTransformer(image_size=16, patch_size=4, num_layers=3, num_heads=4,
+                            hidden_dim=64, mlp_dim=32, num_classes=NUM_CLASSES, dropout=0.0,
+                            attention_dropout=0.0)
+    vit.conv_proj = nn.Conv2d(1, 64, kernel_size=4, stride=4)
+    return vit  # type: ignore[no-any-return]
+
+
+ARCHITECTURES = {"resnet": resnet_digits, "alexnet": alexnet_digits, "vit": vit_digits}
 
 
 def read_manifest() -> dict[str, dict[str, Any]]:

@@ -9,6 +9,10 @@ table (``python -m unitablate_demo.findings``).
 Command line::
 
     python -m unitablate_demo.oracle --checkpoint resnet --layer layer3.1 [--json out.json]
+    python -m unitablate_demo.oracle --checkpoint vit --unit head \
+        --layer encoder.layers.encoder_layer_1.self_attention
+    python -m unitablate_demo.oracle --checkpoint vit --channel-dim -1 \
+        --layer encoder.layers.encoder_layer_0.mlp.1
 
 prints, per class, the units whose ablation hurts that class most.
 
@@ -43,20 +47,72 @@ NUM_CLASSES = len(CLASS_NAMES)
 
 
 @contextmanager
-def zero_units(model: nn.Module, layer: str, units: Sequence[int]) -> Iterator[None]:
-    """Replace channels ``units`` of ``layer``'s output by zero (out of place) inside the block."""
+def zero_units(model: nn.Module, layer: str, units: Sequence[int], dim: int = 1
+               ) -> Iterator[None]:
+    """Replace channels ``units`` (along ``dim``) of ``layer``'s output by zero (out of
+    place) inside the block."""
     module = dict(model.named_modules())[layer]
 
     def hook(_m: nn.Module, _inp: Any, out: torch.Tensor) -> torch.Tensor:
-        keep = torch.ones(out.shape[1], dtype=out.dtype, device=out.device)
+        axis = dim % out.dim()
+        keep = torch.ones(out.shape[axis], dtype=out.dtype, device=out.device)
         keep[list(units)] = 0.0
-        return out * keep.view(1, -1, *([1] * (out.dim() - 2)))
+        shape = [1] * out.dim()
+        shape[axis] = -1
+        return out * keep.view(shape)
 
     handle = module.register_forward_hook(hook)
     try:
         yield
     finally:
         handle.remove()
+
+
+class _ColumnMask(nn.Module):
+    """A parametrization: the weight with some input columns zeroed."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.mask: torch.Tensor
+        self.register_buffer("mask", mask)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+@contextmanager
+def zero_heads(model: nn.Module, layer: str, heads: Sequence[int]) -> Iterator[None]:
+    """Zero attention heads of the ``nn.MultiheadAttention`` ``layer`` by weight surgery: the
+    output projection's input columns of those heads are masked (a
+    ``torch.nn.utils.parametrize`` parametrization, removed on exit; gradients flow to the
+    unmasked weights, so training with it works). Independent of ``pytest_unitablate``,
+    which ablates the heads' outputs before the projection instead."""
+    from torch.nn.utils import parametrize
+
+    attention = dict(model.named_modules())[layer]
+    assert isinstance(attention, nn.MultiheadAttention), layer
+    size = attention.embed_dim // attention.num_heads
+    mask = torch.ones_like(attention.out_proj.weight)
+    for head in heads:
+        mask[:, head * size:(head + 1) * size] = 0.0
+    parametrize.register_parametrization(attention.out_proj, "weight", _ColumnMask(mask))
+    try:
+        yield
+    finally:
+        parametrize.remove_parametrizations(attention.out_proj, "weight",
+                                            leave_parametrized=False)
+
+
+@contextmanager
+def zero(model: nn.Module, layer: str, units: Sequence[int], unit: str = "channel",
+         dim: int = 1) -> Iterator[None]:
+    """:func:`zero_heads` for ``unit="head"``, else :func:`zero_units` along ``dim``."""
+    if unit == "head":
+        with zero_heads(model, layer, units):
+            yield
+    else:
+        with zero_units(model, layer, units, dim):
+            yield
 
 
 def accuracies(
@@ -72,11 +128,21 @@ def accuracies(
     return float(correct.mean()), per_class
 
 
-def num_units(model: nn.Module, layer: str, x: torch.Tensor) -> int:
-    """Channels of ``layer``'s output, found by one forward on two examples."""
-    seen: list[int] = []
+def num_units(model: nn.Module, layer: str, x: torch.Tensor, unit: str = "channel",
+              dim: int = 1) -> int:
+    """Heads of an attention ``layer``, or channels (along ``dim``) of ``layer``'s output,
+    found by one forward on two examples."""
     module = dict(model.named_modules())[layer]
-    handle = module.register_forward_hook(lambda _m, _i, out: seen.append(out.shape[1]))
+    if unit == "head":
+        assert isinstance(module, nn.MultiheadAttention)
+        return int(module.num_heads)
+    seen: list[int] = []
+
+    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+        tensor = out[0] if isinstance(out, tuple) else out
+        seen.append(tensor.shape[dim])
+
+    handle = module.register_forward_hook(hook)
     try:
         with torch.inference_mode():
             model.eval()(x[:2])
@@ -126,6 +192,8 @@ def unit_drops(
     x: torch.Tensor,
     y: torch.Tensor,
     units: Sequence[int] | None = None,
+    unit: str = "channel",
+    dim: int = 1,
 ) -> LayerDrops:
     """Ablate each unit of ``layer`` alone (zero) and measure overall and per-class drops.
 
@@ -136,13 +204,13 @@ def unit_drops(
     """
     base_o, base_c = accuracies(model, x, y)
     if units is None:
-        units = range(num_units(model, layer, x))
+        units = range(num_units(model, layer, x, unit, dim))
     units = list(units)
-    head = _head_after(model, layer)
+    head = _head_after(model, layer) if unit == "channel" and dim == 1 else None
     overall, per_class = [], []
     if head is None:
         for u in units:
-            with zero_units(model, layer, [u]):
+            with zero(model, layer, [u], unit, dim):
                 o, c = accuracies(model, x, y)
             overall.append(base_o - o)
             per_class.append(base_c - c)
@@ -178,8 +246,9 @@ def unit_drops(
     )
 
 
-@lru_cache(maxsize=16)
-def checkpoint_drops(checkpoint: str, layer: str) -> LayerDrops:
+@lru_cache(maxsize=32)
+def checkpoint_drops(checkpoint: str, layer: str, unit: str = "channel", dim: int = 1
+                     ) -> LayerDrops:
     """:func:`unit_drops` of a shipped checkpoint on the test split, computed once per process.
 
     The findings table and the expected outcomes measure the same (checkpoint, layer)
@@ -187,25 +256,49 @@ def checkpoint_drops(checkpoint: str, layer: str) -> LayerDrops:
     sha256-checked on load and never change at run time, so the cache cannot go stale.
     """
     x, y = load_split("test")
-    return unit_drops(load_model(checkpoint), layer, x, y)
+    return unit_drops(load_model(checkpoint), layer, x, y, unit=unit, dim=dim)
 
 
 def group_drop(
-    model: nn.Module, layer: str, units: Sequence[int], x: torch.Tensor, y: torch.Tensor
+    model: nn.Module, layer: str, units: Sequence[int], x: torch.Tensor, y: torch.Tensor,
+    unit: str = "channel", dim: int = 1,
 ) -> tuple[float, npt.NDArray[np.float64]]:
     """Overall and per-class drops (pp) from ablating ``units`` of ``layer`` together."""
     base_o, base_c = accuracies(model, x, y)
-    with zero_units(model, layer, units):
+    with zero(model, layer, units, unit, dim):
         o, c = accuracies(model, x, y)
     return 100 * (base_o - o), 100 * (base_c - c)
 
 
-def damage_profiles(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor
-                    ) -> npt.NDArray[np.float64]:
+def head_profiles(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor
+                  ) -> npt.NDArray[np.float64]:
+    """Class-damage profile of every head of the attention ``layer``, measured: ``[h, k]``
+    is the mean over class-``k`` examples of the loss of true-class log-probability when
+    head ``h`` is zeroed by weight surgery (:func:`zero_heads`)."""
+    def true_logp() -> npt.NDArray[np.float64]:
+        with torch.inference_mode():
+            logp = torch.log_softmax(model.eval()(x).double(), dim=1)
+        return logp.gather(1, y.view(-1, 1)).squeeze(1).numpy()
+
+    base = true_logp()
+    labels = y.numpy()
+    rows = []
+    for head in range(num_units(model, layer, x, "head")):
+        with zero_heads(model, layer, [head]):
+            loss = base - true_logp()
+        rows.append([loss[labels == k].mean() for k in range(NUM_CLASSES)])
+    return np.asarray(rows, dtype=np.float64)
+
+
+def damage_profiles(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tensor,
+                    unit: str = "channel", dim: int = 1) -> npt.NDArray[np.float64]:
     """Class-damage profile of every unit of ``layer`` with one plain hook and autograd
     (the whole split in one batch): ``[u, k]`` is the mean over class-``k`` examples of
     ``-sum(grad * (0 - a_u))``, the first-order loss of true-class log-probability when
-    unit ``u`` is zeroed. Independent of ``pytest_unitablate.core.identity``."""
+    unit ``u`` is zeroed (``unit="head"``: :func:`head_profiles`). Independent of
+    ``pytest_unitablate.core.identity``."""
+    if unit == "head":
+        return head_profiles(model, layer, x, y)
     module = dict(model.named_modules())[layer]
     store: dict[str, torch.Tensor] = {}
 
@@ -222,7 +315,8 @@ def damage_profiles(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tens
             (grad,) = torch.autograd.grad(logp, store["a"])
     finally:
         handle.remove()
-    a = store["a"].detach()
+    a = store["a"].detach().movedim(dim, 1)
+    grad = grad.movedim(dim, 1)
     per = (grad * a).sum(dim=tuple(range(2, a.dim()))).double().numpy()  # (N, C)
     labels = y.numpy()
     return np.stack([per[labels == k].mean(axis=0) for k in range(NUM_CLASSES)], axis=1)
@@ -251,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=3)
     p.add_argument("--json", help="write all drops to this JSON file")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--unit", choices=("channel", "head"), default="channel")
+    p.add_argument("--channel-dim", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint)
@@ -258,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     x, y = load_split(split)
     out: dict[str, Any] = {}
     for layer in args.layer:
-        d = unit_drops(model, layer, x, y)
+        d = unit_drops(model, layer, x, y, unit=args.unit, dim=args.channel_dim)
         print(
             f"{args.checkpoint} {layer}: baseline {d.base_overall:.2f}%, "
             f"max single-unit overall drop {d.overall_drop.max():.2f} pp"

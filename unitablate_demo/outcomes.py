@@ -4,7 +4,9 @@ This is an independent re-implementation of a spec's semantics (zero ablation, t
 recall per class, drop in pp, point estimates against thresholds) used to write
 ``checkpoints/expected_outcomes.json``, which the plugin's own end-to-end tests assert
 against. It only reads the keys the demo specs use (``units``, ``any_unit`` with
-``at_least``, ``every_unit``; ``min_drop``/``max_drop``; ``overall`` or class names).
+``at_least``, ``every_unit``; ``min_drop``/``max_drop``; ``overall`` or class names;
+``unit: head`` and ``channel_dim`` on the spec or a check). Heads are zeroed by weight
+surgery on the output projection, not by the library's head ablation.
 
 Command::
 
@@ -67,6 +69,7 @@ EXPECTED_PATH = CHECKPOINT_DIR / "expected_outcomes.json"
 PLAN: dict[str, tuple[str, ...]] = {
     "specs/resnet.yaml": ("resnet", "resnet-finetuned", "resnet-retrained"),
     "specs/alexnet.yaml": ("alexnet", "alexnet-retrained"),
+    "specs/vit.yaml": ("vit", "vit-finetuned", "vit-retrained"),
 }
 
 
@@ -151,6 +154,8 @@ def evaluate_spec(spec_path: Path, checkpoint: str) -> list[ItemOutcome]:
     out: list[ItemOutcome] = []
     for i, check in enumerate(spec["checks"]):
         layer = check["layer"]
+        unit = str(check.get("unit", spec.get("unit", "channel")))
+        dim = int(check.get("channel_dim", spec.get("channel_dim", 1)))
         mode = next((m for m in ("units", "any_unit") if m in check), "every_unit")
         block = check if mode == "units" else check[mode]
         at_least = int(block.get("at_least", 1)) if mode == "any_unit" else None
@@ -161,14 +166,16 @@ def evaluate_spec(spec_path: Path, checkpoint: str) -> list[ItemOutcome]:
         if mode == "units" and identity == "signature":
             if layer not in matches:
                 matches[layer] = match_recorded(recorded[layer],
-                                                damage_profiles(model, layer, x, y))
+                                                damage_profiles(model, layer, x, y, unit, dim))
             matched = [matches[layer][u][0] for u in check["units"]]
             similarity = [round(matches[layer][u][1], 4) for u in check["units"]]
             no_match = min(similarity) < min_similarity
         if mode == "units":
-            overall, per_class = group_drop(model, layer, matched or check["units"], x, y)
-        if layer not in cache and (mode != "units" or identity == "signature"):
-            cache[layer] = checkpoint_drops(checkpoint, layer)
+            overall, per_class = group_drop(model, layer, matched or check["units"], x, y,
+                                            unit, dim)
+        where = f"{layer}@{unit}{dim}"
+        if where not in cache and (mode != "units" or identity == "signature"):
+            cache[where] = checkpoint_drops(checkpoint, layer, unit, dim)
         for target, constraints in block["expect"].items():
             k = None if target == "overall" else classes.index(target)
             for kind, text in constraints.items():
@@ -181,9 +188,9 @@ def evaluate_spec(spec_path: Path, checkpoint: str) -> list[ItemOutcome]:
                     ok = _meets(kind, drop, threshold) and not no_match
                     if identity == "signature" and k is not None and kind == "min_drop":
                         survives = any(_meets(kind, float(v) / 100, threshold)
-                                       for v in cache[layer].class_drop[:, k])
+                                       for v in cache[where].class_drop[:, k])
                 else:
-                    d = cache[layer]
+                    d = cache[where]
                     drops = (d.overall_drop if k is None else d.class_drop[:, k]) / 100
                     good = np.array([_meets(kind, float(v), threshold) for v in drops])
                     meeting = int(good.sum())
@@ -198,11 +205,16 @@ def evaluate_spec(spec_path: Path, checkpoint: str) -> list[ItemOutcome]:
                         ok = bool(good.all())
                     drop = float(drops[deciding])
                 if mode == "units":
-                    unit_part = "u" + "+".join(str(u) for u in check["units"])
+                    unit_part = ("h" if unit == "head" else "u") + "+".join(
+                        str(u) for u in check["units"])
                 elif mode == "any_unit":
                     unit_part = "any" if at_least == 1 else f"any{at_least}"
                 else:
                     unit_part = "every"
+                if unit == "head" and mode != "units":
+                    unit_part += "_head"
+                if "name" in check:  # the id's name part is the check's name
+                    unit_part = ""
                 out.append(
                     ItemOutcome(
                         check=i,
@@ -220,7 +232,8 @@ def evaluate_spec(spec_path: Path, checkpoint: str) -> list[ItemOutcome]:
                         deciding_unit=deciding,
                         units_meeting=meeting,
                         outcome="passed" if ok else "failed",
-                        id=f"{layer}-{unit_part}-{target}-{kind}",
+                        id=(f"{check['name']}-{target}-{kind}" if "name" in check
+                            else f"{layer}-{unit_part}-{target}-{kind}"),
                         matched_units=matched, similarity=similarity, no_match=no_match,
                         role_survives=survives,
                     )

@@ -44,6 +44,7 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ from unitablate_demo.models import (
     read_manifest,
     sha256_file,
 )
-from unitablate_demo.oracle import zero_units
+from unitablate_demo.oracle import zero
 
 DEFAULTS: dict[str, dict[str, float]] = {
     "resnet": {
@@ -67,6 +68,10 @@ DEFAULTS: dict[str, dict[str, float]] = {
     },
     "alexnet": {
         "epochs": 40, "lr": 1e-3, "weight_decay": 5e-4, "fc_l1": 0.1, "label_smoothing": 0.1,
+    },
+    # the ViT: AdamW with a one-cycle schedule (a transformer trains badly without warmup)
+    "vit": {
+        "epochs": 60, "lr": 3e-3, "weight_decay": 0.05, "fc_l1": 0.01, "label_smoothing": 0.1,
     },
 }
 FINETUNE_DEFAULTS: dict[str, float] = {
@@ -81,6 +86,17 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
+def readout(model: nn.Module) -> nn.Linear:
+    """The classifier's final linear layer (``fc``, or the ViT's ``heads.head``)."""
+    fc = getattr(model, "fc", None) or dict(model.named_modules()).get("heads.head")
+    assert isinstance(fc, nn.Linear), type(model).__name__
+    return fc
+
+
+#: A set of units a fine-tune makes redundant: (layer, units, "channel" or "head", dim).
+Redundant = tuple[str, tuple[int, ...], str, int]
+
+
 def train(
     model: nn.Module,
     seed: int,
@@ -91,21 +107,28 @@ def train(
     fc_l1: float = 0.0,
     label_smoothing: float = 0.0,
     batch_size: int = 64,
-    redundant: tuple[str, Sequence[int]] | None = None,
+    redundant: Sequence[Redundant] = (),
+    one_cycle: bool = False,
     log: bool = True,
 ) -> nn.Module:
     """Train ``model`` in place on the train split and return it in eval mode.
 
-    ``redundant=(layer, units)`` adds the loss of the model with those units zeroed.
+    ``redundant`` adds the loss of the model with all those units zeroed together.
+    ``one_cycle``: AdamW with a one-cycle schedule (the ViT), else Adam with cosine decay.
     """
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     x, y = load_split("train")
-    fc = model.fc
-    assert isinstance(fc, nn.Linear)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    fc = readout(model)
     steps_per_epoch = (len(x) + batch_size - 1) // batch_size
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    if one_cycle:
+        opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=lr,
+                                                       weight_decay=weight_decay)
+        sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr,
+                                                         total_steps=epochs * steps_per_epoch)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     for epoch in range(epochs):
@@ -116,12 +139,16 @@ def train(
             idx = order[i : i + batch_size]
             opt.zero_grad()
             loss = loss_fn(model(x[idx]), y[idx])
-            if redundant is not None:
-                with zero_units(model, redundant[0], redundant[1]):
-                    loss = loss + loss_fn(model(x[idx]), y[idx])
             if fc_l1:
                 loss = loss + fc_l1 * fc.weight.abs().sum()
             loss.backward()
+            if redundant:  # plus the loss with the redundant units zeroed together; its
+                with ExitStack() as zeroed:  # backward runs inside (a head's mask is a
+                    for layer, units, unit, dim in redundant:  # parametrization of the
+                        zeroed.enter_context(zero(model, layer, units, unit, dim))  # weight)
+                    without = loss_fn(model(x[idx]), y[idx])
+                    without.backward()
+                loss = loss + without.detach()
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(idx)
@@ -153,18 +180,25 @@ def save(name: str, arch: str, model: nn.Module, entry: dict[str, Any]) -> dict[
     return record
 
 
-def parse_units(text: str) -> tuple[str, tuple[int, ...]]:
-    """``"layer3.0:3,7"`` -> ``("layer3.0", (3, 7))``.
+def parse_units(text: str) -> Redundant:
+    """``"layer3.0:3,7"`` -> channels 3 and 7 of ``layer3.0``; ``LAYER@head:1`` is head 1
+    of an attention layer, ``LAYER@-1:53`` unit 53 along dimension -1 (a ViT's neurons).
 
     Example::
 
-        >>> parse_units("layer3.0:3,7")
-        ('layer3.0', (3, 7))
+        >>> parse_units("layer3.0:3,7"), parse_units("blk.attn@head:1")
+        (('layer3.0', (3, 7), 'channel', 1), ('blk.attn', (1,), 'head', 1))
+        >>> parse_units("blk.mlp.1@-1:53")
+        ('blk.mlp.1', (53,), 'channel', -1)
     """
     layer, _, units = text.rpartition(":")
     if not layer:
         raise argparse.ArgumentTypeError(f"expected LAYER:U1,U2, got {text!r}")
-    return layer, tuple(int(u) for u in units.split(","))
+    layer, _, kind = layer.partition("@")
+    values = tuple(int(u) for u in units.split(","))
+    if kind == "head":
+        return layer, values, "head", 1
+    return layer, values, "channel", int(kind) if kind else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("epochs", "lr", "weight_decay", "fc_l1", "label_smoothing"):
         parser.add_argument("--" + key.replace("_", "-"), type=float, dest=key)
     parser.add_argument("--finetune-from", metavar="NAME", help="start from this checkpoint")
-    parser.add_argument("--make-redundant", type=parse_units, metavar="LAYER:U1,U2")
+    parser.add_argument("--make-redundant", type=parse_units, action="append", default=[],
+                        metavar="LAYER[@head|@DIM]:U1,U2")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -203,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         fc_l1=hp["fc_l1"],
         label_smoothing=hp["label_smoothing"],
         redundant=args.make_redundant,
+        one_cycle=args.model == "vit",
     )
     seconds = time.perf_counter() - t0
     name = args.name or args.model
@@ -216,10 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.finetune_from:
         entry["finetuned_from"] = args.finetune_from
-    if args.make_redundant:
-        entry["made_redundant"] = {
-            "layer": args.make_redundant[0], "units": list(args.make_redundant[1]),
-        }
+    if len(args.make_redundant) == 1 and args.make_redundant[0][2:] == ("channel", 1):
+        layer, units, _, _ = args.make_redundant[0]
+        entry["made_redundant"] = {"layer": layer, "units": list(units)}
+    elif args.make_redundant:
+        entry["made_redundant"] = [{"layer": layer, "units": list(units), "unit": unit,
+                                    "channel_dim": dim}
+                                   for layer, units, unit, dim in args.make_redundant]
     record = save(name, args.model, model, entry)
     size_kb = (CHECKPOINT_DIR / record["file"]).stat().st_size / 1024
     print(

@@ -36,7 +36,8 @@ from unitablate_demo import fixtures as f
 spec, checkpoint = sys.argv[1:3]
 model = f.checkpoint(checkpoint)
 run = run_spec(spec, fixtures={"digits_resnet": model, "digits_alexnet": model,
-                               "digits_test": f.test_data(), "digits_ranking": f.ranking_data()})
+                               "digits_vit": model, "digits_test": f.test_data(),
+                               "digits_ranking": f.ranking_data()})
 print(json.dumps(run.records))
 """
 
@@ -62,7 +63,8 @@ def test_plugin_outcomes_match_the_expected_outcomes(spec: str, checkpoint: str,
         if i.get("matched_units") is not None:
             assert items[i["id"]]["matched_units"] == i["matched_units"], i["id"]
             assert items[i["id"]]["similarity"] == pytest.approx(i["similarity"], abs=1e-3)
-            gone = f"{i['id']}: no unit of {i['layer']} matches the recorded unit"
+            noun = "head" if items[i["id"]]["unit"] == "head" else "unit"
+            gone = f"{i['id']}: no {noun} of {i['layer']} matches the recorded {noun}"
             assert (gone in proc.stdout) == i["no_match"], i["id"]
     engine = subprocess.run([sys.executable, "-c", RUN_SPEC, spec, checkpoint], cwd=ROOT,
                             env=env_without_pytest(tmp_path / "blocker"), capture_output=True,

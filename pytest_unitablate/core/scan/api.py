@@ -241,7 +241,7 @@ def scan(
         reason = ""
         if unit == "head":
             method = "naive"
-            reason = "heads: one forward per head (the naive loop)"
+            reason = "heads: ablated inside the attention computation, one forward each"
         if method in ("auto", "closed_form"):
             if channel_dim != 1 or len(info.shape) != 4:
                 reason = "closed form needs a 4-D N,C,H,W layer with channel_dim 1"

@@ -176,7 +176,17 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
             if plan is None and calibration is None:
                 row_bytes = work.row_bytes(units[0])
                 examples, most = limits(batch, len(units), row_bytes, memory_budget)
-                if chunk_size is not None:
+                if any(not isinstance(e, torch.Tensor) for e in extras):
+                    # a number the prefix computed (the batch size in a reshape, as in
+                    # torchvision's ViT) is passed on as it is: copies cannot be stacked
+                    # and examples cannot be split, one unit per whole-batch pass
+                    if examples < batch:
+                        return ("the network after the layer uses numbers computed from the "
+                                "batch (a reshape to its size): one batch per pass does not "
+                                "fit the memory budget")
+                    plan = Plan(1, batch, row_bytes, memory_budget,
+                                "the network after the layer uses the batch size")
+                elif chunk_size is not None:
                     plan = Plan(max(1, min(chunk_size, most)), examples, row_bytes,
                                 memory_budget, f"chunk_size={chunk_size}" +
                                 ("" if chunk_size <= most else ", capped by the budget"))
@@ -196,7 +206,13 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                         k = plan.units
                     chunk = units[pos:pos + k]
                     began = time.perf_counter()
-                    logits = work.logits(rows, chunk)
+                    try:
+                        logits = work.logits(rows, chunk)
+                    except Exception as exc:  # the unablated suffix ran: the split is wrong
+                        if verified >= 2:
+                            raise
+                        return (f"the split network failed on ablated copies of the first "
+                                f"batch ({type(exc).__name__}: {exc})")
                     predicted = logits.argmax(dim=1).view(len(chunk), size).cpu()  # syncs
                     took = time.perf_counter() - began
                     if verified < 2:  # the first two passes are checked against real ablations
