@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -204,3 +205,32 @@ def test_torchvision_vit_heads_equal_weight_surgery() -> None:
             with ablate(vit, {layer: [head]}, unit="head"):
                 got = vit(x)
             torch.testing.assert_close(got, surgery(x), rtol=1e-5, atol=1e-5)
+
+
+def test_head_scans_run_the_network_before_the_attention_once() -> None:
+    """Heads of a later block go through the split (one suffix pass per head) with the
+    naive loop's predictions; the first block's heads, with almost nothing before them,
+    go to the naive loop, which says why."""
+    from torchvision.models import VisionTransformer
+
+    from pytest_unitablate import scan
+
+    torch.manual_seed(6)
+    vit = VisionTransformer(image_size=16, patch_size=4, num_layers=3, num_heads=4,
+                            hidden_dim=32, mlp_dim=64, num_classes=10).eval()
+    torch.nn.init.normal_(vit.heads.head.weight)  # torchvision starts it at zero
+    x = torch.randn(40, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        y = vit(x).argmax(1)
+    data = [(x[:24], y[:24]), (x[24:], y[24:])]
+    late = "encoder.layers.encoder_layer_2.self_attention"
+    for ablation in ("zero", "mean"):
+        split = scan(vit, data, late, unit="head", ablation=ablation, progress=False)
+        naive = scan(vit, data, late, unit="head", ablation=ablation, method="naive",
+                     progress=False)
+        assert split.method == "prefix" and "1 head per suffix pass" in split.plan
+        assert np.array_equal(split.predictions, naive.predictions)
+        assert not np.array_equal(split.predictions[0], y.numpy())  # a head mattered
+    first = scan(vit, data, "encoder.layers.encoder_layer_0.self_attention", unit="head",
+                 progress=False)
+    assert first.method == "naive" and "running it once would save little" in first.reason

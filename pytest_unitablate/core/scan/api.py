@@ -50,6 +50,7 @@ from pytest_unitablate.core.layers import (
 )
 from pytest_unitablate.core.scan.closed_form import affine_head, scan_closed_form
 from pytest_unitablate.core.scan.collect import EngineOutput
+from pytest_unitablate.core.scan.heads import scan_heads, split_for_heads
 from pytest_unitablate.core.scan.memory import DEFAULT_MEMORY_BUDGET
 from pytest_unitablate.core.scan.prefix import PrefixCache, StalePrefix
 from pytest_unitablate.core.scan.split import split_at
@@ -240,8 +241,21 @@ def scan(
         head = None
         reason = ""
         if unit == "head":
+            if method == "auto":
+                split, why = split_for_heads(model, layer) if prefix_cache is None else \
+                    prefix_cache.split(model, layer, split_for_heads)
+                if split is not None:
+                    tick.restart()
+                    by_heads = scan_heads(model, split, data, layer, variants, ablation, means,
+                                       target, batch_size, output, num_heads, tick)
+                    if not isinstance(by_heads, str):
+                        by_heads.plan = ("1 head per suffix pass (heads are ablated inside "
+                                      "the attention), the network before it once per "
+                                      "batch")
+                        return result(by_heads, "prefix")
+                    why = by_heads
+                reason = f"heads: {why}"
             method = "naive"
-            reason = "heads: ablated inside the attention computation, one forward each"
         if method in ("auto", "closed_form"):
             if channel_dim != 1 or len(info.shape) != 4:
                 reason = "closed form needs a 4-D N,C,H,W layer with channel_dim 1"

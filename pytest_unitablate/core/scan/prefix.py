@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,14 +136,17 @@ class PrefixCache:
     def __init__(self, budget: int = DEFAULT_MEMORY_BUDGET) -> None:
         self.budget = budget
         self._entries: OrderedDict[tuple[Any, ...], PrefixEntry] = OrderedDict()
-        self._splits: dict[tuple[int, str], tuple[nn.Module, Split | None, str]] = {}
+        self._splits: dict[tuple[int, str, str], tuple[nn.Module, Split | None, str]] = {}
         self.stats = {"reused": 0, "stored": 0}
 
-    def split(self, model: nn.Module, layer: str) -> tuple[Split | None, str]:
-        """:func:`~pytest_unitablate.core.scan_fx.split_at`, traced once per model and layer."""
-        key = (id(model), layer)
+    def split(self, model: nn.Module, layer: str,
+              how: Callable[[nn.Module, str], tuple[Split | None, str]] = split_at
+              ) -> tuple[Split | None, str]:
+        """:func:`~pytest_unitablate.core.scan.split.split_at` (or ``how``), traced once
+        per model, layer and way of splitting."""
+        key = (id(model), layer, getattr(how, "__name__", str(how)))
         if key not in self._splits or self._splits[key][0] is not model:
-            self._splits[key] = (model, *split_at(model, layer))
+            self._splits[key] = (model, *how(model, layer))
         _, split, why = self._splits[key]
         return split, why
 
