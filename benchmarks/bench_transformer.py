@@ -79,10 +79,11 @@ def main() -> None:
                  (f"{name}.mlp.1", {"channel_dim": -1}, 32,
                   split_at(model, f"{name}.mlp.1")[0])]
         for layer, kwargs, units, split in cases:
-            fast_s, fast = _median(lambda: scan(model, data, layer, progress=False, **kwargs),
-                                   args.repeats)
-            naive_s, naive = _median(lambda: scan(model, data, layer, method="naive",
-                                                  progress=False, **kwargs), args.repeats)
+            def run(method: str, layer: str = layer, kwargs: dict[str, Any] = kwargs) -> Any:
+                return scan(model, data, layer, method=method, progress=False, **kwargs)
+
+            fast_s, fast = _median(lambda: run("auto"), args.repeats)
+            naive_s, naive = _median(lambda: run("naive"), args.repeats)
             assert np.array_equal(fast.predictions, naive.predictions), layer
             limit = _limit(model, split, data, units, args.repeats) if split else float("nan")
             print(f"{layer:42s} {units:5d} {fast.method:>7s} {naive_s:7.3f} {fast_s:9.3f} "
