@@ -3,7 +3,8 @@
     python -m unitablate_demo.analysis            # prints a Markdown table
     python -m unitablate_demo.analysis --csv out/  # also writes attributes and correlations
 
-For each demo layer: unit attributes (class selectivity, weight norms, activation statistics)
+For each demo layer (the ViT's heads and MLP neurons too): unit attributes (class
+selectivity, weight norms, activation statistics)
 and their Pearson/Spearman correlation with the overall drop and with the class-specific
 drop of each unit, ablated alone (zero) on the 597 test digits.
 """
@@ -13,8 +14,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-LAYERS = [("resnet", "layer2.1", "layer3.0.conv1"), ("resnet", "layer3.0", "layer3.1.conv1"),
-          ("resnet", "layer3.1", "fc"), ("alexnet", "conv5", None)]
+#: (checkpoint, layer, next layer for l1_out, how its units are addressed)
+LAYERS: list[tuple[str, str, str | None, dict[str, object]]] = [
+    ("resnet", "layer2.1", "layer3.0.conv1", {}), ("resnet", "layer3.0", "layer3.1.conv1", {}),
+    ("resnet", "layer3.1", "fc", {}), ("alexnet", "conv5", None, {}),
+]
+for _block in (0, 1):
+    _name = f"encoder.layers.encoder_layer_{_block}"
+    LAYERS.append(("vit", f"{_name}.self_attention", None, {"unit": "head"}))
+    LAYERS.append(("vit", f"{_name}.mlp.1", f"{_name}.mlp.3", {"channel_dim": -1}))
 
 
 def main() -> None:
@@ -31,10 +39,10 @@ def main() -> None:
     args = parser.parse_args()
     print("| model | layer | attribute | against | n | Pearson | Spearman | Spearman p |")
     print("|---|---|---|---|---:|---:|---:|---:|")
-    for name, layer, nxt in LAYERS:
+    for name, layer, nxt, how in LAYERS:
         model, data = checkpoint(name), test_data()
-        attrs = unit_attributes(model, data, layer, next_layer=nxt)
-        corr = attribute_correlations(attrs, scan(model, data, layer).frame)
+        attrs = unit_attributes(model, data, layer, next_layer=nxt, **how)  # type: ignore[arg-type]
+        corr = attribute_correlations(attrs, scan(model, data, layer, **how).frame)  # type: ignore[arg-type]
         for row in corr.itertuples():
             print(f"| {name} | {layer} | {row.attribute} | {row.against} | {row.n} | "
                   f"{row.pearson:.2f} | {row.spearman:.2f} | {row.spearman_p:.3f} |")

@@ -29,11 +29,20 @@ from unitablate_demo import CLASS_NAMES
 from unitablate_demo.models import read_manifest
 from unitablate_demo.oracle import checkpoint_drops
 
-#: Candidate layers per architecture: block outputs of the ResNet, the last convs of AlexNet.
+#: Candidate layers per architecture: block outputs of the ResNet, the last convs of AlexNet,
+#: the ViT's heads (``@head``) and MLP neurons (``@-1``: channels of the last dimension).
 LAYERS: dict[str, tuple[str, ...]] = {
     "resnet": ("layer1.1", "layer2.1", "layer3.0", "layer3.1"),
     "alexnet": ("conv3", "conv4", "conv5"),
+    "vit": tuple(f"encoder.layers.encoder_layer_{b}.{part}" for b in range(3)
+                 for part in ("self_attention@head", "mlp.1@-1")),
 }
+
+
+def _units(entry: str) -> tuple[str, str, int]:
+    """``layer``, ``layer@head`` or ``layer@DIM`` -> (layer, unit kind, channel dim)."""
+    layer, _, how = entry.partition("@")
+    return (layer, "head", 1) if how == "head" else (layer, "channel", int(how or 1))
 
 
 @dataclass(frozen=True)
@@ -56,13 +65,14 @@ def findings_rows(checkpoint: str, layers: Sequence[str] | None = None) -> list[
     """Measure every single-unit ablation of ``layers`` of ``checkpoint``."""
     arch = str(read_manifest()[checkpoint]["arch"])
     rows = []
-    for layer in layers or LAYERS[arch]:
-        d = checkpoint_drops(checkpoint, layer)
+    for entry in layers or LAYERS[arch]:
+        layer, unit, dim = _units(entry)
+        d = checkpoint_drops(checkpoint, layer, unit, dim)
         u, k = np.unravel_index(int(np.argmax(d.class_drop)), d.class_drop.shape)
         rows.append(
             FindingsRow(
                 checkpoint=checkpoint,
-                layer=layer,
+                layer=entry.replace("@head", " (heads)").replace("@-1", " (neurons)"),
                 units=len(d.overall_drop),
                 baseline=d.base_overall,
                 max_overall_drop=float(d.overall_drop.max()),
@@ -96,12 +106,12 @@ def markdown(rows: Sequence[FindingsRow]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: print the findings table."""
     p = argparse.ArgumentParser(description="Single-unit ablation findings on the demo models.")
-    p.add_argument("--checkpoint", action="append", help="default: resnet and alexnet")
+    p.add_argument("--checkpoint", action="append", help="default: resnet, alexnet and vit")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows: list[FindingsRow] = []
-    for ckpt in args.checkpoint or ["resnet", "alexnet"]:
+    for ckpt in args.checkpoint or ["resnet", "alexnet", "vit"]:
         rows += findings_rows(ckpt)
     print(markdown(rows))
     return 0

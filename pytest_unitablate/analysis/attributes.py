@@ -23,6 +23,8 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +33,7 @@ from torch import nn
 
 from pytest_unitablate.core.data import iter_batches
 from pytest_unitablate.core.evaluation import eval_mode, model_device
+from pytest_unitablate.core.heads import editing_heads, head_site
 from pytest_unitablate.core.layers import first_tensor, resolve_layer
 from pytest_unitablate.errors import optional_import
 
@@ -40,8 +43,15 @@ if TYPE_CHECKING:
 
 def unit_attributes(model: nn.Module, data: Any, layer: str, *, next_layer: str | None = None,
                     channel_dim: int = 1, device: torch.device | str | None = None,
+                    unit: str = "channel", num_heads: int | None = None,
                     ) -> pd.DataFrame:
-    """One row per unit: selectivity, per-class selectivity, norms, mean, sparsity."""
+    """One row per unit: selectivity, per-class selectivity, norms, mean, sparsity.
+
+    With ``unit="head"`` the units are the attention heads of ``layer``: a head's
+    activation at a position is the L2 norm of its output there (non-negative, so
+    selectivity keeps its meaning), ``l1_out`` the L1 norm of its columns of the output
+    projection, and ``l1_in`` is not defined (NaN).
+    """
     pd = optional_import("pandas", "analysis", "unit_attributes")
 
     module = resolve_layer(model, layer)
@@ -63,15 +73,11 @@ def unit_attributes(model: nn.Module, data: Any, layer: str, *, next_layer: str 
         sums["n"] += moved.shape[0] * moved.shape[2]
 
     target = torch.device(device) if device is not None else model_device(model)
-    handle = module.register_forward_hook(hook)
-    try:
-        with eval_mode(model):
-            for inputs, labels in iter_batches(data, device=target):
-                model(inputs)
-                pooled_batches.append(seen.pop())
-                labels_all.append(labels.cpu())
-    finally:
-        handle.remove()
+    with _capturing(model, module, layer, unit, num_heads, hook), eval_mode(model):
+        for inputs, labels in iter_batches(data, device=target):
+            model(inputs)
+            pooled_batches.append(seen.pop())
+            labels_all.append(labels.cpu())
     pooled = torch.cat(pooled_batches).cpu().double().numpy()  # (N, C)
     label_arr = torch.cat(labels_all).numpy()
     classes = sorted(set(label_arr.tolist()))
@@ -85,12 +91,52 @@ def unit_attributes(model: nn.Module, data: Any, layer: str, *, next_layer: str 
     for i, k in enumerate(classes):
         others = (mu.sum(axis=0) - mu[i]) / max(len(classes) - 1, 1)
         table[f"selectivity_{k}"] = (mu[i] - others) / (mu[i] + others + 1e-6)
-    table["l1_in"] = _l1_in(module, n_units)
-    table["l1_out"] = _l1_out(model, next_layer, n_units)
+    if unit == "head":
+        table["l1_in"] = np.full(n_units, np.nan)
+        table["l1_out"] = _head_l1_out(model, layer, num_heads)
+    else:
+        table["l1_in"] = _l1_in(module, n_units)
+        table["l1_out"] = _l1_out(model, next_layer, n_units)
     total = int(sums["n"])
     table["mean_activation"] = (torch.stack(means).sum(0) / total).cpu().numpy()
     table["sparsity"] = (torch.stack(nonpos).sum(0).double() / total).cpu().numpy()
     return pd.DataFrame(table)
+
+
+@contextmanager
+def _capturing(model: nn.Module, module: nn.Module, layer: str, unit: str,
+               num_heads: int | None, hook: Any) -> Iterator[None]:
+    """``hook(module, args, out)`` on every forward: the layer's output, or for heads each
+    head's output norm laid out as ``(N, heads, positions)``."""
+    if unit != "head":
+        handle = module.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+        return
+    site = head_site(model, layer, num_heads)
+
+    def capture(x: torch.Tensor) -> torch.Tensor:
+        heads = x.reshape(*x.shape[:-1], site.num_heads, -1).norm(dim=-1)
+        # MultiheadAttention computes (positions, N, E); a projection sees (N, ..., E)
+        by_example = heads.movedim(1, 0) if site.kind == "mha" else heads
+        hook(module, (), by_example.reshape(by_example.shape[0], -1, site.num_heads)
+             .transpose(1, 2))
+        return x
+
+    with editing_heads(site, capture):
+        yield
+
+
+def _head_l1_out(model: nn.Module, layer: str, num_heads: int | None) -> Any:
+    site = head_site(model, layer, num_heads)
+    owner = getattr(site.module, "out_proj", None) if site.kind == "mha" else site.module
+    weight = getattr(owner, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        return np.full(site.num_heads, np.nan)
+    columns = weight.detach().abs().reshape(weight.shape[0], site.num_heads, -1)
+    return columns.sum(dim=(0, 2)).cpu().double().numpy()
 
 
 def _l1_in(module: nn.Module, n_units: int) -> Any:
