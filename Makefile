@@ -27,15 +27,18 @@ browser:
 
 # One torch thread per xdist worker: two workers on two cores, no oversubscription
 # (OpenMP threads spinning against a busy core are what makes a loaded machine crawl).
+# Bytecode is written (a shell with PYTHONDONTWRITEBYTECODE set made every one of the
+# suite's pytest subprocesses compile every module again, about 3 s each).
 # `make test` runs lint, then every test, fast and slow, in one xdist run.
+RUN_TESTS := env -u PYTHONDONTWRITEBYTECODE OMP_NUM_THREADS=1 $(BIN)/pytest -n 2
 test: lint browser
-	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2
+	$(RUN_TESTS)
 
 test-fast: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 -m "not slow"
+	$(RUN_TESTS) -m "not slow"
 
 test-slow: $(STAMP) browser
-	OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 -m slow
+	$(RUN_TESTS) -m slow
 
 # The compatibility matrix (noxfile.py): the plugin's tests on the oldest pytest we claim,
 # the newest, and the newest without pytest-xdist, each in its own virtualenv.
