@@ -149,7 +149,9 @@ def _check(args: argparse.Namespace, specs: list[Path], fixtures: dict[str, str]
     from pytest_unitablate.errors import SpecError
     from pytest_unitablate.verdicts.records import (
         build_report,
+        build_run,
         engine_lines,
+        run_path,
         sort_records,
         summary_line,
         write_json,
@@ -175,6 +177,7 @@ def _check(args: argparse.Namespace, specs: list[Path], fixtures: dict[str, str]
     records = [{**i.record, "outcome": i.outcome} for run in runs for i in run.items]
     if args.report is not None:
         write_json(args.report, build_report(records, runs[0].environment))
+        write_json(run_path(args.report), build_run(records))
     for run in runs:
         for item in run.items:
             for text in item.warnings:

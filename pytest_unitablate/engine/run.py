@@ -52,7 +52,9 @@ from pytest_unitablate.spec.model import Mark, Spec
 from pytest_unitablate.verdicts.records import (
     FIELDS,
     build_report,
+    build_run,
     format_table,
+    run_path,
     sort_records,
     static_record,
     summary_line,
@@ -108,9 +110,15 @@ class SpecRun:
         return build_report([{**i.record, "outcome": i.outcome} for i in self.items],
                             self.environment)
 
+    def run_facts(self) -> dict[str, Any]:
+        """What the run file holds: the scan engines this run chose (by timing, partly)."""
+        return build_run([i.record for i in self.items])
+
     def write_report(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`report` to ``path`` (atomically)."""
+        """Write :meth:`report` to ``path`` and :meth:`run_facts` beside it
+        (``r.json`` -> ``r.run.json``), atomically, as ``--unitablate-report`` does."""
         write_json(path, self.report())
+        write_json(run_path(path), self.run_facts())
 
     def text(self, *, table: bool = False, report: Path | None = None) -> str:
         """What a terminal shows: each failure's text (as pytest prints it), optionally

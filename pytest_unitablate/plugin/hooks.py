@@ -222,12 +222,13 @@ def _first(records: list[dict[str, Any]], name: str) -> Any:
 
 
 def _write_outputs(session: pytest.Session, state: PluginState) -> None:
-    from pytest_unitablate.verdicts.records import build_report, write_json
+    from pytest_unitablate.verdicts.records import build_report, build_run, run_path, write_json
 
     records = list(state.records.values())
     where = Path(session.config.invocation_params.dir)
     if state.report_path is not None:
         write_json(where / state.report_path, build_report(records, _environment(state)))
+        write_json(where / run_path(state.report_path), build_run(records))
     if state.settings.html is not None:
         from pytest_unitablate.analysis.html_report import write_html_report
         from pytest_unitablate.verdicts.records import sort_records

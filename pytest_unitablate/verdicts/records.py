@@ -29,8 +29,8 @@ from pytest_unitablate.spec.model import Spec
 FIELDS = (
     "id", "spec", "line", "layer", "unit", "units", "ablation", "target", "class_index", "n",
     "baseline", "ablated", "drop", "ci_low", "ci_high", "constraint", "threshold",
-    "outcome", "p_value", "deciding_units", "ranking_note", "engine", "engine_reason",
-    "engine_plan", "units_evaluated", "units_total", "identity", "matched_units", "similarity",
+    "outcome", "p_value", "deciding_units", "ranking_note",
+    "units_evaluated", "units_total", "identity", "matched_units", "similarity",
     "min_similarity", "mapping",
 )
 
@@ -155,11 +155,45 @@ def sort_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                   key=lambda r: (str(r.get("spec")), int(r.get("line") or 0), str(r.get("id"))))
 
 
+#: What the run file (``<report>.run.json``, next to the report) holds.
+RUN_ABOUT = ("measured about this run, not about the model: which scan engine ran where and "
+             "how it cut its work, chosen partly by timing on this machine; it may differ "
+             "between runs of the same spec, which is why it is not in the report (the "
+             "report is the same, byte for byte, for the same model, data and spec)")
+
+
+def engines(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per swept (spec, layer): the engine that ran, why, and its plan."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in sort_records(records):
+        if r.get("engine"):
+            seen.setdefault((str(r.get("spec")), str(r.get("layer"))), {
+                "spec": r.get("spec"), "layer": r.get("layer"), "engine": r.get("engine"),
+                "reason": r.get("engine_reason"), "plan": r.get("engine_plan")})
+    return list(seen.values())
+
+
 def build_report(records: Iterable[Mapping[str, Any]], environment: Mapping[str, Any]
                  ) -> dict[str, Any]:
-    """The JSON report document: environment fields plus one record per item."""
+    """The JSON report document: environment fields and one record per item, the same
+    for the same model, data and spec, byte for byte (serial or under xdist)."""
     items = [{name: r.get(name) for name in FIELDS} for r in sort_records(records)]
     return {**environment, "items": items}
+
+
+def build_run(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The run file's document (:data:`RUN_ABOUT`)."""
+    return {"about": RUN_ABOUT, "engines": engines(records)}
+
+
+def run_path(report: str | os.PathLike[str]) -> Path:
+    """Where the run file of ``report`` goes: ``r.json`` -> ``r.run.json``.
+
+    >>> str(run_path("out/unitablate.json"))
+    'out/unitablate.run.json'
+    """
+    path = Path(report)
+    return path.with_name(f"{path.stem}.run{path.suffix or '.json'}")
 
 
 def write_json(path: str | os.PathLike[str], document: Mapping[str, Any]) -> None:
@@ -171,5 +205,6 @@ def write_json(path: str | os.PathLike[str], document: Mapping[str, Any]) -> Non
     atomic_write(target, json.dumps(document, indent=2, sort_keys=False) + "\n")
 
 
-__all__ = ["FIELDS", "TABLE_LEGEND", "build_report", "engine_lines", "format_table",
+__all__ = ["FIELDS", "RUN_ABOUT", "TABLE_LEGEND", "build_report", "build_run", "engine_lines",
+           "engines", "format_table", "run_path",
            "sort_records", "static_record", "summary_line", "write_json"]

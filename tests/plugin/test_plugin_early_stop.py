@@ -120,11 +120,10 @@ def test_workers_sharing_sweeps_in_pieces_report_what_serial_does(
                                            "no:randomly", "--unitablate-report",
                                            f"{name}.json", *sweeps, *extra)
         result.assert_outcomes(passed=2, failed=2)
-        items = json.loads((tiny.path / f"{name}.json").read_text())["items"]
-        for item in items:  # units per pass are timed on this machine: they may differ
-            plan = item.pop("engine_plan")
-            assert plan is None or "per suffix pass" in plan
-        runs[name] = items
+        run = json.loads((tiny.path / f"{name}.run.json").read_text())
+        for engine in run["engines"]:  # timed on this machine: it may differ
+            assert engine["plan"] is None or "per suffix pass" in engine["plan"]
+        runs[name] = (tiny.path / f"{name}.json").read_bytes()
     assert runs["serial"] == runs["xdist"]
     pieces = list((tiny.path / ".pytest_cache" / "d" / "unitablate").glob("*.npz"))
     assert pieces

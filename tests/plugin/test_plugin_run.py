@@ -189,8 +189,8 @@ def test_json_report_and_junit_properties(tiny: pytest.Pytester) -> None:
     assert list(first) == ["id", "spec", "line", "layer", "unit", "units", "ablation", "target",
                            "class_index", "n", "baseline", "ablated", "drop", "ci_low",
                            "ci_high", "constraint", "threshold", "outcome", "p_value",
-                           "deciding_units", "ranking_note", "engine", "engine_reason",
-                           "engine_plan", "units_evaluated", "units_total", "identity",
+                           "deciding_units", "ranking_note",
+                           "units_evaluated", "units_total", "identity",
                            "matched_units", "similarity", "min_similarity", "mapping"]
     assert first["id"] == "hidden-u1-one-min_drop" and first["line"] == 9
     assert first["units"] == [1] and first["class_index"] == 1 and first["n"] == 10
