@@ -44,6 +44,7 @@ import io
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -129,10 +130,21 @@ class DiskStore:
         self.root = root
         self.lock_timeout = lock_timeout
         self.stats = {"hit": 0, "computed": 0, "recomputed": 0}
+        #: why the store stopped keeping entries (a folder it cannot create or write)
+        self.broken: str | None = None
 
     @property
     def enabled(self) -> bool:
         return self.root is not None
+
+    def _give_up(self, exc: OSError) -> None:
+        """Keep nothing from now on, and say so once (``RuntimeWarning``)."""
+        if self.broken is None:
+            self.broken = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"unitablate: the evaluation cache in {self.root} is off for the "
+                          f"rest of this run, its folder cannot be used ({self.broken}); "
+                          f"results are computed as without a cache", RuntimeWarning,
+                          stacklevel=3)
 
     def get_or_compute(self, key: Mapping[str, Any],
                        compute: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
@@ -153,8 +165,28 @@ class DiskStore:
 
     def _get_or_compute(self, key: Mapping[str, Any], compute: Callable[[], Mapping[str, Any]],
                         wait: bool) -> dict[str, Any] | None:
-        if self.root is None:
+        if self.root is None or self.broken is not None:
             return dict(compute())
+        failed: list[BaseException] = []
+
+        def guarded() -> Mapping[str, Any]:
+            try:
+                return compute()
+            except BaseException as exc:  # the computation's own error, not the folder's
+                failed.append(exc)
+                raise
+
+        try:
+            return self._locked(key, guarded, wait)
+        except OSError as exc:  # the folder cannot be created, locked or written
+            if failed:
+                raise
+            self._give_up(exc)
+            return dict(compute())
+
+    def _locked(self, key: Mapping[str, Any], compute: Callable[[], Mapping[str, Any]],
+                wait: bool) -> dict[str, Any] | None:
+        assert self.root is not None
         from filelock import FileLock, Timeout
 
         path = self.root / f"{entry_name(key)}.npz"
@@ -188,8 +220,28 @@ class DiskStore:
         """As :meth:`Store.get_or_compute_many`. The missing entries are computed under
         one lock named after the whole group, so processes that plan the same group
         compute it once; each entry is stored (and found later) on its own."""
-        if self.root is None:
+        if self.root is None or self.broken is not None:
             return [dict(v) for v in compute(list(range(len(keys))))]
+        failed: list[BaseException] = []
+
+        def guarded(missing: list[int]) -> Sequence[Values]:
+            try:
+                return compute(missing)
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+
+        try:
+            return self._locked_many(keys, guarded)
+        except OSError as exc:
+            if failed:
+                raise
+            self._give_up(exc)
+            return [dict(v) for v in compute(list(range(len(keys))))]
+
+    def _locked_many(self, keys: Sequence[Mapping[str, Any]],
+                     compute: Callable[[list[int]], Sequence[Values]]) -> list[dict[str, Any]]:
+        assert self.root is not None
         from filelock import FileLock
 
         paths = [self.root / f"{entry_name(k)}.npz" for k in keys]
@@ -248,6 +300,8 @@ class DiskStore:
 
     def summary(self) -> str:
         s = self.stats
+        if self.broken is not None:
+            return f"unitablate cache: off after a failure ({self.broken}) ({self.root})"
         return (f"unitablate cache: {s['hit']} reused, {s['computed']} computed"
                 + (f", {s['recomputed']} unusable entries recomputed" if s["recomputed"]
                    else "") + f" ({self.root})")

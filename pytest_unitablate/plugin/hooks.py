@@ -59,7 +59,14 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--unitablate-spec {spec}: no such file or directory")
         state.specs.append(path.resolve())
     if settings.cache and getattr(config, "cache", None) is not None:
-        state.cache_dir = config.cache.mkdir("unitablate")
+        try:
+            state.cache_dir = config.cache.mkdir("unitablate")
+        except OSError as exc:  # pytest itself only warns about an unusable cache_dir
+            from pytest_unitablate.plugin.state import UnitAblateWarning
+
+            config.issue_config_time_warning(UnitAblateWarning(
+                f"the evaluation cache is off for this run: pytest's cache directory cannot "
+                f"hold it ({type(exc).__name__}: {exc})"), stacklevel=2)
     _add_collection_roots(config, state.specs, root, settings.specs_from_cli)
 
 

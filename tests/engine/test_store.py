@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from pytest_unitablate.engine.store import DiskStore, entry_name
 
@@ -113,3 +114,38 @@ def test_an_xdist_worker_takes_its_share_of_the_cpus(monkeypatch: Any) -> None:
         assert share_threads() is None  # the user's setting wins
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_folder_that_cannot_be_used_degrades_to_no_cache_once(tmp_path: Path) -> None:
+    import warnings
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    store = DiskStore(blocker / "unitablate")  # mkdir fails: NotADirectoryError
+    calls: list[int] = []
+
+    def compute() -> dict[str, Any]:
+        calls.append(1)
+        return _values()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = store.get_or_compute(KEY, compute)
+        again = store.get_or_compute(KEY, compute)
+        many = store.get_or_compute_many([KEY, {**KEY, "layer": "x"}],
+                                         lambda missing: [_values() for _ in missing])
+    assert np.array_equal(first["predictions"], again["predictions"]) and len(many) == 2
+    assert len(calls) == 2  # computed each time: nothing kept
+    assert len(caught) == 1 and "evaluation cache" in str(caught[0].message)
+    assert store.broken is not None and "off after a failure" in store.summary()
+
+
+def test_an_error_of_the_computation_is_not_taken_for_the_folders(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path)
+
+    def compute() -> dict[str, Any]:
+        raise FileNotFoundError("the user's data file is missing")
+
+    with pytest.raises(FileNotFoundError, match="data file"):
+        store.get_or_compute(KEY, compute)
+    assert store.broken is None

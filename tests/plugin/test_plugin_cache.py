@@ -134,3 +134,18 @@ def test_a_bad_cache_option_is_a_usage_error(swappable: pytest.Pytester) -> None
     result.stderr.fnmatch_lines(["*unitablate_cache must be on or off, got 'maybe'*"])
 
 
+
+
+def test_a_cache_directory_that_cannot_be_one_turns_the_cache_off_with_a_warning(
+        swappable: pytest.Pytester) -> None:
+    """pytest itself only warns about such a cache_dir; the plugin ran into an
+    INTERNALERROR (exit 3) before any test. Now: one warning, the same outcomes."""
+    _run(swappable, "--unitablate-cache=off")[0].assert_outcomes(passed=4)
+    expected = _report(swappable)
+    (swappable.path / "not-a-folder").write_text("a file")
+    result, stats = _run(swappable, "-o", "cache_dir=not-a-folder/cache")
+    assert result.ret == 0, result.stdout.str()
+    result.assert_outcomes(passed=4)
+    assert stats == {}  # no cache line with counts
+    result.stdout.fnmatch_lines(["*the evaluation cache is off for this run*"])
+    assert _report(swappable) == expected
