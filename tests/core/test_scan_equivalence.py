@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from pytest_unitablate import ablate, scan
+from pytest_unitablate import ablate, evaluate, scan
 from pytest_unitablate.core.scan.prefix import PrefixCache
 from pytest_unitablate.core.unit_order import class_damage_sums
 from pytest_unitablate.errors import ConfigError
@@ -221,3 +221,21 @@ def test_frame_columns_and_values() -> None:
         assert row.ablated == pytest.approx(acc)
         assert row["drop"] == pytest.approx(row["baseline"] - acc)
     assert set(frame[frame.target != "overall"].n) <= {2, 3}
+
+
+@pytest.mark.parametrize("layer", ["blocks", "blocks.0.conv"])
+def test_every_batchs_baseline_is_its_own(layer: str) -> None:
+    """The baseline a scan reports (the unablated pass it makes beside the ablated ones)
+    equals evaluate() example by example over several different batches, for the closed
+    form and for the prefix engine, with and without a prefix cache."""
+    torch.manual_seed(11)
+    model = Net(4, 1, tail=False).eval()
+    batches = [(torch.randn(9, 1, 6, 6) * (1 + i), torch.randint(0, 5, (9,)))
+               for i in range(4)]
+    expected = evaluate(model, batches).predictions
+    cache = PrefixCache()
+    for prefix_cache in (None, cache, cache):
+        result = scan(model, batches, layer, units=[0, 1], chunk_size=2,
+                      prefix_cache=prefix_cache)
+        assert result.method == ("closed_form" if layer == "blocks" else "prefix")
+        assert np.array_equal(result.baseline.predictions, expected)
