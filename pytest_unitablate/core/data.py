@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -176,6 +178,33 @@ def require_replayable(data: Any) -> None:
             f"a fresh iterable (the generator function itself, not its result)")
 
 
+_PASS_SEED: ContextVar[int | None] = ContextVar("unitablate_pass_seed", default=None)
+
+
+@contextmanager
+def seeded_passes(seed: int | None) -> Iterator[None]:
+    """Inside the block, every pass over data (each :func:`iter_batches` iteration, in
+    every engine) starts with ``torch.manual_seed(seed)``: data that draws random
+    augmentation from torch's global generator then replays the same examples on every
+    pass, as pairing needs. ``None`` leaves the generator alone.
+
+    >>> import torch
+    >>> class Noisy:
+    ...     def __iter__(self):
+    ...         yield torch.rand(2, 1), torch.tensor([0, 1])
+    >>> with seeded_passes(3):
+    ...     a = next(iter_batches(Noisy()))[0]
+    ...     b = next(iter_batches(Noisy()))[0]
+    >>> bool(torch.equal(a, b))
+    True
+    """
+    token = _PASS_SEED.set(seed)
+    try:
+        yield
+    finally:
+        _PASS_SEED.reset(token)
+
+
 def iter_batches(
     data: Any, *, batch_size: int = 256, device: torch.device | str | None = None,
     digest: PassDigest | None = None,
@@ -184,10 +213,14 @@ def iter_batches(
 
     Raises :class:`~pytest_unitablate.errors.DataError` naming the batch and the problem.
     Empty batches are skipped; no examples at all is an error. With ``digest``, every batch
-    is added to it (before it moves to ``device``).
+    is added to it (before it moves to ``device``). Inside :func:`seeded_passes`, the
+    pass starts by seeding torch's global generator.
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    seed = _PASS_SEED.get()
+    if seed is not None:
+        torch.manual_seed(seed)
     seen = 0
     for index, raw in enumerate(_raw_batches(data, batch_size)):
         inputs, labels = _check_batch(index, raw)

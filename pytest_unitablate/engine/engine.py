@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pytest_unitablate.core.data import seeded_passes
 from pytest_unitablate.core.evaluation import EvalResult
 from pytest_unitablate.engine.evaluations import Evaluations
 from pytest_unitablate.engine.judge import ItemResult, judge_item
@@ -88,8 +89,13 @@ class Engine:
         return self.named.ablated(spec, subject, check, chosen)
 
     def run_item(self, spec: Spec, subject: Subject, key: ItemKey) -> ItemResult:
-        """Measure and judge one item (:func:`~pytest_unitablate.engine.judge.judge_item`)."""
-        return judge_item(self, spec, subject, key)
+        """Measure and judge one item (:func:`~pytest_unitablate.engine.judge.judge_item`).
+
+        Every pass over the data starts from ``torch.manual_seed(seed)``
+        (:func:`~pytest_unitablate.core.data.seeded_passes`), so data with seeded random
+        augmentation replays the same examples in every pass and every engine."""
+        with seeded_passes(self.settings.seed):
+            return judge_item(self, spec, subject, key)
 
 
 __all__ = ["Engine"]

@@ -337,6 +337,7 @@ class Evaluations:
         else:
             from pytest_unitablate.version import __version__
 
+            self.seeded()  # a pass like every other: seeded augmentation replays alike
             fingerprint = self.located(spec, lambda: data_fingerprint(data))
             identity = {
                 "weights": weights_sha256(model), "model": structure_sha256(model),

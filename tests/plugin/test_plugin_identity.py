@@ -191,3 +191,32 @@ checks:
         "*bad.yaml:12: min_similarity must be a number between -1 and 1*",
         "*bad.yaml:12: identity must be index or signature, got *signatur*did you mean*",
     ])
+
+
+def test_a_unit_whose_best_partner_was_claimed_is_judged_on_the_unit_it_got(
+        idmodel: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two recorded units with one profile: the first claims the unit that fits both; the
+    second is assigned another unit, whose similarity (not the best one anywhere) must
+    meet min_similarity. Judged on the best, it would pass, silently mapped to a unit
+    that plays another role."""
+    import hashlib
+    import re
+
+    _run(idmodel, monkeypatch, "--unitablate-record-mode=new")[0].assert_outcomes(passed=2)
+    sidecar = idmodel.path / "spec.signatures.json"
+    doc = json.loads(sidecar.read_text())
+    doc["layers"]["1"]["2"] = doc["layers"]["1"]["1"]  # unit 2 recorded with unit 1's role
+    text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
+    sidecar.write_text(text)
+    spec = idmodel.path / "spec.yaml"
+    spec.write_text(re.sub(r"sha256: [0-9a-f]{64}",
+                           f"sha256: {hashlib.sha256(text.encode()).hexdigest()}",
+                           spec.read_text()))
+    result, items = _run(idmodel, monkeypatch)
+    result.assert_outcomes(passed=1, failed=1)
+    two = items["1-u2-two-min_drop"]
+    assert two["outcome"] == "failed" and two["matched_units"] != [1]
+    assert two["similarity"][0] < 0.9
+    result.stdout.fnmatch_lines(["*1-u2-two-min_drop: no unit of 1 matches the recorded "
+                                 "unit 2 (best: unit 1, 1.00)*",
+                                 "*unit 1 is the match of recorded unit 1*"])
