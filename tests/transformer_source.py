@@ -92,3 +92,37 @@ def data():
     y[::5] = (y[::5] + 1) % 4
     return [(x[i:i + 32], y[i:i + 32]) for i in range(0, 96, 32)]
 '''
+
+#: A sequence-first transformer (``batch_first=False``): its blocks output ``(T, N, C)``,
+#: the batch on dimension 1. ``seqfirst.model()``, the tiny ViT's data.
+SEQ_SOURCE = '''
+import torch
+from torch import nn
+
+import tinyvit
+
+
+class SeqFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.embed = nn.Linear(3, 16)
+        self.block = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.0)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):                        # x: (N, T, 3)
+        h = self.block(self.embed(x).transpose(0, 1))   # (T, N, 16)
+        return self.head(h[0])
+
+
+def model():
+    return SeqFirst().eval()
+
+
+def data():
+    x = tinyvit._inputs()
+    with torch.no_grad():
+        y = SeqFirst().eval()(x).argmax(1)
+    y[::5] = (y[::5] + 1) % 4
+    return [(x[i:i + 32], y[i:i + 32]) for i in range(0, 96, 32)]
+'''

@@ -109,7 +109,21 @@ def head_site(model: nn.Module, layer: str, num_heads: int | None = None) -> Hea
             f"layer {layer!r} is an attention module ({type(module).__name__}); for unit: "
             f"head name its output projection, e.g. '{layer}.{inner[0]}' (the heads are its "
             f"input, before it mixes them)")
-    heads = num_heads or _head_count(module) or (_head_count(parent) if parent else None)
+    weight = getattr(module, "weight", None)
+    last = layer.rsplit(".", 1)[-1]
+    if last not in PROJECTION_NAMES or not (isinstance(weight, torch.Tensor)
+                                            and weight.dim() == 2):
+        raise UnsupportedModelError(
+            f"unit: head needs an nn.MultiheadAttention or the output projection of an "
+            f"attention module, a linear layer named {', '.join(PROJECTION_NAMES)} (the "
+            f"heads are its input); {layer!r} is a {type(module).__name__}. Its "
+            f"{'channels' if isinstance(weight, torch.Tensor) else 'outputs'} are not heads: "
+            f"name the attention's projection, or drop unit: head")
+    known = _head_count(module) or (_head_count(parent) if parent else None)
+    if num_heads is not None and known is not None and num_heads != known:
+        raise ConfigError(f"num_heads: {num_heads} for {layer!r}, but its attention module "
+                          f"says it has {known} heads")
+    heads = num_heads or known
     if heads is None:
         raise UnsupportedModelError(
             f"unit: head needs an nn.MultiheadAttention or the output projection of an "

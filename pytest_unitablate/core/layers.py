@@ -119,22 +119,42 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     )
 
 
-def shape_text(shape: Sequence[int], dim: int | None = None) -> str:
-    """A layer output's shape as users read it, the batch named N and the unit dimension
-    marked: ``(N, [17], 64)``.
+def batch_dim(model: nn.Module, inputs: torch.Tensor, layer: str) -> int | None:
+    """Which dimension of ``layer``'s output is the batch: the one whose size follows the
+    number of examples (two probing forwards, on 2 and on 3 of ``inputs``). ``None`` when
+    that cannot be told (fewer than 3 inputs, or no dimension or several follow).
+
+    A sequence-first transformer (``nn.TransformerEncoderLayer(batch_first=False)``)
+    outputs ``(T, N, C)``: its batch is dimension 1, not 0.
+    """
+    if inputs.shape[0] < 3:
+        return None
+    two = probe_layers(model, inputs[:2], [layer], strict=False)[layer].shape
+    three = probe_layers(model, inputs[:3], [layer], strict=False)[layer].shape
+    if len(two) != len(three):
+        return None
+    moved = [d for d, (a, b) in enumerate(zip(two, three, strict=True)) if (a, b) == (2, 3)]
+    return moved[0] if len(moved) == 1 else None
+
+
+def shape_text(shape: Sequence[int], dim: int | None = None, batch: int = 0) -> str:
+    """A layer output's shape as users read it, the batch (dimension ``batch``) named N and
+    the unit dimension marked: ``(N, [17], 64)``.
 
     >>> shape_text((8, 17, 64), dim=1), shape_text((8, 64)), shape_text((8, 17, 64), -1)
     ('(N, [17], 64)', '(N, 64)', '(N, 17, [64])')
+    >>> shape_text((17, 8, 64), dim=-1, batch=1)
+    '(17, N, [64])'
     """
-    parts = ["N", *(str(n) for n in shape[1:])]
+    parts = [("N" if i == batch else str(n)) for i, n in enumerate(shape)]
     if dim is not None and parts:
         at = dim if dim >= 0 else len(parts) + dim
-        if 0 < at < len(parts):
+        if 0 <= at < len(parts) and at != batch:
             parts[at] = f"[{parts[at]}]"
     return f"({', '.join(parts)})"
 
 
-def unit_dim(layer: str, shape: Sequence[int], stated: int | None) -> int:
+def unit_dim(layer: str, shape: Sequence[int], stated: int | None, batch: int = 0) -> int:
     """The dimension of ``layer``'s output (``shape``) that holds its units: ``stated``
     (checked), or 1 for an ``N,C,H,W`` or ``N,C`` output. Any other output without a
     stated dimension is refused: guessing would ablate token positions of a transformer's
@@ -148,26 +168,28 @@ def unit_dim(layer: str, shape: Sequence[int], stated: int | None) -> int:
     pytest_unitablate.errors.ConfigError: layer 'blk' outputs shape (N, 17, 64), which ...
     """
     if stated is None:
-        if len(shape) not in (2, 4):
+        if len(shape) not in (2, 4) or batch != 0:
             raise ConfigError(
-                f"layer {layer!r} outputs shape {shape_text(shape)}, which is not N,C,H,W or "
-                f"N,C: say which dimension holds its units, 'channel_dim: -1' for N,T,C token "
-                f"features (a transformer's), 'channel_dim: 1' for N,C,L (a 1-D "
-                f"convolution's); on the check, or for the whole spec")
+                f"layer {layer!r} outputs shape {shape_text(shape, batch=batch)}, which is "
+                f"not N,C,H,W or N,C: say which dimension holds its units, 'channel_dim: -1' "
+                f"for token features (a transformer's N,T,C or T,N,C), 'channel_dim: 1' for "
+                f"N,C,L (a 1-D convolution's); on the check, or for the whole spec")
         return 1
     ndim = len(shape)
     dim = stated if stated >= 0 else ndim + stated
-    if not 1 <= dim < ndim:
+    if not 0 <= dim < ndim or dim == batch:
+        others = [d for d in range(ndim) if d != batch]
         raise ConfigError(
-            f"channel_dim: {stated} for layer {layer!r}, whose output {shape_text(shape)} "
-            f"has no such dimension besides the batch (N): use one of "
-            f"{', '.join(str(d) for d in range(1, ndim))} or "
-            f"{', '.join(str(d - ndim) for d in range(1, ndim))}")
+            f"channel_dim: {stated} for layer {layer!r}, whose output "
+            f"{shape_text(shape, batch=batch)} has no such dimension besides the batch (N): "
+            f"use one of {', '.join(str(d) for d in others)} or "
+            f"{', '.join(str(d - ndim) for d in others)}")
     return stated
 
 
 def check_units(layer: str, units: Iterable[int], channels: int | None,
-                shape: Sequence[int] | None = None, dim: int | None = None) -> None:
+                shape: Sequence[int] | None = None, dim: int | None = None,
+                batch: int = 0) -> None:
     """Raise :class:`UnitOutOfRangeError` if a unit is not in ``0 .. channels - 1``
     (``channels=None``, not known yet: only negative units). With the layer's output
     ``shape`` and the unit dimension ``dim``, the message shows both."""
@@ -179,8 +201,8 @@ def check_units(layer: str, units: Iterable[int], channels: int | None,
                     f"indices (NetDissect counts from 1)", layer=layer, unit=unit, channels=-1)
             continue
         if not 0 <= unit < channels:
-            where = (f"whose output {shape_text(shape, dim)} has {channels} units along "
-                     f"dimension {dim}" if shape is not None and dim is not None
+            where = (f"whose output {shape_text(shape, dim, batch)} has {channels} units "
+                     f"along dimension {dim}" if shape is not None and dim is not None
                      else f"which has {channels} channels")
             raise UnitOutOfRangeError(
                 f"unit {unit} is out of range for layer {layer!r}, {where} (units are "
@@ -286,10 +308,17 @@ def suggest_single_call_layer(model: nn.Module, name: str) -> list[str]:
 def require_single_call(model: nn.Module, name: str, calls: int) -> None:
     """Raise if ``name`` ran zero times or more than once in one forward."""
     if calls == 0:
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        modules = dict(unwrap_model(model).named_modules())
+        hint = "; choose a layer that the model's forward actually uses"
+        if name.endswith(".out_proj") and isinstance(modules.get(parent),
+                                                       nn.MultiheadAttention):
+            hint = (f"; an nn.MultiheadAttention never calls its out_proj as a module (its "
+                    f"weights are used inside the attention function): for its heads, name "
+                    f"the attention layer {parent!r} with unit: head")
         raise LayerNeverRanError(
             f"layer {name!r} never ran during the forward pass, so ablating it would change "
-            f"nothing; choose a layer that the model's forward actually uses"
-        )
+            f"nothing{hint}")
     if calls > 1:
         hints = suggest_single_call_layer(model, name)
         hint = f"; ablate a layer that runs once instead, e.g. {', '.join(map(repr, hints))}"

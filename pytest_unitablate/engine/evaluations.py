@@ -289,7 +289,7 @@ class Evaluations:
         if key not in self._units:
             def run() -> LayerUnits:
                 inputs, _ = next(iter(iter_batches(data, device=self.device)))
-                return resolve_units(spec, check, model, inputs[:2])
+                return resolve_units(spec, check, model, inputs[:3])
 
             line = check.layer_line if spec.channel_dim_for(check) is None else check.line
             self._units[key] = self.guard(spec, line, run)
@@ -307,7 +307,8 @@ class Evaluations:
             self.guard(spec, check.line, lambda: check_heads(site, check.units))
         else:
             self.guard(spec, check.line, lambda: check_units(
-                check.layer, check.units, units.count, units.shape, units.channel_dim))
+                check.layer, check.units, units.count, units.shape, units.channel_dim,
+                units.batch_dim))
 
     def hashes(self, spec: Spec, subject: Subject) -> dict[str, str]:
         """sha256 of the evaluation data and of the model's weights (for provenance).

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from pytest_unitablate.core.heads import head_site
-from pytest_unitablate.core.layers import probe_layers, shape_text, unit_dim
+from pytest_unitablate.core.layers import batch_dim, probe_layers, shape_text, unit_dim
 from pytest_unitablate.spec.model import Check, Spec, UnitKind
 
 
@@ -41,6 +41,8 @@ class LayerUnits:
     count: int
     #: the layer's output shape on a probe batch
     shape: tuple[int, ...]
+    #: which dimension of that output is the batch (1 for a sequence-first transformer)
+    batch_dim: int = 0
 
     @property
     def memo(self) -> tuple[Any, ...]:
@@ -65,7 +67,8 @@ class LayerUnits:
         """The layer and where its units are, for messages."""
         if self.unit == "head":
             return f"{self.layer!r} ({self.count} heads)"
-        return f"{self.layer!r}, output {shape_text(self.shape, self.channel_dim)}"
+        return f"{self.layer!r}, output " \
+            f"{shape_text(self.shape, self.channel_dim, self.batch_dim)}"
 
 
 def _stated_dim(spec: Spec, check: Check) -> int | None:
@@ -74,7 +77,7 @@ def _stated_dim(spec: Spec, check: Check) -> int | None:
 
 def resolve_units(spec: Spec, check: Check, model: nn.Module, inputs: torch.Tensor
                   ) -> LayerUnits:
-    """The check's units on ``model`` (one probing forward on ``inputs``).
+    """The check's units on ``model`` (probing forwards on a few of ``inputs``).
 
     Raises :class:`~pytest_unitablate.errors.ConfigError` (the engine locates it) for an
     output whose unit dimension is not stated and not ``N,C,H,W`` or ``N,C``, and for a
@@ -82,14 +85,16 @@ def resolve_units(spec: Spec, check: Check, model: nn.Module, inputs: torch.Tens
     """
     unit = spec.unit_for(check)
     stated = _stated_dim(spec, check)
-    info = probe_layers(model, inputs, [check.layer], channel_dim=stated or 1)[check.layer]
+    info = probe_layers(model, inputs[:2], [check.layer], channel_dim=stated or 1)[check.layer]
     shape = info.shape
     if unit == "head":
         site = head_site(model, check.layer, check.num_heads)
         return LayerUnits(check.layer, "head", -1, check.num_heads, site.num_heads, shape)
-    stated = unit_dim(check.layer, shape, stated)
+    batch = batch_dim(model, inputs, check.layer)
+    batch = 0 if batch is None else batch
+    stated = unit_dim(check.layer, shape, stated, batch)
     dim = stated if stated >= 0 else len(shape) + stated
-    return LayerUnits(check.layer, "channel", stated, None, shape[dim], shape)
+    return LayerUnits(check.layer, "channel", stated, None, shape[dim], shape, batch)
 
 
 __all__ = ["LayerUnits", "resolve_units"]

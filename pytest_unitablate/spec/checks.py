@@ -281,6 +281,10 @@ class Checks(Fields):
         num_heads = self.integer(heads_node, "num_heads", minimum=1)
         if heads_node is not None and unit != "head":
             self.err(heads_node.line, "num_heads is for a check with unit: head")
+        dim_node = node.get("channel_dim")
+        if dim_node is not None and unit == "head":
+            self.err(dim_node.line, "channel_dim is for channels; a head check's units are "
+                     "the heads (of the projection's input features): remove channel_dim")
         if layer is None:
             return None
         return Check(

@@ -27,8 +27,8 @@ from pytest_unitablate.spec.model import Spec
 
 #: The JSON report's per-item fields, in order.
 FIELDS = (
-    "id", "spec", "line", "layer", "unit", "units", "ablation", "target", "class_index", "n",
-    "baseline", "ablated", "drop", "ci_low", "ci_high", "constraint", "threshold",
+    "id", "spec", "line", "layer", "unit", "channel_dim", "units", "ablation", "target",
+    "class_index", "n", "baseline", "ablated", "drop", "ci_low", "ci_high", "constraint", "threshold",
     "outcome", "p_value", "deciding_units", "ranking_note",
     "units_evaluated", "units_total", "identity", "matched_units", "similarity",
     "min_similarity", "mapping",
@@ -45,6 +45,8 @@ def static_record(spec: Spec, key: ItemKey) -> dict[str, Any]:
         "layer": check.layer,
         "mode": check.mode,
         "unit": spec.unit_for(check),
+        "channel_dim": spec.channel_dim_for(check) if spec.unit_for(check) == "channel"
+        else None,
         "units": list(check.units) if check.mode == "units" else None,
         "ablation": spec.ablation_for(check).label(),
         "target": spec.target_name(target),

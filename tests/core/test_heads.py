@@ -176,11 +176,20 @@ def test_layers_without_heads_get_a_message_that_says_what_to_name() -> None:
     with pytest.raises(UnsupportedModelError, match=r"name its output projection, e.g. "
                                                     "'attn.o_proj'"):
         head_site(model, "attn")
+    for layer in ("out", "attn.q_proj"):  # a read-out, a projection *into* the heads
+        with pytest.raises(UnsupportedModelError, match=r"is a Linear\. Its channels are "
+                                                        r"not heads"):
+            head_site(model, layer)
+    with pytest.raises(ConfigError, match=r"num_heads: 8 for 'attn.o_proj', but its "
+                                          r"attention module says it has 4 heads"):
+        head_site(model, "attn.o_proj", num_heads=8)
+    bare = torch.nn.Sequential()
+    bare.add_module("o_proj", torch.nn.Linear(E, E))  # nothing says how many heads
     with pytest.raises(UnsupportedModelError, match="add num_heads: to the check"):
-        head_site(model, "out")
-    assert head_site(model, "out", num_heads=2).num_heads == 2
+        head_site(bare, "o_proj")
+    assert head_site(bare, "o_proj", num_heads=2).num_heads == 2
     with pytest.raises(ConfigError, match=r"takes 16 features, which do not split into 5 heads"):
-        head_site(model, "out", num_heads=5)
+        head_site(bare, "o_proj", num_heads=5)
     with pytest.raises(UnitOutOfRangeError, match=r"head 4 is out of range .* 4 heads"), \
             ablate(model, {"attn.o_proj": [4]}, unit="head"):
         pass

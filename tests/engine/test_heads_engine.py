@@ -116,8 +116,62 @@ checks:
     assert first.outcome == "failed" and first.message is not None
     assert first.message.startswith(
         "axis.yaml:5: layer 'encoder.layers.0' outputs shape (N, 6, 16), which is not "
-        "N,C,H,W or N,C: say which dimension holds its units, 'channel_dim: -1' for N,T,C "
-        "token features")
+        "N,C,H,W or N,C: say which dimension holds its units, 'channel_dim: -1' for token "
+        "features")
     assert stated.outcome == "passed"
     assert outside.message is not None and "whose output (N, 6, [16]) has 16 units along " \
         "dimension 2" in outside.message
+
+
+def test_a_sequence_first_output_is_ablated_along_its_features(folder: Path) -> None:
+    """(T, N, C): dimension 0 is not the batch. The check's feature is ablated (equal to a
+    plain hook), the sweep runs without the batch-first engines, the batch dimension is
+    refused as a unit dimension, and messages show where N is."""
+    (folder / "seqfirst.py").write_text(transformer_source.SEQ_SOURCE)
+    import seqfirst
+
+    (folder / "seq.yaml").write_text(HEAD.format(module="seqfirst") + """\
+checks:
+  - layer: block
+    channel_dim: -1
+    units: [3]
+    expect:
+      overall: {max_drop: 50%}
+  - layer: block
+    channel_dim: -1
+    every_unit:
+      expect:
+        overall: {max_drop: 50%}
+  - layer: block
+    name: batch
+    channel_dim: 1
+    units: [1]
+    expect:
+      overall: {max_drop: 50%}
+  - layer: block
+    name: unstated
+    units: [1]
+    expect:
+      overall: {max_drop: 50%}
+""")
+    run = run_spec("seq.yaml", full_sweeps=True)
+    named, every, batch, unstated = run.items
+    model, data = seqfirst.model(), seqfirst.data()
+
+    def zero_feature(_m: object, _a: object, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[..., 3] = 0
+        return out
+
+    handle = model.block.register_forward_hook(zero_feature)
+    try:
+        expected = _drops(seqfirst.model(), model, data)["overall"]
+    finally:
+        handle.remove()
+    assert named.outcome == "passed" and named.record["drop"] == pytest.approx(expected)
+    assert every.outcome == "passed" and every.record["units_total"] == 16
+    assert every.record["engine"] == "naive" and "batch on dimension 1" in \
+        every.record["engine_reason"]
+    assert batch.message is not None and "has no such dimension besides the batch (N)" in \
+        batch.message and "(6, N, 16)" in batch.message
+    assert unstated.message is not None and "outputs shape (6, N, 16)" in unstated.message

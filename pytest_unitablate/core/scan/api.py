@@ -44,8 +44,10 @@ from pytest_unitablate.core.evaluation import (
 )
 from pytest_unitablate.core.heads import check_heads, head_means, head_site
 from pytest_unitablate.core.layers import (
+    batch_dim,
     check_units,
     probe_layers,
+    shape_text,
     unit_indices,
 )
 from pytest_unitablate.core.scan.closed_form import affine_head, scan_closed_form
@@ -206,6 +208,7 @@ def scan(
     target = torch.device(device) if device is not None else model_device(model)
     first = next(iter(iter_batches(data, batch_size=batch_size, device=target)))[0]
     info = probe_layers(model, first[:2], [layer], channel_dim=channel_dim)[layer]
+    batch = batch_dim(model, first[:3], layer) if unit == "channel" else None
     count = info.channels
     if unit == "head":
         count = head_site(model, layer, num_heads).num_heads
@@ -217,7 +220,7 @@ def scan(
     if unit == "head":
         check_heads(head_site(model, layer, num_heads), flat)
     else:
-        check_units(layer, flat, count, info.shape, channel_dim)
+        check_units(layer, flat, count, info.shape, channel_dim, batch or 0)
     if ablation == "mean" and (means is None or layer not in means):
         means = {layer: head_means(model, data, layer, num_heads=num_heads, device=target)} \
             if unit == "head" else channel_means(model, data, [layer],
@@ -255,6 +258,13 @@ def scan(
                         return result(by_heads, "prefix")
                     why = by_heads
                 reason = f"heads: {why}"
+            method = "naive"
+        if batch not in (0, None):
+            if method in ("closed_form", "prefix"):
+                raise ConfigError(f"scan(method={method!r}) refused for {layer!r}: its output "
+                                  f"{shape_text(info.shape, None, batch)} is not batch-first")
+            reason = (f"the layer's output {shape_text(info.shape, None, batch)} has its batch "
+                      f"on dimension {batch}: the naive loop")
             method = "naive"
         if method in ("auto", "closed_form"):
             if channel_dim != 1 or len(info.shape) != 4:
