@@ -28,8 +28,8 @@ from pytest_unitablate.spec.model import Spec
 #: The JSON report's per-item fields, in order.
 FIELDS = (
     "id", "spec", "line", "layer", "unit", "channel_dim", "units", "ablation", "target",
-    "class_index", "n", "baseline", "ablated", "drop", "ci_low", "ci_high", "constraint", "threshold",
-    "outcome", "p_value", "deciding_units", "ranking_note",
+    "class_index", "n", "baseline", "ablated", "drop", "ci_low", "ci_high", "constraint",
+    "threshold", "outcome", "p_value", "deciding_units", "ranking_note",
     "units_evaluated", "units_total", "identity", "matched_units", "similarity",
     "min_similarity", "mapping",
 )

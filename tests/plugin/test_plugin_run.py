@@ -188,7 +188,8 @@ def test_json_report_and_junit_properties(tiny: pytest.Pytester) -> None:
     first = doc["items"][0]
     assert list(first) == ["id", "spec", "line", "layer", "unit", "channel_dim", "units",
                            "ablation", "target", "class_index", "n", "baseline",
-                           "ablated", "drop", "ci_low", "ci_high", "constraint", "threshold", "outcome", "p_value",
+                           "ablated", "drop", "ci_low", "ci_high", "constraint",
+                           "threshold", "outcome", "p_value",
                            "deciding_units", "ranking_note",
                            "units_evaluated", "units_total", "identity",
                            "matched_units", "similarity", "min_similarity", "mapping"]
