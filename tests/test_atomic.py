@@ -32,3 +32,18 @@ def test_an_existing_file_keeps_its_bits_and_no_temp_is_left(tmp_path: Path) -> 
     assert target.read_text() == "new\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o640
     assert [p.name for p in tmp_path.iterdir()] == ["spec.yaml"]
+
+
+def test_files_written_together_are_all_put_back_when_one_cannot_be_moved(
+        tmp_path: Path) -> None:
+    from pytest_unitablate.atomic import atomic_write_all
+
+    spec, new, blocked = tmp_path / "spec.yaml", tmp_path / "new.json", tmp_path / "dir"
+    spec.write_text("old\n")
+    spec.chmod(0o640)
+    (blocked / "inside").mkdir(parents=True)  # a non-empty directory: replace fails
+    with pytest.raises(OSError):
+        atomic_write_all([(spec, "new\n"), (new, "{}\n"), (blocked, "x\n")])
+    assert spec.read_text() == "old\n" and stat.S_IMODE(spec.stat().st_mode) == 0o640
+    assert not new.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "spec.yaml"]

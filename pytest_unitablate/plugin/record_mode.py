@@ -1,7 +1,9 @@
 """Record mode on the controller: turn item records into spec updates (torch-free).
 
 Items measure; the controller decides which thresholds to write (by mode and outcome) and
-hands them to :func:`pytest_unitablate.record.apply_updates`, one atomic write per spec.
+writes them with :func:`pytest_unitablate.spec.rewrite.rewritten_spec`: per spec, the spec
+and its signatures sidecar in one :func:`pytest_unitablate.atomic.atomic_write_all` (an
+interrupt leaves both as they were or both rewritten).
 
 Example::
 
@@ -20,12 +22,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pytest_unitablate.spec.rewrite import RecordError, ThresholdUpdate, apply_updates
-from pytest_unitablate.spec.signatures import (
-    SignatureFileError,
-    Signatures,
-    write_signatures,
-)
+from pytest_unitablate.atomic import atomic_write_all
+from pytest_unitablate.spec.rewrite import RecordError, ThresholdUpdate, rewritten_spec
+from pytest_unitablate.spec.signatures import SignatureFileError, Signatures, sha256_text
 from pytest_unitablate.verdicts.measure import writes
 
 RecordMode = Literal["none", "new", "failed", "all"]
@@ -86,17 +85,27 @@ def apply_recorded(records: Sequence[Mapping[str, Any]], mode: str, level: float
     lines = []
     for spec in sorted(set(by_spec) | set(new_signatures)):
         entry: tuple[str, str] | None = None
+        files: list[tuple[Path, str]] = []
         try:
             if spec in new_signatures:
                 path, signatures = new_signatures[spec]
-                entry = (path.name, _write_merged(path, signatures))
-                count = sum(len(u) for u in signatures.layers.values())
-                lines.append(f"{spec}: {count} unit signature(s) recorded in {path}")
-            changed = apply_updates(spec, by_spec.get(spec, []),
-                                    provenance=provenance.get(spec), signatures=entry)
+                text = _merged_text(path, signatures)
+                files.append((path, text))
+                entry = (path.name, sha256_text(text))
+            original, result, changed = rewritten_spec(
+                spec, by_spec.get(spec, []), provenance=provenance.get(spec),
+                signatures=entry)
+            if result != original:
+                files.append((Path(spec), result))
+            # the sidecar and the spec that records its sha256: both or neither
+            atomic_write_all(files)
         except (RecordError, OSError) as exc:
             lines.append(f"{spec}: NOT recorded: {exc}")
             continue
+        if spec in new_signatures:
+            path, signatures = new_signatures[spec]
+            count = sum(len(u) for u in signatures.layers.values())
+            lines.append(f"{spec}: {count} unit signature(s) recorded in {path}")
         if spec in by_spec:
             lines.append(f"{spec}: {changed} threshold(s) recorded/updated "
                          f"({len(by_spec[spec])} measured, {level * 100:g}% bounds)")
@@ -127,12 +136,12 @@ def _signatures_by_spec(records: Sequence[Mapping[str, Any]]
     return found
 
 
-def _write_merged(path: Path, signatures: Signatures) -> str:
-    """Add ``signatures`` to the sidecar at ``path`` (kept units stay); return its sha256."""
+def _merged_text(path: Path, signatures: Signatures) -> str:
+    """The sidecar at ``path`` with ``signatures`` added (kept units stay), as text."""
     existing = None
     if path.exists():
         try:
             existing = Signatures.from_text(path.read_text(encoding="utf-8"), str(path))
         except (SignatureFileError, OSError, UnicodeDecodeError):
             existing = None  # unreadable: replaced by what was just measured
-    return write_signatures(path, existing.merged(signatures) if existing else signatures)
+    return (existing.merged(signatures) if existing else signatures).to_text()

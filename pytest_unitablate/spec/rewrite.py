@@ -251,8 +251,23 @@ def apply_updates(
     their lines' comments, the provenance block and the signatures entry differ, byte for
     byte.
     """
-    file = Path(path)
-    with open(file, encoding="utf-8", newline="") as fh:
+    original, result, changed = rewritten_spec(path, updates, provenance=provenance,
+                                               signatures=signatures)
+    if result != original:
+        atomic_write(Path(path), result)
+    return changed
+
+
+def rewritten_spec(
+    path: str | os.PathLike[str],
+    updates: Sequence[ThresholdUpdate],
+    *,
+    provenance: Mapping[str, str] | None = None,
+    signatures: tuple[str, str] | None = None,
+) -> tuple[str, str, int]:
+    """What :func:`apply_updates` would write, without writing: ``(original, rewritten,
+    changed)``, for a caller that writes the spec together with another file."""
+    with open(Path(path), encoding="utf-8", newline="") as fh:
         original = fh.read()
     nl = "\r\n" if "\r\n" in original else "\n"
     root = _compose(original)
@@ -293,10 +308,7 @@ def apply_updates(
     touched = {ls for ls, _, _ in line_edits}
     others = [s for s in spans if _line_bounds(original, s[0])[0] not in touched]
     result = _replace_spans(original, [*line_edits, *others, *extra_spans]) + appended
-    if result == original:
-        return 0
-    atomic_write(file, result)
-    return changed
+    return original, result, changed if result != original else 0
 
 
 def _comment_for(updates: Sequence[ThresholdUpdate]) -> str:

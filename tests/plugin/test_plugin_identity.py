@@ -9,6 +9,7 @@ units (the same function, other indices: what a retrain does to unit identity);
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -220,3 +221,119 @@ def test_a_unit_whose_best_partner_was_claimed_is_judged_on_the_unit_it_got(
     result.stdout.fnmatch_lines(["*1-u2-two-min_drop: no unit of 1 matches the recorded "
                                  "unit 2 (best: unit 1, 1.00)*",
                                  "*unit 1 is the match of recorded unit 1*"])
+
+
+# Replays record mode's writes with a real SIGINT sent at the k-th line our package runs,
+# for every k, and classifies the files after each interrupt.
+_REPLAY = r'''
+import json, os, pickle, signal, sys
+from pathlib import Path
+import pytest_unitablate
+from pytest_unitablate.plugin.record_mode import apply_recorded
+from pytest_unitablate.spec.signatures import sha256_text
+
+args, spec, sidecar = pickle.loads(Path(sys.argv[1]).read_bytes()), Path(sys.argv[2]), \
+    Path(sys.argv[3])
+package = os.path.dirname(pytest_unitablate.__file__)
+
+
+def files():
+    return spec.read_text(), sidecar.read_text() if sidecar.exists() else None
+
+
+def put(state):
+    spec.write_text(state[0])
+    if state[1] is None:
+        sidecar.unlink(missing_ok=True)
+    else:
+        sidecar.write_text(state[1])
+
+
+before = files()
+apply_recorded(*args)
+after = files()
+seen, k = {"before": 0, "after": 0, "other": 0, "disagree": 0, "leftover": 0}, 0
+while True:
+    k += 1
+    put(before)
+    lines = [0]
+
+    def trace(frame, event, arg):
+        if not frame.f_code.co_filename.startswith(package):
+            return None
+        if event == "line":
+            lines[0] += 1
+            if lines[0] == k:
+                os.kill(os.getpid(), signal.SIGINT)
+        return trace
+
+    sys.settrace(trace)
+    try:
+        apply_recorded(*args)
+        interrupted = False
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        sys.settrace(None)
+    if not interrupted:
+        break
+    now = files()
+    seen["before" if now == before else "after" if now == after else "other"] += 1
+    if now[1] is not None and sha256_text(now[1]) not in now[0]:
+        seen["disagree"] += 1
+    for stray in [p for p in spec.parent.iterdir() if p.name.endswith(".tmp")]:
+        seen["leftover"] += 1
+        stray.unlink()
+print(json.dumps({"interrupts": k - 1, **seen, "changed": before != after}))
+'''
+
+
+def _replayed(p: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *args: str,
+              passed: int = 2) -> dict[str, int]:
+    """Run record mode once for real, capturing what it writes from, then replay it in a
+    fresh process with an interrupt at every line (its counts of the states found)."""
+    import pickle
+    import subprocess
+    import sys
+
+    from pytest_unitablate.plugin import record_mode
+
+    captured: list[tuple[object, ...]] = []
+    real = record_mode.apply_recorded
+    monkeypatch.setattr(record_mode, "apply_recorded",
+                        lambda *a: captured.append(a) or [])  # type: ignore[func-returns-value]
+    _run(p, monkeypatch, *args)[0].assert_outcomes(passed=passed)
+    monkeypatch.setattr(record_mode, "apply_recorded", real)
+    assert len(captured) == 1
+    (p.path / "args.pickle").write_bytes(pickle.dumps(captured[0]))
+    (p.path / "replay.py").write_text(_REPLAY)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    done = subprocess.run([sys.executable, "replay.py", "args.pickle", "spec.yaml",
+                           "spec.signatures.json"], cwd=p.path, capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    counts: dict[str, int] = json.loads(done.stdout.splitlines()[-1])
+    return counts
+
+
+def test_an_interrupt_anywhere_in_record_mode_leaves_spec_and_sidecar_in_step(
+        idmodel: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C at any line of record mode's writing: the spec and its signatures sidecar
+    are both as they were or both rewritten, the spec's sha256 is the sidecar's, and no
+    temporary file is left. First the sidecar is new; then it exists and gains a unit
+    while the spec gains a threshold too."""
+    first = _replayed(idmodel, monkeypatch, "--unitablate-record-mode=new")
+    assert first["changed"] and first["interrupts"] > 50
+    assert first["before"] > 0 and first["after"] > 0
+    assert first["other"] == first["disagree"] == first["leftover"] == 0, first
+
+    # record for real, then add a check with a signature and a threshold still to record
+    _run(idmodel, monkeypatch, "--unitablate-record-mode=new")[0].assert_outcomes(passed=2)
+    spec = idmodel.path / "spec.yaml"
+    spec.write_text(spec.read_text().replace(
+        "      two: {min_drop: 50%}\n", "      two: {min_drop: null}\n"))
+    spec.write_text(spec.read_text() + "  - layer: \"1\"\n    units: [3]\n"
+                    "    identity: signature\n    expect:\n      three: {min_drop: 10%}\n")
+    second = _replayed(idmodel, monkeypatch, "--unitablate-record-mode=new", passed=3)
+    assert second["changed"] and second["before"] > 0 and second["after"] > 0
+    assert second["other"] == second["disagree"] == second["leftover"] == 0, second
