@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test test-fast test-slow matrix mutate lint bench clean
+.PHONY: setup browser demo test test-fast test-slow test-threads matrix mutate lint bench clean
 
 $(STAMP): pyproject.toml requirements-torch.txt
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,13 @@ test-fast: $(STAMP)
 
 test-slow: $(STAMP) browser
 	$(RUN_TESTS) -m slow
+
+# The demo's expected outcomes again with two torch threads (`make test` runs them with one):
+# one process at a time, so the two threads have the two cores. CI runs both.
+test-threads: $(STAMP)
+	env -u PYTHONDONTWRITEBYTECODE UNITABLATE_DEMO_THREADS=2 $(BIN)/pytest -p no:randomly \
+		-m "slow or not slow" tests/demo/test_demo_spec_outcomes.py \
+		tests/demo/test_demo_expected_outcomes.py
 
 # The compatibility matrix (noxfile.py): the plugin's tests on the oldest pytest we claim,
 # the newest, and the newest without pytest-xdist, each in its own virtualenv.

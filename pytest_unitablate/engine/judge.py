@@ -296,6 +296,7 @@ class _ItemRun:
             if layer is None else layer.record_value,
             "deciding_units": deciding,
             "torch_version": str(sys.modules["torch"].__version__),
+            "torch_threads": int(sys.modules["torch"].get_num_threads()),
             "dtype": self.engine.evals.dtype,
         }
         if self.key.check.mode == "top_units":

@@ -159,7 +159,8 @@ def sort_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 #: What the run file (``<report>.run.json``, next to the report) holds.
 RUN_ABOUT = ("measured about this run, not about the model: which scan engine ran where and "
-             "how it cut its work, chosen partly by timing on this machine; it may differ "
+             "how it cut its work, chosen partly by timing on this machine, and the torch "
+             "thread counts the items ran with; it may differ "
              "between runs of the same spec, which is why it is not in the report (the "
              "report is the same, byte for byte, for the same model, data and spec)")
 
@@ -184,8 +185,15 @@ def build_report(records: Iterable[Mapping[str, Any]], environment: Mapping[str,
 
 
 def build_run(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The run file's document (:data:`RUN_ABOUT`)."""
-    return {"about": RUN_ABOUT, "engines": engines(records)}
+    """The run file's document (:data:`RUN_ABOUT`).
+
+    >>> build_run([{"torch_threads": 2}, {"torch_threads": 1}, {}])["torch_threads"]
+    [1, 2]
+    """
+    records = list(records)
+    threads = sorted({int(r["torch_threads"]) for r in records
+                      if r.get("torch_threads") is not None})
+    return {"about": RUN_ABOUT, "torch_threads": threads, "engines": engines(records)}
 
 
 def run_path(report: str | os.PathLike[str]) -> Path:

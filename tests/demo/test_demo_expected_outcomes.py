@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,21 @@ from unitablate_demo.models import read_manifest
 from unitablate_demo.outcomes import EXPECTED_PATH, PLAN, ROOT, evaluate_spec
 
 EXPECTED = json.loads(EXPECTED_PATH.read_text())
+
+
+@pytest.fixture
+def threads() -> Iterator[int]:
+    """torch threads for the oracle: ``UNITABLATE_DEMO_THREADS`` (default 1; ``make
+    test-threads`` runs with 2), restored afterwards."""
+    import torch
+
+    wanted = int(os.environ.get("UNITABLATE_DEMO_THREADS", "1"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(wanted)
+    try:
+        yield wanted
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_expected_outcomes_refer_to_the_shipped_checkpoints() -> None:
@@ -69,7 +86,10 @@ def _items(spec: str, ckpt: str) -> list[tuple[int, str, str, str]]:
         for c in cs
     ],
 )
-def test_fresh_evaluation_matches_the_file(spec: str, ckpt: str) -> None:
+def test_fresh_evaluation_matches_the_file(spec: str, ckpt: str, threads: int) -> None:
+    import torch
+
+    assert torch.get_num_threads() == threads
     fresh = evaluate_spec(Path(ROOT) / spec, ckpt)
     assert [(i.check, i.target, i.constraint, i.outcome) for i in fresh] == _items(spec, ckpt)
 

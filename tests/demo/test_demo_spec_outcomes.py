@@ -9,13 +9,19 @@ units the oracle matches, while every layer-wide check passes.
 
 ``run_spec``, in a process that cannot import pytest, gives every item the same record
 as the plugin (the prefix engine's measured plan aside).
+
+Both run with ``UNITABLATE_DEMO_THREADS`` torch threads (default 1; ``make test-threads``
+runs these tests again with 2, as CI does): outcomes and matched units must not depend on
+the thread count, while float digits of intervals and profiles may (docs/reproducibility.md).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -27,6 +33,13 @@ CASES = [(spec, ckpt) for spec, by_ckpt in sorted(EXPECTED["specs"].items())
          for ckpt in sorted(by_ckpt)]
 
 pytestmark = pytest.mark.slow
+
+#: torch threads of every run here (OMP_NUM_THREADS of the subprocesses)
+THREADS = int(os.environ.get("UNITABLATE_DEMO_THREADS", "1"))
+
+
+def _env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    return {**(os.environ if base is None else base), "OMP_NUM_THREADS": str(THREADS)}
 
 #: run_spec on one demo spec and checkpoint, the demo's fixtures given by name
 RUN_SPEC = """
@@ -50,8 +63,10 @@ def test_plugin_outcomes_match_the_expected_outcomes(spec: str, checkpoint: str,
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "--unitablate-spec", spec, "--demo-checkpoint",
          checkpoint, "--unitablate-report", str(report), "-p", "no:cacheprovider", "-q"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=_env(),
     )
+    run_facts = json.loads((tmp_path / "report.run.json").read_text())
+    assert run_facts["torch_threads"] == [THREADS]
     expected = EXPECTED["specs"][spec][checkpoint]
     assert proc.returncode == (1 if expected["failed"] else 0), proc.stdout[-3000:]
     got = {r["id"]: r["outcome"] for r in json.loads(report.read_text())["items"]}
@@ -80,7 +95,7 @@ def test_plugin_outcomes_match_the_expected_outcomes(spec: str, checkpoint: str,
     if spec == "specs/vit.yaml":  # (run_spec on transformers: tests/engine; time is short)
         return
     engine = subprocess.run([sys.executable, "-c", RUN_SPEC, spec, checkpoint], cwd=ROOT,
-                            env=env_without_pytest(tmp_path / "blocker"), capture_output=True,
+                            env=_env(env_without_pytest(tmp_path / "blocker")), capture_output=True,
                             text=True, timeout=600)
     assert engine.returncode == 0, engine.stderr[-3000:]
     assert json.loads(engine.stdout.strip().splitlines()[-1]) == \
