@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements-torch.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements-torch.txt
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	touch $(STAMP)
 
 setup: $(STAMP)

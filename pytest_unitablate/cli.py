@@ -120,10 +120,9 @@ def check(args: argparse.Namespace) -> int:
             usage = f"--fixture {given!r}: write NAME=package.module:callable"
         fixtures[name] = ref
     if usage is None:
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            usage = "check needs torch, which is not installed: pip install torch"
+        from pytest_unitablate.errors import torch_missing
+
+        usage = torch_missing("check")
     if usage is None:
         from pytest_unitablate.engine.run import cuda_problem
 

@@ -140,3 +140,25 @@ def optional_import(module: str, extra: str, feature: str) -> Any:
         raise MissingExtraError(
             f"{feature} needs {module.split('.')[0]}, which is not installed: "
             f"pip install 'pytest-unitablate[{extra}]'") from None
+
+def torch_missing(what: str) -> str | None:
+    """``None`` when torch imports, else the one line that says how to install it.
+
+    torch is a dependency, but a ``pip install --no-deps``, a broken wheel or an environment
+    built for another project can lack it; a spec run then stops with this line (exit 4)
+    instead of a ``ModuleNotFoundError`` from deep inside.
+
+    >>> torch_missing("--unitablate-spec") is None  # torch is installed here
+    True
+    """
+    import importlib.util
+
+    try:  # finds torch without importing it (a configure hook must stay cheap)
+        found = importlib.util.find_spec("torch") is not None
+    except ImportError:
+        found = False
+    if found:
+        return None
+    return (f"{what} needs torch, which is not installed: pip install torch "
+            f"(CPU-only: pip install torch --index-url https://download.pytorch.org/whl/cpu)")
+

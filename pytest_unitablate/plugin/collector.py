@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_unitablate.errors import SpecError
+from pytest_unitablate.errors import SpecError, torch_missing
 from pytest_unitablate.plugin.item import UnitAblateItem, run_spec_item
+from pytest_unitablate.plugin.state import STATE_KEY
 from pytest_unitablate.spec.ids import item_ids
 from pytest_unitablate.spec.loader import load_spec
 
@@ -40,6 +41,12 @@ class SpecFile(pytest.File):
         keys = item_ids(spec)
         if not keys:
             raise self.CollectError(f"{shown}:1: the spec yields no test items")
+        missing = torch_missing(f"the spec {shown}")
+        if missing is not None:  # one line, no traceback; the run then exits 4 (hooks.py)
+            state = self.config.stash.get(STATE_KEY, None)
+            if state is not None:
+                state.torch_missing = True
+            raise self.CollectError(missing)
         # torch is imported here, at collection, where an ordinary test module imports it:
         # never inside a test's setup or call, where pytest-timeout's signal could land in
         # the middle of the import and leave a half-initialised torch behind (a crash).

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from pytest_unitablate.errors import torch_missing
 from pytest_unitablate.plugin.options import add_options, read_settings
 from pytest_unitablate.plugin.state import STATE_KEY, PluginState
 
@@ -52,6 +53,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(_RecordCollector(state), "unitablate-records")
     if not settings.specs:
         return
+    missing = torch_missing("--unitablate-spec")
+    if missing is not None:
+        raise pytest.UsageError(missing)
     root = Path(config.invocation_params.dir)
     for spec in settings.specs:
         path = spec if spec.is_absolute() else root / spec
@@ -203,6 +207,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE_KEY, None)
+    if state is not None and state.torch_missing:
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR  # as with --unitablate-spec
     if state is None or state.is_worker:
         return  # files are written by the controller only
     if state.specs or state.collected_specs or state.records:

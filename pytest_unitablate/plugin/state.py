@@ -48,6 +48,8 @@ class PluginState:
     cache_dir: Path | None = None
     #: makes the per-sweep progress callbacks (plugin.progress.Progress), set at configure
     progress: Any = None
+    #: a spec file was collected without torch: the run ends with exit 4 (usage error)
+    torch_missing: bool = False
     _engine: Engine | None = None
 
     @property

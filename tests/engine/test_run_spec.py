@@ -257,3 +257,18 @@ def test_check_takes_folders_and_several_specs_and_imports_from_here(folder: Pat
                            "mine=tinymodel:model"], cwd=folder, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 1 and "7 checks, 2 failed" in proc.stdout, proc.stdout
+
+
+def test_the_installed_unitablate_script_is_the_command_and_says_its_version() -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from pytest_unitablate.version import __version__
+
+    script = Path(sys.executable).with_name("unitablate")
+    assert script.exists() or shutil.which("unitablate"), "the [project.scripts] entry"
+    for argv in ([str(script), "--version"],
+                 [sys.executable, "-m", "pytest_unitablate", "--version"]):
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert (proc.returncode, proc.stdout.strip()) == (0, f"pytest-unitablate {__version__}")
