@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test test-fast test-slow test-threads matrix mutate lint bench clean
+.PHONY: setup browser demo test test-fast test-slow test-threads matrix mutate lint docs docs-serve bench clean
 
 $(STAMP): pyproject.toml requirements-torch.txt
 	$(PY) -m venv $(VENV)
@@ -31,7 +31,7 @@ browser:
 # suite's pytest subprocesses compile every module again, about 3 s each).
 # `make test` runs lint, then every test, fast and slow, in one xdist run.
 RUN_TESTS := env -u PYTHONDONTWRITEBYTECODE OMP_NUM_THREADS=1 $(BIN)/pytest -n 2
-test: lint browser
+test: lint docs browser
 	$(RUN_TESTS)
 
 test-fast: $(STAMP)
@@ -65,6 +65,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-logo
+
+# The docs site (MkDocs, mkdocs.yml): the generated pages must be current (reference.md from
+# the code, index.md from README.md), then a strict build (every internal link and anchor).
+docs: $(STAMP)
+	$(BIN)/python docs/gen_reference.py --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_evaluate.py

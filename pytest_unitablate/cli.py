@@ -28,6 +28,21 @@ from typing import NoReturn
 #: pytest's exit code for a usage error (and ours)
 USAGE = 4
 
+#: What each exit code means, for a pytest run of a spec and for ``check`` alike (the docs'
+#: reference is generated from this).
+EXIT_CODES: dict[int, str] = {
+    0: "every expectation met",
+    1: "an expectation missed, or a model-dependent problem (unknown layer, unit out of "
+       "range, class index beyond the model's outputs, a class with too few examples, a "
+       "missing fixture, an import failure, NaN logits, a layer that never runs or runs "
+       "twice): reported on the affected items as `path:line: message`",
+    2: "the spec itself is wrong (YAML syntax, unknown key, bare number, unknown class, ...): "
+       "a collection error listing every problem as `path:line: message`, no traceback",
+    USAGE: "a usage error: a spec path that does not exist or holds no spec, a bad option or "
+           "device, record mode in CI without `--unitablate-record-force`, torch not "
+           "installed",
+}
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error exits 4 as pytest's does (argparse would exit 2, which

@@ -193,6 +193,38 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def weights_arch(path: Path) -> str:
+    """The demo architecture whose parameter names and shapes a weights file matches.
+
+    Raises ``OSError`` for a file that cannot be read and ``ValueError`` for weights of no
+    demo architecture.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    for arch, build in ARCHITECTURES.items():
+        if {k: tuple(v.shape) for k, v in build().state_dict().items()} == shapes:
+            return arch
+    raise ValueError(f"{path} holds weights of none of the demo architectures "
+                     f"({', '.join(ARCHITECTURES)})")
+
+
+def load_weights(path: Path) -> nn.Module:
+    """The demo model of ``path``'s architecture with its weights, in eval mode, on CPU.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     torch.save(load_model("resnet").state_dict(), f"{d}/candidate.pt")
+    ...     type(load_weights(Path(f"{d}/candidate.pt"))).__name__
+    'DigitsResNet'
+    """
+    model = ARCHITECTURES[weights_arch(path)]()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    model.eval()
+    return model
+
+
 def load_model(name: str) -> nn.Module:
     """Load checkpoint ``name`` (e.g. ``resnet``, ``resnet-finetuned``) in eval mode, on CPU.
 

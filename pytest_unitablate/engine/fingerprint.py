@@ -39,19 +39,22 @@ def structure_sha256(model: nn.Module) -> str:
     """sha256 of the model's ``repr`` and of the source files of its own module classes
     (classes outside torch): editing a ``forward`` changes it, so does a new stride."""
     digest = hashlib.sha256(repr(model).encode())
-    files = set()
+    # keyed by module name and file content, never by where the file lies: a CI cache
+    # restored into another checkout folder (another runner, another build directory)
+    # must still answer for the same code
+    files: dict[str, str] = {}
     for module in model.modules():
         cls = type(module)
         if not cls.__module__.startswith("torch."):
             try:
-                files.add(inspect.getsourcefile(cls) or "")
+                files[cls.__module__] = inspect.getsourcefile(cls) or ""
             except TypeError:  # a class defined in the interpreter: no file
-                files.add("")
-    for path in sorted(files):
-        digest.update(path.encode())
-        if path:
+                files[cls.__module__] = ""
+    for name in sorted(files):
+        digest.update(b"\0" + name.encode() + b"\0")
+        if files[name]:
             with contextlib.suppress(OSError):
-                digest.update(Path(path).read_bytes())
+                digest.update(Path(files[name]).read_bytes())
     return digest.hexdigest()
 
 

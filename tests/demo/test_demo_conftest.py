@@ -46,13 +46,29 @@ def test_conftest_import_does_not_import_torch() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "expected"),
-    [([], "resnet"), (["--demo-checkpoint", "resnet-finetuned"], "resnet-finetuned"),
-     (["--demo-checkpoint", "alexnet-retrained"], "resnet")],
+    ("args", "env", "expected"),
+    [([], None, "resnet"), (["--demo-checkpoint", "resnet-finetuned"], None, "resnet-finetuned"),
+     (["--demo-checkpoint", "alexnet-retrained"], None, "resnet"),
+     ([], "resnet-retrained", "resnet-retrained"),
+     (["--demo-checkpoint", "resnet"], "resnet-retrained", "resnet"),  # the option wins
+     # a weights file, as CI hands over a candidate: its architecture found by its shapes
+     (["--demo-checkpoint", "{candidate}"], None, "resnet-finetuned"),
+     ([], "alexnet,{candidate}", "resnet-finetuned")],
 )
 def test_demo_checkpoint_option_swaps_the_model(
-    pytester: pytest.Pytester, args: list[str], expected: str
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args: list[str],
+    env: str | None, expected: str
 ) -> None:
+    import shutil
+
+    candidate = pytester.path / "artifacts" / "candidate.pt"
+    candidate.parent.mkdir()
+    shutil.copy(CHECKPOINT_DIR / read_manifest()["resnet-finetuned"]["file"], candidate)
+    args = [a.replace("{candidate}", str(candidate)) for a in args]
+    if env is None:
+        monkeypatch.delenv("DEMO_CHECKPOINT", raising=False)
+    else:
+        monkeypatch.setenv("DEMO_CHECKPOINT", env.replace("{candidate}", str(candidate)))
     pytester.makeconftest((ROOT / "conftest.py").read_text())
     sha = read_manifest()[expected]["sha256"]
     pytester.makepyfile(
@@ -79,6 +95,18 @@ def test_unknown_demo_checkpoint_is_a_usage_error(pytester: pytest.Pytester) -> 
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--demo-checkpoint", "nope")
     assert result.ret != 0
     assert "--demo-checkpoint nope: unknown checkpoint" in result.stdout.str() + result.stderr.str()
+
+
+def test_a_weights_file_of_no_demo_architecture_is_a_usage_error(pytester: pytest.Pytester
+                                                                 ) -> None:
+    torch.save({"w": torch.zeros(3)}, pytester.path / "other.pt")
+    pytester.makeconftest((ROOT / "conftest.py").read_text())
+    pytester.makepyfile("def test_it(digits_resnet):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--demo-checkpoint",
+                                           str(pytester.path / "other.pt"))
+    assert result.ret != 0
+    assert "holds weights of none of the demo architectures" in (
+        result.stdout.str() + result.stderr.str())
 
 
 def test_checkpoint_files_match_manifest() -> None:

@@ -1,0 +1,44 @@
+"""The model's structure hash: the code that defines it, wherever the checkout lies."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from pytest_unitablate.engine.fingerprint import structure_sha256
+
+SOURCE = """
+import torch
+from torch import nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x){tail}
+"""
+
+
+def _hash(folder: Path, tail: str = "") -> str:
+    """structure_sha256 of ``ckpt_model.Net`` written to and imported from ``folder``."""
+    folder.mkdir(parents=True)
+    (folder / "ckpt_model.py").write_text(SOURCE.format(tail=tail))
+    spec = importlib.util.spec_from_file_location("ckpt_model", folder / "ckpt_model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ckpt_model"] = module
+    try:
+        spec.loader.exec_module(module)
+        return structure_sha256(module.Net())
+    finally:
+        del sys.modules["ckpt_model"]
+
+
+def test_the_same_code_in_another_checkout_folder_has_the_same_hash(tmp_path: Path) -> None:
+    # a CI cache restored into another build directory must still answer
+    a = _hash(tmp_path / "runner-0" / "repo")
+    assert a == _hash(tmp_path / "runner-1" / "repo")
+    assert _hash(tmp_path / "edited", " * 2") != a  # and the code itself still counts

@@ -1,0 +1,132 @@
+"""The digits demo's pytest fixtures, as a plugin module (the repository's root
+``conftest.py`` loads it; so does a ``conftest.py`` written by ``python -m unitablate_demo
+init``).
+
+Fixtures: ``digits_resnet``, ``digits_alexnet``, ``digits_vit`` (models in eval mode),
+``digits_test``, ``digits_ranking`` (unshuffled ``DataLoader`` s of ``(inputs, labels)``
+batches). Which weights a model fixture loads:
+
+* ``--demo-checkpoint NAME`` (repeatable): a shipped checkpoint (``resnet-finetuned``,
+  ``vit-retrained``, ...) for the fixture of its architecture;
+* ``--demo-checkpoint PATH.pt``: a weights file (a state dict, as CI hands over a candidate
+  checkpoint as an artifact); its architecture is the one whose parameter names and shapes
+  it matches;
+* the ``DEMO_CHECKPOINT`` environment variable: the same, comma-separated, used when the
+  option is not given;
+* otherwise the reference checkpoint of each architecture (``resnet``, ``alexnet``, ``vit``).
+
+torch is imported only inside the fixtures, so loading this plugin costs nothing.
+
+Example::
+
+    pytest --unitablate-spec specs/resnet.yaml --demo-checkpoint resnet-finetuned
+    DEMO_CHECKPOINT=artifacts/candidate.pt pytest --unitablate-spec specs/resnet.yaml
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from torch import nn
+
+#: The environment variable read when ``--demo-checkpoint`` is not given.
+ENV = "DEMO_CHECKPOINT"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("unitablate-demo", "digits demo (unitablate_demo)")
+    group.addoption(
+        "--demo-checkpoint",
+        action="append",
+        default=[],
+        dest="demo_checkpoint",
+        metavar="NAME_OR_PATH",
+        help="use this shipped checkpoint (resnet-finetuned, resnet-retrained, "
+        "alexnet-retrained, vit-finetuned, ...) or weights file (PATH.pt) for the digits "
+        f"fixture of its architecture; default: ${ENV}, else resnet / alexnet / vit",
+    )
+
+
+def _chosen(config: pytest.Config) -> list[str]:
+    given = list(config.getoption("demo_checkpoint") or [])
+    if not given and os.environ.get(ENV):
+        given = [v.strip() for v in os.environ[ENV].split(",") if v.strip()]
+    return given
+
+
+def _is_path(value: str) -> bool:
+    return value.endswith((".pt", ".pth")) or os.sep in value
+
+
+def _checkpoint_for(config: pytest.Config, arch: str) -> str:
+    chosen = [n for n in _chosen(config) if _arch(n) == arch]
+    if len(chosen) > 1:
+        raise pytest.UsageError(f"--demo-checkpoint: several {arch} checkpoints: {chosen}")
+    return chosen[0] if chosen else arch
+
+
+def _arch(name: str) -> str:
+    if _is_path(name):
+        from unitablate_demo.models import weights_arch
+
+        try:
+            return weights_arch(Path(name))
+        except (OSError, ValueError) as exc:
+            raise pytest.UsageError(f"--demo-checkpoint {name}: {exc}") from None
+    from unitablate_demo.models import read_manifest
+
+    manifest = read_manifest()
+    if name not in manifest:
+        known = ", ".join(sorted(manifest))
+        raise pytest.UsageError(f"--demo-checkpoint {name}: unknown checkpoint; known: {known}")
+    return str(manifest[name]["arch"])
+
+
+def _model(config: pytest.Config, arch: str) -> nn.Module:
+    name = _checkpoint_for(config, arch)
+    if _is_path(name):
+        from unitablate_demo.models import load_weights
+
+        return load_weights(Path(name))
+    from unitablate_demo.fixtures import checkpoint
+
+    return checkpoint(name)
+
+
+@pytest.fixture(scope="session")
+def digits_resnet(pytestconfig: pytest.Config) -> nn.Module:
+    """The demo ResNet (checkpoint ``resnet`` unless ``--demo-checkpoint`` says otherwise)."""
+    return _model(pytestconfig, "resnet")
+
+
+@pytest.fixture(scope="session")
+def digits_alexnet(pytestconfig: pytest.Config) -> nn.Module:
+    """The demo AlexNet-style CNN (checkpoint ``alexnet`` unless ``--demo-checkpoint``)."""
+    return _model(pytestconfig, "alexnet")
+
+
+@pytest.fixture(scope="session")
+def digits_vit(pytestconfig: pytest.Config) -> nn.Module:
+    """The demo vision transformer (checkpoint ``vit`` unless ``--demo-checkpoint``)."""
+    return _model(pytestconfig, "vit")
+
+
+@pytest.fixture(scope="session")
+def digits_test() -> Any:
+    """The test split (597 examples) as ``(inputs, labels)`` batches."""
+    from unitablate_demo.fixtures import test_data
+
+    return test_data()
+
+
+@pytest.fixture(scope="session")
+def digits_ranking() -> Any:
+    """The ranking split (200 examples) as ``(inputs, labels)`` batches."""
+    from unitablate_demo.fixtures import ranking_data
+
+    return ranking_data()
