@@ -4,6 +4,9 @@
 ``--demo-checkpoint NAME_OR_PATH`` (or ``DEMO_CHECKPOINT``) swaps in another checkpoint, e.g.::
 
     pytest --unitablate-spec specs/resnet.yaml --demo-checkpoint resnet-finetuned
+
+(Imported rather than listed in ``pytest_plugins``, which would mark the demo package for
+assertion rewriting and warn in every in-process pytester run.)
 """
 
-pytest_plugins = ["unitablate_demo.plugin"]
+from unitablate_demo.plugin import *  # noqa: F403

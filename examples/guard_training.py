@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.perf_counter()
     before = run_spec(GUARD, fixtures={"digits_resnet": model, "digits_test": test})
     check_seconds = [time.perf_counter() - began]
-    print(f"before training: {len(before.records)} checks, {len(before.failed)} failed "
+    print(f"before training: {len(before.records)} items, {len(before.failed)} failed "
           f"({check_seconds[0]:.2f} s)")
     epoch_seconds = []
     for epoch in range(1, args.epochs + 1):
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         run = run_spec(GUARD, fixtures={"digits_resnet": model, "digits_test": test})
         check_seconds.append(time.perf_counter() - began)
-        print(f"epoch {epoch}: loss {loss:.4f}, {len(run.records)} checks, "
+        print(f"epoch {epoch}: loss {loss:.4f}, {len(run.records)} items, "
               f"{len(run.failed)} failed")
         if run.failed:
             print(f"\nguard tripped after epoch {epoch}; training stopped:\n")

@@ -53,6 +53,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE, f"{self.prog}: error: {message}\n")
 
 
+def _level(text: str) -> float:
+    """A confidence level written as in a spec (``95%``) or as a fraction (``0.95``).
+
+    >>> _level("95%"), _level("0.9")
+    (0.95, 0.9)
+    """
+    value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a level between 0% and 100%")
+    return round(value, 10)
+
+
 def _parser() -> argparse.ArgumentParser:
     from pytest_unitablate.version import __version__
 
@@ -89,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--layer", action="append", required=True, help="layer to scan (repeatable)")
     d.add_argument("--classes", default=None, help="comma-separated class names")
     d.add_argument("--top", type=int, default=5, help="named-unit checks to write (default 5)")
-    d.add_argument("--confidence", type=float, default=0.95, help="interval level (0.95)")
+    d.add_argument("--confidence", type=_level, default=0.95, metavar="LEVEL",
+                   help="level of the paired intervals whose bounds become thresholds, as in "
+                   "a spec: 95%% (or 0.95; default 95%%)")
     d.add_argument("--out", type=Path, required=True, help="spec file to write")
     d.add_argument("--force", action="store_true", help="replace an existing file")
     d.add_argument("--identity", action="store_true", help="protect the named units by "

@@ -130,3 +130,7 @@ def digits_ranking() -> Any:
     from unitablate_demo.fixtures import ranking_data
 
     return ranking_data()
+
+
+__all__ = ["ENV", "digits_alexnet", "digits_ranking", "digits_resnet", "digits_test",
+           "digits_vit", "pytest_addoption"]

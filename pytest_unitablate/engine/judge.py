@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
+from pytest_unitablate.core.layers import resolve_layer
 from pytest_unitablate.engine.results import Engine, ItemResult, Miss
 from pytest_unitablate.errors import ItemProblem
 from pytest_unitablate.spec.ids import ItemKey
@@ -32,6 +33,7 @@ from pytest_unitablate.verdicts.failure import (
     failure_text,
     missing_threshold_text,
     no_match_text,
+    problem_text,
     unsupportable_text,
     warn_text,
 )
@@ -65,7 +67,7 @@ def judge_item(engine: Engine, spec: Spec, subject: Subject, key: ItemKey) -> It
     except Miss as exc:
         run.result.status, run.result.message = "failed", str(exc)
     except ItemProblem as exc:
-        run.result.status, run.result.message = "error", str(exc)
+        run.result.status, run.result.message = "error", problem_text(str(exc))
     return run.result
 
 
@@ -98,6 +100,8 @@ class _ItemRun:
         evals = engine.evals
         check, constraint = key.check, key.constraint
         baseline = evals.baseline(spec, subject)
+        # a layer the model does not have is the problem to report, whatever else is wrong
+        evals.guard(spec, check.line, lambda: resolve_layer(subject.model, check.layer))
         if spec.provenance and str(spec.path) not in engine.provenance_checked:
             engine.provenance_checked.add(str(spec.path))
             self._check_provenance()

@@ -49,6 +49,7 @@ from pytest_unitablate.errors import ItemProblem, Problem, SpecError
 from pytest_unitablate.spec.ids import ItemKey, item_ids
 from pytest_unitablate.spec.loader import load_spec
 from pytest_unitablate.spec.model import Mark, Spec
+from pytest_unitablate.verdicts.failure import problem_text
 from pytest_unitablate.verdicts.records import (
     FIELDS,
     build_report,
@@ -204,7 +205,7 @@ def evaluate_spec(spec: str | os.PathLike[str] | Spec, lookup: Lookup | None,
         subject: Any = engine.bind(spec, lookup)
         problem = None
     except ItemProblem as exc:
-        subject, problem = None, str(exc)
+        subject, problem = None, problem_text(str(exc))
     items = []
     for key in keys:
         record_only = static_record(spec, key)

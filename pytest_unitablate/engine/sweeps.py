@@ -93,11 +93,11 @@ class Sweeps:
 
                 def scan_layer() -> Any:
                     ev.seeded()
-                    label = f"{spec.path.name} {check.layer}" + (
-                        f" ({len(units)} of {channels} units)" if len(units) < channels
-                        else "")
+                    # one label (the check's line) and the whole layer's total for every
+                    # chunk of a check's sweep: its lines go on from the chunks before
+                    label = f"{spec.path.name}:{check.line} {check.layer}"
                     factory = ev.settings.progress
-                    lines = factory(label, len(units) * baseline.n) if factory else None
+                    lines = factory(label, channels * baseline.n) if factory else None
                     return scan(model, data, check.layer, units=units, ablation=arg,
                                 means=means, device=ev.device, output=spec.output,
                                 **layer_units.core_args(),

@@ -28,6 +28,7 @@ from pytest_unitablate.plugin.report import junit_properties
 from pytest_unitablate.plugin.state import UnitAblateWarning, get_state
 from pytest_unitablate.spec.ids import ItemKey
 from pytest_unitablate.spec.model import Spec
+from pytest_unitablate.verdicts.failure import problem_text
 from pytest_unitablate.verdicts.records import static_record
 
 
@@ -106,7 +107,7 @@ class UnitAblateItem(pytest.Function):
                 self.spec, fixture_lookup(request, self.spec))
             return
         except ItemProblem as exc:
-            problem = str(exc)
+            problem = problem_text(str(exc))
         pytest.fail(problem, pytrace=False)  # outside the except: no chained repeat
 
     def run_check(self) -> None:

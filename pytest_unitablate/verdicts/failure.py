@@ -1,9 +1,10 @@
 """The text a user reads when an expectation fails (torch-free).
 
-Every message starts with ``path:line:`` of the spec, says what was required and what was
-measured (baseline and ablated accuracy with their counts, the drop with its paired
-interval, McNemar's p), and ends with the command that fixes it, the way
-pytest-regressions ends with ``--force-regen``.
+Every message starts with a headline short enough for pytest's one-line summary (what,
+which target, the measured drop, what was needed), then ``path:line:`` of the spec, what
+was required and what was measured (baseline and ablated accuracy with their counts, the
+drop with its paired interval, McNemar's p), and ends with the command that fixes it, the
+way pytest-regressions ends with ``--force-regen``.
 
 Example::
 
@@ -15,6 +16,8 @@ Example::
     ...     where="specs/s.yaml:9", head="conv5[3]", ablation="zero", target="seven",
     ...     hint="pytest ... --unitablate-record-mode=failed"), c, m, judge(c, m))
     >>> print(text.splitlines()[0])
+    conv5[3] seven: drop 20.0 pp, needs >= 50.0 pp
+    >>> print(text.splitlines()[1])
     specs/s.yaml:9: conv5[3] (zero ablation): class 'seven' must have drop >= 50.0 pp
     >>> print(text.splitlines()[-1])
       To re-record: pytest ... --unitablate-record-mode=failed
@@ -65,6 +68,7 @@ def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
     required = constraint.describe()
     relative = "relative" in constraint.kind
     lines = [
+        headline(ctx, constraint, m),
         f"{ctx.where}: {ctx.head} ({ctx.ablation} ablation): {what} must have {required}",
         f"  baseline {pct(m.baseline)}% ({hits_before}/{m.n})   ablated {pct(m.ablated)}% "
         f"({hits_after}/{m.n})   n={m.n}{unit_text}",
@@ -79,6 +83,45 @@ def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
     lines.extend(f"  {note}" for note in ctx.notes)
     lines.append(f"  To re-record: {ctx.hint}")
     return "\n".join(lines)
+
+
+def headline(ctx: FailureContext, constraint: Constraint, m: Measurement) -> str:
+    """The first line of a failure: what was ablated, the target, the measured value and
+    what it needed, in the units of the constraint (pp for a drop, % of the baseline for a
+    relative drop). pytest's short test summary shows this line.
+
+    >>> from pytest_unitablate.spec.model import Constraint
+    >>> m = Measurement.from_correct([True] * 4, [True, True, True, False])
+    >>> ctx = FailureContext(where="s.yaml:9", head="layer3.0-u0", ablation="zero",
+    ...                      target="four", hint="cmd")
+    >>> headline(ctx, Constraint("min_relative_drop", 0.5), m)
+    'layer3.0-u0 four: relative drop 25.0%, needs >= 50.0%'
+    """
+    op = ">=" if constraint.kind.startswith("min") else "<="
+    needs = "n/a" if constraint.threshold is None else f"{constraint.threshold * 100:.1f}"
+    if "relative" in constraint.kind:
+        value = f"relative drop {pct(m.value(constraint.kind))}%"
+        return f"{ctx.head} {ctx.target}: {value}, needs {op} {needs}%"
+    return f"{ctx.head} {ctx.target}: drop {pct(m.drop)} pp, needs {op} {needs} pp"
+
+
+def problem_text(text: str) -> str:
+    """A located problem (``path:line: message``) with a headline first: the message
+    without its location, up to its first ``;`` or parenthesised aside (at most 100
+    characters), for pytest's one-line summary.
+
+    >>> print(problem_text("s.yaml:6: model Tiny has no layer 'hiden'; did you mean 'hidden'?"))
+    model Tiny has no layer 'hiden'
+    s.yaml:6: model Tiny has no layer 'hiden'; did you mean 'hidden'?
+    """
+    import re
+
+    body = re.sub(r"^\S+?:\d+: ", "", text.split("\n", 1)[0])
+    cut = re.search(r"; | \((?=[a-z])", body)  # an aside, not a shape such as (N, 6, 16)
+    head = body[:cut.start()] if cut else body
+    if len(head) > 100:
+        head = head[:97] + "..."
+    return f"{head}\n{text}"
 
 
 def disarmed_text(ctx: FailureContext, kind: str, m: Measurement, reason: str) -> str:
@@ -183,5 +226,15 @@ def no_match_text(where: str, item_id: str, layer: str, gone: Sequence[Any],
     return "\n".join(lines)
 
 
-__all__ = ["FailureContext", "disarmed_text", "failure_text", "missing_threshold_text",
-           "no_match_text", "pct", "unsupportable_text", "warn_text"]
+__all__ = [
+    "FailureContext",
+    "disarmed_text",
+    "failure_text",
+    "headline",
+    "missing_threshold_text",
+    "no_match_text",
+    "pct",
+    "problem_text",
+    "unsupportable_text",
+    "warn_text",
+]

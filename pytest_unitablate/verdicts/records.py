@@ -78,20 +78,42 @@ def _pct(x: Any, suffix: str = "%") -> str:
 TABLE_LEGEND = ("units: the units ablated together (h3: attention head 3); for a "
                 "layer-wide check, <mode>:<units> names the check (any_unit, every_unit, "
                 "top_units) and the unit(s) that decided its outcome; 10->3: identity: "
-                "signature matched the recorded unit 10 to unit 3 of the model under test")
+                "signature matched the recorded unit 10 to unit 3 of the model under test; "
+                "15->none: no unit is similar enough (the best candidate is not ablated)")
+
+
+def _mapped(h: str, unit: Any, matched: Any, similarity: Any, minimum: Any) -> str:
+    """``10->3`` for a match, ``15->none`` when the best candidate is below
+    ``min_similarity`` (it is not the recorded unit, so the check failed without it).
+
+    >>> _mapped("", 15, 10, 0.73, 0.75), _mapped("h", 1, 2, 0.9, 0.75)
+    ('15->none', 'h1->h2')
+    """
+    below = (similarity is not None and minimum is not None
+             and float(similarity) < float(minimum))
+    if matched is None or below:
+        return f"{h}{unit}->none"
+    return f"{h}{unit}->{h}{matched}"
 
 
 def summary_line(records: Sequence[Mapping[str, Any]], report: Path | None) -> str:
     """One line: how many checks ran, how many failed, and where the report is.
 
-    >>> summary_line([{"outcome": "passed"}, {"outcome": "failed"}], Path("r.json"))
-    'unitablate: 2 checks, 1 failed; report: r.json'
+    An item is one constraint of one target (one test); a check is one entry of a spec's
+    ``checks:`` list, which yields one item per constraint.
+
+    >>> summary_line([{"outcome": "passed", "spec": "s.yaml", "check_index": 0},
+    ...               {"outcome": "failed", "spec": "s.yaml", "check_index": 0}],
+    ...              Path("r.json"))
+    'unitablate: 2 items of 1 check, 1 failed; report: r.json'
     """
     counts: dict[str, int] = {}
     for r in records:
         counts[str(r.get("outcome"))] = counts.get(str(r.get("outcome")), 0) + 1
     failed = counts.get("failed", 0) + counts.get("error", 0)
-    parts = [f"{len(records)} checks", f"{failed} failed"]
+    checks = len({(r.get("spec"), r.get("check_index")) for r in records})
+    parts = [f"{len(records)} item{'s' * (len(records) != 1)} of {checks} "
+             f"check{'s' * (checks != 1)}", f"{failed} failed"]
     parts += [f"{counts[k]} {k}" for k in ("skipped", "xfailed", "xpassed") if counts.get(k)]
     where = f"; report: {report}" if report is not None else ""
     return f"unitablate: {', '.join(parts)}{where}"
@@ -108,8 +130,9 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
         matched = r.get("matched_units")
         h = "h" if r.get("unit") == "head" else ""
         if units and matched:
-            unit_text = "+".join(f"{h}{u}->{h}{m}" if m is not None else f"{h}{u}->?"
-                                 for u, m in zip(units, matched, strict=False))
+            unit_text = "+".join(_mapped(h, u, m, s, r.get("min_similarity")) for u, m, s in
+                                 zip(units, matched, r.get("similarity") or [None] * len(units),
+                                     strict=False))
         elif units:
             unit_text = "+".join(f"{h}{u}" for u in units)
         elif deciding:

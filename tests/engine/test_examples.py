@@ -21,7 +21,7 @@ def test_the_training_example_stops_when_a_protected_unit_loses_its_class(
                           timeout=600)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    assert "before training: 5 checks, 0 failed" in out
+    assert "before training: 5 items, 0 failed" in out
     assert "guard tripped after epoch" in out
     assert "FAILED examples/guard.yaml::layer3.0-u0-four-min_drop" in out
     assert "examples/guard.yaml:15: layer3.0-u0 (zero ablation): class 'four' must have" in out

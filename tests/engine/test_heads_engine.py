@@ -114,7 +114,9 @@ checks:
     run = run_spec("axis.yaml")
     first, stated, outside = run.items
     assert first.outcome == "failed" and first.message is not None
-    assert first.message.startswith(
+    assert first.message.splitlines()[0].startswith(
+        "layer 'encoder.layers.0' outputs shape (N, 6, 16), which is not N,C,H,W or N,C")
+    assert first.message.splitlines()[1].startswith(
         "axis.yaml:5: layer 'encoder.layers.0' outputs shape (N, 6, 16), which is not "
         "N,C,H,W or N,C: say which dimension holds its units, 'channel_dim: -1' for token "
         "features")

@@ -87,7 +87,9 @@ def test_run_spec_gives_the_plugins_records_and_failure_text(
     out = result.stdout.str()
     for item in run.items:
         if item.outcome == "failed":
-            assert item.message is not None and item.message.startswith("spec.yaml:")
+            assert item.message is not None
+            # a headline for pytest's one-line summary, then the located text
+            assert item.message.splitlines()[1].startswith("spec.yaml:")
             assert _without_hint(item.message) in out  # the plugin printed the same text
             assert "To re-record: pytest --unitablate-spec spec.yaml " \
                    "--unitablate-record-mode=failed" in item.message
@@ -103,8 +105,9 @@ def test_names_resolve_from_fixtures_and_an_unknown_name_is_located(folder: Path
     missing = run_spec(spec, fixtures={"other": 1})
     assert {r["outcome"] for r in missing.records} == {"error"}
     message = missing.items[0].message
-    assert message is not None and message.startswith(f"{spec}:2: model 'my_model': it is not "
-                                                      f"one of the fixtures given (other)")
+    assert message is not None and message.splitlines()[1].startswith(
+        f"{spec}:2: model 'my_model': it is not one of the fixtures given (other)")
+    assert message.splitlines()[0] == "model 'my_model': it is not one of the fixtures given"
 
 
 def test_marks_act_as_in_pytest(folder: Path) -> None:
@@ -160,7 +163,7 @@ def test_check_exits_as_pytest_does_without_pytest(folder: Path) -> None:
     failing = _check(folder, "spec.yaml", "--report", "out.json")
     assert failing.returncode == 1, failing.stderr
     assert "FAILED spec.yaml::hidden-u0-zero-max_drop" in failing.stdout
-    assert "unitablate: 7 checks, 2 failed; report: out.json" in failing.stdout
+    assert "unitablate: 7 items of 6 checks, 2 failed; report: out.json" in failing.stdout
     assert len(json.loads((folder / "out.json").read_text())["items"]) == 7
     (folder / "good.yaml").write_text(SPEC.replace("max_drop: 50%", "max_drop: 90%")
                                       .replace("max_drop: 10%", "max_drop: 30%"))
@@ -171,7 +174,7 @@ def test_check_exits_as_pytest_does_without_pytest(folder: Path) -> None:
     named = SPEC.replace("model: tinymodel:model", "model: mine")
     (folder / "named.yaml").write_text(named)
     given = _check(folder, "named.yaml", "--fixture", "mine=tinymodel:model")
-    assert given.returncode == 1 and "7 checks, 2 failed" in given.stdout
+    assert given.returncode == 1 and "7 items of 6 checks, 2 failed" in given.stdout
     unknown = _check(folder, "named.yaml")
     assert unknown.returncode == 1
     assert "named.yaml:2: model 'mine': it is not one of the names given with --fixture " \
@@ -246,7 +249,7 @@ def test_check_takes_folders_and_several_specs_and_imports_from_here(folder: Pat
     (folder / "specs" / "notes.yaml").write_text("title: not a spec\n")
     both = _check(folder, "specs", "spec.yaml", "--report", "both.json")
     assert both.returncode == 1, both.stderr
-    assert "unitablate: 14 checks, 4 failed; report: both.json" in both.stdout
+    assert "unitablate: 14 items of 12 checks, 4 failed; report: both.json" in both.stdout
     assert {i["spec"] for i in json.loads((folder / "both.json").read_text())["items"]} == \
         {"spec.yaml", "specs/a.yaml"}
     script = Path(sys.executable).parent / "unitablate"  # the installed console script
@@ -256,7 +259,7 @@ def test_check_takes_folders_and_several_specs_and_imports_from_here(folder: Pat
     proc = subprocess.run([str(script), "check", "named.yaml", "--fixture",
                            "mine=tinymodel:model"], cwd=folder, env=env, capture_output=True,
                           text=True, timeout=300)
-    assert proc.returncode == 1 and "7 checks, 2 failed" in proc.stdout, proc.stdout
+    assert proc.returncode == 1 and "7 items of 6 checks, 2 failed" in proc.stdout, proc.stdout
 
 
 def test_the_installed_unitablate_script_is_the_command_and_says_its_version() -> None:

@@ -59,8 +59,17 @@ def test_progress_lines_on_request_and_never_in_a_captured_log(
     tiny.makepyfile(wide=WIDE)
     spec(tiny, BODY, head=HEAD)
     shown, _ = _run(tiny, "--unitablate-progress=on")
-    shown.stdout.fnmatch_lines(["unitablate: sweep of spec.yaml hidden*: *% (* s)",
-                                "unitablate: sweep of spec.yaml hidden*: 100% (* s)"])
+    shown.stdout.fnmatch_lines(
+        ["unitablate: sweep of spec.yaml:* hidden: *% (* s, about * s left)"])
+    # the checks stop early: per check, one share of the whole layer, growing over its chunks
+    by_check: dict[str, list[int]] = {}
+    for line in shown.outlines:
+        if line.startswith("unitablate: sweep of spec.yaml:"):
+            where, share = line.split(" hidden: ")
+            by_check.setdefault(where, []).append(int(share.split("%")[0]))
+    assert len(by_check) == 2
+    for shares in by_check.values():
+        assert shares == sorted(shares) and shares[-1] <= 100  # never back to 0%
     auto, _ = _run(tiny)  # pytester's output is not a terminal
     assert "unitablate: sweep of" not in auto.stdout.str()
     off, _ = _run(tiny, "--unitablate-progress=off")
@@ -107,7 +116,25 @@ def test_the_terminal_is_looked_for_and_written_to_with_capture_suspended() -> N
         report(done, None)
     assert lines and all("(captured)" not in line for line in lines)
     # the clock ticks 5 s per call: shown at 5 s, then not again before 10 s more
-    assert [line for line in lines if line] == ["unitablate: sweep of big.yaml layer3: 10% (5 s)",
-                                                "unitablate: sweep of big.yaml layer3: 70% (15 s)"]
+    assert [line for line in lines if line] == [
+        "unitablate: sweep of big.yaml layer3: 10% (5 s, about 45 s left)",
+        "unitablate: sweep of big.yaml layer3: 70% (15 s, about 6 s left)"]
+
+
+def test_chunks_of_one_layer_continue_one_share_instead_of_restarting() -> None:
+    """Early stopping sweeps a layer in chunks (1, 4, 16, ... units), each its own scan:
+    the lines go on from the chunks before, as a share of the whole layer."""
+    capture, lines = _Capture(), []
+    clock = iter(range(0, 1000, 10)).__next__
+    lines_for = progress.Progress(_Config(capture, lines), "auto", clock=clock)  # type: ignore[arg-type]
+    for chunk in (10, 40):  # two chunks of a 100-pair layer
+        report = lines_for.for_sweep("big.yaml layer3", total=100)
+        assert report is not None
+        report(chunk // 2, chunk)
+        report(chunk, chunk)
+    shown = [line for line in lines if line]
+    assert shown[-1].startswith("unitablate: sweep of big.yaml layer3: 50% (")
+    shares = [int(line.split(": ")[2].split("%")[0]) for line in shown]
+    assert shares == sorted(shares)  # never back to 0%
     worker: Any = _Config(capture, [])
     assert progress.Progress(worker, "auto", is_worker=True).for_sweep("x") is None

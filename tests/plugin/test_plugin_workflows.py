@@ -261,7 +261,7 @@ def test_summary_follows_verbosity_and_the_option(mixed: pytest.Pytester, args: 
                              "r.json", *args)
     text = result.stdout.str()
     assert ("unitablate summary" in text) == table
-    assert ("unitablate: 5 checks, 2 failed; report: r.json" in text) == line
+    assert ("unitablate: 5 items of 4 checks, 2 failed; report: r.json" in text) == line
     assert ("<mode>:<units> names the check" in text) == table
 
 

@@ -25,7 +25,9 @@ def _m(right_before: int, right_after: int, n: int = 20) -> Measurement:
 def test_failure_text_says_where_what_and_how_to_fix() -> None:
     c = Constraint("min_drop", 0.5)
     m = _m(18, 12)
-    lines = failure_text(CTX, c, m, judge(c, m)).splitlines()
+    headline, *lines = failure_text(CTX, c, m, judge(c, m)).splitlines()
+    # what pytest's one-line summary shows: short, with the measured and the needed drop
+    assert headline == "layer3.0[0] four: drop 30.0 pp, needs >= 50.0 pp"
     assert lines[0] == ("specs/s.yaml:12: layer3.0[0] (zero ablation): class 'four' must have "
                         "drop >= 50.0 pp")
     assert "baseline 90.0% (18/20)   ablated 60.0% (12/20)   n=20" in lines[1]
