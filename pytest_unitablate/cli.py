@@ -4,6 +4,8 @@
   and exit as pytest would for it: 0 every item passed, 1 an item failed or errored, 2 the
   spec has problems, 4 a usage error (a missing file, a bad option);
 * ``discover``: scan layers of a model and write a starter spec that passes;
+* ``compare REFERENCE.json CANDIDATE.json``: what changed between two runs (outcome flips,
+  drops outside their intervals, units whose identity moved); exit 1 when anything did;
 * ``signatures FILE``: print a signatures sidecar as a table.
 
 Model and data names in a spec (pytest fixture names) are given with ``--fixture
@@ -80,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                    "once (repeatable)")
     c.add_argument("--report", type=Path, default=None, metavar="PATH.json",
                    help="write the JSON report (the same as --unitablate-report)")
+    c.add_argument("--html", type=Path, default=None, metavar="PATH.html",
+                   help="write the review page (the same as --unitablate-html)")
     c.add_argument("--device", default="cpu", help="device of the evaluation inputs; the "
                    "model must already be there (default: cpu)")
     c.add_argument("--seed", type=int, default=0, help="torch.manual_seed before every "
@@ -116,6 +120,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--num-heads", type=int, default=None, metavar="N",
                    help="with --unit head: the heads of each layer, where the module does "
                    "not say")
+    m = sub.add_parser("compare", help="what changed between two JSON reports: outcome "
+                       "flips, drops outside their intervals, units whose identity moved; "
+                       "exit 1 when anything changed")
+    m.add_argument("reference", type=Path, help="the reference run's JSON report")
+    m.add_argument("candidate", type=Path, help="the candidate run's JSON report")
+    m.add_argument("--html", type=Path, default=None, metavar="PATH.html",
+                   help="also write the comparison as a self-contained page")
     s = sub.add_parser("signatures", help="print a signatures sidecar as a table")
     s.add_argument("file", type=Path)
     return parser
@@ -127,7 +138,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check(args)
     if args.command == "signatures":
         return signatures(args.file)
+    if args.command == "compare":
+        return compare(args)
     return discover(args)
+
+
+def compare(args: argparse.Namespace) -> int:
+    """``compare``: the changes from one JSON report to another (exit 0 none, 1 some,
+    4 a file that is not a report)."""
+    import json
+
+    from pytest_unitablate.verdicts.compare import (
+        compare_reports,
+        comparison_page,
+        comparison_text,
+    )
+
+    docs = []
+    for path in (args.reference, args.candidate):
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            print(f"ERROR: {path}: not a readable JSON report ({exc})", file=sys.stderr)
+            return USAGE
+        if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
+            print(f"ERROR: {path}: not a pytest-unitablate JSON report (no items list)",
+                  file=sys.stderr)
+            return USAGE
+        docs.append(doc)
+    changes = compare_reports(docs[0], docs[1])
+    print(comparison_text(changes, str(args.reference), str(args.candidate)))
+    if args.html is not None:
+        from pytest_unitablate.atomic import atomic_write
+
+        args.html.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.html, comparison_page(changes, str(args.reference),
+                                                str(args.candidate), docs[0], docs[1]))
+    return 1 if changes else 0
 
 
 def check(args: argparse.Namespace) -> int:
@@ -206,6 +253,10 @@ def _check(args: argparse.Namespace, specs: list[Path], fixtures: dict[str, str]
     if args.report is not None:
         write_json(args.report, build_report(records, runs[0].environment))
         write_json(run_path(args.report), build_run(records))
+    if args.html is not None:
+        from pytest_unitablate.verdicts.review_page import write_review_page
+
+        write_review_page(args.html, records, runs[0].environment)
     for run in runs:
         for item in run.items:
             for text in item.warnings:

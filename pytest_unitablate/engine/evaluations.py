@@ -64,6 +64,7 @@ class Evaluations:
         self._means: dict[tuple[Any, ...], Any] = {}
         self._units: dict[tuple[Any, ...], LayerUnits] = {}
         self._replayable: set[int] = set()
+        self._weights: dict[int, str] = {}  # weights sha256 per model object (hashes())
         self._prefixes: PrefixCache | None = None
         self.dtype: str | None = None
 
@@ -316,8 +317,11 @@ class Evaluations:
         The data hash is the baseline pass's fingerprint (the same sha256
         ``core.data.data_fingerprint`` computes), so no extra pass over the data is made.
         """
+        key = id(subject.model)
+        if key not in self._weights:  # once per model object and run
+            self._weights[key] = weights_sha256(subject.model)[:16]
         return {"data_sha256": self.baseline(spec, subject).fingerprint[:16],
-                "weights_sha256": weights_sha256(subject.model)[:16]}
+                "weights_sha256": self._weights[key]}
 
     def identity(self, spec: Spec, model: nn.Module, data: Any) -> dict[str, Any]:
         """What determines every evaluation of ``model`` on ``data``: the store's key.

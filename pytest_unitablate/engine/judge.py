@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -65,9 +66,14 @@ def judge_item(engine: Engine, spec: Spec, subject: Subject, key: ItemKey) -> It
     try:
         run.run()
     except Miss as exc:
-        run.result.status, run.result.message = "failed", str(exc)
+        text = str(exc)  # a threshold miss starts with its headline; the others get one
+        located = re.match(r"\S+?:\d+: ", text) is not None
+        run.result.status, run.result.message = "failed", (problem_text(text) if located
+                                                            else text)
     except ItemProblem as exc:
         run.result.status, run.result.message = "error", problem_text(str(exc))
+    if run.result.message is not None:  # the headline: the report's and the page's reason
+        run.record["reason"] = run.result.message.split("\n", 1)[0]
     return run.result
 
 
@@ -305,8 +311,8 @@ class _ItemRun:
         }
         if self.key.check.mode == "top_units":
             measured["units"] = deciding
-        if self.settings.record_mode != "none":
-            measured.update(self.engine.evals.hashes(self.spec, self.subject))
+        # provenance in record mode; the review page's run facts (not in the JSON report)
+        measured.update(self.engine.evals.hashes(self.spec, self.subject))
         self.record.update(measured)
 
     def _judge(self, m: Measurement, deciding: list[int] | None, notes: list[str]) -> None:

@@ -230,6 +230,18 @@ def _environment(state: PluginState) -> dict[str, Any]:
             "device": state.device, "dtype": dtype or _first(records, "dtype")}
 
 
+def _commit(folder: Path) -> str | None:
+    """The git commit checked out in ``folder``, when it is a git work tree."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
 def _first(records: list[dict[str, Any]], name: str) -> Any:
     return next((r[name] for r in records if r.get(name) is not None), None)
 
@@ -243,10 +255,10 @@ def _write_outputs(session: pytest.Session, state: PluginState) -> None:
         write_json(where / state.report_path, build_report(records, _environment(state)))
         write_json(where / run_path(state.report_path), build_run(records))
     if state.settings.html is not None:
-        from pytest_unitablate.analysis.html_report import write_html_report
-        from pytest_unitablate.verdicts.records import sort_records
+        from pytest_unitablate.verdicts.review_page import write_review_page
 
-        write_html_report(where / state.settings.html, checks=sort_records(records))
+        write_review_page(where / state.settings.html, records,
+                          {**_environment(state), "commit": _commit(where)})
     if state.record_mode != "none":
         from pytest_unitablate.plugin.record_mode import apply_recorded
 

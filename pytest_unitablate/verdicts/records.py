@@ -31,7 +31,7 @@ FIELDS = (
     "class_index", "n", "baseline", "ablated", "drop", "ci_low", "ci_high", "constraint",
     "threshold", "outcome", "p_value", "deciding_units", "ranking_note",
     "units_evaluated", "units_total", "identity", "matched_units", "similarity",
-    "min_similarity", "mapping",
+    "min_similarity", "mapping", "reason",
 )
 
 
@@ -54,6 +54,8 @@ def static_record(spec: Spec, key: ItemKey) -> dict[str, Any]:
         "constraint": key.constraint.kind,
         "threshold": key.constraint.threshold,
         "check_index": check.index,
+        "model_ref": spec.model,
+        "data_ref": spec.data,
         "mode_key": check.mode_key,
         "target_key": target,
     }

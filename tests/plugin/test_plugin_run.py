@@ -192,7 +192,8 @@ def test_json_report_and_junit_properties(tiny: pytest.Pytester) -> None:
                            "threshold", "outcome", "p_value",
                            "deciding_units", "ranking_note",
                            "units_evaluated", "units_total", "identity",
-                           "matched_units", "similarity", "min_similarity", "mapping"]
+                           "matched_units", "similarity", "min_similarity", "mapping",
+                           "reason"]
     assert first["id"] == "hidden-u1-one-min_drop" and first["line"] == 9
     assert first["units"] == [1] and first["class_index"] == 1 and first["n"] == 10
     assert first["baseline"] == 1.0 and first["ablated"] == 0.0 and first["drop"] == 1.0

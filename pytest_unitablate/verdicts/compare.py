@@ -1,0 +1,165 @@
+"""What changed between two runs of the same specs (torch-free):
+``python -m pytest_unitablate compare REFERENCE.json CANDIDATE.json [--html out.html]``.
+
+Both files are JSON reports (``--unitablate-report``, ``check --report``). Items are paired
+by spec and id. A change is one of:
+
+* **outcome**: the item passed in one run and failed (or errored, ...) in the other;
+* **drop**: the candidate's drop lies outside the reference's paired confidence interval
+  (a move that chance alone explains rarely), or the reverse;
+* **identity**: the unit ablated for a recorded unit (``matched_units``), or the unit that
+  decided a layer-wide check (``deciding_units``), is another one;
+* **added** / **removed**: an item only one of the runs has.
+
+Example::
+
+    >>> ref = {"items": [{"spec": "s.yaml", "id": "a", "outcome": "passed", "drop": 0.5,
+    ...                   "ci_low": 0.4, "ci_high": 0.6}]}
+    >>> new = {"items": [{"spec": "s.yaml", "id": "a", "outcome": "failed", "drop": 0.1,
+    ...                   "ci_low": 0.0, "ci_high": 0.2}]}
+    >>> [c.kind for c in compare_reports(ref, new)]
+    ['outcome', 'drop']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pytest_unitablate.verdicts.review_page import (
+    badge,
+    document,
+    e,
+    facts_list,
+    pct,
+    units_text,
+)
+
+#: The kinds of change, in the order they are listed.
+KINDS = ("outcome", "drop", "identity", "added", "removed")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One difference between the reference and the candidate run."""
+
+    kind: str
+    spec: str
+    id: str
+    text: str  # what changed, in words and numbers with their units
+    reference: Mapping[str, Any] | None
+    candidate: Mapping[str, Any] | None
+
+
+def _outside(value: Any, low: Any, high: Any) -> bool:
+    if value is None or low is None or high is None:
+        return False
+    return not float(low) - 1e-12 <= float(value) <= float(high) + 1e-12
+
+
+def _matches(r: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The unit each recorded unit was matched to, ``None`` where none was similar enough."""
+    units = r.get("matched_units") or []
+    sims = r.get("similarity") or [None] * len(units)
+    low = r.get("min_similarity")
+    return tuple(None if m is None or (s is not None and low is not None and s < low) else m
+                 for m, s in zip(units, sims, strict=False))
+
+
+def _interval(r: Mapping[str, Any]) -> str:
+    return f"[{pct(r.get('ci_low'), '')}, {pct(r.get('ci_high'), '')}] pp"
+
+
+def compare_reports(reference: Mapping[str, Any], candidate: Mapping[str, Any]
+                    ) -> list[Change]:
+    """Every change from ``reference`` to ``candidate`` (two JSON report documents)."""
+    ref = {(str(r.get("spec")), str(r.get("id"))): r for r in reference.get("items", [])}
+    new = {(str(r.get("spec")), str(r.get("id"))): r for r in candidate.get("items", [])}
+    changes: list[Change] = []
+    for key in sorted(set(ref) | set(new)):
+        a, b = ref.get(key), new.get(key)
+        spec, item = key
+        if a is None or b is None:
+            kind = "added" if a is None else "removed"
+            here = b if a is None else a
+            assert here is not None
+            changes.append(Change(kind, spec, item, f"{kind}: {here.get('outcome')} in the "
+                                  f"{'candidate' if a is None else 'reference'} only", a, b))
+            continue
+        if a.get("outcome") != b.get("outcome"):
+            changes.append(Change("outcome", spec, item,
+                                  f"{a.get('outcome')} -> {b.get('outcome')}", a, b))
+        moved = _outside(b.get("drop"), a.get("ci_low"), a.get("ci_high")) or _outside(
+            a.get("drop"), b.get("ci_low"), b.get("ci_high"))
+        if moved:
+            changes.append(Change(
+                "drop", spec, item,
+                f"drop {pct(a.get('drop'), ' pp')} -> {pct(b.get('drop'), ' pp')} (reference "
+                f"95% CI {_interval(a)}, candidate {_interval(b)})", a, b))
+        if a.get("matched_units") is not None and b.get("matched_units") is not None and \
+                _matches(a) != _matches(b):
+            changes.append(Change("identity", spec, item,
+                                  f"recorded unit matched {units_text(a)} -> "
+                                  f"{units_text(b)}", a, b))
+        elif a.get("deciding_units") is not None and b.get("deciding_units") is not None \
+                and a.get("deciding_units") != b.get("deciding_units"):
+            changes.append(Change("identity", spec, item,
+                                  f"{units_text(a)} -> {units_text(b).replace('deciding ', '')}",
+                                  a, b))
+    changes.sort(key=lambda c: (KINDS.index(c.kind), c.spec, c.id))
+    return changes
+
+
+def comparison_text(changes: Sequence[Change], reference: str, candidate: str) -> str:
+    """The terminal listing: one line per change, grouped by kind, then a summary line."""
+    lines = [f"unitablate compare: {reference} -> {candidate}"]
+    for kind in KINDS:
+        group = [c for c in changes if c.kind == kind]
+        if group:
+            lines.append(f"{kind} ({len(group)}):")
+            lines += [f"  {c.spec}::{c.id}: {c.text}" for c in group]
+    counts = ", ".join(f"{sum(c.kind == k for c in changes)} {k}" for k in KINDS
+                       if any(c.kind == k for c in changes))
+    lines.append(f"unitablate compare: {len(changes)} change(s)"
+                 + (f": {counts}" if counts else ": the runs agree"))
+    return "\n".join(lines)
+
+
+def comparison_page(changes: Sequence[Change], reference: str, candidate: str,
+                    ref_env: Mapping[str, Any], new_env: Mapping[str, Any]) -> str:
+    """The same as a self-contained page: the two runs' facts and a table per kind."""
+    title = "pytest-unitablate: what changed"
+    body = [f"<h1>{e(title)}</h1>",
+            f'<p class="summary">{len(changes)} change(s) from <code>{e(reference)}</code> to '
+            f"<code>{e(candidate)}</code></p>"]
+    keys = ("pytest_unitablate_version", "torch_version", "device", "dtype")
+    facts = [(f"{k} (reference / candidate)", f"{ref_env.get(k)} / {new_env.get(k)}")
+             for k in keys]
+    body += ["<h2>Runs</h2>", facts_list(facts)]
+    if not changes:
+        body.append("<p>The runs agree: no outcome, drop or identity changed.</p>")
+    for kind in KINDS:
+        group = [c for c in changes if c.kind == kind]
+        if not group:
+            continue
+        rows = []
+        for c in group:
+            a, b = c.reference or {}, c.candidate or {}
+            rows.append(
+                f"<tr><td>{e(c.id)}<br><small>{e(c.spec)}</small></td>"
+                f"<td>{badge(a.get('outcome')) if a else ''}</td>"
+                f"<td>{badge(b.get('outcome')) if b else ''}</td>"
+                f'<td class="num">{e(pct(a.get("drop"), " pp"))}</td>'
+                f'<td class="num">{e(pct(b.get("drop"), " pp"))}</td>'
+                f"<td>{e(units_text(a))}</td><td>{e(units_text(b))}</td>"
+                f'<td class="reason">{e(c.text)}</td></tr>')
+        head = "".join(f"<th>{h}</th>" for h in (
+            "item", "reference", "candidate", "reference drop", "candidate drop",
+            "reference units", "candidate units", "change"))
+        body += [f"<h2>{e(kind)} ({len(group)})</h2>",
+                 f'<table class="items"><tr>{head}</tr>{"".join(rows)}</table>']
+    return document(title, "".join(body))
+
+
+__all__ = ["KINDS", "Change", "compare_reports", "comparison_page", "comparison_text"]

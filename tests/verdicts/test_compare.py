@@ -1,0 +1,95 @@
+"""compare: what changed between two JSON reports, in the terminal and as a page."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_unitablate.verdicts.compare import compare_reports, comparison_page, comparison_text
+
+
+def _item(id: str, **kw: Any) -> dict[str, Any]:
+    base = {"spec": "s.yaml", "id": id, "outcome": "passed", "drop": 0.5, "ci_low": 0.4,
+            "ci_high": 0.6}
+    return {**base, **kw}
+
+
+REF = {"items": [_item("flip"), _item("moved"), _item("same", drop=0.55),
+                 _item("named", units=[3], matched_units=[3], similarity=[1.0],
+                       min_similarity=0.75),
+                 _item("lost", units=[4], matched_units=[4], similarity=[1.0],
+                       min_similarity=0.75),
+                 _item("layer", deciding_units=[7]), _item("gone")]}
+NEW = {"items": [_item("flip", outcome="failed"), _item("moved", drop=0.2, ci_low=0.1,
+                                                        ci_high=0.3),
+                 _item("same", drop=0.45, ci_low=0.35, ci_high=0.55),
+                 _item("named", units=[3], matched_units=[9], similarity=[0.9],
+                       min_similarity=0.75),
+                 _item("lost", units=[4], matched_units=[4], similarity=[0.7],
+                       min_similarity=0.75),
+                 _item("layer", deciding_units=[2]), _item("new")]}
+
+
+def test_each_kind_of_change_is_found_and_nothing_else() -> None:
+    found = {(c.kind, c.id) for c in compare_reports(REF, NEW)}
+    assert found == {("outcome", "flip"), ("drop", "moved"), ("identity", "named"),
+                     ("identity", "lost"), ("identity", "layer"), ("removed", "gone"),
+                     ("added", "new")}
+    text = comparison_text(compare_reports(REF, NEW), "a.json", "b.json")
+    assert "s.yaml::moved: drop 50.0 pp -> 20.0 pp (reference 95% CI [40.0, 60.0] pp" in text
+    assert "s.yaml::lost: recorded unit matched 4->4 (similarity 1.00) -> 4->none" in text
+    assert text.splitlines()[-1] == ("unitablate compare: 7 change(s): 1 outcome, 1 drop, "
+                                     "3 identity, 1 added, 1 removed")
+
+
+def test_a_drop_within_noise_and_a_new_similarity_are_not_changes() -> None:
+    ref = {"items": [_item("a", units=[3], matched_units=[3], similarity=[0.99],
+                           min_similarity=0.75)]}
+    new = {"items": [_item("a", drop=0.58, ci_low=0.47, ci_high=0.68, units=[3],
+                           matched_units=[3],
+                           similarity=[0.97], min_similarity=0.75)]}
+    assert compare_reports(ref, new) == []
+
+
+@given(st.lists(st.fixed_dictionaries({
+    "id": st.text("abc-", min_size=1, max_size=4),
+    "outcome": st.sampled_from(["passed", "failed", "error"]),
+    "drop": st.floats(-1, 1), "ci_low": st.floats(-1, 0), "ci_high": st.floats(0, 1),
+    "deciding_units": st.none() | st.lists(st.integers(0, 9), max_size=2)}), max_size=6))
+def test_a_report_compared_with_itself_has_no_change(items: list[dict[str, Any]]) -> None:
+    doc = {"items": [{**i, "spec": "s.yaml", "drop": min(max(i["drop"], i["ci_low"]),
+                                                         i["ci_high"])} for i in items]}
+    assert compare_reports(doc, doc) == []
+
+
+def test_the_command_exits_as_diff_does_and_writes_the_page(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({**REF, "torch_version": "2.14.1"}))
+    b.write_text(json.dumps({**NEW, "torch_version": "2.14.1"}))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pytest_unitablate", "compare", *args],
+                              capture_output=True, text=True, timeout=120)
+
+    assert run(str(a), str(a)).returncode == 0
+    changed = run(str(a), str(b), "--html", str(tmp_path / "c.html"))
+    assert changed.returncode == 1 and "outcome (1):" in changed.stdout
+    page = (tmp_path / "c.html").read_text()
+    assert "<script" not in page and "http" not in page.replace("http-equiv", "")
+    assert "flip" in page and "passed -&gt; failed" in page
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    bad = run(str(a), str(tmp_path / "bad.json"))
+    assert bad.returncode == 4 and "not a pytest-unitablate JSON report" in bad.stderr
+
+
+def test_the_page_lists_every_change() -> None:
+    changes = compare_reports(REF, NEW)
+    page = comparison_page(changes, "a.json", "b.json", REF, NEW)
+    for c in changes:
+        assert f"<td>{c.id}<br>" in page
