@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test test-fast test-slow test-threads matrix mutate lint docs docs-serve bench clean
+.PHONY: setup browser demo test test-fast test-slow test-threads test-recipes matrix mutate lint docs docs-serve bench clean
 
 $(STAMP): pyproject.toml requirements-torch.txt
 	$(PY) -m venv $(VENV)
@@ -32,13 +32,18 @@ browser:
 # `make test` runs lint, then every test, fast and slow, in one xdist run.
 RUN_TESTS := env -u PYTHONDONTWRITEBYTECODE OMP_NUM_THREADS=1 $(BIN)/pytest -n 2
 test: lint docs browser
-	$(RUN_TESTS)
+	$(RUN_TESTS) -m "not recipe"
 
 test-fast: $(STAMP)
 	$(RUN_TESTS) -m "not slow"
 
 test-slow: $(STAMP) browser
-	$(RUN_TESTS) -m slow
+	$(RUN_TESTS) -m "slow and not recipe"
+
+# The CI recipe (examples/ci) run locally on the demo, and the demo from a built wheel:
+# minutes each, so not in `make test`; CI runs them after it.
+test-recipes: $(STAMP)
+	$(RUN_TESTS) -m recipe
 
 # The demo's expected outcomes again with two torch threads (`make test` runs them with one):
 # one process at a time, so the two threads have the two cores. CI runs both.

@@ -46,6 +46,7 @@ def _run(recipe: str, store: Path, work: Path, *extra: str) -> subprocess.Comple
 
 
 @pytest.mark.slow
+@pytest.mark.recipe
 def test_github_recipe_fails_on_the_regression_and_reuses_its_cache(tmp_path: Path) -> None:
     store = tmp_path / "store"
     cold = _run("github", store, tmp_path / "cold")
@@ -73,6 +74,7 @@ def test_github_recipe_fails_on_the_regression_and_reuses_its_cache(tmp_path: Pa
 
 
 @pytest.mark.slow
+@pytest.mark.recipe
 def test_gitlab_recipe_passes_the_reference_and_empties_a_cache_of_other_code(
         tmp_path: Path) -> None:
     store = tmp_path / "store"
