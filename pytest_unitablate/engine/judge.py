@@ -333,6 +333,12 @@ class _ItemRun:
         if verdict is None:
             if mode in ("new", "all"):
                 return
+            value = self.record.get("record_value")
+            refused = None if value is None else vacuous_threshold(
+                constraint.kind, rounded_threshold(constraint.kind, float(value)), m.baseline,
+                self.settings.record_floor)
+            if refused is not None:  # record mode would refuse it too: say so, not "record"
+                raise Miss(disarmed_text(ctx, constraint.kind, m, refused, first=True))
             raise Miss(missing_threshold_text(
                 spec.where(key.line), key.id, constraint.kind, m, self.rerun("new")))
         if mode == "all":
@@ -353,7 +359,8 @@ class _ItemRun:
         reason = vacuous_threshold(kind, written, m.baseline, self.settings.record_floor)
         if reason is None:
             return
-        text = disarmed_text(ctx, kind, m, reason)
+        text = disarmed_text(ctx, kind, m, reason,
+                             first=self.key.constraint.threshold is None)
         self.record.update({"record_value": None, "disarmed": text})
         raise Miss(text)
 

@@ -96,11 +96,26 @@ def call_import_path(ref: str, what: str, here: str) -> Any:
         obj = getattr(obj, part)
     if not callable(obj):
         raise ItemProblem(f"{here}: {what} {ref!r} is not callable")
+    if _is_pytest_fixture(obj):
+        raise ItemProblem(
+            f"{here}: {what} {ref!r} is a pytest fixture, which only pytest can call: "
+            f"give a plain function that returns the {what} (a fixture can call it too), "
+            f"or run the spec with pytest")
     try:
         return obj()
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # also pytest's outcomes (BaseException), e.g. skip()
         raise ItemProblem(f"{here}: {what} {ref!r} raised {type(exc).__name__}: {exc}"
                           ) from None
+
+
+def _is_pytest_fixture(obj: Any) -> bool:
+    """A function decorated with ``@pytest.fixture`` (without importing pytest): pytest
+    8.4+ wraps it in a ``FixtureFunctionDefinition``, older ones mark the function."""
+    return (type(obj).__name__ == "FixtureFunctionDefinition"
+            or hasattr(obj, "_pytestfixturefunction")
+            or hasattr(obj, "_fixture_function_marker"))
 
 
 @dataclass(frozen=True)

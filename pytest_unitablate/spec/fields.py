@@ -123,7 +123,7 @@ class Fields:
         if node.kind == "scalar" and isinstance(node.value, str):
             m = PERCENT.match(node.value)
             if m:
-                value = float(m.group(1)) / 100.0
+                value = round(float(m.group(1)) / 100.0, 12)  # 0.9% -> 0.009, not ...01
                 if not -1.0 <= value <= 1.0:
                     self.err(node.line, f"{what} {node.value} is outside -100%..100%")
                     return False, None

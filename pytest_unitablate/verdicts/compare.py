@@ -4,6 +4,8 @@
 Both files are JSON reports (``--unitablate-report``, ``check --report``). Items are paired
 by spec and id. A change is one of:
 
+* **baseline**: a target's accuracy without any ablation moved (once per spec and target:
+  the model itself changed);
 * **outcome**: the item passed in one run and failed (or errored, ...) in the other;
 * **drop**: the candidate's drop lies outside the reference's paired confidence interval
   (a move that chance alone explains rarely), or the reverse;
@@ -37,7 +39,7 @@ from pytest_unitablate.verdicts.review_page import (
 )
 
 #: The kinds of change, in the order they are listed.
-KINDS = ("outcome", "drop", "identity", "added", "removed")
+KINDS = ("baseline", "outcome", "drop", "identity", "added", "removed")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,17 @@ def compare_reports(reference: Mapping[str, Any], candidate: Mapping[str, Any]
     ref = {(str(r.get("spec")), str(r.get("id"))): r for r in reference.get("items", [])}
     new = {(str(r.get("spec")), str(r.get("id"))): r for r in candidate.get("items", [])}
     changes: list[Change] = []
+    seen: set[tuple[str, str]] = set()
+    for key in sorted(set(ref) & set(new)):
+        a, b = ref[key], new[key]
+        where = (key[0], str(a.get("target")))
+        if where in seen or a.get("baseline") is None or b.get("baseline") is None:
+            continue
+        if abs(float(a["baseline"]) - float(b["baseline"])) > 1e-12:
+            seen.add(where)
+            changes.append(Change("baseline", key[0], str(a.get("target")),
+                                  f"baseline accuracy {pct(a['baseline'])} -> "
+                                  f"{pct(b['baseline'])}", a, b))
     for key in sorted(set(ref) | set(new)):
         a, b = ref.get(key), new.get(key)
         spec, item = key

@@ -124,8 +124,11 @@ def problem_text(text: str) -> str:
     return f"{head}\n{text}"
 
 
-def disarmed_text(ctx: FailureContext, kind: str, m: Measurement, reason: str) -> str:
+def disarmed_text(ctx: FailureContext, kind: str, m: Measurement, reason: str,
+                  first: bool = False) -> str:
     """The failure of an item whose recorded threshold would disarm it (not written).
+    ``first``: no threshold was ever recorded (the unit does not carry the class, rather
+    than no longer).
 
     >>> from pytest_unitablate.verdicts.measure import Measurement
     >>> m = Measurement.from_correct([True] * 10, [True] * 10)
@@ -139,7 +142,8 @@ def disarmed_text(ctx: FailureContext, kind: str, m: Measurement, reason: str) -
     level = f"{m.ci_level * 100:g}% CI [{pct(lo)}, {pct(hi)}] pp"
     floor = "record floor" in reason
     if kind.startswith("min"):
-        verb = "carries too little of" if floor else "no longer carries"
+        verb = ("carries too little of" if floor else
+                "does not carry" if first else "no longer carries")
         head = f"{ctx.head} {verb} {what} (drop {pct(m.drop)} pp, {level})"
         advice = "Remove this check or choose another unit."
     else:

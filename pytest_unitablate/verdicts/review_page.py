@@ -87,7 +87,10 @@ def units_text(r: Mapping[str, Any]) -> str:
                                                    else ""))
         return ", ".join(parts)
     if units:
-        return "+".join(f"{h}{u}" for u in units)
+        shown = [f"{h}{u}" for u in units]
+        if len(shown) > 8:  # a long group would push the numbers off the page
+            return f"{len(shown)} units: {'+'.join(shown[:4])}+...+{shown[-1]}"
+        return "+".join(shown)
     mode = str(r.get("mode") or "")
     deciding = r.get("deciding_units")
     if deciding:

@@ -275,3 +275,19 @@ def test_the_installed_unitablate_script_is_the_command_and_says_its_version() -
                  [sys.executable, "-m", "pytest_unitablate", "--version"]):
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert (proc.returncode, proc.stdout.strip()) == (0, f"pytest-unitablate {__version__}")
+
+
+def test_a_pytest_fixture_given_as_an_import_path_is_refused_with_the_fix(folder: Path
+                                                                          ) -> None:
+    """check --fixture model=conftest:my_fixture: pytest refuses a direct call with an
+    outcome exception (a BaseException), which must not escape as a traceback."""
+    (folder / "fixture_models.py").write_text(
+        "import pytest\n\n@pytest.fixture(scope='session')\ndef my_model():\n"
+        "    import tinymodel\n    return tinymodel.model()\n")
+    spec = folder / "fixture.yaml"
+    spec.write_text(SPEC.replace("model: tinymodel:model", "model: fixture_models:my_model"))
+    run = run_spec(spec)
+    assert {r["outcome"] for r in run.records} == {"error"}
+    message = run.items[0].message
+    assert message is not None and "'fixture_models:my_model' is a pytest fixture, which only " \
+        "pytest can call" in message

@@ -84,3 +84,23 @@ def test_discover_takes_the_confidence_as_a_spec_writes_it() -> None:
     args = _parser().parse_args(["discover", "--model", "m:f", "--data", "d:f", "--layer",
                                  "x", "--out", "s.yaml", "--confidence", "90%"])
     assert args.confidence == 0.9
+
+
+def test_a_threshold_record_mode_refuses_is_not_sent_back_to_record_mode(
+        tiny: pytest.Pytester) -> None:
+    """Unit 3 carries no class zero: record mode refuses any min_drop (it could never fail),
+    and a plain run then says so instead of pointing at record mode again."""
+    spec(tiny, """\
+checks:
+  - layer: hidden
+    units: [3]
+    expect:
+      zero: {min_drop: null}
+""")
+    recorded = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-record-mode=new")
+    recorded.stdout.fnmatch_lines(["*hidden-u3 does not carry class 'zero'*not recorded*"])
+    plain = tiny.runpytest("--unitablate-spec", "spec.yaml")
+    plain.assert_outcomes(failed=1)
+    text = plain.stdout.str()
+    assert "does not carry class 'zero'" in text and "Remove this check" in text
+    assert "To record it" not in text

@@ -48,6 +48,18 @@ def test_each_kind_of_change_is_found_and_nothing_else() -> None:
                                      "3 identity, 1 added, 1 removed")
 
 
+def test_a_changed_baseline_is_listed_once_per_target() -> None:
+    ref = {"items": [_item("a", target="one", baseline=0.98),
+                     _item("b", target="one", baseline=0.98),
+                     _item("c", target="two", baseline=0.90)]}
+    new = {"items": [_item("a", target="one", baseline=0.72),
+                     _item("b", target="one", baseline=0.72),
+                     _item("c", target="two", baseline=0.90)]}
+    changes = compare_reports(ref, new)
+    assert [(c.kind, c.id, c.text) for c in changes] == [
+        ("baseline", "one", "baseline accuracy 98.0% -> 72.0%")]
+
+
 def test_a_drop_within_noise_and_a_new_similarity_are_not_changes() -> None:
     ref = {"items": [_item("a", units=[3], matched_units=[3], similarity=[0.99],
                            min_similarity=0.75)]}

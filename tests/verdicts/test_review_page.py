@@ -51,3 +51,9 @@ def test_the_run_facts_name_model_weights_data_torch_and_commit() -> None:
                  "my_data sha256 def456"):
         assert text in page
     assert "<script" not in page
+
+
+def test_a_long_unit_group_is_shortened() -> None:
+    from pytest_unitablate.verdicts.review_page import units_text
+
+    assert units_text({"units": list(range(26))}) == "26 units: 0+1+2+3+...+25"

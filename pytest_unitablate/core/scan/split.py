@@ -53,8 +53,11 @@ def split_at(model: nn.Module, layer: str) -> tuple[Split | None, str]:
     graph = traced.graph
     hits = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
     if len(hits) != 1:
-        return None, (f"torch.fx sees {len(hits)} calls of {layer!r} (a layer inside a traced "
-                      f"leaf module, or a shared module)")
+        why = ("a module that reads its submodules' weights without calling them, as "
+               "nn.TransformerEncoderLayer and nn.MultiheadAttention do on their fused "
+               "paths, or a layer inside a module fx keeps whole" if not hits
+               else "a module called more than once per forward")
+        return None, f"torch.fx sees {len(hits)} calls of {layer!r} ({why})"
     cut = hits[0]
     after: set[fx.Node] = {cut}
     for node in graph.nodes:
