@@ -334,6 +334,10 @@ def discover(args: argparse.Namespace) -> int:
         return 2
     checks = text.count("  - layer:")  # (checks, not items: each check holds several)
     print(f"wrote {args.out} with {checks} checks; run: pytest --unitablate-spec {args.out}")
+    if "units: [" not in text:
+        print(f"note: no named-unit checks: no unit's class drop has a "
+              f"{args.confidence * 100:g}% lower bound of at least 5 pp on this data (a "
+              f"redundant layer, or too few examples per class to bound a drop away from 0)")
     return 0
 
 

@@ -132,6 +132,9 @@ def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
     if classes:
         lines.append(f"classes: [{', '.join(classes)}]")
     lines.append("ablation: zero")
+    if not findings:
+        lines.append(f"# No named-unit checks: no unit's class drop has a {level * 100:g}% "
+                     f"lower bound of at least 5 pp on this data.")
     if addressing.unit == "head":
         lines.append("unit: head                       # units are attention heads")
     elif addressing.channel_dim is not None:

@@ -75,3 +75,11 @@ def test_discover_over_heads_and_token_features(tmp_path: Path,
         run = run_spec(name)
         assert run.ok, run.text()
     assert {r["unit"] for r in run_spec("heads.yaml").records} == {"head"}
+
+
+def test_a_spec_without_named_units_says_why() -> None:
+    from pytest_unitablate.analysis.discover import render_spec
+
+    text = render_spec("m:f", "d:f", None, [], {"layer": 0.05}, 0.95)
+    assert "# No named-unit checks: no unit's class drop has a 95% lower bound" in text
+    assert "every_unit" in text
