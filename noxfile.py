@@ -24,7 +24,7 @@ NEWEST = "9.2.0"
 
 TORCH = "torch==2.13.0"
 TEST_DEPS = ["hypothesis>=6.100", "scipy>=1.10", "jsonschema>=4.0",
-             "pytest-rerunfailures>=14", "pytest-timeout>=2.3"]
+             "pytest-rerunfailures>=14", "pytest-timeout>=2.3", "pillow>=10"]
 SUITES = ["tests/plugin", "tests/spec", "tests/verdicts"]
 
 
