@@ -152,6 +152,7 @@ def compare(args: argparse.Namespace) -> int:
         compare_reports,
         comparison_page,
         comparison_text,
+        report_problem,
     )
 
     docs = []
@@ -161,9 +162,9 @@ def compare(args: argparse.Namespace) -> int:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             print(f"ERROR: {path}: not a readable JSON report ({exc})", file=sys.stderr)
             return USAGE
-        if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
-            print(f"ERROR: {path}: not a pytest-unitablate JSON report (no items list)",
-                  file=sys.stderr)
+        problem = report_problem(doc)
+        if problem is not None:
+            print(f"ERROR: {path}: {problem}", file=sys.stderr)
             return USAGE
         docs.append(doc)
     changes = compare_reports(docs[0], docs[1])
@@ -234,7 +235,7 @@ def _check(args: argparse.Namespace, specs: list[Path], fixtures: dict[str, str]
 
     settings = EngineSettings(device=args.device, seed=args.seed, memory_budget=budget,
                               full_sweeps=args.full_sweeps, full_sweeps_option="--full-sweeps",
-                              device_option="--device")
+                              device_option="--device", run_facts=args.html is not None)
     store: Store = DiskStore(args.cache_dir) if args.cache_dir is not None else NullStore()
     engine = Engine(settings, store)
     given = ", ".join(sorted(fixtures)) or "none"

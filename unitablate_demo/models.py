@@ -199,9 +199,17 @@ def weights_arch(path: Path) -> str:
     Raises ``OSError`` for a file that cannot be read and ``ValueError`` for weights of no
     demo architecture.
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise ValueError(f"{path} is not a weights file torch can load safely "
+                         f"({type(exc).__name__}); save model.state_dict()") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise ValueError(f"{path} holds a {type(state).__name__} that is not a state dict "
+                         f"of tensors; save model.state_dict()")
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     for arch, build in ARCHITECTURES.items():
         if {k: tuple(v.shape) for k, v in build().state_dict().items()} == shapes:

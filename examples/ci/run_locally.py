@@ -126,7 +126,8 @@ class _Runner:
                     key = _expand(w["key"], self.work)
                     hit = self.restore("cache", key)
                     outputs[str(step.get("id"))] = {"cache-hit": str(hit).lower(),
-                                                    "cache-primary-key": key}
+                                                    "cache-primary-key": key,
+                                                    "outcome": "success"}
                 elif uses.startswith("actions/cache/save@"):
                     self.save("cache", w["key"], [w["path"]])
                 elif uses.startswith("actions/upload-artifact@"):
@@ -190,7 +191,7 @@ def _outputs(text: str, outputs: dict[str, dict[str, str]]) -> str:
 
 def _should_run(condition: str, status: int, outputs: dict[str, dict[str, str]]) -> bool:
     """The ``if:`` forms the recipe uses: none (success only), ``always()``, and
-    ``always() && steps.ID.outputs.cache-hit != 'true'``."""
+    ``&&`` of ``steps.ID.outcome == 'success'`` and ``steps.ID.outputs.NAME != 'VALUE'``."""
     if not condition:
         return status == 0
     parts = [p.strip() for p in condition.split("&&")]
@@ -198,10 +199,12 @@ def _should_run(condition: str, status: int, outputs: dict[str, dict[str, str]])
     for part in parts:
         if part == "always()":
             continue
-        test = re.fullmatch(r"steps\.([\w-]+)\.outputs\.([\w-]+) != '(.*)'", part)
+        test = re.fullmatch(r"steps\.([\w-]+)\.(?:outputs\.)?([\w-]+) (!=|==) '(.*)'", part)
         if test is None:
             raise SystemExit(f"run_locally: cannot evaluate if: {condition}")
-        ok = ok and outputs.get(test.group(1), {}).get(test.group(2)) != test.group(3)
+        value = outputs.get(test.group(1), {}).get(test.group(2))
+        ok = ok and ((value != test.group(4)) if test.group(3) == "!=" else
+                     (value == test.group(4)))
     return ok and ("always()" in parts or status == 0)
 
 

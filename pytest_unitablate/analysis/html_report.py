@@ -42,9 +42,13 @@ def _figure_svg(fig: Any) -> str:
     import io
     import re
 
+    from pytest_unitablate.errors import optional_import
+
+    mpl = optional_import("matplotlib", "analysis", "the analysis page's plots")
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight",
-                metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    with mpl.rc_context({"svg.hashsalt": "pytest-unitablate", "svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight",
+                    metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     text = buf.getvalue()
     text = text[text.index("<svg"):]
     text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
@@ -53,13 +57,10 @@ def _figure_svg(fig: Any) -> str:
 
 
 def _plotting() -> Any:
-    """matplotlib's Figure class, with deterministic SVG settings (lazy: the analysis
-    extra)."""
+    """matplotlib's Figure class (lazy: the analysis extra); the SVG settings apply only
+    while a page is drawn (rc_context), never to the user's own plots."""
     from pytest_unitablate.errors import optional_import
 
-    mpl = optional_import("matplotlib", "analysis", "the analysis page's plots")
-    mpl.rcParams.update({"svg.hashsalt": "pytest-unitablate", "svg.fonttype": "none",
-                         "font.size": 9})
     return optional_import("matplotlib.figure", "analysis", "the analysis page's plots").Figure
 
 

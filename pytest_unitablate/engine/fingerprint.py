@@ -42,20 +42,30 @@ def structure_sha256(model: nn.Module) -> str:
     # keyed by module name and file content, never by where the file lies: a CI cache
     # restored into another checkout folder (another runner, another build directory)
     # must still answer for the same code
-    files: dict[str, str] = {}
+    classes: dict[str, type] = {}
     for module in model.modules():
         cls = type(module)
         if not cls.__module__.startswith("torch."):
-            try:
-                files[cls.__module__] = inspect.getsourcefile(cls) or ""
-            except TypeError:  # a class defined in the interpreter: no file
-                files[cls.__module__] = ""
-    for name in sorted(files):
+            classes.setdefault(f"{cls.__module__}.{cls.__qualname__}", cls)
+    for name in sorted(classes):
         digest.update(b"\0" + name.encode() + b"\0")
-        if files[name]:
-            with contextlib.suppress(OSError):
-                digest.update(Path(files[name]).read_bytes())
+        digest.update(_code_of(classes[name]))
     return digest.hexdigest()
+
+
+def _code_of(cls: type) -> bytes:
+    """The bytes of the file that defines ``cls``; its source where the file cannot be read
+    (a notebook cell lives only in linecache); its file name as the last resort."""
+    try:
+        path = inspect.getsourcefile(cls) or ""
+    except TypeError:  # defined where no file is known
+        path = ""
+    if path:
+        with contextlib.suppress(OSError):
+            return Path(path).read_bytes()
+    with contextlib.suppress(OSError, TypeError):
+        return inspect.getsource(cls).encode()
+    return path.encode()
 
 
 __all__ = ["structure_sha256", "weights_sha256"]

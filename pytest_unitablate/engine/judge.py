@@ -67,7 +67,7 @@ def judge_item(engine: Engine, spec: Spec, subject: Subject, key: ItemKey) -> It
         run.run()
     except Miss as exc:
         text = str(exc)  # a threshold miss starts with its headline; the others get one
-        located = re.match(r"\S+?:\d+: ", text) is not None
+        located = re.match(r".+?:\d+: ", text) is not None
         run.result.status, run.result.message = "failed", (problem_text(text) if located
                                                             else text)
     except ItemProblem as exc:
@@ -312,7 +312,8 @@ class _ItemRun:
         if self.key.check.mode == "top_units":
             measured["units"] = deciding
         # provenance in record mode; the review page's run facts (not in the JSON report)
-        measured.update(self.engine.evals.hashes(self.spec, self.subject))
+        if self.settings.record_mode != "none" or self.settings.run_facts:
+            measured.update(self.engine.evals.hashes(self.spec, self.subject))
         self.record.update(measured)
 
     def _judge(self, m: Measurement, deciding: list[int] | None, notes: list[str]) -> None:

@@ -213,7 +213,8 @@ def evaluate_spec(spec: str | os.PathLike[str] | Spec, lookup: Lookup | None,
         if skip is not None:
             items.append(ItemOutcome(key.id, "skipped", skip, record_only))
         elif problem is not None:
-            items.append(_with_xfail(key, ItemOutcome(key.id, "error", problem, record_only)))
+            record = {**record_only, "reason": problem.split("\n", 1)[0]}
+            items.append(_with_xfail(key, ItemOutcome(key.id, "error", problem, record)))
         else:
             items.append(_with_xfail(key, _run(engine, spec, subject, key)))
     return SpecRun(spec, items, _environment(engine))
@@ -228,7 +229,8 @@ def _run(engine: Engine, spec: Spec, subject: Any, key: ItemKey) -> ItemOutcome:
         message = (f"{spec.where(key.line)}: unexpected error while running {key.id}: "
                    f"{type(exc).__name__}: {exc}\n  (pass full_trace=True for the "
                    f"traceback)")
-        return ItemOutcome(key.id, "failed", message, static_record(spec, key))
+        return ItemOutcome(key.id, "failed", message,
+                           {**static_record(spec, key), "reason": message.split("\n", 1)[0]})
     # as in pytest: a problem found while measuring fails the item (its call phase);
     # ``error`` is for the model and data that could not be had (its setup phase)
     outcome = "failed" if result.status == "error" else result.status

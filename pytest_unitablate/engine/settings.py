@@ -57,6 +57,9 @@ class EngineSettings:
     #: SPEC --unitablate-record-mode=MODE``
     rerun: Callable[[str], str] | None = None
     progress: ProgressFactory | None = None
+    #: hash the weights and data into every record (the review page's run facts); record
+    #: mode does regardless (its provenance)
+    run_facts: bool = False
     #: how this front end spells the option that makes layer-wide checks evaluate every
     #: unit (messages name it)
     full_sweeps_option: str = "--unitablate-full-sweeps"

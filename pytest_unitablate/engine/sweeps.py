@@ -69,7 +69,8 @@ class Sweeps:
         self._sweeps: dict[tuple[Any, ...], Sweep] = {}
 
     def sweep(self, spec: Spec, subject: Subject, check: Check, ranking: bool = False,
-              units: Sequence[int] | None = None) -> Sweep:
+              units: Sequence[int] | None = None,
+              lines: Callable[[int, int | None], None] | None = None) -> Sweep:
         """Units of the layer (default: all) ablated alone, one prediction per example each.
 
         The result names the scan engine that ran and why a faster one was refused.
@@ -93,16 +94,15 @@ class Sweeps:
 
                 def scan_layer() -> Any:
                     ev.seeded()
-                    # one label (the check's line) and the whole layer's total for every
-                    # chunk of a check's sweep: its lines go on from the chunks before
-                    label = f"{spec.path.name}:{check.line} {check.layer}"
-                    factory = ev.settings.progress
-                    lines = factory(label, channels * baseline.n) if factory else None
+                    # a chunk of an early-stopped sweep reports into its series (lines);
+                    # a sweep of its own starts one
+                    shown = lines if lines is not None else self.progress(
+                        spec, check, len(units) * baseline.n)
                     return scan(model, data, check.layer, units=units, ablation=arg,
                                 means=means, device=ev.device, output=spec.output,
                                 **layer_units.core_args(),
                                 memory_budget=ev.settings.memory_budget,
-                                progress=lines if lines is not None else False,
+                                progress=shown if shown is not None else False,
                                 prefix_cache=ev.prefixes)
 
                 result = ev.located(spec, scan_layer, check.layer_line, ranking)
@@ -186,6 +186,12 @@ class Sweeps:
         order = sorted(range(channels), key=lambda u: (sign * damage[u], u))
         return tuple(order), str(values["how"])
 
+    def progress(self, spec: Spec, check: Check, total: int
+                 ) -> Callable[[int, int | None], None] | None:
+        """A new progress series for a sweep of ``check`` (``None`` without a factory)."""
+        factory = self.evals.settings.progress
+        return factory(f"{spec.path}:{check.line} {check.layer}", total) if factory else None
+
     def in_order(self, spec: Spec, subject: Subject, check: Check, order: Sequence[int],
                  decided: Callable[[Sweep], bool], first: int = 1, growth: int = 4) -> Sweep:
         """Units ablated alone in ``order``, in chunks of growing size (``first``, then
@@ -209,12 +215,22 @@ class Sweeps:
                 ev.ablation_arg(spec, check), tuple(range(layer_units.count)))
         parts: list[Sweep] = []
         start, size = 0, first
+        n = ev.baseline(spec, subject).n
+        # one progress series for every chunk: a share of the whole layer and one estimate
+        series = self.progress(spec, check, layer_units.count * n)
         while start < len(order):
             chunk = tuple(order[start:start + size])
             if full in self._sweeps:  # already swept: read the chunk out of it
                 part = self._sweeps[full].select(chunk)
             else:
-                part = self.sweep(spec, subject, check, units=chunk)
+                before = start * n
+
+                def lines(done: int, known: int | None, before: int = before) -> None:
+                    if series is not None:
+                        series(before + done, None)
+
+                part = self.sweep(spec, subject, check, units=chunk,
+                                  lines=lines if series is not None else None)
                 if part.method == "closed_form" and start + size < len(order):
                     self.sweep(spec, subject, check)  # the whole layer costs one pass
                     part = self._sweeps[full].select(chunk)

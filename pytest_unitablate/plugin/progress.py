@@ -37,8 +37,6 @@ class Progress:
         self.mode = "off" if is_worker else mode
         self.writer: Any = None
         self.tty: bool | None = None
-        #: per sweep label: when it started, when a line was last shown, pairs done so far
-        self._sweeps: dict[str, dict[str, Any]] = {}
 
     def _enabled(self) -> bool:
         """Looked up on first use: the terminal reporter registers after this plugin."""
@@ -60,39 +58,31 @@ class Progress:
                   ) -> Callable[[int, int | None], None] | None:
         """A ``progress(done, total)`` callback for one sweep (``None`` when disabled).
 
-        ``total`` counts the (unit, example) pairs of the whole layer; a layer swept in
-        chunks (early stopping) asks for a callback per chunk under the same ``label``, and
-        the lines continue from the chunks before, with one share of the whole layer and an
-        estimate of the time left, instead of restarting at 0% per chunk. ``done`` counts
-        within the chunk; the scan's own total is used when ``total`` is not given."""
+        ``total`` counts the (unit, example) pairs of the whole layer and ``done`` those
+        finished so far; the engine reports an early-stopped sweep's chunks as one series
+        (one share of the whole layer, one estimate of the time left) instead of
+        restarting at 0% per chunk. The scan's own total is used when ``total`` is not
+        given."""
         if not self._enabled():
             return None
-        state = self._sweeps.get(label)
-        if (state is None or total is None or state["total"] != total
-                or state["done"] >= total):
-            start = self.clock()
-            state = {"start": start, "shown": start + FIRST_AFTER - EVERY, "done": 0,
-                     "total": total}
-            self._sweeps[label] = state
-        last = [0]
+        start = self.clock()
+        shown = [start + FIRST_AFTER - EVERY]
 
         def report(done: int, known: int | None) -> None:
-            state["done"] += done - last[0]
-            last[0] = done
-            whole = state["total"] if state["total"] is not None else known
+            whole = total if total is not None else known
             now = self.clock()
-            finished = whole is not None and state["done"] >= whole
-            if now - state["shown"] < EVERY or (finished and state["shown"] < state["start"]):
+            finished = whole is not None and done >= whole
+            if now - shown[0] < EVERY or (finished and shown[0] < start):
                 return
-            state["shown"] = now
-            elapsed = now - state["start"]
+            shown[0] = now
+            elapsed = now - start
             if whole:
-                share = min(1.0, state["done"] / whole)  # chunks of two checks may overlap
+                share = min(1.0, done / whole)
                 left = (f", about {elapsed * (1 - share) / share:.0f} s left"
                         if 0 < share < 1 else "")
                 part = f"{100 * share:.0f}% ({elapsed:.0f} s{left})"
             else:
-                part = f"{state['done']} unit x example pairs ({elapsed:.0f} s)"
+                part = f"{done} unit x example pairs ({elapsed:.0f} s)"
             self.write(f"unitablate: sweep of {label}: {part}")
 
         return report

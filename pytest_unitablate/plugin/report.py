@@ -41,6 +41,11 @@ def record_from_report(report: Any) -> dict[str, Any] | None:
         return None
     record = dict(values)
     record["outcome"] = outcome_of(report)
+    if record["outcome"] in ("failed", "error") and not record.get("reason"):
+        # a problem before the engine judged the item (a fixture, an import): the first
+        # line of what pytest shows
+        text = str(getattr(report, "longreprtext", "") or "").strip()
+        record["reason"] = text.splitlines()[0] if text else None
     return record
 
 

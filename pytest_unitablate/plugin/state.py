@@ -86,7 +86,7 @@ class PluginState:
                 memory_budget=s.memory_budget, full_sweeps=s.full_sweeps,
                 plain_passes=s.plain_passes, record_mode=s.record_mode,
                 record_level=s.record_level, record_floor=s.record_floor, worker=worker,
-                rerun=self.rerun_command,
+                rerun=self.rerun_command, run_facts=s.html is not None,
                 progress=self.progress.for_sweep if self.progress is not None else None)
             self._engine = Engine(settings, DiskStore(self.cache_dir))
         return self._engine

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from pytest_unitablate.verdicts.review_page import (
@@ -76,8 +77,16 @@ def _interval(r: Mapping[str, Any]) -> str:
 def compare_reports(reference: Mapping[str, Any], candidate: Mapping[str, Any]
                     ) -> list[Change]:
     """Every change from ``reference`` to ``candidate`` (two JSON report documents)."""
-    ref = {(str(r.get("spec")), str(r.get("id"))): r for r in reference.get("items", [])}
-    new = {(str(r.get("spec")), str(r.get("id"))): r for r in candidate.get("items", [])}
+    refs, news = reference.get("items", []), candidate.get("items", [])
+    # a spec path is as the run was invoked (relative, or absolute with check): when the
+    # two runs name their specs differently, pair them by file name
+    same = {str(r.get("spec")) for r in refs} == {str(r.get("spec")) for r in news}
+
+    def spec_of(r: Mapping[str, Any]) -> str:
+        return str(r.get("spec")) if same else PurePath(str(r.get("spec"))).name
+
+    ref = {(spec_of(r), str(r.get("id"))): r for r in refs}
+    new = {(spec_of(r), str(r.get("id"))): r for r in news}
     changes: list[Change] = []
     seen: set[tuple[str, str]] = set()
     for key in sorted(set(ref) & set(new)):
@@ -122,6 +131,25 @@ def compare_reports(reference: Mapping[str, Any], candidate: Mapping[str, Any]
                                   a, b))
     changes.sort(key=lambda c: (KINDS.index(c.kind), c.spec, c.id))
     return changes
+
+
+def report_problem(doc: Any) -> str | None:
+    """Why ``doc`` is not a JSON report :func:`compare_reports` can read (None if it is).
+
+    >>> report_problem({"items": [{"id": "a", "drop": "much"}]})
+    "item 0 ('a'): drop is not a number"
+    """
+    if not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
+        return "not a pytest-unitablate JSON report (no items list)"
+    for i, r in enumerate(doc["items"]):
+        if not isinstance(r, dict) or "id" not in r:
+            return f"item {i} is not a record with an id"
+        for field in ("baseline", "drop", "ci_low", "ci_high"):
+            value = r.get(field)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
+                return f"item {i} ({r['id']!r}): {field} is not a number"
+    return None
 
 
 def comparison_text(changes: Sequence[Change], reference: str, candidate: str) -> str:
@@ -175,4 +203,5 @@ def comparison_page(changes: Sequence[Change], reference: str, candidate: str,
     return document(title, "".join(body))
 
 
-__all__ = ["KINDS", "Change", "compare_reports", "comparison_page", "comparison_text"]
+__all__ = ["KINDS", "Change", "compare_reports", "comparison_page", "comparison_text",
+           "report_problem"]

@@ -116,7 +116,7 @@ def problem_text(text: str) -> str:
     """
     import re
 
-    body = re.sub(r"^\S+?:\d+: ", "", text.split("\n", 1)[0])
+    body = re.sub(r"^.+?:\d+: ", "", text.split("\n", 1)[0])
     cut = re.search(r"; | \((?=[a-z])", body)  # an aside, not a shape such as (N, 6, 16)
     head = body[:cut.start()] if cut else body
     if len(head) > 100:

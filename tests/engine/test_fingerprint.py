@@ -42,3 +42,26 @@ def test_the_same_code_in_another_checkout_folder_has_the_same_hash(tmp_path: Pa
     a = _hash(tmp_path / "runner-0" / "repo")
     assert a == _hash(tmp_path / "runner-1" / "repo")
     assert _hash(tmp_path / "edited", " * 2") != a  # and the code itself still counts
+
+
+def _notebook_hash(tail: str) -> str:
+    """A class defined in a notebook cell: its file exists only in linecache."""
+    import linecache
+    import types
+
+    filename = f"/nonexistent/ipykernel/cell{abs(hash(tail))}.py"
+    code = SOURCE.format(tail=tail)
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    module = types.ModuleType("nb_cell")
+    module.__file__ = filename
+    sys.modules["nb_cell"] = module
+    try:
+        exec(compile(code, filename, "exec"), module.__dict__)
+        return structure_sha256(module.Net())
+    finally:
+        del sys.modules["nb_cell"]
+        linecache.cache.pop(filename, None)
+
+
+def test_a_class_from_a_notebook_cell_is_keyed_by_its_source() -> None:
+    assert _notebook_hash("") != _notebook_hash(" * 2")

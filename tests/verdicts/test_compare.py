@@ -105,3 +105,18 @@ def test_the_page_lists_every_change() -> None:
     page = comparison_page(changes, "a.json", "b.json", REF, NEW)
     for c in changes:
         assert f"<td>{c.id}<br>" in page
+
+
+def test_runs_invoked_from_other_folders_pair_by_spec_file_name() -> None:
+    ref = {"items": [_item("a", spec="specs/s.yaml")]}
+    new = {"items": [_item("a", spec="/ci/build/specs/s.yaml", outcome="failed")]}
+    assert [(c.kind, c.id) for c in compare_reports(ref, new)] == [("outcome", "a")]
+
+
+def test_a_malformed_report_is_named_not_a_traceback(tmp_path: Path) -> None:
+    good, bad = tmp_path / "a.json", tmp_path / "b.json"
+    good.write_text(json.dumps(REF))
+    bad.write_text(json.dumps({"items": [_item("a", baseline="high")]}))
+    proc = subprocess.run([sys.executable, "-m", "pytest_unitablate", "compare", str(good),
+                           str(bad)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4 and "item 0 ('a'): baseline is not a number" in proc.stderr
