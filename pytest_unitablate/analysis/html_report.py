@@ -20,19 +20,16 @@ Example::
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_unitablate.verdicts.review_page import e
+
 if TYPE_CHECKING:
     import pandas as pd
-
-
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
 
 
 def _figure_svg(fig: Any) -> str:
@@ -126,12 +123,12 @@ def write_html_report(path: str | Path, *, drops: pd.DataFrame | None = None,
     for r in checks or []:
         if r.get("class_index") is not None and r.get("target") is not None:
             names.setdefault(int(r["class_index"]), str(r["target"]))
-    sections = [f"<h1>{_e(title)}</h1>"]
+    sections = [f"<h1>{e(title)}</h1>"]
     if checks is not None:
         counts: dict[str, int] = {}
         for r in checks:
             counts[str(r.get("outcome"))] = counts.get(str(r.get("outcome")), 0) + 1
-        summary = ", ".join(f"{n} {_e(k)}" for k, n in sorted(counts.items()))
+        summary = ", ".join(f"{n} {e(k)}" for k, n in sorted(counts.items()))
         from pytest_unitablate.verdicts.review_page import items_table
 
         sections.append(f"<h2>Checks</h2><p>{summary}</p>{items_table(checks)}")

@@ -317,11 +317,16 @@ class Evaluations:
         The data hash is the baseline pass's fingerprint (the same sha256
         ``core.data.data_fingerprint`` computes), so no extra pass over the data is made.
         """
-        key = id(subject.model)
-        if key not in self._weights:  # once per model object and run
-            self._weights[key] = weights_sha256(subject.model)[:16]
         return {"data_sha256": self.baseline(spec, subject).fingerprint[:16],
-                "weights_sha256": self._weights[key]}
+                "weights_sha256": self.weights_hash(subject.model)[:16]}
+
+    def weights_hash(self, model: nn.Module) -> str:
+        """sha256 of ``model``'s weights, once per model object and run (the store's key
+        and the records' provenance share it)."""
+        key = id(model)
+        if key not in self._weights:
+            self._weights[key] = weights_sha256(model)
+        return self._weights[key]
 
     def identity(self, spec: Spec, model: nn.Module, data: Any) -> dict[str, Any]:
         """What determines every evaluation of ``model`` on ``data``: the store's key.
@@ -345,7 +350,7 @@ class Evaluations:
             self.seeded()  # a pass like every other: seeded augmentation replays alike
             fingerprint = self.located(spec, lambda: data_fingerprint(data))
             identity = {
-                "weights": weights_sha256(model), "model": structure_sha256(model),
+                "weights": self.weights_hash(model), "model": structure_sha256(model),
                 "data": fingerprint, "output": spec.output,
                 "device": self.device, "dtype": self.dtype, "seed": self.settings.seed,
                 "torch": str(torch.__version__), "unitablate": __version__,

@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +28,7 @@ from pytest_unitablate.spec.ids import ItemKey
 from pytest_unitablate.spec.model import Spec
 from pytest_unitablate.spec.rewrite import provenance_mismatches, rounded_threshold
 from pytest_unitablate.verdicts.failure import (
+    LOCATION,
     FailureContext,
     disarmed_text,
     failure_text,
@@ -67,7 +67,7 @@ def judge_item(engine: Engine, spec: Spec, subject: Subject, key: ItemKey) -> It
         run.run()
     except Miss as exc:
         text = str(exc)  # a threshold miss starts with its headline; the others get one
-        located = re.match(r".+?:\d+: ", text) is not None
+        located = LOCATION.match(text) is not None
         run.result.status, run.result.message = "failed", (problem_text(text) if located
                                                             else text)
     except ItemProblem as exc:

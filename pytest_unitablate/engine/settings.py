@@ -22,9 +22,9 @@ from dataclasses import dataclass
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 
 #: ``progress(label, total) -> callback(done, total)`` or ``None``: per-sweep progress.
-#: ``label`` names the check's sweep (``spec.yaml:LINE layer``) and ``total`` counts the
-#: (unit, example) pairs of the whole layer; early stopping sweeps in chunks and asks once
-#: per chunk under the same label, and each callback's ``done`` counts within its chunk.
+#: ``label`` names the check's sweep (``spec.yaml:LINE layer``), ``total`` counts its
+#: (unit, example) pairs (for an early-stopped sweep, the whole layer's) and ``done`` those
+#: finished; an early-stopped sweep reports all its chunks through one callback.
 ProgressFactory = Callable[[str, "int | None"], "Callable[[int, int | None], None] | None"]
 
 

@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
+from pytest_unitablate.verdicts.records import matched_or_none, pct
 from pytest_unitablate.verdicts.review_page import (
     badge,
     document,
     e,
     facts_list,
-    pct,
     units_text,
 )
 
@@ -59,15 +59,6 @@ def _outside(value: Any, low: Any, high: Any) -> bool:
     if value is None or low is None or high is None:
         return False
     return not float(low) - 1e-12 <= float(value) <= float(high) + 1e-12
-
-
-def _matches(r: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The unit each recorded unit was matched to, ``None`` where none was similar enough."""
-    units = r.get("matched_units") or []
-    sims = r.get("similarity") or [None] * len(units)
-    low = r.get("min_similarity")
-    return tuple(None if m is None or (s is not None and low is not None and s < low) else m
-                 for m, s in zip(units, sims, strict=False))
 
 
 def _interval(r: Mapping[str, Any]) -> str:
@@ -120,7 +111,7 @@ def compare_reports(reference: Mapping[str, Any], candidate: Mapping[str, Any]
                 f"drop {pct(a.get('drop'), ' pp')} -> {pct(b.get('drop'), ' pp')} (reference "
                 f"95% CI {_interval(a)}, candidate {_interval(b)})", a, b))
         if a.get("matched_units") is not None and b.get("matched_units") is not None and \
-                _matches(a) != _matches(b):
+                matched_or_none(a) != matched_or_none(b):
             changes.append(Change("identity", spec, item,
                                   f"recorded unit matched {units_text(a)} -> "
                                   f"{units_text(b)}", a, b))

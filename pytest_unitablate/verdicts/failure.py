@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,10 @@ def headline(ctx: FailureContext, constraint: Constraint, m: Measurement) -> str
     return f"{ctx.head} {ctx.target}: drop {pct(m.drop)} pp, needs {op} {needs} pp"
 
 
+#: The ``path:line: `` a located message starts with.
+LOCATION = re.compile(r"^.+?:\d+: ")
+
+
 def problem_text(text: str) -> str:
     """A located problem (``path:line: message``) with a headline first: the message
     without its location, up to its first ``;`` or parenthesised aside (at most 100
@@ -114,9 +119,7 @@ def problem_text(text: str) -> str:
     model Tiny has no layer 'hiden'
     s.yaml:6: model Tiny has no layer 'hiden'; did you mean 'hidden'?
     """
-    import re
-
-    body = re.sub(r"^.+?:\d+: ", "", text.split("\n", 1)[0])
+    body = LOCATION.sub("", text.split("\n", 1)[0], count=1)
     cut = re.search(r"; | \((?=[a-z])", body)  # an aside, not a shape such as (N, 6, 16)
     head = body[:cut.start()] if cut else body
     if len(head) > 100:
@@ -231,6 +234,7 @@ def no_match_text(where: str, item_id: str, layer: str, gone: Sequence[Any],
 
 
 __all__ = [
+    "LOCATION",
     "FailureContext",
     "disarmed_text",
     "failure_text",

@@ -61,7 +61,13 @@ def static_record(spec: Spec, key: ItemKey) -> dict[str, Any]:
     }
 
 
-def _describe(constraint: str | None, threshold: float | None) -> str:
+def describe_required(constraint: str | None, threshold: float | None) -> str:
+    """What a constraint requires, in its unit: ``drop >= 40.0 pp``, ``relative drop <=
+    10.0%``, ``min_drop: not recorded``; empty without a constraint.
+
+    >>> describe_required("min_drop", 0.4), describe_required("max_relative_drop", 0.1)
+    ('drop >= 40.0 pp', 'relative drop <= 10.0%')
+    """
     if constraint is None:
         return ""
     if threshold is None:
@@ -72,8 +78,29 @@ def _describe(constraint: str | None, threshold: float | None) -> str:
     return f"{what} {op} {threshold * 100:.1f}{unit}"
 
 
-def _pct(x: Any, suffix: str = "%") -> str:
+def pct(x: Any, suffix: str = "%") -> str:
+    """A fraction as a percentage with one decimal and its unit (empty for ``None``).
+
+    >>> pct(0.403), pct(-0.05, " pp"), pct(None)
+    ('40.3%', '-5.0 pp', '')
+    """
     return "" if x is None else f"{float(x) * 100:.1f}{suffix}"
+
+
+def matched_or_none(r: Mapping[str, Any]) -> list[Any]:
+    """The unit each recorded unit of an ``identity: signature`` record was matched to,
+    ``None`` where none was (or the best candidate is below ``min_similarity``: it was
+    not taken to be the recorded unit).
+
+    >>> matched_or_none({"matched_units": [10, 3], "similarity": [0.73, 0.9],
+    ...                  "min_similarity": 0.75})
+    [None, 3]
+    """
+    units = list(r.get("matched_units") or [])
+    sims = list(r.get("similarity") or [None] * len(units))
+    low = r.get("min_similarity")
+    return [None if m is None or (s is not None and low is not None and float(s) < float(low))
+            else m for m, s in zip(units, sims, strict=False)]
 
 
 #: Printed under the table: how to read the ``units`` column.
@@ -82,20 +109,6 @@ TABLE_LEGEND = ("units: the units ablated together (h3: attention head 3); for a
                 "top_units) and the unit(s) that decided its outcome; 10->3: identity: "
                 "signature matched the recorded unit 10 to unit 3 of the model under test; "
                 "15->none: no unit is similar enough (the best candidate is not ablated)")
-
-
-def _mapped(h: str, unit: Any, matched: Any, similarity: Any, minimum: Any) -> str:
-    """``10->3`` for a match, ``15->none`` when the best candidate is below
-    ``min_similarity`` (it is not the recorded unit, so the check failed without it).
-
-    >>> _mapped("", 15, 10, 0.73, 0.75), _mapped("h", 1, 2, 0.9, 0.75)
-    ('15->none', 'h1->h2')
-    """
-    below = (similarity is not None and minimum is not None
-             and float(similarity) < float(minimum))
-    if matched is None or below:
-        return f"{h}{unit}->none"
-    return f"{h}{unit}->{h}{matched}"
 
 
 def summary_line(records: Sequence[Mapping[str, Any]], report: Path | None) -> str:
@@ -132,9 +145,8 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
         matched = r.get("matched_units")
         h = "h" if r.get("unit") == "head" else ""
         if units and matched:
-            unit_text = "+".join(_mapped(h, u, m, s, r.get("min_similarity")) for u, m, s in
-                                 zip(units, matched, r.get("similarity") or [None] * len(units),
-                                     strict=False))
+            unit_text = "+".join(f"{h}{u}->{h}{m}" if m is not None else f"{h}{u}->none"
+                                 for u, m in zip(units, matched_or_none(r), strict=False))
         elif units:
             unit_text = "+".join(f"{h}{u}" for u in units)
         elif deciding:
@@ -144,8 +156,9 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
             unit_text = str(r.get("mode") or "")
         rows.append((
             str(r.get("layer", "")), unit_text, str(r.get("target", "")),
-            _pct(r.get("baseline")), _pct(r.get("ablated")), _pct(r.get("drop"), " pp"),
-            _describe(r.get("constraint"), r.get("threshold")), str(r.get("outcome", "")),
+            pct(r.get("baseline")), pct(r.get("ablated")), pct(r.get("drop"), " pp"),
+            describe_required(r.get("constraint"), r.get("threshold")),
+            str(r.get("outcome", "")),
         ))
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
@@ -240,6 +253,7 @@ def write_json(path: str | os.PathLike[str], document: Mapping[str, Any]) -> Non
     atomic_write(target, json.dumps(document, indent=2, sort_keys=False) + "\n")
 
 
-__all__ = ["FIELDS", "RUN_ABOUT", "TABLE_LEGEND", "build_report", "build_run", "engine_lines",
-           "engines", "format_table", "run_path",
+__all__ = ["FIELDS", "RUN_ABOUT", "TABLE_LEGEND", "build_report", "build_run",
+           "describe_required", "engine_lines", "engines", "format_table", "matched_or_none",
+           "pct", "run_path",
            "sort_records", "static_record", "summary_line", "write_json"]

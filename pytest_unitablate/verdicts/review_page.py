@@ -24,6 +24,8 @@ import html
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from pytest_unitablate.verdicts.records import describe_required, matched_or_none, pct
+
 #: Outcome -> colour of its badge.
 OUTCOME_COLOURS = {"passed": "#2e7d32", "failed": "#c62828", "error": "#6a1b9a",
                    "skipped": "#757575", "xfailed": "#ef6c00", "xpassed": "#ef6c00"}
@@ -49,15 +51,6 @@ def e(text: Any) -> str:
     return "" if text is None else html.escape(str(text), quote=True)
 
 
-def pct(x: Any, unit: str = "%") -> str:
-    """A fraction as a percentage with one decimal and its unit (empty for ``None``).
-
-    >>> pct(0.403), pct(-0.05, " pp"), pct(None)
-    ('40.3%', '-5.0 pp', '')
-    """
-    return "" if x is None else f"{float(x) * 100:.1f}{unit}"
-
-
 def badge(outcome: Any) -> str:
     colour = OUTCOME_COLOURS.get(str(outcome), "#444")
     return f'<span class="badge" style="background:{colour}">{e(outcome)}</span>'
@@ -77,10 +70,9 @@ def units_text(r: Mapping[str, Any]) -> str:
     units, matched = r.get("units"), r.get("matched_units")
     if units and matched:
         sims = r.get("similarity") or [None] * len(units)
-        minimum = r.get("min_similarity")
         parts = []
-        for u, m, s in zip(units, matched, sims, strict=False):
-            if m is None or (s is not None and minimum is not None and s < minimum):
+        for u, m, s in zip(units, matched_or_none(r), sims, strict=False):
+            if m is None:
                 parts.append(f"{h}{u}->none" + (f" (best {s:.2f})" if s is not None else ""))
             else:
                 parts.append(f"{h}{u}->{h}{m}" + (f" (similarity {s:.2f})" if s is not None
@@ -103,15 +95,7 @@ def units_text(r: Mapping[str, Any]) -> str:
 
 def required_text(r: Mapping[str, Any]) -> str:
     """``drop >= 40.0 pp``, ``relative drop <= 10.0%``, or ``not recorded``."""
-    kind, threshold = r.get("constraint"), r.get("threshold")
-    if kind is None:
-        return ""
-    if threshold is None:
-        return f"{kind}: not recorded"
-    op = ">=" if str(kind).startswith("min") else "<="
-    if "relative" in str(kind):
-        return f"relative drop {op} {pct(threshold)}"
-    return f"drop {op} {pct(threshold, ' pp')}"
+    return describe_required(r.get("constraint"), r.get("threshold"))
 
 
 def sort_for_review(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -215,5 +199,5 @@ def write_review_page(path: Any, records: Iterable[Mapping[str, Any]],
 
 
 __all__ = ["OUTCOME_COLOURS", "badge", "counts_line", "document", "e", "facts_list",
-           "items_table", "pct", "required_text", "review_page", "run_facts",
+           "items_table", "required_text", "review_page", "run_facts",
            "sort_for_review", "units_text", "write_review_page"]
