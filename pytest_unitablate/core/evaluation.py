@@ -1,11 +1,13 @@
-"""Top-1 evaluation with per-class accuracy and per-example correctness.
+"""Top-1 evaluation with per-class accuracy, per-example correctness and log-probability.
 
 Definitions (as in the project's design contract):
 
 * **overall accuracy**: top-1 accuracy over all examples;
 * **class accuracy** of class ``k``: the fraction of examples labelled ``k`` whose top-1
   prediction is ``k`` (recall); NaN for a class with no examples;
-* the per-example correctness is kept so that drops can be tested as *paired* samples.
+* the per-example correctness is kept so that drops can be tested as *paired* samples;
+* so is each example's **log-probability of its true class**, ``log_softmax(logits)[y]`` in
+  nats, computed from the same logits (float32): the continuous measure beside accuracy.
 
 The model runs in eval mode under ``torch.inference_mode()``; the training flag of every
 submodule and the grad mode are restored afterwards, also when forward raises. The model is
@@ -54,6 +56,21 @@ class EvalResult:
     #: :class:`~pytest_unitablate.core.data.PassDigest` of the pass ("" when unknown):
     #: two results are paired (same examples, same order) when their fingerprints agree.
     fingerprint: str = ""
+    #: per-example log-probability of the true class (nats, float32); None when the
+    #: result was built without it
+    logprob: npt.NDArray[np.float32] | None = None
+
+    @property
+    def true_logprob(self) -> npt.NDArray[np.float32]:
+        """Per-example ``log p(true class)``; raises if the result was built without it."""
+        if self.logprob is None:
+            raise ValueError("this EvalResult holds no log-probabilities")
+        return self.logprob
+
+    @property
+    def mean_logprob(self) -> float:
+        """Mean log-probability of the true class over all examples (nats, <= 0)."""
+        return float(np.mean(self.true_logprob, dtype=np.float64))
 
     @property
     def n(self) -> int:
@@ -245,6 +262,22 @@ def checked_logits(index: int, produced: Any, labels: torch.Tensor, width: int |
     return logits
 
 
+def true_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each row's log-probability of its label, ``log_softmax(logits)[label]``, in float32.
+
+    Shared by :func:`evaluate` and every scan engine, so all of them give the same numbers.
+    ``logits`` may hold several stacked copies of a batch: ``labels`` then repeats.
+
+    >>> true_logprob(torch.tensor([[0.0, 0.0]]), torch.tensor([1])).tolist()
+    [-0.6931471824645996]
+    """
+    rows = logits.shape[0]
+    if labels.shape[0] != rows:
+        labels = labels.repeat(rows // labels.shape[0])
+    lp = torch.log_softmax(logits.float(), dim=1)
+    return lp.gather(1, labels.view(-1, 1).to(lp.device)).squeeze(1)
+
+
 def logits_agree(ours: Any, real: Any) -> bool:
     """Whether logits a fast path computed match the model's own, as every engine checks
     itself on the first batch: same shape, and within 1e-4 (relative, and absolute on the
@@ -284,6 +317,7 @@ def evaluate(
     """
     target = torch.device(device) if device is not None else model_device(model)
     preds: list[torch.Tensor] = []
+    logprobs: list[torch.Tensor] = []
     labels_seen: list[torch.Tensor] = []
     width: int | None = num_classes
     digest = PassDigest()
@@ -294,6 +328,7 @@ def evaluate(
             logits = checked_logits(index, model(inputs), labels, width, output)
             width = int(logits.shape[1])
             preds.append(logits.argmax(dim=1))
+            logprobs.append(true_logprob(logits, labels))
             labels_seen.append(labels)
     assert width is not None  # iter_batches raises on empty data
     return EvalResult(
@@ -301,6 +336,7 @@ def evaluate(
         predictions=torch.cat(preds).cpu().numpy().astype(np.int64),
         num_classes=width,
         fingerprint=digest.hexdigest(),
+        logprob=torch.cat(logprobs).cpu().numpy().astype(np.float32),
     )
 
 

@@ -354,14 +354,21 @@ class Evaluations:
                 "data": fingerprint, "output": spec.output,
                 "device": self.device, "dtype": self.dtype, "seed": self.settings.seed,
                 "torch": str(torch.__version__), "unitablate": __version__,
+                "entries": ENTRY_FORMAT,
             }
         self.objects[key] = identity
         return identity
 
 
+#: The format of the store's entries: part of every key, so entries an older version wrote
+#: (without per-example log-probabilities) are never read.
+ENTRY_FORMAT = 2
+
+
 def eval_arrays(result: EvalResult) -> dict[str, Any]:
     """An :class:`EvalResult` as store values."""
     return {"labels": result.labels, "predictions": result.predictions,
+            "logprob": result.true_logprob,
             "num_classes": result.num_classes, "fingerprint": result.fingerprint}
 
 
@@ -370,7 +377,8 @@ def eval_result(values: dict[str, Any]) -> EvalResult:
     return EvalResult(labels=np.asarray(values["labels"]),
                       predictions=np.asarray(values["predictions"]),
                       num_classes=int(values["num_classes"]),
-                      fingerprint=str(values["fingerprint"]))
+                      fingerprint=str(values["fingerprint"]),
+                      logprob=np.asarray(values["logprob"]))
 
 
 __all__ = ["SWEPT", "Evaluations", "eval_arrays", "eval_result"]

@@ -37,6 +37,7 @@ from pytest_unitablate.verdicts.failure import (
     problem_text,
     unsupportable_text,
     warn_text,
+    weak_text,
 )
 from pytest_unitablate.verdicts.layerwide import (
     LayerVerdict,
@@ -50,9 +51,12 @@ from pytest_unitablate.verdicts.layerwide import (
 )
 from pytest_unitablate.verdicts.measure import (
     Measurement,
+    examples_needed,
     judge,
+    metric_of,
     record_value,
     vacuous_threshold,
+    weak_threshold,
     writes,
 )
 from pytest_unitablate.verdicts.records import static_record
@@ -84,6 +88,9 @@ class _ItemRun:
         self.engine, self.spec, self.subject, self.key = engine, spec, subject, key
         self.settings = engine.settings
         self.result = ItemResult(record=static_record(spec, key))
+        #: the same ablation of the same examples under the other measure (accuracy or
+        #: log-probability): what a weak guard's message offers instead
+        self.other: Measurement | None = None
 
     @property
     def record(self) -> dict[str, Any]:
@@ -122,6 +129,9 @@ class _ItemRun:
             self._check_class(k, baseline)
         mask = slice(None) if k is None else (baseline.labels == k)
         base_correct = baseline.correct[mask]
+        base_lp = baseline.true_logprob[mask]
+        kind = constraint.kind
+        other_kind = "min_drop" if metric_of(kind) == "logprob" else "min_logprob_drop"
         problem = unsupportable_text(spec.where(key.line), key.id, constraint,
                                      int(base_correct.sum()), len(base_correct))
         if problem is not None and self.settings.record_mode not in ("all", "failed"):
@@ -136,13 +146,19 @@ class _ItemRun:
             if units is None:
                 evals.check_units(spec, subject, check)
             ablated = engine.ablated(spec, subject, check, units=units)
-            m = Measurement.from_correct(base_correct, ablated.correct[mask], level=level,
-                                         units=tuple(units or check.units))
+            chosen_units = tuple(units or check.units)
+            m, self.other = (Measurement.of(
+                which, (base_correct, ablated.correct[mask]),
+                (base_lp, ablated.true_logprob[mask]), level=level, units=chosen_units)
+                for which in (kind, other_kind))
         elif check.mode in ("any_unit", "every_unit"):
+            def row(sweep: Any, i: int, which: str = kind) -> Measurement:
+                return Measurement.of(
+                    which, (base_correct, sweep.correct(i)[mask]),
+                    (base_lp, sweep.logprobs[i][mask]), level=level, units=(sweep.units[i],))
+
             def measure(sweep: Any) -> list[Measurement]:
-                return [Measurement.from_correct(
-                    base_correct, (sweep.predictions[i] == sweep.labels)[mask], level=level,
-                    units=(u,)) for i, u in enumerate(sweep.units)]
+                return [row(sweep, i) for i in range(len(sweep.units))]
 
             total = evals.channels(spec, subject, check)
             noun = self.noun
@@ -171,11 +187,14 @@ class _ItemRun:
                 layer = judge_every_unit(constraint, per_unit, level=level, total=total,
                                          noun=noun)
             m, notes = layer.decider, list(layer.notes) + notes
+            self.other = row(sweep, sweep.units.index(m.units[0]), other_kind)
         else:
             chosen, notes = self._top_units()
             ablated = engine.ablated(spec, subject, check, units=chosen)
-            m = Measurement.from_correct(base_correct, ablated.correct[mask], level=level,
-                                         units=tuple(chosen))
+            m, self.other = (Measurement.of(
+                which, (base_correct, ablated.correct[mask]),
+                (base_lp, ablated.true_logprob[mask]), level=level, units=tuple(chosen))
+                for which in (kind, other_kind))
         deciding = layer.deciding if layer is not None else (
             list(m.units) if check.mode == "top_units" else None)
         self._record_measurement(m, layer, deciding)
@@ -280,8 +299,7 @@ class _ItemRun:
         sweep = engine.sweeps.sweep(spec, subject, check, ranking=ranking)
         rmask = rank_base.labels == spec.class_index(check.top_class)
         drops = class_drops(rank_base.correct[rmask],
-                            ((sweep.predictions[i] == sweep.labels)[rmask]
-                             for i in range(len(sweep.units))))
+                            (sweep.correct(i)[rmask] for i in range(len(sweep.units))))
         self.record.update({"engine": sweep.method, "engine_reason": sweep.reason or None,
                             "engine_plan": sweep.plan or None})
         self._warn_engine(sweep)
@@ -298,10 +316,11 @@ class _ItemRun:
         """The item's numbers (JSON report, JUnit, xdist, record mode)."""
         kind = self.key.constraint.kind
         measured: dict[str, Any] = {
-            "n": m.n, "baseline": m.baseline, "ablated": m.ablated, "drop": m.drop,
+            "metric": m.metric, "n": m.n, "baseline": m.baseline, "ablated": m.ablated,
+            "drop": m.drop,
             "ci_low": m.ci[0], "ci_high": m.ci[1], "ci_level": m.ci_level,
             "p_value": m.p_value,
-            "relative_drop": m.value("min_relative_drop"),
+            "relative_drop": m.value("min_relative_drop") if m.metric == "accuracy" else None,
             "record_value": record_value(kind, m, self.settings.record_level)
             if layer is None else layer.record_value,
             "deciding_units": deciding,
@@ -335,11 +354,10 @@ class _ItemRun:
             if mode in ("new", "all"):
                 return
             value = self.record.get("record_value")
-            refused = None if value is None else vacuous_threshold(
-                constraint.kind, rounded_threshold(constraint.kind, float(value)), m.baseline,
-                self.settings.record_floor)
+            refused = None if value is None else self._unrecordable(ctx, m, float(value),
+                                                                    first=True)
             if refused is not None:  # record mode would refuse it too: say so, not "record"
-                raise Miss(disarmed_text(ctx, constraint.kind, m, refused, first=True))
+                raise Miss(refused[1])
             raise Miss(missing_threshold_text(
                 spec.where(key.line), key.id, constraint.kind, m, self.rerun("new")))
         if mode == "all":
@@ -350,20 +368,35 @@ class _ItemRun:
             self.warn(warn_text(spec.where(key.line), key.id, constraint, verdict))
 
     def _refuse_vacuous(self, ctx: FailureContext, m: Measurement) -> None:
-        """Record mode never writes a threshold that could not fail: the item fails instead,
-        says why, and the summary lists it (the threshold in the spec stays as it was)."""
+        """Record mode never writes a threshold that could not fail, nor a ``min_*`` bound
+        that keeps too little of the effect: the item fails instead, says why and what
+        would make a guard, and the summary lists it (the spec's threshold stays)."""
         value = self.record.get("record_value")
         if value is None:
             return
-        kind = self.key.constraint.kind
-        written = rounded_threshold(kind, float(value))
-        reason = vacuous_threshold(kind, written, m.baseline, self.settings.record_floor)
-        if reason is None:
+        found = self._unrecordable(ctx, m, float(value),
+                                   first=self.key.constraint.threshold is None)
+        if found is None:
             return
-        text = disarmed_text(ctx, kind, m, reason,
-                             first=self.key.constraint.threshold is None)
-        self.record.update({"record_value": None, "disarmed": text})
+        field, text = found
+        self.record.update({"record_value": None, field: text})
         raise Miss(text)
+
+    def _unrecordable(self, ctx: FailureContext, m: Measurement, value: float, first: bool
+                      ) -> tuple[str, str] | None:
+        """``("disarmed", text)`` when ``value`` written as the item's threshold could not
+        fail, ``("weak", text)`` when it would guard too little of the effect, else None."""
+        kind = self.key.constraint.kind
+        written = rounded_threshold(kind, value)
+        reason = vacuous_threshold(kind, written, m.baseline, self.settings.record_floor)
+        if reason is not None:
+            return "disarmed", disarmed_text(ctx, kind, m, reason, first=first)
+        share = self.settings.record_min_share
+        reason = weak_threshold(kind, written, m, share)
+        if reason is None:
+            return None
+        return "weak", weak_text(ctx, kind, m, reason, examples_needed(m, kind, share),
+                                 self.other, share)
 
     def _check_provenance(self) -> None:
         """Warn once per spec when its recorded environment differs from this run's."""

@@ -130,6 +130,7 @@ class NamedChecks:
             ev.paired(spec, baseline, result.baseline,
                       f"the pass with {check.layer} units {list(todo[0])} ablated")
             return [{"labels": result.labels, "predictions": np.asarray(result.predictions[j]),
+                     "logprob": np.asarray(result.logprobs[j]),
                      "num_classes": result.baseline.num_classes,
                      "fingerprint": result.baseline.fingerprint} for j in range(len(todo))]
 

@@ -50,6 +50,8 @@ class EngineSettings:
     record_level: float = 0.95
     #: the smallest ``min_*`` threshold record mode may write (a fraction)
     record_floor: float = 0.0
+    #: the share of the measured effect a recorded ``min_*`` bound must keep (0: any)
+    record_min_share: float = 0.5
     #: (this process's index, number of processes) of an xdist run: processes that need the
     #: same sweep split it into pieces and each takes the pieces no other one holds
     worker: tuple[int, int] = (0, 1)

@@ -41,13 +41,18 @@ class Sweep:
     method: str = ""  # the scan engine that ran: closed_form, prefix or naive
     reason: str = ""  # why a faster engine was refused
     plan: str = ""  # the prefix engine's units and examples per pass, and what chose them
+    logprobs: Any = None  # np.ndarray (n_units, n_examples): log p(true class), nats
+
+    def correct(self, row: int) -> Any:
+        """Per-example correctness of row ``row`` (its unit ablated)."""
+        return self.predictions[row] == self.labels
 
     def select(self, units: Sequence[int]) -> Sweep:
         """The rows for ``units`` (each unit alone), in that order."""
         rows = [self.units.index(u) for u in units]
         return Sweep(units=tuple(units), predictions=self.predictions[rows],
                      labels=self.labels, baseline=self.baseline, method=self.method,
-                     reason=self.reason, plan=self.plan)
+                     reason=self.reason, plan=self.plan, logprobs=self.logprobs[rows])
 
 
 def merge(parts: Sequence[Sweep]) -> Sweep:
@@ -58,7 +63,8 @@ def merge(parts: Sequence[Sweep]) -> Sweep:
     return Sweep(units=tuple(u for p in parts for u in p.units),
                  predictions=np.concatenate([p.predictions for p in parts]),
                  labels=parts[0].labels, baseline=parts[0].baseline,
-                 method="+".join(methods), reason=parts[-1].reason, plan=parts[-1].plan)
+                 method="+".join(methods), reason=parts[-1].reason, plan=parts[-1].plan,
+                 logprobs=np.concatenate([p.logprobs for p in parts]))
 
 
 class Sweeps:
@@ -109,6 +115,7 @@ class Sweeps:
                 ev.paired(spec, baseline, result.baseline, f"the sweep of {check.layer}",
                           ranking)
                 return {"predictions": np.asarray(result.predictions),
+                        "logprobs": np.asarray(result.logprobs),
                         "method": result.method, "reason": result.reason,
                         "plan": result.plan}
 
@@ -133,7 +140,8 @@ class Sweeps:
         sweep = Sweep(units=chosen,
                       predictions=np.concatenate([v["predictions"] for v in parts]),
                       labels=baseline.labels, baseline=baseline, method="+".join(methods),
-                      reason=str(parts[0]["reason"]), plan=str(parts[0].get("plan", "")))
+                      reason=str(parts[0]["reason"]), plan=str(parts[0].get("plan", "")),
+                      logprobs=np.concatenate([v["logprobs"] for v in parts]))
         self._sweeps[key] = sweep
         return sweep
 

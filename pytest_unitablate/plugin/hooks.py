@@ -308,3 +308,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
             red=True)
         for r in disarmed:
             terminalreporter.write_line(f"  {r['spec']}:{r['line']}: {r['id']}")
+    weak = [r for r in records if r.get("weak")]
+    if weak:
+        terminalreporter.write_line(
+            f"unitablate: {len(weak)} threshold(s) NOT recorded: the bound would guard too "
+            f"little of the measured effect (more examples, or a log-prob constraint):",
+            red=True)
+        for r in weak:
+            terminalreporter.write_line(f"  {r['spec']}:{r['line']}: {r['id']}")

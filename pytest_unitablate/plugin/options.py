@@ -84,6 +84,12 @@ def add_options(parser: pytest.Parser) -> None:
            help="record mode never writes a min_* threshold at or below 0 (it could not "
            "fail); raise that floor, in percentage points (a relative threshold: percent). "
            "ini: unitablate_record_floor. Default: 0")
+    option("record-min-share", "share of the measured effect a recorded min_* bound must "
+           "keep (float; default 0.5)", "float", default=None, type=float, metavar="SHARE",
+           help="record mode (and discover) never write a min_* bound that keeps less than "
+           "this share of the measured effect, or that one example could meet: too few "
+           "examples for the effect. 0 turns it off. ini: unitablate_record_min_share. "
+           "Default: 0.5")
     option("cache", "on-disk evaluation cache: on or off (default: on)", default=None,
            choices=("on", "off"),
            help="reuse baselines, ablations and sweeps across xdist workers and runs, from "
@@ -161,6 +167,7 @@ class Settings:
     record_level: float
     record_floor: float  # a fraction: 0.05 for 5 pp
     full_trace: bool
+    record_min_share: float = 0.5
     cache: bool = True
     full_sweeps: bool = False
     memory_budget: int = 2 * 1024**3
@@ -207,6 +214,7 @@ def read_settings(config: pytest.Config) -> Settings:
         record_force=bool(config.getoption("unitablate_record_force")),
         record_level=float(level),
         record_floor=_floor(_typed(config, "unitablate_record_floor", float, 0.0)),
+        record_min_share=_share(_typed(config, "unitablate_record_min_share", float, 0.5)),
         full_trace=bool(_typed(config, "unitablate_full_trace", bool, False)),
         cache=cache == "on",
         full_sweeps=bool(_typed(config, "unitablate_full_sweeps", bool, False)),
@@ -234,6 +242,12 @@ def _floor(pp: float) -> float:
     if not 0.0 <= pp < 100.0:
         raise pytest.UsageError(f"--unitablate-record-floor must be in [0, 100) pp, got {pp}")
     return pp / 100.0
+
+
+def _share(share: float) -> float:
+    if not 0.0 <= share < 1.0:
+        raise pytest.UsageError(f"--unitablate-record-min-share must be in [0, 1), got {share}")
+    return share
 
 
 __all__ = ["SUMMARY_MODES", "Settings", "add_options", "parse_size", "read_settings"]

@@ -85,7 +85,8 @@ class PluginState:
                 device=s.device, seed=s.seed, full_trace=s.full_trace,
                 memory_budget=s.memory_budget, full_sweeps=s.full_sweeps,
                 plain_passes=s.plain_passes, record_mode=s.record_mode,
-                record_level=s.record_level, record_floor=s.record_floor, worker=worker,
+                record_level=s.record_level, record_floor=s.record_floor,
+                record_min_share=s.record_min_share, worker=worker,
                 rerun=self.rerun_command, run_facts=s.html is not None,
                 progress=self.progress.for_sweep if self.progress is not None else None)
             self._engine = Engine(settings, DiskStore(self.cache_dir))

@@ -28,6 +28,7 @@ from pytest_unitablate.spec.keys import (
 from pytest_unitablate.spec.model import (
     CONSTRAINT_KINDS,
     DEFAULT_MIN_SIMILARITY,
+    LOGPROB_KINDS,
     OVERALL,
     Check,
     CheckMode,
@@ -123,24 +124,29 @@ class Checks(Fields):
                 if ckey.value not in CONSTRAINT_KINDS:
                     continue
                 kind: ConstraintKind = ckey.value
-                ok, v = self.percent(cval, kind, allow_null=True)
+                logprob = kind in LOGPROB_KINDS
+                ok, v = (self.nats if logprob else self.percent)(cval, kind, allow_null=True)
                 if not ok:
                     continue
                 if v is not None:
                     bounds[kind] = v
                 constraints.append(Constraint(
                     kind=kind, threshold=v, line=ckey.line,
-                    warn_margin=extras.get("warn_margin"), confidence=extras.get("confidence"),
+                    warn_margin=None if logprob else extras.get("warn_margin"),
+                    confidence=extras.get("confidence"),
                 ))
             if not constraints and not any(
                 k.value in CONSTRAINT_KINDS for k in body.key_nodes()
             ):
                 self.err(body.line, f"target {key.value!r} has no threshold; give one of "
                          f"{', '.join(CONSTRAINT_KINDS)}")
-            for lo, hi in (("min_drop", "max_drop"), ("min_relative_drop", "max_relative_drop")):
+            for lo, hi in (("min_drop", "max_drop"), ("min_relative_drop", "max_relative_drop"),
+                           ("min_logprob_drop", "max_logprob_drop")):
                 if lo in bounds and hi in bounds and bounds[lo] > bounds[hi]:
-                    self.err(body.line, f"target {key.value!r}: {lo} {bounds[lo] * 100:g}% is "
-                             f"greater than {hi} {bounds[hi] * 100:g}%, so nothing can pass")
+                    scale, sign = (1, "") if lo in LOGPROB_KINDS else (100, "%")
+                    self.err(body.line, f"target {key.value!r}: {lo} {bounds[lo] * scale:g}"
+                             f"{sign} is greater than {hi} {bounds[hi] * scale:g}{sign}, so "
+                             f"nothing can pass")
             if target is not None:
                 out.append(Expectation(target=target, constraints=tuple(constraints),
                                        line=key.line))

@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import difflib
+import math
 import re
 
 from pytest_unitablate.errors import Problem
@@ -141,6 +142,27 @@ class Fields:
             return False, None
         null_hint = " or null (to be filled by record mode)" if allow_null else ""
         self.err(node.line, f"{what} must be a percentage like 20%{null_hint}, got "
+                 f"{node.describe()}")
+        return False, None
+
+    def nats(self, node: YNode, what: str, allow_null: bool = False
+             ) -> tuple[bool, float | None]:
+        """Parse a plain number of nats (``0.5``); returns (ok, value)."""
+        if node.kind == "scalar" and node.value is None and allow_null:
+            return True, None
+        if node.kind == "scalar" and isinstance(node.value, (int, float)) and not isinstance(
+                node.value, bool):
+            v = float(node.value)
+            if not math.isfinite(v):
+                self.err(node.line, f"{what} must be a finite number of nats, got {node.value}")
+                return False, None
+            return True, v
+        if node.kind == "scalar" and isinstance(node.value, str) and PERCENT.match(node.value):
+            self.err(node.line, f"{what} is in nats, not a percentage: write a plain number, "
+                     f"e.g. '{what}: 0.5' (a mean drop of 0.5 in log p(true class))")
+            return False, None
+        null_hint = " or null (to be filled by record mode)" if allow_null else ""
+        self.err(node.line, f"{what} must be a number of nats like 0.5{null_hint}, got "
                  f"{node.describe()}")
         return False, None
 

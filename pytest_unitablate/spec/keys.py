@@ -79,7 +79,12 @@ TARGET_KEYS: dict[str, str] = {
     "max_drop": "the drop must be at most this many percentage points, e.g. 1%",
     "min_relative_drop": "drop / baseline must be at least this, e.g. 50%",
     "max_relative_drop": "drop / baseline must be at most this",
-    "warn_margin": "warn (but pass) when within this many points of failing",
+    "min_logprob_drop": "the mean drop of log p(true class) over the target's examples must "
+                        "be at least this many nats: a plain number, e.g. 0.5",
+    "max_logprob_drop": "the mean drop of log p(true class) must be at most this many nats, "
+                        "e.g. 0.05",
+    "warn_margin": "warn (but pass) when within this many points of failing (accuracy "
+                   "constraints; log-prob constraints have no warn band)",
     "confidence": "judge the bound of this confidence interval, e.g. 95%",
 }
 ABLATION_NAMES = ("zero", "mean")

@@ -25,13 +25,18 @@ FORMAT_VERSION = 1
 #: The reserved target name for overall (all-class) accuracy.
 OVERALL = "overall"
 
-ConstraintKind = Literal["min_drop", "max_drop", "min_relative_drop", "max_relative_drop"]
+ConstraintKind = Literal["min_drop", "max_drop", "min_relative_drop", "max_relative_drop",
+                         "min_logprob_drop", "max_logprob_drop"]
 CONSTRAINT_KINDS: tuple[ConstraintKind, ...] = (
     "min_drop",
     "max_drop",
     "min_relative_drop",
     "max_relative_drop",
+    "min_logprob_drop",
+    "max_logprob_drop",
 )
+#: The constraint kinds on the log-probability of the true class: plain numbers in nats.
+LOGPROB_KINDS: tuple[ConstraintKind, ...] = ("min_logprob_drop", "max_logprob_drop")
 
 AblationKind = Literal["zero", "mean", "constant"]
 
@@ -69,7 +74,8 @@ class Constraint:
     """One threshold on one target; each constraint becomes one pytest item."""
 
     kind: ConstraintKind
-    #: fraction: 0.2 means 20 pp (or 20 % relative); None: not recorded yet (``null``)
+    #: fraction: 0.2 means 20 pp (or 20 % relative); nats for the ``*_logprob_drop``
+    #: kinds; None: not recorded yet (``null``)
     threshold: float | None
     line: int = 0
     #: Optional warn band (fraction): pass but warn when within this distance of failing.
@@ -84,6 +90,9 @@ class Constraint:
         if self.threshold is None:
             return f"{self.kind} (not recorded yet)"
         pct = self.threshold * 100
+        if self.kind in LOGPROB_KINDS:
+            op = ">=" if self.kind.startswith("min") else "<="
+            return f"log-prob drop {op} {self.threshold:.3f} nats"
         return {
             "min_drop": f"drop >= {pct:.1f} pp",
             "max_drop": f"drop <= {pct:.1f} pp",

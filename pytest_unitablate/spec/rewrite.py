@@ -67,6 +67,9 @@ class ThresholdUpdate:
 
     def comment(self) -> str:
         """The end-of-line comment written beside the threshold."""
+        if "logprob" in self.kind:
+            return (f"{COMMENT_PREFIX} measured {self.measured:.3f} nats, "
+                    f"margin {self.margin:.3f} nats")
         unit = "%" if "relative" in self.kind else " pp"
         return (
             f"{COMMENT_PREFIX} measured {self.measured * 100:.1f}{unit}, "
@@ -83,12 +86,13 @@ def _tenths(kind: str, value: float) -> int:
 
 
 def rounded_threshold(kind: str, value: float) -> float:
-    """The fraction :func:`format_threshold` writes: what the spec will hold.
+    """The fraction (nats for a log-prob kind) :func:`format_threshold` writes: what the
+    spec will hold. Log-prob thresholds round to thousandths of a nat, away from failing.
 
-    >>> rounded_threshold("min_drop", 0.12345)
-    0.123
+    >>> rounded_threshold("min_drop", 0.12345), rounded_threshold("max_logprob_drop", 0.12301)
+    (0.123, 0.124)
     """
-    return _tenths(kind, value) / 1000.0
+    return _tenths(kind, value) / 1000.0  # tenths of a percent and thousandths of a nat
 
 
 def format_threshold(kind: ConstraintKind, value: float) -> str:
@@ -102,6 +106,9 @@ def format_threshold(kind: ConstraintKind, value: float) -> str:
     >>> format_threshold("max_drop", 0.01201)
     '1.3%'
     """
+    if "logprob" in kind:
+        text = f"{_tenths(kind, value) / 1000:.3f}"
+        return "0.000" if text == "-0.000" else text
     text = f"{_tenths(kind, value) / 10:.1f}"
     if text == "-0.0":
         text = "0.0"

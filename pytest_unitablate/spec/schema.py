@@ -30,7 +30,7 @@ from pytest_unitablate.spec.keys import (
     TOP_KEYS,
     UNIT_KINDS,
 )
-from pytest_unitablate.spec.model import CONSTRAINT_KINDS, FORMAT_VERSION
+from pytest_unitablate.spec.model import CONSTRAINT_KINDS, FORMAT_VERSION, LOGPROB_KINDS
 
 PERCENT_PATTERN = r"^\s*[+-]?(\d+(\.\d*)?|\.\d+)\s*%\s*$"
 REF_PATTERN = r"^([A-Za-z_]\w*|[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)$"
@@ -51,7 +51,8 @@ def build_schema() -> dict[str, Any]:
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            key: _percent(desc, nullable=key in CONSTRAINT_KINDS)
+            key: {"description": desc, "type": ["number", "null"]} if key in LOGPROB_KINDS
+            else _percent(desc, nullable=key in CONSTRAINT_KINDS)
             for key, desc in TARGET_KEYS.items()
         },
         "anyOf": [{"required": [k]} for k in CONSTRAINT_KINDS],

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_unitablate.spec.model import OVERALL, Constraint
-from pytest_unitablate.verdicts.measure import DEFAULT_LEVEL, Measurement, Verdict
+from pytest_unitablate.verdicts.measure import DEFAULT_LEVEL, Measurement, Verdict, drop_text
 
 
 def pct(x: float | None) -> str:
@@ -63,24 +63,41 @@ def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
     if ctx.deciding is not None:
         label = f"deciding {ctx.noun}" + ("" if len(ctx.deciding) == 1 else "s")
         unit_text = f"   {label}: {', '.join(map(str, ctx.deciding))}"
-    hits_before = m.table.a + m.table.b
-    hits_after = m.table.a + m.table.c
     lo, hi = m.ci
     required = constraint.describe()
-    relative = "relative" in constraint.kind
-    lines = [
-        headline(ctx, constraint, m),
-        f"{ctx.where}: {ctx.head} ({ctx.ablation} ablation): {what} must have {required}",
-        f"  baseline {pct(m.baseline)}% ({hits_before}/{m.n})   ablated {pct(m.ablated)}% "
-        f"({hits_after}/{m.n})   n={m.n}{unit_text}",
-        f"  drop     {pct(m.drop)} pp   {m.ci_level * 100:g}% CI [{pct(lo)}, {pct(hi)}] pp "
-        f"(paired, Newcombe)   required {required}   missed by {-verdict.margin * 100:.1f} "
-        f"{'points' if relative else 'pp'} (judged on the {verdict.by})",
-    ]
-    if relative:
-        lines.append(f"  relative drop {pct(m.value(constraint.kind))}% of the baseline")
-    lines.append(f"  McNemar exact p={m.p_value:.3g} ({m.table.b} flipped to wrong, "
-                 f"{m.table.c} to right)")
+    kind = constraint.kind
+    relative = "relative" in kind
+    if m.metric == "logprob":
+        assert m.diffs is not None
+        what = "the examples" if ctx.target == OVERALL else f"the examples of {ctx.target!r}"
+        lines = [
+            headline(ctx, constraint, m),
+            f"{ctx.where}: {ctx.head} ({ctx.ablation} ablation): {what} must have {required}",
+            f"  mean log p(true class): baseline {m.baseline:.3f}   ablated {m.ablated:.3f} "
+            f"nats   n={m.n}{unit_text}",
+            f"  drop     {m.drop:.3f} nats   {m.ci_level * 100:g}% CI [{lo:.3f}, {hi:.3f}] "
+            f"nats (paired t)   required {required}   missed by {-verdict.margin:.3f} nats "
+            f"(judged on the {verdict.by})",
+            f"  paired t-test p={m.p_value:.3g} (sd of the per-example drops "
+            f"{m.diffs.sd:.3f} nats)",
+        ]
+    else:
+        table = m.table
+        assert table is not None
+        lines = [
+            headline(ctx, constraint, m),
+            f"{ctx.where}: {ctx.head} ({ctx.ablation} ablation): {what} must have {required}",
+            f"  baseline {pct(m.baseline)}% ({table.a + table.b}/{m.n})   ablated "
+            f"{pct(m.ablated)}% ({table.a + table.c}/{m.n})   n={m.n}{unit_text}",
+            f"  drop     {pct(m.drop)} pp   {m.ci_level * 100:g}% CI [{pct(lo)}, {pct(hi)}] pp "
+            f"(paired, Newcombe)   required {required}   missed by "
+            f"{-verdict.margin * 100:.1f} {'points' if relative else 'pp'} (judged on the "
+            f"{verdict.by})",
+        ]
+        if relative:
+            lines.append(f"  relative drop {pct(m.value(kind))}% of the baseline")
+        lines.append(f"  McNemar exact p={m.p_value:.3g} ({table.b} flipped to wrong, "
+                     f"{table.c} to right)")
     lines.extend(f"  {note}" for note in ctx.notes)
     lines.append(f"  To re-record: {ctx.hint}")
     return "\n".join(lines)
@@ -89,7 +106,8 @@ def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
 def headline(ctx: FailureContext, constraint: Constraint, m: Measurement) -> str:
     """The first line of a failure: what was ablated, the target, the measured value and
     what it needed, in the units of the constraint (pp for a drop, % of the baseline for a
-    relative drop). pytest's short test summary shows this line.
+    relative drop, nats for a log-probability drop). pytest's short test summary shows
+    this line.
 
     >>> from pytest_unitablate.spec.model import Constraint
     >>> m = Measurement.from_correct([True] * 4, [True, True, True, False])
@@ -99,11 +117,15 @@ def headline(ctx: FailureContext, constraint: Constraint, m: Measurement) -> str
     'layer3.0-u0 four: relative drop 25.0%, needs >= 50.0%'
     """
     op = ">=" if constraint.kind.startswith("min") else "<="
-    needs = "n/a" if constraint.threshold is None else f"{constraint.threshold * 100:.1f}"
-    if "relative" in constraint.kind:
-        value = f"relative drop {pct(m.value(constraint.kind))}%"
-        return f"{ctx.head} {ctx.target}: {value}, needs {op} {needs}%"
-    return f"{ctx.head} {ctx.target}: drop {pct(m.drop)} pp, needs {op} {needs} pp"
+    kind = constraint.kind
+    needs = drop_text(kind, constraint.threshold)
+    value = drop_text(kind, m.value(kind))
+    label = "log-prob drop" if m.metric == "logprob" else _what_drop(kind)
+    return f"{ctx.head} {ctx.target}: {label} {value}, needs {op} {needs}"
+
+
+def _what_drop(kind: str) -> str:
+    return "relative drop" if "relative" in kind else "drop"
 
 
 #: The ``path:line: `` a located message starts with.
@@ -141,33 +163,93 @@ def disarmed_text(ctx: FailureContext, kind: str, m: Measurement, reason: str,
     s.yaml:9: layer3.0-u0 no longer carries class 'four' (drop 0.0 pp, 95%
     """
     what = "overall accuracy" if ctx.target == OVERALL else f"class {ctx.target!r}"
-    lo, hi = m.ci
-    level = f"{m.ci_level * 100:g}% CI [{pct(lo)}, {pct(hi)}] pp"
+    measured = _measured(kind, m)
     floor = "record floor" in reason
     if kind.startswith("min"):
         verb = ("carries too little of" if floor else
                 "does not carry" if first else "no longer carries")
-        head = f"{ctx.head} {verb} {what} (drop {pct(m.drop)} pp, {level})"
+        head = f"{ctx.head} {verb} {what} ({measured})"
         advice = "Remove this check or choose another unit."
     else:
-        head = f"{ctx.head} damages {what} too much to bound (drop {pct(m.drop)} pp, {level})"
+        head = f"{ctx.head} damages {what} too much to bound ({measured})"
         advice = "Keep the old threshold or remove this check."
     why = "" if floor else "; such a threshold could never fail"
     return f"{ctx.where}: {head}: not recorded, because {reason}{why}. {advice}"
+
+
+def _measured(kind: str, m: Measurement) -> str:
+    """``drop 10.3 pp, 95% CI [1.6, 19.0] pp`` in the units of ``kind``."""
+    lo, hi = m.ci
+    unit = " nats" if m.metric == "logprob" else " pp"
+    plain = _plain(kind)
+
+    def bare(x: float) -> str:
+        return drop_text(plain, x).rsplit(" ", 1)[0]
+
+    return (f"{'log-prob drop' if m.metric == 'logprob' else 'drop'} "
+            f"{drop_text(plain, m.drop)}, {m.ci_level * 100:g}% CI [{bare(lo)}, {bare(hi)}]"
+            f"{unit}")
+
+
+def _plain(kind: str) -> str:
+    """The absolute kind of the same metric (intervals are of the drop, not relative)."""
+    return "min_logprob_drop" if "logprob" in kind else "min_drop"
+
+
+def weak_text(ctx: FailureContext, kind: str, m: Measurement, reason: str,
+              needed: int | None, other: Measurement | None, share: float) -> str:
+    """The failure of an item whose recorded ``min_*`` bound would guard too little of the
+    effect (not written): the effect, n, how many examples would make a guard, and what
+    the other measure shows for the same ablation (``other``).
+
+    >>> from pytest_unitablate.verdicts.measure import Measurement
+    >>> m = Measurement.from_correct([True] * 58, [True] * 52 + [False] * 6)
+    >>> o = Measurement.from_logprob([-0.1] * 58, [-0.1] * 40 + [-1.5] * 18)
+    >>> ctx = FailureContext(where="s.yaml:9", head="blocks.1.mlp-u7", ablation="zero",
+    ...                      target="eight", hint="cmd")
+    >>> text = weak_text(ctx, "min_drop", m, "a min_drop of 1.6 pp keeps 15% ...", 150, o, 0.5)
+    >>> print(text.splitlines()[0])
+    blocks.1.mlp-u7 eight: drop 10.3 pp on 58 examples is too uncertain to guard: not recorded
+    """
+    what = "overall accuracy" if ctx.target == OVERALL else f"class {ctx.target!r}"
+    lines = [f"{ctx.head} {ctx.target}: {_measured(kind, m).split(',')[0]} on {m.n} examples "
+             f"is too uncertain to guard: not recorded",
+             f"{ctx.where}: {ctx.head} carries {what} ({_measured(kind, m)}, n={m.n}), but "
+             f"a guard would be weak: not recorded",
+             f"  {reason}: a retrain could lose over {1 - share:.0%} of the effect and "
+             f"still pass."]
+    fixes = []
+    if needed is not None:
+        fixes.append(f"evaluate on about {needed} examples of the target (now {m.n})")
+    if other is not None and other.metric != m.metric:
+        alt = "min_logprob_drop" if other.metric == "logprob" else "min_drop"
+        lo = other.bound(alt, other.ci_level)
+        keeps = lo / other.drop if other.drop > 0 else float("nan")
+        good = other.drop > 0 and keeps >= share
+        fixes.append(f"guard it with {alt}: the same ablation shows {_measured(alt, other)}"
+                     + (f", a bound of {drop_text(alt, lo)} keeps {keeps:.0%} of it"
+                        if good else ", no stronger"))
+    if fixes:
+        lines.append("  To guard it: " + "; or ".join(fixes) + ".")
+    lines.append("  (--unitablate-record-min-share sets the share a recorded bound must "
+                 "keep; 0 turns this off.)")
+    return "\n".join(lines)
 
 
 def missing_threshold_text(where: str, item_id: str, kind: str, m: Measurement,
                            hint: str) -> str:
     """The message of an item whose threshold is still ``null``."""
     return (f"{where}: {item_id}: no threshold recorded yet ({kind}: null); "
-            f"measured drop {pct(m.drop)} pp\n  To record it: {hint}")
+            f"measured {'log-prob drop' if m.metric == 'logprob' else 'drop'} "
+            f"{drop_text(_plain(kind), m.drop)}\n  To record it: {hint}")
 
 
 def warn_text(where: str, item_id: str, constraint: Constraint, verdict: Verdict) -> str:
     """The warning of an expectation that passed inside its warn band."""
-    band = constraint.warn_margin * 100 if constraint.warn_margin else 0
-    return (f"{where}: {item_id} passes by only {verdict.margin * 100:.1f} pp "
-            f"(warn_margin {band:g}%)")
+    kind = constraint.kind
+    band = f"{(constraint.warn_margin or 0.0) * 100:g}%"
+    return (f"{where}: {item_id} passes by only {drop_text(_plain(kind), verdict.margin)} "
+            f"(warn_margin {band})")
 
 
 def unsupportable_text(where: str, item_id: str, constraint: Constraint, hits: int,
@@ -184,8 +266,8 @@ def unsupportable_text(where: str, item_id: str, constraint: Constraint, hits: i
     True
     """
     c = constraint
-    if c.threshold is None or not c.kind.startswith("min"):
-        return None
+    if c.threshold is None or not c.kind.startswith("min") or "logprob" in c.kind:
+        return None  # a log-probability can always fall further
     best = Measurement.from_correct([True] * hits + [False] * (n - hits), [False] * n,
                                     level=c.confidence or DEFAULT_LEVEL)
     reach = best.bound(c.kind, c.confidence) if c.confidence else best.value(c.kind)
@@ -245,4 +327,5 @@ __all__ = [
     "problem_text",
     "unsupportable_text",
     "warn_text",
+    "weak_text",
 ]

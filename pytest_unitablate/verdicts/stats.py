@@ -144,3 +144,124 @@ def mcnemar_exact_p(table: PairedTable) -> float:
 def relative(value: float, baseline: float) -> float:
     """``value / baseline``; the caller checks ``baseline > 0``."""
     return value / baseline
+
+
+@dataclass(frozen=True)
+class PairedDiffs:
+    """Summary of paired per-example values (the log-probability of the true class) before
+    and after an ablation: ``n``, the two means, and the mean and standard deviation
+    (``n - 1`` denominator) of the per-example drops ``before - after``.
+
+    >>> d = PairedDiffs.from_values([-0.1, -0.2, -0.3], [-0.5, -0.4, -0.9])
+    >>> round(d.mean, 4), round(d.sd, 4)
+    (0.4, 0.2)
+    """
+
+    n: int
+    before: float
+    after: float
+    mean: float
+    sd: float
+
+    @classmethod
+    def from_values(cls, before: Sequence[float], after: Sequence[float]) -> PairedDiffs:
+        if len(before) != len(after):
+            raise ValueError(f"paired samples differ in length: {len(before)} vs {len(after)}")
+        n = len(before)
+        if n == 0:
+            raise ValueError("no examples: a paired drop needs at least one")
+        diffs = [float(x) - float(y) for x, y in zip(before, after, strict=True)]
+        mean = math.fsum(diffs) / n
+        var = math.fsum((d - mean) ** 2 for d in diffs) / (n - 1) if n > 1 else math.nan
+        return cls(n=n, before=math.fsum(map(float, before)) / n,
+                   after=math.fsum(map(float, after)) / n, mean=mean, sd=math.sqrt(var))
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)),
+                   -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function ``I_x(a, b)``."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(stat: float, df: int) -> float:
+    """``P(|T| >= |stat|)`` for Student's t with ``df`` degrees of freedom.
+
+    >>> round(t_two_sided_p(2.0, 10), 5)
+    0.07339
+    """
+    return _betainc(df / 2.0, 0.5, df / (df + stat * stat))
+
+
+def t_quantile(level: float, df: int) -> float:
+    """The two-sided Student-t quantile: ``P(|T| <= q) = level`` (bisection, 1e-12).
+
+    >>> round(t_quantile(0.95, 10), 4), round(t_quantile(0.95, 1000), 4)
+    (2.2281, 1.9623)
+    """
+    lo, hi = 0.0, 1.0
+    while t_two_sided_p(hi, df) > 1.0 - level:
+        hi *= 2.0
+    while hi - lo > 1e-12 * max(1.0, hi):
+        mid = (lo + hi) / 2.0
+        if t_two_sided_p(mid, df) > 1.0 - level:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2.0
+
+
+def mean_drop_ci(d: PairedDiffs, level: float = 0.95) -> tuple[float, float]:
+    """Student's t interval of the mean per-example drop: ``mean +- t * sd / sqrt(n)``.
+
+    Unbounded with fewer than two examples; a single point when every drop is equal.
+
+    >>> [round(v, 3) for v in mean_drop_ci(PairedDiffs(n=10, before=0, after=0, mean=0.5, sd=1.0))]
+    [-0.215, 1.215]
+    """
+    z_value(level)  # the same check of the level as every interval
+    if d.n < 2:
+        return -math.inf, math.inf
+    half = t_quantile(level, d.n - 1) * d.sd / math.sqrt(d.n)
+    return d.mean - half, d.mean + half
+
+
+def paired_t_p(d: PairedDiffs) -> float:
+    """Two-sided p-value of the paired t-test of "the mean drop is 0" (the test that the
+    interval of :func:`mean_drop_ci` inverts: p < 1 - level exactly when it excludes 0).
+
+    >>> round(paired_t_p(PairedDiffs(n=10, before=0, after=0, mean=0.5, sd=1.0)), 4)
+    0.1483
+    """
+    if d.n < 2:
+        return 1.0
+    if d.sd == 0.0:
+        return 1.0 if d.mean == 0.0 else 0.0
+    stat = d.mean / (d.sd / math.sqrt(d.n))
+    return min(1.0, t_two_sided_p(stat, d.n - 1))

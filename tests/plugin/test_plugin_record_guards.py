@@ -82,8 +82,39 @@ def test_a_record_floor_refuses_weak_bounds(tiny: pytest.Pytester) -> None:
                                "of 11.0 pp is below the record floor of 12.0 pp. Remove*"])
     assert _thresholds(path)[(0, "overall", "min_drop")] is None
     low = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-record-mode=new",
-                         "-o", "unitablate_record_floor=10")
+                         "-o", "unitablate_record_floor=10", "--unitablate-record-min-share=0")
     low.assert_outcomes(passed=1)
+    assert _thresholds(path)[(0, "overall", "min_drop")] == pytest.approx(0.110)
+
+
+def test_a_bound_that_keeps_too_little_of_the_effect_is_not_recorded(
+        tiny: pytest.Pytester) -> None:
+    body = """\
+        checks:
+          - layer: hidden
+            units: [1]
+            expect:
+              overall: {min_drop: null}   # 25 pp, 95% lower bound 11.1 pp: 44% of it
+        """
+    path = spec(tiny, body)
+    before = path.read_bytes()
+    weak = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-record-mode=new")
+    weak.assert_outcomes(failed=1)
+    weak.stdout.fnmatch_lines([
+        "hidden-u1 overall: drop 25.0 pp on 40 examples is too uncertain to guard: not "
+        "recorded",
+        "*hidden-u1 carries overall accuracy (drop 25.0 pp, 95% CI [[]11.*] pp, n=40), but a "
+        "guard would be weak: not recorded*",
+        "*a min_drop of 11.0 pp keeps 44% of the measured drop of 25.0 pp (less than 50%)*",
+        "*To guard it: evaluate on about * examples of the target*guard it with "
+        "min_logprob_drop: the same ablation shows log-prob drop *",
+        "*1 threshold(s) NOT recorded: the bound would guard too little*",
+        "*spec.yaml:*: *hidden-u1*"])
+    assert path.read_bytes() == before
+    report = tiny.path / "r.json"
+    ok = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-record-mode=new",
+                        "--unitablate-record-min-share=0.4", f"--unitablate-report={report}")
+    ok.assert_outcomes(passed=1)
     assert _thresholds(path)[(0, "overall", "min_drop")] == pytest.approx(0.110)
 
 

@@ -109,6 +109,8 @@ class ScanResult:
     method: str
     reason: str = ""
     plan: str = ""
+    #: log-probability of the true class, ``[unit position, example]`` (nats, float32)
+    logprobs: npt.NDArray[np.float32] | None = None
 
     @property
     def correct(self) -> npt.NDArray[np.bool_]:
@@ -232,14 +234,16 @@ def scan(
     if not chosen:  # nothing to ablate: the baseline alone
         base = evaluate(model, data, device=target, batch_size=batch_size, output=output)
         return ScanResult(layer, chosen, np.zeros((0, base.n), dtype=np.int64), base.labels,
-                          base, "naive", "no units to scan")
+                          base, "naive", "no units to scan",
+                          logprobs=np.zeros((0, base.n), dtype=np.float32))
     tick = _progress(progress, len(chosen), count_examples(data), f"scan {layer}")
     try:  # the bar goes away even when a batch raises
         def result(out: Any, method_name: str, why: str = "") -> ScanResult:
             base = EvalResult(labels=out.labels, predictions=out.baseline,
-                              num_classes=out.num_classes, fingerprint=out.fingerprint)
+                              num_classes=out.num_classes, fingerprint=out.fingerprint,
+                              logprob=out.baseline_logprob)
             return ScanResult(layer, chosen, out.predictions, out.labels, base, method_name, why,
-                              out.plan)
+                              out.plan, out.logprobs)
 
         head = None
         reason = ""
@@ -310,6 +314,7 @@ def scan(
         tick.restart()
         baseline = evaluate(model, data, device=target, batch_size=batch_size, output=output)
         rows = []
+        lp_rows = []
         for variant in variants:
             with ablate(model, {layer: list(variant)}, ablation=ablation, means=means,
                         channel_dim=channel_dim, unit=unit, num_heads=num_heads):
@@ -317,9 +322,12 @@ def scan(
                 check_paired(baseline, ablated,
                              f"the pass with {layer} units {list(variant)} ablated")
                 rows.append(ablated.predictions)
+                lp_rows.append(ablated.true_logprob)
             tick(baseline.n)
         preds_naive = np.stack(rows) if rows else np.zeros((0, baseline.n), dtype=np.int64)
-        return ScanResult(layer, chosen, preds_naive, baseline.labels, baseline, "naive", reason)
+        lp_naive = np.stack(lp_rows) if lp_rows else np.zeros((0, baseline.n), dtype=np.float32)
+        return ScanResult(layer, chosen, preds_naive, baseline.labels, baseline, "naive", reason,
+                          logprobs=lp_naive)
     finally:
         tick.close()
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from pytest_unitablate.core.ablation import ablate
 from pytest_unitablate.core.data import iter_batches
-from pytest_unitablate.core.evaluation import eval_mode, logits_agree
+from pytest_unitablate.core.evaluation import eval_mode, logits_agree, true_logprob
 from pytest_unitablate.core.layers import require_single_call, resolve_layer
 from pytest_unitablate.core.scan.collect import Collector, replacement_values
 from pytest_unitablate.core.scan.split import trace_keeping
@@ -87,16 +87,20 @@ def _shifted(logits: torch.Tensor, diff: torch.Tensor, weight: torch.Tensor,
 
 
 def _closed_form_batch(logits: torch.Tensor, pooled: torch.Tensor, weight: torch.Tensor,
-                       repl: torch.Tensor, variants: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Predictions (n_variants, batch) from the exact logit shifts."""
+                       repl: torch.Tensor, variants: Sequence[Sequence[int]], labels: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predictions and log p(true) ``(n_variants, batch)`` from the exact logit shifts."""
     if all(len(v) == 1 for v in variants):  # one unit per row: all rows in one product
         idx = torch.as_tensor([v[0] for v in variants], device=pooled.device)
         # delta[u, n, :] = -W[:, u] * (pooled[n, u] - r_u)
         diff = pooled[:, idx] - repl[idx][None, :]  # (batch, U)
         shifted = logits[None, :, :] - diff.T[:, :, None] * weight[:, idx].T[:, None, :]
-        return shifted.argmax(dim=2)
-    diff = pooled - repl[None, :]
-    return torch.stack([_shifted(logits, diff, weight, v).argmax(dim=1) for v in variants])
+    else:
+        diff = pooled - repl[None, :]
+        shifted = torch.stack([_shifted(logits, diff, weight, v) for v in variants])
+    k, batch, width = shifted.shape
+    lp = true_logprob(shifted.reshape(k * batch, width), labels).view(k, batch)
+    return shifted.argmax(dim=2), lp
 
 
 def scan_closed_form(model: nn.Module, data: Any, layer: str,
@@ -118,6 +122,7 @@ def scan_closed_form(model: nn.Module, data: Any, layer: str,
     weight = head.weight.detach()
     collector = Collector(output)
     out: list[torch.Tensor] = []
+    out_lp: list[torch.Tensor] = []
     verified = False
     handle = module.register_forward_hook(hook)
     try:
@@ -132,7 +137,8 @@ def scan_closed_form(model: nn.Module, data: Any, layer: str,
                 require_single_call(model, layer, calls[0])
                 pooled = captured[0].to(logits.dtype)
                 repl = replacement_values(ablation, means, layer, pooled, 1)
-                preds = _closed_form_batch(logits, pooled, weight, repl, variants)
+                preds, lps = _closed_form_batch(logits, pooled, weight, repl, variants,
+                                                labels)
                 if not verified:
                     handle.remove()
                     if not _verify(model, layer, inputs, logits, pooled, weight, repl,
@@ -141,11 +147,12 @@ def scan_closed_form(model: nn.Module, data: Any, layer: str,
                     verified = True
                     handle = module.register_forward_hook(hook)
                 out.append(preds.cpu())
+                out_lp.append(lps.cpu())
                 if progress is not None:
                     progress(len(variants) * int(labels.shape[0]))
     finally:
         handle.remove()
-    return collector.finish(out)
+    return collector.finish(out, out_lp)
 
 
 def _verify(model: nn.Module, layer: str, inputs: torch.Tensor, logits: torch.Tensor,

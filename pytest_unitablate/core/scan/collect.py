@@ -19,7 +19,7 @@ import torch
 
 from pytest_unitablate.core.ablation import check_means
 from pytest_unitablate.core.data import PassDigest
-from pytest_unitablate.core.evaluation import checked_logits
+from pytest_unitablate.core.evaluation import checked_logits, true_logprob
 
 
 @dataclass
@@ -32,6 +32,8 @@ class EngineOutput:
     num_classes: int
     fingerprint: str = ""
     plan: str = ""  # the prefix engine's units and examples per suffix pass, and why
+    logprobs: npt.NDArray[np.float32] | None = None  # (n_units, n_examples) log p(true)
+    baseline_logprob: npt.NDArray[np.float32] | None = None  # (n_examples,)
 
 
 class Collector:
@@ -40,6 +42,7 @@ class Collector:
     def __init__(self, output: int | str | None = None) -> None:
         self.output = output
         self.base: list[torch.Tensor] = []
+        self.base_lp: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
         self.width: int | None = None
         self.digest = PassDigest()
@@ -52,10 +55,13 @@ class Collector:
                                 None if picked else self.output)
         self.width = int(logits.shape[1])
         self.base.append(logits.argmax(dim=1).cpu())
+        self.base_lp.append(true_logprob(logits, labels).cpu())
         self.labels.append(labels.cpu())
         return logits
 
-    def finish(self, columns: list[torch.Tensor]) -> EngineOutput:
+    def finish(self, columns: list[torch.Tensor], lp_columns: list[torch.Tensor]
+               ) -> EngineOutput:
+        """The pass's output from per-batch ``(units, batch)`` predictions and log p(true)."""
         assert self.width is not None
         return EngineOutput(
             predictions=torch.cat(columns, dim=1).numpy().astype(np.int64),
@@ -63,6 +69,8 @@ class Collector:
             labels=torch.cat(self.labels).numpy().astype(np.int64),
             num_classes=self.width,
             fingerprint=self.digest.hexdigest(),
+            logprobs=torch.cat(lp_columns, dim=1).numpy().astype(np.float32),
+            baseline_logprob=torch.cat(self.base_lp).numpy().astype(np.float32),
         )
 
 

@@ -27,7 +27,12 @@ from torch import nn
 
 from pytest_unitablate.core.ablation import ablate
 from pytest_unitablate.core.data import iter_batches
-from pytest_unitablate.core.evaluation import eval_mode, logits_agree, select_logits
+from pytest_unitablate.core.evaluation import (
+    eval_mode,
+    logits_agree,
+    select_logits,
+    true_logprob,
+)
 from pytest_unitablate.core.heads import ablation_edit, editing_heads, head_site
 from pytest_unitablate.core.scan.collect import Collector, EngineOutput
 from pytest_unitablate.core.scan.plan import slower_than_naive
@@ -67,6 +72,7 @@ def scan_heads(model: nn.Module, split: Split, data: Any, layer: str,
     edits = [ablation_edit(site, v, ablation, mean) for v in variants]
     collector = Collector(output)
     columns: list[torch.Tensor] = []
+    lp_columns: list[torch.Tensor] = []
     with eval_mode(model), eval_mode(split.prefix), eval_mode(split.suffix):
         for index, (inputs, labels) in enumerate(
                 iter_batches(data, batch_size=batch_size, device=device,
@@ -77,6 +83,7 @@ def scan_heads(model: nn.Module, split: Split, data: Any, layer: str,
             collector.add(index, split.suffix(*_copies(produced)), labels)
             whole_time = time.perf_counter() - began  # what one naive forward costs
             predictions = torch.empty(len(variants), inputs.shape[0], dtype=torch.int64)
+            logprobs = torch.empty(len(variants), inputs.shape[0], dtype=torch.float32)
             for row, (variant, edit) in enumerate(zip(variants, edits, strict=True)):
                 began = time.perf_counter()
                 with editing_heads(site, edit):
@@ -94,10 +101,12 @@ def scan_heads(model: nn.Module, split: Split, data: Any, layer: str,
                         output):
                     return "the split network did not match a real ablated forward"
                 predictions[row] = logits.argmax(dim=1).cpu()
+                logprobs[row] = true_logprob(logits, labels).cpu()
                 if progress is not None:
                     progress(int(labels.shape[0]))
             columns.append(predictions)
-    return collector.finish(columns)
+            lp_columns.append(logprobs)
+    return collector.finish(columns, lp_columns)
 
 
 def _copies(values: Sequence[Any]) -> list[Any]:

@@ -24,7 +24,12 @@ from torch import fx, nn
 
 from pytest_unitablate.core.ablation import ablate
 from pytest_unitablate.core.data import iter_batches
-from pytest_unitablate.core.evaluation import eval_mode, logits_agree, select_logits
+from pytest_unitablate.core.evaluation import (
+    eval_mode,
+    logits_agree,
+    select_logits,
+    true_logprob,
+)
 from pytest_unitablate.core.scan.collect import (
     Collector,
     EngineOutput,
@@ -115,6 +120,7 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
     kept = cache.get(model, data, layer, device, batch_size) if cache is not None else None
     recording = cache.recorder() if cache is not None and kept is None else None
     columns: list[torch.Tensor] = []
+    lp_columns: list[torch.Tensor] = []
     collector = Collector(output)
     # the entry convolutions' one-channel shortcut serves one unit per copy
     single = all(len(v) == 1 for v in units)
@@ -193,6 +199,7 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                 else:
                     calibration = Calibration(most)
             predictions = torch.empty(len(units), batch, dtype=torch.int64)
+            logprobs = torch.empty(len(units), batch, dtype=torch.float32)
             for first in range(0, batch, examples):
                 rows = slice(first, min(batch, first + examples))
                 size = rows.stop - rows.start
@@ -235,13 +242,16 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                                         f"forward (the naive loop), with "
                                         f"{plan.describe()}")
                     predictions[pos:pos + len(chunk), rows] = predicted
+                    logprobs[pos:pos + len(chunk), rows] = true_logprob(
+                        logits, labels[rows]).view(len(chunk), size).cpu()
                     pos += len(chunk)
                     if progress is not None:
                         progress(len(chunk) * size)
             columns.append(predictions)
+            lp_columns.append(logprobs)
     if plan is None and calibration is not None:  # too little work to finish measuring
         plan = measured(calibration.chosen)
-    result = collector.finish(columns)
+    result = collector.finish(columns, lp_columns)
     if kept is not None:
         kept.check_pass(result.fingerprint, len(columns))
     if cache is not None and recording is not None:
