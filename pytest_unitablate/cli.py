@@ -108,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--confidence", type=_level, default=0.95, metavar="LEVEL",
                    help="level of the paired intervals whose bounds become thresholds, as in "
                    "a spec: 95%% (or 0.95; default 95%%)")
+    d.add_argument("--min-share", type=float, default=0.5, metavar="SHARE",
+                   help="leave out a lower bound that keeps less than this share of its "
+                   "measured drop, or that one example meets (default 0.5; 0: keep all)")
     d.add_argument("--out", type=Path, required=True, help="spec file to write")
     d.add_argument("--force", action="store_true", help="replace an existing file")
     d.add_argument("--identity", action="store_true", help="protect the named units by "
@@ -329,7 +332,8 @@ def discover(args: argparse.Namespace) -> int:
         text = write_spec(args.model, args.data, args.layer, args.out, classes=classes,
                           top=args.top, level=args.confidence, overwrite=args.force,
                           identity=args.identity, unit=args.unit,
-                          channel_dim=args.channel_dim, num_heads=args.num_heads)
+                          channel_dim=args.channel_dim, num_heads=args.num_heads,
+                          min_share=args.min_share)
     except (UnitAblateError, FileExistsError, ValueError, ImportError, AttributeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

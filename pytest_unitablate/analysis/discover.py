@@ -5,8 +5,10 @@ Scans the given layers (every unit ablated alone), picks the most class-specific
 bounds of paired confidence intervals, so the spec passes on the model it came from and
 tolerates sampling noise on a retrain of the same data:
 
-* one named-unit check per chosen unit: ``min_drop`` on its class (lower bound) and
-  ``max_drop`` on overall accuracy (upper bound);
+* one named-unit check per chosen unit: ``min_drop`` and ``min_logprob_drop`` on its
+  class (lower bounds) and ``max_drop`` on overall accuracy (upper bound); a lower bound
+  that keeps less than ``min_share`` of its measured drop (or that one example meets) is
+  not written, and the comment says so;
 * per layer, an ``every_unit`` guard on overall accuracy (the largest upper bound) and an
   ``any_unit`` check for each chosen class, which survives a retrain that renumbers units.
 
@@ -22,13 +24,18 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from pytest_unitablate.atomic import atomic_write
-from pytest_unitablate.spec.rewrite import format_threshold
-from pytest_unitablate.verdicts.measure import Measurement
+from pytest_unitablate.spec.rewrite import format_threshold, rounded_threshold
+from pytest_unitablate.verdicts.measure import (
+    DEFAULT_MIN_SHARE,
+    Measurement,
+    vacuous_threshold,
+    weak_threshold,
+)
 
 
 def load_reference(ref: str) -> Any:
@@ -52,6 +59,12 @@ class Finding:
     drop: float
     low: float
     overall_high: float
+    #: the same unit and class under the log-probability measure (nats)
+    lp_drop: float = math.nan
+    lp_low: float = math.nan
+    #: why a min_drop / min_logprob_drop bound is too weak to write ("" when it is not)
+    weak: str = ""
+    lp_weak: str = ""
 
 
 @dataclass(frozen=True)
@@ -79,10 +92,12 @@ class Addressing:
 
 def find_units(model: Any, data: Any, layers: Sequence[str], *, top: int = 5,
                level: float = 0.95, min_low: float = 0.05,
-               addressing: Addressing = Addressing()) -> tuple[list[Finding],
-                                                               dict[str, float]]:
+               addressing: Addressing = Addressing(), min_share: float = DEFAULT_MIN_SHARE
+               ) -> tuple[list[Finding], dict[str, float]]:
     """The ``top`` most class-specific units over ``layers``, and each layer's largest
-    overall-drop upper bound (for an ``every_unit`` guard)."""
+    overall-drop upper bound (for an ``every_unit`` guard). Each finding carries the
+    log-probability drop of the same unit and class, and why either bound would be weak
+    (:func:`~pytest_unitablate.verdicts.measure.weak_threshold` with ``min_share``)."""
     from pytest_unitablate.core.scan import scan
 
     findings: list[Finding] = []
@@ -91,6 +106,7 @@ def find_units(model: Any, data: Any, layers: Sequence[str], *, top: int = 5,
         result = scan(model, data, layer, **addressing.scan_args(model, data, layer))
         base = result.baseline.correct
         labels = result.labels
+        assert result.logprobs is not None  # every engine keeps them
         worst_high = -1.0
         for i in range(len(result.units)):  # a full scan: row i is unit i alone
             unit = i
@@ -106,10 +122,24 @@ def find_units(model: Any, data: Any, layers: Sequence[str], *, top: int = 5,
                 if best is None or m.ci[0] > best.low:
                     best = Finding(layer, unit, k, m.drop, m.ci[0], overall.ci[1])
             if best is not None and best.low >= min_low:
+                mask = labels == best.target
+                lp = Measurement.from_logprob(result.baseline.true_logprob[mask],
+                                              result.logprobs[i][mask], level=level)
+                acc = Measurement.from_correct(base[mask], after[mask], level=level)
+                best = replace(
+                    best, lp_drop=lp.drop, lp_low=lp.ci[0],
+                    weak=_weak("min_drop", best.low, acc, min_share),
+                    lp_weak=_weak("min_logprob_drop", lp.ci[0], lp, min_share))
                 findings.append(best)
         guards[layer] = worst_high
     findings.sort(key=lambda f: (-f.low, f.layer, f.unit))
     return findings[:top], guards
+
+
+def _weak(kind: str, bound: float, m: Measurement, share: float) -> str:
+    written = rounded_threshold(kind, bound)
+    return vacuous_threshold(kind, written, m.baseline) or \
+        weak_threshold(kind, written, m, share) or ""
 
 
 def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
@@ -123,8 +153,10 @@ def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
 
     lines = [
         "# Starter spec written by `python -m pytest_unitablate discover`.",
-        f"# Thresholds are {level * 100:g}% paired confidence bounds (Newcombe) of the",
-        "# measured drops: lower bounds for min_drop, upper bounds for max_drop.",
+        f"# Thresholds are {level * 100:g}% paired confidence bounds of the measured drops",
+        "# (Newcombe for accuracy in pp, Student's t for log p(true class) in nats):",
+        "# lower bounds for min_*, upper bounds for max_*. A lower bound that keeps less",
+        "# than half of its drop, or that one example meets, is left out (too weak).",
         "unitablate: 1",
         f"model: {model_ref}",
         f"data: {data_ref}",
@@ -148,15 +180,17 @@ def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
                      f"# written by discover (identity: signature)")
     lines.append("checks:")
     for f in findings:
+        guards_of = [f"{name(f.target)}: {{{_bounds(f)}}}"] if _bounds(f) else []
         lines += [
             f"  # {noun} {f.unit} of {f.layer}: class {name(f.target)} drops "
-            f"{f.drop * 100:.1f} pp",
+            f"{f.drop * 100:.1f} pp, log p(true) drops {f.lp_drop:.3f} nats",
+            *[f"  # not written: {why}" for why in (f.weak, f.lp_weak) if why],
             f"  - layer: {f.layer}",
             *heads,
             f"    units: [{f.unit}]",
             *(["    identity: signature"] if signatures is not None else []),
             "    expect:",
-            f"      {name(f.target)}: {{min_drop: {format_threshold('min_drop', f.low)}}}",
+            *[f"      {g}" for g in guards_of],
             f"      overall: {{max_drop: {format_threshold('max_drop', f.overall_high)}}}",
         ]
     by_layer: dict[str, list[Finding]] = {}
@@ -168,13 +202,14 @@ def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
             if f.target in seen:
                 continue
             seen.add(f.target)
+            if not _bounds(f):
+                continue
             lines += [
                 f"  - layer: {layer}            # survives a retrain: any {noun} will do",
                 *heads,
                 "    any_unit:",
                 "      expect:",
-                f"        {name(f.target)}: {{min_drop: "
-                f"{format_threshold('min_drop', f.low)}}}",
+                f"        {name(f.target)}: {{{_bounds(f)}}}",
             ]
         high = guards[layer]
         if not math.isnan(high) and high >= 0:
@@ -189,10 +224,21 @@ def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
     return "\n".join(lines) + "\n"
 
 
+def _bounds(f: Finding) -> str:
+    """The class bounds of a finding that are strong enough to write."""
+    parts = []
+    if not f.weak:
+        parts.append(f"min_drop: {format_threshold('min_drop', f.low)}")
+    if not f.lp_weak:
+        parts.append(f"min_logprob_drop: {format_threshold('min_logprob_drop', f.lp_low)}")
+    return ", ".join(parts)
+
+
 def discover(model_ref: str, data_ref: str, layers: Sequence[str], out: Path, *,
              classes: Sequence[str] | None = None, top: int = 5, level: float = 0.95,
              overwrite: bool = False, identity: bool = False, unit: str = "channel",
-             channel_dim: int | None = None, num_heads: int | None = None) -> str:
+             channel_dim: int | None = None, num_heads: int | None = None,
+             min_share: float = DEFAULT_MIN_SHARE) -> str:
     """Scan, choose units, write the starter spec to ``out``; return its text.
 
     With ``identity``, the named-unit checks carry ``identity: signature`` and the units'
@@ -207,7 +253,7 @@ def discover(model_ref: str, data_ref: str, layers: Sequence[str], out: Path, *,
     model = load_reference(model_ref)
     data = load_reference(data_ref)
     findings, guards = find_units(model, data, layers, top=top, level=level,
-                                  addressing=addressing)
+                                  addressing=addressing, min_share=min_share)
     entry = _write_signatures(model, data, findings, out, classes, addressing) \
         if identity else None
     text = render_spec(model_ref, data_ref, classes, findings, guards, level, entry,

@@ -161,6 +161,34 @@ def cosine_matrix(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]
     return out
 
 
+#: A recorded unit is dead in the model under test when the profile at its own index has
+#: at most this share of the recorded profile's norm: ablating it does nothing (a unit
+#: pruned to a constant 0, or a ReLU that never fires). A merely weak unit (a retrain that
+#: renumbered the units put an unimportant one at this index) keeps far more than this.
+DEAD_RATIO = 1e-6
+
+
+def dead_units(recorded: Mapping[int, Sequence[float]], profiles: npt.NDArray[np.float64],
+               ratio: float = DEAD_RATIO) -> dict[int, float]:
+    """Recorded units whose own index is dead in the model under test (pruned to a
+    constant, or no class depends on it any more): ``{unit: current norm / recorded
+    norm}`` for each whose ratio is at most ``ratio`` (recorded profiles that were already
+    zero are skipped).
+
+    >>> dead_units({0: [1.0, 0.0], 1: [0.0, 2.0]}, np.array([[0.0, 0.0], [0.0, 1.5]]))
+    {0: 0.0}
+    """
+    found: dict[int, float] = {}
+    for unit, signature in sorted(recorded.items()):
+        before = float(np.linalg.norm(np.asarray(signature, dtype=np.float64)))
+        if before <= 0 or unit >= profiles.shape[0]:
+            continue
+        share = float(np.linalg.norm(profiles[unit])) / before
+        if share <= ratio:
+            found[unit] = share
+    return found
+
+
 def match_units(recorded: Mapping[int, Sequence[float]], profiles: npt.NDArray[np.float64]
                 ) -> dict[int, Match]:
     """Assign each recorded unit (index -> profile) to a distinct unit of ``profiles``

@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING, Any
 
+from pytest_unitablate.core.identity import dead_units
 from pytest_unitablate.core.layers import resolve_layer
 from pytest_unitablate.engine.results import Engine, ItemResult, Miss
 from pytest_unitablate.errors import ItemProblem
@@ -30,6 +31,7 @@ from pytest_unitablate.spec.rewrite import provenance_mismatches, rounded_thresh
 from pytest_unitablate.verdicts.failure import (
     LOCATION,
     FailureContext,
+    dead_text,
     disarmed_text,
     failure_text,
     missing_threshold_text,
@@ -51,6 +53,7 @@ from pytest_unitablate.verdicts.layerwide import (
 )
 from pytest_unitablate.verdicts.measure import (
     Measurement,
+    drop_text,
     examples_needed,
     judge,
     metric_of,
@@ -91,6 +94,9 @@ class _ItemRun:
         #: the same ablation of the same examples under the other measure (accuracy or
         #: log-probability): what a weak guard's message offers instead
         self.other: Measurement | None = None
+        #: identity: signature: recorded units whose own index is dead in the model under
+        #: test (unit -> its profile's share of the recorded one)
+        self.dead: dict[int, float] = {}
 
     @property
     def record(self) -> dict[str, Any]:
@@ -198,6 +204,9 @@ class _ItemRun:
         deciding = layer.deciding if layer is not None else (
             list(m.units) if check.mode == "top_units" else None)
         self._record_measurement(m, layer, deciding)
+        if self.dead:
+            raise Miss(dead_text(self._context(deciding, notes), self.key.check.layer,
+                                 self.dead, self.record, m))
         self._judge(m, deciding, notes)
 
     def _identity_units(self, notes: list[str]) -> list[int] | None:
@@ -244,18 +253,36 @@ class _ItemRun:
                       f"profiles are class averages, so matching still works, but re-record "
                       f"to silence this")
         mapped = [matches[u] for u in check.units]
+        profiles = engine.matching.profiles(spec, subject, check)
+        dead = {u: share for u, share in dead_units(
+            {u: recorded[u] for u in check.units}, profiles).items() if matches[u].unit != u}
+        # a retrain that renumbered the units can put an unused unit at a recorded index:
+        # then matching is trusted (another recorded unit of the layer moved)
+        renumbered = any(m.unit is not None and m.unit != r and r not in dead
+                         for r, m in matches.items())
+        self.dead = {} if renumbered else dead
         self.record.update({
+            "dead_units": sorted(self.dead) or None,
+            "recorded_drop": self.key.constraint.measured,
             "matched_units": [m.unit for m in mapped],
             "similarity": [round(m.similarity, 4) if m.unit is not None else None
                            for m in mapped],
             "mapping": "; ".join(m.describe() for m in mapped)})
+        left = [int(m.unit) for m in mapped if m.unit is not None]
+        if self.dead and left:  # measured on the units matching would take, then failed
+            return left
         gone = [m for m in mapped if m.unit is None or m.similarity < check.min_similarity]
         if gone:
             raise Miss(no_match_text(
                 spec.where(check.identity_line or check.line), self.key.id, check.layer,
                 gone, check.min_similarity, matches, self.noun))
         notes.insert(0, "identity: signature: " + "; ".join(m.describe() for m in mapped))
-        return [int(m.unit) for m in mapped if m.unit is not None]
+        was = self.key.constraint.measured
+        if was is not None:
+            notes.append(f"drop when recorded (recorded {self.noun}s "
+                         f"{', '.join(map(str, check.units))}): "
+                         f"{drop_text(self.key.constraint.kind.replace('max', 'min'), was)}")
+        return left
 
     def _stops_early(self) -> bool:
         """Early stopping needs a threshold to decide against, and record mode needs every
@@ -342,11 +369,7 @@ class _ItemRun:
         verdict = judge(constraint, m) if constraint.threshold is not None else None
         if verdict is not None:
             self.record["outcome_margin"] = verdict.margin
-        ctx = FailureContext(
-            where=spec.where(key.line), head=key.check_part,
-            ablation=spec.ablation_for(key.check).label(),
-            target=spec.target_name(key.expectation.target),
-            hint=self.rerun("failed"), deciding=deciding, notes=notes, noun=self.noun)
+        ctx = self._context(deciding, notes)
         if writes(mode, has_threshold=verdict is not None,
                    failing=verdict is not None and not verdict.passed):
             self._refuse_vacuous(ctx, m)
@@ -366,6 +389,14 @@ class _ItemRun:
             raise Miss(failure_text(ctx, constraint, m, verdict))
         if verdict.warn:
             self.warn(warn_text(spec.where(key.line), key.id, constraint, verdict))
+
+    def _context(self, deciding: list[int] | None, notes: list[str]) -> FailureContext:
+        spec, key = self.spec, self.key
+        return FailureContext(
+            where=spec.where(key.line), head=key.check_part,
+            ablation=spec.ablation_for(key.check).label(),
+            target=spec.target_name(key.expectation.target),
+            hint=self.rerun("failed"), deciding=deciding, notes=notes, noun=self.noun)
 
     def _refuse_vacuous(self, ctx: FailureContext, m: Measurement) -> None:
         """Record mode never writes a threshold that could not fail, nor a ``min_*`` bound

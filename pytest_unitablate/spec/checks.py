@@ -134,6 +134,9 @@ class Checks(Fields):
                     kind=kind, threshold=v, line=ckey.line,
                     warn_margin=None if logprob else extras.get("warn_margin"),
                     confidence=extras.get("confidence"),
+                    measured=self.recorded_measure(ckey.line) if sum(
+                        k.line == ckey.line and k.value in CONSTRAINT_KINDS
+                        for k in body.key_nodes()) == 1 else None,
                 ))
             if not constraints and not any(
                 k.value in CONSTRAINT_KINDS for k in body.key_nodes()

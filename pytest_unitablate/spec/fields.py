@@ -25,6 +25,9 @@ from pytest_unitablate.spec.keys import ABLATION_NAMES, IDENT, PERCENT
 from pytest_unitablate.spec.model import Ablation
 from pytest_unitablate.spec.yaml_lines import YNode
 
+#: Record mode's end-of-line comment: ``# recorded: measured 25.0 pp, margin 3.1 pp``.
+RECORDED = re.compile(r"#\s*recorded: measured (-?[0-9.]+) ?(pp|%|nats)")
+
 
 def closest(name: str, candidates: list[str] | tuple[str, ...], n: int = 3) -> list[str]:
     """The candidates closest to ``name`` (difflib), for "did you mean".
@@ -55,6 +58,19 @@ class Fields:
     def __init__(self, path: str) -> None:
         self.path = path
         self.problems: list[Problem] = []
+        #: the spec's text by line (for record mode's ``# recorded: measured ...`` comments)
+        self.source_lines: list[str] = []
+
+    def recorded_measure(self, line: int) -> float | None:
+        """The drop record mode wrote in the comment of ``line`` (a fraction, or nats),
+        when that line holds its only threshold's comment; ``None`` otherwise."""
+        if not 0 < line <= len(self.source_lines):
+            return None
+        found = RECORDED.findall(self.source_lines[line - 1])
+        if len(found) != 1:
+            return None
+        value, unit = found[0]
+        return float(value) if unit == "nats" else float(value) / 100.0
 
     def err(self, line: int, message: str) -> None:
         self.problems.append(Problem(self.path, line, message))

@@ -195,6 +195,7 @@ def load_spec(path: str | os.PathLike[str], *, text: str | None = None) -> Spec:
             raise SpecError([Problem(shown, 0, f"cannot read the spec: {exc}")]) from None
     root, problems = parse_yaml(text, shown)
     validator = _Validator(shown)
+    validator.source_lines = text.splitlines()
     validator.problems.extend(problems)
     spec = validator.spec(root, p) if root is not None else None
     if validator.problems or spec is None:

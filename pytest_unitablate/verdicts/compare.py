@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
-from pytest_unitablate.verdicts.records import matched_or_none, pct
+from pytest_unitablate.verdicts.records import interval_text, matched_or_none, measured_text
 from pytest_unitablate.verdicts.review_page import (
     badge,
     document,
@@ -62,7 +62,7 @@ def _outside(value: Any, low: Any, high: Any) -> bool:
 
 
 def _interval(r: Mapping[str, Any]) -> str:
-    return f"[{pct(r.get('ci_low'), '')}, {pct(r.get('ci_high'), '')}] pp"
+    return interval_text(r)
 
 
 def compare_reports(reference: Mapping[str, Any], candidate: Mapping[str, Any]
@@ -79,17 +79,18 @@ def compare_reports(reference: Mapping[str, Any], candidate: Mapping[str, Any]
     ref = {(spec_of(r), str(r.get("id"))): r for r in refs}
     new = {(spec_of(r), str(r.get("id"))): r for r in news}
     changes: list[Change] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, str]] = set()
     for key in sorted(set(ref) & set(new)):
         a, b = ref[key], new[key]
-        where = (key[0], str(a.get("target")))
+        where = (key[0], str(a.get("target")), str(a.get("metric") or "accuracy"))
         if where in seen or a.get("baseline") is None or b.get("baseline") is None:
             continue
         if abs(float(a["baseline"]) - float(b["baseline"])) > 1e-12:
             seen.add(where)
+            what = "mean log p(true)" if a.get("metric") == "logprob" else "accuracy"
             changes.append(Change("baseline", key[0], str(a.get("target")),
-                                  f"baseline accuracy {pct(a['baseline'])} -> "
-                                  f"{pct(b['baseline'])}", a, b))
+                                  f"baseline {what} {measured_text(a, 'baseline')} -> "
+                                  f"{measured_text(b, 'baseline')}", a, b))
     for key in sorted(set(ref) | set(new)):
         a, b = ref.get(key), new.get(key)
         spec, item = key
@@ -108,7 +109,7 @@ def compare_reports(reference: Mapping[str, Any], candidate: Mapping[str, Any]
         if moved:
             changes.append(Change(
                 "drop", spec, item,
-                f"drop {pct(a.get('drop'), ' pp')} -> {pct(b.get('drop'), ' pp')} (reference "
+                f"drop {measured_text(a, 'drop')} -> {measured_text(b, 'drop')} (reference "
                 f"95% CI {_interval(a)}, candidate {_interval(b)})", a, b))
         if a.get("matched_units") is not None and b.get("matched_units") is not None and \
                 matched_or_none(a) != matched_or_none(b):
@@ -182,8 +183,8 @@ def comparison_page(changes: Sequence[Change], reference: str, candidate: str,
                 f"<tr><td>{e(c.id)}<br><small>{e(c.spec)}</small></td>"
                 f"<td>{badge(a.get('outcome')) if a else ''}</td>"
                 f"<td>{badge(b.get('outcome')) if b else ''}</td>"
-                f'<td class="num">{e(pct(a.get("drop"), " pp"))}</td>'
-                f'<td class="num">{e(pct(b.get("drop"), " pp"))}</td>'
+                f'<td class="num">{e(measured_text(a, "drop"))}</td>'
+                f'<td class="num">{e(measured_text(b, "drop"))}</td>'
                 f"<td>{e(units_text(a))}</td><td>{e(units_text(b))}</td>"
                 f'<td class="reason">{e(c.text)}</td></tr>')
         head = "".join(f"<th>{h}</th>" for h in (

@@ -280,6 +280,55 @@ def unsupportable_text(where: str, item_id: str, constraint: Constraint, hits: i
             f"required {c.threshold * 100:.1f}. Use more examples or a lower threshold.")
 
 
+def dead_text(ctx: FailureContext, layer: str, dead: Mapping[int, float],
+              record: Mapping[str, Any], m: Measurement) -> str:
+    """The failure of an ``identity: signature`` check whose recorded unit is dead at its
+    own index in the model under test (``dead``: unit -> its profile's share of the
+    recorded one), instead of a silent match to a neighbour. ``record`` holds the
+    mapping and the recorded drop; ``m`` what the matched unit measured.
+
+    >>> from pytest_unitablate.verdicts.measure import Measurement
+    >>> m = Measurement.from_correct([True] * 10, [True] * 9 + [False])
+    >>> ctx = FailureContext(where="s.yaml:9", head="mlp-u37", ablation="zero",
+    ...                      target="eight", hint="cmd")
+    >>> rec = {"recorded_units": [37], "matched_units": [12], "similarity": [0.91],
+    ...        "recorded_drop": 0.103, "constraint": "min_drop"}
+    >>> print(dead_text(ctx, "mlp", {37: 0.0}, rec, m).splitlines()[0])
+    mlp-u37 eight: unit 37 of mlp is dead in the model under test
+    """
+    noun = ctx.noun
+    units = ", ".join(map(str, sorted(dead)))
+    plural = "s" if len(dead) > 1 else ""
+    kind = str(record.get("constraint") or "min_drop")
+    lines = [f"{ctx.head} {ctx.target}: {noun}{plural} {units} of {layer} "
+             f"{'are' if plural else 'is'} dead in the model under test",
+             f"{ctx.where}: {ctx.head}: the recorded {noun}{plural} {units} of {layer} "
+             f"{'are' if plural else 'is'} dead at {'their' if plural else 'its'} own index "
+             f"in the model under test: ablating {'them' if plural else 'it'} changes "
+             f"nothing (damage profile at " + ", ".join(
+                 f"{share:.1%}" for share in dead.values()) + " of the recorded one), as "
+             "after pruning to a constant"]
+    recorded = list(record.get("recorded_units") or [])
+    matched = list(record.get("matched_units") or [])
+    sims = list(record.get("similarity") or [])
+    for r, u, sim in zip(recorded, matched, sims, strict=False):
+        if r in dead and u is not None:
+            lines.append(f"  signature matching would take {noun} {u} instead (similarity "
+                         f"{sim:.2f}): not taken; a neighbour with a similar profile is not "
+                         f"the {noun} this check protects")
+    was = record.get("recorded_drop")
+    now = drop_text(_plain(kind), m.drop)
+    lines.append(f"  drop of {ctx.target!s}: "
+                 + (f"{drop_text(_plain(kind), float(was))} when recorded, " if was is not None
+                    else "")
+                 + f"{now} now with {noun}{'s' if len(matched) > 1 else ''} "
+                 f"{', '.join(map(str, matched))} ablated")
+    lines.append(f"  (A {noun} counts as dead only while the layer's other recorded {noun}s "
+                 f"keep their indices.) If that is intended, remove the check, or delete "
+                 f"the {noun}'s signature and record the new model's {noun}.")
+    return "\n".join(lines)
+
+
 def no_match_text(where: str, item_id: str, layer: str, gone: Sequence[Any],
                   minimum: float, matches: Mapping[int, Any], noun: str = "unit") -> str:
     """The failure of an ``identity: signature`` check whose unit has no match.
@@ -318,6 +367,7 @@ def no_match_text(where: str, item_id: str, layer: str, gone: Sequence[Any],
 __all__ = [
     "LOCATION",
     "FailureContext",
+    "dead_text",
     "disarmed_text",
     "failure_text",
     "headline",

@@ -28,10 +28,10 @@ from pytest_unitablate.spec.model import Spec
 #: The JSON report's per-item fields, in order.
 FIELDS = (
     "id", "spec", "line", "layer", "unit", "channel_dim", "units", "ablation", "target",
-    "class_index", "n", "baseline", "ablated", "drop", "ci_low", "ci_high", "constraint",
-    "threshold", "outcome", "p_value", "deciding_units", "ranking_note",
+    "class_index", "metric", "n", "baseline", "ablated", "drop", "ci_low", "ci_high",
+    "constraint", "threshold", "outcome", "p_value", "deciding_units", "ranking_note",
     "units_evaluated", "units_total", "identity", "matched_units", "similarity",
-    "min_similarity", "mapping", "reason",
+    "min_similarity", "mapping", "dead_units", "recorded_drop", "reason",
 )
 
 
@@ -73,6 +73,8 @@ def describe_required(constraint: str | None, threshold: float | None) -> str:
     if threshold is None:
         return f"{constraint}: not recorded"
     op = ">=" if constraint.startswith("min") else "<="
+    if "logprob" in constraint:
+        return f"log-prob drop {op} {threshold:.3f} nats"
     what = "relative drop" if "relative" in constraint else "drop"
     unit = "%" if "relative" in constraint else " pp"
     return f"{what} {op} {threshold * 100:.1f}{unit}"
@@ -85,6 +87,39 @@ def pct(x: Any, suffix: str = "%") -> str:
     ('40.3%', '-5.0 pp', '')
     """
     return "" if x is None else f"{float(x) * 100:.1f}{suffix}"
+
+
+def measured_text(r: Mapping[str, Any], field: str) -> str:
+    """A record's ``baseline``, ``ablated`` or ``drop`` in its metric's unit: accuracy in
+    %, a drop in pp; for ``metric: logprob`` the mean log p(true class) and its drop in
+    nats. Empty when missing.
+
+    >>> measured_text({"drop": 0.25}, "drop"), measured_text({"baseline": 0.9}, "baseline")
+    ('25.0 pp', '90.0%')
+    >>> measured_text({"metric": "logprob", "drop": 0.4123}, "drop")
+    '0.412 nats'
+    """
+    x = r.get(field)
+    if x is None:
+        return ""
+    if r.get("metric") == "logprob":
+        return f"{float(x):.3f} nats"
+    return pct(x, " pp" if field == "drop" else "%")
+
+
+def interval_text(r: Mapping[str, Any]) -> str:
+    """A record's interval of the drop with its unit: ``[11.1, 40.2] pp`` or ``[0.075,
+    0.268] nats``; empty without one.
+
+    >>> interval_text({"ci_low": 0.111, "ci_high": 0.402})
+    '[11.1, 40.2] pp'
+    """
+    lo, hi = r.get("ci_low"), r.get("ci_high")
+    if lo is None or hi is None:
+        return ""
+    if r.get("metric") == "logprob":
+        return f"[{float(lo):.3f}, {float(hi):.3f}] nats"
+    return f"[{pct(lo, '')}, {pct(hi, '')}] pp"
 
 
 def matched_or_none(r: Mapping[str, Any]) -> list[Any]:
@@ -156,7 +191,7 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
             unit_text = str(r.get("mode") or "")
         rows.append((
             str(r.get("layer", "")), unit_text, str(r.get("target", "")),
-            pct(r.get("baseline")), pct(r.get("ablated")), pct(r.get("drop"), " pp"),
+            measured_text(r, "baseline"), measured_text(r, "ablated"), measured_text(r, "drop"),
             describe_required(r.get("constraint"), r.get("threshold")),
             str(r.get("outcome", "")),
         ))
@@ -254,6 +289,6 @@ def write_json(path: str | os.PathLike[str], document: Mapping[str, Any]) -> Non
 
 
 __all__ = ["FIELDS", "RUN_ABOUT", "TABLE_LEGEND", "build_report", "build_run",
-           "describe_required", "engine_lines", "engines", "format_table", "matched_or_none",
-           "pct", "run_path",
+           "describe_required", "engine_lines", "engines", "format_table", "interval_text",
+           "matched_or_none", "measured_text", "pct", "run_path",
            "sort_records", "static_record", "summary_line", "write_json"]

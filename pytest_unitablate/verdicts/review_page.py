@@ -24,7 +24,12 @@ import html
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from pytest_unitablate.verdicts.records import describe_required, matched_or_none, pct
+from pytest_unitablate.verdicts.records import (
+    describe_required,
+    interval_text,
+    matched_or_none,
+    measured_text,
+)
 
 #: Outcome -> colour of its badge.
 OUTCOME_COLOURS = {"passed": "#2e7d32", "failed": "#c62828", "error": "#6a1b9a",
@@ -115,14 +120,14 @@ def items_table(records: Sequence[Mapping[str, Any]]) -> str:
             "95% CI of the drop", "required", "reason")
     rows = []
     for r in sort_for_review(records):
-        ci = (f"[{pct(r.get('ci_low'), '')}, {pct(r.get('ci_high'), '')}] pp"
-              if r.get("ci_low") is not None else "")
+        ci = interval_text(r)
         cells = [
             badge(r.get("outcome")),
             f"{e(r.get('id'))}<br><small>{e(r.get('spec'))}:{e(r.get('line'))}</small>",
             e(r.get("layer")), e(units_text(r)), e(r.get("target")),
         ]
-        nums = [pct(r.get("baseline")), pct(r.get("ablated")), pct(r.get("drop"), " pp"), ci]
+        nums = [measured_text(r, "baseline"), measured_text(r, "ablated"),
+                measured_text(r, "drop"), ci]
         row = "".join(f"<td>{c}</td>" for c in cells)
         row += "".join(f'<td class="num">{e(n)}</td>' for n in nums)
         row += f"<td>{e(required_text(r))}</td><td class=\"reason\">{e(r.get('reason'))}</td>"

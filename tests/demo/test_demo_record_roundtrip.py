@@ -129,8 +129,9 @@ def test_record_new_then_all_then_rerun_passes_with_comments_intact(tmp_path: Pa
     assert all(c in text for c in comments)
     assert "min_drop: null" not in text and "recorded: measured 50.0 pp" in text
 
+    # (record mode's refusal of weak bounds is the test after the next: off here)
     everything = _pytest(tmp_path, "--unitablate-spec", "resnet.yaml",
-                         "--unitablate-record-mode=all")
+                         "--unitablate-record-mode=all", "--unitablate-record-min-share=0")
     assert everything.returncode == 0, everything.stdout[-2000:]
     recorded = load_spec(spec)
     assert dict(recorded.provenance)["device"] == "cpu"
@@ -160,7 +161,8 @@ def test_record_all_repairs_a_sabotaged_demo_spec(tmp_path: Path, name: str) -> 
     spec.write_text(sabotaged)
     broken = _pytest(tmp_path, "--unitablate-spec", name)
     assert broken.returncode == 1
-    repaired = _pytest(tmp_path, "--unitablate-spec", name, "--unitablate-record-mode=all")
+    repaired = _pytest(tmp_path, "--unitablate-spec", name, "--unitablate-record-mode=all",
+                       "--unitablate-record-min-share=0")
     assert repaired.returncode == 0, repaired.stdout[-3000:]
     assert "NOT recorded" not in repaired.stdout
     text = spec.read_text()
@@ -168,3 +170,26 @@ def test_record_all_repairs_a_sabotaged_demo_spec(tmp_path: Path, name: str) -> 
     assert text.count("# recorded: measured") >= count
     again = _pytest(tmp_path, "--unitablate-spec", name)
     assert again.returncode == 0, again.stdout[-3000:]
+
+
+def test_record_all_refuses_weak_bounds_on_the_demo_and_offers_the_logprob_guard(
+        tmp_path: Path) -> None:
+    """With the default share, record mode all leaves out the demo's bounds that keep less
+    than half of their drop, lists them, and says that a log-prob bound would keep most."""
+    shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
+    _copy_sidecar("resnet.yaml", tmp_path)
+    spec = tmp_path / "resnet.yaml"
+    spec.write_text((ROOT / "specs" / "resnet.yaml").read_text())
+    before = spec.read_text()
+    run = _pytest(tmp_path, "--unitablate-spec", "resnet.yaml", "--unitablate-record-mode=all")
+    assert run.returncode == 1
+    out = run.stdout
+    assert "layer3.0-u6 nine: drop 21.7 pp on 60 examples is too uncertain to guard" in out
+    assert "a min_drop of 10.6 pp keeps 49% of the measured drop of 21.7 pp" in out
+    assert "guard it with min_logprob_drop: the same ablation shows log-prob drop" in out
+    weak = re.search(r"unitablate: (\d+) threshold\(s\) NOT recorded: the bound would guard "
+                     r"too little", out)
+    assert weak is not None and int(weak.group(1)) >= 1
+    text = spec.read_text()
+    assert "nine: {min_drop: 15%}" in before and "nine: {min_drop: 15%}" in text  # kept
+    assert text != before  # the strong ones were recorded

@@ -34,6 +34,11 @@ def model():
         w1[1] = 0.0                                # unit 1 detects nothing any more
         w2[1] = 0.0                                # and class one wins on its bias alone
         b2[1] = 0.9
+    if os.environ.get("PRUNE") == "1":             # unit 1 pruned to a constant 0, and
+        w1[4] = 0.8 * w1[1]                        # unit 4 now carries some of class one
+        w2[:, 4] = w2[:, 1]
+        w1[1] = 0.0
+        w2[:, 1] = 0.0
     if os.environ.get("PERMUTE") == "1":
         w1, w2 = w1[PERM], w2[:, PERM]
     net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 4))
@@ -78,7 +83,7 @@ def idmodel(tiny: pytest.Pytester) -> pytest.Pytester:
 
 def _run(p: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *args: str,
          **env: str) -> tuple[pytest.RunResult, dict[str, dict[str, object]]]:
-    for key in ("PERMUTE", "DESTROY"):
+    for key in ("PERMUTE", "DESTROY", "PRUNE"):
         monkeypatch.setenv(key, env.get(key, "0"))
     result = p.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-report", "r.json",
                          "-p", "no:randomly", "-p", "no:cacheprovider", *args)
@@ -135,6 +140,30 @@ def test_record_then_match_after_permutation_then_unit_gone(
         "(best: unit *, 0.*)", "*required similarity >= 0.75*"])
     assert items["1-u1-one-min_drop"]["outcome"] == "failed"
     assert spec.read_text() == text and json.loads(sidecar.read_text()) == recorded
+
+
+def test_a_pruned_unit_is_reported_dead_not_matched_to_a_neighbour(
+        idmodel: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    result, _ = _run(idmodel, monkeypatch, "--unitablate-record-mode=new")
+    result.assert_outcomes(passed=2)
+    spec = idmodel.path / "spec.yaml"
+    text, sidecar = spec.read_text(), (idmodel.path / "spec.signatures.json").read_bytes()
+    result, items = _run(idmodel, monkeypatch, PRUNE="1")
+    result.assert_outcomes(passed=1, failed=1)
+    item = items["1-u1-one-min_drop"]
+    assert item["dead_units"] == [1] and item["matched_units"] == [4]
+    assert item["similarity"][0] > 0.75  # matching alone would have taken unit 4
+    result.stdout.fnmatch_lines([
+        "1-u1 one: unit 1 of 1 is dead in the model under test",
+        "spec.yaml:11: 1-u1: the recorded unit 1 of 1 is dead at its own index in the "
+        "model under test: ablating it changes nothing (damage profile at 0.0% of the "
+        "recorded one)*",
+        "*signature matching would take unit 4 instead (similarity *): not taken*",
+        f"*drop of one: {item['drop'] * 100:.1f} pp now with unit 4 ablated",
+        "*delete the unit's signature and record the new model's unit."])
+    assert items["1-u2-two-min_drop"]["dead_units"] is None
+    assert spec.read_text() == text
+    assert (idmodel.path / "spec.signatures.json").read_bytes() == sidecar
 
 
 def test_index_identity_fails_where_signature_identity_follows_the_unit(
