@@ -58,10 +58,11 @@ def _replacement_kind(ablation: AblationArg) -> str | float:
         if not math.isfinite(float(ablation)):
             raise ConfigError(f"a constant ablation must be finite, got {ablation!r}")
         return float(ablation)
-    if ablation in ("zero", "mean"):
+    if ablation in ("zero", "mean", "resample"):
         return ablation
     raise ConfigError(
-        f"ablation must be 'zero', 'mean' or a number (a constant), got {ablation!r}"
+        f"ablation must be 'zero', 'mean', 'resample' or a number (a constant), got "
+        f"{ablation!r}"
     )
 
 
@@ -158,12 +159,14 @@ class _LayerAblation:
         kind: str | float,
         mean: torch.Tensor | None,
         channel_dim: int,
+        source: Any = None,
     ) -> None:
         self.name = name
         self.units = units
         self.kind = kind
         self.mean = mean
         self.channel_dim = channel_dim
+        self.source = source  # resample: a core.resample.ResampleSource
         self.calls = 0
         self._cache: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -180,7 +183,7 @@ class _LayerAblation:
         view[dim] = channels
         keep = torch.ones(channels, dtype=tensor.dtype, device=tensor.device)
         keep[list(self.units)] = 0
-        if self.kind == "zero":
+        if self.kind in ("zero", "resample"):
             repl = torch.zeros(channels, dtype=tensor.dtype, device=tensor.device)
         elif self.kind == "mean":
             assert self.mean is not None
@@ -207,6 +210,11 @@ class _LayerAblation:
             return None  # an empty unit set changes nothing, bit for bit
         dim = _channel_dim(tensor.dim(), self.channel_dim, self.name)
         keep, repl = self._mask_and_replacement(tensor, dim)
+        if self.kind == "resample":
+            from pytest_unitablate.core.resample import check_batch_first
+
+            check_batch_first(self.name, self.source.values, tensor.shape[0], tensor)
+            repl = self.source.take(tensor.shape[0], self.name, tensor) * (1 - keep)
         ablated = tensor * keep + repl  # out of place: a new tensor
         if isinstance(output, torch.Tensor):
             return ablated
@@ -226,11 +234,15 @@ def ablate(
     device: torch.device | str | None = None,
     unit: str = "channel",
     num_heads: int | None = None,
+    resample: Mapping[str, Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Ablate ``units`` (``{layer: unit or [units]}``) of ``model`` inside the ``with`` block.
 
     ``ablation`` is ``"zero"``, ``"mean"`` (channel means from ``means`` or computed once
-    from ``data``) or a number. ``channel_dim`` selects the channel dimension (negative
+    from ``data``), a number, or ``"resample"``: each example takes the units' values on
+    another example, from ``resample`` (``{layer: ResampleSource}``,
+    :mod:`pytest_unitablate.core.resample`; batches must come in the order its index was
+    drawn for). ``channel_dim`` selects the channel dimension (negative
     values count from the end, e.g. ``-1`` for a transformer's features). With
     ``unit="head"`` the units are attention heads of each layer (an
     ``nn.MultiheadAttention`` or an output projection; :mod:`pytest_unitablate.core.heads`;
@@ -248,8 +260,14 @@ def ablate(
     """
     kind = _replacement_kind(ablation)
     plan = normalise_units(units)
+    if kind == "resample":
+        missing = [name for name in plan if resample is None or name not in resample]
+        if missing:
+            raise ConfigError(f"resample ablation of {', '.join(map(repr, missing))} needs "
+                              f"their values on the reference examples: pass resample=")
     if unit == "head":
-        with _ablate_heads(model, plan, kind, means, data, device, num_heads) as hooks:
+        with _ablate_heads(model, plan, kind, means, data, device, num_heads,
+                           resample) as hooks:
             yield hooks
         return
     if unit != "channel":
@@ -274,7 +292,8 @@ def ablate(
                 channel_means(model, data, missing, channel_dim=channel_dim, device=device)
             )
     hooks = {
-        name: _LayerAblation(name, plan[name], kind, layer_means.get(name), channel_dim)
+        name: _LayerAblation(name, plan[name], kind, layer_means.get(name), channel_dim,
+                             (resample or {}).get(name))
         for name in plan
     }
     handles: list[RemovableHandle] = []
@@ -325,8 +344,8 @@ class _HeadAblation:
 @contextmanager
 def _ablate_heads(model: nn.Module, plan: Mapping[str, tuple[int, ...]], kind: str | float,
                   means: Mapping[str, torch.Tensor] | None, data: Any,
-                  device: torch.device | str | None, num_heads: int | None
-                  ) -> Iterator[dict[str, Any]]:
+                  device: torch.device | str | None, num_heads: int | None,
+                  resample: Mapping[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """``ablate(..., unit="head")``: each layer's heads replaced on every forward."""
     from contextlib import ExitStack
 
@@ -347,7 +366,8 @@ def _ablate_heads(model: nn.Module, plan: Mapping[str, tuple[int, ...]], kind: s
     hooks = {name: _HeadAblation() for name in plan}
     with ExitStack() as stack:
         for name, site in sites.items():
-            edit = ablation_edit(site, plan[name], kind, layer_means.get(name))
+            edit = ablation_edit(site, plan[name], kind, layer_means.get(name),
+                                 (resample or {}).get(name))
             stack.enter_context(editing_heads(site, edit, hooks[name].called))
         with counting_calls(model, hooks):
             yield hooks

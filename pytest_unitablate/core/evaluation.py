@@ -59,6 +59,15 @@ class EvalResult:
     #: per-example log-probability of the true class (nats, float32); None when the
     #: result was built without it
     logprob: npt.NDArray[np.float32] | None = None
+    #: resample ablation with several draws: each example's share of the draws it was
+    #: right in (``predictions`` then hold the first draw's); None otherwise
+    shares: npt.NDArray[np.float64] | None = None
+
+    @property
+    def correct_share(self) -> npt.NDArray[Any]:
+        """Per-example correctness: a bool per example, or (several resample draws) the
+        share of draws each example was right in."""
+        return self.correct if self.shares is None else self.shares
 
     @property
     def true_logprob(self) -> npt.NDArray[np.float32]:

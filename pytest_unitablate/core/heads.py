@@ -240,9 +240,11 @@ def editing_heads(site: HeadSite, edit: Edit, on_call: Callable[[], None] | None
 
 
 def ablation_edit(site: HeadSite, heads: Sequence[int], kind: str | float,
-                  mean: torch.Tensor | None) -> Edit:
-    """The edit that replaces ``heads`` of ``site`` by zero, ``mean`` (per feature) or a
-    constant; refuses a head out of range at once."""
+                  mean: torch.Tensor | None, source: Any = None) -> Edit:
+    """The edit that replaces ``heads`` of ``site`` by zero, ``mean`` (per feature), a
+    constant, or (``resample``) their values on other examples (``source``, a
+    :class:`~pytest_unitablate.core.resample.ResampleSource`); refuses a head out of range
+    at once."""
     check_heads(site, heads)
     cache: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -250,7 +252,7 @@ def ablation_edit(site: HeadSite, heads: Sequence[int], kind: str | float,
         key = (x.shape[-1], x.dtype, x.device)
         if key not in cache:
             keep = head_mask(x.shape[-1], site.num_heads, heads, x)
-            if kind == "zero":
+            if kind in ("zero", "resample"):
                 repl = torch.zeros_like(keep)
             elif kind == "mean":
                 assert mean is not None
@@ -262,6 +264,13 @@ def ablation_edit(site: HeadSite, heads: Sequence[int], kind: str | float,
                 repl = torch.full_like(keep, float(kind))
             cache[key] = (keep, repl * (1 - keep))
         keep, repl = cache[key]
+        if kind == "resample":
+            from pytest_unitablate.core.resample import batch_first, check_batch_first
+
+            ours = batch_first(site.kind, x)
+            check_batch_first(site.layer, source.values, ours.shape[0], ours)
+            taken = source.take(ours.shape[0], site.layer, x)
+            return x * keep + batch_first(site.kind, taken) * (1 - keep)
         return x * keep + repl
 
     return edit

@@ -56,7 +56,8 @@ class Engine:
         return self.evals.dtype
 
     def bind(self, spec: Spec, lookup: Lookup | None) -> Subject:
-        """Resolve the spec's ``model:``, ``data:`` and ``ranking_data:`` and check them.
+        """Resolve the spec's ``model:``, ``data:``, ``ranking_data:`` and ``reference:``
+        (the spec's and the checks') and check them.
 
         ``lookup`` gives names (fixtures) their objects; ``package.module:callable``
         references resolve themselves. Raises a located
@@ -74,7 +75,10 @@ class Engine:
         data = resolve(spec.data, "data", spec.data_line)
         ranking = resolve(spec.ranking_data, "ranking_data", spec.ranking_data_line) \
             if spec.ranking_data else None
-        subject = Subject(model=model, data=data, ranking=ranking)
+        references = {ref: resolve(ref, "reference", line) for ref, line in sorted(
+            {spec.reference_for(c) for c in spec.checks if spec.reference_for(c)[0]})
+            if ref is not None}
+        subject = Subject(model=model, data=data, ranking=ranking, references=references)
         self.evals.check_subject(spec, subject)
         return subject
 

@@ -93,6 +93,10 @@ class Evaluations:
         pairs = [(subject.data, spec.data_line)]
         if subject.ranking is not None:
             pairs.append((subject.ranking, spec.ranking_data_line))
+        lines = {ref: line for ref, line in (spec.reference_for(c) for c in spec.checks)
+                 if ref is not None}
+        pairs += [(value, lines.get(ref, spec.reference_line))
+                  for ref, value in sorted(subject.references.items())]
         for value, line in pairs:
             if id(value) not in self._replayable:
                 self.guard(spec, line, functools.partial(require_replayable, value))
@@ -201,14 +205,47 @@ class Evaluations:
         return self._evals[key]
 
     def ablation_arg(self, spec: Spec, check: Check) -> str | float:
-        """The check's ablation as the core takes it: ``"zero"``, ``"mean"`` or a number."""
+        """The check's ablation as the core takes it: ``"zero"``, ``"mean"``,
+        ``"resample"`` or a number."""
         ab = spec.ablation_for(check)
         return float(ab.value) if ab.kind == "constant" and ab.value is not None else ab.kind
 
+    def reference_data(self, spec: Spec, subject: Subject, check: Check) -> tuple[Any, bool]:
+        """The data the check's ``mean`` and ``resample`` ablation take values from, and
+        whether it was declared (``reference:``) rather than the evaluation data."""
+        ref, _ = spec.reference_for(check)
+        if ref is None:
+            return subject.data, False
+        return subject.references[ref], True
+
+    def ablation_memo(self, spec: Spec, subject: Subject, check: Check) -> tuple[Any, ...]:
+        """What decides an ablated pass besides the units, for in-memory keys: the
+        ablation, its draws, and the reference data it takes values from."""
+        arg = self.ablation_arg(spec, check)
+        if arg not in ("mean", "resample"):
+            return (arg,)
+        data, declared = self.reference_data(spec, subject, check)
+        return (arg, spec.ablation_for(check).draws, id(data) if declared else None)
+
+    def ablation_key(self, spec: Spec, subject: Subject, check: Check) -> dict[str, Any]:
+        """The same for the store's keys: the reference data by its fingerprint (so a
+        changed reference set never reads another's entries)."""
+        arg = self.ablation_arg(spec, check)
+        key: dict[str, Any] = {"ablation": arg}
+        if arg in ("mean", "resample"):
+            data, declared = self.reference_data(spec, subject, check)
+            if declared:
+                key["reference"] = self.identity(spec, subject.model, data)["data"]
+            if arg == "resample":
+                key["draws"] = spec.ablation_for(check).draws
+        return key
+
     def layer_means(self, spec: Spec, check: Check, subject: Subject) -> dict[str, Any]:
-        """The means of the check's units over the evaluation data: per channel, or per
-        feature of the heads' concatenated output."""
-        model, data = subject.model, subject.data
+        """The means of the check's units over its reference data (the evaluation data
+        unless ``reference:`` names other data): per channel, or per feature of the heads'
+        concatenated output."""
+        model = subject.model
+        data, _ = self.reference_data(spec, subject, check)
         units = self.units(spec, subject, check)
         key = (id(model), id(data), units.memo)
         if key not in self._means:
@@ -221,7 +258,8 @@ class Evaluations:
                                      device=self.device)[check.layer]
 
             def run() -> dict[str, Any]:
-                return {"means": self.guard(spec, check.layer_line, compute).cpu().numpy()}
+                return {"means": self.guard(spec, self._reference_line(spec, check),
+                                            compute).cpu().numpy()}
 
             identity = self.identity(spec, model, data)
             values = self.store.get_or_compute(
@@ -230,10 +268,59 @@ class Evaluations:
         result: dict[str, Any] = self._means[key]
         return result
 
+    def _reference_line(self, spec: Spec, check: Check) -> int:
+        ref, line = spec.reference_for(check)
+        return line if ref is not None else check.layer_line
+
+    def resample_sources(self, spec: Spec, subject: Subject, check: Check) -> list[Any]:
+        """One :class:`~pytest_unitablate.core.resample.ResampleSource` per draw of the
+        check's ``resample`` ablation: the layer's values on the reference data (cached
+        per model, data and layer), and each draw's index by the documented rule."""
+        from pytest_unitablate.core.resample import (
+            ResampleSource,
+            head_values,
+            layer_values,
+            resample_index,
+        )
+
+        model = subject.model
+        data, declared = self.reference_data(spec, subject, check)
+        units = self.units(spec, subject, check)
+        key = ("resample", id(model), id(data), units.memo)
+        if key not in self.objects:
+            def compute() -> Any:
+                self.seeded()
+                if units.unit == "head":
+                    return head_values(model, data, check.layer, num_heads=units.num_heads,
+                                       device=self.device)
+                return layer_values(model, data, check.layer, device=self.device)
+
+            self.objects[key] = self.guard(spec, self._reference_line(spec, check), compute)
+        values = self.objects[key]
+        n = self.baseline(spec, subject).n
+        seed = self.settings.seed or 0
+        draws = spec.ablation_for(check).draws
+        sources: list[Any] = self.guard(spec, self._reference_line(spec, check), lambda: [
+            ResampleSource(values, resample_index(n, int(values.shape[0]), draw=d, seed=seed,
+                                                  same_data=not declared))
+            for d in range(draws)])
+        return sources
+
+    def ablation_values(self, spec: Spec, subject: Subject, check: Check) -> dict[str, Any]:
+        """``scan()``'s and ``ablate()``'s keyword arguments for the check's ablation:
+        the ablation, and its means or resample sources."""
+        arg = self.ablation_arg(spec, check)
+        out: dict[str, Any] = {"ablation": arg}
+        if arg == "mean":
+            out["means"] = self.layer_means(spec, check, subject)
+        elif arg == "resample":
+            out["resample"] = self.resample_sources(spec, subject, check)
+        return out
+
     def ablated(self, spec: Spec, subject: Subject, check: Check,
                 units: Sequence[int] | None = None) -> EvalResult:
         """Evaluation with ``units`` (default: the check's) of the check's layer ablated,
-        one full forward pass per batch."""
+        one full forward pass per batch (per draw, for ``resample``)."""
         model, data = subject.model, subject.data
         chosen = tuple(check.units if units is None else units)
         arg = self.ablation_arg(spec, check)
@@ -242,11 +329,18 @@ class Evaluations:
             baseline = self.baseline(spec, subject)
 
             def run() -> dict[str, Any]:
-                means = self.layer_means(spec, check, subject) if arg == "mean" else None
+                values = self.ablation_values(spec, subject, check)
+                core = self.units(spec, subject, check).core_args()
 
                 def forward() -> EvalResult:
-                    with ablate(model, {check.layer: list(chosen)}, ablation=arg,
-                                means=means, **self.units(spec, subject, check).core_args()):
+                    if arg == "resample":  # one pass per draw: the scan's naive loop
+                        from pytest_unitablate.core.scan import scan
+
+                        row = scan(model, data, check.layer, units=[chosen],
+                                   device=self.device, output=spec.output, progress=False,
+                                   method="naive", **core, **values)
+                        return row_result(row, 0)
+                    with ablate(model, {check.layer: list(chosen)}, **values, **core):
                         return self._evaluate(model, data, spec.output, spec=spec)
 
                 result: EvalResult = self.located(spec, forward, check.layer_line)
@@ -264,7 +358,7 @@ class Evaluations:
         """The in-memory key of the pass with ``units`` of the check's layer ablated."""
         return ("abl", id(subject.model), id(subject.data),
                 self.units(spec, subject, check).memo, tuple(sorted(set(units))),
-                self.ablation_arg(spec, check))
+                self.ablation_memo(spec, subject, check))
 
     def recall(self, key: tuple[Any, ...]) -> EvalResult | None:
         """An evaluation made before under the in-memory ``key``, if any."""
@@ -279,7 +373,7 @@ class Evaluations:
         """The store key of the pass with ``units`` of the check's layer ablated."""
         return {**self.identity(spec, subject.model, subject.data), "what": "ablated",
                 **self.units(spec, subject, check).key(), "units": sorted(set(units)),
-                "ablation": self.ablation_arg(spec, check)}
+                **self.ablation_key(spec, subject, check)}
 
     def units(self, spec: Spec, subject: Subject, check: Check) -> LayerUnits:
         """What the check's units are on the model (one probing forward, cached); an output
@@ -317,8 +411,19 @@ class Evaluations:
         The data hash is the baseline pass's fingerprint (the same sha256
         ``core.data.data_fingerprint`` computes), so no extra pass over the data is made.
         """
-        return {"data_sha256": self.baseline(spec, subject).fingerprint[:16],
-                "weights_sha256": self.weights_hash(subject.model)[:16]}
+        out = {"data_sha256": self.baseline(spec, subject).fingerprint[:16],
+               "weights_sha256": self.weights_hash(subject.model)[:16]}
+        refs = []
+        for ref, value in sorted(subject.references.items()):
+            key = ("reference_sha256", id(value))
+            if key not in self.objects:
+                self.seeded()
+                self.objects[key] = self.guard(
+                    spec, spec.reference_line, functools.partial(data_fingerprint, value))
+            refs.append(f"{ref}={str(self.objects[key])[:16]}")
+        if refs:  # the reference data mean and resample ablation took their values from
+            out["reference_sha256"] = ", ".join(refs)
+        return out
 
     def weights_hash(self, model: nn.Module) -> str:
         """sha256 of ``model``'s weights, once per model object and run (the store's key
@@ -367,9 +472,23 @@ ENTRY_FORMAT = 2
 
 def eval_arrays(result: EvalResult) -> dict[str, Any]:
     """An :class:`EvalResult` as store values."""
-    return {"labels": result.labels, "predictions": result.predictions,
-            "logprob": result.true_logprob,
-            "num_classes": result.num_classes, "fingerprint": result.fingerprint}
+    out = {"labels": result.labels, "predictions": result.predictions,
+           "logprob": result.true_logprob,
+           "num_classes": result.num_classes, "fingerprint": result.fingerprint}
+    if result.shares is not None:
+        out["shares"] = result.shares
+    return out
+
+
+def row_result(scanned: Any, row: int) -> EvalResult:
+    """Row ``row`` of a :class:`~pytest_unitablate.core.scan.ScanResult` as the
+    :class:`EvalResult` of that ablated pass."""
+    return EvalResult(labels=scanned.labels, predictions=np.asarray(scanned.predictions[row]),
+                      num_classes=scanned.baseline.num_classes,
+                      fingerprint=scanned.baseline.fingerprint,
+                      logprob=np.asarray(scanned.logprobs[row]),
+                      shares=None if scanned.shares is None else
+                      np.asarray(scanned.shares[row]))
 
 
 def eval_result(values: dict[str, Any]) -> EvalResult:
@@ -378,7 +497,8 @@ def eval_result(values: dict[str, Any]) -> EvalResult:
                       predictions=np.asarray(values["predictions"]),
                       num_classes=int(values["num_classes"]),
                       fingerprint=str(values["fingerprint"]),
-                      logprob=np.asarray(values["logprob"]))
+                      logprob=np.asarray(values["logprob"]),
+                      shares=np.asarray(values["shares"]) if "shares" in values else None)
 
 
-__all__ = ["SWEPT", "Evaluations", "eval_arrays", "eval_result"]
+__all__ = ["SWEPT", "Evaluations", "eval_arrays", "eval_result", "row_result"]

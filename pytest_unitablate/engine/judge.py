@@ -154,7 +154,7 @@ class _ItemRun:
             ablated = engine.ablated(spec, subject, check, units=units)
             chosen_units = tuple(units or check.units)
             m, self.other = (Measurement.of(
-                which, (base_correct, ablated.correct[mask]),
+                which, (base_correct, ablated.correct_share[mask]),
                 (base_lp, ablated.true_logprob[mask]), level=level, units=chosen_units)
                 for which in (kind, other_kind))
         elif check.mode in ("any_unit", "every_unit"):
@@ -198,7 +198,7 @@ class _ItemRun:
             chosen, notes = self._top_units()
             ablated = engine.ablated(spec, subject, check, units=chosen)
             m, self.other = (Measurement.of(
-                which, (base_correct, ablated.correct[mask]),
+                which, (base_correct, ablated.correct_share[mask]),
                 (base_lp, ablated.true_logprob[mask]), level=level, units=tuple(chosen))
                 for which in (kind, other_kind))
         deciding = layer.deciding if layer is not None else (

@@ -24,11 +24,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from pytest_unitablate.core.evaluation import EvalResult
 from pytest_unitablate.core.scan import scan
-from pytest_unitablate.engine.evaluations import Evaluations, eval_result
+from pytest_unitablate.engine.evaluations import (
+    Evaluations,
+    eval_arrays,
+    eval_result,
+    row_result,
+)
 from pytest_unitablate.engine.refs import Subject
 from pytest_unitablate.errors import ItemProblem
 from pytest_unitablate.spec.model import Check, Spec
@@ -64,13 +67,13 @@ class NamedChecks:
         """The unit sets to evaluate with ``units``: those of every named check of the
         layer with the same ablation (signature checks once matched), in a fixed order."""
         ev = self.evals
-        arg = ev.ablation_arg(spec, check)
+        arg = ev.ablation_memo(spec, subject, check)
         layer_units = ev.units(spec, subject, check)
         channels = layer_units.count
         wanted = {tuple(sorted(set(units)))}
         for other in spec.checks:
             if other.mode != "units" or other.layer != check.layer or \
-                    ev.ablation_arg(spec, other) != arg or \
+                    ev.ablation_memo(spec, subject, other) != arg or \
                     not self._same_units(spec, subject, other, layer_units.memo):
                 continue
             chosen = self._matched(spec, subject, other) if other.identity == "signature" \
@@ -104,13 +107,12 @@ class NamedChecks:
         """One scan of the layer with a row per unit set, through the store (each row under
         the key of the plain pass it replaces)."""
         ev = self.evals
-        arg = ev.ablation_arg(spec, check)
         baseline = ev.baseline(spec, subject)
         keys = [ev.ablated_key(spec, subject, check, v) for v in group]
 
         def compute(missing: list[int]) -> list[dict[str, Any]]:
             todo = [group[i] for i in missing]
-            means = ev.layer_means(spec, check, subject) if arg == "mean" else None
+            values = ev.ablation_values(spec, subject, check)
 
             def run() -> Any:
                 ev.seeded()
@@ -120,7 +122,7 @@ class NamedChecks:
                 lines = factory(label, len(todo) * baseline.n) if factory else None
                 rows = [v[0] if len(v) == 1 else v for v in todo]  # named as plain passes
                 return scan(subject.model, subject.data, check.layer, units=rows,
-                            ablation=arg, means=means, device=ev.device,
+                            **values, device=ev.device,
                             output=spec.output, **ev.units(spec, subject, check).core_args(),
                             memory_budget=ev.settings.memory_budget,
                             progress=lines if lines is not None else False,
@@ -129,10 +131,7 @@ class NamedChecks:
             result = ev.located(spec, run, check.layer_line)
             ev.paired(spec, baseline, result.baseline,
                       f"the pass with {check.layer} units {list(todo[0])} ablated")
-            return [{"labels": result.labels, "predictions": np.asarray(result.predictions[j]),
-                     "logprob": np.asarray(result.logprobs[j]),
-                     "num_classes": result.baseline.num_classes,
-                     "fingerprint": result.baseline.fingerprint} for j in range(len(todo))]
+            return [eval_arrays(row_result(result, j)) for j in range(len(todo))]
 
         return [eval_result(v) for v in ev.store.get_or_compute_many(keys, compute)]
 

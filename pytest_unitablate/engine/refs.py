@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_unitablate.errors import ItemProblem
@@ -126,6 +126,8 @@ class Subject:
     model: Any  # torch.nn.Module
     data: Any
     ranking: Any = None
+    #: ``reference:`` values (spec-level and per check): reference string -> data
+    references: dict[str, Any] = field(default_factory=dict)
 
     def data_for(self, ranking: bool) -> Any:
         """The ranking data when asked for and declared, else the evaluation data."""

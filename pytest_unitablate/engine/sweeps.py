@@ -42,9 +42,13 @@ class Sweep:
     reason: str = ""  # why a faster engine was refused
     plan: str = ""  # the prefix engine's units and examples per pass, and what chose them
     logprobs: Any = None  # np.ndarray (n_units, n_examples): log p(true class), nats
+    shares: Any = None  # several resample draws: (n_units, n_examples) share right
 
     def correct(self, row: int) -> Any:
-        """Per-example correctness of row ``row`` (its unit ablated)."""
+        """Per-example correctness of row ``row`` (its unit ablated): a bool each, or the
+        share of resample draws each example was right in."""
+        if self.shares is not None:
+            return self.shares[row]
         return self.predictions[row] == self.labels
 
     def select(self, units: Sequence[int]) -> Sweep:
@@ -52,7 +56,8 @@ class Sweep:
         rows = [self.units.index(u) for u in units]
         return Sweep(units=tuple(units), predictions=self.predictions[rows],
                      labels=self.labels, baseline=self.baseline, method=self.method,
-                     reason=self.reason, plan=self.plan, logprobs=self.logprobs[rows])
+                     reason=self.reason, plan=self.plan, logprobs=self.logprobs[rows],
+                     shares=None if self.shares is None else self.shares[rows])
 
 
 def merge(parts: Sequence[Sweep]) -> Sweep:
@@ -64,7 +69,9 @@ def merge(parts: Sequence[Sweep]) -> Sweep:
                  predictions=np.concatenate([p.predictions for p in parts]),
                  labels=parts[0].labels, baseline=parts[0].baseline,
                  method="+".join(methods), reason=parts[-1].reason, plan=parts[-1].plan,
-                 logprobs=np.concatenate([p.logprobs for p in parts]))
+                 logprobs=np.concatenate([p.logprobs for p in parts]),
+                 shares=None if parts[0].shares is None else
+                 np.concatenate([p.shares for p in parts]))
 
 
 class Sweeps:
@@ -84,7 +91,7 @@ class Sweeps:
         """
         ev = self.evals
         model, data = subject.model, subject.data_for(ranking)
-        arg = ev.ablation_arg(spec, check)
+        arg = ev.ablation_memo(spec, subject, check)
         layer_units = ev.units(spec, subject, check)
         channels = layer_units.count
         chosen = tuple(range(channels)) if units is None else tuple(units)
@@ -96,7 +103,7 @@ class Sweeps:
 
         def piece(units: tuple[int, ...]) -> tuple[dict[str, Any], Callable[[], Any]]:
             def run() -> dict[str, Any]:
-                means = ev.layer_means(spec, check, subject) if arg == "mean" else None
+                values = ev.ablation_values(spec, subject, check)
 
                 def scan_layer() -> Any:
                     ev.seeded()
@@ -104,8 +111,8 @@ class Sweeps:
                     # a sweep of its own starts one
                     shown = lines if lines is not None else self.progress(
                         spec, check, len(units) * baseline.n)
-                    return scan(model, data, check.layer, units=units, ablation=arg,
-                                means=means, device=ev.device, output=spec.output,
+                    return scan(model, data, check.layer, units=units, **values,
+                                device=ev.device, output=spec.output,
                                 **layer_units.core_args(),
                                 memory_budget=ev.settings.memory_budget,
                                 progress=shown if shown is not None else False,
@@ -116,11 +123,13 @@ class Sweeps:
                           ranking)
                 return {"predictions": np.asarray(result.predictions),
                         "logprobs": np.asarray(result.logprobs),
+                        **({} if result.shares is None else
+                           {"shares": np.asarray(result.shares)}),
                         "method": result.method, "reason": result.reason,
                         "plan": result.plan}
 
             key = {**identity, "what": "sweep", **layer_units.key(), "units": list(units),
-                   "ablation": arg}
+                   **ev.ablation_key(spec, subject, check)}
             return key, run
 
         pieces = self._pieces(chosen)
@@ -141,7 +150,9 @@ class Sweeps:
                       predictions=np.concatenate([v["predictions"] for v in parts]),
                       labels=baseline.labels, baseline=baseline, method="+".join(methods),
                       reason=str(parts[0]["reason"]), plan=str(parts[0].get("plan", "")),
-                      logprobs=np.concatenate([v["logprobs"] for v in parts]))
+                      logprobs=np.concatenate([v["logprobs"] for v in parts]),
+                      shares=np.concatenate([v["shares"] for v in parts])
+                      if "shares" in parts[0] else None)
         self._sweeps[key] = sweep
         return sweep
 
@@ -164,9 +175,12 @@ class Sweeps:
         ev = self.evals
         model, data = subject.model, subject.data
         arg = ev.ablation_arg(spec, check)
+        # resample's first-order estimate is mean ablation's (its expected replacement)
+        arg = "mean" if arg == "resample" else arg
         layer_units = ev.units(spec, subject, check)
         channels = layer_units.count
-        key = ("order", id(model), id(data), layer_units.memo, arg, target)
+        key = ("order", id(model), id(data), layer_units.memo,
+               ev.ablation_memo(spec, subject, check), target)
         if key not in ev.objects:
             def run() -> dict[str, Any]:
                 if layer_units.unit == "head":  # a layer has few heads: index order
@@ -187,7 +201,7 @@ class Sweeps:
 
             ev.objects[key] = ev.store.get_or_compute(
                 {**ev.identity(spec, model, data), "what": "order", **layer_units.key(),
-                 "ablation": arg, "target": target}, run)
+                 **ev.ablation_key(spec, subject, check), "target": target}, run)
         values = ev.objects[key]
         damage = [float(d) for d in values["damage"]]
         sign = -1.0 if damaging_first else 1.0
@@ -220,7 +234,7 @@ class Sweeps:
         ev = self.evals
         layer_units = ev.units(spec, subject, check)
         full = (id(subject.model), id(subject.data), layer_units.memo,
-                ev.ablation_arg(spec, check), tuple(range(layer_units.count)))
+                ev.ablation_memo(spec, subject, check), tuple(range(layer_units.count)))
         parts: list[Sweep] = []
         start, size = 0, first
         n = ev.baseline(spec, subject).n

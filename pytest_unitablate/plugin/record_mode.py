@@ -76,7 +76,8 @@ def apply_recorded(records: Sequence[Mapping[str, Any]], mode: str, level: float
     for record in records:
         if wanted(record, mode):
             by_spec[str(record.get("spec_file") or record["spec"])].append(_update(record))
-            prov = {k: str(record[k]) for k in ("data_sha256", "weights_sha256")
+            prov = {k: str(record[k]) for k in ("data_sha256", "weights_sha256",
+                                                "reference_sha256")
                     if record.get(k)}
             prov.update({k: str(environment[k]) for k in ("torch_version", "device", "dtype")
                          if environment.get(k)})

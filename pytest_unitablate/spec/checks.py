@@ -22,6 +22,7 @@ from pytest_unitablate.spec.keys import (
     IDENTITY_KINDS,
     LAYER_WIDE_KEYS,
     MODE_KEYS,
+    REFERENCE,
     TARGET_KEYS,
     UNIT_KINDS,
 )
@@ -294,6 +295,9 @@ class Checks(Fields):
         if dim_node is not None and unit == "head":
             self.err(dim_node.line, "channel_dim is for channels; a head check's units are "
                      "the heads (of the projection's input features): remove channel_dim")
+        ref_node = node.get("reference")
+        reference = self.string(ref_node, "reference", REFERENCE,
+                                " (a fixture name, or 'package.module:callable')")
         if layer is None:
             return None
         return Check(
@@ -304,7 +308,8 @@ class Checks(Fields):
             name=name, index=index, identity=identity, min_similarity=min_similarity,
             identity_line=identity_node.line if identity_node is not None else 0,
             channel_dim=self.integer(node.get("channel_dim"), "channel_dim"),
-            unit=unit, num_heads=num_heads,
+            unit=unit, num_heads=num_heads, reference=reference,
+            reference_line=ref_node.line if ref_node is not None else 0,
         )
 
     def unit_kind(self, node: YNode | None) -> UnitKind | None:

@@ -190,7 +190,10 @@ class Fields:
         if node.kind == "scalar" and node.value in ABLATION_NAMES:
             return Ablation(kind=node.value, line=node.line)
         if node.kind == "map":
-            self.keys(node, ("constant",), "ablation")
+            self.keys(node, ("constant", "resample"), "ablation")
+            res = node.get("resample")
+            if res is not None and len(node.entries) == 1:
+                return self._resample(res, node.line)
             const = node.get("constant")
             if const is not None and len(node.entries) == 1:
                 v = const.value
@@ -201,13 +204,28 @@ class Fields:
                 self.err(const.line, f"ablation constant must be a finite number, got "
                          f"{const.describe()}")
                 return None
-            if const is None and not node.entries:
-                self.err(node.line, "ablation mapping is empty; write {constant: 0.5}")
+            if not node.entries:
+                self.err(node.line, "ablation mapping is empty; write {constant: 0.5} or "
+                         "{resample: {draws: 4}}")
+            elif len(node.entries) > 1:
+                self.err(node.line, "ablation takes one of constant or resample, not both")
             return None
         hint = did_you_mean(str(node.value), ABLATION_NAMES) if node.kind == "scalar" else ""
-        self.err(node.line, f"ablation must be zero, mean or {{constant: <number>}}, got "
-                 f"{node.describe()}{hint}")
+        self.err(node.line, f"ablation must be zero, mean, resample, {{constant: <number>}} "
+                 f"or {{resample: {{draws: <count>}}}}, got {node.describe()}{hint}")
         return None
+
+    def _resample(self, node: YNode, line: int) -> Ablation | None:
+        """``{resample: {draws: K}}`` (``{resample: {}}`` and ``{resample: null}``: 1)."""
+        if node.kind == "scalar" and node.value is None:
+            return Ablation(kind="resample", line=line)
+        if node.kind != "map":
+            self.err(node.line, f"resample takes {{draws: <count>}}, got {node.describe()}")
+            return None
+        self.keys(node, ("draws",), "resample")
+        draws = self.integer(node.get("draws"), "resample draws", minimum=1) \
+            if node.get("draws") is not None else 1
+        return None if draws is None else Ablation(kind="resample", line=line, draws=draws)
 
 
 __all__ = ["Fields", "closest", "did_you_mean", "plain"]

@@ -21,7 +21,11 @@ TOP_KEYS: dict[str, str] = {
     "model": "pytest fixture name or 'package.module:callable' returning the model",
     "data": "fixture name or 'package.module:callable': (inputs, labels) batches or a Dataset",
     "classes": "optional list of class names, index order",
-    "ablation": "zero | mean | {constant: <number>}; default zero",
+    "ablation": "zero | mean | resample | {constant: <number>} | {resample: {draws: K}}; "
+                "default zero",
+    "reference": "optional fixture name or 'package.module:callable': the data mean and "
+                 "resample ablation take their values from (default: the evaluation data); "
+                 "a check may name its own",
     "checks": "list of checks, required",
     "ranking_data": "optional separate split used to rank units for top_units",
     "channel_dim": "which dimension of a layer's output holds its units (1 for N,C,H,W and "
@@ -57,6 +61,8 @@ CHECK_KEYS: dict[str, str] = {
     "unit": "this check's kind of unit: channel or head (overrides the spec's)",
     "num_heads": "for unit: head, how many heads the layer has, where the module does not "
                  "say (num_heads, num_attention_heads, n_head, n_heads)",
+    "reference": "this check's reference data for mean and resample ablation (overrides "
+                 "the spec's)",
 }
 UNIT_KINDS = ("channel", "head")
 IDENTITY_KEYS: dict[str, str] = {
@@ -87,8 +93,10 @@ TARGET_KEYS: dict[str, str] = {
                    "constraints; log-prob constraints have no warn band)",
     "confidence": "judge the bound of this confidence interval, e.g. 95%",
 }
-ABLATION_NAMES = ("zero", "mean")
+ABLATION_NAMES = ("zero", "mean", "resample")
 PERCENT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*%\s*$")
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*$")
 IDENT = re.compile(r"^[A-Za-z_]\w*$")
+#: A fixture name or an import path (model:, data:, ranking_data:, reference:).
+REFERENCE = re.compile(f"{IDENT.pattern}|{IMPORT_PATH.pattern}")
 ID_SAFE = re.compile(r"^(?!.*::)[\w:+\-.]+$")

@@ -107,6 +107,7 @@ class _Validator(Checks):
         model = self.string(root.get("model"), "model", ref, ref_hint)
         data = self.string(root.get("data"), "data", ref, ref_hint)
         ranking = self.string(root.get("ranking_data"), "ranking_data", ref, ref_hint)
+        reference = self.string(root.get("reference"), "reference", ref, ref_hint)
         classes: tuple[str, ...] | None = None
         cnode = root.get("classes")
         if cnode is not None:
@@ -173,6 +174,7 @@ class _Validator(Checks):
             output=output, output_line=line_of("output"),
             signatures=sig_file, signatures_sha256=sig_sha,
             signatures_line=line_of("signatures"),
+            reference=reference, reference_line=line_of("reference"),
         )
         from pytest_unitablate.spec.ids import duplicate_problems
 

@@ -38,7 +38,7 @@ CONSTRAINT_KINDS: tuple[ConstraintKind, ...] = (
 #: The constraint kinds on the log-probability of the true class: plain numbers in nats.
 LOGPROB_KINDS: tuple[ConstraintKind, ...] = ("min_logprob_drop", "max_logprob_drop")
 
-AblationKind = Literal["zero", "mean", "constant"]
+AblationKind = Literal["zero", "mean", "constant", "resample"]
 
 #: How a check chooses its units.
 CheckMode = Literal["units", "any_unit", "every_unit", "top_units"]
@@ -56,16 +56,21 @@ DEFAULT_MIN_SIMILARITY = 0.75
 
 @dataclass(frozen=True)
 class Ablation:
-    """What an ablated channel is replaced by: 0, its mean over the data, or a constant."""
+    """What an ablated unit is replaced by: 0, its mean over the reference data, a
+    constant, or (``resample``) its value on another example of the reference data."""
 
     kind: AblationKind = "zero"
     value: float | None = None  # only for kind == "constant"
     line: int = 0
+    draws: int = 1  # only for kind == "resample": the measure is averaged over the draws
 
     def label(self) -> str:
-        """Short, id-safe label: ``zero``, ``mean`` or ``const0.5``."""
+        """Short, id-safe label: ``zero``, ``mean``, ``const0.5``, ``resample`` or
+        ``resample4`` (four draws)."""
         if self.kind == "constant":
             return f"const{self.value:g}"
+        if self.kind == "resample" and self.draws > 1:
+            return f"resample{self.draws}"
         return self.kind
 
 
@@ -156,6 +161,9 @@ class Check:
     unit: UnitKind | None = None
     #: for unit: head, the number of heads where the module does not say it
     num_heads: int | None = None
+    #: the data mean and resample ablation take their values from (None: the spec's)
+    reference: str | None = None
+    reference_line: int = 0
 
     @property
     def mode_key(self) -> str | None:
@@ -197,6 +205,16 @@ class Spec:
     signatures: str | None = None
     signatures_sha256: str | None = None
     signatures_line: int = 0
+    #: the data ``mean`` and ``resample`` ablation take their values from (``None``: the
+    #: evaluation data); a check may name its own
+    reference: str | None = None
+    reference_line: int = 0
+
+    def reference_for(self, check: Check) -> tuple[str | None, int]:
+        """The reference data a check's ablation takes values from, and its line."""
+        if check.reference is not None:
+            return check.reference, check.reference_line
+        return self.reference, self.reference_line
 
     def signatures_path(self) -> Path:
         """Where the signatures sidecar is (or will be written): next to the spec file,

@@ -61,9 +61,14 @@ def build_schema() -> dict[str, Any]:
               "additionalProperties": {"$ref": "#/$defs/target"},
               "description": "class name, class index or 'overall' -> constraints"}
     ablation = {"oneOf": [
-        {"enum": ["zero", "mean"]},
+        {"enum": ["zero", "mean", "resample"]},
         {"type": "object", "additionalProperties": False, "required": ["constant"],
          "properties": {"constant": {"type": "number"}}},
+        {"type": "object", "additionalProperties": False, "required": ["resample"],
+         "properties": {"resample": {"oneOf": [
+             {"type": "null"},
+             {"type": "object", "additionalProperties": False,
+              "properties": {"draws": {"type": "integer", "minimum": 1}}}]}}},
     ], "description": TOP_KEYS["ablation"]}
     mark = {"oneOf": [
         {"type": "string", "pattern": r"^[A-Za-z_]\w*$"},
@@ -97,6 +102,8 @@ def build_schema() -> dict[str, Any]:
             check_props[key] = {"$ref": "#/$defs/expect"}
         elif key == "ablation":
             check_props[key] = {"$ref": "#/$defs/ablation"}
+        elif key == "reference":
+            check_props[key] = {"type": "string", "pattern": REF_PATTERN, "description": desc}
         elif key == "marks":
             check_props[key] = {"type": "array", "items": mark, "description": desc}
         elif key == "identity":
@@ -130,7 +137,7 @@ def build_schema() -> dict[str, Any]:
     for key, desc in TOP_KEYS.items():
         if key == "unitablate":
             top[key] = {"const": FORMAT_VERSION, "description": desc}
-        elif key in ("model", "data", "ranking_data"):
+        elif key in ("model", "data", "ranking_data", "reference"):
             top[key] = {"type": "string", "pattern": REF_PATTERN, "description": desc}
         elif key == "classes":
             top[key] = {"type": "array", "minItems": 1, "uniqueItems": True,

@@ -81,9 +81,21 @@ def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
             f"  paired t-test p={m.p_value:.3g} (sd of the per-example drops "
             f"{m.diffs.sd:.3f} nats)",
         ]
+    elif m.table is None:  # shares of several resample draws
+        assert m.diffs is not None
+        lines = [
+            headline(ctx, constraint, m),
+            f"{ctx.where}: {ctx.head} ({ctx.ablation} ablation): {what} must have {required}",
+            f"  baseline {pct(m.baseline)}%   ablated {pct(m.ablated)}% (mean over the "
+            f"resample draws)   n={m.n}{unit_text}",
+            f"  drop     {pct(m.drop)} pp   {m.ci_level * 100:g}% CI [{pct(lo)}, {pct(hi)}] pp "
+            f"(paired t over examples)   required {required}   missed by "
+            f"{-verdict.margin * 100:.1f} {'points' if relative else 'pp'} (judged on the "
+            f"{verdict.by})",
+            f"  paired t-test p={m.p_value:.3g}",
+        ]
     else:
         table = m.table
-        assert table is not None
         lines = [
             headline(ctx, constraint, m),
             f"{ctx.where}: {ctx.head} ({ctx.ablation} ablation): {what} must have {required}",

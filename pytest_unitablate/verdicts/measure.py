@@ -105,12 +105,33 @@ class Measurement:
                    metric="logprob", diffs=diffs)
 
     @classmethod
+    def from_shares(cls, before: Iterable[Any], after: Iterable[Any], *,
+                    level: float = DEFAULT_LEVEL, units: tuple[int, ...] = ()
+                    ) -> Measurement:
+        """An accuracy drop where each ablated example counts the share of several
+        resample draws it was right in: the mean per-example drop, with Student's t
+        interval and the paired t-test (McNemar's table needs one answer per example).
+
+        >>> m = Measurement.from_shares([True] * 4, [1.0, 0.5, 0.5, 1.0])
+        >>> round(m.drop, 2), m.metric, m.table is None
+        (0.25, 'accuracy', True)
+        """
+        diffs = PairedDiffs.from_values([float(bool(x)) for x in before],
+                                        [float(x) for x in after])
+        return cls(table=None, ci_level=level, ci=mean_drop_ci(diffs, level), units=units,
+                   metric="accuracy", diffs=diffs)
+
+    @classmethod
     def of(cls, kind: str, correct: tuple[Any, Any], logprob: tuple[Any, Any], *,
            level: float = DEFAULT_LEVEL, units: tuple[int, ...] = ()) -> Measurement:
         """The measurement a constraint ``kind`` judges, from the (baseline, ablated)
-        correctness or log-probabilities of the same examples."""
+        correctness or log-probabilities of the same examples. Ablated correctness given
+        as shares (floats: several resample draws) is measured with :meth:`from_shares`."""
         if metric_of(kind) == "logprob":
             return cls.from_logprob(*logprob, level=level, units=units)
+        dtype = getattr(correct[1], "dtype", None)
+        if dtype is not None and getattr(dtype, "kind", "") == "f":
+            return cls.from_shares(*correct, level=level, units=units)
         return cls.from_correct(*correct, level=level, units=units)
 
     @property

@@ -111,6 +111,9 @@ class ScanResult:
     plan: str = ""
     #: log-probability of the true class, ``[unit position, example]`` (nats, float32)
     logprobs: npt.NDArray[np.float32] | None = None
+    #: resample ablation with several draws: each example's share of draws it was right
+    #: in (``predictions`` then hold the first draw's); ``None`` otherwise
+    shares: npt.NDArray[np.float64] | None = None
 
     @property
     def correct(self) -> npt.NDArray[np.bool_]:
@@ -169,6 +172,7 @@ def scan(
     prefix_cache: PrefixCache | None = None,
     unit: str = "channel",
     num_heads: int | None = None,
+    resample: Sequence[Any] | None = None,
 ) -> ScanResult:
     """Ablate each unit of ``layer`` alone and record every example's prediction.
 
@@ -199,6 +203,11 @@ def scan(
     does not say): ``units`` are head indices and ``means`` per-feature means of the heads'
     concatenated output. Heads are ablated inside the attention computation, so the naive
     loop (one forward per head) runs them.
+
+    ``ablation="resample"`` takes ``resample``, one
+    :class:`~pytest_unitablate.core.resample.ResampleSource` per draw: each row is the
+    mean over the draws (log-probabilities, and ``shares`` of right answers when there
+    are several); the naive loop runs it (each example takes other examples' values).
     """
     if method not in ("auto", "closed_form", "prefix", "naive"):
         raise ConfigError(
@@ -227,6 +236,13 @@ def scan(
         means = {layer: head_means(model, data, layer, num_heads=num_heads, device=target)} \
             if unit == "head" else channel_means(model, data, [layer],
                                                   channel_dim=channel_dim, device=target)
+    if ablation == "resample":
+        if not resample:
+            raise ConfigError(f"scan of {layer!r}: resample ablation needs resample= (one "
+                              f"ResampleSource per draw)")
+        if method in ("closed_form", "prefix"):
+            raise ConfigError(f"scan(method={method!r}) refused for {layer!r}: resample "
+                              f"ablation runs the naive loop")
     if unit == "head" and method in ("closed_form", "prefix"):
         raise ConfigError(f"scan(method={method!r}) refused for {layer!r}: heads are ablated "
                           f"inside the attention computation; use method='auto' or 'naive'")
@@ -247,7 +263,10 @@ def scan(
 
         head = None
         reason = ""
-        if unit == "head":
+        if ablation == "resample":
+            reason = "resample: each example takes other examples' values (the naive loop)"
+            method = "naive"
+        if unit == "head" and method != "naive":
             if method == "auto":
                 split, why = split_for_heads(model, layer) if prefix_cache is None else \
                     prefix_cache.split(model, layer, split_for_heads)
@@ -315,19 +334,33 @@ def scan(
         baseline = evaluate(model, data, device=target, batch_size=batch_size, output=output)
         rows = []
         lp_rows = []
+        share_rows = []
         for variant in variants:
-            with ablate(model, {layer: list(variant)}, ablation=ablation, means=means,
-                        channel_dim=channel_dim, unit=unit, num_heads=num_heads):
-                ablated = evaluate(model, data, device=target, batch_size=batch_size, output=output)
-                check_paired(baseline, ablated,
-                             f"the pass with {layer} units {list(variant)} ablated")
-                rows.append(ablated.predictions)
-                lp_rows.append(ablated.true_logprob)
+            runs = []
+            for source in (resample if ablation == "resample" and resample else [None]):
+                if source is not None:
+                    source.offset = 0
+                with ablate(model, {layer: list(variant)}, ablation=ablation, means=means,
+                            channel_dim=channel_dim, unit=unit, num_heads=num_heads,
+                            resample={layer: source} if source is not None else None):
+                    ablated = evaluate(model, data, device=target, batch_size=batch_size,
+                                       output=output)
+                    check_paired(baseline, ablated,
+                                 f"the pass with {layer} units {list(variant)} ablated")
+                runs.append(ablated)
+            rows.append(runs[0].predictions)
+            lp_rows.append(np.mean([r.true_logprob for r in runs], axis=0, dtype=np.float64)
+                           .astype(np.float32))
+            share_rows.append(np.mean([r.correct for r in runs], axis=0, dtype=np.float64))
             tick(baseline.n)
-        preds_naive = np.stack(rows) if rows else np.zeros((0, baseline.n), dtype=np.int64)
-        lp_naive = np.stack(lp_rows) if lp_rows else np.zeros((0, baseline.n), dtype=np.float32)
+        n = baseline.n
+        preds_naive = np.stack(rows) if rows else np.zeros((0, n), dtype=np.int64)
+        lp_naive = np.stack(lp_rows) if lp_rows else np.zeros((0, n), dtype=np.float32)
+        draws = len(resample) if ablation == "resample" and resample else 1
+        shares = (np.stack(share_rows) if share_rows else np.zeros((0, n), dtype=np.float64)
+                  ) if draws > 1 else None
         return ScanResult(layer, chosen, preds_naive, baseline.labels, baseline, "naive", reason,
-                          logprobs=lp_naive)
+                          logprobs=lp_naive, shares=shares)
     finally:
         tick.close()
 
