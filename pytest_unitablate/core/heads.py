@@ -302,5 +302,29 @@ def head_means(model: nn.Module, data: Any, layer: str, *, num_heads: int | None
     return (torch.stack(sums).sum(dim=0) / count[0]).to(torch.float32)
 
 
+def head_values(model: nn.Module, data: Any, layer: str, *, num_heads: int | None = None,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """The heads' concatenated output of ``layer`` on every example of ``data`` (CPU,
+    batch dimension first: an ``nn.MultiheadAttention`` computes it sequence-first)."""
+    from pytest_unitablate.core.data import iter_batches
+    from pytest_unitablate.core.evaluation import eval_mode, model_device
+    from pytest_unitablate.core.resample import batch_first
+
+    site = head_site(model, layer, num_heads)
+    parts: list[torch.Tensor] = []
+
+    def capture(x: torch.Tensor) -> torch.Tensor:
+        parts.append(batch_first(site.kind, x).detach().cpu())
+        return x
+
+    target = torch.device(device) if device is not None else model_device(model)
+    with editing_heads(site, capture), eval_mode(model):
+        for inputs, _ in iter_batches(data, device=target):
+            model(inputs)
+    if not parts:
+        raise UnsupportedModelError(f"layer {layer!r} never ran on the reference data")
+    return torch.cat(parts)
+
+
 __all__ = ["HEAD_COUNT_NAMES", "HeadSite", "ablation_edit", "check_heads", "editing_heads",
-           "head_mask", "head_means", "head_site"]
+           "head_mask", "head_means", "head_site", "head_values"]

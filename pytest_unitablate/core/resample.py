@@ -124,35 +124,11 @@ def check_batch_first(layer: str, values: torch.Tensor, batch: int, tensor: torc
             f"shape on every example (pad sequences to one length)")
 
 
-def head_values(model: nn.Module, data: Any, layer: str, *, num_heads: int | None = None,
-                device: torch.device | str | None = None) -> torch.Tensor:
-    """The heads' concatenated output of ``layer`` on every example of ``data`` (CPU,
-    batch dimension first: an ``nn.MultiheadAttention`` computes it sequence-first)."""
-    from pytest_unitablate.core.data import iter_batches
-    from pytest_unitablate.core.evaluation import eval_mode, model_device
-    from pytest_unitablate.core.heads import editing_heads, head_site
-
-    site = head_site(model, layer, num_heads)
-    parts: list[torch.Tensor] = []
-
-    def capture(x: torch.Tensor) -> torch.Tensor:
-        parts.append(batch_first(site.kind, x).detach().cpu())
-        return x
-
-    target = torch.device(device) if device is not None else model_device(model)
-    with editing_heads(site, capture), eval_mode(model):
-        for inputs, _ in iter_batches(data, device=target):
-            model(inputs)
-    if not parts:
-        raise UnsupportedModelError(f"layer {layer!r} never ran on the reference data")
-    return torch.cat(parts)
-
-
 def batch_first(kind: str, x: torch.Tensor) -> torch.Tensor:
     """A head site's concatenated heads with the batch first: ``nn.MultiheadAttention``
     gives them as (T, N, E), an output projection as (N, ..., E)."""
     return x.transpose(0, 1) if kind != "projection" and x.dim() == 3 else x
 
 
-__all__ = ["ResampleSource", "batch_first", "check_batch_first", "head_values",
-           "layer_values", "resample_index"]
+__all__ = ["ResampleSource", "batch_first", "check_batch_first", "layer_values",
+           "resample_index"]

@@ -276,12 +276,8 @@ class Evaluations:
         """One :class:`~pytest_unitablate.core.resample.ResampleSource` per draw of the
         check's ``resample`` ablation: the layer's values on the reference data (cached
         per model, data and layer), and each draw's index by the documented rule."""
-        from pytest_unitablate.core.resample import (
-            ResampleSource,
-            head_values,
-            layer_values,
-            resample_index,
-        )
+        from pytest_unitablate.core.heads import head_values
+        from pytest_unitablate.core.resample import ResampleSource, layer_values, resample_index
 
         model = subject.model
         data, declared = self.reference_data(spec, subject, check)

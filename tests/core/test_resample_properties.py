@@ -15,12 +15,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from pytest_unitablate import scan
-from pytest_unitablate.core.resample import (
-    ResampleSource,
-    head_values,
-    layer_values,
-    resample_index,
-)
+from pytest_unitablate.core.heads import head_values
+from pytest_unitablate.core.resample import ResampleSource, layer_values, resample_index
 
 
 def _draw(n: int, r: int, draw: int, seed: int, same: bool) -> np.ndarray:
