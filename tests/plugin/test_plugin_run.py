@@ -187,13 +187,14 @@ def test_json_report_and_junit_properties(tiny: pytest.Pytester) -> None:
     assert doc["torch_version"] and doc["pytest_unitablate_version"]
     first = doc["items"][0]
     assert list(first) == ["id", "spec", "line", "layer", "unit", "channel_dim", "units",
-                           "ablation", "target", "class_index", "n", "baseline",
+                           "ablation", "target", "class_index", "metric", "n", "baseline",
                            "ablated", "drop", "ci_low", "ci_high", "constraint",
                            "threshold", "outcome", "p_value",
                            "deciding_units", "ranking_note",
                            "units_evaluated", "units_total", "identity",
                            "matched_units", "similarity", "min_similarity", "mapping",
-                           "reason"]
+                           "dead_units", "recorded_drop", "reason"]
+    assert first["metric"] == "accuracy"
     assert first["id"] == "hidden-u1-one-min_drop" and first["line"] == 9
     assert first["units"] == [1] and first["class_index"] == 1 and first["n"] == 10
     assert first["baseline"] == 1.0 and first["ablated"] == 0.0 and first["drop"] == 1.0
