@@ -258,9 +258,12 @@ def _check(args: argparse.Namespace, specs: list[Path], fixtures: dict[str, str]
         write_json(args.report, build_report(records, runs[0].environment))
         write_json(run_path(args.report), build_run(records))
     if args.html is not None:
+        from pytest_unitablate.analysis.review_figures import review_figures
+        from pytest_unitablate.verdicts.records import sort_records
         from pytest_unitablate.verdicts.review_page import write_review_page
 
-        write_review_page(args.html, records, runs[0].environment)
+        write_review_page(args.html, records, runs[0].environment,
+                          figures=review_figures(sort_records(records)))
     for run in runs:
         for item in run.items:
             for text in item.warnings:

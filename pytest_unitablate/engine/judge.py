@@ -157,6 +157,7 @@ class _ItemRun:
                 which, (base_correct, ablated.correct_share[mask]),
                 (base_lp, ablated.true_logprob[mask]), level=level, units=chosen_units)
                 for which in (kind, other_kind))
+            after = ablated.correct_share
         elif check.mode in ("any_unit", "every_unit"):
             def row(sweep: Any, i: int, which: str = kind) -> Measurement:
                 return Measurement.of(
@@ -194,6 +195,7 @@ class _ItemRun:
                                          noun=noun)
             m, notes = layer.decider, list(layer.notes) + notes
             self.other = row(sweep, sweep.units.index(m.units[0]), other_kind)
+            after = sweep.correct(sweep.units.index(m.units[0]))
         else:
             chosen, notes = self._top_units()
             ablated = engine.ablated(spec, subject, check, units=chosen)
@@ -201,9 +203,11 @@ class _ItemRun:
                 which, (base_correct, ablated.correct_share[mask]),
                 (base_lp, ablated.true_logprob[mask]), level=level, units=tuple(chosen))
                 for which in (kind, other_kind))
+            after = ablated.correct_share
         deciding = layer.deciding if layer is not None else (
             list(m.units) if check.mode == "top_units" else None)
         self._record_measurement(m, layer, deciding)
+        self._record_damage(baseline, after)
         if self.dead:
             raise Miss(dead_text(self._context(deciding, notes), self.key.check.layer,
                                  self.dead, self.record, m))
@@ -361,6 +365,19 @@ class _ItemRun:
         if self.settings.record_mode != "none" or self.settings.run_facts:
             measured.update(self.engine.evals.hashes(self.spec, self.subject))
         self.record.update(measured)
+
+    def _record_damage(self, baseline: Any, after: Any) -> None:
+        """The accuracy drop of every class and overall under the item's ablation (its
+        deciding unit's, for a layer-wide check), fractions: the review page's unit x
+        class heatmap and its overall-vs-class plot."""
+        labels, before = baseline.labels, baseline.correct
+        drops: list[float | None] = []
+        for k in range(baseline.num_classes):
+            mask = labels == k
+            drops.append(float(before[mask].mean() - after[mask].mean()) if mask.any()
+                         else None)
+        self.record["class_drops"] = drops
+        self.record["overall_drop"] = float(before.mean() - after.mean())
 
     def _judge(self, m: Measurement, deciding: list[int] | None, notes: list[str]) -> None:
         spec, key = self.spec, self.key

@@ -255,10 +255,13 @@ def _write_outputs(session: pytest.Session, state: PluginState) -> None:
         write_json(where / state.report_path, build_report(records, _environment(state)))
         write_json(where / run_path(state.report_path), build_run(records))
     if state.settings.html is not None:
+        from pytest_unitablate.analysis.review_figures import review_figures
+        from pytest_unitablate.verdicts.records import sort_records
         from pytest_unitablate.verdicts.review_page import write_review_page
 
         write_review_page(where / state.settings.html, records,
-                          {**_environment(state), "commit": _commit(where)})
+                          {**_environment(state), "commit": _commit(where)},
+                          figures=review_figures(sort_records(records)))
     if state.record_mode != "none":
         from pytest_unitablate.plugin.record_mode import apply_recorded
 

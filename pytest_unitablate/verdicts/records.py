@@ -58,6 +58,7 @@ def static_record(spec: Spec, key: ItemKey) -> dict[str, Any]:
         "data_ref": spec.data,
         "mode_key": check.mode_key,
         "target_key": target,
+        "class_names": list(spec.classes) if spec.classes else None,
     }
 
 

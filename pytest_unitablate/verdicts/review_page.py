@@ -176,8 +176,12 @@ def facts_list(facts: Sequence[tuple[str, str]]) -> str:
 
 
 def review_page(records: Sequence[Mapping[str, Any]], environment: Mapping[str, Any],
-                title: str = "pytest-unitablate review") -> str:
-    """The page: the run's facts, a summary, then every item, failures first."""
+                title: str = "pytest-unitablate review",
+                figures: Sequence[tuple[str, str]] | None = None) -> str:
+    """The page: the run's facts, a summary, then every item, failures first, then the
+    ``figures`` (``(title, inline SVG)``, drawn by
+    :mod:`pytest_unitablate.analysis.review_figures`; ``[]``: a note that the plots need
+    the ``analysis`` extra; ``None``: no figure section)."""
     failing = [r for r in records if r.get("outcome") in ("failed", "error", "xpassed")]
     body = [f"<h1>{e(title)}</h1>",
             f'<p class="summary">{len(records)} items: {e(counts_line(records))}</p>',
@@ -188,11 +192,19 @@ def review_page(records: Sequence[Mapping[str, Any]], environment: Mapping[str, 
              "<p>Drops are baseline minus ablated accuracy in percentage points (pp), "
              "positive when the ablation hurts; intervals are paired (Newcombe).</p>",
              items_table(records)]
+    if figures is not None:
+        if figures:
+            for caption, svg in figures:
+                body += [f"<h2>{e(caption)}</h2>", f'<div class="figure">{svg}</div>']
+        else:
+            body.append("<p>Plots of the unit x class damage need matplotlib and pandas: "
+                        "pip install 'pytest-unitablate[analysis]'.</p>")
     return document(title, "".join(body))
 
 
 def write_review_page(path: Any, records: Iterable[Mapping[str, Any]],
-                      environment: Mapping[str, Any]) -> None:
+                      environment: Mapping[str, Any],
+                      figures: Sequence[tuple[str, str]] | None = None) -> None:
     """Write :func:`review_page` to ``path`` atomically."""
     from pathlib import Path
 
@@ -200,7 +212,7 @@ def write_review_page(path: Any, records: Iterable[Mapping[str, Any]],
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(target, review_page(list(records), environment))
+    atomic_write(target, review_page(list(records), environment, figures=figures))
 
 
 __all__ = ["OUTCOME_COLOURS", "badge", "counts_line", "document", "e", "facts_list",

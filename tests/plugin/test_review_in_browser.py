@@ -43,15 +43,15 @@ def _browser() -> str:
     return found
 
 
-def _render(page: Path, tmp: Path) -> tuple[str, Path]:
+def _render(page: Path, tmp: Path, height: int = 1100) -> tuple[str, Path]:
     browser = _browser()
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp / 'profile'}"]
     dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True,
                          text=True, timeout=120).stdout
-    png = tmp / f"{page.stem}.png"
-    subprocess.run([browser, *flags, f"--screenshot={png}", "--window-size=1300,1100",
+    png = tmp / f"{page.stem}-{height}.png"
+    subprocess.run([browser, *flags, f"--screenshot={png}", f"--window-size=1300,{height}",
                     page.as_uri()], capture_output=True, timeout=120)
     return dom, png
 
@@ -82,6 +82,14 @@ def test_review_and_comparison_pages_show_failures_first(tiny: pytest.Pytester,
     assert "every_unit; deciding unit" in dom and "weights sha256" in dom
     red, green = _first_row(png, RED), _first_row(png, GREEN)
     assert red is not None and green is not None and red < green  # failures first
+    # the unit x class heatmap (class names, axis titles) and overall vs class drop
+    assert "Unit x class damage" in dom and "Overall drop against the class" in dom
+    for text in (">class<", ">unit (largest class drop first)<", ">zero<", ">three<",
+                 "class drop when the unit is ablated (pp)", ">overall drop (pp)<",
+                 ">y = x<"):
+        assert text in dom, text
+    _, tall = _render(tiny.path / "review.html", tmp_path, height=3200)
+    assert _first_row(tall, (103, 0, 31)) is not None  # hidden-u1's 100 pp cell, drawn
 
     spec(tiny, BODY.format(three="0%", every="100%"))
     passing = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-report",
