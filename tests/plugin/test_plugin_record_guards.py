@@ -4,6 +4,8 @@ the data cannot support (the tiny model: unit k < 3 carries class k, unit 3 carr
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import pytest
 from tiny_source import spec
@@ -152,3 +154,40 @@ def test_a_top_units_ranking_that_cannot_decide_says_so(tiny: pytest.Pytester) -
                                  "(every drop <= 0): the choice of 1 unit(s) is by index alone"])
     (item,) = json.loads((tiny.path / "r.json").read_text())["items"]
     assert item["deciding_units"] == [0] and "by index alone" in item["ranking_note"]
+
+
+def test_record_mode_writes_logprob_bounds_in_nats_and_a_rerun_passes(
+        tiny: pytest.Pytester) -> None:
+    path = spec(tiny, """\
+        checks:
+          - layer: hidden
+            units: [1]
+            expect:
+              one: {min_logprob_drop: null}
+              overall: {max_logprob_drop: null}
+        """)
+    new = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-record-mode=new")
+    new.assert_outcomes(passed=2)
+    text = path.read_text()
+    assert re.search(r"one: \{min_logprob_drop: \d+\.\d{3}\}\s+# recorded: measured "
+                     r"\d+\.\d{3} nats, margin \d+\.\d{3} nats", text), text
+    thresholds = _thresholds(path)
+    low, high = thresholds[(0, "one", "min_logprob_drop")], \
+        thresholds[(0, "overall", "max_logprob_drop")]
+    assert low is not None and high is not None and 0 < low and high > 0
+    again = tiny.runpytest("--unitablate-spec", "spec.yaml", "-v", "--unitablate-report",
+                           "r.json")
+    again.assert_outcomes(passed=2)
+    again.stdout.fnmatch_lines(["*hidden*1*one*nats*log-prob drop >= *nats*passed*"])
+    items = {i["constraint"]: i for i in json.loads((tiny.path / "r.json").read_text())
+             ["items"]}
+    one = items["min_logprob_drop"]
+    assert one["metric"] == "logprob" and one["drop"] >= low
+    # logits [0, 1, 0, 0.5] at baseline, [0, 0, 0, 0.5] with hidden unit 1 ablated
+    before = 1 - math.log(2 + math.e + math.exp(0.5))
+    after = 0 - math.log(3 + math.exp(0.5))
+    assert one["drop"] == pytest.approx(before - after, abs=1e-5)
+    # the drop record mode wrote beside the threshold is read back from its comment
+    loaded = load_spec(path)
+    (constraint,) = loaded.checks[0].expectations[0].constraints
+    assert constraint.measured == pytest.approx(one["drop"], abs=1e-3)
