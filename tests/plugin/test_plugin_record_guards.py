@@ -174,7 +174,7 @@ def test_record_mode_writes_logprob_bounds_in_nats_and_a_rerun_passes(
     thresholds = _thresholds(path)
     low, high = thresholds[(0, "one", "min_logprob_drop")], \
         thresholds[(0, "overall", "max_logprob_drop")]
-    assert low is not None and high is not None and 0 < low and high > 0
+    assert low is not None and high is not None and low > 0 and high > 0
     again = tiny.runpytest("--unitablate-spec", "spec.yaml", "-v", "--unitablate-report",
                            "r.json")
     again.assert_outcomes(passed=2)
