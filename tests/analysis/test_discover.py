@@ -29,6 +29,12 @@ def test_discovered_spec_is_valid_and_passes_on_its_model(tmp_path: Path) -> Non
     modes = [c.mode for c in spec.checks]
     assert modes.count("units") == 4 and "every_unit" in modes and "any_unit" in modes
     assert len(item_ids(spec)) >= 10
+    kinds = [k.kind for c in spec.checks if c.mode == "units" for e in c.expectations
+             for k in e.constraints]
+    assert kinds.count("min_logprob_drop") == 4  # both measures on each named unit's class
+    text = out.read_text()
+    # a weak accuracy bound is left out, and the comment says why
+    assert kinds.count("min_drop") == 4 - text.count("# not written: a min_drop")
     run = subprocess.run([sys.executable, "-m", "pytest", "--unitablate-spec", str(out),
                           "-p", "no:cacheprovider", "-q"], cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
