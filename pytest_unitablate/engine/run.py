@@ -125,10 +125,22 @@ class SpecRun:
         """What a terminal shows: each failure's text (as pytest prints it), optionally
         the table of every item, and the summary line."""
         parts = []
+        shown: dict[str, list[str]] = {}  # an error message -> the items that had it
         for item in self.items:
             if item.outcome in FAILING:
                 label = "FAILED" if item.outcome == "failed" else "ERROR"
+                if item.outcome == "error" and item.message in shown:
+                    shown[str(item.message)].append(item.id)
+                    continue  # one bind error (an unknown model) is every item's: once
+                if item.outcome == "error":
+                    shown[str(item.message)] = []
                 parts.append(f"{label} {self.spec.path}::{item.id}\n{item.message}\n")
+        for message, more in shown.items():
+            if more:
+                where = parts.index(next(p for p in parts if p.endswith(f"\n{message}\n")))
+                ids = ", ".join(more[:5]) + (" ..." if len(more) > 5 else "")
+                parts[where] += (f"(the same error for {len(more)} more item"
+                                 f"{'s' * (len(more) != 1)} of this spec: {ids})\n")
         if table:
             parts.append(format_table(sort_records(
                 [{**i.record, "outcome": i.outcome} for i in self.items])))

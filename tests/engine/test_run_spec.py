@@ -179,6 +179,9 @@ def test_check_exits_as_pytest_does_without_pytest(folder: Path) -> None:
     assert unknown.returncode == 1
     assert "named.yaml:2: model 'mine': it is not one of the names given with --fixture " \
            "(none)" in unknown.stdout
+    # one bind error is every item's: shown once, with how many more items it cost
+    assert unknown.stdout.count("it is not one of the names given") == 2  # headline + text
+    assert "(the same error for 6 more items of this spec: " in unknown.stdout
     for args in (["missing.yaml"], ["spec.yaml", "--fixture", "mine"],
                  ["spec.yaml", "--device", "gpu0"], ["spec.yaml", "--bogus"],
                  ["spec.yaml", "--memory-budget", "lots"]):
