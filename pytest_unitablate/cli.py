@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: 2GiB)")
     c.add_argument("--full-sweeps", action="store_true",
                    help="layer-wide checks evaluate every unit (no early stop)")
+    c.add_argument("--full-trace", action="store_true",
+                   help="let an unexpected error through with its traceback instead of "
+                   "recording it as the item's failure")
     c.add_argument("-v", "--verbose", action="store_true",
                    help="print the table of every item")
     d = sub.add_parser("discover", help="scan layers and write a starter spec with recorded "
@@ -238,7 +241,8 @@ def _check(args: argparse.Namespace, specs: list[Path], fixtures: dict[str, str]
 
     settings = EngineSettings(device=args.device, seed=args.seed, memory_budget=budget,
                               full_sweeps=args.full_sweeps, full_sweeps_option="--full-sweeps",
-                              device_option="--device", run_facts=args.html is not None)
+                              device_option="--device", run_facts=args.html is not None,
+                              full_trace=args.full_trace, full_trace_option="--full-trace")
     store: Store = DiskStore(args.cache_dir) if args.cache_dir is not None else NullStore()
     engine = Engine(settings, store)
     given = ", ".join(sorted(fixtures)) or "none"
@@ -344,8 +348,9 @@ def discover(args: argparse.Namespace) -> int:
     print(f"wrote {args.out} with {checks} checks; run: pytest --unitablate-spec {args.out}")
     if "units: [" not in text:
         print(f"note: no named-unit checks: no unit's class drop has a "
-              f"{args.confidence * 100:g}% lower bound of at least 5 pp on this data (a "
-              f"redundant layer, or too few examples per class to bound a drop away from 0)")
+              f"{args.confidence * 100:g}% lower bound of at least 5 pp on this data, nor a "
+              f"log-prob drop a lower bound of 0.05 nats that keeps the share (a redundant "
+              f"layer, or too few examples per class to bound a drop away from 0)")
     return 0
 
 

@@ -5,12 +5,15 @@ Scans the given layers (every unit ablated alone), picks the most class-specific
 bounds of paired confidence intervals, so the spec passes on the model it came from and
 tolerates sampling noise on a retrain of the same data:
 
-* one named-unit check per chosen unit: ``min_drop`` and ``min_logprob_drop`` on its
-  class (lower bounds) and ``max_drop`` on overall accuracy (upper bound); a lower bound
-  that keeps less than ``min_share`` of its measured drop (or that one example meets) is
-  not written, and the comment says so;
-* per layer, an ``every_unit`` guard on overall accuracy (the largest upper bound) and an
-  ``any_unit`` check for each chosen class, which survives a retrain that renumbers units.
+* one named-unit check per chosen unit (the units whose class drop has the largest lower
+  bound; when accuracy bounds none, those whose log-prob drop has a strong lower bound
+  of at least 0.05 nats): ``min_drop`` and ``min_logprob_drop`` on its class (lower
+  bounds) and ``max_drop`` on overall accuracy (upper bound); a lower bound that keeps
+  less than ``min_share`` of its measured drop (or that one example meets) is not
+  written, and the comment says so;
+* per layer, an ``every_unit`` guard on overall accuracy (the largest upper bound) and
+  an ``any_unit`` check for each chosen class, which survives a retrain that renumbers
+  units.
 
 Command line (model and data are ``package.module:callable`` import paths)::
 
@@ -121,19 +124,53 @@ def find_units(model: Any, data: Any, layers: Sequence[str], *, top: int = 5,
                 m = Measurement.from_correct(base[mask], after[mask], level=level)
                 if best is None or m.ci[0] > best.low:
                     best = Finding(layer, unit, k, m.drop, m.ci[0], overall.ci[1])
-            if best is not None and best.low >= min_low:
-                mask = labels == best.target
-                lp = Measurement.from_logprob(result.baseline.true_logprob[mask],
-                                              result.logprobs[i][mask], level=level)
-                acc = Measurement.from_correct(base[mask], after[mask], level=level)
-                best = replace(
-                    best, lp_drop=lp.drop, lp_low=lp.ci[0],
-                    weak=_weak("min_drop", best.low, acc, min_share),
-                    lp_weak=_weak("min_logprob_drop", lp.ci[0], lp, min_share))
-                findings.append(best)
+            base_lp = result.baseline.true_logprob
+            if best is None or best.low < min_low:
+                # accuracy cannot bound this unit's damage: the log-prob measure may
+                best = _by_logprob(layer, unit, labels, base, after, base_lp,
+                                   result.logprobs[i], overall.ci[1], level, min_share)
+                if best is None:
+                    continue
+            mask = labels == best.target
+            lp = Measurement.from_logprob(base_lp[mask], result.logprobs[i][mask], level=level)
+            acc = Measurement.from_correct(base[mask], after[mask], level=level)
+            best = replace(
+                best, lp_drop=lp.drop, lp_low=lp.ci[0],
+                weak=_weak("min_drop", best.low, acc, min_share),
+                lp_weak=_weak("min_logprob_drop", lp.ci[0], lp, min_share))
+            findings.append(best)
         guards[layer] = worst_high
-    findings.sort(key=lambda f: (-f.low, f.layer, f.unit))
+    # units accuracy can bound first (by their lower bound), then those only the log-prob
+    # measure can (by theirs)
+    findings.sort(key=lambda f: (f.weak != "", -(f.low if not f.weak else f.lp_low),
+                                 f.layer, f.unit))
     return findings[:top], guards
+
+
+#: The smallest log-prob lower bound (nats) that makes a unit worth a named check when
+#: accuracy cannot bound its damage.
+MIN_LOGPROB_LOW = 0.05
+
+
+def _by_logprob(layer: str, unit: int, labels: Any, base: Any, after: Any, base_lp: Any,
+                after_lp: Any, overall_high: float, level: float, share: float
+                ) -> Finding | None:
+    """The class whose log-prob drop has the largest lower bound, when that bound is
+    strong enough to guard (at least :data:`MIN_LOGPROB_LOW` and ``share`` of the drop)."""
+    best: tuple[float, int, Measurement] | None = None
+    for k in range(int(labels.max()) + 1):
+        mask = labels == k
+        if not mask.any():
+            continue
+        lp = Measurement.from_logprob(base_lp[mask], after_lp[mask], level=level)
+        if best is None or lp.ci[0] > best[0]:
+            best = (lp.ci[0], k, lp)
+    if best is None or best[0] < MIN_LOGPROB_LOW or _weak("min_logprob_drop", best[0],
+                                                           best[2], share):
+        return None
+    mask = labels == best[1]
+    acc = Measurement.from_correct(base[mask], after[mask], level=level)
+    return Finding(layer, unit, best[1], acc.drop, acc.ci[0], overall_high)
 
 
 def _weak(kind: str, bound: float, m: Measurement, share: float) -> str:
@@ -166,7 +203,8 @@ def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
     lines.append("ablation: zero")
     if not findings:
         lines.append(f"# No named-unit checks: no unit's class drop has a {level * 100:g}% "
-                     f"lower bound of at least 5 pp on this data.")
+                     f"lower bound of at least 5 pp on this data, nor a log-prob drop a "
+                     f"strong one of 0.05 nats.")
     if addressing.unit == "head":
         lines.append("unit: head                       # units are attention heads")
     elif addressing.channel_dim is not None:

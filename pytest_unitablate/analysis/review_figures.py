@@ -3,11 +3,12 @@ extra): the unit x class heatmap and overall drop against class drop.
 
 Every item records the accuracy drop of every class and overall under its ablation
 (``class_drops``, ``overall_drop``; a layer-wide check's are its deciding unit's). One
-heatmap row per distinct ablation (layer and units), one column per class (named as the
-spec names them), colour the class drop in pp; and one point per class item, its overall
-drop against its class's drop, in pp on equal axes with the y = x line (the paper's first
-finding: points far above the line are units that barely move overall accuracy but wreck
-a class). Pure functions of the records, so the same records give the same bytes.
+heatmap row per distinct ablation (spec, layer, units, ablation kind), one column per
+class (named as the spec names them), colour the class drop in pp; and one point per
+class item, its overall drop against its class's drop, in pp on equal axes with the y =
+x line (the paper's first finding: points far above the line are units that barely move
+overall accuracy but wreck a class). Pure functions of the records, so the same records
+give the same bytes.
 
 Example::
 
@@ -22,14 +23,23 @@ from typing import Any
 from pytest_unitablate.errors import MissingExtraError
 
 
-def _label(r: Mapping[str, Any]) -> str:
-    """``layer3.0 u0``, ``layer3.0 u0+3``, ``conv5 h2``, ``conv5 any_unit:7``."""
+def _label(r: Mapping[str, Any], with_spec: bool) -> str:
+    """``layer3.0 u0``, ``layer3.0 u0+3``, ``conv5 h2``, ``conv5 any_unit:7``, then the
+    ablation unless it is zero (``conv5 u5 mean``), after the spec's name when the page
+    holds several specs (``alexnet: conv5 u5``)."""
     h = "h" if r.get("unit") == "head" else "u"
     units = r.get("matched_units") or r.get("units")
     if units:
-        return f"{r.get('layer')} {h}{'+'.join(map(str, units))}"
-    deciding = r.get("deciding_units") or []
-    return f"{r.get('layer')} {r.get('mode')}:{'+'.join(map(str, deciding))}"
+        text = f"{r.get('layer')} {h}{'+'.join(map(str, units))}"
+    else:
+        deciding = r.get("deciding_units") or []
+        text = f"{r.get('layer')} {r.get('mode')}:{'+'.join(map(str, deciding))}"
+    if r.get("ablation") not in (None, "zero"):
+        text += f" {r.get('ablation')}"
+    if with_spec:
+        stem = str(r.get("spec") or "").replace("\\", "/").rsplit("/", 1)[-1]
+        text = f"{stem.rsplit('.', 1)[0]}: {text}"
+    return text
 
 
 def class_names(records: Sequence[Mapping[str, Any]]) -> dict[int, str]:
@@ -59,9 +69,11 @@ def review_figures(records: Sequence[Mapping[str, Any]], max_rows: int = 48
         from pytest_unitablate.analysis.html_report import heatmap_svg, scatter_svg
 
         names = class_names(records)
+        with_spec = len({str(r.get("spec")) for r in rows}) > 1
         seen: dict[str, list[float | None]] = {}
         for r in sorted(rows, key=lambda r: (str(r.get("spec")), int(r.get("line") or 0))):
-            seen.setdefault(_label(r), list(r["class_drops"]))
+            # one row per ablation: a unit under zero and under mean ablation are two
+            seen.setdefault(_label(r, with_spec), list(r["class_drops"]))
         table = [{"unit": label, "target": k, "drop": d}
                  for label, drops in seen.items() for k, d in enumerate(drops)
                  if d is not None]

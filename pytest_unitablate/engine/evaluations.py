@@ -116,13 +116,14 @@ class Evaluations:
         self.guard(spec, line, lambda: check_paired(baseline, other, what, reference))
 
     def located(self, spec: Spec, fn: Callable[[], Any], line: int = 0,
-                ranking: bool = False) -> Any:
+                ranking: bool = False, data: tuple[str, int] | None = None) -> Any:
         """Run an evaluation; put each kind of failure at the spec line that causes it.
 
         NaN logits are the model's (``model:``), an output that does not hold one logits
         tensor is ``output:`` (or ``model:``), anything the data or the model's forward
-        raises on the data is ``data:``; ``line`` overrides for ablation problems. Data
-        that a pass finds unpaired is the data's line (``ranking_data:`` with ``ranking``).
+        raises on the data is ``data:`` (``data``: another reference and its line, such as
+        ``reference:``); ``line`` overrides for ablation problems. Data that a pass finds
+        unpaired is the data's line (``ranking_data:`` with ``ranking``).
         """
         try:
             return fn()
@@ -142,9 +143,10 @@ class Evaluations:
         except Exception as exc:  # the model's forward rejected the data (shape, dtype, ...)
             if self.settings.full_trace:
                 raise
+            ref, where = data if data is not None else (spec.data, spec.data_line)
             raise ItemProblem(
-                f"{spec.where(spec.data_line)}: the model {spec.model!r} raised "
-                f"{type(exc).__name__} on the data {spec.data!r}: {exc}. Check the inputs' "
+                f"{spec.where(where)}: the model {spec.model!r} raised "
+                f"{type(exc).__name__} on the data {ref!r}: {exc}. Check the inputs' "
                 f"shape, dtype and device against what the model expects") from None
 
     def check_model(self, model: nn.Module, spec: Spec | None = None) -> None:
@@ -258,8 +260,8 @@ class Evaluations:
                                      device=self.device)[check.layer]
 
             def run() -> dict[str, Any]:
-                return {"means": self.guard(spec, self._reference_line(spec, check),
-                                            compute).cpu().numpy()}
+                return {"means": self.located(spec, compute, self._reference_line(
+                    spec, check), data=self._reference_of(spec, check)).cpu().numpy()}
 
             identity = self.identity(spec, model, data)
             values = self.store.get_or_compute(
@@ -267,6 +269,11 @@ class Evaluations:
             self._means[key] = {check.layer: torch.from_numpy(values["means"])}
         result: dict[str, Any] = self._means[key]
         return result
+
+    def _reference_of(self, spec: Spec, check: Check) -> tuple[str, int] | None:
+        """The declared reference and its line, for messages (None: the evaluation data)."""
+        ref, line = spec.reference_for(check)
+        return (ref, line) if ref is not None else None
 
     def _reference_line(self, spec: Spec, check: Check) -> int:
         ref, line = spec.reference_for(check)
@@ -291,7 +298,8 @@ class Evaluations:
                                        device=self.device)
                 return layer_values(model, data, check.layer, device=self.device)
 
-            self.objects[key] = self.guard(spec, self._reference_line(spec, check), compute)
+            self.objects[key] = self.located(spec, compute, self._reference_line(spec, check),
+                                             data=self._reference_of(spec, check))
         values = self.objects[key]
         n = self.baseline(spec, subject).n
         seed = self.settings.seed or 0

@@ -239,8 +239,8 @@ def _run(engine: Engine, spec: Spec, subject: Any, key: ItemKey) -> ItemOutcome:
         if engine.settings.full_trace:
             raise
         message = (f"{spec.where(key.line)}: unexpected error while running {key.id}: "
-                   f"{type(exc).__name__}: {exc}\n  (pass full_trace=True for the "
-                   f"traceback)")
+                   f"{type(exc).__name__}: {exc}\n  (pass "
+                   f"{engine.settings.full_trace_option} for the traceback)")
         return ItemOutcome(key.id, "failed", message,
                            {**static_record(spec, key), "reason": message.split("\n", 1)[0]})
     # as in pytest: a problem found while measuring fails the item (its call phase);

@@ -67,6 +67,8 @@ class EngineSettings:
     full_sweeps_option: str = "--unitablate-full-sweeps"
     #: how this front end spells the device option (messages name it)
     device_option: str = "--unitablate-device"
+    #: how this front end asks for the traceback of an unexpected error
+    full_trace_option: str = "full_trace=True"
 
     def rerun_command(self, mode: str, spec: str) -> str:
         """The re-record command a failure text ends with."""

@@ -336,8 +336,9 @@ def dead_text(ctx: FailureContext, layer: str, dead: Mapping[int, float],
                  + f"{now} now with {noun}{'s' if len(matched) > 1 else ''} "
                  f"{', '.join(map(str, matched))} ablated")
     lines.append(f"  (A {noun} counts as dead only while the layer's other recorded {noun}s "
-                 f"keep their indices.) If that is intended, remove the check, or delete "
-                 f"the {noun}'s signature and record the new model's {noun}.")
+                 f"keep their indices.) If that is intended, remove the check; or, to "
+                 f"protect the new model's {noun}s, delete the signatures sidecar and the "
+                 f"spec's signatures: line, then record again with record mode new.")
     return "\n".join(lines)
 
 
@@ -371,8 +372,9 @@ def no_match_text(where: str, item_id: str, layer: str, gone: Sequence[Any],
                  f"min_similarity in the check's identity:)")
     lines.append(f"  The {noun} this check protects is gone: no {noun} of the model under "
                  f"test plays its role (the classes that depend on it). If that is intended, "
-                 f"remove the check, or delete its signature and record the new model's "
-                 f"{noun}.")
+                 f"remove the check; or, to protect the new model's {noun}s, delete the "
+                 f"signatures sidecar and the spec's signatures: line, then record again "
+                 f"with record mode new.")
     return "\n".join(lines)
 
 

@@ -189,8 +189,9 @@ def review_page(records: Sequence[Mapping[str, Any]], environment: Mapping[str, 
     if failing:
         body += [f"<h2>Failures ({len(failing)})</h2>", items_table(failing)]
     body += ["<h2>All items</h2>",
-             "<p>Drops are baseline minus ablated accuracy in percentage points (pp), "
-             "positive when the ablation hurts; intervals are paired (Newcombe).</p>",
+             "<p>Drops are baseline minus ablated, positive when the ablation hurts: "
+             "accuracy in percentage points (pp), paired Newcombe intervals; the "
+             "log-probability of the true class in nats, Student's t intervals.</p>",
              items_table(records)]
     if figures is not None:
         if figures:

@@ -151,3 +151,19 @@ def test_resample_without_a_reference_never_takes_the_example_itself(tmp_path: P
     assert not np.any(j == np.arange(500)) and set(j) <= set(range(500))
     assert np.array_equal(j, resample_index(500, 500, draw=0, seed=7, same_data=True))
     assert not np.array_equal(j, resample_index(500, 500, draw=1, seed=7, same_data=True))
+
+
+@pytest.mark.parametrize("ablation", ["mean", "resample"])
+def test_reference_data_the_model_rejects_is_an_error_at_the_reference_line(
+        tmp_path: Path, ablation: str) -> None:
+    model = _model()
+    data = _data(1, 90, model)
+    wrong = (torch.randn(20, 5), torch.zeros(20, dtype=torch.long))  # 5 features, not 6
+    run = run_spec(_spec(tmp_path, BODY.format(ablation=ablation)),
+                   fixtures={"model": model, "data": data, "ref": wrong})
+    assert not run.ok
+    reasons = {r["reason"] for r in run.failed}
+    assert len(reasons) == 1
+    (text,) = [i.message for i in run.items if i.message][:1]
+    assert text is not None
+    assert "s.yaml:4: the model 'model' raised RuntimeError on the data 'ref'" in text

@@ -160,7 +160,8 @@ def test_a_pruned_unit_is_reported_dead_not_matched_to_a_neighbour(
         "recorded one)*",
         "*signature matching would take unit 4 instead (similarity *): not taken*",
         f"*drop of one: {item['drop'] * 100:.1f} pp now with unit 4 ablated",
-        "*delete the unit's signature and record the new model's unit."])
+        "*delete the signatures sidecar and the spec's signatures: line, then record again "
+        "with record mode new."])
     assert items["1-u2-two-min_drop"]["dead_units"] is None
     assert spec.read_text() == text
     assert (idmodel.path / "spec.signatures.json").read_bytes() == sidecar
