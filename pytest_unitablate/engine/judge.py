@@ -208,7 +208,8 @@ class _ItemRun:
             list(m.units) if check.mode == "top_units" else None)
         self._record_measurement(m, layer, deciding)
         self._record_damage(baseline, after)
-        if self.dead:
+        if self.dead:  # nothing to record for a unit that is gone: the item fails
+            self.record["record_value"] = None
             raise Miss(dead_text(self._context(deciding, notes), self.key.check.layer,
                                  self.dead, self.record, m))
         self._judge(m, deciding, notes)

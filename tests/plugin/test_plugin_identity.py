@@ -81,6 +81,14 @@ def idmodel(tiny: pytest.Pytester) -> pytest.Pytester:
     return tiny
 
 
+def load_one(spec: object) -> float | None:
+    """The recorded min_drop of the check of unit 1 (class one)."""
+    from pytest_unitablate.spec.loader import load_spec
+
+    loaded = load_spec(spec)  # type: ignore[arg-type]
+    return loaded.checks[0].expectations[0].constraints[0].threshold
+
+
 def _run(p: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *args: str,
          **env: str) -> tuple[pytest.RunResult, dict[str, dict[str, object]]]:
     for key in ("PERMUTE", "DESTROY", "PRUNE"):
@@ -165,6 +173,10 @@ def test_a_pruned_unit_is_reported_dead_not_matched_to_a_neighbour(
     assert items["1-u2-two-min_drop"]["dead_units"] is None
     assert spec.read_text() == text
     assert (idmodel.path / "spec.signatures.json").read_bytes() == sidecar
+    # record mode all does not take the neighbour's drop as the dead unit's new threshold
+    result, _ = _run(idmodel, monkeypatch, "--unitablate-record-mode=all", PRUNE="1")
+    result.assert_outcomes(passed=1, failed=1)
+    assert load_one(spec) == 0.5
 
 
 def test_index_identity_fails_where_signature_identity_follows_the_unit(
