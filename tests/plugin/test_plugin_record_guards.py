@@ -191,3 +191,21 @@ def test_record_mode_writes_logprob_bounds_in_nats_and_a_rerun_passes(
     loaded = load_spec(path)
     (constraint,) = loaded.checks[0].expectations[0].constraints
     assert constraint.measured == pytest.approx(one["drop"], abs=1e-3)
+
+
+def test_record_mode_writes_the_reference_datas_fingerprint_into_provenance(
+        tiny: pytest.Pytester) -> None:
+    path = spec(tiny, """\
+        reference: tinymodel:data
+        ablation: mean
+        checks:
+          - layer: hidden
+            units: [1]
+            expect:
+              one: {min_logprob_drop: null}
+        """)
+    new = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-record-mode=new")
+    new.assert_outcomes(passed=1)
+    provenance = dict(load_spec(path).provenance)
+    assert re.fullmatch(r"tinymodel:data=[0-9a-f]{16}", provenance["reference_sha256"])
+    assert provenance["data_sha256"] == provenance["reference_sha256"].split("=")[1]
