@@ -51,6 +51,8 @@ def test_every_unit_lists_twenty_failing_units_then_dots() -> None:
     assert note == f"25 of 25 units miss it: {list(range(20))} ..."
     (few,) = judge_every_unit(Constraint("max_drop", 0.1), many[:20]).notes
     assert few == f"20 of 20 units miss it: {list(range(20))}"
+    (one_more,) = judge_every_unit(Constraint("max_drop", 0.1), many[:21]).notes
+    assert one_more == f"21 of 21 units miss it: {list(range(20))} ..."
 
 
 def test_any_unit_writes_the_at_least_th_best_bound() -> None:
@@ -83,9 +85,9 @@ def test_a_nan_unit_ranks_worst_and_confidence_ranks_by_the_bound() -> None:
 
 
 def test_empty_layers_and_unknown_modes_are_refused_with_words() -> None:
-    with pytest.raises(ValueError, match="a layer-wide check needs at least one unit"):
+    with pytest.raises(ValueError, match="^a layer-wide check needs at least one unit$"):
         judge_any_unit(Constraint("min_drop", 0.1), [], at_least=1)
-    with pytest.raises(ValueError, match="a layer-wide check needs at least one unit"):
+    with pytest.raises(ValueError, match="^a layer-wide check needs at least one unit$"):
         judge_every_unit(Constraint("min_drop", 0.1), [])
     with pytest.raises(ValueError, match="no early decision for mode 'top_units'"):
         decided_early(Constraint("min_drop", 0.1), UNITS, mode="top_units")
@@ -106,6 +108,7 @@ def test_early_decisions() -> None:
 def test_ranking_notes_in_every_case() -> None:
     assert ranking_note([], [], 2, "seven") is None
     assert ranking_note([0, 1], [0.2, 0.1], 0, "seven") is None
+    assert ranking_note([0, 1], [0.2, 0.2], 0, "seven") is None
     assert ranking_note([0, 1, 2], [0.0, -0.1, 0.0], 5, "seven") == (
         "no single unit lowers seven on the ranking data (every drop <= 0): the choice "
         "of 3 unit(s) is by index alone")
