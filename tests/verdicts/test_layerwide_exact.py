@@ -85,9 +85,9 @@ def test_a_nan_unit_ranks_worst_and_confidence_ranks_by_the_bound() -> None:
 
 
 def test_empty_layers_and_unknown_modes_are_refused_with_words() -> None:
-    with pytest.raises(ValueError, match="^a layer-wide check needs at least one unit$"):
+    with pytest.raises(ValueError, match=r"^a layer-wide check needs at least one unit$"):
         judge_any_unit(Constraint("min_drop", 0.1), [], at_least=1)
-    with pytest.raises(ValueError, match="^a layer-wide check needs at least one unit$"):
+    with pytest.raises(ValueError, match=r"^a layer-wide check needs at least one unit$"):
         judge_every_unit(Constraint("min_drop", 0.1), [])
     with pytest.raises(ValueError, match="no early decision for mode 'top_units'"):
         decided_early(Constraint("min_drop", 0.1), UNITS, mode="top_units")
