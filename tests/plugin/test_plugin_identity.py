@@ -277,6 +277,9 @@ from pytest_unitablate.spec.signatures import sha256_text
 args, spec, sidecar = pickle.loads(Path(sys.argv[1]).read_bytes()), Path(sys.argv[2]), \
     Path(sys.argv[3])
 package = os.path.dirname(pytest_unitablate.__file__)
+# a process started in the background without job control inherits SIGINT ignored, and
+# Python then keeps it ignored: the interrupts below must arrive however the suite runs
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def files():
