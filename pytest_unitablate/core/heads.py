@@ -280,9 +280,6 @@ def head_means(model: nn.Module, data: Any, layer: str, *, num_heads: int | None
                device: torch.device | str | None = None) -> torch.Tensor:
     """Mean of every feature of the heads' concatenated output of ``layer`` over every
     example and position of ``data`` (float64 sums): shape ``(num_heads * head_dim,)``."""
-    from pytest_unitablate.core.data import iter_batches
-    from pytest_unitablate.core.evaluation import eval_mode, model_device
-
     site = head_site(model, layer, num_heads)
     sums: list[torch.Tensor] = []
     count = [0]
@@ -293,21 +290,31 @@ def head_means(model: nn.Module, data: Any, layer: str, *, num_heads: int | None
         count[0] += flat.shape[0]
         return x
 
+    _run_capturing(model, data, site, capture, device)
+    if not sums:
+        raise UnsupportedModelError(f"layer {layer!r} never ran on the data")
+    return (torch.stack(sums).sum(dim=0) / count[0]).to(torch.float32)
+
+
+def _run_capturing(model: nn.Module, data: Any, site: HeadSite,
+                   capture: Callable[[torch.Tensor], torch.Tensor],
+                   device: torch.device | str | None) -> None:
+    """One eval pass of ``model`` over ``data`` with ``capture`` seeing the heads'
+    concatenated output of ``site`` (what :func:`head_means` and :func:`head_values`
+    collect)."""
+    from pytest_unitablate.core.data import iter_batches
+    from pytest_unitablate.core.evaluation import eval_mode, model_device
+
     target = torch.device(device) if device is not None else model_device(model)
     with editing_heads(site, capture), eval_mode(model):
         for inputs, _ in iter_batches(data, device=target):
             model(inputs)
-    if not sums:
-        raise UnsupportedModelError(f"layer {layer!r} never ran on the data")
-    return (torch.stack(sums).sum(dim=0) / count[0]).to(torch.float32)
 
 
 def head_values(model: nn.Module, data: Any, layer: str, *, num_heads: int | None = None,
                 device: torch.device | str | None = None) -> torch.Tensor:
     """The heads' concatenated output of ``layer`` on every example of ``data`` (CPU,
     batch dimension first: an ``nn.MultiheadAttention`` computes it sequence-first)."""
-    from pytest_unitablate.core.data import iter_batches
-    from pytest_unitablate.core.evaluation import eval_mode, model_device
     from pytest_unitablate.core.resample import batch_first
 
     site = head_site(model, layer, num_heads)
@@ -317,10 +324,7 @@ def head_values(model: nn.Module, data: Any, layer: str, *, num_heads: int | Non
         parts.append(batch_first(site.kind, x).detach().cpu())
         return x
 
-    target = torch.device(device) if device is not None else model_device(model)
-    with editing_heads(site, capture), eval_mode(model):
-        for inputs, _ in iter_batches(data, device=target):
-            model(inputs)
+    _run_capturing(model, data, site, capture, device)
     if not parts:
         raise UnsupportedModelError(f"layer {layer!r} never ran on the reference data")
     return torch.cat(parts)

@@ -303,19 +303,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
         terminalreporter.write_line(summary_line(records, state.report_path))
     for line in state.recorded or []:
         terminalreporter.write_line(f"unitablate: {line}")
-    disarmed = [r for r in records if r.get("disarmed")]
-    if disarmed:
-        terminalreporter.write_line(
-            f"unitablate: {len(disarmed)} threshold(s) NOT recorded: the measured bound "
-            f"would make a check that cannot fail (remove the check or choose another unit):",
-            red=True)
-        for r in disarmed:
-            terminalreporter.write_line(f"  {r['spec']}:{r['line']}: {r['id']}")
-    weak = [r for r in records if r.get("weak")]
-    if weak:
-        terminalreporter.write_line(
-            f"unitablate: {len(weak)} threshold(s) NOT recorded: the bound would guard too "
-            f"little of the measured effect (more examples, or a log-prob constraint):",
-            red=True)
-        for r in weak:
-            terminalreporter.write_line(f"  {r['spec']}:{r['line']}: {r['id']}")
+    for field, why in (
+            ("disarmed", "the measured bound would make a check that cannot fail (remove the "
+                         "check or choose another unit)"),
+            ("weak", "the bound would guard too little of the measured effect (more "
+                     "examples, or a log-prob constraint)")):
+        refused = [r for r in records if r.get(field)]
+        if refused:
+            terminalreporter.write_line(
+                f"unitablate: {len(refused)} threshold(s) NOT recorded: {why}:", red=True)
+            for r in refused:
+                terminalreporter.write_line(f"  {r['spec']}:{r['line']}: {r['id']}")
