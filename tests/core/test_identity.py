@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -15,6 +16,8 @@ from pytest_unitablate.core.identity import (
     SignatureMismatchError,
     cosine_matrix,
     damage_profiles,
+    dead_units,
+    head_profiles,
     match_units,
 )
 from pytest_unitablate.core.unit_order import estimated_damage
@@ -106,3 +109,92 @@ def test_profiles_are_class_means_of_the_first_order_estimate() -> None:
     np.testing.assert_allclose(profile[:, 2] * 30, estimated_damage(net, (x, y), "2",
                                                                     target=2), rtol=1e-6)
     assert net.training is False and all(p.grad is None for p in net.parameters())
+
+
+class _Encoder(nn.Module):
+    """One batch-first encoder block (4 heads of 2) read out at token 0; returns a tuple, so
+    ``output=0`` picks the logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.embed = nn.Linear(3, 8)
+        self.block = nn.TransformerEncoderLayer(8, 4, dim_feedforward=16, dropout=0.0,
+                                                batch_first=True)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.block(self.embed(x))[:, 0]), x
+
+
+def _true_logp(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        logp = torch.log_softmax(model(x)[0].double(), 1)
+    return logp[torch.arange(len(y)), y].numpy()
+
+
+def test_head_profiles_equal_weight_surgery_per_head_and_class() -> None:
+    """Each head's profile against an independent computation: the head zeroed by setting
+    its columns of ``out_proj`` to 0 (the same function), the true-class log-probability
+    lost averaged per class; classes without examples (2, and 5 from ``num_classes``) are 0.
+    The model's train/eval flag and weights are left as they were."""
+    model = _Encoder()
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(45, 4, 3, generator=gen)
+    y = torch.tensor([0, 1, 3, 4, 1] * 9)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()  # dropout is 0: the same numbers; the flag must come back
+    got = head_profiles(model, (x, y), "block.self_attn", num_classes=6, output=0,
+                        batch_size=16, device="cpu")
+    assert model.training and all(torch.equal(before[k], v)
+                                  for k, v in model.state_dict().items())
+    model.eval()
+    base = _true_logp(model, x, y)
+    expected = np.zeros((4, 6))
+    for head in range(4):
+        surgery = copy.deepcopy(model)
+        with torch.no_grad():
+            surgery.block.self_attn.out_proj.weight[:, 2 * head:2 * head + 2] = 0
+        lost = base - _true_logp(surgery, x, y)
+        for k in (0, 1, 3, 4):
+            expected[head, k] = lost[y.numpy() == k].mean()
+    assert got.shape == (4, 6)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    assert np.abs(got[:, [0, 1, 3, 4]]).min() > 0 and not got[:, [2, 5]].any()
+    narrow = head_profiles(model, [(x, y)], "block.self_attn", num_heads=4, output=0)
+    np.testing.assert_allclose(narrow, expected[:, :5], rtol=1e-5, atol=1e-7)
+
+
+def test_dead_units_bounds() -> None:
+    """At most ``ratio`` of the recorded norm is dead (the boundary included); a recorded
+    profile that was already zero, or an index the layer no longer has, is skipped."""
+    profiles = np.array([[0.0, 0.5], [0.0, 0.0], [3.0, 4.0], [0.0, 0.0]])
+    recorded = {0: [0.0, 1.0], 1: [0.0, 0.0], 2: [6.0, 8.0], 3: [1.0, 0.0], 9: [1.0, 0.0]}
+    assert dead_units(recorded, profiles, ratio=0.5) == {0: 0.5, 2: 0.5, 3: 0.0}
+    assert dead_units(recorded, profiles, ratio=0.49) == {3: 0.0}
+    assert list(dead_units(recorded, profiles, ratio=0.5)) == [0, 2, 3]
+    assert dead_units({0: [1.0, 0.0]}, np.array([[1e-7, 0.0]])) == {0: pytest.approx(1e-7)}
+    assert dead_units({0: [1.0, 0.0]}, np.array([[2e-6, 0.0]])) == {}
+
+
+def test_match_edges_and_description() -> None:
+    assert match_units({}, np.ones((3, 2))) == {}
+    none = match_units({4: [1.0, 0.0]}, np.zeros((0, 2)))[4]
+    assert (none.unit, none.best_unit) == (None, -1)
+    assert np.isnan(none.similarity) and np.isnan(none.best_similarity)
+    claimed = match_units({1: [1.0, 0.0], 2: [1.0, 0.1]}, np.array([[1.0, 0.05], [0.0, 1.0]]))
+    assert claimed[2].describe() == "unit 2 -> unit 1 (similarity 0.10)"
+    assert claimed[1].describe() == "unit 1 -> unit 0 (similarity 1.00)"
+    assert (claimed[2].best_unit, claimed[2].recorded) == (0, 2)  # claimed by unit 1
+    assert claimed[2].best_similarity == pytest.approx(
+        (1 + 0.005) / (np.hypot(1, 0.1) * np.hypot(1, 0.05)))
+
+
+def test_cosine_is_clipped_to_one() -> None:
+    """Float rounding puts this vector's cosine with itself just above 1 (and with its
+    negation just below -1): the clip keeps similarities in [-1, 1]."""
+    v = np.array([[0.36159505490948474, 1.3040000451301372, 0.9470809631292422,
+                   -0.7037352358069926, -1.2654214710460525]])
+    assert cosine_matrix(v, v)[0, 0] == 1.0 and cosine_matrix(v, -v)[0, 0] == -1.0
+    assert cosine_matrix(v, np.zeros((1, 5)))[0, 0] == 0.0
+    assert cosine_matrix(np.zeros((1, 5)), v)[0, 0] == 0.0
