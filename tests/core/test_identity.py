@@ -169,7 +169,8 @@ def test_dead_units_bounds() -> None:
     """At most ``ratio`` of the recorded norm is dead (the boundary included); a recorded
     profile that was already zero, or an index the layer no longer has, is skipped."""
     profiles = np.array([[0.0, 0.5], [0.0, 0.0], [3.0, 4.0], [0.0, 0.0]])
-    recorded = {0: [0.0, 1.0], 1: [0.0, 0.0], 2: [6.0, 8.0], 3: [1.0, 0.0], 9: [1.0, 0.0]}
+    recorded = {0: [0.0, 1.0], 1: [0.0, 0.0], 2: [6.0, 8.0], 3: [1.0, 0.0], 4: [1.0, 0.0],
+                9: [1.0, 0.0]}
     assert dead_units(recorded, profiles, ratio=0.5) == {0: 0.5, 2: 0.5, 3: 0.0}
     assert dead_units(recorded, profiles, ratio=0.49) == {3: 0.0}
     assert list(dead_units(recorded, profiles, ratio=0.5)) == [0, 2, 3]
@@ -198,3 +199,90 @@ def test_cosine_is_clipped_to_one() -> None:
     assert cosine_matrix(v, v)[0, 0] == 1.0 and cosine_matrix(v, -v)[0, 0] == -1.0
     assert cosine_matrix(v, np.zeros((1, 5)))[0, 0] == 0.0
     assert cosine_matrix(np.zeros((1, 5)), v)[0, 0] == 0.0
+
+
+class _Projection(nn.Module):
+    """Attention with its own q/k/v/o projections and no head count anywhere: the
+    caller's ``num_heads`` is the only source (2 heads of 3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.q, self.k, self.v = (nn.Linear(6, 6) for _ in range(3))
+        self.o_proj = nn.Linear(6, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, _ = x.shape
+
+        def split(z: torch.Tensor) -> torch.Tensor:
+            return z.view(n, t, 2, 3).transpose(1, 2)
+
+        att = torch.softmax(split(self.q(x)) @ split(self.k(x)).transpose(-1, -2), -1)
+        return self.o_proj((att @ split(self.v(x))).transpose(1, 2).reshape(n, t, 6))
+
+
+def test_head_profiles_take_num_heads_from_the_caller_and_keep_singleton_classes() -> None:
+    """Where the module names no head count, ``num_heads`` says it; a class with a single
+    example gets that example's loss, not 0."""
+    torch.manual_seed(8)
+    attn = _Projection()
+    model = nn.Sequential(attn, nn.Flatten(), nn.Linear(24, 3)).eval()
+    x = torch.randn(13, 4, 6)
+    y = torch.tensor([0, 1] * 6 + [2])  # class 2: one example
+    got = head_profiles(model, (x, y), "0.o_proj", num_heads=2)
+    with torch.no_grad():
+        base = torch.log_softmax(model(x).double(), 1)[torch.arange(13), y]
+        expected = np.zeros((2, 3))
+        for head in range(2):
+            surgery = copy.deepcopy(model)
+            surgery[0].o_proj.weight[:, 3 * head:3 * head + 3] = 0
+            lost = (base - torch.log_softmax(surgery(x).double(), 1)[torch.arange(13), y])
+            for k in range(3):
+                expected[head, k] = lost[y == k].mean().item()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-8)
+    assert np.abs(got[:, 2]).min() > 0
+
+
+def test_channel_profiles_follow_channel_dim_output_and_singleton_classes() -> None:
+    """Token neurons (``channel_dim=-1`` on an ``(N, T, C)`` layer) of a model that returns
+    a tuple (``output=0``): the profile summed with class counts as weights is the unit
+    order's first-order estimate; a class with one example keeps its value."""
+    torch.manual_seed(9)
+    mlp = nn.Sequential(nn.Linear(3, 5), nn.ReLU())
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mlp, self.head = mlp, nn.Linear(5, 3)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.head(self.mlp(x).mean(1)), x
+
+    model = Tokens().eval()
+    x, y = torch.randn(11, 4, 3), torch.tensor([0, 1] * 5 + [2])
+    got = damage_profiles(model, (x, y), "mlp.1", channel_dim=-1, output=0, num_classes=3)
+    assert got.shape == (5, 3)
+    for k, count in ((0, 5), (1, 5), (2, 1)):
+        np.testing.assert_allclose(
+            got[:, k] * count,
+            estimated_damage(model, (x, y), "mlp.1", channel_dim=-1, output=0, target=k),
+            rtol=1e-6, atol=1e-12)
+    assert np.abs(got[:, 2]).max() > 0
+
+
+def test_profiles_run_on_the_device_asked_for() -> None:
+    """``device`` is where the batches go: the meta device, which the CPU model cannot
+    take, shows it is used and not ignored."""
+    model, x, y = _net(0), torch.randn(4, 1, 6, 6), torch.tensor([0, 1, 2, 3])
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        damage_profiles(model, (x, y), "2", device="meta")
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        head_profiles(_Encoder(), (torch.randn(4, 4, 3), y), "block.self_attn", device="meta")
+
+
+def test_integer_signatures_are_compared_as_floats() -> None:
+    """A hand-written sidecar may hold integers: they are profiles all the same."""
+    got = match_units({0: [3, 4], 1: [0, 1]}, np.array([[0.0, 2.0], [6.0, 8.0]]))
+    assert (got[0].unit, got[1].unit) == (1, 0)
+    assert got[0].similarity == pytest.approx(1.0) and got[1].similarity == pytest.approx(1.0)
+    assert dead_units({0: [3, 4]}, np.zeros((1, 2))) == {0: 0.0}

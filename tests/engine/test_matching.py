@@ -1,0 +1,252 @@
+"""``identity: signature`` in the engine, through ``run_spec`` (no pytest subprocess): the
+sidecar read once per spec and located when it is wrong, profiles per layer and unit kind
+(cached in the store), and the one-to-one match per model, spec and layer.
+
+The signatures are written here by hand from :func:`damage_profiles` /
+:func:`head_profiles` of the reference model (what record mode writes), so the engine's
+side is checked against the core functions, not against itself. The MLP's hidden unit k
+detects class k (k < 4) on noisy one-hot inputs: not 100% right at baseline.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from pytest_unitablate import run_spec
+from pytest_unitablate.core import identity
+from pytest_unitablate.engine.engine import Engine
+from pytest_unitablate.engine.refs import mapping_lookup
+from pytest_unitablate.engine.run import evaluate_spec
+from pytest_unitablate.errors import ItemProblem
+from pytest_unitablate.spec.loader import load_spec
+from pytest_unitablate.spec.signatures import Signatures, write_signatures
+
+PERM = [3, 0, 5, 1, 4, 2]  # new position i holds old unit PERM[i]
+
+
+def _mlp(permute: bool = False, prune: bool = False) -> nn.Module:
+    g = torch.Generator().manual_seed(0)
+    w1 = torch.zeros(6, 4)
+    w1[:4, :4] = 2.0 * torch.eye(4)
+    w1[4:] = 0.3 * torch.rand(2, 4, generator=g)
+    w2 = torch.zeros(4, 6)
+    w2[:, :4] = torch.eye(4)
+    w2[:, 4:] = 0.1
+    if prune:  # unit 1 pruned to a constant 0; unit 4 now carries some of class one
+        w1[4], w2[:, 4] = 0.8 * w1[1], w2[:, 1]
+        w1[1], w2[:, 1] = 0.0, 0.0
+    if permute:
+        w1, w2 = w1[PERM], w2[:, PERM]
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 4))
+    with torch.no_grad():
+        net[0].weight.copy_(w1)
+        net[0].bias.zero_()
+        net[2].weight.copy_(w2)
+        net[2].bias.zero_()
+    return net.eval()
+
+
+def _data() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(4).repeat(30)
+    x = torch.nn.functional.one_hot(labels, 4).float() + 0.45 * torch.randn(120, 4, generator=g)
+    return [(x[i:i + 40], labels[i:i + 40]) for i in range(0, 120, 40)]
+
+
+SPEC = """\
+unitablate: 1
+model: model
+data: data
+classes: [zero, one, two, three]
+{signatures}checks:
+  - layer: "1"
+    units: [1]
+    identity: signature
+    expect:
+      one: {{min_drop: 50%}}
+  - layer: "1"
+    units: [2]
+    identity: {{by: signature, min_similarity: 0.9}}
+    expect:
+      two: {{min_drop: 50%}}
+"""
+
+
+def _sidecar(path: Path, model: nn.Module, units: dict[int, int], layer: str = "1",
+             profiles: Any = None) -> str:
+    """Write the signatures of ``units`` (recorded index -> the reference model's unit
+    whose profile it gets) and return the ``signatures:`` line."""
+    if profiles is None:
+        profiles = identity.damage_profiles(model, _data(), layer, num_classes=4)
+    sig = Signatures(layers={layer: {u: tuple(profiles[src]) for u, src in units.items()}},
+                     classes=("zero", "one", "two", "three"))
+    sha = write_signatures(path, sig)
+    return f"signatures: {{file: {path.name}, sha256: {sha}}}\n"
+
+
+def _spec(tmp_path: Path, name: str = "spec", units: dict[int, int] | None = None) -> Path:
+    line = _sidecar(tmp_path / f"{name}.signatures.json", _mlp(), units or {1: 1, 2: 2})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(SPEC.format(signatures=line))
+    return path
+
+
+def _records(spec: Path, model: nn.Module, **kwargs: Any) -> dict[str, dict[str, Any]]:
+    run = run_spec(spec, fixtures={"model": model, "data": _data()}, **kwargs)
+    return {r["id"]: r for r in run.records}
+
+
+def test_recorded_units_are_found_after_a_permutation(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    same = _records(spec, _mlp())
+    assert same["1-u1-one-min_drop"]["matched_units"] == [1]
+    assert same["1-u2-two-min_drop"]["matched_units"] == [2]
+    moved = _records(spec, _mlp(permute=True))
+    one, two = moved["1-u1-one-min_drop"], moved["1-u2-two-min_drop"]
+    assert (one["matched_units"], two["matched_units"]) == ([3], [5])  # PERM[3] == 1 ...
+    assert one["similarity"] == [pytest.approx(1.0)] and two["outcome"] == "passed"
+    assert one["outcome"] == "passed" and one["drop"] > 0.5
+    assert one["dead_units"] is None and two["min_similarity"] == 0.9
+
+
+def test_a_pruned_unit_is_dead_and_its_partner_is_the_assigned_one(tmp_path: Path) -> None:
+    records = _records(_spec(tmp_path), _mlp(prune=True))
+    one = records["1-u1-one-min_drop"]
+    assert one["dead_units"] == [1] and one["matched_units"] == [4]
+    assert one["outcome"] == "failed" and "dead" in one["reason"]
+
+
+def test_each_spec_reads_its_own_sidecar_in_one_engine(tmp_path: Path) -> None:
+    """Two specs in one engine (one pytest session): each is matched with its own
+    signatures, so the second spec's unit 1 (recorded with unit 2's profile) goes to 2."""
+    first = _spec(tmp_path, "a")
+    second = _spec(tmp_path, "b", units={1: 2, 2: 1})
+    engine = Engine()
+    lookup = mapping_lookup({"model": _mlp(), "data": _data()})
+    a = {r["id"]: r for r in evaluate_spec(first, lookup, engine).records}
+    b = {r["id"]: r for r in evaluate_spec(second, lookup, engine).records}
+    assert a["1-u1-one-min_drop"]["matched_units"] == [1]
+    assert b["1-u1-one-min_drop"]["matched_units"] == [2]
+    assert b["1-u2-two-min_drop"]["matched_units"] == [1]
+
+
+def test_the_match_is_per_model(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    engine = Engine()
+    data = _data()
+    for model, want in ((_mlp(), [1]), (_mlp(permute=True), [3])):
+        run = evaluate_spec(spec, mapping_lookup({"model": model, "data": data}), engine)
+        assert {r["id"]: r for r in run.records}["1-u1-one-min_drop"]["matched_units"] == want
+
+
+def test_profiles_are_kept_in_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    spec = _spec(tmp_path)
+    calls: list[str] = []
+    real = identity.damage_profiles
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(identity, "damage_profiles", counted)
+    first = _records(spec, _mlp(permute=True), cache_dir=tmp_path / "cache")
+    assert calls == ["1"]  # once for the layer, both checks
+    again = _records(spec, _mlp(permute=True), cache_dir=tmp_path / "cache")
+    assert calls == ["1"] and again == first
+
+
+@pytest.mark.parametrize(("sidecar", "message"), [
+    ("missing", "spec.yaml:5: the signatures file * recorded in the spec is missing"),
+    ("changed", "spec.yaml:5: the signatures file * has sha256 *, not the *"),
+])
+def test_a_broken_sidecar_is_located_at_the_signatures_line(
+        tmp_path: Path, sidecar: str, message: str) -> None:
+    spec = _spec(tmp_path)
+    path = tmp_path / "spec.signatures.json"
+    if sidecar == "missing":
+        path.unlink()
+    else:
+        path.write_text(path.read_text().replace("0.", "1.", 1))
+    run = run_spec(spec, fixtures={"model": _mlp(), "data": _data()})
+    assert [item.outcome for item in run.items] == ["failed", "failed"]
+    for item in run.items:
+        assert fnmatch.fnmatch(str(item.message), f"*{message}*"), item.message
+
+
+def test_without_a_signatures_line_the_first_identity_line_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC.format(signatures=""))
+    (tmp_path / "spec.signatures.json").write_text("{}")  # there, but not in the spec
+    engine = Engine()
+    spec = load_spec(path)
+    with pytest.raises(ItemProblem, match=r"spec\.yaml:8: .*spec\.signatures\.json exists but"):
+        engine.matching.signatures(spec)
+    # record mode replaces a sidecar the spec does not name yet, so it is no problem then
+    assert Engine().matching.signatures(spec, recording=True) is None
+    (tmp_path / "spec.signatures.json").unlink()
+    assert Engine().matching.signatures(spec) is None
+
+
+def test_a_named_sidecar_that_is_gone_is_a_problem_even_while_recording(tmp_path: Path
+                                                                          ) -> None:
+    spec = load_spec(_spec(tmp_path))
+    (tmp_path / "spec.signatures.json").unlink()
+    with pytest.raises(ItemProblem, match=r"spec\.yaml:5: .* is missing"):
+        Engine().matching.signatures(spec, recording=True)
+
+
+def test_signatures_are_read_once_per_spec(tmp_path: Path) -> None:
+    spec = load_spec(_spec(tmp_path))
+    matching = Engine().matching
+    first = matching.signatures(spec)
+    (tmp_path / "spec.signatures.json").unlink()  # read already: not read again
+    assert matching.signatures(spec) is first and first is not None
+    assert sorted(first.units("1")) == [1, 2]
+
+
+HEAD_SPEC = """\
+unitablate: 1
+model: model
+data: data
+{signatures}checks:
+  - layer: encoder.layers.1.self_attn
+    unit: head
+    units: [2]
+    identity: signature
+    expect:
+      overall: {{max_drop: 100%}}
+"""
+
+
+def test_heads_are_matched_by_measured_head_profiles(tmp_path: Path) -> None:
+    """A head check's profiles are :func:`head_profiles` (one ablated pass per head), not
+    the channel estimate: recorded from the model itself, every head finds itself."""
+    sys.path.insert(0, str(tmp_path))
+    from tests.transformer_source import SOURCE
+
+    (tmp_path / "tinyvit_m.py").write_text(textwrap.dedent(SOURCE))
+    try:
+        module = importlib.import_module("tinyvit_m")
+        model, data = module.model(), module.data()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("tinyvit_m", None)
+    layer = "encoder.layers.1.self_attn"
+    profiles = identity.head_profiles(model, data, layer, num_classes=4)
+    line = _sidecar(tmp_path / "h.signatures.json", model, {2: 2}, layer=layer,
+                    profiles=profiles)
+    (tmp_path / "h.yaml").write_text(HEAD_SPEC.format(signatures=line))
+    run = run_spec(tmp_path / "h.yaml", fixtures={"model": model, "data": data})
+    record = run.records[0]
+    assert record["outcome"] == "passed" and record["matched_units"] == [2]
+    assert record["similarity"] == [pytest.approx(1.0, abs=1e-6)]
