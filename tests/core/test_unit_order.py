@@ -108,3 +108,94 @@ def test_only_the_network_after_the_layer_records_a_graph() -> None:
     damage = estimated_damage(model, (x, y), "relu")
     assert modes == {"conv": [False], "fc": [True]}
     assert torch.is_grad_enabled() and damage.shape == (5,)
+
+
+class Tokens(nn.Module):
+    """Token neurons (an ``(N, T, C)`` layer, ``channel_dim=-1``) in a model that returns a
+    tuple (``output=0``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(11)
+        self.embed = nn.Linear(3, 6)
+        self.mlp = nn.Sequential(nn.Linear(6, 5), nn.GELU())
+        self.head = nn.Linear(5, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(self.mlp(self.embed(x)).mean(1)), x.sum()
+
+
+def _finite_difference(model: Tokens, x: torch.Tensor, y: torch.Tensor,
+                       repl: torch.Tensor) -> np.ndarray:
+    """Per unit and example: minus the derivative of log p(true) as the unit's neuron
+    moves towards ``repl`` (double precision, forward difference)."""
+    eps = 1e-7
+
+    def logp(unit: int, step: float) -> torch.Tensor:
+        def hook(m: nn.Module, a: Any, o: torch.Tensor) -> torch.Tensor:
+            o = o.clone()
+            o[..., unit] = o[..., unit] + step * (repl[unit] - o[..., unit])
+            return o
+
+        handle = model.mlp.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                return torch.log_softmax(model(x)[0], 1)[torch.arange(len(y)), y]
+        finally:
+            handle.remove()
+
+    return np.stack([(-(logp(u, eps) - logp(u, 0.0)) / eps).numpy() for u in range(5)])
+
+
+@pytest.mark.parametrize(("ablation", "target", "cached"), [
+    ("zero", None, False), ("mean", 2, True), (0.3, None, True), ("mean", None, False),
+    ("zero", 3, True)])
+def test_per_class_sums_of_token_neurons_equal_finite_differences(
+        ablation: Any, target: int | None, cached: bool) -> None:
+    """Per class, the summed estimate and the example counts, for every unit, through
+    forward hooks and through the split network (twice: filling the prefix cache, then
+    reading it); a batch without the target class is skipped, not miscounted."""
+    from pytest_unitablate.core.scan.prefix import PrefixCache
+    from pytest_unitablate.core.unit_order import class_damage_sums
+
+    model = Tokens().double().eval()
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(19, 4, 3, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 1, 0, 1, 0, 0, 1, 0, 1, 3, 2, 2, 1, 0])
+    data = [(x[:7], y[:7]), (x[7:14], y[7:14]), (x[14:], y[14:])]  # no 2 in batch two
+    with torch.no_grad():
+        acts = model.mlp(model.embed(x))
+    means = {"mlp": acts.reshape(-1, 5).mean(0)}
+    repl = {"zero": torch.zeros(5), "mean": means["mlp"]}.get(
+        ablation, torch.full((5,), 0.3, dtype=torch.float64)).double()
+    per_example = _finite_difference(model, x, y, repl)
+    keep = np.ones(19, dtype=bool) if target is None else (y == target).numpy()
+    width = int(y[torch.as_tensor(keep)].max()) + 1
+    expected = np.zeros((5, width))
+    for k in range(width):
+        expected[:, k] = per_example[:, keep & (y.numpy() == k)].sum(axis=1)
+    counts = np.bincount(y.numpy()[keep], minlength=width)
+    cache = PrefixCache() if cached else None
+    for _ in range(2 if cached else 1):
+        sums, got_counts = class_damage_sums(
+            model, data, "mlp", target=target, ablation=ablation, means=means,
+            channel_dim=-1, output=0, prefix_cache=cache, batch_size=7)
+        assert sums.shape == (5, width) and sums.dtype == np.float64
+        np.testing.assert_allclose(sums, expected, rtol=1e-4, atol=1e-6)
+        assert got_counts.tolist() == counts.tolist()
+    if cache is not None:
+        assert cache.stats == {"reused": 1, "stored": 1}
+    total = estimated_damage(model, data, "mlp", target=target, ablation=ablation,
+                             means=means, channel_dim=-1, output=0)
+    np.testing.assert_allclose(total, expected.sum(axis=1), rtol=1e-4, atol=1e-6)
+
+
+def test_no_examples_of_the_target_give_an_empty_estimate() -> None:
+    from pytest_unitablate.core.unit_order import class_damage_sums
+
+    model = Tokens().eval()
+    data = (torch.randn(6, 4, 3), torch.zeros(6, dtype=torch.long))
+    sums, counts = class_damage_sums(model, data, "mlp", target=1, channel_dim=-1, output=0)
+    assert sums.shape == (0, 0) and counts.shape == (0,) and sums.dtype == np.float64
+    empty = estimated_damage(model, data, "mlp", target=1, channel_dim=-1, output=0)
+    assert empty.shape == (0,) and empty.dtype == np.float64

@@ -149,3 +149,143 @@ def test_an_error_of_the_computation_is_not_taken_for_the_folders(tmp_path: Path
     with pytest.raises(FileNotFoundError, match="data file"):
         store.get_or_compute(KEY, compute)
     assert store.broken is None
+
+
+def test_the_null_store_computes_everything_every_time() -> None:
+    from pytest_unitablate.engine.store import NullStore
+
+    store = NullStore()
+    calls: list[object] = []
+    assert store.try_get_or_compute(KEY, lambda: calls.append(1) or {"a": 1}) == {"a": 1}
+    got = store.get_or_compute_many([KEY, KEY], lambda missing: calls.append(missing) or [
+        {"i": i} for i in missing])
+    assert got == [{"i": 0}, {"i": 1}] and calls == [1, [0, 1]]
+    assert not store.enabled and store.summary() == "unitablate cache: off"
+
+
+def test_entry_names_are_stable_and_ignore_key_order() -> None:
+    """The name is the sha256 of the key's canonical JSON with the format number: caches
+    restored in CI keep working across releases that do not change the format."""
+    import hashlib
+    import json
+
+    canonical = json.dumps({"format": 1, **KEY}, sort_keys=True, separators=(",", ":"))
+    assert entry_name(KEY) == hashlib.sha256(canonical.encode()).hexdigest()
+    assert entry_name(dict(reversed(list(KEY.items())))) == entry_name(KEY)
+
+
+def test_values_come_back_without_the_stored_key(tmp_path: Path) -> None:
+    DiskStore(tmp_path).get_or_compute(KEY, _values)
+    again = DiskStore(tmp_path).get_or_compute(KEY, _values)
+    assert sorted(again) == ["method", "n", "predictions"]
+    assert [p.suffix for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [".npz"]
+
+
+def test_try_returns_none_at_once_while_another_holds_the_entry(tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    store = DiskStore(tmp_path)
+    lock = FileLock(str(tmp_path / f"{entry_name(KEY)}.npz") + ".lock")
+    with lock:
+        assert store.try_get_or_compute(KEY, _values) is None
+    assert store.stats == {"hit": 0, "computed": 0, "recomputed": 0}
+    first = store.try_get_or_compute(KEY, _values)
+    assert first is not None and first["method"] == "prefix"
+    again = store.try_get_or_compute(KEY, _values)
+    assert again is not None and again["n"] == 3
+    assert store.stats == {"hit": 1, "computed": 1, "recomputed": 0}
+
+
+def test_a_lock_held_too_long_degrades_to_no_cache(tmp_path: Path) -> None:
+    """Waiting for another process's entry ends after ``lock_timeout``: the value is
+    computed here, with the one warning of a cache that cannot be used."""
+    from filelock import FileLock
+
+    store = DiskStore(tmp_path, lock_timeout=0.05)
+    lock = FileLock(str(tmp_path / f"{entry_name(KEY)}.npz") + ".lock")
+    with lock, pytest.warns(RuntimeWarning, match="evaluation cache"):
+        values = store.get_or_compute(KEY, _values)
+    assert values["method"] == "prefix" and store.broken is not None
+
+
+def test_many_computes_only_the_missing_ones_in_one_call(tmp_path: Path) -> None:
+    keys = [{**KEY, "unit": u} for u in range(4)]
+    store = DiskStore(tmp_path)
+    store.get_or_compute(keys[1], lambda: {"u": 1})
+    path = tmp_path / f"{entry_name(keys[3])}.npz"
+    path.write_bytes(b"truncated")
+    calls: list[list[int]] = []
+
+    def compute(missing: list[int]) -> list[dict[str, Any]]:
+        calls.append(missing)
+        return [{"u": i} for i in missing]
+
+    got = store.get_or_compute_many(keys, compute)
+    assert [v["u"] for v in got] == [0, 1, 2, 3] and calls == [[0, 2, 3]]
+    assert store.stats == {"hit": 1, "computed": 4, "recomputed": 0}
+    # each entry is kept on its own: found singly, and all together without computing
+    assert DiskStore(tmp_path).get_or_compute(keys[3], lambda: {"u": -1}) == {"u": 3}
+    fresh = DiskStore(tmp_path)
+    assert [v["u"] for v in fresh.get_or_compute_many(keys, compute)] == [0, 1, 2, 3]
+    assert calls == [[0, 2, 3]] and fresh.stats["hit"] == 4 and "4 reused" in fresh.summary()
+
+
+def test_many_with_an_entry_made_while_waiting_for_the_group(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """Another process may store one of the entries while this one waits for the group's
+    lock: it is read, not computed again."""
+    keys = [{**KEY, "unit": u} for u in range(3)]
+    store = DiskStore(tmp_path)
+    real = store._load
+    seen: list[Any] = []
+
+    def load(path: Path, key: Any) -> Any:
+        seen.append(key)
+        if key == keys[1] and seen.count(key) == 2:  # the second look, under the group lock
+            DiskStore(tmp_path).get_or_compute(keys[1], lambda: {"u": 10})
+        return real(path, key)
+
+    monkeypatch.setattr(store, "_load", load)
+    got = store.get_or_compute_many(keys, lambda missing: [{"u": i} for i in missing])
+    assert [v["u"] for v in got] == [0, 10, 2]
+    assert store.stats == {"hit": 1, "computed": 2, "recomputed": 0}
+
+
+def test_the_summary_says_what_was_reused_computed_and_recomputed(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path)
+    store.get_or_compute(KEY, _values)
+    store.get_or_compute(KEY, _values)
+    assert store.summary() == f"unitablate cache: 1 reused, 1 computed ({tmp_path})"
+    (tmp_path / f"{entry_name(KEY)}.npz").write_bytes(b"junk")
+    store.get_or_compute(KEY, _values)
+    assert store.summary() == (f"unitablate cache: 1 reused, 1 computed, 1 unusable entries "
+                               f"recomputed ({tmp_path})")
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    def refuse(src: str, dst: str) -> None:
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    store = DiskStore(tmp_path)
+    with pytest.warns(RuntimeWarning, match="read-only"):
+        values = store.get_or_compute(KEY, _values)
+    assert values["n"] == 3
+    assert not [p for p in tmp_path.iterdir() if p.suffix in (".tmp", ".npz")]
+
+
+def test_the_computation_error_is_raised_by_many_and_try_too(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path)
+
+    def broken(*_: Any) -> Any:
+        raise FileNotFoundError("the user's data file is missing")
+
+    with pytest.raises(FileNotFoundError, match="data file"):
+        store.get_or_compute_many([KEY], broken)
+    with pytest.raises(FileNotFoundError, match="data file"):
+        store.try_get_or_compute(KEY, broken)
+    assert store.broken is None and store.summary().startswith("unitablate cache: 0 reused")
