@@ -156,6 +156,8 @@ def test_profiles_are_kept_in_the_store(tmp_path: Path, monkeypatch: pytest.Monk
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         calls.append(args[2])
+        # on the run's device, with the layer's channel dimension and the model's width
+        assert kwargs == {"num_classes": 4, "channel_dim": 1, "device": "cpu", "output": None}
         return real(*args, **kwargs)
 
     monkeypatch.setattr(identity, "damage_profiles", counted)
@@ -218,14 +220,93 @@ HEAD_SPEC = """\
 unitablate: 1
 model: model
 data: data
+output: 0
 {signatures}checks:
-  - layer: encoder.layers.1.self_attn
+  - layer: net.encoder.layers.1.self_attn
     unit: head
     units: [2]
     identity: signature
     expect:
       overall: {{max_drop: 100%}}
 """
+
+
+class Wrapped(nn.Module):
+    """``net`` returning ``(logits, inputs)`` with a fifth class no label uses (so the
+    model's width, not the labels, sets the profiles' width)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(x)
+        return torch.cat([logits, torch.full_like(logits[:, :1], -10.0)], 1), x
+
+
+WRAPPED_SPEC = """\
+unitablate: 1
+model: model
+data: data
+output: 0
+{signatures}checks:
+  - layer: net.1
+    units: [1]
+    identity: signature
+    expect:
+      1: {{min_drop: 50%}}
+"""
+
+
+def test_profiles_use_the_models_width_and_the_specs_output(tmp_path: Path) -> None:
+    profiles = identity.damage_profiles(Wrapped(_mlp()), _data(), "net.1", num_classes=5,
+                                        output=0)
+    assert profiles.shape == (6, 5)
+    line = _sidecar(tmp_path / "w.signatures.json", _mlp(), {1: 1}, layer="net.1",
+                    profiles=profiles)
+    (tmp_path / "w.yaml").write_text(WRAPPED_SPEC.format(signatures=line))
+    run = run_spec(tmp_path / "w.yaml", fixtures={"model": Wrapped(_mlp(permute=True)),
+                                                  "data": _data()})
+    record = run.records[0]
+    assert record["outcome"] == "passed" and record["matched_units"] == [3], run.items
+
+
+def test_a_sidecar_of_another_class_count_is_located_at_the_signatures_line(
+        tmp_path: Path) -> None:
+    profiles = identity.damage_profiles(_mlp(), _data(), "1", num_classes=4)[:, :3]
+    line = _sidecar(tmp_path / "spec.signatures.json", _mlp(), {1: 1, 2: 2},
+                    profiles=profiles)
+    (tmp_path / "spec.yaml").write_text(SPEC.format(signatures=line))
+    run = run_spec(tmp_path / "spec.yaml", fixtures={"model": _mlp(), "data": _data()})
+    assert [item.outcome for item in run.items] == ["failed", "failed"]
+    assert "spec.yaml:5: the recorded signatures have 3 classes but the model gives 4" \
+        in str(run.items[0].message)
+
+
+class NoGrad(nn.Module):
+    """The MLP with its read-out under ``torch.no_grad``: nothing to differentiate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _mlp()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.net[1](self.net[0](x))
+        with torch.no_grad():
+            return self.net[2](hidden)
+
+
+def test_a_model_that_cannot_be_differentiated_is_a_located_failure(tmp_path: Path) -> None:
+    """Profiles need a backward pass through the network after the layer: a model that
+    forbids it fails its items with a located message, not an internal traceback."""
+    profiles = identity.damage_profiles(_mlp(), _data(), "1", num_classes=4)
+    line = _sidecar(tmp_path / "spec.signatures.json", _mlp(), {1: 1, 2: 2}, layer="net.1",
+                    profiles=profiles)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.format(signatures=line).replace('layer: "1"', 'layer: "net.1"'))
+    run = run_spec(spec, fixtures={"model": NoGrad(), "data": _data()})
+    assert [item.outcome for item in run.items] == ["failed", "failed"]
+    assert "spec.yaml:3: the model 'model' raised RuntimeError" in str(run.items[0].message)
 
 
 def test_heads_are_matched_by_measured_head_profiles(tmp_path: Path) -> None:
@@ -241,8 +322,9 @@ def test_heads_are_matched_by_measured_head_profiles(tmp_path: Path) -> None:
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("tinyvit_m", None)
-    layer = "encoder.layers.1.self_attn"
-    profiles = identity.head_profiles(model, data, layer, num_classes=4)
+    model = Wrapped(model)
+    layer = "net.encoder.layers.1.self_attn"
+    profiles = identity.head_profiles(model, data, layer, num_classes=5, output=0)
     line = _sidecar(tmp_path / "h.signatures.json", model, {2: 2}, layer=layer,
                     profiles=profiles)
     (tmp_path / "h.yaml").write_text(HEAD_SPEC.format(signatures=line))
