@@ -1,0 +1,313 @@
+"""What the engine's evaluations are keyed by, in the store and in memory, and what the
+baseline pass keeps for the sweeps after it.
+
+A store key that leaves out something that changes the numbers makes one evaluation read
+another's entry (a wrong answer nobody sees); one that holds something irrelevant only
+costs a recomputation. So every field is checked here against the value it must carry,
+and every way two checks' ablated passes differ against two different keys.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pytest_unitablate.core.data import data_fingerprint
+from pytest_unitablate.engine.engine import Engine
+from pytest_unitablate.engine.evaluations import (
+    ENTRY_FORMAT,
+    eval_arrays,
+    eval_result,
+    row_result,
+)
+from pytest_unitablate.engine.fingerprint import structure_sha256, weights_sha256
+from pytest_unitablate.engine.refs import Subject, mapping_lookup
+from pytest_unitablate.engine.settings import EngineSettings
+from pytest_unitablate.engine.store import DiskStore
+from pytest_unitablate.spec.loader import load_spec
+from pytest_unitablate.spec.model import Spec
+from pytest_unitablate.version import __version__
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.conv(x)).mean(dim=(2, 3)))
+
+
+def _data(seed: int = 1, n: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 5, 5, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+CHECKS = """\
+checks:
+  - layer: act
+    units: [3, 1]
+    expect: {overall: {max_drop: 100%}}
+  - layer: act
+    units: [1, 3]
+    ablation: mean
+    expect: {overall: {max_drop: 100%}}
+  - layer: act
+    units: [1, 3]
+    ablation: {constant: 0.5}
+    expect: {overall: {max_drop: 100%}}
+  - layer: act
+    units: [1, 3]
+    ablation: {constant: 0.25}
+    expect: {overall: {max_drop: 100%}}
+  - layer: act
+    name: ref-mean
+    units: [1, 3]
+    ablation: mean
+    reference: ref
+    expect: {overall: {max_drop: 100%}}
+  - layer: act
+    units: [1, 3]
+    ablation: resample
+    expect: {overall: {max_drop: 100%}}
+  - layer: act
+    units: [1, 3]
+    ablation: {resample: {draws: 2}}
+    expect: {overall: {max_drop: 100%}}
+  - layer: conv
+    units: [1, 3]
+    expect: {overall: {max_drop: 100%}}
+  - layer: act
+    units: [1]
+    expect: {overall: {max_drop: 100%}}
+"""
+
+
+def _bound(tmp_path: Path, body: str = CHECKS, store: bool = True, seed: int | None = 0,
+           head: str = "") -> tuple[Engine, Spec, Subject]:
+    path = tmp_path / "s.yaml"
+    path.write_text("unitablate: 1\nmodel: model\ndata: data\n" + head + body)
+    spec = load_spec(path)
+    engine = Engine(EngineSettings(seed=seed),
+                    DiskStore(tmp_path / "cache") if store else None)
+    objects = {"model": Net().eval(), "data": _data(), "ref": _data(seed=7, n=5)}
+    return engine, spec, engine.bind(spec, mapping_lookup(objects))
+
+
+def test_the_identity_holds_everything_that_decides_an_evaluation(tmp_path: Path) -> None:
+    engine, spec, subject = _bound(tmp_path, seed=3)
+    ident = engine.evals.identity(spec, subject.model, subject.data)
+    assert ident == {
+        "weights": weights_sha256(subject.model), "model": structure_sha256(subject.model),
+        "data": data_fingerprint(subject.data), "output": None, "device": "cpu",
+        "dtype": "float32", "seed": 3, "torch": str(torch.__version__),
+        "unitablate": __version__, "entries": ENTRY_FORMAT}
+    assert ENTRY_FORMAT == 2
+    assert engine.evals.identity(spec, subject.model, subject.data) is ident  # once
+    other = engine.evals.identity(spec, subject.model, subject.references["ref"])
+    assert other["data"] == data_fingerprint(subject.references["ref"]) != ident["data"]
+    # without a store nothing is hashed: the data is not even fingerprinted
+    engine, spec, subject = _bound(tmp_path, store=False)
+    assert engine.evals.identity(spec, subject.model, subject.data) == {"data": ""}
+
+
+def test_every_difference_between_ablated_passes_is_in_the_store_key(tmp_path: Path
+                                                                      ) -> None:
+    engine, spec, subject = _bound(tmp_path)
+    ev = engine.evals
+    ident = ev.identity(spec, subject.model, subject.data)
+    keys = [ev.ablated_key(spec, subject, c, c.units) for c in spec.checks]
+    assert ev.ablated_key(spec, subject, spec.checks[0], [3, 1, 1]) == keys[0]
+    for key in keys:
+        assert {k: key[k] for k in ident} == ident and key["what"] == "ablated"
+    first = keys[0]
+    assert first["units"] == [1, 3] and first["ablation"] == "zero"
+    assert {k: first[k] for k in ("layer", "unit", "channel_dim")} == {
+        "layer": "act", "unit": "channel", "channel_dim": 1}
+    assert [k["ablation"] for k in keys] == ["zero", "mean", 0.5, 0.25, "mean", "resample",
+                                             "resample", "zero", "zero"]
+    assert keys[4]["reference"] == data_fingerprint(subject.references["ref"])
+    assert "reference" not in keys[1] and "draws" not in keys[1]
+    assert (keys[5]["draws"], keys[6]["draws"]) == (1, 2)
+    assert keys[7]["layer"] == "conv" and keys[8]["units"] == [1]
+    names = {repr(sorted(k.items())) for k in keys}
+    assert len(names) == len(keys)  # no two passes share an entry
+
+
+def test_in_memory_keys_tell_the_same_passes_apart(tmp_path: Path) -> None:
+    engine, spec, subject = _bound(tmp_path, store=False)
+    ev = engine.evals
+    memos = [ev.ablated_memo(spec, subject, c, c.units) for c in spec.checks]
+    assert len(set(memos)) == len(memos)
+    assert memos[0][:2] == ("abl", id(subject.model)) and memos[0][4] == (1, 3)
+    assert [ev.ablation_memo(spec, subject, c) for c in spec.checks[:5]] == [
+        ("zero",), ("mean", 1, None), (0.5,), (0.25,),
+        ("mean", 1, id(subject.references["ref"]))]
+    assert ev.ablation_memo(spec, subject, spec.checks[6]) == ("resample", 2, None)
+
+
+def test_a_constant_ablation_is_a_number_and_the_others_their_kind(tmp_path: Path) -> None:
+    engine, spec, subject = _bound(tmp_path, store=False)
+    args = [engine.evals.ablation_arg(spec, c) for c in spec.checks]
+    assert args[:4] == ["zero", "mean", 0.5, 0.25] and isinstance(args[2], float)
+    assert engine.evals.reference_data(spec, subject, spec.checks[4]) == (
+        subject.references["ref"], True)
+    assert engine.evals.reference_data(spec, subject, spec.checks[1]) == (subject.data, False)
+
+
+def test_means_come_from_the_declared_reference_and_are_kept(tmp_path: Path) -> None:
+    engine, spec, subject = _bound(tmp_path)
+    ev = engine.evals
+    own = ev.layer_means(spec, spec.checks[1], subject)["act"]
+    ref = ev.layer_means(spec, spec.checks[4], subject)["act"]
+    for data, got in ((subject.data, own), (subject.references["ref"], ref)):
+        with torch.no_grad():
+            acts = subject.model.act(subject.model.conv(data[0]))
+        torch.testing.assert_close(got, acts.mean(dim=(0, 2, 3)))
+    assert ev.layer_means(spec, spec.checks[1], subject)["act"] is own
+    assert engine.store.stats["computed"] == 2  # type: ignore[attr-defined]
+    again, spec2, subject2 = _bound(tmp_path)
+    torch.testing.assert_close(again.evals.layer_means(spec2, spec2.checks[4],
+                                                       subject2)["act"], ref)
+    assert again.store.stats == {"hit": 1, "computed": 0,  # type: ignore[attr-defined]
+                                 "recomputed": 0}
+
+
+def test_results_survive_the_store_with_their_types(tmp_path: Path) -> None:
+    from pytest_unitablate import evaluate
+
+    model, data = Net().eval(), _data()
+    result = evaluate(model, data)
+    store = DiskStore(tmp_path)
+    store.get_or_compute({"k": 1}, lambda: eval_arrays(result))
+    back = eval_result(store.get_or_compute({"k": 1}, lambda: {}))
+    assert back.num_classes == result.num_classes == 3 and isinstance(back.num_classes, int)
+    assert back.fingerprint == result.fingerprint and isinstance(back.fingerprint, str)
+    for name in ("labels", "predictions", "true_logprob"):
+        assert np.array_equal(getattr(back, name), getattr(result, name))
+    assert back.shares is None and "shares" not in eval_arrays(result)
+    shared = eval_result({**eval_arrays(result), "shares": np.full(12, 0.5)})
+    assert shared.shares is not None and shared.shares.tolist() == [0.5] * 12
+    assert eval_arrays(shared)["shares"].tolist() == [0.5] * 12
+
+
+def test_a_scan_row_is_that_ablated_pass(tmp_path: Path) -> None:
+    from pytest_unitablate import evaluate, scan
+    from pytest_unitablate.core.ablation import ablate
+
+    model, data = Net().eval(), _data()
+    scanned = scan(model, data, "act", units=[[0], [2, 3]], progress=False, method="naive")
+    with ablate(model, {"act": [2, 3]}):
+        direct = evaluate(model, data)
+    row = row_result(scanned, 1)
+    assert np.array_equal(row.predictions, direct.predictions)
+    np.testing.assert_allclose(row.true_logprob, direct.true_logprob, rtol=1e-6)
+    assert row.fingerprint == direct.fingerprint and row.num_classes == 3
+    assert np.array_equal(row.labels, direct.labels) and row.shares is None
+
+
+SWEEPS = """\
+{ranking}checks:
+  - layer: conv
+    any_unit:
+      expect: {{overall: {{min_drop: 1%}}}}
+  - layer: act
+    every_unit:
+      expect: {{overall: {{max_drop: 100%}}}}
+  - layer: fc
+    top_units:
+      k: 2
+      class: 1
+      expect: {{overall: {{max_drop: 100%}}}}
+  - layer: conv
+    units: [1]
+    expect: {{overall: {{max_drop: 100%}}}}
+"""
+
+
+@pytest.mark.parametrize(("plain", "ranking", "evaluation_keeps", "ranking_keeps"), [
+    (False, False, ["conv", "act", "fc"], None),
+    (True, False, ["conv", "act", "fc"], None),
+    (False, True, ["conv", "act"], ["fc"]),
+])
+def test_the_baseline_keeps_the_prefixes_of_the_layers_swept_after_it(
+        tmp_path: Path, plain: bool, ranking: bool, evaluation_keeps: list[str],
+        ranking_keeps: list[str] | None) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("unitablate: 1\nmodel: model\ndata: data\n" + SWEEPS.format(
+        ranking="ranking_data: ref\n" if ranking else ""))
+    spec = load_spec(path)
+    engine = Engine(EngineSettings(plain_passes=plain))
+    subject = engine.bind(spec, mapping_lookup({"model": Net().eval(), "data": _data(),
+                                                "ref": _data(seed=7, n=5)}))
+    kept: list[list[str]] = []
+    real = engine.evals._evaluate
+
+    def spy(model: Any, data: Any, output: Any = None, keep: Any = (), spec: Any = None
+            ) -> Any:
+        kept.append(list(keep))
+        return real(model, data, output, keep, spec)
+
+    engine.evals._evaluate = spy  # type: ignore[method-assign]
+    engine.evals.baseline(spec, subject)
+    assert kept == [evaluation_keeps]  # the named check's conv is swept already
+    if ranking_keeps is not None:
+        engine.evals.baseline(spec, subject, ranking=True)
+        assert kept[-1] == ranking_keeps
+
+
+def test_named_layers_are_kept_unless_plain_passes(tmp_path: Path) -> None:
+    body = textwrap.dedent("""\
+        checks:
+          - layer: act
+            units: [1]
+            expect: {overall: {max_drop: 100%}}
+        """)
+    for plain, want in ((False, [["act"]]), (True, [[]])):
+        path = tmp_path / "n.yaml"
+        path.write_text("unitablate: 1\nmodel: model\ndata: data\n" + body)
+        spec = load_spec(path)
+        engine = Engine(EngineSettings(plain_passes=plain))
+        subject = engine.bind(spec, mapping_lookup({"model": Net().eval(), "data": _data()}))
+        kept: list[list[str]] = []
+        real = engine.evals._evaluate
+
+        def spy(model: Any, data: Any, output: Any = None, keep: Any = (), spec: Any = None,
+                kept: list[list[str]] = kept, real: Any = real) -> Any:
+            kept.append(list(keep))
+            return real(model, data, output, keep, spec)
+
+        engine.evals._evaluate = spy  # type: ignore[method-assign]
+        engine.evals.baseline(spec, subject)
+        assert kept == want
+
+
+def test_provenance_hashes(tmp_path: Path) -> None:
+    engine, spec, subject = _bound(tmp_path, store=False, head="reference: ref\n")
+    hashes = engine.evals.hashes(spec, subject)
+    assert hashes == {
+        "data_sha256": data_fingerprint(subject.data)[:16],
+        "weights_sha256": weights_sha256(subject.model)[:16],
+        "reference_sha256": f"ref={data_fingerprint(subject.references['ref'])[:16]}"}
+    engine, spec, subject = _bound(tmp_path, body=CHECKS.replace("    reference: ref\n", ""),
+                                   store=False)
+    assert "reference_sha256" not in engine.evals.hashes(spec, subject)
+
+
+def test_passes_are_seeded_only_with_a_seed(tmp_path: Path) -> None:
+    for seed, same in ((5, True), (None, False)):
+        engine, _, _ = _bound(tmp_path, store=False, seed=seed)
+        torch.manual_seed(99)
+        engine.evals.seeded()
+        drawn = torch.rand(1).item()
+        torch.manual_seed(5)
+        assert (drawn == torch.rand(1).item()) is same
