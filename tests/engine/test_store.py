@@ -289,3 +289,117 @@ def test_the_computation_error_is_raised_by_many_and_try_too(tmp_path: Path) -> 
     with pytest.raises(FileNotFoundError, match="data file"):
         store.try_get_or_compute(KEY, broken)
     assert store.broken is None and store.summary().startswith("unitablate cache: 0 reused")
+
+
+def test_a_stored_entry_is_read_while_another_process_holds_its_lock(tmp_path: Path) -> None:
+    """Reading needs no lock: a finished entry is returned at once even while another
+    process computes (holds the lock of) that entry."""
+    from filelock import FileLock
+
+    store = DiskStore(tmp_path)
+    store.get_or_compute(KEY, _values)
+    with FileLock(str(tmp_path / f"{entry_name(KEY)}.npz") + ".lock"):
+        got = store.try_get_or_compute(KEY, _values)
+        assert got is not None and got["n"] == 3
+        assert store.get_or_compute(KEY, _values)["n"] == 3
+    assert store.stats == {"hit": 2, "computed": 1, "recomputed": 0}
+
+
+@pytest.mark.parametrize(("second", "stat"), [("written", "hit"), ("gone", "recomputed")])
+def test_the_entry_is_looked_at_again_under_the_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, second: str, stat: str) -> None:
+    """Between the first look and taking the lock another worker may write the entry (it
+    is read, not computed again) or remove a corrupt one (it is recomputed)."""
+    store = DiskStore(tmp_path)
+    DiskStore(tmp_path).get_or_compute(KEY, lambda: {"n": 7})
+    real = store._load
+    looks: list[int] = []
+
+    def load(path: Path, key: Any) -> Any:
+        looks.append(1)
+        if len(looks) == 1:  # the first look: not there yet, or unusable
+            if second == "gone":
+                path.unlink()
+            return None, second == "gone"
+        return real(path, key)
+
+    monkeypatch.setattr(store, "_load", load)
+    got = store.get_or_compute(KEY, lambda: {"n": 8})
+    assert got["n"] == (7 if second == "written" else 8) and len(looks) == 2
+    assert store.stats[stat] == 1 and sum(store.stats.values()) == 1
+
+
+def test_hits_add_up(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path)
+    keys = [{**KEY, "unit": u} for u in range(2)]
+    for _ in range(3):
+        store.get_or_compute(KEY, _values)
+        store.get_or_compute_many(keys, lambda missing: [{"u": i} for i in missing])
+    assert store.stats == {"hit": 2 + 4, "computed": 1 + 2, "recomputed": 0}
+
+
+def test_a_folder_that_does_not_exist_yet_is_made_with_its_parents(tmp_path: Path) -> None:
+    for first in ("one", "many"):
+        root = tmp_path / first / "cache" / "unitablate"
+        store = DiskStore(root)
+        if first == "one":
+            store.get_or_compute(KEY, _values)
+        else:
+            store.get_or_compute_many([KEY], lambda missing: [_values() for _ in missing])
+        assert store.broken is None and (root / f"{entry_name(KEY)}.npz").is_file()
+
+
+def test_no_folder_means_no_cache_for_many_too() -> None:
+    seen: list[list[int]] = []
+    store = DiskStore(None)
+    got = store.get_or_compute_many([KEY, KEY], lambda missing: seen.append(missing) or [
+        {"i": i} for i in missing])
+    assert got == [{"i": 0}, {"i": 1}] and seen == [[0, 1]]
+
+
+def test_the_failure_that_turned_the_cache_off_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for first in ("one", "many"):
+        store = DiskStore(blocker / first)
+        with pytest.warns(RuntimeWarning, match="NotADirectoryError"):
+            if first == "one":
+                store.get_or_compute(KEY, _values)
+            else:
+                store.get_or_compute_many([KEY], lambda missing: [_values() for _ in missing])
+        assert store.broken is not None and store.broken.startswith("NotADirectoryError: ")
+
+
+def test_a_group_lock_held_too_long_degrades_to_no_cache(tmp_path: Path) -> None:
+    import hashlib
+
+    from filelock import FileLock
+
+    keys = [{**KEY, "unit": u} for u in range(2)]
+    names = "".join(f"{entry_name(k)}.npz" for k in keys)
+    group = tmp_path / f"group-{hashlib.sha256(names.encode()).hexdigest()}.lock"
+    store = DiskStore(tmp_path, lock_timeout=0.05)
+    with FileLock(str(group)), pytest.warns(RuntimeWarning, match="evaluation cache"):
+        got = store.get_or_compute_many(keys, lambda missing: [{"u": i} for i in missing])
+    assert [v["u"] for v in got] == [0, 1] and store.broken is not None
+
+
+def test_an_entry_is_written_beside_itself_under_a_hidden_temporary_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written to a temporary file in the same folder (so the rename is atomic), named
+    after the entry, then renamed over it: a reader never sees half an entry."""
+    import os
+
+    moves: list[tuple[str, str]] = []
+    real = os.replace
+
+    def replace(src: str, dst: str) -> None:
+        moves.append((str(src), str(dst)))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    DiskStore(tmp_path).get_or_compute(KEY, _values)
+    ((src, dst),) = moves
+    name = f"{entry_name(KEY)}.npz"
+    assert dst == str(tmp_path / name) and Path(src).parent == tmp_path
+    assert Path(src).name.startswith(f".{name}.") and src.endswith(".tmp")
