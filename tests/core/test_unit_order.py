@@ -199,3 +199,28 @@ def test_no_examples_of_the_target_give_an_empty_estimate() -> None:
     assert sums.shape == (0, 0) and counts.shape == (0,) and sums.dtype == np.float64
     empty = estimated_damage(model, data, "mlp", target=1, channel_dim=-1, output=0)
     assert empty.shape == (0,) and empty.dtype == np.float64
+
+
+def test_the_total_passes_everything_on() -> None:
+    """``estimated_damage`` hands its caller's cache, device and batch size on: the prefix
+    cache is filled, the meta device is refused, and one unit of one class is summed."""
+    from pytest_unitablate.core.scan.prefix import PrefixCache
+
+    model = Tokens().eval()
+    data = (torch.randn(6, 4, 3), torch.tensor([0, 1, 2, 3, 0, 1]))
+    cache = PrefixCache()
+    first = estimated_damage(model, data, "mlp", channel_dim=-1, output=0, prefix_cache=cache,
+                             batch_size=4)
+    assert cache.stats["stored"] == 1 and first.shape == (5,)
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        estimated_damage(model, data, "mlp", channel_dim=-1, output=0, device="meta")
+    one = nn.Sequential(nn.Linear(3, 1), nn.Tanh(), nn.Linear(1, 2)).eval()
+    x, y = torch.randn(5, 3), torch.zeros(5, dtype=torch.long)
+    got = estimated_damage(one, (x, y), "1")
+    assert got.shape == (1,) and got[0] != 0
+    with torch.no_grad():
+        a = one[1](one[0](x))
+        base = torch.log_softmax(one[2](a), 1)[:, 0]
+        eps = 1e-3
+        moved = torch.log_softmax(one[2](a * (1 - eps)), 1)[:, 0]
+    assert got[0] == pytest.approx(float((base - moved).sum() / eps), rel=1e-2, abs=1e-6)

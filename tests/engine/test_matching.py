@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ from torch import nn
 from pytest_unitablate import run_spec
 from pytest_unitablate.core import identity
 from pytest_unitablate.engine.engine import Engine
-from pytest_unitablate.engine.refs import mapping_lookup
+from pytest_unitablate.engine.refs import Subject, mapping_lookup
 from pytest_unitablate.engine.run import evaluate_spec
 from pytest_unitablate.errors import ItemProblem
 from pytest_unitablate.spec.loader import load_spec
@@ -135,8 +136,22 @@ def test_each_spec_reads_its_own_sidecar_in_one_engine(tmp_path: Path) -> None:
     a = {r["id"]: r for r in evaluate_spec(first, lookup, engine).records}
     b = {r["id"]: r for r in evaluate_spec(second, lookup, engine).records}
     assert a["1-u1-one-min_drop"]["matched_units"] == [1]
-    assert b["1-u1-one-min_drop"]["matched_units"] == [2]
+    assert b["1-u1-one-min_drop"]["matched_units"] == [2], b["1-u1-one-min_drop"]
     assert b["1-u2-two-min_drop"]["matched_units"] == [1]
+
+
+def test_profiles_are_per_data(tmp_path: Path) -> None:
+    """One model and engine, two data sets (two specs in one session): each gets its own
+    profiles, equal to the core's on that data."""
+    spec = load_spec(_spec(tmp_path))
+    engine = Engine()
+    model, data = _mlp(), _data()
+    swapped = [(x[:, [0, 2, 1, 3]], y) for x, y in data]
+    for which in (data, swapped):
+        subject = Subject(model=model, data=which)
+        got = engine.matching.profiles(spec, subject, spec.checks[0])
+        np.testing.assert_allclose(
+            got, identity.damage_profiles(model, which, "1", num_classes=4), rtol=1e-6)
 
 
 def test_the_match_is_per_model(tmp_path: Path) -> None:
@@ -328,7 +343,19 @@ def test_heads_are_matched_by_measured_head_profiles(tmp_path: Path) -> None:
     line = _sidecar(tmp_path / "h.signatures.json", model, {2: 2}, layer=layer,
                     profiles=profiles)
     (tmp_path / "h.yaml").write_text(HEAD_SPEC.format(signatures=line))
-    run = run_spec(tmp_path / "h.yaml", fixtures={"model": model, "data": data})
+    calls: list[dict[str, Any]] = []
+    real = identity.head_profiles
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    identity.head_profiles = spy  # type: ignore[assignment]
+    try:
+        run = run_spec(tmp_path / "h.yaml", fixtures={"model": model, "data": data})
+    finally:
+        identity.head_profiles = real  # type: ignore[assignment]
+    assert calls == [{"num_classes": 5, "num_heads": None, "device": "cpu", "output": 0}]
     record = run.records[0]
     assert record["outcome"] == "passed" and record["matched_units"] == [2]
     assert record["similarity"] == [pytest.approx(1.0, abs=1e-6)]
