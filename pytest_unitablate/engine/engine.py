@@ -44,7 +44,7 @@ class Engine:
         self.evals = Evaluations(self.settings, self.store)
         self.sweeps = Sweeps(self.evals)
         self.matching = Matching(self.evals)
-        self.named = NamedChecks(self.evals, self.evals.objects)
+        self.named = NamedChecks(self.evals, self.matching)
         #: what was said once per spec or layer (warnings are not repeated per item)
         self.provenance_checked: set[str] = set()
         self.engine_warned: set[tuple[str, str]] = set()

@@ -6,6 +6,7 @@ Example::
     units = Matching(evals)
     recorded = units.signatures(spec)                  # the sidecar, or None
     matches = units.match(spec, subject, check)        # recorded unit -> Match
+    units.made(spec, subject, check)                   # the same, or None if not made yet
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class Matching:
 
     def __init__(self, evals: Evaluations) -> None:
         self.evals = evals
+        self._signatures: dict[str, Signatures | None] = {}  # per spec file
+        self._profiles: dict[tuple[Any, ...], Any] = {}  # per model, data and layer units
+        self._matches: dict[tuple[Any, ...], dict[int, Match]] = {}  # per model, spec, layer
 
     def signatures(self, spec: Spec, *, recording: bool = False) -> Signatures | None:
         """The spec's signatures sidecar (read once per spec), ``None`` if it has none.
@@ -33,9 +37,8 @@ class Matching:
         problem at the spec's ``signatures:`` line; while recording (``recording``), a
         sidecar the spec does not name yet is ignored (record mode will replace it).
         """
-        objects = self.evals.objects
-        key = ("signatures", str(spec.path))
-        if key not in objects:
+        key = str(spec.path)
+        if key not in self._signatures:
             path = spec.signatures_path()
             try:
                 value = read_signatures(path, spec.signatures_sha256)
@@ -46,9 +49,8 @@ class Matching:
                     line = spec.signatures_line or min(
                         (c.identity_line for c in spec.checks if c.identity_line), default=0)
                     raise ItemProblem(f"{spec.where(line)}: {exc}") from None
-            objects[key] = value
-        result: Signatures | None = objects[key]
-        return result
+            self._signatures[key] = value
+        return self._signatures[key]
 
     def profiles(self, spec: Spec, subject: Subject, check: Check) -> Any:
         """Class-damage profiles of every unit of the check's layer in the model under test
@@ -58,8 +60,8 @@ class Matching:
         ev = self.evals
         model, data = subject.model, subject.data
         units = ev.units(spec, subject, check)
-        key = ("profiles", id(model), id(data), units.memo)
-        if key not in ev.objects:
+        key = (id(model), id(data), units.memo)
+        if key not in self._profiles:
             baseline = ev.baseline(spec, subject)
 
             def compute() -> Any:
@@ -80,23 +82,31 @@ class Matching:
 
             values = ev.store.get_or_compute(
                 {**ev.identity(spec, model, data), "what": "profiles", **units.key()}, run)
-            ev.objects[key] = values["profiles"]
-        return ev.objects[key]
+            self._profiles[key] = values["profiles"]
+        return self._profiles[key]
 
     def match(self, spec: Spec, subject: Subject, check: Check) -> dict[int, Match]:
         """Every recorded unit of the check's layer matched one-to-one to a unit of the
         model under test (Hungarian method on cosine similarity of profiles; cached)."""
         signatures = self.signatures(spec)
         assert signatures is not None
-        ev = self.evals
-        key = ("match", id(subject.model), str(spec.path), check.layer)
-        if key not in ev.objects:
+        key = self._match_key(spec, subject, check)
+        if key not in self._matches:
             recorded = signatures.units(check.layer)
             profiles = self.profiles(spec, subject, check)
             line = spec.signatures_line or check.identity_line
-            ev.objects[key] = ev.guard(spec, line, lambda: match_units(recorded, profiles))
-        result: dict[int, Match] = ev.objects[key]
-        return result
+            self._matches[key] = self.evals.guard(
+                spec, line, lambda: match_units(recorded, profiles))
+        return self._matches[key]
+
+    def made(self, spec: Spec, subject: Subject, check: Check) -> dict[int, Match] | None:
+        """The match of the check's layer if :meth:`match` made it already, else ``None``
+        (planning a layer's scan never makes one: its profile pass is the check's)."""
+        return self._matches.get(self._match_key(spec, subject, check))
+
+    @staticmethod
+    def _match_key(spec: Spec, subject: Subject, check: Check) -> tuple[Any, ...]:
+        return (id(subject.model), str(spec.path), check.layer)
 
 
 __all__ = ["Matching"]

@@ -32,6 +32,7 @@ from pytest_unitablate.engine.evaluations import (
     eval_result,
     row_result,
 )
+from pytest_unitablate.engine.matching import Matching
 from pytest_unitablate.engine.refs import Subject
 from pytest_unitablate.errors import ItemProblem
 from pytest_unitablate.spec.model import Check, Spec
@@ -40,10 +41,10 @@ from pytest_unitablate.spec.model import Check, Spec
 class NamedChecks:
     """Ablated passes of named checks, planned and evaluated layer by layer."""
 
-    def __init__(self, evals: Evaluations, objects: dict[Any, Any]) -> None:
+    def __init__(self, evals: Evaluations, matching: Matching) -> None:
         self.evals = evals
-        #: where matches of ``identity: signature`` checks are kept (the engine's memo)
-        self.objects = objects
+        #: the matches of ``identity: signature`` checks, once made
+        self.matching = matching
 
     def ablated(self, spec: Spec, subject: Subject, check: Check,
                 units: Sequence[int]) -> EvalResult:
@@ -94,13 +95,15 @@ class NamedChecks:
     def _matched(self, spec: Spec, subject: Subject, check: Check) -> tuple[int, ...] | None:
         """The units a signature check's recorded units matched, when the match was made
         already (planning never makes one: its profile pass is the check's to pay)."""
-        matches = self.objects.get(("match", id(subject.model), str(spec.path), check.layer))
+        matches = self.matching.made(spec, subject, check)
         if matches is None or any(u not in matches for u in check.units):
             return None
         mapped = [matches[u] for u in check.units]
-        if any(m.unit is None or m.similarity < check.min_similarity for m in mapped):
+        units = tuple(m.unit for m in mapped if m.unit is not None)
+        if len(units) < len(mapped) or any(m.similarity < check.min_similarity
+                                           for m in mapped):
             return None
-        return tuple(int(m.unit) for m in mapped)
+        return units
 
     def _evaluate(self, spec: Spec, subject: Subject, check: Check,
                   group: list[tuple[int, ...]]) -> list[EvalResult]:

@@ -239,6 +239,7 @@ output: 0
 {signatures}checks:
   - layer: net.encoder.layers.1.self_attn
     unit: head
+    num_heads: 4
     units: [2]
     identity: signature
     expect:
@@ -355,7 +356,7 @@ def test_heads_are_matched_by_measured_head_profiles(tmp_path: Path) -> None:
         run = run_spec(tmp_path / "h.yaml", fixtures={"model": model, "data": data})
     finally:
         identity.head_profiles = real  # type: ignore[assignment]
-    assert calls == [{"num_classes": 5, "num_heads": None, "device": "cpu", "output": 0}]
+    assert calls == [{"num_classes": 5, "num_heads": 4, "device": "cpu", "output": 0}]
     record = run.records[0]
     assert record["outcome"] == "passed" and record["matched_units"] == [2]
     assert record["similarity"] == [pytest.approx(1.0, abs=1e-6)]

@@ -247,9 +247,10 @@ def test_many_with_an_entry_made_while_waiting_for_the_group(tmp_path: Path,
         return real(path, key)
 
     monkeypatch.setattr(store, "_load", load)
+    store.stats["hit"] = 3  # earlier hits are added to, not replaced
     got = store.get_or_compute_many(keys, lambda missing: [{"u": i} for i in missing])
     assert [v["u"] for v in got] == [0, 10, 2]
-    assert store.stats == {"hit": 1, "computed": 2, "recomputed": 0}
+    assert store.stats == {"hit": 4, "computed": 2, "recomputed": 0}
 
 
 def test_the_summary_says_what_was_reused_computed_and_recomputed(tmp_path: Path) -> None:
@@ -312,6 +313,7 @@ def test_the_entry_is_looked_at_again_under_the_lock(
     is read, not computed again) or remove a corrupt one (it is recomputed)."""
     store = DiskStore(tmp_path)
     DiskStore(tmp_path).get_or_compute(KEY, lambda: {"n": 7})
+    store.stats["hit"] = 5  # earlier hits are added to, not replaced
     real = store._load
     looks: list[int] = []
 
@@ -326,7 +328,8 @@ def test_the_entry_is_looked_at_again_under_the_lock(
     monkeypatch.setattr(store, "_load", load)
     got = store.get_or_compute(KEY, lambda: {"n": 8})
     assert got["n"] == (7 if second == "written" else 8) and len(looks) == 2
-    assert store.stats[stat] == 1 and sum(store.stats.values()) == 1
+    assert store.stats[stat] == (6 if stat == "hit" else 1)
+    assert sum(store.stats.values()) == 6  # the 5 set above and this one
 
 
 def test_hits_add_up(tmp_path: Path) -> None:
@@ -403,3 +406,44 @@ def test_an_entry_is_written_beside_itself_under_a_hidden_temporary_name(
     name = f"{entry_name(KEY)}.npz"
     assert dst == str(tmp_path / name) and Path(src).parent == tmp_path
     assert Path(src).name.startswith(f".{name}.") and src.endswith(".tmp")
+
+
+def test_a_pickled_entry_is_not_trusted(tmp_path: Path) -> None:
+    """Loading a pickle runs code: an entry holding an object array (written by anything
+    but this store) is recomputed, never unpickled."""
+    from pytest_unitablate.engine.store import _META, _canonical
+
+    path = tmp_path / f"{entry_name(KEY)}.npz"
+    np.savez(path, **{_META: np.asarray(_canonical(KEY)),
+                      "predictions": np.array([{"a": 1}], dtype=object)})
+    store = DiskStore(tmp_path)
+    assert store.get_or_compute(KEY, _values)["method"] == "prefix"
+    assert store.stats == {"hit": 0, "computed": 0, "recomputed": 1}
+
+
+def test_a_lock_held_for_a_moment_is_waited_for(tmp_path: Path) -> None:
+    """Another process computing the entry: this one waits for it (no failure, no warning)
+    and then reads what it wrote."""
+    import threading
+    import warnings
+
+    from filelock import FileLock
+
+    lock = FileLock(str(tmp_path / f"{entry_name(KEY)}.npz") + ".lock",
+                    thread_local=False)
+    lock.acquire()
+
+    def finish() -> None:
+        time.sleep(0.3)
+        DiskStore(tmp_path)._store(tmp_path / f"{entry_name(KEY)}.npz", KEY, {"n": 5})
+        lock.release()
+
+    worker = threading.Thread(target=finish)
+    worker.start()
+    store = DiskStore(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = store.get_or_compute(KEY, _values)
+    worker.join()
+    assert got == {"n": 5} and store.broken is None
+    assert store.stats == {"hit": 1, "computed": 0, "recomputed": 0}
