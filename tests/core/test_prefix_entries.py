@@ -119,7 +119,9 @@ def test_the_least_recently_used_entry_makes_room() -> None:
     assert cache.get(model, b, "l", CPU, 8) is None
     assert cache.get(model, a, "l", CPU, 8) is not None
     assert cache.get(model, c, "l", CPU, 8) is not None and cache.held() == 80
-    # the same pass stored again replaces its entry (its old bytes are not counted)
+    assert cache.get(model, a, "l", CPU, 8) is not None  # order now: c, then a
+    # the same pass stored again replaces its entry: its old 40 bytes are not counted,
+    # so 40 (c) + 60 fit in 100 and c, the least recently used, stays
     cache.put(model, a, "l", CPU, 8, _recorded(60), "fa2")
     entry = cache.get(model, a, "l", CPU, 8)
     assert entry is not None and entry.fingerprint == "fa2"
@@ -205,7 +207,7 @@ def test_evaluate_keeping_gives_up_the_biggest_layer_first() -> None:
     model, data = Chain().eval(), _chain_data()
     a_bytes, b_bytes = 10 * 8 * 4 + 120, 10 * 6 * 4 + 120  # outputs and logits
     cache = PrefixCache(budget=a_bytes + b_bytes - 1)
-    evaluate_keeping(model, data, ["a", "b"], cache, batch_size=4)
+    evaluate_keeping(model, data, ["b", "a"], cache, batch_size=4)  # a: biggest, not first
     assert cache.get(model, data, "a", CPU, 4) is None
     assert cache.get(model, data, "b", CPU, 4) is not None and cache.held() == b_bytes
     both = PrefixCache(budget=a_bytes + b_bytes)
@@ -237,7 +239,7 @@ def test_a_module_called_twice_is_not_kept() -> None:
     assert cache.stats["stored"] == 0
 
 
-def test_logits_that_are_not_one_tensor_keep_nothing() -> None:
+def test_logits_picked_out_of_a_dict_are_kept() -> None:
     class Pair(nn.Module):
         def __init__(self) -> None:
             super().__init__()

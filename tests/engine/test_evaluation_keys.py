@@ -111,13 +111,22 @@ def test_the_identity_holds_everything_that_decides_an_evaluation(tmp_path: Path
         "data": data_fingerprint(subject.data), "output": None, "device": "cpu",
         "dtype": "float32", "seed": 3, "torch": str(torch.__version__),
         "unitablate": __version__, "entries": ENTRY_FORMAT}
-    assert ENTRY_FORMAT == 2
     assert engine.evals.identity(spec, subject.model, subject.data) is ident  # once
     other = engine.evals.identity(spec, subject.model, subject.references["ref"])
     assert other["data"] == data_fingerprint(subject.references["ref"]) != ident["data"]
     # without a store nothing is hashed: the data is not even fingerprinted
     engine, spec, subject = _bound(tmp_path, store=False)
-    assert engine.evals.identity(spec, subject.model, subject.data) == {"data": ""}
+    from pytest_unitablate.engine import evaluations
+
+    def refuse(data: Any) -> str:
+        raise AssertionError("fingerprinted without a store")
+
+    original = evaluations.data_fingerprint
+    evaluations.data_fingerprint = refuse  # type: ignore[assignment]
+    try:
+        assert not engine.evals.identity(spec, subject.model, subject.data)["data"]
+    finally:
+        evaluations.data_fingerprint = original
 
 
 def test_every_difference_between_ablated_passes_is_in_the_store_key(tmp_path: Path
@@ -148,11 +157,20 @@ def test_in_memory_keys_tell_the_same_passes_apart(tmp_path: Path) -> None:
     ev = engine.evals
     memos = [ev.ablated_memo(spec, subject, c, c.units) for c in spec.checks]
     assert len(set(memos)) == len(memos)
-    assert memos[0][:2] == ("abl", id(subject.model)) and memos[0][4] == (1, 3)
-    assert [ev.ablation_memo(spec, subject, c) for c in spec.checks[:5]] == [
-        ("zero",), ("mean", 1, None), (0.5,), (0.25,),
-        ("mean", 1, id(subject.references["ref"]))]
-    assert ev.ablation_memo(spec, subject, spec.checks[6]) == ("resample", 2, None)
+    first = spec.checks[0]
+    assert ev.ablated_memo(spec, subject, first, [3, 1, 1]) == memos[0]
+    for other in (Subject(model=Net().eval(), data=subject.data,
+                          references=subject.references),
+                  Subject(model=subject.model, data=_data(), references=subject.references)):
+        assert ev.ablated_memo(spec, other, first, first.units) != memos[0]
+    # another reference object changes the key of the check that declares it, only
+    moved = Subject(model=subject.model, data=subject.data,
+                    references={"ref": _data(seed=7, n=5)})
+    assert ev.ablation_memo(spec, moved, spec.checks[4]) != \
+        ev.ablation_memo(spec, subject, spec.checks[4])
+    for plain in (0, 1, 2, 5):
+        assert ev.ablation_memo(spec, moved, spec.checks[plain]) == \
+            ev.ablation_memo(spec, subject, spec.checks[plain])
 
 
 def test_a_constant_ablation_is_a_number_and_the_others_their_kind(tmp_path: Path) -> None:
@@ -210,7 +228,7 @@ def test_a_scan_row_is_that_ablated_pass(tmp_path: Path) -> None:
         direct = evaluate(model, data)
     row = row_result(scanned, 1)
     assert np.array_equal(row.predictions, direct.predictions)
-    np.testing.assert_allclose(row.true_logprob, direct.true_logprob, rtol=1e-6)
+    np.testing.assert_allclose(row.true_logprob, direct.true_logprob, rtol=1e-6, atol=1e-6)
     assert row.fingerprint == direct.fingerprint and row.num_classes == 3
     assert np.array_equal(row.labels, direct.labels) and row.shares is None
 
@@ -234,14 +252,24 @@ SWEEPS = """\
 """
 
 
+def _kept(engine: Engine, model: nn.Module, data: Any) -> list[str]:
+    """The layers whose prefix outputs on ``data`` the engine keeps (for later sweeps)."""
+    cpu = torch.device("cpu")
+    return [layer for layer in ("conv", "act", "fc")
+            if engine.evals.prefixes.get(model, data, layer, cpu, 256) is not None]
+
+
 @pytest.mark.parametrize(("plain", "ranking", "evaluation_keeps", "ranking_keeps"), [
-    (False, False, ["conv", "act", "fc"], None),
-    (True, False, ["conv", "act", "fc"], None),
+    (False, False, ["conv", "act", "fc"], []),
+    (True, False, ["conv", "act", "fc"], []),
     (False, True, ["conv", "act"], ["fc"]),
 ])
 def test_the_baseline_keeps_the_prefixes_of_the_layers_swept_after_it(
         tmp_path: Path, plain: bool, ranking: bool, evaluation_keeps: list[str],
-        ranking_keeps: list[str] | None) -> None:
+        ranking_keeps: list[str]) -> None:
+    """Layer-wide checks sweep their layer on the evaluation data, ``top_units`` ranks on
+    the ranking data when there is one: each baseline keeps the prefixes of exactly the
+    layers swept on its data (the named check's conv is swept anyway)."""
     path = tmp_path / "s.yaml"
     path.write_text("unitablate: 1\nmodel: model\ndata: data\n" + SWEEPS.format(
         ranking="ranking_data: ref\n" if ranking else ""))
@@ -249,46 +277,30 @@ def test_the_baseline_keeps_the_prefixes_of_the_layers_swept_after_it(
     engine = Engine(EngineSettings(plain_passes=plain))
     subject = engine.bind(spec, mapping_lookup({"model": Net().eval(), "data": _data(),
                                                 "ref": _data(seed=7, n=5)}))
-    kept: list[list[str]] = []
-    real = engine.evals._evaluate
-
-    def spy(model: Any, data: Any, output: Any = None, keep: Any = (), spec: Any = None
-            ) -> Any:
-        kept.append(list(keep))
-        return real(model, data, output, keep, spec)
-
-    engine.evals._evaluate = spy  # type: ignore[method-assign]
     engine.evals.baseline(spec, subject)
-    assert kept == [evaluation_keeps]  # the named check's conv is swept already
-    if ranking_keeps is not None:
+    assert _kept(engine, subject.model, subject.data) == evaluation_keeps
+    if ranking:
         engine.evals.baseline(spec, subject, ranking=True)
-        assert kept[-1] == ranking_keeps
+        assert _kept(engine, subject.model, subject.ranking) == ranking_keeps
 
 
 def test_named_layers_are_kept_unless_plain_passes(tmp_path: Path) -> None:
+    """Named checks are scanned too (their layer's prefix is worth keeping), except with
+    plain passes, which run whole forwards."""
     body = textwrap.dedent("""\
         checks:
           - layer: act
             units: [1]
             expect: {overall: {max_drop: 100%}}
         """)
-    for plain, want in ((False, [["act"]]), (True, [[]])):
+    for plain, want in ((False, ["act"]), (True, [])):
         path = tmp_path / "n.yaml"
         path.write_text("unitablate: 1\nmodel: model\ndata: data\n" + body)
         spec = load_spec(path)
         engine = Engine(EngineSettings(plain_passes=plain))
         subject = engine.bind(spec, mapping_lookup({"model": Net().eval(), "data": _data()}))
-        kept: list[list[str]] = []
-        real = engine.evals._evaluate
-
-        def spy(model: Any, data: Any, output: Any = None, keep: Any = (), spec: Any = None,
-                kept: list[list[str]] = kept, real: Any = real) -> Any:
-            kept.append(list(keep))
-            return real(model, data, output, keep, spec)
-
-        engine.evals._evaluate = spy  # type: ignore[method-assign]
         engine.evals.baseline(spec, subject)
-        assert kept == want
+        assert _kept(engine, subject.model, subject.data) == want
 
 
 def test_provenance_hashes(tmp_path: Path) -> None:

@@ -11,8 +11,6 @@ detects class k (k < 4) on noisy one-hot inputs: not 100% right at baseline.
 from __future__ import annotations
 
 import fnmatch
-import importlib
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -166,20 +164,21 @@ def test_the_match_is_per_model(tmp_path: Path) -> None:
 def test_profiles_are_kept_in_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                         ) -> None:
     spec = _spec(tmp_path)
-    calls: list[str] = []
+    calls: list[tuple[str, dict[str, Any]]] = []
     real = identity.damage_profiles
 
     def counted(*args: Any, **kwargs: Any) -> Any:
-        calls.append(args[2])
-        # on the run's device, with the layer's channel dimension and the model's width
-        assert kwargs == {"num_classes": 4, "channel_dim": 1, "device": "cpu", "output": None}
+        calls.append((args[2], kwargs))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(identity, "damage_profiles", counted)
     first = _records(spec, _mlp(permute=True), cache_dir=tmp_path / "cache")
-    assert calls == ["1"]  # once for the layer, both checks
+    # once for the layer (both checks), on the run's device, with the layer's channel
+    # dimension and the model's width
+    assert calls == [("1", {"num_classes": 4, "channel_dim": 1, "device": "cpu",
+                            "output": None})]
     again = _records(spec, _mlp(permute=True), cache_dir=tmp_path / "cache")
-    assert calls == ["1"] and again == first
+    assert len(calls) == 1 and again == first
 
 
 @pytest.mark.parametrize(("sidecar", "message"), [
@@ -314,7 +313,8 @@ class NoGrad(nn.Module):
 
 def test_a_model_that_cannot_be_differentiated_is_a_located_failure(tmp_path: Path) -> None:
     """Profiles need a backward pass through the network after the layer: a model that
-    forbids it fails its items with a located message, not an internal traceback."""
+    forbids it fails its items with a located message, not an internal traceback. It is
+    reported as anything the model's forward raises on the data is: at ``data:``."""
     profiles = identity.damage_profiles(_mlp(), _data(), "1", num_classes=4)
     line = _sidecar(tmp_path / "spec.signatures.json", _mlp(), {1: 1, 2: 2}, layer="net.1",
                     profiles=profiles)
@@ -325,24 +325,20 @@ def test_a_model_that_cannot_be_differentiated_is_a_located_failure(tmp_path: Pa
     assert "spec.yaml:3: the model 'model' raised RuntimeError" in str(run.items[0].message)
 
 
-def test_heads_are_matched_by_measured_head_profiles(tmp_path: Path) -> None:
+def test_heads_are_matched_by_measured_head_profiles(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A head check's profiles are :func:`head_profiles` (one ablated pass per head), not
-    the channel estimate: recorded from the model itself, every head finds itself."""
-    sys.path.insert(0, str(tmp_path))
+    the channel estimate: with all four heads recorded from the model itself, the checked
+    head finds itself."""
     from tests.transformer_source import SOURCE
 
-    (tmp_path / "tinyvit_m.py").write_text(textwrap.dedent(SOURCE))
-    try:
-        module = importlib.import_module("tinyvit_m")
-        model, data = module.model(), module.data()
-    finally:
-        sys.path.remove(str(tmp_path))
-        sys.modules.pop("tinyvit_m", None)
-    model = Wrapped(model)
+    tinyvit: dict[str, Any] = {}
+    exec(textwrap.dedent(SOURCE), tinyvit)
+    model, data = Wrapped(tinyvit["model"]()), tinyvit["data"]()
     layer = "net.encoder.layers.1.self_attn"
     profiles = identity.head_profiles(model, data, layer, num_classes=5, output=0)
-    line = _sidecar(tmp_path / "h.signatures.json", model, {2: 2}, layer=layer,
-                    profiles=profiles)
+    line = _sidecar(tmp_path / "h.signatures.json", model, {h: h for h in range(4)},
+                    layer=layer, profiles=profiles)
     (tmp_path / "h.yaml").write_text(HEAD_SPEC.format(signatures=line))
     calls: list[dict[str, Any]] = []
     real = identity.head_profiles
@@ -351,12 +347,31 @@ def test_heads_are_matched_by_measured_head_profiles(tmp_path: Path) -> None:
         calls.append(kwargs)
         return real(*args, **kwargs)
 
-    identity.head_profiles = spy  # type: ignore[assignment]
-    try:
-        run = run_spec(tmp_path / "h.yaml", fixtures={"model": model, "data": data})
-    finally:
-        identity.head_profiles = real  # type: ignore[assignment]
+    monkeypatch.setattr(identity, "head_profiles", spy)
+    run = run_spec(tmp_path / "h.yaml", fixtures={"model": model, "data": data})
     assert calls == [{"num_classes": 5, "num_heads": 4, "device": "cpu", "output": 0}]
     record = run.records[0]
     assert record["outcome"] == "passed" and record["matched_units"] == [2]
     assert record["similarity"] == [pytest.approx(1.0, abs=1e-6)]
+
+
+def test_matched_signature_checks_join_their_layers_scan(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Once a layer's match is made (by its first signature check), the layer's named
+    checks are planned with the matched units: one scan with a row per check, not one
+    pass per check."""
+    from pytest_unitablate.engine import named
+
+    rows: list[list[Any]] = []
+    real = named.scan
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        rows.append(list(kwargs["units"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(named, "scan", spy)
+    records = _records(_spec(tmp_path), _mlp(permute=True))
+    assert rows == [[3, 5]]  # unit 1 went to 3, unit 2 to 5: one scan, a row each
+    assert records["1-u1-one-min_drop"]["outcome"] == "passed"
+    assert records["1-u2-two-min_drop"]["outcome"] == "passed"
