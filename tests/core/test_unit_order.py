@@ -183,8 +183,9 @@ def test_per_class_sums_of_token_neurons_equal_finite_differences(
         assert sums.shape == (5, width) and sums.dtype == np.float64
         np.testing.assert_allclose(sums, expected, rtol=1e-4, atol=1e-6)
         assert got_counts.tolist() == counts.tolist()
-    if cache is not None:
+    if cache is not None:  # read on the second pass, and still there after it
         assert cache.stats == {"reused": 1, "stored": 1}
+        assert cache.get(model, data, "mlp", torch.device("cpu"), 7) is not None
     total = estimated_damage(model, data, "mlp", target=target, ablation=ablation,
                              means=means, channel_dim=-1, output=0)
     np.testing.assert_allclose(total, expected.sum(axis=1), rtol=1e-4, atol=1e-6)
@@ -225,3 +226,79 @@ def test_the_total_passes_everything_on() -> None:
         eps = 1e-6
         moved = torch.log_softmax(one[2](a * (1 - eps)), 1)[:, 0]
     assert got[0] == pytest.approx(float((base - moved).sum() / eps), rel=1e-4, abs=1e-8)
+
+
+class KeptTokens(Tokens):
+    """:class:`Tokens` whose second output comes after the layer: nothing but the layer's
+    output crosses it, so the baseline pass can keep its prefix."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.head(self.mlp(self.embed(x)).mean(1))
+        return logits, logits.sum()
+
+
+def _tokens_data(seed: int = 13) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(19, 4, 3, generator=g)
+    y = torch.randint(0, 4, (19,), generator=g)
+    return [(x[:7], y[:7]), (x[7:14], y[7:14]), (x[14:], y[14:])]
+
+
+def _prefix_runs(cache: Any, model: nn.Module) -> list[int]:
+    """How many examples each call of the split's prefix graph runs."""
+    split, why = cache.split(model, "mlp")
+    assert split is not None, why
+    runs: list[int] = []
+    split.prefix.register_forward_hook(lambda m, a, o: runs.append(int(a[0].shape[0])))
+    return runs
+
+
+def test_the_order_reads_the_prefix_the_baseline_kept() -> None:
+    """After ``evaluate_keeping``, the unit order runs only the network after the layer
+    (the prefix graph runs just the 7-example check of the split), reads the entry with
+    the baseline's device, batch size and fingerprint, and leaves it for the sweeps."""
+    from pytest_unitablate.core.scan.prefix import PrefixCache, evaluate_keeping
+    from pytest_unitablate.core.unit_order import class_damage_sums
+
+    model, data = KeptTokens().eval(), _tokens_data()
+    cache = PrefixCache()
+    evaluate_keeping(model, data, ["mlp"], cache, batch_size=7, output=0)
+    assert cache.stats == {"reused": 0, "stored": 1}
+    runs = _prefix_runs(cache, model)
+    plain = class_damage_sums(model, data, "mlp", channel_dim=-1, output=0)
+    for target in (None, 1):
+        got = class_damage_sums(model, data, "mlp", channel_dim=-1, output=0, target=target,
+                                prefix_cache=cache, batch_size=7)
+        want = plain if target is None else class_damage_sums(
+            model, data, "mlp", channel_dim=-1, output=0, target=target)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-7)
+        assert got[1].tolist() == want[1].tolist()
+    assert runs == [7, 7]  # one check of the split per pass, never a whole batch
+    assert cache.stats == {"reused": 2, "stored": 1}
+    assert cache.get(model, data, "mlp", torch.device("cpu"), 7) is not None
+
+
+@pytest.mark.parametrize("change", ["values", "batch size", "one batch more"])
+def test_a_kept_pass_that_no_longer_matches_the_data_is_dropped(change: str) -> None:
+    """The same list object with other contents: the order is computed afresh (equal to
+    an uncached one on the new data), and the stale entry is gone."""
+    from pytest_unitablate.core.scan.prefix import PrefixCache
+    from pytest_unitablate.core.unit_order import class_damage_sums
+
+    model, data = KeptTokens().eval(), _tokens_data()
+    cache = PrefixCache()
+    class_damage_sums(model, data, "mlp", channel_dim=-1, output=0, prefix_cache=cache,
+                      batch_size=7)
+    assert cache.stats["stored"] == 1
+    if change == "values":
+        data[1] = (data[1][0] + 1.0, data[1][1])
+    elif change == "batch size":
+        data[2] = (data[2][0][:3], data[2][1][:3])
+    else:
+        data.append(_tokens_data(seed=14)[0])
+    got = class_damage_sums(model, data, "mlp", channel_dim=-1, output=0, prefix_cache=cache,
+                            batch_size=7)
+    want = class_damage_sums(model, data, "mlp", channel_dim=-1, output=0)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-7)
+    assert got[1].tolist() == want[1].tolist()
+    assert cache.get(model, data, "mlp", torch.device("cpu"), 7) is None
