@@ -37,6 +37,9 @@ def test_a_recorder_keeps_up_to_its_budget_then_nothing() -> None:
     assert rec.full and rec.batches == [] and rec.logits == [] and rec.nbytes == 0
     rec.add((_t(1),))
     assert rec.full and rec.batches == [] and rec.nbytes == 0
+    other = Recorder(budget=100)
+    other.add((_t(4), None, 3))  # values that are not tensors hold no bytes
+    assert other.nbytes == 16
 
 
 def test_kept_logits_are_detached_and_counted_once() -> None:
@@ -89,6 +92,13 @@ def test_entries_are_keyed_by_model_data_layer_device_and_batch_size() -> None:
     assert cache.stats["reused"] == 1
     cache.drop(model, data, "a", CPU, 8)
     assert cache.get(model, data, "a", CPU, 8) is None and cache.held() == 0
+    cache.drop(model, data, "a", CPU, 8)  # dropping what is not there is no error
+    # two models' passes over the same data and layer are kept side by side
+    cache.put(model, data, "a", CPU, 8, _recorded(40), "m1")
+    cache.put(other_model, data, "a", CPU, 8, _recorded(40), "m2")
+    first, second = (cache.get(m, data, "a", CPU, 8) for m in (model, other_model))
+    assert first is not None and second is not None
+    assert (first.fingerprint, second.fingerprint) == ("m1", "m2")
 
 
 def test_changed_weights_drop_the_entry() -> None:
@@ -128,7 +138,7 @@ def test_the_least_recently_used_entry_makes_room() -> None:
     assert cache.get(model, c, "l", CPU, 8) is not None and cache.held() == 100  # the budget
     cache.put(model, b, "l", CPU, 8, _recorded(40), "fb")  # 140 > 100: the oldest, a, goes
     assert cache.get(model, a, "l", CPU, 8) is None and cache.held() == 80
-    assert cache.stats["stored"] == 5
+    assert cache.stats == {"stored": 5, "reused": 6}
 
 
 def test_a_pass_over_the_budget_or_with_no_batches_is_not_stored() -> None:
@@ -203,11 +213,14 @@ def test_evaluate_keeping_stores_each_layers_prefix_outputs_and_logits() -> None
         assert entry.prefix_seconds > 0
 
 
-def test_evaluate_keeping_gives_up_the_biggest_layer_first() -> None:
+@pytest.mark.parametrize("layers", [["a", "b"], ["b", "a"]])
+def test_evaluate_keeping_gives_up_the_biggest_layer_first(layers: list[str]) -> None:
+    """The layers share the budget: past it, the biggest is given up, whichever comes
+    first, and the other is still kept batch by batch."""
     model, data = Chain().eval(), _chain_data()
     a_bytes, b_bytes = 10 * 8 * 4 + 120, 10 * 6 * 4 + 120  # outputs and logits
     cache = PrefixCache(budget=a_bytes + b_bytes - 1)
-    evaluate_keeping(model, data, ["b", "a"], cache, batch_size=4)  # a: biggest, not first
+    evaluate_keeping(model, data, layers, cache, batch_size=4)
     assert cache.get(model, data, "a", CPU, 4) is None
     assert cache.get(model, data, "b", CPU, 4) is not None and cache.held() == b_bytes
     both = PrefixCache(budget=a_bytes + b_bytes)
@@ -231,24 +244,56 @@ class Twice(nn.Module):
         return self.c(self.b(self.a(torch.relu(h))) + h)
 
 
-def test_a_module_called_twice_is_not_kept() -> None:
+def test_a_module_called_twice_is_not_kept_and_the_next_layer_is() -> None:
     model, data = Twice().eval(), _chain_data()
     cache = PrefixCache()
-    result = evaluate_keeping(model, data, ["b"], cache, batch_size=4)
+    result = evaluate_keeping(model, data, ["b", "c"], cache, batch_size=4)
     assert np.array_equal(result.predictions, evaluate(model, data).predictions)
-    assert cache.stats["stored"] == 0
+    assert cache.get(model, data, "b", CPU, 4) is None
+    assert cache.get(model, data, "c", CPU, 4) is not None and cache.stats["stored"] == 1
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
-def test_logits_picked_out_of_a_dict_are_kept() -> None:
+class InPlace(nn.Module):
+    """``stem``'s output changed in place after the module returned (by a ReLU whose
+    result is unused: torch.fx drops it, eager runs it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Linear(4, 6)
+        self.act = nn.ReLU(inplace=True)
+        self.layer = nn.Linear(6, 6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        self.act(h)
+        return self.fc(h + self.layer(h))
+
+
+def test_a_value_changed_after_its_module_is_not_kept_and_the_next_layer_is() -> None:
+    model, data = InPlace().eval(), _chain_data()
+    cache = PrefixCache()
+    evaluate_keeping(model, data, ["layer", "stem"], cache, batch_size=4)
+    assert cache.get(model, data, "layer", CPU, 4) is None  # kept h differs from fx's
+    assert cache.get(model, data, "stem", CPU, 4) is not None  # copied as it returned
+
+
+def test_logits_picked_out_of_a_tuple_are_kept() -> None:
     class Pair(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.inner = Chain()
 
-        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {"logits": self.inner(x), "aux": x}
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.inner(x), x
 
     model, data = Pair().eval(), _chain_data()
     cache = PrefixCache()
-    result = evaluate_keeping(model, data, ["inner.b"], cache, batch_size=4, output="logits")
-    assert cache.stats["stored"] == 1 and len(result.predictions) == 10
+    result = evaluate_keeping(model, data, ["inner.b"], cache, batch_size=4, output=0)
+    entry = cache.get(model, data, "inner.b", CPU, 4)
+    assert entry is not None and len(result.predictions) == 10
+    x = torch.cat([x for x, _ in data])
+    torch.testing.assert_close(torch.cat([lg for lg in entry.logits if lg is not None]),
+                               model.inner(x).detach())
