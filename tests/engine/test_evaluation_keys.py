@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from pytest_unitablate import run_spec
 from pytest_unitablate.core.data import data_fingerprint
 from pytest_unitablate.engine.engine import Engine
 from pytest_unitablate.engine.evaluations import (
@@ -323,3 +324,35 @@ def test_passes_are_seeded_only_with_a_seed(tmp_path: Path) -> None:
         drawn = torch.rand(1).item()
         torch.manual_seed(5)
         assert (drawn == torch.rand(1).item()) is same
+
+
+def test_plain_passes_give_the_scans_numbers(tmp_path: Path) -> None:
+    """Every ablation kind, through one full forward per check (``plain_passes``) and
+    through the layer's scan: the same records, and the same again read from the store."""
+    path = tmp_path / "s.yaml"
+    path.write_text("unitablate: 1\nmodel: model\ndata: data\n" + CHECKS.replace(
+        "units: [3, 1]", "units: [3, 1, 0]"))
+    model = Net().eval()
+    x, _ = _data(n=40)
+    with torch.no_grad():  # a read-out centred on the features: every class answered
+        features = model.act(model.conv(x)).mean(dim=(2, 3))
+        w = 20 * torch.randn(3, 4, generator=torch.Generator().manual_seed(3))
+        model.fc.weight.copy_(w)
+        model.fc.bias.copy_(-(w @ features.mean(0)))
+        y = model(x).argmax(1)
+    y[::5] = (y[::5] + 1) % 3  # the model's own answers, every fifth wrong
+    fixtures = {"model": model, "data": (x, y), "ref": _data(seed=7, n=9)}
+    runs = {plain: run_spec(path, fixtures=fixtures, plain_passes=plain,
+                            cache_dir=tmp_path / f"c{plain}") for plain in (False, True)}
+    fields = ("id", "outcome", "n", "baseline", "ablated", "drop", "ci_low", "ci_high",
+              "p_value")
+    scanned, plain = ([{f: r[f] for f in fields} for r in runs[k].records]
+                      for k in (False, True))
+    assert len(plain) == 9 and all(r["outcome"] == "passed" for r in plain)
+    for a, b in zip(scanned, plain, strict=True):
+        assert (a.pop("id"), a.pop("outcome")) == (b.pop("id"), b.pop("outcome"))
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12), (a, b)
+    assert len({r["drop"] for r in plain}) > 3  # the kinds measure different things
+    again = run_spec(path, fixtures=fixtures, plain_passes=True, cache_dir=tmp_path / "cTrue")
+    assert [{f: r[f] for f in fields} for r in again.records] == \
+        [{f: r[f] for f in fields} for r in runs[True].records]

@@ -177,3 +177,87 @@ checks:
     assert batch.message is not None and "has no such dimension besides the batch (N)" in \
         batch.message and "(6, N, 16)" in batch.message
     assert unstated.message is not None and "outputs shape (6, N, 16)" in unstated.message
+
+
+REFS = '''
+import torch
+
+import tinyvit
+
+
+def ref():
+    x = tinyvit._inputs()[::3] * 0.5 + 0.3
+    return [(x, torch.zeros(len(x), dtype=torch.long))]
+'''
+
+
+def _replaced_heads(model: torch.nn.Module, data: list[Any], head: int,
+                    replace: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per example (correct, log p(true)) with head ``head``'s slice of ``o_proj``'s
+    input set by ``replace(slice, batch index)``: a pre-hook, nothing of the engine."""
+    o_proj = model.attn.o_proj
+    offset = [0]
+
+    def hook(_m: Any, args: Any) -> Any:
+        x = args[0].clone()
+        n = x.shape[0]
+        x[..., head * 4:(head + 1) * 4] = replace(x[..., head * 4:(head + 1) * 4],
+                                                  slice(offset[0], offset[0] + n))
+        offset[0] += n
+        return (x,)
+
+    handle = o_proj.register_forward_pre_hook(hook)
+    try:
+        correct, logp = [], []
+        with torch.no_grad():
+            for x, y in data:
+                out = torch.log_softmax(model(x).double(), 1)
+                correct.append((out.argmax(1) == y).numpy())
+                logp.append(out[torch.arange(len(y)), y].numpy())
+    finally:
+        handle.remove()
+    return np.concatenate(correct), np.concatenate(logp)
+
+
+@pytest.mark.parametrize("ablation", ["mean", "resample"])
+def test_a_heads_mean_and_resample_take_the_declared_references_values(
+        folder: Path, ablation: str) -> None:
+    """A head of a Hugging Face-style attention (the input of ``o_proj``), ablated with
+    the values it takes on the declared reference: its mean there, or the documented draw
+    of a reference example per evaluation example."""
+    import hfattn
+
+    from pytest_unitablate.core.resample import resample_index
+
+    (folder / "refs.py").write_text(REFS)
+    import refs
+
+    model, data, reference = hfattn.model(), hfattn.data(), refs.ref()
+    seen: list[torch.Tensor] = []
+    handle = model.attn.o_proj.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0][..., 4:8].detach().clone()))
+    with torch.no_grad():
+        model(reference[0][0])
+    handle.remove()
+    values = seen[0]  # (32, T, 4): head 1 on the reference
+    n = sum(len(y) for _, y in data)
+    if ablation == "mean":
+        def replace(_x: torch.Tensor, _rows: slice) -> torch.Tensor:
+            return values.reshape(-1, 4).mean(0)
+    else:
+        j = torch.as_tensor(resample_index(n, len(values), draw=0, seed=0, same_data=False))
+
+        def replace(_x: torch.Tensor, rows: slice) -> torch.Tensor:
+            return values[j[rows]]
+    base_c, base_lp = _replaced_heads(model, data, 1, lambda x, _rows: x)
+    ab_c, ab_lp = _replaced_heads(model, data, 1, replace)
+    (folder / "h.yaml").write_text(
+        HEAD.format(module="hfattn") + f"reference: refs:ref\nablation: {ablation}\n"
+        "checks:\n  - layer: attn.o_proj\n    unit: head\n    units: [1]\n    expect:\n"
+        "      overall: {max_drop: 100%, max_logprob_drop: 100}\n")
+    records = {r["constraint"]: r for r in run_spec("h.yaml").records}
+    assert records["max_drop"]["drop"] == pytest.approx(base_c.mean() - ab_c.mean(),
+                                                        abs=1e-12)
+    assert records["max_logprob_drop"]["drop"] == pytest.approx((base_lp - ab_lp).mean(),
+                                                                abs=1e-5)
+    assert records["max_logprob_drop"]["drop"] != 0

@@ -1,0 +1,152 @@
+"""Every problem the engine finds while evaluating, located at the spec line that causes
+it, through ``run_spec`` (the plugin shows the same text): a model that is not a module at
+``model:``, NaN logits at ``model:``, an output without one logits tensor at ``output:``
+(or ``model:``), data the model rejects or that cannot replay at its own line (``data:``,
+``ranking_data:``, a spec's or a check's ``reference:``), units outside the layer at the
+check, an unstated unit dimension at ``layer:``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from pytest_unitablate import run_spec
+
+
+class Net(nn.Module):
+    def __init__(self, nan: bool = False, pair: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(4, 3)
+        self.nan, self.pair = nan, pair
+
+    def forward(self, x: torch.Tensor) -> Any:
+        out = self.fc(self.act(self.conv(x)).mean(dim=(2, 3)))
+        if self.nan:
+            out = out * float("nan")
+        return (out, out * 2) if self.pair else out
+
+
+class Tokens(nn.Module):
+    """A ``(N, T, C)`` layer: its units need ``channel_dim``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(3, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.embed(x)).mean(1))
+
+
+def _data(n: int = 12, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 5, 5, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def _once() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    yield _data()
+
+
+_CALLS = [0]
+
+
+def _changing() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A data function whose inputs change on every call (not from torch's seeded
+    generator, which every pass resets): passes cannot pair up."""
+    _CALLS[0] += 1
+    x, y = _data()
+    return [(x + _CALLS[0], y)]
+
+
+CHECK = """\
+checks:
+  - layer: act
+    units: [1]
+{check}    expect: {{overall: {{max_drop: 100%}}}}
+"""
+
+
+def _run(tmp_path: Path, head: str = "", check: str = "", layer: str = "act",
+         **fixtures: Any) -> list[str]:
+    path = tmp_path / "s.yaml"
+    path.write_text("unitablate: 1\nmodel: model\ndata: data\n" + head
+                    + CHECK.format(check=textwrap.indent(check, "    ")).replace(
+                        "layer: act", f"layer: {layer}"))
+    objects = {"model": Net().eval(), "data": _data(), **fixtures}
+    cache = fixtures.pop("cache_dir", None)
+    run = run_spec(path, fixtures=objects, cache_dir=cache)
+    return [f"{item.outcome}: {item.message}" for item in run.items]
+
+
+@pytest.mark.parametrize(("case", "head", "check", "fixtures", "expected"), [
+    ("not a module", "", "", {"model": "resnet"},
+     "error: *s.yaml:2: model 'model' gave a str, not a torch.nn.Module*"),
+    ("one-shot data", "", "", {"data": _once()},
+     "error: *s.yaml:3: the data is a one-shot iterator*"),
+    ("one-shot ranking data", "ranking_data: rank\n", "", {"rank": _once()},
+     "error: *s.yaml:4: *"),
+    ("one-shot reference", "reference: ref\n", "ablation: mean\n", {"ref": _once()},
+     "error: *s.yaml:4: *"),
+    ("one-shot check reference", "", "ablation: mean\nreference: ref\n", {"ref": _once()},
+     "error: *s.yaml:8: *"),
+    ("NaN logits", "", "", {"model": Net(nan=True).eval()},
+     "failed: *s.yaml:2: model 'model': batch 0: the model produced NaN or infinite *"),
+    ("two outputs", "", "", {"model": Net(pair=True).eval()},
+     "failed: *s.yaml:2: model 'model': batch 0: the model returned a tuple of 2 tensors*"),
+    ("no such output", "output: 5\n", "", {"model": Net(pair=True).eval()},
+     "failed: *s.yaml:4: model 'model': output: 5 is out of range*"),
+    ("data the model rejects", "", "",
+     {"data": (torch.randn(4, 3, 5), torch.zeros(4, dtype=torch.long))},
+     "failed: *s.yaml:3: the model 'model' raised RuntimeError on the data 'data': *"),
+    ("a reference the model rejects", "reference: ref\n", "ablation: mean\n",
+     {"ref": (torch.randn(4, 3, 5), torch.zeros(4, dtype=torch.long))},
+     "failed: *s.yaml:4: the model 'model' raised RuntimeError on the data 'ref': *"),
+    ("a check's reference the model rejects", "", "ablation: resample\nreference: ref\n",
+     {"ref": (torch.randn(4, 3, 5), torch.zeros(4, dtype=torch.long))},
+     "failed: *s.yaml:8: the model 'model' raised RuntimeError on the data 'ref': *"),
+    ("unpaired passes", "", "", {"data": _changing},
+     "failed: *s.yaml:3: the pass with act units [[]1] ablated did not see the baseline's *"),
+    ("unpaired passes, cached", "", "", {"data": _changing, "cache_dir": "CACHE"},
+     "failed: *s.yaml:3: the baseline pass did not see the examples of the pass that "
+     "fingerprinted the data*"),
+])
+def test_a_problem_is_located_at_its_line(tmp_path: Path, case: str, head: str, check: str,
+                                          fixtures: dict[str, Any], expected: str) -> None:
+    if fixtures.get("cache_dir") == "CACHE":
+        fixtures = {**fixtures, "cache_dir": tmp_path / "cache"}
+    (message,) = _run(tmp_path, head, check, **fixtures)
+    assert fnmatch.fnmatch(message, expected), message
+
+
+@pytest.mark.parametrize(("check", "layer", "expected"), [
+    ("", "act", "failed: *s.yaml:5: unit 9 is out of range for layer 'act', *"),
+    ("", "embed", "failed: *s.yaml:6: layer 'embed' outputs shape (N, 5, 4), *channel_dim*"),
+    ("channel_dim: -1\n", "embed",
+     "failed: *s.yaml:5: unit 9 is out of range for layer 'embed', * along dimension -1*"),
+])
+def test_units_outside_the_layer_and_an_unstated_dimension(
+        tmp_path: Path, check: str, layer: str, expected: str) -> None:
+    """A unit the layer does not have is the check's (line 5, where it starts); a layer
+    whose unit dimension is unknown is the ``layer:`` line's (6)."""
+    model = Tokens().eval() if layer == "embed" else Net().eval()
+    data = (torch.randn(6, 5, 3), torch.zeros(6, dtype=torch.long)) if layer == "embed" \
+        else _data()
+    path = tmp_path / "s.yaml"
+    path.write_text("unitablate: 1\nmodel: model\ndata: data\nchecks:\n  - units: [9]\n"
+                    f"    layer: {layer}\n" + textwrap.indent(check, "    ")
+                    + "    expect: {overall: {max_drop: 100%}}\n")
+    run = run_spec(path, fixtures={"model": model, "data": data})
+    (item,) = run.items
+    assert fnmatch.fnmatch(f"{item.outcome}: {item.message}", expected), item.message
