@@ -215,11 +215,12 @@ def test_evaluate_keeping_stores_each_layers_prefix_outputs_and_logits() -> None
 
 @pytest.mark.parametrize("layers", [["a", "b"], ["b", "a"]])
 def test_evaluate_keeping_gives_up_the_biggest_layer_first(layers: list[str]) -> None:
-    """The layers share the budget: past it, the biggest is given up, whichever comes
-    first, and the other is still kept batch by batch."""
+    """The layers share the budget: past it (here after the second batch: 640 bytes of
+    600), the biggest is given up, whichever comes first, and the other is still kept for
+    the batches after that."""
     model, data = Chain().eval(), _chain_data()
     a_bytes, b_bytes = 10 * 8 * 4 + 120, 10 * 6 * 4 + 120  # outputs and logits
-    cache = PrefixCache(budget=a_bytes + b_bytes - 1)
+    cache = PrefixCache(budget=600)
     evaluate_keeping(model, data, layers, cache, batch_size=4)
     assert cache.get(model, data, "a", CPU, 4) is None
     assert cache.get(model, data, "b", CPU, 4) is not None and cache.held() == b_bytes
@@ -250,25 +251,25 @@ def test_a_module_called_twice_is_not_kept_and_the_next_layer_is() -> None:
     result = evaluate_keeping(model, data, ["b", "c"], cache, batch_size=4)
     assert np.array_equal(result.predictions, evaluate(model, data).predictions)
     assert cache.get(model, data, "b", CPU, 4) is None
-    assert cache.get(model, data, "c", CPU, 4) is not None and cache.stats["stored"] == 1
+    kept = cache.get(model, data, "c", CPU, 4)
+    assert kept is not None and len(kept.batches) == 3 and cache.stats["stored"] == 1
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 class InPlace(nn.Module):
-    """``stem``'s output changed in place after the module returned (by a ReLU whose
-    result is unused: torch.fx drops it, eager runs it)."""
+    """``stem``'s output changed in place after the module returned (``mul_`` with its
+    result unused: torch.fx drops it as dead code, eager runs it)."""
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.stem = nn.Linear(4, 6)
-        self.act = nn.ReLU(inplace=True)
         self.layer = nn.Linear(6, 6)
         self.fc = nn.Linear(6, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stem(x)
-        self.act(h)
+        h.mul_(1.1)
         return self.fc(h + self.layer(h))
 
 
@@ -277,7 +278,8 @@ def test_a_value_changed_after_its_module_is_not_kept_and_the_next_layer_is() ->
     cache = PrefixCache()
     evaluate_keeping(model, data, ["layer", "stem"], cache, batch_size=4)
     assert cache.get(model, data, "layer", CPU, 4) is None  # kept h differs from fx's
-    assert cache.get(model, data, "stem", CPU, 4) is not None  # copied as it returned
+    kept = cache.get(model, data, "stem", CPU, 4)  # copied as it returned
+    assert kept is not None and len(kept.batches) == 3
 
 
 def test_logits_picked_out_of_a_tuple_are_kept() -> None:
