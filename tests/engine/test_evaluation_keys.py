@@ -29,6 +29,7 @@ from pytest_unitablate.engine.evaluations import (
 )
 from pytest_unitablate.engine.fingerprint import structure_sha256, weights_sha256
 from pytest_unitablate.engine.refs import Subject, mapping_lookup
+from pytest_unitablate.engine.run import evaluate_spec
 from pytest_unitablate.engine.settings import EngineSettings
 from pytest_unitablate.engine.store import DiskStore
 from pytest_unitablate.spec.loader import load_spec
@@ -100,7 +101,8 @@ def _bound(tmp_path: Path, body: str = CHECKS, store: bool = True, seed: int | N
     spec = load_spec(path)
     engine = Engine(EngineSettings(seed=seed),
                     DiskStore(tmp_path / "cache") if store else None)
-    objects = {"model": Net().eval(), "data": _data(), "ref": _data(seed=7, n=5)}
+    objects = {"model": Net().eval(), "data": _data(), "ref": _data(seed=7, n=5),
+               "ref2": _data(seed=8, n=6)}
     return engine, spec, engine.bind(spec, mapping_lookup(objects))
 
 
@@ -305,12 +307,16 @@ def test_named_layers_are_kept_unless_plain_passes(tmp_path: Path) -> None:
 
 
 def test_provenance_hashes(tmp_path: Path) -> None:
-    engine, spec, subject = _bound(tmp_path, store=False, head="reference: ref\n")
+    engine, spec, subject = _bound(tmp_path, store=False, head="reference: ref\n",
+                                   body=CHECKS.replace("reference: ref", "reference: ref2"))
     hashes = engine.evals.hashes(spec, subject)
+    refs = subject.references
     assert hashes == {
         "data_sha256": data_fingerprint(subject.data)[:16],
         "weights_sha256": weights_sha256(subject.model)[:16],
-        "reference_sha256": f"ref={data_fingerprint(subject.references['ref'])[:16]}"}
+        "reference_sha256": f"ref={data_fingerprint(refs['ref'])[:16]}, "
+                            f"ref2={data_fingerprint(refs['ref2'])[:16]}"}
+    assert data_fingerprint(refs["ref"]) != data_fingerprint(refs["ref2"])
     engine, spec, subject = _bound(tmp_path, body=CHECKS.replace("    reference: ref\n", ""),
                                    store=False)
     assert "reference_sha256" not in engine.evals.hashes(spec, subject)
@@ -326,29 +332,55 @@ def test_passes_are_seeded_only_with_a_seed(tmp_path: Path) -> None:
         assert (drawn == torch.rand(1).item()) is same
 
 
+def _answering(model: Net, n: int = 40, seed: int = 3
+               ) -> tuple[Net, tuple[torch.Tensor, torch.Tensor]]:
+    """``model`` with a read-out centred on its features (so every class is answered and
+    ablations change answers), and data labelled with its answers, every fifth wrong."""
+    x, _ = _data(n=n)
+    with torch.no_grad():
+        features = model.act(model.conv(x)).mean(dim=(2, 3))
+        w = 20 * torch.randn(3, features.shape[1],
+                             generator=torch.Generator().manual_seed(seed))
+        model.fc.weight.copy_(w)
+        model.fc.bias.copy_(-(w @ features.mean(0)))
+        out = model(x)
+        y = (out[0] if isinstance(out, tuple) else out).argmax(1)
+    y[::5] = (y[::5] + 1) % 3
+    return model, (x, y)
+
+
+class PairNet(Net):
+    """:class:`Net` returning ``(logits, features)``: the spec's ``output: 0`` matters."""
+
+    def forward(self, x: torch.Tensor) -> Any:  # type: ignore[override]
+        features = self.act(self.conv(x)).mean(dim=(2, 3))
+        return self.fc(features), features
+
+
+TOP = """\
+  - layer: act
+    top_units:
+      k: 2
+      class: 1
+      expect: {overall: {max_drop: 100%}}
+"""
+
+
 def test_plain_passes_give_the_scans_numbers(tmp_path: Path) -> None:
     """Every ablation kind, through one full forward per check (``plain_passes``) and
     through the layer's scan: the same records, and the same again read from the store."""
     path = tmp_path / "s.yaml"
-    path.write_text("unitablate: 1\nmodel: model\ndata: data\n" + CHECKS.replace(
-        "units: [3, 1]", "units: [3, 1, 0]"))
-    model = Net().eval()
-    x, _ = _data(n=40)
-    with torch.no_grad():  # a read-out centred on the features: every class answered
-        features = model.act(model.conv(x)).mean(dim=(2, 3))
-        w = 20 * torch.randn(3, 4, generator=torch.Generator().manual_seed(3))
-        model.fc.weight.copy_(w)
-        model.fc.bias.copy_(-(w @ features.mean(0)))
-        y = model(x).argmax(1)
-    y[::5] = (y[::5] + 1) % 3  # the model's own answers, every fifth wrong
-    fixtures = {"model": model, "data": (x, y), "ref": _data(seed=7, n=9)}
+    path.write_text("unitablate: 1\nmodel: model\ndata: data\noutput: 0\n" + CHECKS.replace(
+        "units: [3, 1]", "units: [3, 1, 0]") + TOP)
+    model, data = _answering(PairNet().eval())
+    fixtures = {"model": model, "data": data, "ref": _data(seed=7, n=9)}
     runs = {plain: run_spec(path, fixtures=fixtures, plain_passes=plain,
                             cache_dir=tmp_path / f"c{plain}") for plain in (False, True)}
     fields = ("id", "outcome", "n", "baseline", "ablated", "drop", "ci_low", "ci_high",
               "p_value")
     scanned, plain = ([{f: r[f] for f in fields} for r in runs[k].records]
                       for k in (False, True))
-    assert len(plain) == 9 and all(r["outcome"] == "passed" for r in plain)
+    assert len(plain) == 10 and all(r["outcome"] == "passed" for r in plain)
     for a, b in zip(scanned, plain, strict=True):
         assert (a.pop("id"), a.pop("outcome")) == (b.pop("id"), b.pop("outcome"))
         assert a == pytest.approx(b, rel=1e-9, abs=1e-12), (a, b)
@@ -356,3 +388,29 @@ def test_plain_passes_give_the_scans_numbers(tmp_path: Path) -> None:
     again = run_spec(path, fixtures=fixtures, plain_passes=True, cache_dir=tmp_path / "cTrue")
     assert [{f: r[f] for f in fields} for r in again.records] == \
         [{f: r[f] for f in fields} for r in runs[True].records]
+
+
+def test_one_engine_keeps_two_models_and_references_apart(tmp_path: Path) -> None:
+    """One engine (one pytest process) evaluating two specs: another model (wider, other
+    weights) and other reference data. Every record equals that of a fresh engine."""
+    wide = Net().eval()
+    torch.manual_seed(4)
+    wide.conv, wide.fc = nn.Conv2d(1, 6, 3, padding=1), nn.Linear(6, 3)
+    model, data = _answering(Net().eval(), n=30)
+    wide, _ = _answering(wide, n=30, seed=4)
+    first = tmp_path / "a.yaml"
+    first.write_text("unitablate: 1\nmodel: model\ndata: data\n" + CHECKS)
+    second = tmp_path / "b.yaml"
+    second.write_text("unitablate: 1\nmodel: wide\ndata: data\nreference: ref2\n" + CHECKS.replace(
+        "reference: ref", "reference: ref2").replace("units: [3, 1]", "units: [5, 1]"))
+    third = tmp_path / "c.yaml"  # the first model, its values from other reference data
+    third.write_text("unitablate: 1\nmodel: model\ndata: data\nreference: ref2\n" + CHECKS)
+    objects = {"model": model, "wide": wide, "data": data,
+               "ref": _data(seed=7, n=5), "ref2": _data(seed=8, n=6)}
+    engine = Engine()
+    specs = (first, second, third)
+    shared = [evaluate_spec(path, mapping_lookup(objects), engine).records for path in specs]
+    for path, records in zip(specs, shared, strict=True):
+        assert records == run_spec(path, fixtures=objects).records
+    drops = [[r["drop"] for r in records] for records in shared]
+    assert drops[0] != drops[2] and len(set(drops[0])) > 3  # the references matter

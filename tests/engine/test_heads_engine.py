@@ -219,12 +219,14 @@ def _replaced_heads(model: torch.nn.Module, data: list[Any], head: int,
     return np.concatenate(correct), np.concatenate(logp)
 
 
+@pytest.mark.parametrize("plain", [False, True])
 @pytest.mark.parametrize("ablation", ["mean", "resample"])
 def test_a_heads_mean_and_resample_take_the_declared_references_values(
-        folder: Path, ablation: str) -> None:
+        folder: Path, ablation: str, plain: bool) -> None:
     """A head of a Hugging Face-style attention (the input of ``o_proj``), ablated with
     the values it takes on the declared reference: its mean there, or the documented draw
-    of a reference example per evaluation example."""
+    of a reference example per evaluation example; through the layer's scan and through
+    plain passes alike."""
     import hfattn
 
     from pytest_unitablate.core.resample import resample_index
@@ -255,9 +257,18 @@ def test_a_heads_mean_and_resample_take_the_declared_references_values(
         HEAD.format(module="hfattn") + f"reference: refs:ref\nablation: {ablation}\n"
         "checks:\n  - layer: attn.o_proj\n    unit: head\n    units: [1]\n    expect:\n"
         "      overall: {max_drop: 100%, max_logprob_drop: 100}\n")
-    records = {r["constraint"]: r for r in run_spec("h.yaml").records}
+    records = {r["constraint"]: r for r in run_spec("h.yaml", plain_passes=plain).records}
     assert records["max_drop"]["drop"] == pytest.approx(base_c.mean() - ab_c.mean(),
                                                         abs=1e-12)
     assert records["max_logprob_drop"]["drop"] == pytest.approx((base_lp - ab_lp).mean(),
                                                                 abs=1e-5)
     assert records["max_logprob_drop"]["drop"] != 0
+
+
+def test_a_head_the_layer_does_not_have_is_located_at_the_check(folder: Path) -> None:
+    (folder / "h.yaml").write_text(
+        HEAD.format(module="hfattn") + "checks:\n  - units: [1, 7]\n    unit: head\n"
+        "    layer: attn.o_proj\n    expect: {overall: {max_drop: 100%}}\n")
+    (item,) = run_spec("h.yaml").items
+    assert item.outcome == "failed"
+    assert "h.yaml:5: " in str(item.message) and "7" in str(item.message), item.message

@@ -150,3 +150,43 @@ def test_units_outside_the_layer_and_an_unstated_dimension(
     run = run_spec(path, fixtures={"model": model, "data": data})
     (item,) = run.items
     assert fnmatch.fnmatch(f"{item.outcome}: {item.message}", expected), item.message
+
+
+def test_a_model_on_another_device_is_located_at_model(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("unitablate: 1\nmodel: model\ndata: data\n" + CHECK.format(check=""))
+    run = run_spec(path, fixtures={"model": Net().eval(), "data": _data()}, device="meta")
+    (item,) = run.items
+    assert fnmatch.fnmatch(str(item.message), "*s.yaml:2: model 'model': the model is on cpu "
+                           "but the run's device is meta (run_spec(device=...)); move the "
+                           "model where it is made (we never move it)"), item.message
+
+
+def test_unpaired_plain_passes_and_ranking_data_are_located_at_their_data(
+        tmp_path: Path) -> None:
+    """A plain pass (one forward per check) that sees other examples is the data's
+    fault, named by its pass; ranking data that changes is ``ranking_data:``'s."""
+    path = tmp_path / "s.yaml"
+    path.write_text("unitablate: 1\nmodel: model\ndata: data\n" + CHECK.format(check=""))
+    run = run_spec(path, fixtures={"model": Net().eval(), "data": _changing},
+                   plain_passes=True)
+    assert fnmatch.fnmatch(str(run.items[0].message), "*s.yaml:3: the pass with act units "
+                           "[[]1] ablated did not see the baseline's examples*")
+    path.write_text("unitablate: 1\nmodel: model\ndata: data\nranking_data: rank\nchecks:\n"
+                    "  - layer: act\n    top_units: {k: 2, class: 1, expect: "
+                    "{overall: {max_drop: 100%}}}\n")
+    run = run_spec(path, fixtures={"model": Net().eval(), "data": _data(),
+                                   "rank": _changing})
+    assert fnmatch.fnmatch(str(run.items[0].message), "*s.yaml:4: *"), run.items[0].message
+
+
+def test_resample_of_data_with_one_example_is_located_at_the_layer(tmp_path: Path) -> None:
+    """Without ``reference:`` an example never takes its own values: one example has no
+    other to take them from, which is the check's ``layer:`` line's to say."""
+    path = tmp_path / "s.yaml"
+    path.write_text("unitablate: 1\nmodel: model\ndata: data\nchecks:\n  - units: [1]\n"
+                    "    layer: act\n    ablation: resample\n"
+                    "    expect: {overall: {max_drop: 100%}}\n")
+    run = run_spec(path, fixtures={"model": Net().eval(), "data": _data(n=1)})
+    (item,) = run.items
+    assert item.outcome == "failed" and "s.yaml:6: " in str(item.message), item.message

@@ -167,3 +167,25 @@ def test_reference_data_the_model_rejects_is_an_error_at_the_reference_line(
     (text,) = [i.message for i in run.items if i.message][:1]
     assert text is not None
     assert "s.yaml:4: the model 'model' raised RuntimeError on the data 'ref'" in text
+
+
+def test_resample_of_the_evaluation_data_follows_the_draw_with_the_runs_seed(
+        tmp_path: Path) -> None:
+    """Without ``reference:`` the values come from other examples of the evaluation data
+    (never the example itself), drawn with the run's seed."""
+    model = _model()
+    data = _data(1, 90, model)
+    with torch.no_grad():
+        values = model[1](model[0](data[0]))
+    base_c, base_lp = _plain(model, data)
+    j = torch.as_tensor(resample_index(90, 90, draw=0, seed=5, same_data=True))
+    ab_c, ab_lp = _measure(model, data, [2, 5], lambda out: values[j])
+    body = BODY.replace("reference: ref\n", "").format(ablation="resample")
+    run = run_spec(_spec(tmp_path, body), fixtures={"model": model, "data": data}, seed=5)
+    records = {r["constraint"]: r for r in run.records}
+    assert records["max_logprob_drop"]["drop"] == pytest.approx((base_lp - ab_lp).mean(),
+                                                                abs=1e-5)
+    assert records["max_drop"]["drop"] == pytest.approx(base_c.mean() - ab_c.mean())
+    other = torch.as_tensor(resample_index(90, 90, draw=0, seed=0, same_data=True))
+    _, other_lp = _measure(model, data, [2, 5], lambda out: values[other])
+    assert abs((base_lp - other_lp).mean() - records["max_logprob_drop"]["drop"]) > 1e-4
