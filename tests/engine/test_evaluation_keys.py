@@ -115,6 +115,13 @@ def test_the_identity_holds_everything_that_decides_an_evaluation(tmp_path: Path
         "dtype": "float32", "seed": 3, "torch": str(torch.__version__),
         "unitablate": __version__, "entries": ENTRY_FORMAT}
     assert engine.evals.identity(spec, subject.model, subject.data) is ident  # once
+    other_model = Net().eval()
+    with torch.no_grad():
+        other_model.fc.bias.add_(1.0)
+    theirs = engine.evals.identity(spec, other_model, subject.data)
+    assert theirs["weights"] == weights_sha256(other_model) != ident["weights"]
+    assert engine.evals.weights_hash(other_model) == theirs["weights"]
+    assert engine.evals.weights_hash(subject.model) == ident["weights"]
     other = engine.evals.identity(spec, subject.model, subject.references["ref"])
     assert other["data"] == data_fingerprint(subject.references["ref"]) != ident["data"]
     # without a store nothing is hashed: the data is not even fingerprinted

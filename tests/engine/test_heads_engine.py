@@ -272,3 +272,15 @@ def test_a_head_the_layer_does_not_have_is_located_at_the_check(folder: Path) ->
     (item,) = run_spec("h.yaml").items
     assert item.outcome == "failed"
     assert "h.yaml:5: " in str(item.message) and "7" in str(item.message), item.message
+
+
+def test_a_unit_outside_a_sequence_first_layer_names_its_shape(folder: Path) -> None:
+    """``(T, N, C)`` blocks: the message shows where the batch is."""
+    (folder / "seqfirst.py").write_text(transformer_source.SEQ_SOURCE)
+    (folder / "s.yaml").write_text(
+        HEAD.format(module="seqfirst") + "checks:\n  - layer: block\n    channel_dim: -1\n"
+        "    units: [99]\n    expect: {overall: {max_drop: 100%}}\n")
+    (item,) = run_spec("s.yaml").items
+    assert item.outcome == "failed"
+    assert "s.yaml:5: unit 99 is out of range for layer 'block', whose output (6, N, [16])" \
+        in str(item.message), item.message

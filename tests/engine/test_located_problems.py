@@ -135,6 +135,7 @@ def test_a_problem_is_located_at_its_line(tmp_path: Path, case: str, head: str, 
     ("", "embed", "failed: *s.yaml:6: layer 'embed' outputs shape (N, 5, 4), *channel_dim*"),
     ("channel_dim: -1\n", "embed",
      "failed: *s.yaml:5: unit 9 is out of range for layer 'embed', * along dimension -1*"),
+    ("channel_dim: 7\n", "embed", "failed: *s.yaml:5: *"),  # stated, and wrong: the check's
 ])
 def test_units_outside_the_layer_and_an_unstated_dimension(
         tmp_path: Path, check: str, layer: str, expected: str) -> None:
@@ -190,3 +191,16 @@ def test_resample_of_data_with_one_example_is_located_at_the_layer(tmp_path: Pat
     run = run_spec(path, fixtures={"model": Net().eval(), "data": _data(n=1)})
     (item,) = run.items
     assert item.outcome == "failed" and "s.yaml:6: " in str(item.message), item.message
+
+
+def test_unpaired_evaluation_data_is_not_blamed_on_the_ranking_data(tmp_path: Path) -> None:
+    """With ``ranking_data:`` in the spec, an ablated pass over the evaluation data that
+    sees other examples is still the ``data:`` line's."""
+    path = tmp_path / "s.yaml"
+    path.write_text("unitablate: 1\nmodel: model\ndata: data\nranking_data: rank\n"
+                    + CHECK.format(check=""))
+    for plain in (False, True):
+        run = run_spec(path, fixtures={"model": Net().eval(), "data": _changing,
+                                       "rank": _data(seed=2)}, plain_passes=plain)
+        assert fnmatch.fnmatch(str(run.items[0].message), "*s.yaml:3: the pass with act "
+                               "units [[]1] ablated did not see*"), run.items[0].message
