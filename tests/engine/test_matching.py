@@ -4,8 +4,9 @@ sidecar read once per spec and located when it is wrong, profiles per layer and 
 
 The signatures are written here by hand from :func:`damage_profiles` /
 :func:`head_profiles` of the reference model (what record mode writes), so the engine's
-side is checked against the core functions, not against itself. The MLP's hidden unit k
-detects class k (k < 4) on noisy one-hot inputs: not 100% right at baseline.
+side is checked against the core functions, not against itself. The MLP is the plugin
+tests' (``tests/identity_source.py``): hidden unit k detects class k (k < 4) on noisy
+one-hot inputs, not 100% right at baseline.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import identity_source
 import numpy as np
 import pytest
 import torch
+import transformer_source
 from torch import nn
 
 from pytest_unitablate import run_spec
@@ -29,36 +32,19 @@ from pytest_unitablate.errors import ItemProblem
 from pytest_unitablate.spec.loader import load_spec
 from pytest_unitablate.spec.signatures import Signatures, write_signatures
 
-PERM = [3, 0, 5, 1, 4, 2]  # new position i holds old unit PERM[i]
+_IDMODEL: dict[str, Any] = {}
+exec(identity_source.SOURCE, _IDMODEL)  # the plugin tests' model, written to idmodel.py there
+PERM = _IDMODEL["PERM"]  # new position i holds old unit PERM[i]
 
 
 def _mlp(permute: bool = False, prune: bool = False) -> nn.Module:
-    g = torch.Generator().manual_seed(0)
-    w1 = torch.zeros(6, 4)
-    w1[:4, :4] = 2.0 * torch.eye(4)
-    w1[4:] = 0.3 * torch.rand(2, 4, generator=g)
-    w2 = torch.zeros(4, 6)
-    w2[:, :4] = torch.eye(4)
-    w2[:, 4:] = 0.1
-    if prune:  # unit 1 pruned to a constant 0; unit 4 now carries some of class one
-        w1[4], w2[:, 4] = 0.8 * w1[1], w2[:, 1]
-        w1[1], w2[:, 1] = 0.0, 0.0
-    if permute:
-        w1, w2 = w1[PERM], w2[:, PERM]
-    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 4))
-    with torch.no_grad():
-        net[0].weight.copy_(w1)
-        net[0].bias.zero_()
-        net[2].weight.copy_(w2)
-        net[2].bias.zero_()
-    return net.eval()
+    model: nn.Module = _IDMODEL["model"](permute=permute, prune=prune, destroy=False)
+    return model
 
 
 def _data() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    g = torch.Generator().manual_seed(1)
-    labels = torch.arange(4).repeat(30)
-    x = torch.nn.functional.one_hot(labels, 4).float() + 0.45 * torch.randn(120, 4, generator=g)
-    return [(x[i:i + 40], labels[i:i + 40]) for i in range(0, 120, 40)]
+    data: list[tuple[torch.Tensor, torch.Tensor]] = _IDMODEL["data"]()
+    return data
 
 
 SPEC = """\
@@ -330,10 +316,8 @@ def test_heads_are_matched_by_measured_head_profiles(tmp_path: Path,
     """A head check's profiles are :func:`head_profiles` (one ablated pass per head), not
     the channel estimate: with all four heads recorded from the model itself, the checked
     head finds itself."""
-    from tests.transformer_source import SOURCE
-
     tinyvit: dict[str, Any] = {}
-    exec(textwrap.dedent(SOURCE), tinyvit)
+    exec(textwrap.dedent(transformer_source.SOURCE), tinyvit)
     model, data = Wrapped(tinyvit["model"]()), tinyvit["data"]()
     layer = "net.encoder.layers.1.self_attn"
     profiles = identity.head_profiles(model, data, layer, num_classes=5, output=0)

@@ -1,9 +1,10 @@
 """identity: signature through the plugin: record, match after a permutation, a unit gone.
 
-The model here is a small MLP whose hidden unit k detects class k (k < 4) on noisy
-one-hot inputs, so the baseline is not 100% accurate. ``PERMUTE=1`` reorders its hidden
-units (the same function, other indices: what a retrain does to unit identity);
-``DESTROY=1`` moves class one's evidence to the output bias so no hidden unit carries it.
+The model here (``tests/identity_source.py``) is a small MLP whose hidden unit k detects
+class k (k < 4) on noisy one-hot inputs, so the baseline is not 100% accurate.
+``PERMUTE=1`` reorders its hidden units (the same function, other indices: what a retrain
+does to unit identity); ``DESTROY=1`` moves class one's evidence to the output bias so no
+hidden unit carries it.
 """
 
 from __future__ import annotations
@@ -11,49 +12,10 @@ from __future__ import annotations
 import json
 import os
 
+import identity_source
 import pytest
 
-MODEL = '''
-import os
-import torch
-from torch import nn
-
-PERM = [3, 0, 5, 1, 4, 2]          # new position i holds old unit PERM[i]
-
-
-def model():
-    g = torch.Generator().manual_seed(0)
-    w1 = torch.zeros(6, 4)
-    w1[:4, :4] = 2.0 * torch.eye(4)
-    w1[4:] = 0.3 * torch.rand(2, 4, generator=g)
-    w2 = torch.zeros(4, 6)
-    w2[:, :4] = torch.eye(4)
-    w2[:, 4:] = 0.1
-    b2 = torch.zeros(4)
-    if os.environ.get("DESTROY") == "1":
-        w1[1] = 0.0                                # unit 1 detects nothing any more
-        w2[1] = 0.0                                # and class one wins on its bias alone
-        b2[1] = 0.9
-    if os.environ.get("PRUNE") == "1":             # unit 1 pruned to a constant 0, and
-        w1[4] = 0.8 * w1[1]                        # unit 4 now carries some of class one
-        w2[:, 4] = w2[:, 1]
-        w1[1] = 0.0
-        w2[:, 1] = 0.0
-    if os.environ.get("PERMUTE") == "1":
-        w1, w2 = w1[PERM], w2[:, PERM]
-    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 4))
-    with torch.no_grad():
-        net[0].weight.copy_(w1); net[0].bias.zero_()
-        net[2].weight.copy_(w2); net[2].bias.copy_(b2)
-    return net.eval()
-
-
-def data():
-    g = torch.Generator().manual_seed(1)
-    labels = torch.arange(4).repeat(30)
-    x = torch.nn.functional.one_hot(labels, 4).float() + 0.45 * torch.randn(120, 4, generator=g)
-    return [(x[i:i + 40], labels[i:i + 40]) for i in range(0, 120, 40)]
-'''
+MODEL = identity_source.SOURCE
 
 SPEC = """\
 unitablate: 1
