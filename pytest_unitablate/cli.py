@@ -99,6 +99,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--full-trace", action="store_true",
                    help="let an unexpected error through with its traceback instead of "
                    "recording it as the item's failure")
+    c.add_argument("--record-mode", default="none",
+                   choices=("none", "new", "failed", "all", "calibrate"),
+                   help="write thresholds into the spec as --unitablate-record-mode does; "
+                   "calibrate adds this model to <spec>.calibration.json (default: none)")
+    c.add_argument("--record-force", action="store_true",
+                   help="allow record mode when a CI environment variable is set")
     c.add_argument("-v", "--verbose", action="store_true",
                    help="print the table of every item")
     d = sub.add_parser("discover", help="scan layers and write a starter spec with recorded "
@@ -196,6 +202,11 @@ def check(args: argparse.Namespace) -> int:
             budget = parse_size(args.memory_budget)
         except ValueError as exc:
             usage = f"--memory-budget {exc}"
+    if usage is None:
+        from pytest_unitablate.engine.run import record_problem
+
+        problem = record_problem(args.record_mode, args.record_force)
+        usage = f"--record-mode {args.record_mode}: {problem}" if problem else None
     fixtures: dict[str, str] = {}
     for given in args.fixture:
         name, sep, ref = given.partition("=")
@@ -242,7 +253,8 @@ def _check(args: argparse.Namespace, specs: list[Path], fixtures: dict[str, str]
     settings = EngineSettings(device=args.device, seed=args.seed, memory_budget=budget,
                               full_sweeps=args.full_sweeps, full_sweeps_option="--full-sweeps",
                               device_option="--device", run_facts=args.html is not None,
-                              full_trace=args.full_trace, full_trace_option="--full-trace")
+                              full_trace=args.full_trace, full_trace_option="--full-trace",
+                              record_mode=args.record_mode)
     store: Store = DiskStore(args.cache_dir) if args.cache_dir is not None else NullStore()
     engine = Engine(settings, store)
     given = ", ".join(sorted(fixtures)) or "none"
@@ -280,6 +292,10 @@ def _check(args: argparse.Namespace, specs: list[Path], fixtures: dict[str, str]
             print(f"scan engine: {line}")
         if store.enabled:
             print(store.summary())
+    if args.record_mode != "none":
+        for run in runs:
+            for line in run.record(args.record_mode, settings.record_level):
+                print(f"unitablate: {line}")
     print(summary_line(sort_records(records), args.report))
     return 1 if any(r["outcome"] in FAILING for r in records) else 0
 

@@ -110,15 +110,17 @@ def train(
     redundant: Sequence[Redundant] = (),
     one_cycle: bool = False,
     log: bool = True,
+    split: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> nn.Module:
     """Train ``model`` in place on the train split and return it in eval mode.
 
     ``redundant`` adds the loss of the model with all those units zeroed together.
     ``one_cycle``: AdamW with a one-cycle schedule (the ViT), else Adam with cosine decay.
+    ``split``: ``(inputs, labels)`` to train on instead of the train split.
     """
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
-    x, y = load_split("train")
+    x, y = load_split("train") if split is None else split
     fc = readout(model)
     steps_per_epoch = (len(x) + batch_size - 1) // batch_size
     if one_cycle:

@@ -31,6 +31,7 @@ from pytest_unitablate.engine.store import NullStore, Store
 from pytest_unitablate.engine.sweeps import Sweeps
 from pytest_unitablate.spec.ids import ItemKey
 from pytest_unitablate.spec.model import Check, Spec
+from pytest_unitablate.verdicts.calibration import CalibrationFile
 
 
 class Engine:
@@ -49,6 +50,7 @@ class Engine:
         self.provenance_checked: set[str] = set()
         self.engine_warned: set[tuple[str, str]] = set()
         self.signature_data_warned: set[str] = set()
+        self.calibrations: dict[str, CalibrationFile] = {}
 
     @property
     def dtype(self) -> str | None:

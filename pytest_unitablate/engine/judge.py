@@ -28,6 +28,17 @@ from pytest_unitablate.errors import ItemProblem
 from pytest_unitablate.spec.ids import ItemKey
 from pytest_unitablate.spec.model import Spec
 from pytest_unitablate.spec.rewrite import provenance_mismatches, rounded_threshold
+from pytest_unitablate.verdicts.calibration import (
+    MIN_MODELS,
+    Calibrated,
+    CalibrationFile,
+    CalibrationFileError,
+    Point,
+    calibrated_threshold,
+    calibration_path,
+    definition_of,
+    unguardable_reason,
+)
 from pytest_unitablate.verdicts.failure import (
     LOCATION,
     FailureContext,
@@ -37,6 +48,7 @@ from pytest_unitablate.verdicts.failure import (
     missing_threshold_text,
     no_match_text,
     problem_text,
+    unguardable_text,
     unsupportable_text,
     warn_text,
     weak_text,
@@ -140,7 +152,8 @@ class _ItemRun:
         other_kind = "min_drop" if metric_of(kind) == "logprob" else "min_logprob_drop"
         problem = unsupportable_text(spec.where(key.line), key.id, constraint,
                                      int(base_correct.sum()), len(base_correct))
-        if problem is not None and self.settings.record_mode not in ("all", "failed"):
+        if problem is not None and self.settings.record_mode not in ("all", "failed",
+                                                                     "calibrate"):
             # record modes all and failed measure and rewrite such a threshold instead
             raise ItemProblem(problem)
         level = constraint.confidence or self.settings.record_level
@@ -387,7 +400,19 @@ class _ItemRun:
         verdict = judge(constraint, m) if constraint.threshold is not None else None
         if verdict is not None:
             self.record["outcome_margin"] = verdict.margin
-        ctx = self._context(deciding, notes)
+        calibration = self._calibration(m)
+        if mode == "calibrate":
+            self._calibrate(self._context(deciding, notes), m, calibration)
+            return
+        if calibration is not None and constraint.threshold is not None:
+            inside = calibration.low - 1e-12 <= m.value(constraint.kind) <= \
+                calibration.high + 1e-12
+            notes = [*notes, f"calibration: {drop_text(constraint.kind, m.value(constraint.kind))}"
+                     f" is {'inside' if inside else 'outside'} the range seen over "
+                     f"{calibration.models} reference model(s) "
+                     f"({calibration.range_text()}; threshold "
+                     f"{drop_text(constraint.kind, constraint.threshold)})"]
+        ctx = self._context(deciding, notes, calibrated=calibration is not None)
         if writes(mode, has_threshold=verdict is not None,
                    failing=verdict is not None and not verdict.passed):
             self._refuse_vacuous(ctx, m)
@@ -408,13 +433,69 @@ class _ItemRun:
         if verdict.warn:
             self.warn(warn_text(spec.where(key.line), key.id, constraint, verdict))
 
-    def _context(self, deciding: list[int] | None, notes: list[str]) -> FailureContext:
+    def _context(self, deciding: list[int] | None, notes: list[str],
+                 calibrated: bool = False) -> FailureContext:
+        """``calibrated``: the threshold rests on several reference models, so the way to
+        accept this model is to add it to them (record mode ``calibrate``)."""
         spec, key = self.spec, self.key
         return FailureContext(
             where=spec.where(key.line), head=key.check_part,
             ablation=spec.ablation_for(key.check).label(),
             target=spec.target_name(key.expectation.target),
-            hint=self.rerun("failed"), deciding=deciding, notes=notes, noun=self.noun)
+            hint=self.rerun("calibrate" if calibrated else "failed"), deciding=deciding,
+            notes=notes, noun=self.noun)
+
+    def _calibration(self, m: Measurement) -> Calibrated | None:
+        """What the spec's calibration file says of this item, with this run's model
+        added in record mode ``calibrate`` (its point is kept in the record for the
+        controller); ``None`` when no model of this item's definition is recorded (or,
+        while calibrating, fewer than :data:`MIN_MODELS`)."""
+        spec, kind = self.spec, self.key.constraint.kind
+        path = str(spec.path)
+        if path not in self.engine.calibrations:
+            try:
+                self.engine.calibrations[path] = CalibrationFile.read(
+                    calibration_path(spec.path))
+            except CalibrationFileError as exc:
+                raise ItemProblem(str(exc)) from None
+        file = self.engine.calibrations[path]
+        definition = definition_of(self.record)
+        calibrating = self.settings.record_mode == "calibrate"
+        sha = str(self.record.get("weights_sha256") or "") if calibrating else None
+        points = file.points(self.key.id, definition, leave_out=sha)
+        bound = self.record.get("record_value")
+        if calibrating and bound is not None:
+            point = Point(m.value(kind), float(bound), m.ci, m.n, m.baseline)
+            self.record.update({"calibration_point": point.to_json(),
+                                "calibration_definition": definition})
+            points.append(point)
+            if len(points) < MIN_MODELS:
+                self.record["calibration_models"] = None
+                return None
+        if not points:
+            return None
+        found = calibrated_threshold(kind, points)
+        self.record.update({"calibration_models": found.models,
+                            "calibration_low": found.low, "calibration_high": found.high})
+        return found
+
+    def _calibrate(self, ctx: FailureContext, m: Measurement, found: Calibrated | None
+                   ) -> None:
+        """Record mode ``calibrate``: the item passes and its calibrated threshold is
+        written, unless honest retrains already reach what a destroyed unit shows: then
+        the item fails as unguardable (nothing written) and says what could guard it."""
+        if found is None:
+            self.record["record_value"] = None  # too few models yet: the file grows
+            return
+        kind = self.key.constraint.kind
+        reason = unguardable_reason(kind, found, m.baseline, m.n, self.settings.record_floor)
+        self.record["calibration_rests_on"] = found.rests_on()
+        if reason is None:
+            self.record["record_value"] = found.threshold
+            return
+        text = unguardable_text(ctx, kind, found, reason, self.other)
+        self.record.update({"record_value": None, "unguardable": text.split("\n", 1)[0]})
+        raise Miss(text)
 
     def _refuse_vacuous(self, ctx: FailureContext, m: Measurement) -> None:
         """Record mode never writes a threshold that could not fail, nor a ``min_*`` bound

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from pytest_unitablate.engine.settings import EngineSettings
     from pytest_unitablate.engine.sweeps import Sweeps
     from pytest_unitablate.spec.model import Check, Spec
+    from pytest_unitablate.verdicts.calibration import CalibrationFile
 
 Status = Literal["passed", "failed", "error"]
 
@@ -34,6 +35,8 @@ class Engine(Protocol):
     provenance_checked: set[str]
     engine_warned: set[tuple[str, str]]
     signature_data_warned: set[str]
+    #: the calibration file of each spec (by path), read once per process
+    calibrations: dict[str, CalibrationFile]
 
     def ablated(self, spec: Spec, subject: Subject, check: Check,
                 units: Sequence[int] | None = None) -> EvalResult: ...

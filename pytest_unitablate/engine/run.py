@@ -86,6 +86,18 @@ class SpecRun:
     spec: Spec
     items: list[ItemOutcome]
     environment: dict[str, Any] = field(default_factory=dict)
+    #: what record mode wrote (the lines the plugin prints in its summary)
+    recorded: list[str] = field(default_factory=list)
+
+    def record(self, mode: str, level: float) -> list[str]:
+        """Write what record mode ``mode`` selects from this run's items into the spec
+        (and its signatures and calibration files); the summary lines are kept in
+        :attr:`recorded` and returned."""
+        from pytest_unitablate.verdicts.recording import apply_recorded
+
+        records = [{**i.record, "outcome": i.outcome} for i in self.items]
+        self.recorded = apply_recorded(records, mode, level, self.environment)
+        return self.recorded
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -153,7 +165,8 @@ def run_spec(spec: str | os.PathLike[str] | Spec, *,
              seed: int | None = 0, cache_dir: str | os.PathLike[str] | None = None,
              memory_budget: int | str | None = None, full_sweeps: bool = False,
              plain_passes: bool = False, progress: ProgressFactory | None = None,
-             full_trace: bool = False) -> SpecRun:
+             full_trace: bool = False, record_mode: str = "none",
+             record_force: bool = False) -> SpecRun:
     """Evaluate every item of ``spec`` and judge it; see the module docstring.
 
     ``fixtures`` maps the names the spec's ``model:``/``data:``/``ranking_data:`` use to
@@ -166,7 +179,10 @@ def run_spec(spec: str | os.PathLike[str] | Spec, *,
     ``full_sweeps``: layer-wide checks evaluate every unit. ``plain_passes``: named checks
     get their own forward passes. ``progress(label, total)``: a callback factory for long
     sweeps. ``full_trace``: let unexpected exceptions through instead of recording them
-    as ``error`` items.
+    as ``error`` items. ``record_mode``: as ``--unitablate-record-mode`` (``calibrate``
+    adds this model to ``<spec>.calibration.json`` and writes every threshold calibrated
+    from 3 or more models); the lines the plugin prints are in :attr:`SpecRun.recorded`.
+    Refused (``ValueError``) when a CI variable is set, unless ``record_force``.
     """
     if not isinstance(spec, Spec) and not Path(spec).is_file():
         raise FileNotFoundError(f"run_spec: no spec file {spec}")
@@ -184,13 +200,33 @@ def run_spec(spec: str | os.PathLike[str] | Spec, *,
                                or budget < 1):
         raise ValueError(f"run_spec(memory_budget=...) takes a positive number of bytes or "
                          f"a size such as '512MiB', got {memory_budget!r}")
+    refused = record_problem(record_mode, record_force)
+    if refused is not None:
+        raise ValueError(f"run_spec(record_mode={record_mode!r}): {refused}")
     settings = EngineSettings(device=str(device), seed=seed, full_trace=full_trace,
                               memory_budget=budget, full_sweeps=full_sweeps,
                               plain_passes=plain_passes, progress=progress,
                               full_sweeps_option="run_spec(full_sweeps=True)",
-                              device_option="run_spec(device=...)")
+                              device_option="run_spec(device=...)", record_mode=record_mode)
     store: Store = DiskStore(Path(cache_dir)) if cache_dir is not None else NullStore()
-    return evaluate_spec(spec, mapping_lookup(dict(fixtures or {})), Engine(settings, store))
+    run = evaluate_spec(spec, mapping_lookup(dict(fixtures or {})), Engine(settings, store))
+    if record_mode != "none":
+        run.record(record_mode, settings.record_level)
+    return run
+
+
+def record_problem(mode: str, force: bool) -> str | None:
+    """Why record mode ``mode`` cannot run here (an unknown mode, or a CI environment
+    without ``force``), or ``None``."""
+    from pytest_unitablate.verdicts.recording import RECORD_MODES, ci_environment
+
+    if mode not in RECORD_MODES:
+        return f"record mode must be one of {', '.join(RECORD_MODES)}"
+    ci = ci_environment()
+    if mode != "none" and ci is not None and not force:
+        return (f"record mode refused: {ci} is set (a CI run); record on a developer "
+                f"machine, or force it")
+    return None
 
 
 def cuda_problem(device: str) -> str | None:

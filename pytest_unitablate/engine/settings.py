@@ -43,8 +43,8 @@ class EngineSettings:
     full_sweeps: bool = False
     #: named checks get their own full forward passes (no grouping through the scan engine)
     plain_passes: bool = False
-    #: record mode of the run: ``none``, ``new``, ``failed`` or ``all`` (only the pytest
-    #: plugin writes specs; the engine measures what record mode needs and never disarms)
+    #: record mode of the run: ``none``, ``new``, ``failed``, ``all`` or ``calibrate`` (the
+    #: front end writes specs after the run; the engine measures what record mode needs)
     record_mode: str = "none"
     #: confidence level of intervals and of recorded bounds
     record_level: float = 0.95

@@ -68,11 +68,13 @@ def add_options(parser: pytest.Parser) -> None:
            help="the terminal summary: none; line (one line: checks, failures, report); "
            "table (one row per item); auto = table with -v, nothing with -qq, else line. "
            "ini: unitablate_summary. Default: auto")
-    option("record-mode", "record mode: none, new, failed or all (default: none)",
+    option("record-mode", "record mode: none, new, failed, all or calibrate (default: none)",
            default=None, choices=RECORD_MODES,
            help="write measured thresholds back into the spec: none (never write), new "
            "(fill null thresholds), failed (rewrite failing ones; they still fail), all "
-           "(rewrite all; they pass). ini: unitablate_record_mode. Default: none")
+           "(rewrite all; they pass), calibrate (add this model to <spec>.calibration.json "
+           "and write every threshold from all reference models recorded, 3 or more). "
+           "ini: unitablate_record_mode. Default: none")
     option("record-force", None, action="store_true", default=False,
            help="allow record mode when a CI environment variable is set (no ini key)")
     option("record-confidence", "confidence level of recorded bounds (float; default 0.95)",

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,10 @@ from pytest_unitablate.spec.model import ConstraintKind
 
 #: Marker that starts the end-of-line comments record mode writes (and may overwrite).
 COMMENT_PREFIX = "recorded:"
+#: The start of the comment of a calibrated threshold (record mode ``calibrate``): one
+#: threshold on a line (``calibrated over 3 models: ...``) or several (``calibrated
+#: min_drop over 3 models: ...; max_drop over ...``).
+_CALIBRATED = re.compile(r"\bcalibrated (?:over|min_|max_)")
 
 
 
@@ -64,9 +69,18 @@ class ThresholdUpdate:
     value: float
     measured: float
     margin: float
+    #: a calibrated threshold: what it rests on (``over 3 models: measured 60.0-95.0 pp``)
+    rests_on: str | None = None
 
     def comment(self) -> str:
-        """The end-of-line comment written beside the threshold."""
+        """The end-of-line comment written beside the threshold.
+
+        >>> ThresholdUpdate(0, None, "four", "min_drop", 0.2, 0.6, 0.4,
+        ...                 rests_on="over 3 models: measured 60.0-95.0 pp").comment()
+        'calibrated over 3 models: measured 60.0-95.0 pp'
+        """
+        if self.rests_on is not None:
+            return f"calibrated {self.rests_on}"
         if "logprob" in self.kind:
             return (f"{COMMENT_PREFIX} measured {self.measured:.3f} nats, "
                     f"margin {self.margin:.3f} nats")
@@ -182,7 +196,7 @@ def _with_comment(line: str, value_end: int, recorded: str) -> str:
         return line.rstrip(" \t") + f"  # {recorded}"
     code = line[:value_end + hash_at]
     old = rest[hash_at + 1:].strip()
-    user = old.split(COMMENT_PREFIX)[0].rstrip(" ;") if old else ""
+    user = _CALIBRATED.split(old.split(COMMENT_PREFIX)[0])[0].rstrip(" ;") if old else ""
     return code + (f"# {user}; {recorded}" if user else f"# {recorded}")
 
 
@@ -322,6 +336,8 @@ def _comment_for(updates: Sequence[ThresholdUpdate]) -> str:
     """One comment for every threshold recorded on a line."""
     if len(updates) == 1:
         return updates[0].comment()
+    if all(u.rests_on is not None for u in updates):
+        return "calibrated " + "; ".join(f"{u.kind} {u.rests_on}" for u in updates)
     parts = [f"{u.kind} " + u.comment().removeprefix(f"{COMMENT_PREFIX} ") for u in updates]
     return f"{COMMENT_PREFIX} " + "; ".join(parts)
 

@@ -32,7 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_unitablate.spec.model import OVERALL, Constraint
-from pytest_unitablate.verdicts.measure import DEFAULT_LEVEL, Measurement, Verdict, drop_text
+from pytest_unitablate.verdicts.calibration import Calibrated
+from pytest_unitablate.verdicts.measure import (
+    DEFAULT_LEVEL,
+    Measurement,
+    Verdict,
+    drop_text,
+    metric_of,
+)
 
 
 def pct(x: float | None) -> str:
@@ -206,6 +213,44 @@ def _measured(kind: str, m: Measurement) -> str:
 def _plain(kind: str) -> str:
     """The absolute kind of the same metric (intervals are of the drop, not relative)."""
     return "min_logprob_drop" if "logprob" in kind else "min_drop"
+
+
+def unguardable_text(ctx: FailureContext, kind: str, found: Calibrated, reason: str,
+                     other: Measurement | None) -> str:
+    """The failure of an item that calibration shows cannot be guarded (not written): the
+    reference models' range, why the calibrated threshold would not guard, and what could.
+
+    >>> from pytest_unitablate.verdicts.calibration import Point, calibrated_threshold
+    >>> c = calibrated_threshold("min_drop", [Point(0.016, 0.0), Point(0.885, 0.8),
+    ...                                       Point(0.803, 0.7)])
+    >>> ctx = FailureContext(where="s.yaml:9", head="layer3.1-any", ablation="zero",
+    ...                      target="three", hint="cmd")
+    >>> print(unguardable_text(ctx, "min_drop", c, "it passes whatever", None).splitlines()[0])
+    layer3.1-any three: unguardable over 3 models (measured 1.6-88.5 pp): not recorded
+    """
+    what = "overall accuracy" if ctx.target == OVERALL else f"class {ctx.target!r}"
+    lines = [f"{ctx.head} {ctx.target}: unguardable over {found.models} models (measured "
+             f"{found.range_text()}): not recorded",
+             f"{ctx.where}: {ctx.head} ({ctx.ablation} ablation) on {what}: the reference "
+             f"models span {found.range_text()}, so the calibrated {kind} would be "
+             f"{drop_text(kind, found.threshold)}: {reason}.",
+             "  Honest retrains already show what a destroyed unit would: a guard here would "
+             "fail them or catch nothing."]
+    fixes = []
+    if kind.startswith("min"):
+        if ctx.deciding is None:  # a named unit
+            fixes.append("any_unit instead of a named unit (a retrain moves a role to "
+                         "another index), or identity: signature")
+        if other is not None and other.metric != metric_of(kind):
+            alt = "min_logprob_drop" if other.metric == "logprob" else "min_drop"
+            fixes.append(f"{alt} (this model: {_measured(alt, other)})")
+        fixes.append("another layer, or more reference models if one of them is an "
+                     "outlier")
+    else:
+        fixes.append("another layer, or more reference models if one of them is an "
+                     "outlier")
+    lines.append("  What could guard it: " + "; ".join(fixes) + ".")
+    return "\n".join(lines)
 
 
 def weak_text(ctx: FailureContext, kind: str, m: Measurement, reason: str,

@@ -32,6 +32,7 @@ FIELDS = (
     "constraint", "threshold", "outcome", "p_value", "deciding_units", "ranking_note",
     "units_evaluated", "units_total", "identity", "matched_units", "similarity",
     "min_similarity", "mapping", "dead_units", "recorded_drop", "reason",
+    "calibration_models", "calibration_low", "calibration_high", "unguardable",
 )
 
 
