@@ -488,7 +488,7 @@ class _ItemRun:
             self.record["record_value"] = None  # too few models yet: the file grows
             return
         kind = self.key.constraint.kind
-        reason = unguardable_reason(kind, found, m.baseline, m.n, self.settings.record_floor)
+        reason = unguardable_reason(kind, found, self.settings.record_floor)
         self.record["calibration_rests_on"] = found.rests_on()
         if reason is None:
             self.record["record_value"] = found.threshold

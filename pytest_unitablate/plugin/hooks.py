@@ -307,7 +307,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
             ("disarmed", "the measured bound would make a check that cannot fail (remove the "
                          "check or choose another unit)"),
             ("weak", "the bound would guard too little of the measured effect (more "
-                     "examples, or a log-prob constraint)")):
+                     "examples, or a log-prob constraint)"),
+            ("unguardable", "honest reference models already reach what a destroyed unit "
+                            "shows (any_unit, a log-prob constraint or another layer)")):
         refused = [r for r in records if r.get(field)]
         if refused:
             terminalreporter.write_line(

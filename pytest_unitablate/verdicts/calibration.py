@@ -106,6 +106,8 @@ class Calibrated:
     low: float  # the smallest and largest value measured over the models
     high: float
     mean: float
+    n: int = 0  # the fewest examples and the lowest baseline of the target over the models
+    baseline: float = math.nan
 
     def range_text(self) -> str:
         """``60.0-95.0 pp`` (or ``0.120-0.410 nats``)."""
@@ -133,25 +135,26 @@ def calibrated_threshold(kind: str, points: Sequence[Point], widen: float = WIDE
     else:
         threshold = max(p.bound for p in points) + widen * (max(values) - min(values))
     return Calibrated(kind=kind, threshold=threshold, models=len(points), low=min(values),
-                      high=max(values), mean=sum(values) / len(values))
+                      high=max(values), mean=sum(values) / len(values),
+                      n=min(p.n for p in points), baseline=min(p.baseline for p in points))
 
 
-def unguardable_reason(kind: str, found: Calibrated, baseline: float, n: int,
-                       floor: float = 0.0) -> str | None:
+def unguardable_reason(kind: str, found: Calibrated, floor: float = 0.0) -> str | None:
     """Why the calibrated threshold ``found`` cannot guard (the honest spread reaches what a
     destroyed unit shows), or ``None``: written as the spec will hold it, it could not fail
-    (at or below 0, below the record ``floor``, or a ``max_*`` allowing every drop of a
-    target whose baseline is ``baseline``), or one example of ``n`` meets a ``min_*``
-    accuracy threshold.
+    (at or below 0, below the record ``floor``, or a ``max_*`` allowing every drop of the
+    target's lowest baseline), or one example of the fewest the models had meets a
+    ``min_*`` accuracy threshold.
 
-    >>> c = calibrated_threshold("min_drop", [Point(0.016, 0.0), Point(0.885, 0.8),
-    ...                                       Point(0.803, 0.7)])
-    >>> unguardable_reason("min_drop", c, 0.98, 60)
+    >>> c = calibrated_threshold("min_drop", [Point(0.016, 0.0, n=60, baseline=0.98),
+    ...     Point(0.885, 0.8, n=60, baseline=1.0), Point(0.803, 0.7, n=60, baseline=1.0)])
+    >>> unguardable_reason("min_drop", c)
     'a min_drop of 0.0 pp (at or below 0) passes whatever the ablation does'
-    >>> c = calibrated_threshold("min_drop", [Point(0.3, 0.2)] * 3)
-    >>> unguardable_reason("min_drop", c, 0.98, 60) is None
+    >>> c = calibrated_threshold("min_drop", [Point(0.3, 0.2, n=60, baseline=0.98)] * 3)
+    >>> unguardable_reason("min_drop", c) is None
     True
     """
+    n, baseline = found.n, found.baseline
     written = rounded_threshold(kind, found.threshold)
     reason = vacuous_threshold(kind, written, baseline, floor)
     if reason is not None:

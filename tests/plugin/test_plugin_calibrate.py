@@ -1,0 +1,160 @@
+"""Record mode ``calibrate``: thresholds from several reference models, through pytest.
+
+The model: ``logits = hidden(x) + alpha * x`` with ``hidden`` the identity, so ablating
+hidden unit k leaves class k only its ``alpha_k`` share of the logit; each variant (a
+"retrain") has other alphas, so unit k's class drop varies between variants as training
+noise does. Labels are the input's argmax with 10% flipped: no variant is 100% right.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tiny_source import spec
+
+from pytest_unitablate.spec.loader import load_spec
+from pytest_unitablate.verdicts.calibration import calibration_path
+
+MODEL = """\
+import os
+
+import torch
+from torch import nn
+
+ALPHAS = {"0": [0.05, 1.0, 0.1, 3.0], "1": [0.06, 0.2, 0.3, 3.0], "2": [0.07, 0.5, 0.2, 3.0],
+          "3": [0.06, 0.4, 0.15, 3.0], "destroyed": [1.06, 0.2, 0.3, 3.0]}
+#: a unit switched off by its weight; the skip path (alpha 1.0) carries its class alone
+DEAD = {"0": 1, "destroyed": 0}
+
+
+class Model(nn.Module):
+    def __init__(self, alpha, dead=None):
+        super().__init__()
+        self.hidden = nn.Linear(4, 4, bias=False)
+        self.hidden.weight.data = torch.eye(4)
+        if dead is not None:
+            self.hidden.weight.data[dead, dead] = 0.0
+        self.register_buffer("alpha", torch.tensor(alpha))
+
+    def forward(self, x):
+        return self.hidden(x) + self.alpha * x
+
+
+def model():
+    variant = os.environ.get("VARIANT", "0")
+    return Model(ALPHAS[variant], DEAD.get(variant)).eval()
+
+
+def data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(800, 4, generator=g).abs()
+    y = x.argmax(1)
+    flip = torch.rand(800, generator=g) < 0.1
+    y[flip] = torch.randint(0, 4, (int(flip.sum()),), generator=g)
+    return [(x[i:i + 200], y[i:i + 200]) for i in range(0, 800, 200)]
+"""
+
+HEAD = """\
+unitablate: 1
+model: calmodel:model
+data: calmodel:data
+classes: [zero, one, two, three]
+"""
+
+BODY = """\
+checks:
+  - layer: hidden
+    units: [0]
+    expect:
+      zero: {min_drop: 50%, min_logprob_drop: 0.5}   # the team's guess
+      overall: {max_drop: 30%}
+  - layer: hidden
+    units: [1]
+    expect:
+      one: {min_drop: 10%}       # unit 1 is dead in variant 0
+"""
+
+
+@pytest.fixture
+def cal(tiny: pytest.Pytester) -> pytest.Pytester:
+    tiny.makepyfile(calmodel=MODEL)
+    spec(tiny, BODY, head=HEAD)
+    return tiny
+
+
+def _calibrate(p: pytest.Pytester, variant: str, monkeypatch: pytest.MonkeyPatch
+               ) -> pytest.RunResult:
+    monkeypatch.setenv("VARIANT", variant)
+    return p.runpytest_subprocess("--unitablate-spec", "spec.yaml", "-p", "no:randomly",
+                                  "--unitablate-record-mode=calibrate")
+
+
+def _thresholds(p: pytest.Pytester) -> dict[tuple[int, str, str], float | None]:
+    loaded = load_spec(p.path / "spec.yaml")
+    return {(c.index, str(e.target), k.kind): k.threshold
+            for c in loaded.checks for e in c.expectations for k in e.constraints}
+
+
+def test_calibrate_writes_thresholds_from_three_models_and_refuses_unguardable(
+        cal: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = (cal.path / "spec.yaml").read_text()
+    first = _calibrate(cal, "0", monkeypatch)
+    first.stdout.fnmatch_lines(["*1 model(s) recorded); thresholds are calibrated from 3 "
+                                "models on (record 2 more reference model(s))"])
+    assert (cal.path / "spec.yaml").read_text() == before  # nothing written from one model
+    again = _calibrate(cal, "0", monkeypatch)  # the same weights count once
+    again.stdout.fnmatch_lines(["*(1 model(s) recorded)*"])
+    _calibrate(cal, "1", monkeypatch).stdout.fnmatch_lines(["*(2 model(s) recorded)*"])
+    third = _calibrate(cal, "2", monkeypatch)
+    third.stdout.fnmatch_lines(["*(3 model(s) recorded)*"])
+    # unit 1's drop of class one is near 0 in variant 0: unguardable, not written
+    third.stdout.fnmatch_lines([
+        "hidden-u1 one: unguardable over 3 models (measured *): not recorded",
+        "spec.yaml:14: hidden-u1 (zero ablation) on class 'one': the reference models span*",
+        "*What could guard it: any_unit instead of a named unit*"])
+    third.stdout.fnmatch_lines(["unitablate: 1 threshold(s) NOT recorded: honest reference*",
+                                "  spec.yaml:14: hidden-u1-one-min_drop"])
+    text = (cal.path / "spec.yaml").read_text()
+    assert "; calibrated min_drop over 3 models: measured" in text
+    assert "# the team's guess" in text  # the user's comment is kept
+    file = json.loads(calibration_path(cal.path / "spec.yaml").read_text())
+    assert len(file["models"]) == 3
+    points = file["items"]["hidden-u0-zero-min_drop"]["points"]
+    assert len(points) == 3
+    values = [p["value"] for p in points.values()]
+    bounds = [p["bound"] for p in points.values()]
+    after = _thresholds(cal)
+    # min_drop: below the lowest sampling bound, shrunk by the references' spread
+    low = after[(0, "zero", "min_drop")]
+    assert low is not None and 0 < low <= min(bounds) * (min(values) / max(values)) ** 2
+    assert after[(1, "one", "min_drop")] == 0.1  # unguardable: the old threshold stays
+    high = after[(0, "overall", "max_drop")]
+    overall = file["items"]["hidden-u0-overall-max_drop"]["points"].values()
+    assert high is not None and high >= max(p["bound"] for p in overall)
+
+
+def test_a_calibrated_guard_passes_an_honest_variant_and_fails_a_destroyed_one(
+        cal: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    for variant in ("0", "1", "2"):
+        _calibrate(cal, variant, monkeypatch)
+    monkeypatch.setenv("VARIANT", "3")
+    honest = cal.runpytest_subprocess("--unitablate-spec", "spec.yaml", "-p", "no:randomly",
+                                      "-k", "not hidden-u1")
+    honest.assert_outcomes(passed=3)
+    monkeypatch.setenv("VARIANT", "destroyed")
+    bad = cal.runpytest_subprocess("--unitablate-spec", "spec.yaml", "-p", "no:randomly",
+                                   "-k", "not hidden-u1")
+    bad.assert_outcomes(passed=1, failed=2)  # class zero's two guards; overall is fine
+    bad.stdout.fnmatch_lines([
+        "*calibration: * pp is outside the range seen over 3 reference model(s) (*-* pp; "
+        "threshold * pp)",
+        "*To re-record: pytest *--unitablate-spec spec.yaml *--unitablate-record-mode=calibrate"])
+
+
+def test_calibrate_is_refused_in_ci(cal: pytest.Pytester,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    result = _calibrate(cal, "0", monkeypatch)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert not calibration_path(cal.path / "spec.yaml").exists()
