@@ -109,7 +109,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="print the table of every item")
     d = sub.add_parser("discover", help="scan layers and write a starter spec with recorded "
                        "thresholds")
-    d.add_argument("--model", required=True, help="package.module:callable returning the model")
+    d.add_argument("--model", required=True, action="append",
+                   help="package.module:callable returning the model; repeat it for several "
+                   "reference models (honest retrains, 3 or more): the starter spec is then "
+                   "calibrated over all of them and written with <out>.calibration.json")
+    d.add_argument("--spec-model", default=None, metavar="REF",
+                   help="with several --model: what the spec's model: says (a fixture name "
+                   "or import path; default: the first --model)")
     d.add_argument("--data", required=True, help="package.module:callable returning the data")
     d.add_argument("--layer", action="append", required=True, help="layer to scan (repeatable)")
     d.add_argument("--classes", default=None, help="comma-separated class names")
@@ -269,6 +275,8 @@ def _check(args: argparse.Namespace, specs: list[Path], fixtures: dict[str, str]
             problems += 1
     if problems:
         return 2
+    recorded = [line for run in runs for line in run.record(
+        args.record_mode, settings.record_level)] if args.record_mode != "none" else []
     records = [{**i.record, "outcome": i.outcome} for run in runs for i in run.items]
     if args.report is not None:
         write_json(args.report, build_report(records, runs[0].environment))
@@ -292,12 +300,11 @@ def _check(args: argparse.Namespace, specs: list[Path], fixtures: dict[str, str]
             print(f"scan engine: {line}")
         if store.enabled:
             print(store.summary())
-    if args.record_mode != "none":
-        for run in runs:
-            for line in run.record(args.record_mode, settings.record_level):
-                print(f"unitablate: {line}")
+    for line in recorded:
+        print(f"unitablate: {line}")
     print(summary_line(sort_records(records), args.report))
-    return 1 if any(r["outcome"] in FAILING for r in records) else 0
+    unguardable = any(r.get("unguardable") for r in records)
+    return 1 if unguardable or any(r["outcome"] in FAILING for r in records) else 0
 
 
 def _spec_files(paths: list[Path]) -> tuple[list[Path], str | None]:
@@ -351,13 +358,16 @@ def discover(args: argparse.Namespace) -> int:
     from pytest_unitablate.errors import UnitAblateError
 
     classes = args.classes.split(",") if args.classes else None
+    if len(args.model) > 1:
+        return _discover_calibrated(args, classes)
     try:
-        text = write_spec(args.model, args.data, args.layer, args.out, classes=classes,
+        text = write_spec(args.model[0], args.data, args.layer, args.out, classes=classes,
                           top=args.top, level=args.confidence, overwrite=args.force,
                           identity=args.identity, unit=args.unit,
                           channel_dim=args.channel_dim, num_heads=args.num_heads,
                           min_share=args.min_share)
-    except (UnitAblateError, FileExistsError, ValueError, ImportError, AttributeError) as exc:
+    except (UnitAblateError, FileExistsError, ValueError, ImportError, AttributeError,
+            TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     checks = text.count("  - layer:")  # (checks, not items: each check holds several)
@@ -367,6 +377,32 @@ def discover(args: argparse.Namespace) -> int:
               f"{args.confidence * 100:g}% lower bound of at least 5 pp on this data, nor a "
               f"log-prob drop a lower bound of 0.05 nats that keeps the share (a redundant "
               f"layer, or too few examples per class to bound a drop away from 0)")
+    return 0
+
+
+def _discover_calibrated(args: argparse.Namespace, classes: list[str] | None) -> int:
+    """``discover`` with several ``--model``: a starter spec calibrated over them."""
+    from pytest_unitablate.analysis.discover import load_reference
+    from pytest_unitablate.engine.starter import discover_calibrated
+    from pytest_unitablate.errors import UnitAblateError
+    from pytest_unitablate.verdicts.calibration import calibration_path
+
+    try:
+        models = [load_reference(ref) for ref in args.model]
+        text = discover_calibrated(
+            models, load_reference(args.data), args.layer, args.out,
+            model_ref=args.spec_model or args.model[0], data_ref=args.data, classes=classes,
+            overwrite=args.force, unit=args.unit, channel_dim=args.channel_dim,
+            num_heads=args.num_heads)
+    except (UnitAblateError, FileExistsError, ValueError, ImportError, AttributeError,
+            TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    kept = sum(1 for line in text.splitlines() if line.startswith("  - layer:"))
+    left = text.count("unguardable:")
+    print(f"wrote {args.out} with {kept} checks calibrated over {len(args.model)} models "
+          f"and {calibration_path(args.out)}; {left} target(s) have unguardable constraints "
+          f"(see the comments); run: pytest --unitablate-spec {args.out}")
     return 0
 
 

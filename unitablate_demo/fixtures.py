@@ -49,6 +49,11 @@ def resnet_retrained() -> nn.Module:
     return checkpoint("resnet-retrained")
 
 
+def resnet_seed2() -> nn.Module:
+    """The ResNet retrained from scratch with seed 2 (checkpoint ``resnet-seed2``)."""
+    return checkpoint("resnet-seed2")
+
+
 def alexnet() -> nn.Module:
     """The reference AlexNet-style CNN (checkpoint ``alexnet``)."""
     return checkpoint("alexnet")
@@ -57,6 +62,11 @@ def alexnet() -> nn.Module:
 def alexnet_retrained() -> nn.Module:
     """The AlexNet-style CNN retrained with seed 1 (checkpoint ``alexnet-retrained``)."""
     return checkpoint("alexnet-retrained")
+
+
+def alexnet_seed2() -> nn.Module:
+    """The AlexNet-style CNN retrained with seed 2 (checkpoint ``alexnet-seed2``)."""
+    return checkpoint("alexnet-seed2")
 
 
 def vit() -> nn.Module:

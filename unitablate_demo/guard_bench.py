@@ -1,9 +1,8 @@
 """Guard quality: do calibrated thresholds pass honest retrains and fail destroyed units?
 
 For each demo architecture this trains (once, into ``--out``) honest retrains with other
-seeds and destructive candidates (:mod:`unitablate_demo.zoo`), measures every item of the
-demo spec on each (the spec's ``min_drop``/``max_drop`` items, plus the same ablations as
-``min_logprob_drop``/``max_logprob_drop``), and then judges, per threshold rule:
+seeds and destructive candidates (:mod:`unitablate_demo.zoo`), measures every item of a
+spec on each, and then judges, per threshold rule:
 
 * thresholds from seeds 0, 1 and 2 (the references; the rule of
   :func:`pytest_unitablate.verdicts.calibration.calibrated_threshold`, at several widening
@@ -13,9 +12,15 @@ demo spec on each (the spec's ``min_drop``/``max_drop`` items, plus the same abl
   them.
 
 It prints, per rule, the items guarded, honest runs failing (and items failing), and per
-candidate the items caught. Finally the product path: ``run_spec(record_mode="calibrate")``
-over the three references into a copy of the spec, then ``run_spec`` of every other model,
-whose failing items must be the ones the table's default rule predicts.
+candidate the items caught, for two specs:
+
+* ``starter``: what ``discover`` writes over several models (per layer ``any_unit`` on
+  every class in accuracy and log-prob, ``every_unit`` on overall, ``min_accuracy`` per
+  class); its product path is ``discover_calibrated`` over the three references, then
+  ``run_spec`` of every other model, whose failing items must be the ones the table's
+  default rule predicts;
+* ``demo``: the demo's hand-written spec (named units, some with ``identity: signature``),
+  each ``min_drop``/``max_drop`` joined by the same ablation's log-prob constraint.
 
 Example::
 
@@ -54,6 +59,13 @@ DROPOUT: dict[str, tuple[Unitset, ...]] = {
     "vit": (Unitset("encoder.layers.encoder_layer_0.mlp.1", (), "channel", -1),),
 }
 FORGET = {"resnet": 4, "alexnet": 9, "vit": 1}
+#: the layers the starter spec scans, and how their units are addressed
+STARTER: dict[str, tuple[list[str], int | None]] = {
+    "resnet": (["layer2.1", "layer3.0", "layer3.1"], None),
+    "alexnet": (["conv4", "conv5"], None),
+    "vit": (["encoder.layers.encoder_layer_0.mlp.1", "encoder.layers.encoder_layer_1.mlp.1"],
+            -1),
+}
 REFERENCES = (0, 1, 2)
 
 
@@ -66,6 +78,19 @@ def candidates(arch: str, held_out: int) -> tuple[list[Candidate], list[Candidat
     if arch != "alexnet":
         bad.append(Candidate(arch, "redundant", 0))
     return seeds, bad
+
+
+def starter_spec(arch: str, folder: Path) -> Path:
+    """The starter spec's skeleton for ``arch`` (every constraint null) in ``folder``."""
+    from pytest_unitablate.engine.starter import skeleton
+    from unitablate_demo import CLASS_NAMES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    layers, dim = STARTER[arch]
+    spec = folder / f"{arch}-starter.yaml"
+    spec.write_text(skeleton(CLASS_NAMES, layers, channel_dim=dim, model_ref=FIXTURE[arch],
+                             data_ref="digits_test"))
+    return spec
 
 
 def bench_spec(arch: str, folder: Path) -> Path:
@@ -83,7 +108,7 @@ def bench_spec(arch: str, folder: Path) -> Path:
     return spec
 
 
-def measure(spec: Path, arch: str, meta: Path, record_mode: str = "none") -> list[dict[str, Any]]:
+def measure(spec: Path, arch: str, meta: Path) -> list[dict[str, Any]]:
     """Every item of ``spec`` on the model ``meta`` describes (full sweeps)."""
     from pytest_unitablate import run_spec
     from unitablate_demo.fixtures import test_data
@@ -91,7 +116,7 @@ def measure(spec: Path, arch: str, meta: Path, record_mode: str = "none") -> lis
     with ExitStack() as stack:
         model = load(meta, stack)
         run = run_spec(spec, fixtures={FIXTURE[arch]: model, "digits_test": test_data()},
-                       full_sweeps=True, record_mode=record_mode, record_force=True)
+                       full_sweeps=True)
     return [{**i.record, "outcome": i.outcome} for i in run.items]
 
 
@@ -100,7 +125,9 @@ def _point(record: dict[str, Any]) -> Any:
 
     if record.get("drop") is None:
         return None  # not measured: no unit matched, a dead unit, ...
-    value = float(record["drop"])
+    kind = str(record["constraint"])
+    value = float(record["baseline"] if kind.endswith("_accuracy") else
+                  record["relative_drop"] if "relative" in kind else record["drop"])
     bound = record.get("record_value")
     return Point(value, float(bound) if bound is not None else value, n=int(record["n"]),
                  baseline=float(record["baseline"]))
@@ -116,27 +143,35 @@ def _fails(kind: str, threshold: float, record: dict[str, Any]) -> bool:
 
 def thresholds(rule: str, refs: list[dict[str, dict[str, Any]]]) -> dict[str, tuple[str, float]]:
     """The thresholds ``rule`` writes from the references' records (unguardable left out):
-    ``single`` (the first reference's sampling bound) or ``widen=W``."""
+    ``single`` (the first reference's sampling bound, as record mode wrote before
+    calibration) or ``widen=W`` (what record mode ``calibrate`` writes, at widening W)."""
     from pytest_unitablate.verdicts.calibration import (
         Calibrated,
-        calibrated_threshold,
+        CalibrationFile,
+        definition_of,
         unguardable_reason,
     )
 
     out: dict[str, tuple[str, float]] = {}
+    if rule == "single":
+        for item, first in refs[0].items():
+            p = _point(first)
+            kind = str(first["constraint"])
+            found = Calibrated(kind, p.bound, 1, p.value, p.value, p.value, p.n,
+                               p.baseline) if p is not None else None
+            if found is not None and unguardable_reason(kind, found) is None:
+                out[item] = (kind, found.threshold)
+        return out
+    file = CalibrationFile()
+    for model, records in enumerate(refs):
+        for item, record in records.items():
+            p = _point(record)
+            if p is not None:
+                file.add(str(model), item, definition_of(record), str(record["constraint"]), p)
     for item, first in refs[0].items():
         kind = str(first["constraint"])
-        points = [p for p in (_point(r[item]) for r in refs) if p is not None]
-        if rule == "single":
-            if not points or _point(first) is None:
-                continue
-            p = _point(first)
-            found = Calibrated(kind, p.bound, 1, p.value, p.value, p.value, p.n, p.baseline)
-        else:
-            if len(points) < len(refs):
-                continue  # a reference in which the item could not be measured
-            found = calibrated_threshold(kind, points, widen=float(rule.split("=")[1]))
-        if unguardable_reason(kind, found) is None:
+        found = file.calibrated(item, definition_of(first), widen=float(rule.split("=")[1]))
+        if found is not None and unguardable_reason(kind, found) is None:
             out[item] = (kind, found.threshold)
     return out
 
@@ -170,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("guard-bench"),
                         help="where models, measurements and specs go (default guard-bench)")
     parser.add_argument("--small", action="store_true",
-                        help="CI's run: the ResNet, 2 held-back seeds")
+                        help="CI's run: the ResNet, 2 held-back seeds, the starter spec")
     args = parser.parse_args(argv)
     import torch
 
@@ -179,60 +214,68 @@ def main(argv: list[str] | None = None) -> int:
 
     archs = args.arch or (["resnet"] if args.small else ["resnet", "alexnet", "vit"])
     held_out = 2 if args.small else args.held_out
-    rules = ["single", "widen=0", "widen=1", f"widen={WIDEN:g}", "widen=3"]
-    rules = list(dict.fromkeys(rules))
+    default = f"widen={WIDEN:g}"
+    rules = list(dict.fromkeys(["single", "widen=0", "widen=1", default, "widen=3"]))
     problems = 0
     for arch in archs:
         t0 = time.perf_counter()
         seeds, bad = candidates(arch, held_out)
         metas = {c.name: build(c, args.out / "models") for c in [*seeds, *bad]}
-        spec = bench_spec(arch, args.out / "specs")
-        cache = args.out / f"measured-{arch}.json"
-        measured: dict[str, list[dict[str, Any]]] = (
-            json.loads(cache.read_text()) if cache.exists() else {})
-        for name, meta in metas.items():
-            if name not in measured:
-                measured[name] = measure(spec, arch, meta)
-        cache.write_text(json.dumps(measured, default=str))
         held = [c.name for c in seeds if c.seed not in REFERENCES]
-        for line in table(arch, measured, rules, held, [c.name for c in bad]):
-            print(line)
-        problems += product_path(arch, args.out, metas, held + [c.name for c in bad],
-                                 measured, f"widen={WIDEN:g}")
+        names = [c.name for c in bad]
+        specs = {"starter": starter_spec(arch, args.out / "specs")}
+        if not args.small:
+            specs["demo"] = bench_spec(arch, args.out / "specs")
+        for which, spec in specs.items():
+            cache = args.out / f"measured-{which}-{arch}.json"
+            measured: dict[str, list[dict[str, Any]]] = (
+                json.loads(cache.read_text()) if cache.exists() else {})
+            for name, meta in metas.items():
+                if name not in measured:
+                    measured[name] = measure(spec, arch, meta)
+            cache.write_text(json.dumps(measured, default=str))
+            print(f"[{which} spec] ", end="")
+            for line in table(arch, measured, rules, held, names):
+                print(line)
+            if which == "starter":
+                problems += product_path(arch, args.out, metas, held + names, measured,
+                                         default)
         print(f"  ({time.perf_counter() - t0:.0f} s)")
     return 1 if problems else 0
 
 
 def product_path(arch: str, out: Path, metas: dict[str, Path], others: list[str],
                  measured: dict[str, list[dict[str, Any]]], rule: str) -> int:
-    """Calibrate a fresh copy of the spec through ``run_spec`` over the references, then
-    check every other model with it; the failing items must be the ones ``rule``
+    """``discover`` over the references (:func:`discover_calibrated`), then every other
+    model checked with the spec it wrote; the failing items must be the ones ``rule``
     predicts. Returns the number of models where they differ."""
     from pytest_unitablate import run_spec
+    from pytest_unitablate.engine.starter import discover_calibrated
+    from unitablate_demo import CLASS_NAMES
     from unitablate_demo.fixtures import test_data
 
-    folder = out / "calibrated"
-    if folder.exists():
-        shutil.rmtree(folder)
-    spec = bench_spec(arch, folder)
-    for s in REFERENCES:
-        measure(spec, arch, metas[f"{arch}-seed{s}"], record_mode="calibrate")
+    layers, dim = STARTER[arch]
+    spec = out / "calibrated" / f"{arch}-starter.yaml"
+    with ExitStack() as stack:
+        refs = [load(metas[f"{arch}-seed{s}"], stack) for s in REFERENCES]
+        discover_calibrated(refs, test_data(), layers, spec, model_ref=FIXTURE[arch],
+                            data_ref="digits_test", classes=CLASS_NAMES, overwrite=True,
+                            channel_dim=dim)
     by = {name: {r["id"]: r for r in records} for name, records in measured.items()}
-    refs = [by[f"{arch}-seed{s}"] for s in REFERENCES]
-    guarded = thresholds(rule, refs)
+    guarded = thresholds(rule, [by[f"{arch}-seed{s}"] for s in REFERENCES])
     differ = 0
     for name in others:
         with ExitStack() as stack:
             model = load(metas[name], stack)
             run = run_spec(spec, fixtures={FIXTURE[arch]: model, "digits_test": test_data()},
                            full_sweeps=True)
-        failed = {i.id for i in run.items if i.outcome == "failed" and i.id in guarded}
+        failed = {i.id for i in run.items if i.outcome == "failed"}
         predicted = {i for i, (k, t) in guarded.items() if _fails(k, t, by[name][i])}
         if failed != predicted:
             differ += 1
-            print(f"  product path differs on {name}: failed {sorted(failed ^ predicted)}")
-    print(f"  product path (run_spec calibrate over seeds {REFERENCES}, then check): "
-          f"{'agrees with' if not differ else 'DIFFERS from'} the table's {rule} row on "
+            print(f"  product path differs on {name}: {sorted(failed ^ predicted)}")
+    print(f"  product path (discover over seeds {', '.join(map(str, REFERENCES))}, then "
+          f"run_spec): {'agrees with' if not differ else 'DIFFERS from'} the {rule} row on "
           f"{len(others) - differ}/{len(others)} models")
     return differ
 

@@ -8,14 +8,14 @@ checkpoints), each as a state dict plus a small JSON of how to load it:
 * ``seed``: the demo recipe (:mod:`unitablate_demo.train`) with another seed. Seeds 0, 1
   and 2 of the ResNet and the AlexNet, and seeds 0 and 1 of the ViT, are the shipped
   checkpoints (``resnet``, ``resnet-retrained``, ``resnet-seed2``, ...), not retrained.
-* ``dropout``: retrained from scratch with channel dropout (p = 0.5) on the outputs of the
+* ``dropout``: retrained from scratch with channel dropout (p = 0.2) on the outputs of the
   layers a spec guards, so that no single unit carries a class any more (the
   specialisation is spread over many units; a redundancy a compression or robustness
   recipe can bring).
 * ``pruned``: the reference with the spec's named units switched off for good (zeroed at
   every forward) and the rest fine-tuned around them, as pruning then fine-tuning does.
-* ``forgotten``: the reference fine-tuned on the training data without one class, which
-  it partly forgets; the per-unit drops of the other classes stay.
+* ``forgotten``: the reference fine-tuned (8 epochs, learning rate 2e-3) on the training
+  data without one class, which it partly forgets; its units' drops mostly stay.
 * ``redundant``: the shipped ``resnet-finetuned`` / ``vit-finetuned`` (units made
   redundant by training with them ablated).
 
@@ -136,7 +136,7 @@ def build(c: Candidate, out: Path, *, log: bool = False) -> Path:
             for u in c.units:
                 if u.unit == "channel":
                     stack.callback(modules[u.layer].register_forward_hook(
-                        _ChannelDropout(0.5, u.dim)).remove)
+                        _ChannelDropout(0.2, u.dim)).remove)
         model = train(model, c.seed, epochs=int(hp["epochs"]), lr=hp["lr"],
                       weight_decay=hp["weight_decay"], fc_l1=hp["fc_l1"],
                       label_smoothing=hp["label_smoothing"], one_cycle=one_cycle, log=log)
@@ -147,7 +147,8 @@ def build(c: Candidate, out: Path, *, log: bool = False) -> Path:
         split = None
         if c.kind == "pruned":
             switch_off(model, c.units, stack)
-        elif c.kind == "forgotten":
+        elif c.kind == "forgotten":  # a higher rate than a gentle fine-tune: it forgets
+            ft["lr"] = 2e-3  # (the ResNet's class four: 98.3% -> 71.7%, overall 96.3%)
             x, y = load_split("train")
             keep = y != c.forget
             split = (x[keep], y[keep])

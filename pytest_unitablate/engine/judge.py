@@ -29,7 +29,6 @@ from pytest_unitablate.spec.ids import ItemKey
 from pytest_unitablate.spec.model import Spec
 from pytest_unitablate.spec.rewrite import provenance_mismatches, rounded_threshold
 from pytest_unitablate.verdicts.calibration import (
-    MIN_MODELS,
     Calibrated,
     CalibrationFile,
     CalibrationFileError,
@@ -37,7 +36,6 @@ from pytest_unitablate.verdicts.calibration import (
     calibrated_threshold,
     calibration_path,
     definition_of,
-    unguardable_reason,
 )
 from pytest_unitablate.verdicts.failure import (
     LOCATION,
@@ -48,7 +46,6 @@ from pytest_unitablate.verdicts.failure import (
     missing_threshold_text,
     no_match_text,
     problem_text,
-    unguardable_text,
     unsupportable_text,
     warn_text,
     weak_text,
@@ -67,6 +64,7 @@ from pytest_unitablate.verdicts.measure import (
     Measurement,
     drop_text,
     examples_needed,
+    is_accuracy,
     judge,
     metric_of,
     record_value,
@@ -157,6 +155,12 @@ class _ItemRun:
             # record modes all and failed measure and rewrite such a threshold instead
             raise ItemProblem(problem)
         level = constraint.confidence or self.settings.record_level
+        if is_accuracy(kind):  # the target's own accuracy: nothing is ablated
+            m = Measurement.from_correct(base_correct, base_correct, level=level)
+            self._record_measurement(m, None, None)
+            self._record_damage(baseline, baseline.correct)
+            self._judge(m, None, [])
+            return
 
         layer: LayerVerdict | None = None
         notes: list[str] = []
@@ -402,8 +406,7 @@ class _ItemRun:
             self.record["outcome_margin"] = verdict.margin
         calibration = self._calibration(m)
         if mode == "calibrate":
-            self._calibrate(self._context(deciding, notes), m, calibration)
-            return
+            return  # measured; the run's owner calibrates from every model (and refuses)
         if calibration is not None and constraint.threshold is not None:
             inside = calibration.low - 1e-12 <= m.value(constraint.kind) <= \
                 calibration.high + 1e-12
@@ -446,10 +449,11 @@ class _ItemRun:
             notes=notes, noun=self.noun)
 
     def _calibration(self, m: Measurement) -> Calibrated | None:
-        """What the spec's calibration file says of this item, with this run's model
-        added in record mode ``calibrate`` (its point is kept in the record for the
-        controller); ``None`` when no model of this item's definition is recorded (or,
-        while calibrating, fewer than :data:`MIN_MODELS`)."""
+        """What the spec's calibration file says of this item (its models' range), or
+        ``None`` when it holds no model of this item's definition. In record mode
+        ``calibrate`` the item also keeps this model's point in its record: the run's
+        owner adds it to the file and writes the thresholds calibrated from all models
+        (:mod:`pytest_unitablate.verdicts.recording`)."""
         spec, kind = self.spec, self.key.constraint.kind
         path = str(spec.path)
         if path not in self.engine.calibrations:
@@ -458,44 +462,19 @@ class _ItemRun:
                     calibration_path(spec.path))
             except CalibrationFileError as exc:
                 raise ItemProblem(str(exc)) from None
-        file = self.engine.calibrations[path]
         definition = definition_of(self.record)
-        calibrating = self.settings.record_mode == "calibrate"
-        sha = str(self.record.get("weights_sha256") or "") if calibrating else None
-        points = file.points(self.key.id, definition, leave_out=sha)
         bound = self.record.get("record_value")
-        if calibrating and bound is not None:
+        if self.settings.record_mode == "calibrate" and bound is not None:
             point = Point(m.value(kind), float(bound), m.ci, m.n, m.baseline)
             self.record.update({"calibration_point": point.to_json(),
                                 "calibration_definition": definition})
-            points.append(point)
-            if len(points) < MIN_MODELS:
-                self.record["calibration_models"] = None
-                return None
+        points = self.engine.calibrations[path].points(self.key.id, definition)
         if not points:
             return None
         found = calibrated_threshold(kind, points)
         self.record.update({"calibration_models": found.models,
                             "calibration_low": found.low, "calibration_high": found.high})
         return found
-
-    def _calibrate(self, ctx: FailureContext, m: Measurement, found: Calibrated | None
-                   ) -> None:
-        """Record mode ``calibrate``: the item passes and its calibrated threshold is
-        written, unless honest retrains already reach what a destroyed unit shows: then
-        the item fails as unguardable (nothing written) and says what could guard it."""
-        if found is None:
-            self.record["record_value"] = None  # too few models yet: the file grows
-            return
-        kind = self.key.constraint.kind
-        reason = unguardable_reason(kind, found, self.settings.record_floor)
-        self.record["calibration_rests_on"] = found.rests_on()
-        if reason is None:
-            self.record["record_value"] = found.threshold
-            return
-        text = unguardable_text(ctx, kind, found, reason, self.other)
-        self.record.update({"record_value": None, "unguardable": text.split("\n", 1)[0]})
-        raise Miss(text)
 
     def _refuse_vacuous(self, ctx: FailureContext, m: Measurement) -> None:
         """Record mode never writes a threshold that could not fail, nor a ``min_*`` bound

@@ -79,6 +79,11 @@ class ItemOutcome:
     warnings: tuple[str, ...] = ()
 
 
+#: The record fields record mode ``calibrate`` fills in after the run.
+CALIBRATION_FIELDS = ("calibration_models", "calibration_low", "calibration_high",
+                      "unguardable")
+
+
 @dataclass
 class SpecRun:
     """The result of :func:`run_spec`."""
@@ -97,7 +102,14 @@ class SpecRun:
 
         records = [{**i.record, "outcome": i.outcome} for i in self.items]
         self.recorded = apply_recorded(records, mode, level, self.environment)
+        for item, record in zip(self.items, records, strict=True):  # calibration says
+            item.record.update({k: record[k] for k in CALIBRATION_FIELDS if k in record})
         return self.recorded
+
+    @property
+    def unguardable(self) -> list[str]:
+        """Why record mode ``calibrate`` wrote no threshold for some items (one text each)."""
+        return [str(i.record["unguardable"]) for i in self.items if i.record.get("unguardable")]
 
     @property
     def records(self) -> list[dict[str, Any]]:

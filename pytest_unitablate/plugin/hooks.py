@@ -251,6 +251,14 @@ def _write_outputs(session: pytest.Session, state: PluginState) -> None:
 
     records = list(state.records.values())
     where = Path(session.config.invocation_params.dir)
+    if state.record_mode != "none":  # first: calibrate annotates the records it judged
+        from pytest_unitablate.plugin.record_mode import apply_recorded
+
+        state.recorded = apply_recorded(records, state.record_mode, state.record_level,
+                                        _environment(state))
+        if any(r.get("unguardable") for r in records) and \
+                session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if state.report_path is not None:
         write_json(where / state.report_path, build_report(records, _environment(state)))
         write_json(where / run_path(state.report_path), build_run(records))
@@ -262,11 +270,6 @@ def _write_outputs(session: pytest.Session, state: PluginState) -> None:
         write_review_page(where / state.settings.html, records,
                           {**_environment(state), "commit": _commit(where)},
                           figures=review_figures(sort_records(records)))
-    if state.record_mode != "none":
-        from pytest_unitablate.plugin.record_mode import apply_recorded
-
-        state.recorded = apply_recorded(records, state.record_mode, state.record_level,
-                                        _environment(state))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,

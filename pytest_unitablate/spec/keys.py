@@ -89,6 +89,8 @@ TARGET_KEYS: dict[str, str] = {
                         "be at least this many nats: a plain number, e.g. 0.5",
     "max_logprob_drop": "the mean drop of log p(true class) must be at most this many nats, "
                         "e.g. 0.05",
+    "min_accuracy": "the target's own accuracy (no ablation) must be at least this, e.g. "
+                    "85%: catches a class forgotten by a fine-tune",
     "warn_margin": "warn (but pass) when within this many points of failing (accuracy "
                    "constraints; log-prob constraints have no warn band)",
     "confidence": "judge the bound of this confidence interval, e.g. 95%",

@@ -26,7 +26,7 @@ FORMAT_VERSION = 1
 OVERALL = "overall"
 
 ConstraintKind = Literal["min_drop", "max_drop", "min_relative_drop", "max_relative_drop",
-                         "min_logprob_drop", "max_logprob_drop"]
+                         "min_logprob_drop", "max_logprob_drop", "min_accuracy"]
 CONSTRAINT_KINDS: tuple[ConstraintKind, ...] = (
     "min_drop",
     "max_drop",
@@ -34,9 +34,13 @@ CONSTRAINT_KINDS: tuple[ConstraintKind, ...] = (
     "max_relative_drop",
     "min_logprob_drop",
     "max_logprob_drop",
+    "min_accuracy",
 )
 #: The constraint kinds on the log-probability of the true class: plain numbers in nats.
 LOGPROB_KINDS: tuple[ConstraintKind, ...] = ("min_logprob_drop", "max_logprob_drop")
+#: The constraint kinds on the target's own accuracy (no ablation): a fine-tune that forgot
+#: a class shows a larger drop than the reference, not a smaller one.
+ACCURACY_KINDS: tuple[ConstraintKind, ...] = ("min_accuracy",)
 
 AblationKind = Literal["zero", "mean", "constant", "resample"]
 
@@ -99,6 +103,7 @@ class Constraint:
             op = ">=" if self.kind.startswith("min") else "<="
             return f"log-prob drop {op} {self.threshold:.3f} nats"
         return {
+            "min_accuracy": f"accuracy >= {pct:.1f}%",
             "min_drop": f"drop >= {pct:.1f} pp",
             "max_drop": f"drop <= {pct:.1f} pp",
             "min_relative_drop": f"relative drop >= {pct:.1f}%",

@@ -84,7 +84,7 @@ class ThresholdUpdate:
         if "logprob" in self.kind:
             return (f"{COMMENT_PREFIX} measured {self.measured:.3f} nats, "
                     f"margin {self.margin:.3f} nats")
-        unit = "%" if "relative" in self.kind else " pp"
+        unit = "%" if "relative" in self.kind or "accuracy" in self.kind else " pp"
         return (
             f"{COMMENT_PREFIX} measured {self.measured * 100:.1f}{unit}, "
             f"margin {self.margin * 100:.1f}{unit}"

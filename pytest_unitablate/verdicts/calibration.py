@@ -42,7 +42,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,11 @@ MIN_MODELS = 3
 #: The widening exponent of a ``min_*`` threshold and the multiple of the range added
 #: to a ``max_*`` one (chosen on held-back seeds: ``python -m unitablate_demo.guard_bench``).
 WIDEN = 2.0
+#: A calibrated ``min_*`` threshold must keep at least this share of the smallest effect
+#: the reference models showed; below it the honest spread reaches what a destroyed unit
+#: shows (a class's best unit with its role spread over many units keeps 5-30% of an
+#: honest one's log-prob drop on the demo models), and the item is unguardable.
+MIN_SHARE = 0.25
 #: The suffix of the calibration file beside a spec: ``resnet.yaml`` ->
 #: ``resnet.yaml.calibration.json``.
 SUFFIX = ".calibration.json"
@@ -86,14 +91,21 @@ class Point:
     baseline: float = math.nan
 
     def to_json(self) -> dict[str, Any]:
-        return {"value": self.value, "bound": self.bound, "ci_low": self.ci[0],
-                "ci_high": self.ci[1], "n": self.n, "baseline": self.baseline}
+        """Plain JSON (an unknown number is ``null``)."""
+        def num(x: float) -> float | None:
+            return None if math.isnan(x) else x
+
+        return {"value": self.value, "bound": self.bound, "ci_low": num(self.ci[0]),
+                "ci_high": num(self.ci[1]), "n": self.n, "baseline": num(self.baseline)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Point:
-        return cls(float(data["value"]), float(data["bound"]),
-                   (float(data.get("ci_low", math.nan)), float(data.get("ci_high", math.nan))),
-                   int(data.get("n", 0)), float(data.get("baseline", math.nan)))
+        def num(key: str) -> float:
+            value = data.get(key)
+            return math.nan if value is None else float(value)
+
+        return cls(float(data["value"]), float(data["bound"]), (num("ci_low"), num("ci_high")),
+                   int(data.get("n") or 0), num("baseline"))
 
 
 @dataclass(frozen=True)
@@ -121,19 +133,37 @@ class Calibrated:
                f"{self.range_text()}"
 
 
-def calibrated_threshold(kind: str, points: Sequence[Point], widen: float = WIDEN
-                         ) -> Calibrated:
+def spread(kind: str, points: Sequence[Point]) -> float:
+    """How far apart the models' values lie: for ``min_*`` the ratio ``min / max`` (1 when
+    they agree, 0 when one has no effect), for ``max_*`` the range ``max - min``.
+
+    >>> spread("min_drop", [Point(0.3, 0.2), Point(0.6, 0.5)])
+    0.5
+    """
+    values = [p.value for p in points]
+    if kind.startswith("min"):
+        return min(values) / max(values) if min(values) > 0 else 0.0
+    return max(values) - min(values)
+
+
+def calibrated_threshold(kind: str, points: Sequence[Point], widen: float = WIDEN,
+                         pooled: float | None = None) -> Calibrated:
     """The threshold of a ``kind`` constraint from several models' ``points`` (the rule of
-    the module docstring). Needs at least one point; callers require :data:`MIN_MODELS`."""
+    the module docstring). ``pooled``: the typical :func:`spread` of the items of the same
+    layer, check mode and constraint kind; the item's own spread is widened to it (three
+    models that happen to agree on one item do not make that item safe). Needs at least
+    one point; callers require :data:`MIN_MODELS`."""
     if not points:
         raise ValueError("calibrated_threshold needs at least one model's measurement")
     values = [p.value for p in points]
+    own = spread(kind, points)
     if kind.startswith("min"):
         low = min(p.bound for p in points)
-        ratio = min(values) / max(values) if min(values) > 0 else 0.0
+        ratio = own if pooled is None else min(own, pooled)
         threshold = low * ratio ** widen if low > 0 else low
     else:
-        threshold = max(p.bound for p in points) + widen * (max(values) - min(values))
+        width = own if pooled is None else max(own, pooled)
+        threshold = max(p.bound for p in points) + widen * width
     return Calibrated(kind=kind, threshold=threshold, models=len(points), low=min(values),
                       high=max(values), mean=sum(values) / len(values),
                       n=min(p.n for p in points), baseline=min(p.baseline for p in points))
@@ -159,11 +189,17 @@ def unguardable_reason(kind: str, found: Calibrated, floor: float = 0.0) -> str 
     reason = vacuous_threshold(kind, written, baseline, floor)
     if reason is not None:
         return reason
-    if kind.startswith("min") and metric_of(kind) == "accuracy" and n > 0:
+    if kind.startswith("min") and metric_of(kind) == "accuracy" and n > 0 and \
+            not kind.endswith("_accuracy"):
         one = 1.0 / n / (baseline if "relative" in kind and baseline > 0 else 1.0)
         if written <= one + 1e-12:
             return (f"a {kind} of {drop_text(kind, written)} is met by one example of {n} "
                     f"({drop_text(kind, one)}) flipping to wrong")
+    if kind.startswith("min") and found.low > 0 and written < MIN_SHARE * found.low - 1e-12:
+        return (f"a {kind} of {drop_text(kind, written)} keeps "
+                f"{written / found.low:.0%} of the smallest effect the models showed "
+                f"({drop_text(kind, found.low)}; less than {MIN_SHARE:.0%}): a unit that "
+                f"lost most of its role would still pass")
     return None
 
 
@@ -200,6 +236,24 @@ class CalibrationFile:
             return []
         return [p for sha, p in sorted(item.points.items()) if sha != leave_out]
 
+    def calibrated(self, item_id: str, definition: str, widen: float = WIDEN
+                   ) -> Calibrated | None:
+        """The item's calibrated threshold from every model recorded (``None`` with fewer
+        than :data:`MIN_MODELS`), its spread pooled over the items of the same group
+        (:func:`group_of`: layer, check mode, unit kind and constraint kind) as the median
+        spread of those with enough models."""
+        points = self.points(item_id, definition)
+        item = self.items.get(item_id)
+        if item is None or len(points) < MIN_MODELS:
+            return None
+        group = group_of(definition)
+        spreads = sorted(spread(other.kind, list(other.points.values()))
+                         for other in self.items.values()
+                         if group_of(other.definition) == group
+                         and len(other.points) >= MIN_MODELS)
+        pooled = _median(spreads) if spreads else None
+        return calibrated_threshold(item.kind, points, widen, pooled)
+
     def add(self, sha256: str, item_id: str, definition: str, kind: str, point: Point,
             model: Mapping[str, str] | None = None) -> None:
         """Add (or replace) model ``sha256``'s point of an item. A changed definition
@@ -221,7 +275,7 @@ class CalibrationFile:
                           "points": {s: p.to_json() for s, p in sorted(v.points.items())}}
                       for k, v in sorted(self.items.items())},
         }
-        return json.dumps(data, indent=1, sort_keys=True, allow_nan=True) + "\n"
+        return json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n"
 
     @classmethod
     def from_text(cls, text: str, where: str) -> CalibrationFile:
@@ -260,6 +314,25 @@ class CalibrationFileError(Exception):
     """A calibration file that cannot be read or parsed."""
 
 
+def group_of(definition: str) -> str:
+    """The items whose spreads are pooled: the same layer, check mode, unit kind, axis,
+    ablation and constraint kind (any target, any units).
+
+    >>> d = definition_of({"layer": "conv5", "mode": "any_unit", "target": "seven",
+    ...                    "constraint": "min_drop", "ablation": "zero"})
+    >>> group_of(d) == group_of(d.replace("seven", "two"))
+    True
+    """
+    data = json.loads(definition)
+    return json.dumps({k: v for k, v in data.items() if k not in ("target", "units")},
+                      sort_keys=True)
+
+
+def _median(values: Sequence[float]) -> float:
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
 def definition_of(record: Mapping[str, Any]) -> str:
     """What an item measures, from its static record: the fields that change the number
     (layer, unit kind and axis, units or layer-wide mode, ablation, target, constraint).
@@ -273,8 +346,3 @@ def definition_of(record: Mapping[str, Any]) -> str:
     keys = ("layer", "mode", "unit", "channel_dim", "units", "ablation", "target",
             "constraint")
     return json.dumps({k: record.get(k) for k in keys}, sort_keys=True)
-
-
-def point_json(point: Point) -> dict[str, Any]:
-    """A point as the record carries it (JSON report, xdist)."""
-    return asdict(point)

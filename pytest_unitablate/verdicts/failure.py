@@ -38,6 +38,7 @@ from pytest_unitablate.verdicts.measure import (
     Measurement,
     Verdict,
     drop_text,
+    is_accuracy,
     metric_of,
 )
 
@@ -74,7 +75,17 @@ def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
     required = constraint.describe()
     kind = constraint.kind
     relative = "relative" in kind
-    if m.metric == "logprob":
+    if is_accuracy(kind):
+        low, high = m.bound(kind, m.ci_level), m.bound("max" + kind[3:], m.ci_level)
+        right = round(m.baseline * m.n)
+        lines = [
+            headline(ctx, constraint, m),
+            f"{ctx.where}: {what} must have {required} (its own accuracy, nothing ablated)",
+            f"  accuracy {pct(m.baseline)}% ({right}/{m.n})   {m.ci_level * 100:g}% CI "
+            f"[{pct(low)}, {pct(high)}]% (Wilson)   required {required}   missed by "
+            f"{-verdict.margin * 100:.1f} points (judged on the {verdict.by})",
+        ]
+    elif m.metric == "logprob":
         assert m.diffs is not None
         what = "the examples" if ctx.target == OVERALL else f"the examples of {ctx.target!r}"
         lines = [
@@ -139,7 +150,8 @@ def headline(ctx: FailureContext, constraint: Constraint, m: Measurement) -> str
     kind = constraint.kind
     needs = drop_text(kind, constraint.threshold)
     value = drop_text(kind, m.value(kind))
-    label = "log-prob drop" if m.metric == "logprob" else _what_drop(kind)
+    label = "log-prob drop" if m.metric == "logprob" else \
+        "accuracy" if is_accuracy(kind) else _what_drop(kind)
     return f"{ctx.head} {ctx.target}: {label} {value}, needs {op} {needs}"
 
 
@@ -198,6 +210,10 @@ def disarmed_text(ctx: FailureContext, kind: str, m: Measurement, reason: str,
 
 def _measured(kind: str, m: Measurement) -> str:
     """``drop 10.3 pp, 95% CI [1.6, 19.0] pp`` in the units of ``kind``."""
+    if is_accuracy(kind):
+        return (f"accuracy {pct(m.baseline)}%, {m.ci_level * 100:g}% CI "
+                f"[{pct(m.bound(kind, m.ci_level))}, "
+                f"{pct(m.bound('max' + kind[3:], m.ci_level))}]%")
     lo, hi = m.ci
     unit = " nats" if m.metric == "logprob" else " pp"
     plain = _plain(kind)
@@ -215,42 +231,34 @@ def _plain(kind: str) -> str:
     return "min_logprob_drop" if "logprob" in kind else "min_drop"
 
 
-def unguardable_text(ctx: FailureContext, kind: str, found: Calibrated, reason: str,
-                     other: Measurement | None) -> str:
-    """The failure of an item that calibration shows cannot be guarded (not written): the
-    reference models' range, why the calibrated threshold would not guard, and what could.
+def unguardable_text(where: str, item_id: str, kind: str, found: Calibrated, reason: str,
+                     named: bool = False) -> str:
+    """Why record mode ``calibrate`` did not write an item's threshold: the reference
+    models' range, what the calibrated threshold would be and why it cannot guard, and
+    what could.
 
     >>> from pytest_unitablate.verdicts.calibration import Point, calibrated_threshold
     >>> c = calibrated_threshold("min_drop", [Point(0.016, 0.0), Point(0.885, 0.8),
     ...                                       Point(0.803, 0.7)])
-    >>> ctx = FailureContext(where="s.yaml:9", head="layer3.1-any", ablation="zero",
-    ...                      target="three", hint="cmd")
-    >>> print(unguardable_text(ctx, "min_drop", c, "it passes whatever", None).splitlines()[0])
-    layer3.1-any three: unguardable over 3 models (measured 1.6-88.5 pp): not recorded
+    >>> print(unguardable_text("s.yaml:9", "layer3.1-any-three-min_drop", "min_drop", c,
+    ...                        "it passes whatever").splitlines()[0])
+    s.yaml:9: layer3.1-any-three-min_drop: unguardable over 3 models (measured 1.6-88.5 pp)
     """
-    what = "overall accuracy" if ctx.target == OVERALL else f"class {ctx.target!r}"
-    lines = [f"{ctx.head} {ctx.target}: unguardable over {found.models} models (measured "
-             f"{found.range_text()}): not recorded",
-             f"{ctx.where}: {ctx.head} ({ctx.ablation} ablation) on {what}: the reference "
-             f"models span {found.range_text()}, so the calibrated {kind} would be "
-             f"{drop_text(kind, found.threshold)}: {reason}.",
-             "  Honest retrains already show what a destroyed unit would: a guard here would "
-             "fail them or catch nothing."]
     fixes = []
-    if kind.startswith("min"):
-        if ctx.deciding is None:  # a named unit
-            fixes.append("any_unit instead of a named unit (a retrain moves a role to "
-                         "another index), or identity: signature")
-        if other is not None and other.metric != metric_of(kind):
-            alt = "min_logprob_drop" if other.metric == "logprob" else "min_drop"
-            fixes.append(f"{alt} (this model: {_measured(alt, other)})")
-        fixes.append("another layer, or more reference models if one of them is an "
-                     "outlier")
-    else:
-        fixes.append("another layer, or more reference models if one of them is an "
-                     "outlier")
-    lines.append("  What could guard it: " + "; ".join(fixes) + ".")
-    return "\n".join(lines)
+    if named and kind.startswith("min"):
+        fixes.append("any_unit instead of a named unit (a retrain moves a role to another "
+                     "index)")
+    if kind.startswith("min") and metric_of(kind) == "accuracy" and not is_accuracy(kind):
+        fixes.append("min_logprob_drop instead of an accuracy drop (it varies less between "
+                     "retrains)")
+    fixes.append("another layer, or more reference models if one of them is an outlier")
+    return "\n".join([
+        f"{where}: {item_id}: unguardable over {found.models} models (measured "
+        f"{found.range_text()})",
+        f"  the calibrated {kind} would be {drop_text(kind, found.threshold)}: {reason}.",
+        "  Honest retrains already reach what a destroyed unit shows: such a guard would "
+        "fail them or catch nothing.",
+        "  What could guard it: " + "; ".join(fixes) + "."])
 
 
 def weak_text(ctx: FailureContext, kind: str, m: Measurement, reason: str,
@@ -323,8 +331,9 @@ def unsupportable_text(where: str, item_id: str, constraint: Constraint, hits: i
     True
     """
     c = constraint
-    if c.threshold is None or not c.kind.startswith("min") or "logprob" in c.kind:
-        return None  # a log-probability can always fall further
+    if c.threshold is None or not c.kind.startswith("min") or "logprob" in c.kind or \
+            is_accuracy(c.kind):
+        return None  # a log-probability can always fall further; an accuracy is no drop
     best = Measurement.from_correct([True] * hits + [False] * (n - hits), [False] * n,
                                     level=c.confidence or DEFAULT_LEVEL)
     reach = best.bound(c.kind, c.confidence) if c.confidence else best.value(c.kind)

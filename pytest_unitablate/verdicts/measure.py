@@ -29,6 +29,7 @@ from pytest_unitablate.verdicts.stats import (
     mean_drop_ci,
     paired_drop_ci,
     paired_t_p,
+    wilson,
 )
 
 DEFAULT_LEVEL = 0.95
@@ -44,17 +45,24 @@ def metric_of(kind: str) -> str:
 
 
 def drop_text(kind: str, value: float | None) -> str:
-    """A drop in the units of its constraint kind: ``12.5 pp``, ``40.0%`` (relative) or
-    ``0.412 nats``.
+    """A drop in the units of its constraint kind: ``12.5 pp``, ``40.0%`` (relative, and
+    an accuracy) or ``0.412 nats``.
 
     >>> drop_text("min_drop", 0.125), drop_text("min_logprob_drop", 0.4123)
     ('12.5 pp', '0.412 nats')
+    >>> drop_text("min_accuracy", 0.85)
+    '85.0%'
     """
     if value is None or math.isnan(value):
         return "n/a"
     if metric_of(kind) == "logprob":
         return f"{value:.3f} nats"
-    return f"{value * 100:.1f}{'%' if 'relative' in kind else ' pp'}"
+    return f"{value * 100:.1f}{'%' if 'relative' in kind or is_accuracy(kind) else ' pp'}"
+
+
+def is_accuracy(kind: str) -> bool:
+    """Whether ``kind`` judges the target's own accuracy (no ablation): ``min_accuracy``."""
+    return kind.endswith("_accuracy")
 
 
 @dataclass(frozen=True)
@@ -170,13 +178,20 @@ class Measurement:
         return paired_drop_ci(self._table, level)
 
     def value(self, kind: str) -> float:
-        """The measured quantity a constraint kind looks at (drop or relative drop)."""
+        """The measured quantity a constraint kind looks at (drop, relative drop, or the
+        baseline accuracy for ``min_accuracy``)."""
+        if is_accuracy(kind):
+            return self.baseline
         if "relative" in kind:
             return self.drop / self.baseline if self.baseline > 0 else float("nan")
         return self.drop
 
     def bound(self, kind: str, level: float) -> float:
-        """The interval bound a ``min_*`` (lower) or ``max_*`` (upper) constraint uses."""
+        """The interval bound a ``min_*`` (lower) or ``max_*`` (upper) constraint uses (for
+        ``min_accuracy``: Wilson's interval of the baseline accuracy)."""
+        if is_accuracy(kind):
+            lo, hi = wilson(round(self.baseline * self.n), self.n, level)
+            return lo if kind.startswith("min") else hi
         lo, hi = self.interval(level)
         b = lo if kind.startswith("min") else hi
         if "relative" in kind:

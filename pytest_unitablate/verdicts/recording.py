@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +35,9 @@ from pytest_unitablate.verdicts.calibration import (
     CalibrationFileError,
     Point,
     calibration_path,
+    unguardable_reason,
 )
+from pytest_unitablate.verdicts.failure import unguardable_text
 from pytest_unitablate.verdicts.measure import writes
 
 RecordMode = Literal["none", "new", "failed", "all", "calibrate"]
@@ -64,8 +66,6 @@ def wanted(record: Mapping[str, Any], mode: str) -> bool:
     """Whether record mode ``mode`` rewrites this item's threshold."""
     if record.get("record_value") is None:
         return False  # not measured (skipped, deselected, errored)
-    if mode == "calibrate":  # every threshold the items calibrated (from enough models)
-        return record.get("calibration_models") is not None
     return writes(mode, has_threshold=record.get("threshold") is not None,
                   failing=record.get("outcome") == "failed")
 
@@ -73,31 +73,45 @@ def wanted(record: Mapping[str, Any], mode: str) -> bool:
 def _update(record: Mapping[str, Any]) -> ThresholdUpdate:
     kind = record["constraint"]
     value = float(record["record_value"])
-    measured = float(record["relative_drop"] if "relative" in kind else record["drop"])
+    measured = float(record["baseline"] if kind.endswith("_accuracy") else
+                     record["relative_drop"] if "relative" in kind else record["drop"])
     return ThresholdUpdate(
         check_index=int(record["check_index"]), mode_key=record.get("mode_key"),
         target_key=record["target_key"], kind=kind, value=value, measured=measured,
-        margin=abs(measured - value), rests_on=record.get("calibration_rests_on"),
+        margin=abs(measured - value),
     )
 
 
-def apply_recorded(records: Sequence[Mapping[str, Any]], mode: str, level: float,
+def apply_recorded(records: Sequence[MutableMapping[str, Any]], mode: str, level: float,
                    environment: Mapping[str, Any]) -> list[str]:
-    """Write the thresholds ``mode`` selects; return summary lines for the terminal."""
+    """Write the thresholds ``mode`` selects; return summary lines for the terminal.
+
+    Mode ``calibrate`` also annotates the records of the items it calibrated
+    (``calibration_models``, ``calibration_low``, ``calibration_high``) and of those it
+    found unguardable (``unguardable``: the reason, not written), for the report."""
     by_spec: dict[str, list[ThresholdUpdate]] = defaultdict(list)
     provenance: dict[str, dict[str, str]] = {}
-    for record in records:
-        if wanted(record, mode):
-            by_spec[str(record.get("spec_file") or record["spec"])].append(_update(record))
-            # a calibrated spec rests on several models: no one model's weights
-            keys = ("data_sha256", "reference_sha256") if mode == "calibrate" else (
-                "data_sha256", "weights_sha256", "reference_sha256")
-            prov = {k: str(record[k]) for k in keys if record.get(k)}
-            prov.update({k: str(environment[k]) for k in ("torch_version", "device", "dtype")
-                         if environment.get(k)})
-            provenance[str(record.get("spec_file") or record["spec"])] = prov
-    new_signatures = _signatures_by_spec(records)
     calibrations = _calibrations_by_spec(records) if mode == "calibrate" else {}
+    refused: list[str] = []
+    for record in records:
+        spec = str(record.get("spec_file") or record["spec"])
+        if mode == "calibrate":
+            update = _calibrated(record, calibrations)
+            if update is None and record.get("unguardable"):
+                refused.append(str(record["unguardable"]))
+        else:
+            update = _update(record) if wanted(record, mode) else None
+        if update is None:
+            continue
+        by_spec[spec].append(update)
+        # a calibrated spec rests on several models: no one model's weights
+        keys = ("data_sha256", "reference_sha256") if mode == "calibrate" else (
+            "data_sha256", "weights_sha256", "reference_sha256")
+        prov = {k: str(record[k]) for k in keys if record.get(k)}
+        prov.update({k: str(environment[k]) for k in ("torch_version", "device", "dtype")
+                     if environment.get(k)})
+        provenance[spec] = prov
+    new_signatures = _signatures_by_spec(records)
     lines = []
     for spec in sorted(set(by_spec) | set(new_signatures) | set(calibrations)):
         entry: tuple[str, str] | None = None
@@ -136,7 +150,40 @@ def apply_recorded(records: Sequence[Mapping[str, Any]], mode: str, level: float
                          f"({len(by_spec[spec])} measured, {level * 100:g}% bounds)")
     if not by_spec and not new_signatures and not calibrations:
         lines.append(f"record mode {mode}: nothing to record")
+    if refused:
+        lines.append(f"{len(refused)} constraint(s) unguardable over the reference models, "
+                     f"NOT recorded (their thresholds stay as they were):")
+        lines += refused
     return lines
+
+
+def _calibrated(record: MutableMapping[str, Any],
+                calibrations: Mapping[str, tuple[CalibrationFile, int]]
+                ) -> ThresholdUpdate | None:
+    """The calibrated threshold of a measured item (``None`` with too few models, or when
+    it is unguardable: then the record says why)."""
+    spec = str(record.get("spec_file") or record["spec"])
+    if not record.get("calibration_point") or spec not in calibrations:
+        return None
+    found = calibrations[spec][0].calibrated(str(record["id"]),
+                                             str(record["calibration_definition"]))
+    if found is None:
+        return None
+    kind = record["constraint"]
+    record.update({"calibration_models": found.models, "calibration_low": found.low,
+                   "calibration_high": found.high})
+    reason = unguardable_reason(str(kind), found)
+    if reason is not None:
+        record["unguardable"] = unguardable_text(
+            f"{record['spec']}:{record['line']}", str(record["id"]), str(kind), found, reason,
+            named=record.get("mode") == "units")
+        return None
+    point = Point.from_json(record["calibration_point"])
+    return ThresholdUpdate(
+        check_index=int(record["check_index"]), mode_key=record.get("mode_key"),
+        target_key=record["target_key"], kind=kind, value=found.threshold,
+        measured=point.value, margin=abs(point.value - found.threshold),
+        rests_on=found.rests_on())
 
 
 def _calibrations_by_spec(records: Sequence[Mapping[str, Any]]

@@ -75,6 +75,8 @@ def describe_required(constraint: str | None, threshold: float | None) -> str:
     if threshold is None:
         return f"{constraint}: not recorded"
     op = ">=" if constraint.startswith("min") else "<="
+    if constraint.endswith("_accuracy"):
+        return f"accuracy {op} {threshold * 100:.1f}%"
     if "logprob" in constraint:
         return f"log-prob drop {op} {threshold:.3f} nats"
     what = "relative drop" if "relative" in constraint else "drop"

@@ -72,7 +72,7 @@ checks:
   - layer: hidden
     units: [1]
     expect:
-      one: {min_drop: 10%}       # unit 1 is dead in variant 0
+      one: {min_relative_drop: 10%}   # unit 1 is dead in variant 0
 """
 
 
@@ -108,13 +108,19 @@ def test_calibrate_writes_thresholds_from_three_models_and_refuses_unguardable(
     _calibrate(cal, "1", monkeypatch).stdout.fnmatch_lines(["*(2 model(s) recorded)*"])
     third = _calibrate(cal, "2", monkeypatch)
     third.stdout.fnmatch_lines(["*(3 model(s) recorded)*"])
-    # unit 1's drop of class one is near 0 in variant 0: unguardable, not written
+    # unit 1's drop of class one is 0 in variant 0: unguardable, not written, and the run
+    # fails (the spec still holds a guess that honest retrains would fail)
+    third.assert_outcomes(passed=4)
+    assert third.ret == pytest.ExitCode.TESTS_FAILED
     third.stdout.fnmatch_lines([
-        "hidden-u1 one: unguardable over 3 models (measured *): not recorded",
-        "spec.yaml:14: hidden-u1 (zero ablation) on class 'one': the reference models span*",
+        "unitablate: 1 constraint(s) unguardable over the reference models, NOT recorded*",
+        "*spec.yaml:14: hidden-u1-one-min_relative_drop: unguardable over 3 models (measured "
+        "0.0%-*)",
+        "  the calibrated min_relative_drop would be *: a min_relative_drop of * passes "
+        "whatever the ablation does.",
         "*What could guard it: any_unit instead of a named unit*"])
     third.stdout.fnmatch_lines(["unitablate: 1 threshold(s) NOT recorded: honest reference*",
-                                "  spec.yaml:14: hidden-u1-one-min_drop"])
+                                "  spec.yaml:14: hidden-u1-one-min_relative_drop"])
     text = (cal.path / "spec.yaml").read_text()
     assert "; calibrated min_drop over 3 models: measured" in text
     assert "# the team's guess" in text  # the user's comment is kept
@@ -128,7 +134,7 @@ def test_calibrate_writes_thresholds_from_three_models_and_refuses_unguardable(
     # min_drop: below the lowest sampling bound, shrunk by the references' spread
     low = after[(0, "zero", "min_drop")]
     assert low is not None and 0 < low <= min(bounds) * (min(values) / max(values)) ** 2
-    assert after[(1, "one", "min_drop")] == 0.1  # unguardable: the old threshold stays
+    assert after[(1, "one", "min_relative_drop")] == 0.1  # unguardable: the old one stays
     high = after[(0, "overall", "max_drop")]
     overall = file["items"]["hidden-u0-overall-max_drop"]["points"].values()
     assert high is not None and high >= max(p["bound"] for p in overall)

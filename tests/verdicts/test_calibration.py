@@ -1,0 +1,148 @@
+"""Calibrated thresholds and the calibration file (torch-free): the rule's properties, the
+unguardable refusal, and the file's round trip."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_unitablate.spec.rewrite import rounded_threshold
+from pytest_unitablate.verdicts.calibration import (
+    MIN_SHARE,
+    CalibrationFile,
+    CalibrationFileError,
+    Point,
+    calibrated_threshold,
+    calibration_path,
+    definition_of,
+    unguardable_reason,
+)
+
+fraction = st.floats(0.0, 1.0, allow_nan=False)
+
+
+@st.composite
+def points(draw: st.DrawFn) -> list[Point]:
+    """2..6 models' measurements: a value and a sampling bound on its safe side."""
+    out = []
+    for _ in range(draw(st.integers(2, 6))):
+        value = draw(fraction)
+        half = draw(st.floats(0.0, 0.3))
+        out.append(Point(value, value - half, (value - half, value + half), 60, 0.98))
+    return out
+
+
+@given(points(), st.sampled_from(["min_drop", "min_logprob_drop", "min_relative_drop"]))
+def test_a_min_threshold_lies_below_every_reference(ps: list[Point], kind: str) -> None:
+    found = calibrated_threshold(kind, ps)
+    assert found.threshold <= min(p.bound for p in ps) + 1e-12
+    # every reference passes its own calibrated guard
+    assert all(p.value >= found.threshold - 1e-12 for p in ps)
+    assert found.low == min(p.value for p in ps) and found.high == max(p.value for p in ps)
+
+
+@given(points())
+def test_a_max_threshold_lies_above_every_reference_by_twice_the_range(ps: list[Point]) -> None:
+    upper = [Point(p.value, 2 * p.value - p.bound) for p in ps]  # bounds above the values
+    found = calibrated_threshold("max_drop", upper)
+    spread = max(p.value for p in ps) - min(p.value for p in ps)
+    assert found.threshold == pytest.approx(max(p.bound for p in upper) + 2 * spread)
+
+
+@given(points(), st.floats(0.0, 3.0), st.floats(0.0, 3.0))
+def test_a_wider_rule_never_raises_a_min_threshold(ps: list[Point], a: float, b: float) -> None:
+    lo, hi = sorted((a, b))
+    assert calibrated_threshold("min_drop", ps, widen=hi).threshold <= \
+        calibrated_threshold("min_drop", ps, widen=lo).threshold + 1e-12
+
+
+def test_references_that_agree_keep_their_lowest_bound() -> None:
+    same = [Point(0.4, 0.3), Point(0.4, 0.32), Point(0.4, 0.35)]
+    assert calibrated_threshold("min_drop", same).threshold == pytest.approx(0.3)
+
+
+def test_a_reference_without_the_effect_makes_the_item_unguardable() -> None:
+    ps = [Point(0.0, -0.05, n=60, baseline=1.0), Point(0.8, 0.7, n=60, baseline=1.0),
+          Point(0.9, 0.8, n=60, baseline=1.0)]
+    found = calibrated_threshold("min_drop", ps)
+    assert found.threshold <= 0
+    assert "passes whatever the ablation does" in str(unguardable_reason("min_drop", found))
+
+
+def test_a_threshold_one_example_meets_is_unguardable() -> None:
+    ps = [Point(0.05, 0.015, n=60, baseline=1.0)] * 3
+    found = calibrated_threshold("min_drop", ps)
+    assert "one example of 60" in str(unguardable_reason("min_drop", found))
+    # the same effect in nats is not judged by examples
+    assert unguardable_reason("min_logprob_drop", calibrated_threshold(
+        "min_logprob_drop", ps)) is None
+
+
+def test_a_threshold_below_a_quarter_of_the_weakest_reference_is_unguardable() -> None:
+    # log-prob drops of 0.3 to 1.8 nats: the ratio squared leaves 0.6% of the weakest
+    ps = [Point(0.3, 0.25, n=60), Point(1.8, 1.6, n=60), Point(1.0, 0.9, n=60)]
+    found = calibrated_threshold("min_logprob_drop", ps)
+    written = rounded_threshold("min_logprob_drop", found.threshold)
+    assert 0 < written < MIN_SHARE * 0.3
+    reason = unguardable_reason("min_logprob_drop", found)
+    assert reason is not None and "of the smallest effect the models showed" in reason
+    close = [Point(0.9, 0.8, n=60), Point(1.2, 1.1, n=60), Point(1.0, 0.9, n=60)]
+    assert unguardable_reason("min_logprob_drop",
+                              calibrated_threshold("min_logprob_drop", close)) is None
+
+
+def test_a_max_threshold_that_allows_every_drop_is_unguardable() -> None:
+    ps = [Point(0.1, 0.3, n=60, baseline=0.9), Point(0.5, 0.7, n=60, baseline=0.9),
+          Point(0.2, 0.4, n=60, baseline=0.95)]
+    found = calibrated_threshold("max_drop", ps)
+    assert "allows every drop" in str(unguardable_reason("max_drop", found))
+
+
+def test_range_text_and_what_it_rests_on() -> None:
+    found = calibrated_threshold("min_drop", [Point(0.6, 0.5), Point(0.95, 0.86),
+                                              Point(0.8, 0.7)])
+    assert found.rests_on() == "over 3 models: measured 60.0-95.0 pp"
+    nats = calibrated_threshold("min_logprob_drop", [Point(0.1234, 0.1), Point(0.5, 0.4)])
+    assert nats.range_text() == "0.123-0.500 nats"
+    acc = calibrated_threshold("min_accuracy", [Point(0.9, 0.85), Point(0.95, 0.9)])
+    assert acc.range_text() == "90.0%-95.0%"
+
+
+def test_the_file_keeps_one_point_per_model_and_round_trips(tmp_path: object) -> None:
+    f = CalibrationFile()
+    item, definition = "conv5-any-seven-min_drop", definition_of(
+        {"layer": "conv5", "mode": "any_unit", "target": "seven", "constraint": "min_drop"})
+    f.add("a" * 64, item, definition, "min_drop", Point(0.3, 0.2, (0.2, 0.4), 60, 0.98),
+          {"torch_version": "2.14"})
+    again = Point(0.31, 0.21, (0.21, 0.41), 60, 0.98)
+    f.add("a" * 64, item, definition, "min_drop", again)  # the same model again
+    f.add("b" * 64, item, definition, "min_drop", Point(0.5, 0.4))  # unknowns: null
+    assert [p.value for p in f.points(item, definition)] == [0.31, 0.5]
+    assert [p.value for p in f.points(item, definition, leave_out="b" * 64)] == [0.31]
+    back = CalibrationFile.from_text(f.to_text(), "x.json")
+    assert back.points(item, definition) == f.points(item, definition)
+    assert back.models == {"a" * 64: {"torch_version": "2.14"}, "b" * 64: {}}
+    data = json.loads(f.to_text())
+    assert data["unitablate_calibration"] == 1 and data["rule"]["min_models"] == 3
+    # another definition under the same id (the check now ablates another layer) restarts
+    other = definition.replace("conv5", "conv4")
+    assert f.points(item, other) == []
+    f.add("c" * 64, item, other, "min_drop", Point(0.1, 0.05))
+    assert f.points(item, definition) == [] and len(f.points(item, other)) == 1
+
+
+def test_a_broken_file_is_named_with_what_to_do() -> None:
+    with pytest.raises(CalibrationFileError, match=r"x\.json: .*delete it and calibrate"):
+        CalibrationFile.from_text("{\"unitablate_calibration\": 1, \"items\": {\"a\": 3}}",
+                                  "x.json")
+    with pytest.raises(CalibrationFileError, match="format 1"):
+        CalibrationFile.from_text("[]", "x.json")
+
+
+def test_the_file_sits_beside_the_spec() -> None:
+    assert calibration_path("specs/a.yaml").name == "a.yaml.calibration.json"
+    assert not math.isnan(Point.from_json({"value": 1, "bound": 0.5}).bound)
