@@ -208,11 +208,6 @@ def check(args: argparse.Namespace) -> int:
             budget = parse_size(args.memory_budget)
         except ValueError as exc:
             usage = f"--memory-budget {exc}"
-    if usage is None:
-        from pytest_unitablate.engine.run import record_problem
-
-        problem = record_problem(args.record_mode, args.record_force)
-        usage = f"--record-mode {args.record_mode}: {problem}" if problem else None
     fixtures: dict[str, str] = {}
     for given in args.fixture:
         name, sep, ref = given.partition("=")
@@ -223,6 +218,11 @@ def check(args: argparse.Namespace) -> int:
         from pytest_unitablate.errors import torch_missing
 
         usage = torch_missing("check")
+    if usage is None:
+        from pytest_unitablate.verdicts.recording import record_problem
+
+        problem = record_problem(args.record_mode, args.record_force)
+        usage = f"--record-mode {args.record_mode}: {problem}" if problem else None
     if usage is None:
         from pytest_unitablate.engine.run import cuda_problem
 

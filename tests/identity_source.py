@@ -7,7 +7,8 @@ argument or environment variable (the plugin tests run it in a pytest subprocess
 what a retrain does to unit identity; new position i holds old unit ``PERM[i]``);
 ``destroy`` (``DESTROY=1``) moves class one's evidence to the output bias, so no hidden
 unit carries it; ``prune`` (``PRUNE=1``) sets unit 1 to a constant 0 and gives some of
-class one to unit 4. ``idmodel.data()``: 120 examples in 3 batches.
+class one to unit 4; ``prune2`` (``PRUNE2=1``) prunes units 1 and 2 alike (units 4 and 5
+take some of classes one and two). ``idmodel.data()``: 120 examples in 3 batches.
 """
 
 SOURCE = '''
@@ -22,7 +23,7 @@ def _flag(name, value):
     return os.environ.get(name) == "1" if value is None else value
 
 
-def model(permute=None, destroy=None, prune=None):
+def model(permute=None, destroy=None, prune=None, prune2=None):
     """Each variant from its argument, or else from the environment (PERMUTE=1, ...)."""
     g = torch.Generator().manual_seed(0)
     w1 = torch.zeros(6, 4)
@@ -41,6 +42,12 @@ def model(permute=None, destroy=None, prune=None):
         w2[:, 4] = w2[:, 1]
         w1[1] = 0.0
         w2[:, 1] = 0.0
+    if _flag("PRUNE2", prune2):                    # units 1 and 2 pruned to a constant 0;
+        for dead, heir in ((1, 4), (2, 5)):        # units 4 and 5 take some of their classes
+            w1[heir] = 0.8 * w1[dead]
+            w2[:, heir] = w2[:, dead]
+            w1[dead] = 0.0
+            w2[:, dead] = 0.0
     if _flag("PERMUTE", permute):
         w1, w2 = w1[PERM], w2[:, PERM]
     net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 4))

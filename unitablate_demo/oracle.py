@@ -324,15 +324,18 @@ def damage_profiles(model: nn.Module, layer: str, x: torch.Tensor, y: torch.Tens
 
 def match_recorded(recorded: Mapping[int, Sequence[float]], profiles: npt.NDArray[np.float64]
                    ) -> dict[int, tuple[int, float]]:
-    """Recorded unit -> (unit, cosine similarity), one-to-one, largest total similarity."""
+    """Recorded unit -> (unit, cosine similarity), one-to-one, largest total score: the
+    cosine times the square root of the smaller profile norm over the larger (the size of
+    the effect counts, not only its shape)."""
     from scipy.optimize import linear_sum_assignment
 
     keys = sorted(recorded)
-    ref = np.array([recorded[k] for k in keys], dtype=np.float64)
-    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
-    cur = profiles / np.linalg.norm(profiles, axis=1, keepdims=True)
-    sim = ref @ cur.T
-    rows, cols = linear_sum_assignment(-sim)
+    raw = np.array([recorded[k] for k in keys], dtype=np.float64)
+    ref_norm = np.linalg.norm(raw, axis=1, keepdims=True)
+    cur_norm = np.linalg.norm(profiles, axis=1, keepdims=True)
+    sim = (raw / ref_norm) @ (profiles / cur_norm).T
+    size = np.sqrt(np.minimum(ref_norm, cur_norm.T) / np.maximum(ref_norm, cur_norm.T))
+    rows, cols = linear_sum_assignment(-(sim * size))
     return {keys[r]: (int(c), float(sim[r, c])) for r, c in zip(rows, cols, strict=True)}
 
 

@@ -17,8 +17,12 @@ activations (Li et al. 2016's correlation), see ``docs/identity.md``.
 Similarity is the cosine of two profiles (1: the same role, 0: unrelated; scale-free, so a
 retrain that makes a unit twice as important still matches). :func:`match_units` assigns
 the recorded units of a layer to distinct units of the model under test so that the total
-similarity is largest (the Hungarian method, ``scipy.optimize.linear_sum_assignment``), not
-greedily: two recorded units never claim the same unit.
+*score* is largest (the Hungarian method, ``scipy.optimize.linear_sum_assignment``), not
+greedily: two recorded units never claim the same unit. The score weighs the size of the
+effect too: the cosine times the square root of the ratio of the smaller profile norm to
+the larger (:data:`SCALE_POWER`), so a weak unit whose profile has the right shape does not
+win over the class's strong carrier of a slightly different shape; the similarity a match
+reports, and ``min_similarity`` judges, is the cosine of the pair it was assigned.
 
 Example::
 
@@ -189,10 +193,33 @@ def dead_units(recorded: Mapping[int, Sequence[float]], profiles: npt.NDArray[np
     return found
 
 
+#: The power of the norm ratio in the assignment score (0: the cosine alone).
+SCALE_POWER = 0.5
+
+
+def match_scores(ref: npt.NDArray[np.float64], profiles: npt.NDArray[np.float64],
+                 sim: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The assignment score of every (recorded, current) pair: the cosine ``sim`` times
+    ``(smaller norm / larger norm) ** SCALE_POWER``.
+
+    >>> ref = np.array([[1.0, 0.0]])
+    >>> cur = np.array([[0.2, 0.0], [0.9, 0.3]])
+    >>> match_scores(ref, cur, cosine_matrix(ref, cur)).round(3).tolist()
+    [[0.447, 0.924]]
+    """
+    na = np.linalg.norm(ref, axis=1)[:, None]
+    nb = np.linalg.norm(profiles, axis=1)[None, :]
+    big = np.maximum(na, nb)
+    ratio = np.divide(np.minimum(na, nb), big, out=np.zeros_like(sim), where=big > 0)
+    out: npt.NDArray[np.float64] = sim * ratio ** SCALE_POWER
+    return out
+
+
 def match_units(recorded: Mapping[int, Sequence[float]], profiles: npt.NDArray[np.float64]
                 ) -> dict[int, Match]:
     """Assign each recorded unit (index -> profile) to a distinct unit of ``profiles``
-    (``(units, classes)``) maximising the total cosine similarity (Hungarian method).
+    (``(units, classes)``) maximising the total score (:func:`match_scores`: the cosine
+    weighed by the size of the effect; Hungarian method).
 
     The assignment is deterministic for given profiles. Raises
     :class:`SignatureMismatchError` when the profiles have different class counts.
@@ -208,7 +235,7 @@ def match_units(recorded: Mapping[int, Sequence[float]], profiles: npt.NDArray[n
             f"the recorded signatures have {ref.shape[1]} classes but the model gives "
             f"{profiles.shape[1]}: they were recorded on another model or class list")
     sim = cosine_matrix(ref, profiles)
-    rows, cols = linear_sum_assignment(sim, maximize=True)
+    rows, cols = linear_sum_assignment(match_scores(ref, profiles, sim), maximize=True)
     partner = {int(r): int(c) for r, c in zip(rows, cols, strict=True)}
     out: dict[int, Match] = {}
     for i, key in enumerate(keys):
@@ -222,4 +249,4 @@ def match_units(recorded: Mapping[int, Sequence[float]], profiles: npt.NDArray[n
 
 
 __all__ = ["Match", "SignatureMismatchError", "cosine_matrix", "damage_profiles",
-           "match_units"]
+           "match_scores", "match_units"]

@@ -276,12 +276,16 @@ class _ItemRun:
                       f"to silence this")
         mapped = [matches[u] for u in check.units]
         profiles = engine.matching.profiles(spec, subject, check)
-        dead = {u: share for u, share in dead_units(
-            {u: recorded[u] for u in check.units}, profiles).items() if matches[u].unit != u}
+        # every recorded unit of the layer whose own index is dead (and that matching moved)
+        dead_all = {u: share for u, share in dead_units(recorded, profiles).items()
+                    if u in matches and matches[u].unit != u}
         # a retrain that renumbered the units can put an unused unit at a recorded index:
-        # then matching is trusted (another recorded unit of the layer moved)
-        renumbered = any(m.unit is not None and m.unit != r and r not in dead
+        # then matching is trusted (another recorded unit of the layer moved, alive). A
+        # recorded unit that moved because its own index is dead (pruned) is no evidence
+        # of renumbering: two pruned units do not excuse each other.
+        renumbered = any(m.unit is not None and m.unit != r and r not in dead_all
                          for r, m in matches.items())
+        dead = {u: dead_all[u] for u in check.units if u in dead_all}
         self.dead = {} if renumbered else dead
         self.record.update({
             "dead_units": sorted(self.dead) or None,

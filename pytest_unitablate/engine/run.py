@@ -212,6 +212,8 @@ def run_spec(spec: str | os.PathLike[str] | Spec, *,
                                or budget < 1):
         raise ValueError(f"run_spec(memory_budget=...) takes a positive number of bytes or "
                          f"a size such as '512MiB', got {memory_budget!r}")
+    from pytest_unitablate.verdicts.recording import record_problem
+
     refused = record_problem(record_mode, record_force)
     if refused is not None:
         raise ValueError(f"run_spec(record_mode={record_mode!r}): {refused}")
@@ -225,20 +227,6 @@ def run_spec(spec: str | os.PathLike[str] | Spec, *,
     if record_mode != "none":
         run.record(record_mode, settings.record_level)
     return run
-
-
-def record_problem(mode: str, force: bool) -> str | None:
-    """Why record mode ``mode`` cannot run here (an unknown mode, or a CI environment
-    without ``force``), or ``None``."""
-    from pytest_unitablate.verdicts.recording import RECORD_MODES, ci_environment
-
-    if mode not in RECORD_MODES:
-        return f"record mode must be one of {', '.join(RECORD_MODES)}"
-    ci = ci_environment()
-    if mode != "none" and ci is not None and not force:
-        return (f"record mode refused: {ci} is set (a CI run); record on a developer "
-                f"machine, or force it")
-    return None
 
 
 def cuda_problem(device: str) -> str | None:

@@ -62,6 +62,18 @@ def ci_environment(environ: Mapping[str, str] | None = None) -> str | None:
     return None
 
 
+def record_problem(mode: str, force: bool) -> str | None:
+    """Why record mode ``mode`` cannot run here (an unknown mode, or a CI environment
+    without ``force``), or ``None``."""
+    if mode not in RECORD_MODES:
+        return f"record mode must be one of {', '.join(RECORD_MODES)}"
+    ci = ci_environment()
+    if mode != "none" and ci is not None and not force:
+        return (f"record mode refused: {ci} is set (a CI run); record on a developer "
+                f"machine, or force it")
+    return None
+
+
 def wanted(record: Mapping[str, Any], mode: str) -> bool:
     """Whether record mode ``mode`` rewrites this item's threshold."""
     if record.get("record_value") is None:

@@ -18,6 +18,7 @@ from pytest_unitablate.core.identity import (
     damage_profiles,
     dead_units,
     head_profiles,
+    match_scores,
     match_units,
 )
 from pytest_unitablate.core.unit_order import estimated_damage
@@ -27,8 +28,9 @@ from pytest_unitablate.core.unit_order import estimated_damage
 @given(st.integers(1, 4).flatmap(lambda r: st.tuples(
     st.just(r), st.integers(r, 5), st.integers(0, 2**31 - 1))))
 def test_matching_is_one_to_one_and_optimal(shape: tuple[int, int, int]) -> None:
-    """Against brute force over every injective assignment: the total similarity is the
-    largest possible, and no two recorded units share a partner."""
+    """Against brute force over every injective assignment: the total score (the cosine
+    weighed by the size of the effect) is the largest possible, and no two recorded units
+    share a partner; the similarity a match reports is the cosine of its pair."""
     rows, cols, seed = shape
     rng = np.random.default_rng(seed)
     current = rng.normal(size=(cols, 6))
@@ -37,13 +39,32 @@ def test_matching_is_one_to_one_and_optimal(shape: tuple[int, int, int]) -> None
     got = match_units(recorded, current)
     partners = [got[k].unit for k in keys]
     assert len(set(partners)) == rows
-    sim = cosine_matrix(np.array([recorded[k] for k in keys]), current)
-    best = max(sum(sim[i, p[i]] for i in range(rows))
+    ref = np.array([recorded[k] for k in keys])
+    sim = cosine_matrix(ref, current)
+    score = match_scores(ref, current, sim)
+    best = max(sum(score[i, p[i]] for i in range(rows))
                for p in itertools.permutations(range(cols), rows))
-    assert sum(got[k].similarity for k in keys) == pytest.approx(best)
+    assert sum(score[i, got[k].unit] for i, k in enumerate(keys)) == pytest.approx(best)
+    for i, k in enumerate(keys):
+        assert got[k].similarity == pytest.approx(sim[i, got[k].unit])
     for i, k in enumerate(keys):
         assert got[k].best_similarity == pytest.approx(sim[i].max())
         assert got[k].similarity <= got[k].best_similarity + 1e-12
+
+
+def test_the_strong_carrier_wins_over_a_weak_unit_of_the_same_shape() -> None:
+    """The issue's retrain: the recorded unit carried class two (26.5 pp); in the retrain
+    a weak unit has almost its shape (cosine 0.963, a fifth of the size) and the class's
+    strong carrier a slightly different one (cosine 0.918, the same size)."""
+    recorded = {31: [0.05, 0.2, 1.0, 0.1]}
+    weak = 0.2 * np.array([0.05, 0.5, 1.0, 0.15])
+    strong = np.array([0.4, 0.2, 1.0, 0.1])
+    current = np.stack([np.zeros(4), weak, np.zeros(4), strong])
+    sim = cosine_matrix(np.array([recorded[31]]), current)[0]
+    assert sim[1] > sim[3] > 0.9  # by shape alone the weak unit would win
+    match = match_units(recorded, current)[31]
+    assert match.unit == 3 and match.similarity == pytest.approx(sim[3])
+    assert match.best_unit == 1  # the best cosine is still reported as such
 
 
 def test_more_recorded_units_than_the_layer_has() -> None:

@@ -53,7 +53,7 @@ def load_one(spec: object) -> float | None:
 
 def _run(p: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *args: str,
          **env: str) -> tuple[pytest.RunResult, dict[str, dict[str, object]]]:
-    for key in ("PERMUTE", "DESTROY", "PRUNE"):
+    for key in ("PERMUTE", "DESTROY", "PRUNE", "PRUNE2"):
         monkeypatch.setenv(key, env.get(key, "0"))
     result = p.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-report", "r.json",
                          "-p", "no:randomly", "-p", "no:cacheprovider", *args)
@@ -139,6 +139,24 @@ def test_a_pruned_unit_is_reported_dead_not_matched_to_a_neighbour(
     result, _ = _run(idmodel, monkeypatch, "--unitablate-record-mode=all", PRUNE="1")
     result.assert_outcomes(passed=1, failed=1)
     assert load_one(spec) == 0.5
+
+
+def test_two_pruned_units_do_not_excuse_each_other(
+        idmodel: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both protected units of the layer pruned and their classes partly moved to
+    neighbours: each is reported dead. (Matching moves both; one moved unit must not count
+    as a retrain that renumbered the units for the other.)"""
+    result, _ = _run(idmodel, monkeypatch, "--unitablate-record-mode=new")
+    result.assert_outcomes(passed=2)
+    result, items = _run(idmodel, monkeypatch, PRUNE2="1")
+    result.assert_outcomes(failed=2)
+    assert items["1-u1-one-min_drop"]["dead_units"] == [1]
+    assert items["1-u2-two-min_drop"]["dead_units"] == [2]
+    assert items["1-u1-one-min_drop"]["matched_units"] == [4]
+    assert items["1-u2-two-min_drop"]["matched_units"] == [5]
+    # a retrain that renumbered the units still passes through matching
+    result, items = _run(idmodel, monkeypatch, PERMUTE="1")
+    result.assert_outcomes(passed=2)
 
 
 def test_index_identity_fails_where_signature_identity_follows_the_unit(

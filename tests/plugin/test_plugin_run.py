@@ -193,7 +193,8 @@ def test_json_report_and_junit_properties(tiny: pytest.Pytester) -> None:
                            "deciding_units", "ranking_note",
                            "units_evaluated", "units_total", "identity",
                            "matched_units", "similarity", "min_similarity", "mapping",
-                           "dead_units", "recorded_drop", "reason"]
+                           "dead_units", "recorded_drop", "reason", "calibration_models",
+                           "calibration_low", "calibration_high", "unguardable"]
     assert first["metric"] == "accuracy"
     assert first["id"] == "hidden-u1-one-min_drop" and first["line"] == 9
     assert first["units"] == [1] and first["class_index"] == 1 and first["n"] == 10
