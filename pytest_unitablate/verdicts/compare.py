@@ -30,7 +30,12 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
-from pytest_unitablate.verdicts.records import interval_text, matched_or_none, measured_text
+from pytest_unitablate.verdicts.records import (
+    calibration_text,
+    interval_text,
+    matched_or_none,
+    measured_text,
+)
 from pytest_unitablate.verdicts.review_page import (
     badge,
     document,
@@ -102,8 +107,10 @@ def compare_reports(reference: Mapping[str, Any], candidate: Mapping[str, Any]
                                   f"{'candidate' if a is None else 'reference'} only", a, b))
             continue
         if a.get("outcome") != b.get("outcome"):
+            calibrated = calibration_text(b) or calibration_text(a)
+            rests = f" (the threshold is calibrated {calibrated})" if calibrated else ""
             changes.append(Change("outcome", spec, item,
-                                  f"{a.get('outcome')} -> {b.get('outcome')}", a, b))
+                                  f"{a.get('outcome')} -> {b.get('outcome')}{rests}", a, b))
         moved = _outside(b.get("drop"), a.get("ci_low"), a.get("ci_high")) or _outside(
             a.get("drop"), b.get("ci_low"), b.get("ci_high"))
         if moved:

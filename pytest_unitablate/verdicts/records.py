@@ -84,6 +84,30 @@ def describe_required(constraint: str | None, threshold: float | None) -> str:
     return f"{what} {op} {threshold * 100:.1f}{unit}"
 
 
+def calibration_text(r: Mapping[str, Any]) -> str:
+    """What a calibrated item's threshold rests on, from its record: ``over 3 reference
+    models: 60.0-95.0 pp`` (empty for an item no calibration file speaks of).
+
+    >>> calibration_text({"constraint": "min_drop", "calibration_models": 3,
+    ...                   "calibration_low": 0.6, "calibration_high": 0.95})
+    'over 3 reference models: 60.0-95.0 pp'
+    >>> calibration_text({"constraint": "min_logprob_drop", "calibration_models": 3,
+    ...                   "calibration_low": 0.5, "calibration_high": 1.25})
+    'over 3 reference models: 0.500-1.250 nats'
+    """
+    models, low, high = (r.get(k) for k in ("calibration_models", "calibration_low",
+                                            "calibration_high"))
+    kind = str(r.get("constraint") or "")
+    if not models or low is None or high is None:
+        return ""
+    if "logprob" in kind:
+        span = f"{float(low):.3f}-{float(high):.3f} nats"
+    else:
+        unit = "%" if "relative" in kind or kind.endswith("_accuracy") else " pp"
+        span = f"{float(low) * 100:.1f}-{float(high) * 100:.1f}{unit}"
+    return f"over {int(models)} reference model{'s' * (int(models) != 1)}: {span}"
+
+
 def pct(x: Any, suffix: str = "%") -> str:
     """A fraction as a percentage with one decimal and its unit (empty for ``None``).
 

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pytest_unitablate.verdicts.records import (
+    calibration_text,
     describe_required,
     interval_text,
     matched_or_none,
@@ -99,8 +100,16 @@ def units_text(r: Mapping[str, Any]) -> str:
 
 
 def required_text(r: Mapping[str, Any]) -> str:
-    """``drop >= 40.0 pp``, ``relative drop <= 10.0%``, or ``not recorded``."""
-    return describe_required(r.get("constraint"), r.get("threshold"))
+    """``drop >= 40.0 pp``, ``relative drop <= 10.0%``, or ``not recorded``; a calibrated
+    threshold says what it rests on (``(calibrated over 3 reference models: 60.0-95.0
+    pp)``), an unguardable one why it was not written."""
+    text = describe_required(r.get("constraint"), r.get("threshold"))
+    calibrated = calibration_text(r)
+    if calibrated:
+        text += f" (calibrated {calibrated})"
+    if r.get("unguardable"):
+        text += " (unguardable over the reference models: not recorded)"
+    return text
 
 
 def sort_for_review(records: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

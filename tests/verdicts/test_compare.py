@@ -120,3 +120,14 @@ def test_a_malformed_report_is_named_not_a_traceback(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "pytest_unitablate", "compare", str(good),
                            str(bad)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 4 and "item 0 ('a'): baseline is not a number" in proc.stderr
+
+
+def test_an_outcome_change_of_a_calibrated_item_says_what_the_threshold_rests_on() -> None:
+    ref = {"items": [_item("any", constraint="min_drop", calibration_models=3,
+                           calibration_low=0.3, calibration_high=0.5)]}
+    new = {"items": [_item("any", outcome="failed", drop=0.05, ci_low=0.0, ci_high=0.1,
+                           constraint="min_drop", calibration_models=3, calibration_low=0.3,
+                           calibration_high=0.5)]}
+    text = comparison_text(compare_reports(ref, new), "a.json", "b.json")
+    assert ("s.yaml::any: passed -> failed (the threshold is calibrated over 3 reference "
+            "models: 30.0-50.0 pp)") in text

@@ -57,3 +57,14 @@ def test_a_long_unit_group_is_shortened() -> None:
     from pytest_unitablate.verdicts.review_page import units_text
 
     assert units_text({"units": list(range(26))}) == "26 units: 0+1+2+3+...+25"
+
+
+def test_a_calibrated_threshold_says_what_it_rests_on() -> None:
+    calibrated = {**RECORDS[2], "constraint": "min_logprob_drop", "threshold": 0.2,
+                  "metric": "logprob", "calibration_models": 3, "calibration_low": 0.5,
+                  "calibration_high": 1.25}
+    unguardable = {**RECORDS[0], "unguardable": "s.yaml:9: a-u1-one-min_drop: unguardable"}
+    page = review_page([calibrated, unguardable], {})
+    assert ("log-prob drop &gt;= 0.200 nats (calibrated over 3 reference models: "
+            "0.500-1.250 nats)") in page
+    assert "(unguardable over the reference models: not recorded)" in page
