@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test test-fast test-slow test-threads test-recipes matrix mutate lint docs docs-serve bench clean
+.PHONY: setup browser demo test test-fast test-slow test-threads test-recipes matrix mutate lint docs docs-serve bench guard-bench clean
 
 $(STAMP): pyproject.toml requirements-torch.txt
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,13 @@ test-threads: $(STAMP)
 		-m "slow or not slow" tests/demo/test_demo_spec_outcomes.py \
 		tests/demo/test_demo_expected_outcomes.py
 
+# Guard quality (docs/calibration.md): honest held-back seeds against destructive candidates,
+# and the calibrated product path checked against the table. --small is CI's (the ResNet,
+# two held-back seeds, about a minute); the full run (three architectures, ten held-back
+# seeds each) is `$(BIN)/python -m unitablate_demo.guard_bench`.
+guard-bench: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m unitablate_demo.guard_bench --small --out guard-bench
+
 # The compatibility matrix (noxfile.py): the plugin's tests on the oldest pytest we claim,
 # the newest, and the newest without pytest-xdist, each in its own virtualenv.
 matrix: $(STAMP)
@@ -92,4 +99,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_big.py
 
 clean:
-	rm -rf $(VENV) .nox mutants
+	rm -rf $(VENV) .nox mutants guard-bench
