@@ -289,7 +289,9 @@ def test_channel_profiles_follow_channel_dim_output_and_singleton_classes() -> N
         np.testing.assert_allclose(
             got[:, k] * count,
             estimated_damage(model, (x, y), "mlp.1", channel_dim=-1, output=0, target=k),
-            rtol=1e-6, atol=1e-12)
+            # two float32 reductions of the same terms in another order: the BLAS of an
+            # Intel CPU gave a relative 1.65e-6 where this AMD one gives less than 1e-6
+            rtol=1e-5, atol=1e-12)
     assert np.abs(got[:, 2]).max() > 0
 
 
