@@ -103,7 +103,10 @@ def apply_recorded(records: Sequence[MutableMapping[str, Any]], mode: str, level
     found unguardable (``unguardable``: the reason, not written), for the report."""
     by_spec: dict[str, list[ThresholdUpdate]] = defaultdict(list)
     provenance: dict[str, dict[str, str]] = {}
-    calibrations = _calibrations_by_spec(records) if mode == "calibrate" else {}
+    try:
+        calibrations = _calibrations_by_spec(records) if mode == "calibrate" else {}
+    except CalibrationFileError as exc:  # changed under us since the items read it
+        return [f"NOT recorded: {exc}"]
     refused: list[str] = []
     for record in records:
         spec = str(record.get("spec_file") or record["spec"])

@@ -111,3 +111,43 @@ def test_the_command_line_takes_several_models(tmp_path: Path) -> None:
     assert "calibrated over 3 models" in proc.stdout
     assert (tmp_path / "s.yaml.calibration.json").exists()
     assert "model: my_model" in (tmp_path / "s.yaml").read_text()
+
+
+SPEC = """\
+unitablate: 1
+model: my_model
+data: my_data
+classes: [a, b, c, d]
+checks:
+  - layer: hidden
+    any_unit:
+      expect:
+        a: {min_logprob_drop: null}
+        d: {min_drop: null}          # no unit carries d: unguardable
+"""
+
+
+def test_run_spec_calibrates_and_says_what_it_refused(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("CI", "GITHUB_ACTIONS", "GITLAB_CI", "BUILDKITE", "JENKINS_URL", "TF_BUILD"):
+        monkeypatch.delenv(var, raising=False)
+    path = tmp_path / "s.yaml"
+    path.write_text(SPEC)
+    for v in (0, 1, 2):
+        run = run_spec(path, fixtures={"my_model": Bypass(ALPHAS[v]).eval(),
+                                       "my_data": data()}, record_mode="calibrate")
+    assert any("(3 model(s) recorded)" in line for line in run.recorded)
+    assert len(run.unguardable) == 1 and "hidden-any-d-min_drop: unguardable" in \
+        run.unguardable[0]
+    assert {r["id"]: r["unguardable"] is not None for r in run.records} == {
+        "hidden-any-a-min_logprob_drop": False, "hidden-any-d-min_drop": True}
+    kinds = {(str(e.target), k.kind): k.threshold for c in load_spec(path).checks
+             for e in c.expectations for k in e.constraints}
+    assert kinds[("a", "min_logprob_drop")] is not None and kinds[("d", "min_drop")] is None
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(ValueError, match="record mode refused: CI is set"):
+        run_spec(path, fixtures={"my_model": Bypass(ALPHAS[0]), "my_data": data()},
+                 record_mode="calibrate")
+    with pytest.raises(ValueError, match="must be one of"):
+        run_spec(path, fixtures={"my_model": Bypass(ALPHAS[0]), "my_data": data()},
+                 record_mode="calibrated", record_force=True)
