@@ -247,7 +247,8 @@ def unguardable_text(where: str, item_id: str, kind: str, found: Calibrated, rea
     fixes = []
     if named and kind.startswith("min"):
         fixes.append("any_unit instead of a named unit (a retrain moves a role to another "
-                     "index)")
+                     "index), or identity: signature (it finds the role again in most "
+                     "retrains, not all)")
     if kind.startswith("min") and metric_of(kind) == "accuracy" and not is_accuracy(kind):
         fixes.append("min_logprob_drop instead of an accuracy drop (it varies less between "
                      "retrains)")
