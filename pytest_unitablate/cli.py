@@ -113,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="package.module:callable returning the model; repeat it for several "
                    "reference models (honest retrains, 3 or more): the starter spec is then "
                    "calibrated over all of them and written with <out>.calibration.json")
+    d.add_argument("--weights", action="append", default=[], metavar="PATH",
+                   help="with --model naming a conftest fixture: a reference model's weights "
+                   "file, repeated for each (3 or more); the fixture reads it from "
+                   "--weights-var, as pytest runs it once per file (calibrate)")
+    d.add_argument("--weights-var", default="MODEL_WEIGHTS", metavar="NAME",
+                   help="the environment variable the model fixture reads its weights from "
+                   "(default MODEL_WEIGHTS)")
     d.add_argument("--spec-model", default=None, metavar="REF",
                    help="with several --model: what the spec's model: says (a fixture name "
                    "or import path; default: the first --model)")
@@ -358,7 +365,7 @@ def discover(args: argparse.Namespace) -> int:
     from pytest_unitablate.errors import UnitAblateError
 
     classes = args.classes.split(",") if args.classes else None
-    if len(args.model) > 1:
+    if args.weights or len(args.model) > 1:
         return _discover_calibrated(args, classes)
     try:
         text = write_spec(args.model[0], args.data, args.layer, args.out, classes=classes,
@@ -383,24 +390,34 @@ def discover(args: argparse.Namespace) -> int:
 def _discover_calibrated(args: argparse.Namespace, classes: list[str] | None) -> int:
     """``discover`` with several ``--model``: a starter spec calibrated over them."""
     from pytest_unitablate.analysis.discover import load_reference
-    from pytest_unitablate.engine.starter import discover_calibrated
+    from pytest_unitablate.engine.starter import discover_calibrated, discover_with_fixtures
     from pytest_unitablate.errors import UnitAblateError
     from pytest_unitablate.verdicts.calibration import calibration_path
 
+    count = len(args.weights) or len(args.model)
     try:
-        models = [load_reference(ref) for ref in args.model]
-        text = discover_calibrated(
-            models, load_reference(args.data), args.layer, args.out,
-            model_ref=args.spec_model or args.model[0], data_ref=args.data, classes=classes,
-            overwrite=args.force, unit=args.unit, channel_dim=args.channel_dim,
-            num_heads=args.num_heads)
+        if args.weights:
+            if len(args.model) != 1 or ":" in args.model[0] or not classes:
+                raise ValueError("--weights needs one --model naming your conftest's model "
+                                 "fixture (not an import path) and --classes")
+            text = discover_with_fixtures(
+                args.model[0], args.data, args.weights, args.layer, args.out,
+                classes=classes, weights_var=args.weights_var, overwrite=args.force,
+                unit=args.unit, channel_dim=args.channel_dim, num_heads=args.num_heads)
+        else:
+            models = [load_reference(ref) for ref in args.model]
+            text = discover_calibrated(
+                models, load_reference(args.data), args.layer, args.out,
+                model_ref=args.spec_model or args.model[0], data_ref=args.data,
+                classes=classes, overwrite=args.force, unit=args.unit,
+                channel_dim=args.channel_dim, num_heads=args.num_heads)
     except (UnitAblateError, FileExistsError, ValueError, ImportError, AttributeError,
             TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     kept = sum(1 for line in text.splitlines() if line.startswith("  - layer:"))
     left = text.count("unguardable:")
-    print(f"wrote {args.out} with {kept} checks calibrated over {len(args.model)} models "
+    print(f"wrote {args.out} with {kept} checks calibrated over {count} models "
           f"and {calibration_path(args.out)}; {left} target(s) have unguardable constraints "
           f"(see the comments); run: pytest --unitablate-spec {args.out}")
     return 0

@@ -91,6 +91,53 @@ def discover_calibrated(models: Sequence[Any], data: Any, layers: Sequence[str],
     return text
 
 
+def discover_with_fixtures(model_fixture: str, data_ref: str, weights: Sequence[str],
+                           layers: Sequence[str], out: Path, *, classes: Sequence[str],
+                           weights_var: str = "MODEL_WEIGHTS", overwrite: bool = False,
+                           unit: str = "channel", channel_dim: int | None = None,
+                           num_heads: int | None = None,
+                           pytest_args: Sequence[str] = ()) -> str:
+    """:func:`discover_calibrated` through the user's own pytest fixtures: the model
+    fixture ``model_fixture`` (which reads the weights file from the environment variable
+    ``weights_var``, as the quick start's does) is run once per file of ``weights``, each
+    time as ``pytest --unitablate-spec OUT --unitablate-record-mode=calibrate`` in a
+    subprocess from the current directory (so its ``conftest.py`` is found)."""
+    import os
+    import subprocess
+    import sys
+
+    if len(weights) < MIN_MODELS:
+        raise ValueError(f"discover over several models needs at least {MIN_MODELS} "
+                         f"reference models (honest retrains), got {len(weights)} --weights")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --force to replace it")
+    missing = [w for w in weights if not Path(w).exists()]
+    if missing:
+        raise ValueError(f"--weights {missing[0]}: no such file")
+    calibration = calibration_path(out)
+    if calibration.exists():
+        calibration.unlink()
+    addressing = _addressing(unit, channel_dim, num_heads)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, skeleton(classes, layers, unit=unit, channel_dim=channel_dim,
+                               num_heads=num_heads, model_ref=model_fixture,
+                               data_ref=data_ref))
+    for path in weights:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "--unitablate-spec", str(out),
+             "--unitablate-record-mode=calibrate", "--unitablate-full-sweeps", "-q",
+             "-p", "no:randomly", "-p", "no:cacheprovider", *pytest_args],
+            env={**os.environ, weights_var: str(path)}, capture_output=True, text=True,
+            check=False)
+        if proc.returncode not in (0, 1) or "calibration.json" not in proc.stdout:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+            raise ValueError(f"calibrating on {weights_var}={path} failed (pytest exit "
+                             f"{proc.returncode}):\n{tail}")
+    text = _final(out, classes, layers, addressing, model_fixture, data_ref, len(weights))
+    atomic_write(out, text)
+    return text
+
+
 def _num_classes(model: Any, data: Any) -> int:
     import torch
 

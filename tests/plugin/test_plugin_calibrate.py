@@ -9,6 +9,7 @@ noise does. Labels are the input's argmax with 10% flipped: no variant is 100% r
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from tiny_source import spec
@@ -164,3 +165,56 @@ def test_calibrate_is_refused_in_ci(cal: pytest.Pytester,
     result = _calibrate(cal, "0", monkeypatch)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert not calibration_path(cal.path / "spec.yaml").exists()
+
+
+CONFTEST = """\
+import os
+
+import pytest
+
+import calmodel
+
+
+@pytest.fixture(scope="session")
+def my_model():
+    with open(os.environ["WEIGHTS"]) as fh:   # stands for torch.load(MODEL_WEIGHTS)
+        os.environ["VARIANT"] = fh.read().strip()
+    return calmodel.model()
+
+
+@pytest.fixture(scope="session")
+def my_data():
+    return calmodel.data()
+"""
+
+
+def test_discover_calibrates_through_the_users_fixtures(
+        cal: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    cal.makeconftest(CONFTEST)
+    for variant in ("0", "1", "2", "3", "destroyed"):
+        (cal.path / f"w{variant}.txt").write_text(variant)
+    result = cal.run(sys.executable, "-m", "pytest_unitablate", "discover", "--model",
+                     "my_model", "--data", "my_data", "--weights", "w0.txt", "--weights",
+                     "w1.txt", "--weights", "w2.txt", "--weights-var", "WEIGHTS",
+                     "--layer", "hidden", "--classes", "zero,one,two,three",
+                     "--out", "starter.yaml")
+    assert result.ret == 0, result.stderr.str()
+    result.stdout.fnmatch_lines(["wrote starter.yaml with 2 checks calibrated over 3 models*"])
+    text = (cal.path / "starter.yaml").read_text()
+    assert "model: my_model" in text and "data: my_data" in text
+    assert len(json.loads((cal.path / "starter.yaml.calibration.json").read_text())[
+        "models"]) == 3
+    monkeypatch.setenv("WEIGHTS", "w3.txt")  # an honest variant the references never saw
+    honest = cal.runpytest_subprocess("--unitablate-spec", "starter.yaml", "-p",
+                                      "no:randomly")
+    assert honest.ret == 0 and honest.parseoutcomes()["passed"] >= 5
+    monkeypatch.setenv("WEIGHTS", "wdestroyed.txt")
+    bad = cal.runpytest_subprocess("--unitablate-spec", "starter.yaml", "-p", "no:randomly")
+    assert bad.ret == pytest.ExitCode.TESTS_FAILED
+    bad.stdout.fnmatch_lines(["*hidden-any-zero-min_*"])
+    # fewer than three weights files: refused before anything runs
+    few = cal.run(sys.executable, "-m", "pytest_unitablate", "discover", "--model",
+                  "my_model", "--data", "my_data", "--weights", "w0.txt", "--layer", "hidden",
+                  "--classes", "zero,one,two,three", "--out", "other.yaml")
+    assert few.ret == 2 and "at least 3 reference models" in few.stderr.str()
+    assert not (cal.path / "other.yaml").exists()
