@@ -218,3 +218,20 @@ def test_discover_calibrates_through_the_users_fixtures(
                   "--classes", "zero,one,two,three", "--out", "other.yaml")
     assert few.ret == 2 and "at least 3 reference models" in few.stderr.str()
     assert not (cal.path / "other.yaml").exists()
+
+
+def test_a_broken_calibration_file_is_named_and_nothing_is_written(
+        cal: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = calibration_path(cal.path / "spec.yaml")
+    path.write_text("{not json")
+    spec_before = (cal.path / "spec.yaml").read_text()
+    for mode in ("none", "calibrate"):
+        monkeypatch.setenv("VARIANT", "0")
+        result = cal.runpytest_subprocess("--unitablate-spec", "spec.yaml", "-p", "no:randomly",
+                                          f"--unitablate-record-mode={mode}")
+        assert result.ret == pytest.ExitCode.TESTS_FAILED
+        result.stdout.fnmatch_lines(["*spec.yaml.calibration.json: * delete it and calibrate "
+                                     "again*"])
+        assert "Traceback" not in result.stdout.str()
+    assert path.read_text() == "{not json"
+    assert (cal.path / "spec.yaml").read_text() == spec_before
