@@ -25,6 +25,7 @@ Command line (model and data are ``package.module:callable`` import paths)::
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -42,14 +43,16 @@ from pytest_unitablate.verdicts.measure import (
 
 
 def load_reference(ref: str) -> Any:
-    """Import ``package.module:callable`` and call it."""
+    """Import ``package.module:callable`` and call it; a generator function is returned
+    uncalled (data that can replay its batches: each pass calls it again, as with a
+    fixture that returns the generator function)."""
     module_name, _, attr = ref.partition(":")
     if not attr:
         raise ValueError(f"{ref!r} is not an import path of the form package.module:callable")
     obj: Any = importlib.import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)
-    return obj()
+    return obj if inspect.isgeneratorfunction(obj) else obj()
 
 
 @dataclass(frozen=True)

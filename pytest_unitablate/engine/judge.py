@@ -36,6 +36,7 @@ from pytest_unitablate.verdicts.calibration import (
     calibrated_threshold,
     calibration_path,
     definition_of,
+    unguardable_reason,
 )
 from pytest_unitablate.verdicts.failure import (
     LOCATION,
@@ -46,6 +47,7 @@ from pytest_unitablate.verdicts.failure import (
     missing_threshold_text,
     no_match_text,
     problem_text,
+    unguardable_text,
     unsupportable_text,
     warn_text,
     weak_text,
@@ -158,6 +160,10 @@ class _ItemRun:
         if is_accuracy(kind):  # the target's own accuracy: nothing is ablated
             m = Measurement.from_correct(base_correct, base_correct, level=level)
             self._record_measurement(m, None, None)
+            # the report's interval is the accuracy's (Wilson), and no drop was measured
+            self.record.update({"ablated": None, "drop": None, "p_value": None,
+                                "relative_drop": None, "ci_low": m.bound(kind, level),
+                                "ci_high": m.bound("max" + kind[3:], level)})
             self._record_damage(baseline, baseline.correct)
             self._judge(m, None, [])
             return
@@ -426,6 +432,9 @@ class _ItemRun:
         if verdict is None:
             if mode in ("new", "all"):
                 return
+            unguardable = self._unguardable()
+            if unguardable is not None:  # calibrated, and refused: say so, not "record"
+                raise Miss(unguardable)
             value = self.record.get("record_value")
             refused = None if value is None else self._unrecordable(ctx, m, float(value),
                                                                     first=True)
@@ -469,7 +478,8 @@ class _ItemRun:
         definition = definition_of(self.record)
         bound = self.record.get("record_value")
         if self.settings.record_mode == "calibrate" and bound is not None:
-            point = Point(m.value(kind), float(bound), m.ci, m.n, m.baseline)
+            ci = (float(self.record["ci_low"]), float(self.record["ci_high"]))
+            point = Point(m.value(kind), float(bound), ci, m.n, m.baseline)
             self.record.update({"calibration_point": point.to_json(),
                                 "calibration_definition": definition})
         points = self.engine.calibrations[path].points(self.key.id, definition)
@@ -479,6 +489,24 @@ class _ItemRun:
         self.record.update({"calibration_models": found.models,
                             "calibration_low": found.low, "calibration_high": found.high})
         return found
+
+    def _unguardable(self) -> str | None:
+        """Why calibration left this item's threshold empty, when the calibration file
+        holds enough models to say so (the text record mode ``calibrate`` printed), or
+        ``None``."""
+        file = self.engine.calibrations.get(str(self.spec.path))
+        if file is None:
+            return None
+        found = file.calibrated(self.key.id, definition_of(self.record))
+        if found is None:
+            return None
+        kind = self.key.constraint.kind
+        reason = unguardable_reason(kind, found, self.settings.record_floor)
+        if reason is None:
+            return None
+        return unguardable_text(self.spec.where(self.key.line), self.key.id, kind, found,
+                                reason, named=self.key.check.mode == "units") + \
+            "\n  Remove this constraint from the spec, or guard it as suggested."
 
     def _refuse_vacuous(self, ctx: FailureContext, m: Measurement) -> None:
         """Record mode never writes a threshold that could not fail, nor a ``min_*`` bound

@@ -27,7 +27,9 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,7 @@ from pytest_unitablate.verdicts.records import static_record
 #: The names the skeleton spec uses while each model is measured.
 _MODEL, _DATA = "unitablate_discover_model", "unitablate_discover_data"
 _CLASS_KINDS = ("min_drop", "min_logprob_drop")
+_LOCATION = re.compile(r"^.+?:\d+: ")
 _OVERALL_KINDS = ("max_drop", "max_logprob_drop")
 
 
@@ -77,18 +80,33 @@ def discover_calibrated(models: Sequence[Any], data: Any, layers: Sequence[str],
     addressing = _addressing(unit, channel_dim, num_heads)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, skeleton(names, layers, unit=unit, channel_dim=channel_dim,
-                               num_heads=num_heads))
-    for model in models:
-        engine = Engine(EngineSettings(device=device, record_mode="calibrate",
-                                       full_sweeps=True))
-        run = evaluate_spec(out, mapping_lookup({_MODEL: model, _DATA: data}), engine)
-        broken = [i for i in run.items if i.outcome == "error"]
-        if broken:
-            raise ValueError(str(broken[0].message))
-        run.record("calibrate", engine.settings.record_level)
-    text = _final(out, names, layers, addressing, model_ref, data_ref, len(models))
+                               num_heads=num_heads, named=bool(classes)))
+    with _removed_on_failure(out):
+        for i, model in enumerate(models):
+            engine = Engine(EngineSettings(device=device, record_mode="calibrate",
+                                           full_sweeps=True))
+            run = evaluate_spec(out, mapping_lookup({_MODEL: model, _DATA: data}), engine)
+            broken = [item for item in run.items if item.outcome in ("error", "failed")]
+            if broken:
+                message = str(broken[0].message).splitlines()[-1]
+                raise ValueError(f"measuring reference model {i + 1} of {len(models)}: "
+                                 f"{_LOCATION.sub('', message, count=1)}")
+            run.record("calibrate", engine.settings.record_level)
+        text = _final(out, names, layers, addressing, model_ref, data_ref, len(models),
+                      named=bool(classes))
     atomic_write(out, text)
     return text
+
+
+@contextmanager
+def _removed_on_failure(out: Path) -> Iterator[None]:
+    """The half-made starter spec and its calibration file go when discovery fails."""
+    try:
+        yield
+    except BaseException:
+        for path in (out, calibration_path(out)):
+            path.unlink(missing_ok=True)
+        raise
 
 
 def discover_with_fixtures(model_fixture: str, data_ref: str, weights: Sequence[str],
@@ -102,10 +120,6 @@ def discover_with_fixtures(model_fixture: str, data_ref: str, weights: Sequence[
     ``weights_var``, as the quick start's does) is run once per file of ``weights``, each
     time as ``pytest --unitablate-spec OUT --unitablate-record-mode=calibrate`` in a
     subprocess from the current directory (so its ``conftest.py`` is found)."""
-    import os
-    import subprocess
-    import sys
-
     if len(weights) < MIN_MODELS:
         raise ValueError(f"discover over several models needs at least {MIN_MODELS} "
                          f"reference models (honest retrains), got {len(weights)} --weights")
@@ -122,6 +136,20 @@ def discover_with_fixtures(model_fixture: str, data_ref: str, weights: Sequence[
     atomic_write(out, skeleton(classes, layers, unit=unit, channel_dim=channel_dim,
                                num_heads=num_heads, model_ref=model_fixture,
                                data_ref=data_ref))
+    with _removed_on_failure(out):
+        _calibrate_with_pytest(out, weights, weights_var, pytest_args)
+        text = _final(out, classes, layers, addressing, model_fixture, data_ref, len(weights))
+    atomic_write(out, text)
+    return text
+
+
+def _calibrate_with_pytest(out: Path, weights: Sequence[str], weights_var: str,
+                           pytest_args: Sequence[str]) -> None:
+    """``pytest --unitablate-record-mode=calibrate`` on ``out`` once per weights file."""
+    import os
+    import subprocess
+    import sys
+
     for path in weights:
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "--unitablate-spec", str(out),
@@ -133,9 +161,6 @@ def discover_with_fixtures(model_fixture: str, data_ref: str, weights: Sequence[
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
             raise ValueError(f"calibrating on {weights_var}={path} failed (pytest exit "
                              f"{proc.returncode}):\n{tail}")
-    text = _final(out, classes, layers, addressing, model_fixture, data_ref, len(weights))
-    atomic_write(out, text)
-    return text
 
 
 def _num_classes(model: Any, data: Any) -> int:
@@ -167,8 +192,9 @@ def _checks(names: Sequence[str], layers: Sequence[str],
 
 def skeleton(names: Sequence[str], layers: Sequence[str], *, unit: str = "channel",
              channel_dim: int | None = None, num_heads: int | None = None,
-             model_ref: str = _MODEL, data_ref: str = _DATA) -> str:
-    """The starter spec before calibration: every constraint ``null``.
+             model_ref: str = _MODEL, data_ref: str = _DATA, named: bool = True) -> str:
+    """The starter spec before calibration: every constraint ``null``. ``named=False``:
+    ``names`` are class indices (no ``classes:`` line; the targets are ``0``, ``1``, ...).
 
     >>> print(skeleton(["a", "b"], ["fc1"]).splitlines()[9])
             a: {min_drop: null, min_logprob_drop: null, min_accuracy: null}
@@ -181,12 +207,16 @@ def skeleton(names: Sequence[str], layers: Sequence[str], *, unit: str = "channe
         return "{" + ", ".join(f"{k}: null" for k in kinds) + "}"
 
     head = ["unitablate: 1", f"model: {model_ref}", f"data: {data_ref}",
-            f"classes: [{', '.join(names)}]", "ablation: zero", *addressing]
+            *_classes_line(names, named), "ablation: zero", *addressing]
     return "\n".join(head + _checks(names, layers, target)) + "\n"
 
 
+def _classes_line(names: Sequence[str], named: bool) -> list[str]:
+    return [f"classes: [{', '.join(names)}]"] if named else []
+
+
 def _final(out: Path, names: Sequence[str], layers: Sequence[str], addressing: list[str],
-           model_ref: str, data_ref: str, count: int) -> str:
+           model_ref: str, data_ref: str, count: int, named: bool = True) -> str:
     """The spec with the calibrated thresholds; unguardable constraints left out, each
     target's comment saying what the models measured."""
     spec = load_spec(out)
@@ -221,7 +251,7 @@ def _final(out: Path, names: Sequence[str], layers: Sequence[str], addressing: l
         "# reference models already reach what a destroyed unit shows is left out",
         "# (\"unguardable\"). Add a reference model with --unitablate-record-mode=calibrate.",
         "unitablate: 1", f"model: {model_ref}", f"data: {data_ref}",
-        f"classes: [{', '.join(names)}]", "ablation: zero", *addressing]
+        *_classes_line(names, named), "ablation: zero", *addressing]
     lines = _checks(names, layers, target)
     body = []
     for line in lines:  # a target with nothing guardable stays as a comment only
@@ -245,8 +275,8 @@ def _drop_empty(lines: list[str]) -> list[str]:
             if any(line.startswith("        ") and not line.lstrip().startswith("#")
                    for line in block):
                 out += block
-            else:
-                out += ["  # " + line.strip() if not line.lstrip().startswith("#") else line
+            else:  # commented out where it stood, its indentation kept
+                out += [line if line.lstrip().startswith("#") else "  # " + line[2:]
                         for line in block]
             i = j
         else:

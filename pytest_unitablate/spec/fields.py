@@ -149,11 +149,12 @@ class Fields:
             node.value, bool
         ):
             v = node.value
+            unit = ("an accuracy; 85% means 85 in 100 right" if "accuracy" in what
+                    else "percentage points; 20% means 20 pp")
             self.err(
                 node.line,
                 f"{what} is a bare number ({v!r}); write it as a percentage with a % sign, "
-                f"e.g. '{what.split()[-1]}: {v if abs(v) > 1 else v * 100:g}%' "
-                f"(percentage points; 20% means 20 pp)",
+                f"e.g. '{what.split()[-1]}: {v if abs(v) > 1 else v * 100:g}%' ({unit})",
             )
             return False, None
         null_hint = " or null (to be filled by record mode)" if allow_null else ""

@@ -18,7 +18,8 @@ mode writes) of K >= :data:`MIN_MODELS` models,
   vary by factors across seeds (a class's best unit costs it 0.5 to 2.3 nats), so the
   widening is multiplicative; a reference with no effect gives a threshold of 0.
 * a ``max_*`` threshold is ``max(b_i) + WIDEN * (max(v_i) - min(v_i))``: the highest
-  sampling bound plus twice the range.
+  sampling bound plus twice the range; ``min_accuracy`` the mirror image,
+  ``min(b_i) - WIDEN * (max(v_i) - min(v_i))`` (a class's accuracy moves by points).
 
 The sampling bound covers the evaluation data; the widening covers a new seed falling
 outside the references' range (with three references, one seed in two lies outside it).
@@ -133,15 +134,24 @@ class Calibrated:
                f"{self.range_text()}"
 
 
+def multiplicative(kind: str) -> bool:
+    """Whether ``kind`` is widened by a ratio (a ``min_*`` drop: an effect that varies by
+    factors) rather than by a range (``max_*``, and ``min_accuracy``: an accuracy near 1
+    moves by points, not factors)."""
+    return kind.startswith("min") and not kind.endswith("_accuracy")
+
+
 def spread(kind: str, points: Sequence[Point]) -> float:
-    """How far apart the models' values lie: for ``min_*`` the ratio ``min / max`` (1 when
-    they agree, 0 when one has no effect), for ``max_*`` the range ``max - min``.
+    """How far apart the models' values lie: for a ``min_*`` drop the ratio ``min / max``
+    (1 when they agree, 0 when one has no effect), otherwise the range ``max - min``.
 
     >>> spread("min_drop", [Point(0.3, 0.2), Point(0.6, 0.5)])
     0.5
+    >>> round(spread("min_accuracy", [Point(0.9, 0.85), Point(0.95, 0.9)]), 3)
+    0.05
     """
     values = [p.value for p in points]
-    if kind.startswith("min"):
+    if multiplicative(kind):
         return min(values) / max(values) if min(values) > 0 else 0.0
     return max(values) - min(values)
 
@@ -157,13 +167,14 @@ def calibrated_threshold(kind: str, points: Sequence[Point], widen: float = WIDE
         raise ValueError("calibrated_threshold needs at least one model's measurement")
     values = [p.value for p in points]
     own = spread(kind, points)
-    if kind.startswith("min"):
+    if multiplicative(kind):
         low = min(p.bound for p in points)
         ratio = own if pooled is None else min(own, pooled)
         threshold = low * ratio ** widen if low > 0 else low
     else:
         width = own if pooled is None else max(own, pooled)
-        threshold = max(p.bound for p in points) + widen * width
+        threshold = min(p.bound for p in points) - widen * width if kind.startswith("min") \
+            else max(p.bound for p in points) + widen * width
     return Calibrated(kind=kind, threshold=threshold, models=len(points), low=min(values),
                       high=max(values), mean=sum(values) / len(values),
                       n=min(p.n for p in points), baseline=min(p.baseline for p in points))

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_unitablate.spec.model import OVERALL, Constraint
+from pytest_unitablate.spec.rewrite import rounded_threshold
 from pytest_unitablate.verdicts.calibration import Calibrated
 from pytest_unitablate.verdicts.measure import (
     DEFAULT_LEVEL,
@@ -256,7 +257,8 @@ def unguardable_text(where: str, item_id: str, kind: str, found: Calibrated, rea
     return "\n".join([
         f"{where}: {item_id}: unguardable over {found.models} models (measured "
         f"{found.range_text()})",
-        f"  the calibrated {kind} would be {drop_text(kind, found.threshold)}: {reason}.",
+        f"  the calibrated {kind} would be "
+        f"{drop_text(kind, rounded_threshold(kind, found.threshold))}: {reason}.",
         "  Honest retrains already reach what a destroyed unit shows: such a guard would "
         "fail them or catch nothing.",
         "  What could guard it: " + "; ".join(fixes) + "."])

@@ -145,6 +145,8 @@ def interval_text(r: Mapping[str, Any]) -> str:
     lo, hi = r.get("ci_low"), r.get("ci_high")
     if lo is None or hi is None:
         return ""
+    if str(r.get("constraint") or "").endswith("_accuracy"):  # the accuracy's own interval
+        return f"[{pct(lo, '')}, {pct(hi, '')}]%"
     if r.get("metric") == "logprob":
         return f"[{float(lo):.3f}, {float(hi):.3f}] nats"
     return f"[{pct(lo, '')}, {pct(hi, '')}] pp"

@@ -80,6 +80,24 @@ def test_the_starter_spec_holds_on_every_reference_and_names_what_it_left_out(
     assert {r["id"] for r in run.failed} >= {"hidden-any-a-min_logprob_drop"}
 
 
+def test_without_class_names_the_targets_are_indices_and_a_failure_leaves_nothing(
+        tmp_path: Path) -> None:
+    out = tmp_path / "s.yaml"
+    refs = [Bypass(ALPHAS[v]).eval() for v in (0, 1, 2)]
+    text = discover_calibrated(refs, data(), ["hidden"], out, model_ref="m", data_ref="d")
+    assert "classes:" not in text and "\n        0: {" in text
+    run = run_spec(out, fixtures={"m": refs[0], "d": data()})
+    assert run.ok, run.text()
+    accuracy = next(r for r in run.records if r["constraint"] == "min_accuracy")
+    # a class's own accuracy: its interval is the accuracy's, and no drop was measured
+    assert accuracy["drop"] is None and accuracy["ablated"] is None
+    assert accuracy["ci_low"] < accuracy["baseline"] < accuracy["ci_high"]
+    bad = tmp_path / "t.yaml"
+    with pytest.raises(ValueError, match=r"measuring reference model 1 of 3: .*no layer"):
+        discover_calibrated(refs, data(), ["hiden"], bad, model_ref="m", data_ref="d")
+    assert not bad.exists() and not calibration_path(bad).exists()
+
+
 def test_fewer_than_three_models_and_an_existing_file_are_refused(tmp_path: Path) -> None:
     out = tmp_path / "s.yaml"
     with pytest.raises(ValueError, match="at least 3 reference models"):
@@ -100,10 +118,12 @@ def test_the_command_line_takes_several_models(tmp_path: Path) -> None:
         def seed0(): return Bypass(ALPHAS[0]).eval()
         def seed1(): return Bypass(ALPHAS[1]).eval()
         def seed2(): return Bypass(ALPHAS[2]).eval()
+        def batches():  # a generator function: replayed by calling it again
+            yield from data()
     """))
     proc = subprocess.run(
         [sys.executable, "-m", "pytest_unitablate", "discover", "--model", "refs:seed0",
-         "--model", "refs:seed1", "--model", "refs:seed2", "--data", "refs:data",
+         "--model", "refs:seed1", "--model", "refs:seed2", "--data", "refs:batches",
          "--layer", "hidden", "--classes", "a,b,c,d", "--spec-model", "my_model",
          "--out", "s.yaml"], cwd=tmp_path, capture_output=True, text=True, check=False,
         env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
@@ -144,6 +164,14 @@ def test_run_spec_calibrates_and_says_what_it_refused(tmp_path: Path,
     kinds = {(str(e.target), k.kind): k.threshold for c in load_spec(path).checks
              for e in c.expectations for k in e.constraints}
     assert kinds[("a", "min_logprob_drop")] is not None and kinds[("d", "min_drop")] is None
+    # the guard run: the empty, unguardable constraint says so (not "record it with new")
+    plain = run_spec(path, fixtures={"my_model": Bypass(ALPHAS[1]).eval(), "my_data": data()})
+    d = next(i for i in plain.items if i.id == "hidden-any-d-min_drop")
+    assert d.outcome == "failed" and "unguardable over 3 models" in str(d.message)
+    assert "Remove this constraint" in str(d.message) and "record-mode=new" not in str(
+        d.message)
+    a = next(i for i in plain.items if i.id == "hidden-any-a-min_logprob_drop")
+    assert a.outcome == "passed" and a.record["calibration_models"] == 3
     monkeypatch.setenv("CI", "true")
     with pytest.raises(ValueError, match="record mode refused: CI is set"):
         run_spec(path, fixtures={"my_model": Bypass(ALPHAS[0]), "my_data": data()},
