@@ -123,11 +123,12 @@ def measure(spec: Path, arch: str, meta: Path) -> list[dict[str, Any]]:
 def _point(record: dict[str, Any]) -> Any:
     from pytest_unitablate.verdicts.calibration import Point
 
-    if record.get("drop") is None:
-        return None  # not measured: no unit matched, a dead unit, ...
     kind = str(record["constraint"])
-    value = float(record["baseline"] if kind.endswith("_accuracy") else
-                  record["relative_drop"] if "relative" in kind else record["drop"])
+    field = "baseline" if kind.endswith("_accuracy") else \
+        "relative_drop" if "relative" in kind else "drop"
+    if record.get(field) is None:
+        return None  # not measured: no unit matched, a dead unit, ...
+    value = float(record[field])
     bound = record.get("record_value")
     return Point(value, float(bound) if bound is not None else value, n=int(record["n"]),
                  baseline=float(record["baseline"]))
