@@ -71,7 +71,11 @@ def units_text(r: Mapping[str, Any]) -> str:
     '15->10 (similarity 0.90)'
     >>> units_text({"mode": "any_unit", "deciding_units": [7]})
     'any_unit; deciding unit 7'
+    >>> units_text({"mode": "any_unit", "constraint": "min_accuracy"})
+    'none (its own accuracy)'
     """
+    if str(r.get("constraint") or "").endswith("_accuracy"):
+        return "none (its own accuracy)"
     h = "h" if r.get("unit") == "head" else ""
     units, matched = r.get("units"), r.get("matched_units")
     if units and matched:
