@@ -24,6 +24,7 @@ from typing import Any
 
 from pytest_unitablate.spec.ids import ItemKey
 from pytest_unitablate.spec.model import Spec
+from pytest_unitablate.verdicts.calibration import Calibrated
 
 #: The JSON report's per-item fields, in order.
 FIELDS = (
@@ -97,14 +98,10 @@ def calibration_text(r: Mapping[str, Any]) -> str:
     """
     models, low, high = (r.get(k) for k in ("calibration_models", "calibration_low",
                                             "calibration_high"))
-    kind = str(r.get("constraint") or "")
     if not models or low is None or high is None:
         return ""
-    if "logprob" in kind:
-        span = f"{float(low):.3f}-{float(high):.3f} nats"
-    else:
-        unit = "%" if "relative" in kind or kind.endswith("_accuracy") else " pp"
-        span = f"{float(low) * 100:.1f}-{float(high) * 100:.1f}{unit}"
+    span = Calibrated(str(r.get("constraint") or ""), float("nan"), int(models), float(low),
+                      float(high), float("nan")).range_text()
     return f"over {int(models)} reference model{'s' * (int(models) != 1)}: {span}"
 
 
