@@ -158,7 +158,7 @@ def thresholds(rule: str, refs: list[dict[str, dict[str, Any]]]) -> dict[str, tu
         for item, first in refs[0].items():
             p = _point(first)
             kind = str(first["constraint"])
-            found = Calibrated(kind, p.bound, 1, p.value, p.value, p.value, p.n,
+            found = Calibrated(kind, p.bound, 1, p.value, p.value, p.n,
                                p.baseline) if p is not None else None
             if found is not None and unguardable_reason(kind, found) is None:
                 out[item] = (kind, found.threshold)

@@ -118,7 +118,6 @@ class Calibrated:
     models: int
     low: float  # the smallest and largest value measured over the models
     high: float
-    mean: float
     n: int = 0  # the fewest examples and the lowest baseline of the target over the models
     baseline: float = math.nan
 
@@ -176,8 +175,8 @@ def calibrated_threshold(kind: str, points: Sequence[Point], widen: float = WIDE
         threshold = min(p.bound for p in points) - widen * width if kind.startswith("min") \
             else max(p.bound for p in points) + widen * width
     return Calibrated(kind=kind, threshold=threshold, models=len(points), low=min(values),
-                      high=max(values), mean=sum(values) / len(values),
-                      n=min(p.n for p in points), baseline=min(p.baseline for p in points))
+                      high=max(values), n=min(p.n for p in points),
+                      baseline=min(p.baseline for p in points))
 
 
 def unguardable_reason(kind: str, found: Calibrated, floor: float = 0.0) -> str | None:

@@ -100,8 +100,8 @@ def calibration_text(r: Mapping[str, Any]) -> str:
                                             "calibration_high"))
     if not models or low is None or high is None:
         return ""
-    span = Calibrated(str(r.get("constraint") or ""), float("nan"), int(models), float(low),
-                      float(high), float("nan")).range_text()
+    span = Calibrated(str(r.get("constraint") or ""), threshold=float("nan"),
+                      models=int(models), low=float(low), high=float(high)).range_text()
     return f"over {int(models)} reference model{'s' * (int(models) != 1)}: {span}"
 
 
