@@ -28,7 +28,7 @@ Example::
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,21 +67,11 @@ def discover_calibrated(models: Sequence[Any], data: Any, layers: Sequence[str],
     its calibration file beside it; return the spec's text. ``model_ref`` and
     ``data_ref`` are what the spec's ``model:`` and ``data:`` say (a fixture name or an
     import path): the model the spec will judge, and its data."""
-    if len(models) < MIN_MODELS:
-        raise ValueError(f"discover over several models needs at least {MIN_MODELS} "
-                         f"reference models (honest retrains), got {len(models)}")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --force to replace it")
-    calibration = calibration_path(out)
-    if calibration.exists():
-        calibration.unlink()  # a new starter spec starts a new calibration
+    _check_start(len(models), out, overwrite, "")
     names = list(classes) if classes else [str(k) for k in range(_num_classes(models[0],
                                                                                data))]
-    addressing = _addressing(unit, channel_dim, num_heads)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, skeleton(names, layers, unit=unit, channel_dim=channel_dim,
-                               num_heads=num_heads, named=bool(classes)))
-    with _removed_on_failure(out):
+
+    def measure() -> None:
         for i, model in enumerate(models):
             engine = Engine(EngineSettings(device=device, record_mode="calibrate",
                                            full_sweeps=True))
@@ -92,21 +82,10 @@ def discover_calibrated(models: Sequence[Any], data: Any, layers: Sequence[str],
                 raise ValueError(f"measuring reference model {i + 1} of {len(models)}: "
                                  f"{_LOCATION.sub('', message, count=1)}")
             run.record("calibrate", engine.settings.record_level)
-        text = _final(out, names, layers, addressing, model_ref, data_ref, len(models),
-                      named=bool(classes))
-    atomic_write(out, text)
-    return text
 
-
-@contextmanager
-def _removed_on_failure(out: Path) -> Iterator[None]:
-    """The half-made starter spec and its calibration file go when discovery fails."""
-    try:
-        yield
-    except BaseException:
-        for path in (out, calibration_path(out)):
-            path.unlink(missing_ok=True)
-        raise
+    return _write_starter(out, names, layers, measure, len(models), named=bool(classes),
+                          unit=unit, channel_dim=channel_dim, num_heads=num_heads,
+                          refs=(_MODEL, _DATA), final_refs=(model_ref, data_ref))
 
 
 def discover_with_fixtures(model_fixture: str, data_ref: str, weights: Sequence[str],
@@ -120,27 +99,58 @@ def discover_with_fixtures(model_fixture: str, data_ref: str, weights: Sequence[
     ``weights_var``, as the quick start's does) is run once per file of ``weights``, each
     time as ``pytest --unitablate-spec OUT --unitablate-record-mode=calibrate`` in a
     subprocess from the current directory (so its ``conftest.py`` is found)."""
-    if len(weights) < MIN_MODELS:
-        raise ValueError(f"discover over several models needs at least {MIN_MODELS} "
-                         f"reference models (honest retrains), got {len(weights)} --weights")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --force to replace it")
+    _check_start(len(weights), out, overwrite, " --weights")
     missing = [w for w in weights if not Path(w).exists()]
     if missing:
         raise ValueError(f"--weights {missing[0]}: no such file")
+    refs = (model_fixture, data_ref)
+    return _write_starter(
+        out, classes, layers, lambda: _calibrate_with_pytest(out, weights, weights_var,
+                                                             pytest_args),
+        len(weights), named=True, unit=unit, channel_dim=channel_dim, num_heads=num_heads,
+        refs=refs, final_refs=refs)
+
+
+def _check_start(count: int, out: Path, overwrite: bool, what: str) -> None:
+    """Enough reference models, and ``out`` free (or to be replaced)."""
+    if count < MIN_MODELS:
+        raise ValueError(f"discover over several models needs at least {MIN_MODELS} "
+                         f"reference models (honest retrains), got {count}{what}")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --force to replace it")
+
+
+def _write_starter(out: Path, names: Sequence[str], layers: Sequence[str],
+                   measure: Callable[[], None], count: int, *, named: bool, unit: str,
+                   channel_dim: int | None, num_heads: int | None,
+                   refs: tuple[str, str], final_refs: tuple[str, str]) -> str:
+    """The skeleton (``refs`` as its model and data) at ``out``, calibrated by ``measure``
+    (every reference model in record mode ``calibrate``), then rewritten as the starter
+    spec (``final_refs``); a failure removes the skeleton and its calibration file."""
     calibration = calibration_path(out)
     if calibration.exists():
-        calibration.unlink()
-    addressing = _addressing(unit, channel_dim, num_heads)
+        calibration.unlink()  # a new starter spec starts a new calibration
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, skeleton(classes, layers, unit=unit, channel_dim=channel_dim,
-                               num_heads=num_heads, model_ref=model_fixture,
-                               data_ref=data_ref))
+    atomic_write(out, skeleton(names, layers, unit=unit, channel_dim=channel_dim,
+                               num_heads=num_heads, model_ref=refs[0], data_ref=refs[1],
+                               named=named))
     with _removed_on_failure(out):
-        _calibrate_with_pytest(out, weights, weights_var, pytest_args)
-        text = _final(out, classes, layers, addressing, model_fixture, data_ref, len(weights))
+        measure()
+        text = _final(out, names, layers, _addressing(unit, channel_dim, num_heads),
+                      *final_refs, count, named=named)
     atomic_write(out, text)
     return text
+
+
+@contextmanager
+def _removed_on_failure(out: Path) -> Iterator[None]:
+    """The half-made starter spec and its calibration file go when discovery fails."""
+    try:
+        yield
+    except BaseException:
+        for path in (out, calibration_path(out)):
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _calibrate_with_pytest(out: Path, weights: Sequence[str], weights_var: str,
