@@ -35,14 +35,15 @@ from pytest_unitablate.core.data import iter_batches
 from pytest_unitablate.core.evaluation import eval_mode, model_device
 from pytest_unitablate.core.heads import editing_heads, head_site
 from pytest_unitablate.core.layers import first_tensor, resolve_layer
-from pytest_unitablate.errors import optional_import
+from pytest_unitablate.core.layout import DimResolver
+from pytest_unitablate.errors import UnsupportedModelError, optional_import
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
 def unit_attributes(model: nn.Module, data: Any, layer: str, *, next_layer: str | None = None,
-                    channel_dim: int = 1, device: torch.device | str | None = None,
+                    channel_dim: int | None = None, device: torch.device | str | None = None,
                     unit: str = "channel", num_heads: int | None = None,
                     ) -> pd.DataFrame:
     """One row per unit: selectivity, per-class selectivity, norms, mean, sparsity.
@@ -55,6 +56,7 @@ def unit_attributes(model: nn.Module, data: Any, layer: str, *, next_layer: str 
     pd = optional_import("pandas", "analysis", "unit_attributes")
 
     module = resolve_layer(model, layer)
+    dims = DimResolver(model, layer, channel_dim if unit == "channel" else 1)
     pooled_batches: list[torch.Tensor] = []
     labels_all: list[torch.Tensor] = []
     sums = {"act": 0.0, "n": 0}
@@ -65,7 +67,7 @@ def unit_attributes(model: nn.Module, data: Any, layer: str, *, next_layer: str 
     def hook(m: nn.Module, a: Any, out: Any) -> None:
         t = first_tensor(out)
         assert t is not None
-        dim = channel_dim if channel_dim >= 0 else t.dim() + channel_dim
+        dim = dims(t)
         moved = t.detach().movedim(dim, 1).reshape(t.shape[0], t.shape[dim], -1).float()
         seen.append(moved.mean(dim=2))
         means.append(moved.sum(dim=(0, 2)))
@@ -116,6 +118,10 @@ def _capturing(model: nn.Module, module: nn.Module, layer: str, unit: str,
             handle.remove()
         return
     site = head_site(model, layer, num_heads)
+    if site.kind == "functional":
+        raise UnsupportedModelError(
+            f"unit attributes of the heads of {layer!r}: torchvision's "
+            f"{type(site.module).__name__} computes them per window, not per example")
 
     def capture(x: torch.Tensor) -> torch.Tensor:
         heads = x.reshape(*x.shape[:-1], site.num_heads, -1).norm(dim=-1)
@@ -131,9 +137,11 @@ def _capturing(model: nn.Module, module: nn.Module, layer: str, unit: str,
 
 def _head_l1_out(model: nn.Module, layer: str, num_heads: int | None) -> Any:
     site = head_site(model, layer, num_heads)
-    owner = getattr(site.module, "out_proj", None) if site.kind == "mha" else site.module
+    owner = {"mha": getattr(site.module, "out_proj", None),
+             "functional": getattr(site.module, "proj", None),
+             "projection": site.module}.get(site.kind)  # a hook point: W_O is not a module
     weight = getattr(owner, "weight", None)
-    if not isinstance(weight, torch.Tensor):
+    if not isinstance(weight, torch.Tensor) or type(owner).__name__ == "Conv1D":
         return np.full(site.num_heads, np.nan)
     columns = weight.detach().abs().reshape(weight.shape[0], site.num_heads, -1)
     return columns.sum(dim=(0, 2)).cpu().double().numpy()

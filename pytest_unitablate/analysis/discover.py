@@ -84,16 +84,18 @@ class Addressing:
 
     def scan_args(self, model: Any, data: Any, layer: str) -> dict[str, Any]:
         """``scan()``'s keyword arguments; refuses an output whose unit dimension is not
-        stated and not N,C,H,W or N,C (no silent axis)."""
+        stated and not known from the model's modules to be N,C,H,W or N,C (no silent
+        axis: :mod:`pytest_unitablate.core.layout`)."""
         if self.unit == "head":
             return {"unit": "head", "num_heads": self.num_heads}
         from pytest_unitablate.core.data import iter_batches
-        from pytest_unitablate.core.layers import probe_layers, unit_dim
+        from pytest_unitablate.core.layers import probe_layers
+        from pytest_unitablate.core.layout import unit_dim_of
 
         inputs, _ = next(iter(iter_batches(data)))
         shape = probe_layers(model, inputs[:2], [layer], channel_dim=self.channel_dim or 1,
                              strict=False)[layer].shape
-        return {"channel_dim": unit_dim(layer, shape, self.channel_dim)}
+        return {"channel_dim": unit_dim_of(model, layer, shape, self.channel_dim)}
 
 
 def find_units(model: Any, data: Any, layers: Sequence[str], *, top: int = 5,

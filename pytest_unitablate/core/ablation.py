@@ -16,14 +16,18 @@ touched.
 Example::
 
     >>> import torch
-    >>> model = torch.nn.Sequential(torch.nn.Identity())
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1), torch.nn.Identity())
+    >>> _ = torch.nn.init.dirac_(model[0].weight), torch.nn.init.zeros_(model[0].bias)
     >>> x = torch.ones(1, 3, 2, 2)
-    >>> with ablate(model, {"0": [1]}):
+    >>> with ablate(model, {"0": [1]}):   # a convolution's output: channels on dimension 1
     ...     model(x)[0, :, 0, 0].tolist()
     [1.0, 0.0, 1.0]
-    >>> with ablate(model, {"0": [0, 2]}, ablation=0.5):
+    >>> with ablate(model, {"1": [0, 2]}, ablation=0.5):
     ...     model(x)[0, :, 0, 0].tolist()
     [0.5, 1.0, 0.5]
+    >>> with ablate(torch.nn.Sequential(torch.nn.Identity()), {"0": [1]}):
+    ...     pass   # nothing before it says where its channels are: refused at the forward
+
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from pytest_unitablate.core.layers import (
     resolve_layer,
     unwrap_model,
 )
+from pytest_unitablate.core.layout import DimResolver
 from pytest_unitablate.errors import ConfigError, UnsupportedModelError
 
 AblationArg = str | float | int
@@ -66,28 +71,19 @@ def _replacement_kind(ablation: AblationArg) -> str | float:
     )
 
 
-def _channel_dim(ndim: int, channel_dim: int, layer: str) -> int:
-    dim = channel_dim if channel_dim >= 0 else ndim + channel_dim
-    if not 0 <= dim < ndim:
-        raise UnsupportedModelError(
-            f"layer {layer!r} outputs a {ndim}-D tensor, which has no channel dimension "
-            f"{channel_dim}"
-        )
-    return dim
-
-
 def channel_means(
     model: nn.Module,
     data: Any,
     layers: Sequence[str],
     *,
-    channel_dim: int = 1,
+    channel_dim: int | None = None,
     device: torch.device | str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Mean of every channel of each layer's output over all examples and positions.
 
     Streams ``data`` once (anything :func:`pytest_unitablate.data.iter_batches` accepts);
     accumulates in float64. Returns ``{layer: tensor of shape (channels,)}``.
+    ``channel_dim`` as for :func:`ablate` (``None``: decided from the model's modules).
 
     Example::
 
@@ -102,6 +98,7 @@ def channel_means(
     counts: dict[str, int] = dict.fromkeys(layers, 0)
     calls: dict[str, int] = dict.fromkeys(layers, 0)
     handles: list[RemovableHandle] = []
+    dims = {name: DimResolver(model, name, channel_dim) for name in layers}
 
     def make_hook(name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -109,7 +106,7 @@ def channel_means(
             tensor = first_tensor(output)
             if tensor is None:
                 raise UnsupportedModelError(f"layer {name!r} returns no tensor")
-            dim = _channel_dim(tensor.dim(), channel_dim, name)
+            dim = dims[name](tensor)
             moved = tensor.detach().movedim(dim, -1).reshape(-1, tensor.shape[dim])
             total = moved.sum(dim=0, dtype=torch.float64)
             sums[name] = total if name not in sums else sums[name] + total
@@ -158,14 +155,14 @@ class _LayerAblation:
         units: tuple[int, ...],
         kind: str | float,
         mean: torch.Tensor | None,
-        channel_dim: int,
+        dims: DimResolver,
         source: Any = None,
     ) -> None:
         self.name = name
         self.units = units
         self.kind = kind
         self.mean = mean
-        self.channel_dim = channel_dim
+        self.dims = dims
         self.source = source  # resample: a core.resample.ResampleSource
         self.calls = 0
         self._cache: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -208,7 +205,7 @@ class _LayerAblation:
             )
         if not self.units:
             return None  # an empty unit set changes nothing, bit for bit
-        dim = _channel_dim(tensor.dim(), self.channel_dim, self.name)
+        dim = self.dims(tensor)
         keep, repl = self._mask_and_replacement(tensor, dim)
         if self.kind == "resample":
             from pytest_unitablate.core.resample import check_batch_first
@@ -230,7 +227,7 @@ def ablate(
     ablation: AblationArg = "zero",
     means: Mapping[str, torch.Tensor] | None = None,
     data: Any = None,
-    channel_dim: int = 1,
+    channel_dim: int | None = None,
     device: torch.device | str | None = None,
     unit: str = "channel",
     num_heads: int | None = None,
@@ -243,7 +240,10 @@ def ablate(
     another example, from ``resample`` (``{layer: ResampleSource}``,
     :mod:`pytest_unitablate.core.resample`; batches must come in the order its index was
     drawn for). ``channel_dim`` selects the channel dimension (negative
-    values count from the end, e.g. ``-1`` for a transformer's features). With
+    values count from the end, e.g. ``-1`` for a transformer's features or a channels-last
+    N,H,W,C output); ``None`` takes dimension 1 where that is known to be right (an N,C
+    output, a CNN's N,C,H,W: :mod:`pytest_unitablate.core.layout`) and refuses any other
+    output at its first forward with the likely value. With
     ``unit="head"`` the units are attention heads of each layer (an
     ``nn.MultiheadAttention`` or an output projection; :mod:`pytest_unitablate.core.heads`;
     ``num_heads`` where the module does not say), and ``means`` hold per-feature means of
@@ -292,8 +292,8 @@ def ablate(
                 channel_means(model, data, missing, channel_dim=channel_dim, device=device)
             )
     hooks = {
-        name: _LayerAblation(name, plan[name], kind, layer_means.get(name), channel_dim,
-                             (resample or {}).get(name))
+        name: _LayerAblation(name, plan[name], kind, layer_means.get(name),
+                             DimResolver(model, name, channel_dim), (resample or {}).get(name))
         for name in plan
     }
     handles: list[RemovableHandle] = []

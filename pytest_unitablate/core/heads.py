@@ -35,6 +35,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,11 +60,13 @@ PROJECTION_NAMES = ("out_proj", "o_proj", "c_proj", "dense", "proj", "wo")
 
 @dataclass(frozen=True)
 class HeadSite:
-    """Where the heads of ``layer`` are: an ``nn.MultiheadAttention`` (``kind="mha"``) or
-    the output projection called on the concatenated heads (``kind="projection"``)."""
+    """Where the heads of ``layer`` are: an ``nn.MultiheadAttention`` (``kind="mha"``),
+    the output projection called on the concatenated heads (``kind="projection"``), a
+    TransformerLens hook point with a head axis (``kind="hook"``) or an attention whose
+    projection is applied functionally (torchvision Swin, ``kind="functional"``)."""
 
     layer: str
-    kind: Literal["mha", "projection"]
+    kind: Literal["mha", "projection", "hook", "functional"]
     module: nn.Module
     num_heads: int
     #: the head size, when known before a forward (``None``: from the input's last dim)
@@ -71,27 +74,133 @@ class HeadSite:
 
     def describe(self) -> str:
         size = f" of {self.head_dim}" if self.head_dim else ""
-        what = "nn.MultiheadAttention" if self.kind == "mha" else \
-            f"output projection {type(self.module).__name__}"
+        what = {"mha": "nn.MultiheadAttention", "hook": "TransformerLens hook point",
+                "functional": type(self.module).__name__}.get(
+            self.kind, f"output projection {type(self.module).__name__}")
         return f"{self.layer!r} ({what}: {self.num_heads} heads{size})"
 
 
-def _head_count(module: nn.Module) -> int | None:
-    for name in HEAD_COUNT_NAMES:
-        value = getattr(module, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    config = getattr(module, "config", None)
-    value = getattr(config, "num_attention_heads", None)
-    if isinstance(value, int) and value > 0:
-        return value
+_ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
+_MLP = re.compile(r"mlp|ffn|feed_?forward|intermediate", re.IGNORECASE)
+
+
+def _head_count(module: nn.Module | None) -> int | None:
+    """The head count ``module`` states: one of :data:`HEAD_COUNT_NAMES`, or its
+    ``config`` (Hugging Face) or ``cfg`` (TransformerLens)."""
+    if module is None:
+        return None
+    for owner in (module, getattr(module, "config", None), getattr(module, "cfg", None)):
+        for name in HEAD_COUNT_NAMES:
+            value = getattr(owner, name, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
     return None
+
+
+def find_head_count(model: nn.Module, layer: str) -> tuple[int, str] | None:
+    """How many heads ``layer`` has, and where that was read: the module, its parent or
+    grandparent, a sibling module of those (BERT keeps the count on
+    ``attention.self``, next to ``attention.output.dense``), or the model's config."""
+    modules = dict(unwrap_model(model).named_modules())
+    parts = layer.split(".")
+    for up in range(0, min(3, len(parts)) + 1):
+        name = ".".join(parts[:len(parts) - up])
+        owner = modules.get(name)
+        found = _head_count(owner)
+        if found is not None:
+            return found, name or "the model"
+        if up and owner is not None:
+            for child, module in owner.named_children():
+                found = _head_count(module)
+                if found is not None:
+                    return found, f"{name}.{child}" if name else child
+    found = _head_count(unwrap_model(model))
+    return (found, "the model's config") if found is not None else None
+
+
+#: Children that compute queries and keys: what makes a module attention, whatever its name.
+_QKV = ("q", "k", "q_proj", "k_proj", "query", "key", "qkv", "c_attn", "Wqkv", "in_proj",
+        "qkv_proj", "query_key_value", "to_q", "to_k")
+
+
+def _computes_attention(module: nn.Module | None) -> bool:
+    if module is None:
+        return False
+    children = {name for name, _ in module.named_children()}
+    return len(children & set(_QKV)) >= 1 and (
+        bool(children & {"qkv", "c_attn", "Wqkv", "in_proj", "qkv_proj", "query_key_value"})
+        or len(children & set(_QKV)) >= 2)
+
+
+def _attention_owner(modules: dict[str, nn.Module], layer: str) -> str | None:
+    """The attention module ``layer`` (a projection) belongs to, within two levels up: by
+    its name or class, or by children that compute queries and keys; ``None`` when it
+    belongs to an MLP or to nothing like attention."""
+    parts = layer.split(".")
+    for up in (1, 2):
+        if up > len(parts):
+            break
+        name = ".".join(parts[:-up])
+        module = modules.get(name)
+        text = f"{parts[-up - 1] if len(parts) > up else ''} {type(module).__name__}"
+        if _MLP.search(text):
+            return None
+        if _ATTENTION.search(text) or _computes_attention(module):
+            return name
+    return None
+
+
+def _attention_projections(modules: dict[str, nn.Module], near: str) -> list[str]:
+    """Attention output projections inside the block around ``near``."""
+    block = ".".join(near.split(".")[:-2])
+    return [name for name in modules
+            if (name.startswith(block + ".") or not block)
+            and name.rsplit(".", 1)[-1] in PROJECTION_NAMES
+            and _attention_owner(modules, name) is not None][:2]
+
+
+def _tl_site(model: nn.Module, layer: str, module: nn.Module,
+             num_heads: int | None) -> HeadSite:
+    """A TransformerLens hook point with a head axis (``hook_z``, ``hook_result``)."""
+    leaf = layer.rsplit(".", 1)[-1]
+    if leaf not in ("hook_z", "hook_result"):
+        near = layer.rsplit(".", 1)[0]
+        raise UnsupportedModelError(
+            f"unit: head on the TransformerLens hook point {layer!r}: a head's output is "
+            f"'{near}.hook_z' (batch, position, head, d_head), or '{near}.hook_result' with "
+            f"use_attn_result; name one of those")
+    found = find_head_count(model, layer)
+    known = found[0] if found else None
+    if num_heads is not None and known is not None and num_heads != known:
+        raise ConfigError(f"num_heads: {num_heads} for {layer!r}, but {found[1] if found else ''}"
+                          f" says it has {known} heads")
+    heads = num_heads or known
+    if heads is None:
+        raise UnsupportedModelError(
+            f"{layer!r} is a TransformerLens hook point whose model has no cfg.n_heads: "
+            f"say num_heads:")
+    cfg = getattr(modules_parent(model, layer), "cfg", None)
+    d_head = getattr(cfg, "d_head", None) if leaf == "hook_z" else None
+    return HeadSite(layer, "hook", module, heads, d_head if isinstance(d_head, int) else None)
+
+
+def modules_parent(model: nn.Module, layer: str) -> nn.Module | None:
+    """The module that holds ``layer`` (``None`` for a top-level layer)."""
+    if "." not in layer:
+        return None
+    return dict(unwrap_model(model).named_modules()).get(layer.rsplit(".", 1)[0])
+
+
+def _is_swin_attention(module: nn.Module | None) -> bool:
+    return module is not None and "ShiftedWindowAttention" in type(module).__name__ and \
+        isinstance(getattr(module, "proj", None), nn.Linear)
 
 
 def head_site(model: nn.Module, layer: str, num_heads: int | None = None) -> HeadSite:
     """The head site of ``layer``; a clear error for a layer that has no heads.
 
-    ``num_heads`` overrides the count read from the module or its parent.
+    ``num_heads`` overrides the count read from the model (:func:`find_head_count`); it
+    must agree with a count the model states.
     """
     module = resolve_layer(model, layer)
     if isinstance(module, nn.MultiheadAttention):
@@ -100,8 +209,32 @@ def head_site(model: nn.Module, layer: str, num_heads: int | None = None) -> Hea
             raise ConfigError(f"num_heads: {num_heads} for {layer!r}, but that "
                               f"nn.MultiheadAttention has {module.num_heads} heads")
         return HeadSite(layer, "mha", module, heads, module.embed_dim // heads)
+    if type(module).__name__ == "HookPoint":
+        return _tl_site(model, layer, module, num_heads)
+    if isinstance(getattr(module, "W_O", None), torch.Tensor) and \
+            type(getattr(module, "hook_z", None)).__name__ == "HookPoint":
+        raise UnsupportedModelError(
+            f"layer {layer!r} is a TransformerLens attention module: its output projection "
+            f"W_O is a parameter, not a module. For its heads name '{layer}.hook_z' with "
+            f"unit: head (heads are dimension 2 of its output)")
+    parent = modules_parent(model, layer)
+    if _is_swin_attention(module) or (_is_swin_attention(parent)
+                                      and layer.endswith(".proj")):
+        owner = module if _is_swin_attention(module) else parent
+        assert owner is not None
+        name = layer if owner is module else layer.rsplit(".", 1)[0]
+        if owner is not module:
+            raise UnsupportedModelError(
+                f"torchvision's {type(owner).__name__} applies {layer!r} inside a function "
+                f"(it never runs as a module): for its heads name the attention {name!r} "
+                f"with unit: head")
+        heads = int(getattr(owner, "num_heads"))  # noqa: B009
+        if num_heads is not None and num_heads != heads:
+            raise ConfigError(f"num_heads: {num_heads} for {layer!r}, but that "
+                              f"{type(owner).__name__} has {heads} heads")
+        proj = getattr(owner, "proj")  # noqa: B009
+        return HeadSite(layer, "functional", owner, heads, int(proj.in_features) // heads)
     modules = dict(unwrap_model(model).named_modules())
-    parent = modules.get(layer.rsplit(".", 1)[0] if "." in layer else "")
     inner = [name for name in PROJECTION_NAMES
              if isinstance(getattr(module, name, None), nn.Module)]
     if inner and _head_count(module) is not None:
@@ -114,23 +247,38 @@ def head_site(model: nn.Module, layer: str, num_heads: int | None = None) -> Hea
     if last not in PROJECTION_NAMES or not (isinstance(weight, torch.Tensor)
                                             and weight.dim() == 2):
         raise UnsupportedModelError(
-            f"unit: head needs an nn.MultiheadAttention or the output projection of an "
-            f"attention module, a linear layer named {', '.join(PROJECTION_NAMES)} (the "
-            f"heads are its input); {layer!r} is a {type(module).__name__}. Its "
+            f"unit: head needs an nn.MultiheadAttention, the output projection of an "
+            f"attention module (a linear layer named {', '.join(PROJECTION_NAMES)}: the heads "
+            f"are its input) or a TransformerLens hook_z; {layer!r} is a "
+            f"{type(module).__name__}. Its "
             f"{'channels' if isinstance(weight, torch.Tensor) else 'outputs'} are not heads: "
             f"name the attention's projection, or drop unit: head")
-    known = _head_count(module) or (_head_count(parent) if parent else None)
+    if _attention_owner(modules, layer) is None:
+        owner_name = layer.rsplit(".", 1)[0] if "." in layer else "the model"
+        near = _attention_projections(modules, layer)
+        hint = f"For heads name the attention's projection ({', '.join(map(repr, near))}). " \
+            if near else ""
+        raise UnsupportedModelError(
+            f"{layer!r} is the output projection of {owner_name!r} "
+            f"({type(parent or model).__name__}), which is not an attention module: its "
+            f"input features are neurons, not heads, and num_heads would only cut them into "
+            f"blocks. {hint}For its neurons drop unit: head and name the layer before "
+            f"it (its output is these neurons), with channel_dim: -1")
+    found = find_head_count(model, layer)
+    known = found[0] if found else None
     if num_heads is not None and known is not None and num_heads != known:
-        raise ConfigError(f"num_heads: {num_heads} for {layer!r}, but its attention module "
-                          f"says it has {known} heads")
+        raise ConfigError(f"num_heads: {num_heads} for {layer!r}, but "
+                          f"{found[1] if found else ''!r} says it has {known} heads")
     heads = num_heads or known
     if heads is None:
         raise UnsupportedModelError(
-            f"unit: head needs an nn.MultiheadAttention or the output projection of an "
-            f"attention module (o_proj, out_proj, c_proj, dense); {layer!r} is a "
-            f"{type(module).__name__} and neither it nor its parent says how many heads "
-            f"it has ({', '.join(HEAD_COUNT_NAMES)}): add num_heads: to the check")
-    width = getattr(module, "in_features", None)
+            f"{layer!r} is the output projection of an attention module, but neither it, "
+            f"its attention module, a module beside it nor the model's config says how "
+            f"many heads it has ({', '.join(HEAD_COUNT_NAMES)}): add num_heads: to the check "
+            f"or the spec")
+    width: int | None = getattr(module, "in_features", None)
+    if width is None and type(module).__name__ == "Conv1D":
+        width = int(weight.shape[0])  # Hugging Face Conv1D: weight (in, out)
     if isinstance(width, int) and width % heads:
         raise ConfigError(f"{layer!r} takes {width} features, which do not split into "
                           f"{heads} heads")
@@ -194,6 +342,24 @@ class _ProjectionCall(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class _LinearCall(TorchFunctionMode):
+    """Takes the ``F.linear`` call of one weight while an attention module runs (torchvision
+    Swin applies its output projection that way): ``edit`` changes its input, the
+    concatenated heads."""
+
+    def __init__(self, weight: torch.Tensor, edit: Edit) -> None:
+        super().__init__()
+        self.weight = weight
+        self.edit = edit
+
+    def __torch_function__(self, func: Any, types: Any, args: Sequence[Any] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.linear and len(args) > 1 and args[1] is self.weight:
+            return func(self.edit(args[0]), *args[1:], **kwargs)
+        return func(*args, **kwargs)
+
+
 @contextmanager
 def editing_heads(site: HeadSite, edit: Edit, on_call: Callable[[], None] | None = None
                   ) -> Iterator[None]:
@@ -203,7 +369,40 @@ def editing_heads(site: HeadSite, edit: Edit, on_call: Callable[[], None] | None
     ``on_call`` is called once per call of the layer (the caller counts calls).
     """
     handles: list[RemovableHandle] = []
-    if site.kind == "projection":
+    if site.kind == "hook":
+        def post(module: nn.Module, args: Any, output: Any) -> Any:
+            if on_call is not None:
+                on_call()
+            if not isinstance(output, torch.Tensor) or output.dim() < 3:
+                raise UnsupportedModelError(
+                    f"the hook point {site.layer!r} gave no (batch, position, head, ...) "
+                    f"tensor")
+            if output.shape[2] != site.num_heads:
+                raise ConfigError(
+                    f"{site.layer!r} outputs {tuple(output.shape)}: {output.shape[2]} heads "
+                    f"on dimension 2, not {site.num_heads}")
+            flat = output.reshape(*output.shape[:2], -1)
+            return edit(flat).reshape(output.shape)
+
+        handles.append(site.module.register_forward_hook(post))
+    elif site.kind == "functional":
+        weight = getattr(site.module, "proj").weight  # noqa: B009
+        modes: list[_LinearCall] = []
+
+        def enter_linear(module: nn.Module, args: Any) -> None:
+            if on_call is not None:
+                on_call()
+            mode = _LinearCall(weight, edit)
+            mode.__enter__()  # type: ignore[no-untyped-call]
+            modes.append(mode)
+
+        def leave_linear(module: nn.Module, args: Any, output: Any) -> None:
+            if modes:
+                modes.pop().__exit__(None, None, None)  # type: ignore[no-untyped-call]
+
+        handles.append(site.module.register_forward_pre_hook(enter_linear))
+        handles.append(site.module.register_forward_hook(leave_linear, always_call=True))
+    elif site.kind == "projection":
         def pre(module: nn.Module, args: Any) -> Any:
             if on_call is not None:
                 on_call()
@@ -217,18 +416,18 @@ def editing_heads(site: HeadSite, edit: Edit, on_call: Callable[[], None] | None
     else:
         mha = site.module
         assert isinstance(mha, nn.MultiheadAttention)
-        modes: list[_ProjectionCall] = []
+        mha_modes: list[_ProjectionCall] = []
 
         def enter(module: nn.Module, args: Any) -> None:
             if on_call is not None:
                 on_call()
             mode = _ProjectionCall(mha.out_proj.weight, edit)
             mode.__enter__()  # type: ignore[no-untyped-call]
-            modes.append(mode)
+            mha_modes.append(mode)
 
         def leave(module: nn.Module, args: Any, output: Any) -> None:
-            if modes:
-                modes.pop().__exit__(None, None, None)  # type: ignore[no-untyped-call]
+            if mha_modes:
+                mha_modes.pop().__exit__(None, None, None)  # type: ignore[no-untyped-call]
 
         handles.append(mha.register_forward_pre_hook(enter))
         handles.append(mha.register_forward_hook(leave, always_call=True))
@@ -246,6 +445,11 @@ def ablation_edit(site: HeadSite, heads: Sequence[int], kind: str | float,
     :class:`~pytest_unitablate.core.resample.ResampleSource`); refuses a head out of range
     at once."""
     check_heads(site, heads)
+    if kind == "resample" and site.kind == "functional":
+        raise ConfigError(
+            f"resample ablation of the heads of {site.layer!r}: torchvision's "
+            f"{type(site.module).__name__} computes them per window, not per example, so "
+            f"they cannot take another example's values; use zero or mean")
     cache: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def edit(x: torch.Tensor) -> torch.Tensor:
@@ -318,6 +522,11 @@ def head_values(model: nn.Module, data: Any, layer: str, *, num_heads: int | Non
     from pytest_unitablate.core.resample import batch_first
 
     site = head_site(model, layer, num_heads)
+    if site.kind == "functional":
+        raise ConfigError(
+            f"resample ablation of the heads of {layer!r}: torchvision's "
+            f"{type(site.module).__name__} computes them per window, not per example; use "
+            f"zero or mean")
     parts: list[torch.Tensor] = []
 
     def capture(x: torch.Tensor) -> torch.Tensor:

@@ -59,7 +59,7 @@ def damage_profiles(
     layer: str,
     *,
     num_classes: int | None = None,
-    channel_dim: int = 1,
+    channel_dim: int | None = None,
     device: torch.device | str | None = None,
     output: int | str | None = None,
     batch_size: int = 256,

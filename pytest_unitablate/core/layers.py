@@ -3,7 +3,8 @@
 * A **layer** is a dotted module name exactly as ``model.named_modules()`` yields it
   (``conv5``, ``layer4.1.conv2``, ``features.10``).
 * A **unit** is channel ``u`` of that module's output, **0-based** (NetDissect reports count
-  from 1; we do not), along the channel dimension (1 by default: ``N,C,H,W`` or ``N,C``).
+  from 1; we do not), along the channel dimension (1 for ``N,C`` and a CNN's ``N,C,H,W``;
+  :mod:`pytest_unitablate.core.layout` decides where that is known and refuses elsewhere).
 
 Wrappers: ``nn.DataParallel`` / ``DistributedDataParallel`` are unwrapped to ``.module`` and
 names may be given with or without the ``module.`` prefix. TorchScript modules cannot carry
@@ -33,7 +34,6 @@ import torch
 from torch import nn
 
 from pytest_unitablate.errors import (
-    ConfigError,
     LayerCalledTwiceError,
     LayerNeverRanError,
     LayerNotFoundError,
@@ -154,39 +154,6 @@ def shape_text(shape: Sequence[int], dim: int | None = None, batch: int = 0) -> 
     return f"({', '.join(parts)})"
 
 
-def unit_dim(layer: str, shape: Sequence[int], stated: int | None, batch: int = 0) -> int:
-    """The dimension of ``layer``'s output (``shape``) that holds its units: ``stated``
-    (checked), or 1 for an ``N,C,H,W`` or ``N,C`` output. Any other output without a
-    stated dimension is refused: guessing would ablate token positions of a transformer's
-    ``N,T,C`` output without a word.
-
-    >>> unit_dim("fc", (8, 10), None), unit_dim("blk", (8, 17, 64), -1)
-    (1, -1)
-    >>> unit_dim("blk", (8, 17, 64), None)
-    Traceback (most recent call last):
-    ...
-    pytest_unitablate.errors.ConfigError: layer 'blk' outputs shape (N, 17, 64), which ...
-    """
-    if stated is None:
-        if len(shape) not in (2, 4) or batch != 0:
-            raise ConfigError(
-                f"layer {layer!r} outputs shape {shape_text(shape, batch=batch)}, which is "
-                f"not N,C,H,W or N,C: say which dimension holds its units, 'channel_dim: -1' "
-                f"for token features (a transformer's N,T,C or T,N,C), 'channel_dim: 1' for "
-                f"N,C,L (a 1-D convolution's); on the check, or for the whole spec")
-        return 1
-    ndim = len(shape)
-    dim = stated if stated >= 0 else ndim + stated
-    if not 0 <= dim < ndim or dim == batch:
-        others = [d for d in range(ndim) if d != batch]
-        raise ConfigError(
-            f"channel_dim: {stated} for layer {layer!r}, whose output "
-            f"{shape_text(shape, batch=batch)} has no such dimension besides the batch (N): "
-            f"use one of {', '.join(str(d) for d in others)} or "
-            f"{', '.join(str(d - ndim) for d in others)}")
-    return stated
-
-
 def check_units(layer: str, units: Iterable[int], channels: int | None,
                 shape: Sequence[int] | None = None, dim: int | None = None,
                 batch: int = 0) -> None:
@@ -204,6 +171,12 @@ def check_units(layer: str, units: Iterable[int], channels: int | None,
             where = (f"whose output {shape_text(shape, dim, batch)} has {channels} units "
                      f"along dimension {dim}" if shape is not None and dim is not None
                      else f"which has {channels} channels")
+            if shape is not None and dim is not None:
+                at = dim if dim >= 0 else len(shape) + dim
+                wider = [d for d, n in enumerate(shape) if d not in (at, batch) and n > unit]
+                if wider:
+                    where += (f"; if its units are along dimension {wider[-1]} (size "
+                              f"{shape[wider[-1]]}), say channel_dim: {wider[-1] - len(shape)}")
             raise UnitOutOfRangeError(
                 f"unit {unit} is out of range for layer {layer!r}, {where} (units are "
                 f"0-based: 0..{channels - 1}; NetDissect counts from 1)",
@@ -316,6 +289,12 @@ def require_single_call(model: nn.Module, name: str, calls: int) -> None:
             hint = (f"; an nn.MultiheadAttention never calls its out_proj as a module (its "
                     f"weights are used inside the attention function): for its heads, name "
                     f"the attention layer {parent!r} with unit: head")
+        if name.endswith(".proj") and "ShiftedWindowAttention" in type(
+                modules.get(parent)).__name__:
+            hint = (f"; torchvision's {type(modules.get(parent)).__name__} applies its proj "
+                    f"inside a function, never as a module: for its heads name the "
+                    f"attention {parent!r} with unit: head; for its output, {parent!r} with "
+                    f"channel_dim: -1")
         raise LayerNeverRanError(
             f"layer {name!r} never ran during the forward pass, so ablating it would change "
             f"nothing{hint}")

@@ -126,8 +126,8 @@ def check_batch_first(layer: str, values: torch.Tensor, batch: int, tensor: torc
 
 def batch_first(kind: str, x: torch.Tensor) -> torch.Tensor:
     """A head site's concatenated heads with the batch first: ``nn.MultiheadAttention``
-    gives them as (T, N, E), an output projection as (N, ..., E)."""
-    return x.transpose(0, 1) if kind != "projection" and x.dim() == 3 else x
+    gives them as (T, N, E), an output projection or a hook point as (N, ..., E)."""
+    return x.transpose(0, 1) if kind == "mha" and x.dim() == 3 else x
 
 
 __all__ = ["ResampleSource", "batch_first", "check_batch_first", "layer_values",

@@ -38,6 +38,7 @@ from pytest_unitablate.core.evaluation import (
     select_logits,
 )
 from pytest_unitablate.core.layers import first_tensor, resolve_layer
+from pytest_unitablate.core.layout import DimResolver
 from pytest_unitablate.core.scan.collect import replacement_values
 from pytest_unitablate.core.scan.prefix import PrefixCache, StalePrefix
 from pytest_unitablate.core.scan.split import Split
@@ -47,9 +48,8 @@ class _Sums:
     """Per class: the estimated damage of every unit, summed over the class's examples."""
 
     def __init__(self, ablation: str | float, means: dict[str, torch.Tensor] | None,
-                 layer: str, channel_dim: int) -> None:
-        self.ablation, self.means, self.layer, self.channel_dim = ablation, means, layer, \
-            channel_dim
+                 layer: str, dims: DimResolver) -> None:
+        self.ablation, self.means, self.layer, self.dims = ablation, means, layer, dims
         self.sums: dict[int, torch.Tensor] = {}
         self.counts: dict[int, int] = {}
 
@@ -59,7 +59,7 @@ class _Sums:
         chosen = logp.gather(1, labels[:, None]).sum()
         (grad,) = torch.autograd.grad(chosen, leaf)
         a = leaf.detach()
-        dim = self.channel_dim if self.channel_dim >= 0 else a.dim() + self.channel_dim
+        dim = self.dims(a)
         repl = replacement_values(self.ablation, self.means, self.layer, a, dim)
         shape = [1] * a.dim()
         shape[dim] = a.shape[dim]
@@ -119,7 +119,7 @@ def class_damage_sums(
     target: int | None = None,
     ablation: str | float = "zero",
     means: dict[str, torch.Tensor] | None = None,
-    channel_dim: int = 1,
+    channel_dim: int | None = None,
     device: torch.device | str | None = None,
     output: int | str | None = None,
     batch_size: int = 256,
@@ -136,13 +136,14 @@ def class_damage_sums(
     whatever autograd raises on a model that cannot be differentiated. ``prefix_cache``:
     see the module's docstring (a model ``torch.fx`` cannot split uses forward hooks).
     """
-    sums = _Sums(ablation, means, layer, channel_dim)
+    dims = DimResolver(model, layer, channel_dim)
+    sums = _Sums(ablation, means, layer, dims)
     split = prefix_cache.split(model, layer)[0] if prefix_cache is not None else None
     if split is not None and prefix_cache is not None:
         place = torch.device(device) if device is not None else model_device(model)
         try:
             for cache in (prefix_cache, None):  # None: the data changed since it was kept
-                sums = _Sums(ablation, means, layer, channel_dim)
+                sums = _Sums(ablation, means, layer, dims)
                 try:
                     _through_split(model, split, cache, data, layer, place, batch_size,
                                    target, output, sums)
@@ -150,7 +151,7 @@ def class_damage_sums(
                 except StalePrefix:
                     prefix_cache.drop(model, data, layer, place, batch_size)
         except _NotOneTensor:  # a layer with a tuple output: hooks take its first tensor
-            sums = _Sums(ablation, means, layer, channel_dim)
+            sums = _Sums(ablation, means, layer, dims)
     module = resolve_layer(model, layer)
     captured: list[torch.Tensor] = []
 
@@ -250,7 +251,7 @@ def estimated_damage(
     target: int | None = None,
     ablation: str | float = "zero",
     means: dict[str, torch.Tensor] | None = None,
-    channel_dim: int = 1,
+    channel_dim: int | None = None,
     device: torch.device | str | None = None,
     output: int | str | None = None,
     batch_size: int = 256,

@@ -384,7 +384,7 @@ class Evaluations:
         whose unit dimension is not stated and not N,C,H,W or N,C is a located error."""
         model, data = subject.model, subject.data
         key = (id(model), check.layer, spec.unit_for(check), spec.channel_dim_for(check),
-               check.num_heads)
+               spec.num_heads_for(check))
         if key not in self._units:
             def run() -> LayerUnits:
                 inputs, _ = next(iter(iter_batches(data, device=self.device)))

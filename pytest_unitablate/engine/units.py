@@ -1,11 +1,13 @@
 """What a check's units are on the model under test: channels along a stated dimension of
 the layer's output, or attention heads, resolved once per (model, layer).
 
-No axis is guessed where it could be wrong. An output of shape ``N,C,H,W`` or ``N,C``
-has its units on dimension 1; any other shape (``N,T,C`` tokens, ``N,C,L`` sequences,
-``N,C,D,H,W`` volumes) needs the check or the spec to say ``channel_dim:``, or the check
-is a located error that names the shape and the two likely choices. (Ablating dimension 1
-of a transformer block's ``N,T,C`` output ablates a *token position*, silently.)
+No axis is guessed where it could be wrong. An ``N,C`` output, and an output the model's
+modules show to be channels first (a CNN's ``N,C,H,W``: :mod:`pytest_unitablate.core.layout`),
+has its units on dimension 1; any other output (``N,T,C`` tokens, a channels-last
+``N,H,W,C``, a TransformerLens hook point) needs the check or the spec to say
+``channel_dim:``, or the check is a located error that names the shape and the likely
+value. (Dimension 1 of a transformer block's ``N,T,C`` output is a *token position*, of a
+Swin block's ``N,H,W,C`` an image row.)
 
 Example::
 
@@ -23,7 +25,8 @@ import torch
 from torch import nn
 
 from pytest_unitablate.core.heads import head_site
-from pytest_unitablate.core.layers import batch_dim, probe_layers, shape_text, unit_dim
+from pytest_unitablate.core.layers import batch_dim, probe_layers, shape_text
+from pytest_unitablate.core.layout import unit_dim_of
 from pytest_unitablate.spec.model import Check, Spec, UnitKind
 
 
@@ -85,14 +88,17 @@ def resolve_units(spec: Spec, check: Check, model: nn.Module, inputs: torch.Tens
     """
     unit = spec.unit_for(check)
     stated = _stated_dim(spec, check)
+    if unit == "head":  # before probing: a head site says what to name when it is wrong
+        head_site(model, check.layer, spec.num_heads_for(check))
     info = probe_layers(model, inputs[:2], [check.layer], channel_dim=stated or 1)[check.layer]
     shape = info.shape
     if unit == "head":
-        site = head_site(model, check.layer, check.num_heads)
-        return LayerUnits(check.layer, "head", -1, check.num_heads, site.num_heads, shape)
+        stated_heads = spec.num_heads_for(check)
+        site = head_site(model, check.layer, stated_heads)
+        return LayerUnits(check.layer, "head", -1, stated_heads, site.num_heads, shape)
     batch = batch_dim(model, inputs, check.layer)
     batch = 0 if batch is None else batch
-    stated = unit_dim(check.layer, shape, stated, batch)
+    stated = unit_dim_of(model, check.layer, shape, stated, batch)
     dim = stated if stated >= 0 else len(shape) + stated
     return LayerUnits(check.layer, "channel", stated, None, shape[dim], shape, batch)
 

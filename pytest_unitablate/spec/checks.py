@@ -46,6 +46,9 @@ from pytest_unitablate.spec.yaml_lines import YNode
 class Checks(Fields):
     """The entries of ``checks:``; problems accumulate in :attr:`problems`."""
 
+    #: the spec's own ``unit:`` (a check without one inherits it)
+    spec_unit: str = "channel"
+
     def target(self, key: YNode, classes: tuple[str, ...] | None) -> str | int | None:
         value = key.value
         if isinstance(value, bool) or key.kind != "scalar":
@@ -289,7 +292,7 @@ class Checks(Fields):
         unit = self.unit_kind(node.get("unit"))
         heads_node = node.get("num_heads")
         num_heads = self.integer(heads_node, "num_heads", minimum=1)
-        if heads_node is not None and unit != "head":
+        if heads_node is not None and (unit or self.spec_unit) != "head":
             self.err(heads_node.line, "num_heads is for a check with unit: head")
         dim_node = node.get("channel_dim")
         if dim_node is not None and unit == "head":

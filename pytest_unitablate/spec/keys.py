@@ -29,10 +29,14 @@ TOP_KEYS: dict[str, str] = {
     "checks": "list of checks, required",
     "ranking_data": "optional separate split used to rank units for top_units",
     "channel_dim": "which dimension of a layer's output holds its units (1 for N,C,H,W and "
-                   "N,C,L; -1 for N,T,C token features); required for outputs that are not "
-                   "N,C,H,W or N,C; a check may override it",
+                   "N,C,L; -1 for N,T,C token features and channels-last N,H,W,C); "
+                   "required for any output the model's modules do not show to be N,C or "
+                   "channels-first N,C,H,W; a check may override it",
     "unit": "what a unit is: channel (default) or head (attention heads); a check may "
             "override it",
+    "num_heads": "for unit: head checks, how many heads each layer has where neither the "
+                 "module, its attention block nor the model's config says; a check may "
+                 "override it",
     "min_examples": "minimum examples a class target needs, default 1",
     "output": "which part of the model's output holds the logits: an index into a tuple "
               "or list output, or a key of a dict (or attribute of a ModelOutput)",

@@ -138,6 +138,9 @@ class _Validator(Checks):
                 classes = tuple(names)
         ablation = self.ablation(root.get("ablation")) or Ablation()
         channel_dim = self.integer(root.get("channel_dim"), "channel_dim")
+        spec_unit = self.unit_kind(root.get("unit")) or "channel"
+        self.spec_unit = spec_unit
+        num_heads = self.integer(root.get("num_heads"), "num_heads", minimum=1)
         min_examples = self.integer(root.get("min_examples"), "min_examples", minimum=1)
         output = self.output(root.get("output"))
         provenance: tuple[tuple[str, str], ...] = ()
@@ -157,6 +160,11 @@ class _Validator(Checks):
                     c = self.check(i, item, classes)
                     if c is not None:
                         checks.append(c)
+        heads_node = root.get("num_heads")
+        if heads_node is not None and spec_unit != "head" and \
+                not any(c.unit == "head" for c in checks):
+            self.err(heads_node.line, "num_heads is for unit: head checks, and this spec has "
+                     "none: remove it, or say unit: head")
         if self.problems or model is None or data is None:
             return None
         def line_of(key: str) -> int:
@@ -169,7 +177,7 @@ class _Validator(Checks):
             classes=classes, classes_line=cnode.line if cnode else 0, ablation=ablation,
             ranking_data=ranking,
             ranking_data_line=line_of("ranking_data"),
-            channel_dim=channel_dim, unit=self.unit_kind(root.get("unit")) or "channel",
+            channel_dim=channel_dim, unit=spec_unit, num_heads=num_heads,
             min_examples=min_examples or 1, provenance=provenance,
             output=output, output_line=line_of("output"),
             signatures=sig_file, signatures_sha256=sig_sha,

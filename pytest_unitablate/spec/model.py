@@ -198,6 +198,8 @@ class Spec:
     channel_dim: int | None = None
     #: What the units are unless a check says otherwise: channels or attention heads.
     unit: UnitKind = "channel"
+    #: For unit: head checks, the number of heads where the model does not say it.
+    num_heads: int | None = None
     #: Minimum number of evaluation examples a class target needs.
     min_examples: int = 1
     #: Record-mode provenance block (torch version, device, dtype, hashes), if present.
@@ -230,6 +232,10 @@ class Spec:
     def channel_dim_for(self, check: Check) -> int | None:
         """The channel dimension a check states (its own, or the spec's), or ``None``."""
         return check.channel_dim if check.channel_dim is not None else self.channel_dim
+
+    def num_heads_for(self, check: Check) -> int | None:
+        """The head count a head check states (its own, or the spec's), or ``None``."""
+        return check.num_heads if check.num_heads is not None else self.num_heads
 
     def unit_for(self, check: Check) -> UnitKind:
         """What the check's units are: its own ``unit:``, or the spec's."""

@@ -150,6 +150,8 @@ def build_schema() -> dict[str, Any]:
                         "description": desc}
         elif key in ("channel_dim", "min_examples"):
             top[key] = {"type": "integer", "description": desc}
+        elif key == "num_heads":
+            top[key] = {"type": "integer", "minimum": 1, "description": desc}
         elif key == "unit":
             top[key] = {"enum": list(UNIT_KINDS), "description": desc}
         elif key == "signatures":

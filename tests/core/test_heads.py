@@ -180,16 +180,23 @@ def test_layers_without_heads_get_a_message_that_says_what_to_name() -> None:
         with pytest.raises(UnsupportedModelError, match=r"is a Linear\. Its channels are "
                                                         r"not heads"):
             head_site(model, layer)
-    with pytest.raises(ConfigError, match=r"num_heads: 8 for 'attn.o_proj', but its "
-                                          r"attention module says it has 4 heads"):
+    with pytest.raises(ConfigError, match=r"num_heads: 8 for 'attn.o_proj', but 'attn' "
+                                          r"says it has 4 heads"):
         head_site(model, "attn.o_proj", num_heads=8)
+    lone = torch.nn.Sequential()
+    lone.add_module("o_proj", torch.nn.Linear(E, E))  # nothing shows it is attention
+    for num_heads in (None, 2):
+        with pytest.raises(UnsupportedModelError, match="not an attention module"):
+            head_site(lone, "o_proj", num_heads=num_heads)
     bare = torch.nn.Sequential()
-    bare.add_module("o_proj", torch.nn.Linear(E, E))  # nothing says how many heads
+    bare.add_module("block", torch.nn.Module())
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):  # attention by its parts
+        bare.block.add_module(name, torch.nn.Linear(E, E))
     with pytest.raises(UnsupportedModelError, match="add num_heads: to the check"):
-        head_site(bare, "o_proj")
-    assert head_site(bare, "o_proj", num_heads=2).num_heads == 2
+        head_site(bare, "block.o_proj")  # nothing says how many heads
+    assert head_site(bare, "block.o_proj", num_heads=2).num_heads == 2
     with pytest.raises(ConfigError, match=r"takes 16 features, which do not split into 5 heads"):
-        head_site(bare, "o_proj", num_heads=5)
+        head_site(bare, "block.o_proj", num_heads=5)
     with pytest.raises(UnitOutOfRangeError, match=r"head 4 is out of range .* 4 heads"), \
             ablate(model, {"attn.o_proj": [4]}, unit="head"):
         pass

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,6 +50,7 @@ from pytest_unitablate.core.layers import (
     shape_text,
     unit_indices,
 )
+from pytest_unitablate.core.layout import unit_dim_of
 from pytest_unitablate.core.scan.closed_form import affine_head, scan_closed_form
 from pytest_unitablate.core.scan.collect import EngineOutput
 from pytest_unitablate.core.scan.heads import scan_heads, split_for_heads
@@ -161,7 +162,7 @@ def scan(
     ablation: str | float = "zero",
     *,
     means: dict[str, torch.Tensor] | None = None,
-    channel_dim: int = 1,
+    channel_dim: int | None = None,
     device: torch.device | str | None = None,
     method: str = "auto",
     batch_size: int = 256,
@@ -218,8 +219,16 @@ def scan(
         raise ConfigError(f"scan memory_budget must be a positive number of bytes, got {budget}")
     target = torch.device(device) if device is not None else model_device(model)
     first = next(iter(iter_batches(data, batch_size=batch_size, device=target)))[0]
-    info = probe_layers(model, first[:2], [layer], channel_dim=channel_dim)[layer]
+    if unit == "head":  # before probing: a head site says what to name when it is wrong
+        head_site(model, layer, num_heads)
+    info = probe_layers(model, first[:2], [layer], channel_dim=channel_dim or 1)[layer]
     batch = batch_dim(model, first[:3], layer) if unit == "channel" else None
+    if unit == "channel":
+        channel_dim = unit_dim_of(model, layer, info.shape, channel_dim, batch or 0)
+        at = channel_dim if channel_dim >= 0 else len(info.shape) + channel_dim
+        info = replace(info, channels=info.shape[at])
+    else:
+        channel_dim = 1 if channel_dim is None else channel_dim
     count = info.channels
     if unit == "head":
         count = head_site(model, layer, num_heads).num_heads

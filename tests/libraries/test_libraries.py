@@ -1,0 +1,358 @@
+"""The libraries people use, built tiny and random (exactness needs no training): for each
+family, heads and neurons through ``scan()`` equal weight surgery (or an independent hook),
+and every output whose units are not on dimension 1 is refused with advice that, followed,
+gives the exact number.
+
+Weight surgery: zeroing a head's input slice of a linear output projection is zeroing its
+columns; zeroing a neuron after ``Linear -> GELU`` is zeroing its row and bias (GELU(0) = 0).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from pytest_unitablate.core.ablation import ablate
+from pytest_unitablate.core.evaluation import evaluate
+from pytest_unitablate.core.scan.api import scan
+from pytest_unitablate.errors import ConfigError, UnsupportedModelError
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning",
+                                        "ignore::FutureWarning", "ignore::UserWarning")
+
+
+@contextmanager
+def surgery(*edits: tuple[torch.Tensor, Callable[[torch.Tensor], None]]) -> Iterator[None]:
+    """Change parameters in place (``edit(param.data)``) inside the block; restore after."""
+    kept = [p.detach().clone() for p, _ in edits]
+    try:
+        with torch.no_grad():
+            for param, edit in edits:
+                edit(param.data)
+        yield
+    finally:
+        with torch.no_grad():
+            for (param, _), old in zip(edits, kept, strict=True):
+                param.copy_(old)
+
+
+def zero_cols(start: int, stop: int) -> Callable[[torch.Tensor], None]:
+    def edit(w: torch.Tensor) -> None:
+        w[:, start:stop] = 0
+    return edit
+
+
+def zero_rows(start: int, stop: int) -> Callable[[torch.Tensor], None]:
+    def edit(w: torch.Tensor) -> None:
+        w[start:stop] = 0
+    return edit
+
+
+def logprobs(model: nn.Module, data: Any) -> torch.Tensor:
+    return torch.as_tensor(evaluate(model, data).logprob)
+
+
+def assert_scan_equals_surgery(model: nn.Module, data: Any, layer: str, index: int,
+                               edits: list[tuple[torch.Tensor, Callable[[torch.Tensor], None]]],
+                               **kwargs: Any) -> None:
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = scan(model, data, layer, units=[index], method="naive", progress=False,
+                  **kwargs)
+    with surgery(*edits):
+        expected = logprobs(model, data)
+    torch.testing.assert_close(torch.as_tensor(result.logprobs[0]), expected,
+                               rtol=1e-4, atol=1e-5)
+    assert not torch.equal(expected, logprobs(model, data)), "the unit changes nothing"
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def tokens(n: int = 24, length: int = 7, vocab: int = 40, seed: int = 0
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(1, vocab, (n, length), generator=g), \
+        torch.randint(0, 3, (n,), generator=g)
+
+
+def images(n: int = 24, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+class Logits(nn.Module):
+    """A Hugging Face classifier's ``.logits`` (the tool can also take ``output: logits``;
+    here the layer names stay the library's behind ``hf.``)."""
+
+    def __init__(self, hf: nn.Module) -> None:
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hf(x).logits
+
+
+# --- Hugging Face transformers -------------------------------------------------------
+
+
+def _hf(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind == "gpt2":
+            from transformers import GPT2Config, GPT2ForSequenceClassification
+
+            cfg = GPT2Config(vocab_size=40, n_positions=16, n_embd=32, n_layer=2, n_head=4,
+                             num_labels=3, pad_token_id=0, bos_token_id=1, eos_token_id=1)
+            return GPT2ForSequenceClassification(cfg).eval()
+        if kind == "llama":
+            from transformers import LlamaConfig, LlamaForSequenceClassification
+
+            cfg = LlamaConfig(vocab_size=40, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, num_labels=3, pad_token_id=0)
+            return LlamaForSequenceClassification(cfg).eval()
+        if kind == "bert":
+            from transformers import BertConfig, BertForSequenceClassification
+
+            cfg = BertConfig(vocab_size=40, hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=2, num_attention_heads=4, num_labels=3,
+                             max_position_embeddings=16)
+            return BertForSequenceClassification(cfg).eval()
+        from transformers import ViTConfig, ViTForImageClassification
+
+        cfg = ViTConfig(image_size=16, patch_size=4, hidden_size=32, intermediate_size=64,
+                        num_hidden_layers=2, num_attention_heads=4, num_labels=3)
+        return ViTForImageClassification(cfg).eval()
+
+
+@pytest.mark.parametrize(("kind", "layer", "width"), [
+    ("gpt2", "hf.transformer.h.1.attn.c_proj", 32),
+    ("llama", "hf.model.layers.1.self_attn.o_proj", 32),
+    ("bert", "hf.bert.encoder.layer.1.attention.output.dense", 32),
+    ("vit", "hf.vit.layers.1.attention.o_proj", 32),
+])
+def test_hugging_face_heads_equal_weight_surgery(kind: str, layer: str, width: int) -> None:
+    model = Logits(_hf(kind))
+    data = images() if kind == "vit" else tokens()
+    proj = dict(model.named_modules())[layer]
+    head = 2  # of 4, 8 features each; the count is read from the model (none stated)
+    if type(proj).__name__ == "Conv1D":  # GPT-2: weight (in, out), the heads are rows
+        edits = [(proj.weight, zero_rows(head * 8, head * 8 + 8))]
+    else:
+        edits = [(proj.weight, zero_cols(head * 8, head * 8 + 8))]
+    assert_scan_equals_surgery(model, data, layer, head, edits, unit="head")
+
+
+@pytest.mark.parametrize(("kind", "layer", "sibling"), [
+    ("gpt2", "hf.transformer.h.0.mlp.c_proj", "hf.transformer.h.0.attn.c_proj"),
+    ("bert", "hf.bert.encoder.layer.0.output.dense",
+     "hf.bert.encoder.layer.0.attention.output.dense"),
+])
+def test_an_mlp_projection_is_never_read_as_heads(kind: str, layer: str,
+                                                  sibling: str) -> None:
+    model = Logits(_hf(kind))
+    data = images() if kind == "vit" else tokens()
+    for num_heads in (None, 4):  # whatever num_heads says
+        with pytest.raises(UnsupportedModelError) as info:
+            scan(model, data, layer, unit="head", num_heads=num_heads, progress=False)
+        text = str(info.value)
+        assert "not an attention module" in text and "add num_heads" not in text
+        assert repr(sibling) in text  # the advice names the attention's projection
+
+
+def test_hugging_face_mlp_neurons_equal_weight_surgery() -> None:
+    model = Logits(_hf("vit"))
+    data = images()
+    layer = "hf.vit.layers.0.mlp.activation_fn"  # after Linear fc1, (N, T, 64)
+    with pytest.raises(ConfigError, match="channel_dim: -1"):
+        scan(model, data, layer, units=[5], progress=False)
+    with pytest.raises(UnsupportedModelError, match="not heads"):
+        scan(model, data, "hf.vit.layers.0.mlp.fc2", unit="head", num_heads=4,
+             progress=False)
+    fc = dict(model.named_modules())["hf.vit.layers.0.mlp.fc1"]
+    assert_scan_equals_surgery(model, data, layer, 5, [(fc.weight, zero_rows(5, 6)),
+                                                      (fc.bias, zero_rows(5, 6))],
+                               channel_dim=-1)
+
+
+def test_bert_head_count_is_found_beside_the_projection() -> None:
+    from pytest_unitablate.core.heads import find_head_count
+
+    model = Logits(_hf("bert"))
+    count, where = find_head_count(model, "hf.bert.encoder.layer.0.attention.output.dense") \
+        or (None, None)
+    assert count == 4 and where == "hf.bert.encoder.layer.0.attention.self"
+
+
+# --- timm ------------------------------------------------------------------------------
+
+
+def test_timm_vit_heads_equal_weight_surgery() -> None:
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4,
+                              num_classes=3).eval()
+    proj = model.blocks[1].attn.proj
+    assert_scan_equals_surgery(model, images(), "blocks.1.attn.proj", 1,
+                               [(proj.weight, zero_cols(8, 16))], unit="head")
+
+
+def test_timm_convnext_channels_last_is_refused_then_exact() -> None:
+    from timm.models.convnext import ConvNeXt
+
+    torch.manual_seed(0)
+    model = ConvNeXt(depths=(1, 1, 1, 1), dims=(16, 16, 16, 16), num_classes=3,
+                     conv_mlp=False).eval()
+    data = images(size=32)
+    layer = "stages.0.blocks.0.mlp.fc1"  # Linear on N,H,W,C: (N, 4, 4, 64)
+    assert scan(model, data, "stages.0.blocks.0", units=[1], progress=False).units == (1,)
+    with pytest.raises(ConfigError, match=r"channels-last.*channel_dim: -1"):
+        scan(model, data, layer, units=[5], progress=False)
+    fc = model.stages[0].blocks[0].mlp.fc1
+    assert_scan_equals_surgery(model, data, layer, 5, [(fc.weight, zero_rows(5, 6)),
+                                                          (fc.bias, zero_rows(5, 6))],
+                               channel_dim=-1)
+
+
+# --- torchvision -----------------------------------------------------------------------
+
+
+def _swin() -> nn.Module:
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    return SwinTransformer(patch_size=[2, 2], embed_dim=16, depths=[1, 1], num_heads=[2, 4],
+                           window_size=[2, 2], num_classes=3).eval()
+
+
+def test_torchvision_swin_channels_are_refused_on_dimension_1_then_exact() -> None:
+    model = _swin()
+    with pytest.raises(ConfigError) as info:
+        scan(model, images(), "features.0", units=[5], progress=False)
+    assert "(N, 8, 8, 16)" in str(info.value) and "channel_dim: -1" in str(info.value)
+    norm = model.features[0][2]  # the LayerNorm that ends features.0
+    assert_scan_equals_surgery(model, images(), "features.0", 5,
+                               [(norm.weight, zero_rows(5, 6)), (norm.bias, zero_rows(5, 6))],
+                               channel_dim=-1)
+
+
+def test_torchvision_swin_heads_equal_weight_surgery_and_the_advice_works() -> None:
+    model = _swin()
+    with pytest.raises(UnsupportedModelError) as info:
+        scan(model, images(), "features.1.0.attn.proj", unit="head", progress=False)
+    assert "'features.1.0.attn'" in str(info.value)  # the advice: name the attention
+    proj = model.features[1][0].attn.proj
+    assert_scan_equals_surgery(model, images(), "features.1.0.attn", 1,
+                               [(proj.weight, zero_cols(8, 16))], unit="head")
+    with pytest.raises(ConfigError, match="per window"):
+        with ablate(model, {"features.1.0.attn": [1]}, unit="head", ablation="resample",
+                    resample={"features.1.0.attn": object()}):
+            pass
+
+
+def test_torchvision_convnext_block_is_channels_first_and_its_linear_is_not() -> None:
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    torch.manual_seed(0)
+    model = ConvNeXt([CNBlockConfig(16, 32, 1), CNBlockConfig(32, None, 1)],
+                     num_classes=3).eval()
+    data = images()
+    with pytest.raises(ConfigError, match="channel_dim: -1"):
+        scan(model, data, "features.1.0.block.3", units=[2], progress=False)
+    # the block's output is N,C,H,W again (its last Permute): dimension 1, checked against
+    # an independent hook on that dimension
+    result = scan(model, data, "features.1.0", units=[3], method="naive", progress=False)
+
+    def zero_channel(module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[:, 3] = 0
+        return out
+
+    handle = model.features[1][0].register_forward_hook(zero_channel)
+    try:
+        expected = logprobs(model, data)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(torch.as_tensor(result.logprobs[0]), expected,
+                               rtol=1e-4, atol=1e-5)
+
+
+# --- TransformerLens -------------------------------------------------------------------
+
+
+class LastToken(nn.Module):
+    def __init__(self, tl: nn.Module) -> None:
+        super().__init__()
+        self.tl = tl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tl(x)[:, -1, :3]
+
+
+def _tl() -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        torch.manual_seed(0)
+        cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_ctx=16, d_head=8, n_heads=4,
+                                      d_vocab=40, act_fn="relu", d_mlp=64,
+                                      use_attn_result=True)
+        return LastToken(HookedTransformer(cfg)).eval()
+
+
+def test_transformer_lens_heads_on_hook_z_equal_weight_surgery() -> None:
+    model = _tl()
+    data = tokens()
+    w_o = model.tl.blocks[1].attn.W_O  # (heads, d_head, d_model)
+    assert_scan_equals_surgery(model, data, "tl.blocks.1.attn.hook_z", 2,
+                               [(w_o, zero_rows(2, 3))], unit="head")
+    assert_scan_equals_surgery(model, data, "tl.blocks.1.attn.hook_result", 2,
+                               [(w_o, zero_rows(2, 3))], unit="head")
+
+
+def test_transformer_lens_hook_z_is_refused_without_an_axis() -> None:
+    model = _tl()
+    with pytest.raises(ConfigError) as info:
+        scan(model, tokens(), "tl.blocks.0.attn.hook_z", units=[1], progress=False)
+    assert "unit: head" in str(info.value) and "(N, 7, 4, 8)" in str(info.value)
+    with pytest.raises(UnsupportedModelError, match="hook_z"):
+        scan(model, tokens(), "tl.blocks.0.attn", unit="head", progress=False)
+
+
+def test_transformer_lens_head_mean_ablation_is_per_feature() -> None:
+    """Mean ablation of a head replaces each of its d_head features by that feature's mean
+    over examples and positions, as TransformerLens users write it."""
+    model = _tl()
+    data = tokens()
+    layer = "tl.blocks.1.attn.hook_z"
+    result = scan(model, data, layer, units=[1], ablation="mean", method="naive",
+                  unit="head", progress=False)
+    z: list[torch.Tensor] = []
+    hook = model.tl.blocks[1].attn.hook_z
+    handle = hook.register_forward_hook(lambda m, a, out: z.append(out.detach()))
+    try:
+        logprobs(model, data)
+    finally:
+        handle.remove()
+    mean = torch.cat(z).double().mean(dim=(0, 1)).float()  # (heads, d_head)
+
+    def replace(module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[:, :, 1, :] = mean[1]
+        return out
+
+    handle = hook.register_forward_hook(replace)
+    try:
+        expected = logprobs(model, data)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(torch.as_tensor(result.logprobs[0]), expected,
+                               rtol=1e-4, atol=1e-5)
