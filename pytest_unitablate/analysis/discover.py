@@ -288,7 +288,8 @@ def discover(model_ref: str, data_ref: str, layers: Sequence[str], out: Path, *,
     signatures go to ``<out stem>.signatures.json`` next to the spec (hashed in it).
     ``unit="head"`` scans attention heads (``num_heads`` where the module does not say);
     ``channel_dim`` says which dimension of a layer's output holds its units (required for
-    outputs that are not N,C,H,W or N,C, e.g. ``-1`` for a transformer's N,T,C tokens).
+    outputs the model's modules do not show to be N,C or channels-first N,C,H,W, e.g.
+    ``-1`` for a transformer's N,T,C tokens or a Swin block's channels-last N,H,W,C).
     """
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --force to replace it")

@@ -77,6 +77,12 @@ class Evidence:
     cnn_block: bool = False
 
 
+def _keeps(module: nn.Module) -> bool:
+    """Whether ``module`` keeps the layout of what it is given (elementwise, pooling)."""
+    return isinstance(module, _KEEPS_CNN) or type(module).__name__ in (
+        "StochasticDepth", "DropPath", "Dropout", "GELUActivation", "NewGELUActivation")
+
+
 def _is_hook_point(module: nn.Module) -> bool:
     return type(module).__name__ == "HookPoint"
 
@@ -135,13 +141,16 @@ class _Modules:
             cnn = all(isinstance(m, (*_FIRST, *_KEEPS_CNN)) or any(True for _ in m.children())
                       for _, m in leaves)
             last, (side, count) = found[-1]
+            after = [m for n, m in leaves[[n for n, _ in leaves].index(last) + 1:]
+                     if not any(True for _ in m.children())]
+            if any(not _keeps(m) for m in after):  # a Permute after it: no side
+                return Evidence(None, count, last)
             return Evidence(side, count, last, cnn_block=cnn and all(
                 d[0] == "first" for _, d in found))
         before = self.previous(name, depth + 1)
         if before is None:
             return None
-        keeps = all(isinstance(m, _KEEPS_CNN) or type(m).__name__ in (
-            "StochasticDepth", "DropPath") for _, m in leaves or [(name, module)])
+        keeps = all(_keeps(m) for _, m in leaves or [(name, module)])
         # an activation after a CNN layer is still a CNN layer; anything else keeps only
         # the feature count (a Permute changes the side)
         return Evidence(before.side if keeps else None, before.features, before.source,

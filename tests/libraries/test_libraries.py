@@ -251,10 +251,10 @@ def test_torchvision_swin_heads_equal_weight_surgery_and_the_advice_works() -> N
     proj = model.features[1][0].attn.proj
     assert_scan_equals_surgery(model, images(), "features.1.0.attn", 1,
                                [(proj.weight, zero_cols(8, 16))], unit="head")
-    with pytest.raises(ConfigError, match="per window"):
-        with ablate(model, {"features.1.0.attn": [1]}, unit="head", ablation="resample",
-                    resample={"features.1.0.attn": object()}):
-            pass
+    with pytest.raises(ConfigError, match="per window"), \
+            ablate(model, {"features.1.0.attn": [1]}, unit="head", ablation="resample",
+                   resample={"features.1.0.attn": object()}):
+        pass
 
 
 def test_torchvision_convnext_block_is_channels_first_and_its_linear_is_not() -> None:
