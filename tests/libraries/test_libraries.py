@@ -356,3 +356,36 @@ def test_transformer_lens_head_mean_ablation_is_per_feature() -> None:
         handle.remove()
     torch.testing.assert_close(torch.as_tensor(result.logprobs[0]), expected,
                                rtol=1e-4, atol=1e-5)
+
+
+def test_transformer_lens_head_resample_takes_each_head_from_another_example() -> None:
+    """Resample ablation of a head: each example's head output (all d_head features, every
+    position) is the one the documented index draws, from the reference examples."""
+    import numpy as np
+
+    from pytest_unitablate.core.heads import head_values
+    from pytest_unitablate.core.resample import ResampleSource, resample_index
+
+    model = _tl()
+    x, y = tokens()
+    layer = "tl.blocks.1.attn.hook_z"
+    values = head_values(model, [(x, y)], layer)  # (N, T, heads * d_head), batch first
+    index = resample_index(len(y), len(y), draw=0, seed=0, same_data=True)
+    source = ResampleSource(values, index)
+    result = scan(model, [(x, y)], layer, units=[3], ablation="resample", unit="head",
+                  resample=[source], progress=False)
+    taken = values.reshape(len(y), 7, 4, 8)[torch.as_tensor(np.asarray(index))]
+    hook = model.tl.blocks[1].attn.hook_z
+
+    def replace(module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[:, :, 3, :] = taken[:, :, 3, :]
+        return out
+
+    handle = hook.register_forward_hook(replace)
+    try:
+        expected = logprobs(model, [(x, y)])
+    finally:
+        handle.remove()
+    torch.testing.assert_close(torch.as_tensor(result.logprobs[0]), expected,
+                               rtol=1e-4, atol=1e-5)

@@ -144,3 +144,13 @@ def test_every_problem_on_a_line_is_reported(tmp_path: Path) -> None:
     messages = [p.message for p in info.value.problems if p.line == 8]
     assert any("no 'classes:' list" in m for m in messages)
     assert any("bare number (20)" in m for m in messages)
+
+
+def test_num_heads_may_be_set_once_for_the_spec_and_a_check_overrides_it() -> None:
+    spec = load_spec(CORPUS / "good" / "spec_level_num_heads.yaml")
+    first, second = spec.checks
+    assert (spec.num_heads_for(first), spec.num_heads_for(second)) == (12, 6)
+    assert spec.unit_for(first) == "head"
+    text = (CORPUS / "good" / "spec_level_num_heads.yaml").read_text()
+    with pytest.raises(SpecError, match="num_heads is for a check with unit: head"):
+        load_spec("channel.yaml", text=text.replace("unit: head\nnum_heads: 12\n", ""))
