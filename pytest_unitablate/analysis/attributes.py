@@ -36,6 +36,7 @@ from pytest_unitablate.core.evaluation import eval_mode, model_device
 from pytest_unitablate.core.heads import editing_heads, head_site
 from pytest_unitablate.core.layers import first_tensor, resolve_layer
 from pytest_unitablate.core.layout import DimResolver
+from pytest_unitablate.core.tokens import call_model
 from pytest_unitablate.errors import UnsupportedModelError, optional_import
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def unit_attributes(model: nn.Module, data: Any, layer: str, *, next_layer: str 
     target = torch.device(device) if device is not None else model_device(model)
     with _capturing(model, module, layer, unit, num_heads, hook), eval_mode(model):
         for inputs, labels in iter_batches(data, device=target):
-            model(inputs)
+            call_model(model, inputs)
             pooled_batches.append(seen.pop())
             labels_all.append(labels.cpu())
     pooled = torch.cat(pooled_batches).cpu().double().numpy()  # (N, C)

@@ -51,6 +51,7 @@ from pytest_unitablate.core.layers import (
     unwrap_model,
 )
 from pytest_unitablate.core.layout import DimResolver
+from pytest_unitablate.core.tokens import call_model
 from pytest_unitablate.errors import ConfigError, UnsupportedModelError
 
 AblationArg = str | float | int
@@ -121,7 +122,7 @@ def channel_means(
         with eval_mode(model):
             for inputs, _ in iter_batches(data, device=target):
                 before = dict(calls)
-                model(inputs)
+                call_model(model, inputs)
                 for name in layers:
                     require_single_call(model, name, calls[name] - before[name])
     finally:

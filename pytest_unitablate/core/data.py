@@ -8,6 +8,10 @@ Accepted forms:
   in order, without shuffling;
 * a pair of tensors ``(X, y)``, batched in order.
 
+A batch's inputs may also be a dict of tensors (a tokenizer's ``input_ids`` and
+``attention_mask``): a batch ``(dict, labels)``, or one dict with its labels under
+``labels`` (:mod:`pytest_unitablate.core.tokens`; the model is called ``model(**inputs)``).
+
 Example::
 
     >>> import torch
@@ -19,7 +23,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -36,7 +40,7 @@ from torch.utils.data import (
 
 from pytest_unitablate.errors import DataError
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[Any, torch.Tensor]  # (a tensor or a core.tokens.TokenBatch, labels)
 
 
 def _is_tensor_pair(data: Any) -> bool:
@@ -79,15 +83,24 @@ def _raw_batches(data: Any, batch_size: int) -> Iterable[Any]:
 
 
 def _check_batch(index: int, batch: Any) -> Batch:
+    from pytest_unitablate.core.tokens import LABELS_KEY, TokenBatch
+
     where = f"batch {index}"
-    if isinstance(batch, dict):
-        raise DataError(f"{where} is a dict; expected a pair (inputs, labels)")
+    if isinstance(batch, Mapping):
+        if LABELS_KEY not in batch:
+            raise DataError(f"{where} is a dict without {LABELS_KEY!r}: give the labels "
+                            f"(target token ids, or classes) under {LABELS_KEY!r}, or a pair "
+                            f"(inputs, labels)")
+        labels = batch[LABELS_KEY]
+        batch = ({k: v for k, v in batch.items() if k != LABELS_KEY}, labels)
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         kind = type(batch).__name__
         size = f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""
         raise DataError(f"{where} is a {kind}{size}; expected a pair (inputs, labels)")
     inputs, labels = batch
-    if not isinstance(inputs, torch.Tensor):
+    if isinstance(inputs, Mapping) and not isinstance(inputs, TokenBatch):
+        inputs = TokenBatch.checked(where, inputs)
+    if not isinstance(inputs, (torch.Tensor, TokenBatch)):
         raise DataError(f"{where}: inputs are a {type(inputs).__name__}, not a tensor")
     if not isinstance(labels, torch.Tensor):
         if isinstance(labels, (list, tuple)) and all(isinstance(v, int) for v in labels):
@@ -129,14 +142,24 @@ class PassDigest:
     def __init__(self) -> None:
         self._sha = hashlib.sha256()
 
-    def update(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+    def update(self, inputs: Any, labels: torch.Tensor) -> None:
+        from pytest_unitablate.core.tokens import TokenBatch
+
+        if isinstance(inputs, TokenBatch):
+            for key in sorted(inputs):
+                self._sha.update(key.encode())
+                self._tensor(inputs[key])
+        else:
+            self._tensor(inputs)
+        self._sha.update(labels.detach().to("cpu", torch.int64).numpy().tobytes())
+
+    def _tensor(self, inputs: torch.Tensor) -> None:
         x = inputs.detach().to("cpu").contiguous()
         # the batch's dtype and per-example shape (the hash data_fingerprint always had)
         self._sha.update(str((x.dtype, tuple(x.shape[1:]))).encode())
         if x.dtype == torch.bfloat16:
             x = x.float()
         self._sha.update(x.numpy().tobytes())
-        self._sha.update(labels.detach().to("cpu", torch.int64).numpy().tobytes())
 
     def hexdigest(self) -> str:
         return self._sha.hexdigest()
@@ -239,6 +262,13 @@ def iter_batches(
         raise DataError(f"the data has no examples{hint}")
 
 
+def first_inputs(data: Any) -> Any:
+    """The inputs of ``data``'s first batch (a tensor, or a tokenizer-style
+    :class:`~pytest_unitablate.core.tokens.TokenBatch`): what decides whether a traced graph
+    can take them."""
+    return next(iter(iter_batches(data)))[0]
+
+
 def count_examples(data: Any) -> int | None:
     """How many examples ``data`` holds, when that is known without a pass (a tensor pair, a
     sized ``Dataset``, a ``DataLoader`` over one); ``None`` otherwise. For progress bars.
@@ -274,6 +304,46 @@ def data_fingerprint(data: Any, *, batch_size: int = 256) -> str:
     for _ in iter_batches(data, batch_size=batch_size, digest=digest):
         pass
     return digest.hexdigest()
+
+
+class GroupedData:
+    """Named groups of data (prompt sets, "night images") evaluated as one data set, in
+    order: every group's batches, group after group. :meth:`group_ids` says which group
+    each example is in, in the order every pass sees them.
+
+    >>> import torch
+    >>> both = GroupedData([("a", (torch.zeros(3, 2), torch.zeros(3, dtype=torch.long))),
+    ...                     ("b", (torch.ones(2, 2), torch.ones(2, dtype=torch.long)))])
+    >>> both.names, both.group_ids().tolist()
+    (('a', 'b'), [0, 0, 0, 1, 1])
+    """
+
+    def __init__(self, parts: Iterable[tuple[str, Any]]) -> None:
+        self.parts = list(parts)
+        self.names = tuple(name for name, _ in self.parts)
+        self._ids: Any = None
+        for name, part in self.parts:
+            try:
+                require_replayable(part)
+            except DataError as exc:
+                raise DataError(f"data group {name!r}: {exc}") from None
+
+    def __iter__(self) -> Iterator[Batch]:
+        for name, part in self.parts:
+            try:
+                yield from iter_batches(part)
+            except DataError as exc:
+                raise DataError(f"data group {name!r}: {exc}") from None
+
+    def group_ids(self) -> Any:
+        """``np.ndarray`` of group indices, one per example, in pass order."""
+        import numpy as np
+
+        if self._ids is None:
+            sizes = [sum(int(labels.shape[0]) for _, labels in iter_batches(part))
+                     for _, part in self.parts]
+            self._ids = np.repeat(np.arange(len(sizes)), sizes)
+        return self._ids
 
 
 DataSource = Iterable[Batch] | Dataset[Any] | Callable[[], Iterable[Batch]] | Batch

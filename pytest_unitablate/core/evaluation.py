@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from pytest_unitablate.core.data import PassDigest, iter_batches
+from pytest_unitablate.core.tokens import call_model
 from pytest_unitablate.errors import (
     DataError,
     NonFiniteLogitsError,
@@ -247,6 +248,12 @@ def checked_logits(index: int, produced: Any, labels: torch.Tensor, width: int |
             f"batch {index}: the model returned {type(logits).__name__}; expected a tensor "
             f"of logits of shape (N, classes)"
         )
+    if logits.dim() == 3 and logits.shape[0] == batch:
+        raise DataError(
+            f"batch {index}: the model returned logits of shape {tuple(logits.shape)}, a "
+            f"language model's (N, T, V): say which position's next token is judged with "
+            f"the spec key position: (last, or an index such as -1; the labels are then "
+            f"target token ids), or wrap it with core.next_token.next_token(model)")
     if logits.dim() != 2 or logits.shape[0] != batch:
         raise DataError(
             f"batch {index}: the model returned logits of shape {tuple(logits.shape)}; "
@@ -334,7 +341,8 @@ def evaluate(
         for index, (inputs, labels) in enumerate(
             iter_batches(data, batch_size=batch_size, device=target, digest=digest)
         ):
-            logits = checked_logits(index, model(inputs), labels, width, output)
+            logits = checked_logits(index, call_model(model, inputs), labels, width,
+                                    output)
             width = int(logits.shape[1])
             preds.append(logits.argmax(dim=1))
             logprobs.append(true_logprob(logits, labels))

@@ -48,6 +48,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from pytest_unitablate.core.layers import resolve_layer, unwrap_model
+from pytest_unitablate.core.tokens import call_model
 from pytest_unitablate.errors import ConfigError, UnitOutOfRangeError, UnsupportedModelError
 
 #: Attributes that hold the number of heads of an attention module (Hugging Face, GPT-2,
@@ -512,7 +513,7 @@ def _run_capturing(model: nn.Module, data: Any, site: HeadSite,
     target = torch.device(device) if device is not None else model_device(model)
     with editing_heads(site, capture), eval_mode(model):
         for inputs, _ in iter_batches(data, device=target):
-            model(inputs)
+            call_model(model, inputs)
 
 
 def head_values(model: nn.Module, data: Any, layer: str, *, num_heads: int | None = None,

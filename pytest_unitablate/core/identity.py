@@ -45,6 +45,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from pytest_unitablate.core.tokens import call_model
 from pytest_unitablate.core.unit_order import class_damage_sums
 from pytest_unitablate.errors import UnitAblateError
 
@@ -110,7 +111,8 @@ def head_profiles(
         values, labels = [], []
         with eval_mode(model):
             for inputs, y in iter_batches(data, batch_size=batch_size, device=target):
-                logp = torch.log_softmax(select_logits(model(inputs), output).double(), 1)
+                logits = select_logits(call_model(model, inputs), output)
+                logp = torch.log_softmax(logits.double(), 1)
                 values.append(logp.gather(1, y.view(-1, 1)).squeeze(1).cpu())
                 labels.append(y.cpu())
         return torch.cat(values).numpy(), torch.cat(labels).numpy().astype(np.int64)

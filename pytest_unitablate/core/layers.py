@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pytest_unitablate.core.tokens import call_model
 from pytest_unitablate.errors import (
     LayerCalledTwiceError,
     LayerNeverRanError,
@@ -57,6 +58,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         seen += 1
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
+            continue
+        wrapped = getattr(type(model), "unitablate_wrapped", None)
+        if isinstance(wrapped, str) and isinstance(getattr(model, wrapped, None), nn.Module):
+            model = getattr(model, wrapped)  # core.tokens.NextTokenLogits
             continue
         if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
             raise UnsupportedModelError(
@@ -239,7 +244,7 @@ def probe_layers(
         for name, module in modules.items():
             handles.append(module.register_forward_hook(make_hook(name)))
         with eval_mode(model):
-            model(example_inputs)
+            call_model(model, example_inputs)
     finally:
         for handle in handles:
             handle.remove()

@@ -35,6 +35,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from pytest_unitablate.core.tokens import call_model
 from pytest_unitablate.errors import ConfigError, UnsupportedModelError
 
 
@@ -104,7 +105,7 @@ def layer_values(model: nn.Module, data: Any, layer: str, *,
     try:
         with eval_mode(model):
             for inputs, _ in iter_batches(data, device=target):
-                model(inputs)
+                call_model(model, inputs)
     finally:
         handle.remove()
     if not parts:

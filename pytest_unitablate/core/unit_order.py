@@ -30,7 +30,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from pytest_unitablate.core.data import PassDigest, iter_batches
+from pytest_unitablate.core.data import PassDigest, first_inputs, iter_batches
 from pytest_unitablate.core.evaluation import (
     eval_mode,
     logits_agree,
@@ -42,6 +42,7 @@ from pytest_unitablate.core.layout import DimResolver
 from pytest_unitablate.core.scan.collect import replacement_values
 from pytest_unitablate.core.scan.prefix import PrefixCache, StalePrefix
 from pytest_unitablate.core.scan.split import Split
+from pytest_unitablate.core.tokens import TokenBatch, call_model
 
 
 class _Sums:
@@ -97,7 +98,7 @@ def _split_matches(model: nn.Module, split: Split, inputs: torch.Tensor,
     engine checks its ablations on the first batch)."""
     few = inputs[:16]
     with torch.no_grad():
-        real = select_logits(model(few), output)
+        real = select_logits(call_model(model, few), output)
         ours = select_logits(split.suffix(*split.prefix(few)), output)
     return logits_agree(ours, real)
 
@@ -138,7 +139,8 @@ def class_damage_sums(
     """
     dims = DimResolver(model, layer, channel_dim)
     sums = _Sums(ablation, means, layer, dims)
-    split = prefix_cache.split(model, layer)[0] if prefix_cache is not None else None
+    split = prefix_cache.split(model, layer)[0] if prefix_cache is not None and \
+        not isinstance(first_inputs(data), TokenBatch) else None
     if split is not None and prefix_cache is not None:
         place = torch.device(device) if device is not None else model_device(model)
         try:
@@ -181,7 +183,7 @@ def class_damage_sums(
                     continue
                 captured.clear()
                 with torch.no_grad():
-                    produced = model(inputs[keep])
+                    produced = call_model(model, inputs[keep])
                 sums.add(captured[0], select_logits(produced, output), labels[keep])
     finally:
         handle.remove()

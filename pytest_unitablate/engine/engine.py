@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from pytest_unitablate.core.data import seeded_passes
 from pytest_unitablate.core.evaluation import EvalResult
@@ -74,9 +75,20 @@ class Engine:
             return self.references.resolve(ref, what, line, where=where, lookup=lookup)
 
         model = resolve(spec.model, "model", spec.model_line)
-        data = resolve(spec.data, "data", spec.data_line)
-        ranking = resolve(spec.ranking_data, "ranking_data", spec.ranking_data_line) \
-            if spec.ranking_data else None
+
+        def source(ref: str | None, groups: tuple[tuple[str, str], ...], what: str,
+                   line: int) -> object:
+            if not groups:
+                return resolve(ref, what, line) if ref else None
+            from pytest_unitablate.core.data import GroupedData
+
+            parts = [(name, resolve(part, f"{what} group {name!r}", line))
+                     for name, part in groups]
+            return self.evals.guard(spec, line, lambda: GroupedData(parts))
+
+        data = source(spec.data, spec.groups, "data", spec.data_line)
+        ranking = source(spec.ranking_data, spec.ranking_groups, "ranking_data",
+                         spec.ranking_data_line)
         references = {ref: resolve(ref, "reference", line) for ref, line in sorted(
             {spec.reference_for(c) for c in spec.checks if spec.reference_for(c)[0]})
             if ref is not None}
@@ -100,6 +112,10 @@ class Engine:
         Every pass over the data starts from ``torch.manual_seed(seed)``
         (:func:`~pytest_unitablate.core.data.seeded_passes`), so data with seeded random
         augmentation replays the same examples in every pass and every engine."""
+        position = spec.position_for(key.check)
+        if position is not None:  # the model judged on its next-token logits there
+            subject = subject.at(position, spec.output)
+            spec = replace(spec, output=None)
         with seeded_passes(self.settings.seed):
             return judge_item(self, spec, subject, key)
 

@@ -142,10 +142,11 @@ class _ItemRun:
                 f"{spec.where(spec.classes_line)}: classes names {len(spec.classes)} classes "
                 f"but the model has {baseline.num_classes} outputs: one name per output, in "
                 f"index order")
-        k = spec.class_index(key.expectation.target)
-        if k is not None:
-            self._check_class(k, baseline)
-        mask = slice(None) if k is None else (baseline.labels == k)
+        mask = self._target_mask(key.expectation.target, baseline)
+        # the class the unit order is estimated on (a group's order is the overall one:
+        # the order only decides how soon a layer-wide check can stop, never its result)
+        k = None if spec.is_group(key.expectation.target) else \
+            spec.class_index(key.expectation.target)
         base_correct = baseline.correct[mask]
         base_lp = baseline.true_logprob[mask]
         kind = constraint.kind
@@ -334,6 +335,30 @@ class _ItemRun:
                       f"{self.key.check.layer} used the naive engine (one forward per unit): "
                       f"{sweep.reason}")
 
+    def _target_mask(self, target: str | int, baseline: Any, ranking: bool = False) -> Any:
+        """The examples of ``target``: every example for ``overall``, a class's, or a data
+        group's (checked: the class exists and has enough examples)."""
+        spec = self.spec
+        if spec.is_group(target):
+            ids = self.subject.group_ids(ranking)
+            if ids is None or len(ids) != len(baseline.labels):
+                raise ItemProblem(f"{spec.where(self.key.expectation.line)}: the data's groups "
+                                  f"hold {0 if ids is None else len(ids)} examples, the "
+                                  f"evaluation saw {len(baseline.labels)}")
+            mask = ids == spec.group_names.index(str(target))
+            needed = max(spec.min_examples, 1)
+            if int(mask.sum()) < needed:
+                raise ItemProblem(
+                    f"{spec.where(self.key.expectation.line)}: data group {target!r} has "
+                    f"{int(mask.sum())} example(s); the spec needs at least {needed}")
+            return mask
+        k = spec.class_index(target)
+        if k is None:
+            return slice(None)
+        if not ranking:
+            self._check_class(k, baseline)
+        return baseline.labels == k
+
     def _check_class(self, k: int, baseline: Any) -> None:
         spec, key = self.spec, self.key
         name = spec.target_name(key.expectation.target)
@@ -356,7 +381,7 @@ class _ItemRun:
         ranking = spec.ranking_data is not None
         rank_base = engine.evals.baseline(spec, subject, ranking=ranking)
         sweep = engine.sweeps.sweep(spec, subject, check, ranking=ranking)
-        rmask = rank_base.labels == spec.class_index(check.top_class)
+        rmask = self._target_mask(check.top_class, rank_base, ranking=ranking)
         drops = class_drops(rank_base.correct[rmask],
                             (sweep.correct(i)[rmask] for i in range(len(sweep.units))))
         self.record.update({"engine": sweep.method, "engine_reason": sweep.reason or None,
@@ -399,6 +424,10 @@ class _ItemRun:
         deciding unit's, for a layer-wide check), fractions: the review page's unit x
         class heatmap and its overall-vs-class plot."""
         labels, before = baseline.labels, baseline.correct
+        if baseline.num_classes > 256:  # a language model's vocabulary: no heatmap
+            self.record["class_drops"] = None
+            self.record["overall_drop"] = float(before.mean() - after.mean())
+            return
         drops: list[float | None] = []
         for k in range(baseline.num_classes):
             mask = labels == k

@@ -128,10 +128,33 @@ class Subject:
     ranking: Any = None
     #: ``reference:`` values (spec-level and per check): reference string -> data
     references: dict[str, Any] = field(default_factory=dict)
+    #: the model as a next-token classifier, per (position, output): see :meth:`at`
+    views: dict[Any, Subject] = field(default_factory=dict, compare=False, repr=False)
 
     def data_for(self, ranking: bool) -> Any:
         """The ranking data when asked for and declared, else the evaluation data."""
         return self.ranking if ranking and self.ranking is not None else self.data
+
+    def at(self, position: int | str | None, output: int | str | None) -> Subject:
+        """This subject with the model judged on its next-token logits at ``position``
+        (``core.next_token``; one view per position, kept, so its evaluations are
+        cached as any model's); itself for ``None``."""
+        if position is None:
+            return self
+        key = (position, output)
+        if key not in self.views:
+            from pytest_unitablate.core.next_token import next_token
+
+            self.views[key] = Subject(model=next_token(self.model, position, output),
+                                      data=self.data, ranking=self.ranking,
+                                      references=self.references)
+        return self.views[key]
+
+    def group_ids(self, ranking: bool = False) -> Any:
+        """Per example (in pass order), the index of its data group; ``None`` when the
+        data is not grouped."""
+        data = self.data_for(ranking)
+        return data.group_ids() if hasattr(data, "group_ids") else None
 
 
 def import_lookup(refs: Mapping[str, str], hint: str) -> Lookup:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_unitablate.atomic import atomic_write
+from pytest_unitablate.core.tokens import call_model
 from pytest_unitablate.engine.engine import Engine
 from pytest_unitablate.engine.refs import mapping_lookup
 from pytest_unitablate.engine.run import evaluate_spec
@@ -180,7 +181,7 @@ def _num_classes(model: Any, data: Any) -> int:
 
     inputs, _ = next(iter(iter_batches(data)))
     with torch.no_grad():
-        return int(model(inputs[:1]).shape[-1])
+        return int(call_model(model, inputs[:1]).shape[-1])
 
 
 def _addressing(unit: str, channel_dim: int | None, num_heads: int | None) -> list[str]:

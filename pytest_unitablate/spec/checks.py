@@ -48,6 +48,8 @@ class Checks(Fields):
 
     #: the spec's own ``unit:`` (a check without one inherits it)
     spec_unit: str = "channel"
+    #: the names of ``data:``'s groups, which are targets too
+    groups: tuple[str, ...] = ()
 
     def target(self, key: YNode, classes: tuple[str, ...] | None) -> str | int | None:
         value = key.value
@@ -70,13 +72,20 @@ class Checks(Fields):
             return None
         if value == OVERALL:
             return OVERALL
+        if value in self.groups:
+            return value
         if classes is None:
+            if self.groups:
+                self.err(key.line, f"unknown target {value!r}: a target is one of data's "
+                         f"groups ({', '.join(self.groups)}), a class index or 'overall'"
+                         f"{did_you_mean(value, [*self.groups, OVERALL])}")
+                return None
             self.err(key.line, f"target {value!r} is a class name but the spec has no "
                      f"'classes:' list; add one, or use a class index or 'overall'")
             return None
         if value not in classes:
             self.err(key.line, f"unknown class {value!r}"
-                     f"{did_you_mean(value, [*classes, OVERALL])}")
+                     f"{did_you_mean(value, [*classes, *self.groups, OVERALL])}")
             return None
         return value
 
@@ -313,6 +322,7 @@ class Checks(Fields):
             channel_dim=self.integer(node.get("channel_dim"), "channel_dim"),
             unit=unit, num_heads=num_heads, reference=reference,
             reference_line=ref_node.line if ref_node is not None else 0,
+            position=self.position(node.get("position")),
         )
 
     def unit_kind(self, node: YNode | None) -> UnitKind | None:

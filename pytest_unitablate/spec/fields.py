@@ -21,7 +21,7 @@ import math
 import re
 
 from pytest_unitablate.errors import Problem
-from pytest_unitablate.spec.keys import ABLATION_NAMES, IDENT, PERCENT
+from pytest_unitablate.spec.keys import ABLATION_NAMES, ID_SAFE, IDENT, PERCENT
 from pytest_unitablate.spec.model import Ablation
 from pytest_unitablate.spec.yaml_lines import YNode
 
@@ -106,6 +106,42 @@ class Fields:
             self.err(node.line, f"{what} {node.value!r} is not valid{hint}")
             return None
         return str(node.value)
+
+    def data_source(self, node: YNode | None, what: str, pattern: re.Pattern[str],
+                    hint: str) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+        """``data:`` (or ``ranking_data:``): one reference, or a mapping of named groups
+        to references. Returns the text shown in reports and the groups (empty for one)."""
+        if node is None or node.kind != "map":
+            return self.string(node, what, pattern, hint), ()
+        if not node.entries:
+            self.err(node.line, f"{what} is an empty mapping: name at least one group")
+            return None, ()
+        groups: list[tuple[str, str]] = []
+        for key, value in node.entries:
+            name = key.value
+            if not isinstance(name, str) or not ID_SAFE.match(name) or name == "overall":
+                self.err(key.line, f"a {what} group needs a name of letters, digits and _ - "
+                         f". (not 'overall', which is all the groups), got {key.describe()}")
+                continue
+            ref = self.string(value, f"{what} group {name!r}", pattern, hint)
+            if ref is not None:
+                groups.append((name, ref))
+        text = "{" + ", ".join(f"{name}: {ref}" for name, ref in groups) + "}"
+        return (text if groups else None), tuple(groups)
+
+    def position(self, node: YNode | None) -> int | str | None:
+        """``position:``: an index into the sequence, or ``last``."""
+        if node is None:
+            return None
+        if node.kind == "scalar" and node.value == "last":
+            return "last"
+        if node.kind == "scalar" and isinstance(node.value, int) and not isinstance(
+                node.value, bool):
+            return int(node.value)
+        self.err(node.line, f"position must be an index into the sequence (e.g. -1, the "
+                 f"last position of every example) or last (each example's last position "
+                 f"its attention_mask keeps), got {node.describe()}")
+        return None
 
     def output(self, node: YNode | None) -> int | str | None:
         """``output:``: a non-negative index, or a key / attribute name."""

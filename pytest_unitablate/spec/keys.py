@@ -19,7 +19,9 @@ from pytest_unitablate.spec.model import CheckMode
 TOP_KEYS: dict[str, str] = {
     "unitablate": "format version, required: 1",
     "model": "pytest fixture name or 'package.module:callable' returning the model",
-    "data": "fixture name or 'package.module:callable': (inputs, labels) batches or a Dataset",
+    "data": "fixture name or 'package.module:callable': (inputs, labels) batches or a "
+            "Dataset; or a mapping of named groups ({induction: induct_prompts, copy: "
+            "copy_prompts}), each a target like a class, overall all of them",
     "classes": "optional list of class names, index order",
     "ablation": "zero | mean | resample | {constant: <number>} | {resample: {draws: K}}; "
                 "default zero",
@@ -34,6 +36,10 @@ TOP_KEYS: dict[str, str] = {
                    "channels-first N,C,H,W; a check may override it",
     "unit": "what a unit is: channel (default) or head (attention heads); a check may "
             "override it",
+    "position": "for a language model's (N, T, V) logits: which position's next-token "
+                "logits are judged, an index (-1) or last (the last position the batch's "
+                "attention_mask keeps); the labels are then target token ids; a check may "
+                "override it",
     "num_heads": "for unit: head checks, how many heads each layer has where neither the "
                  "module, its attention block nor the model's config says; a check may "
                  "override it",
@@ -63,6 +69,7 @@ CHECK_KEYS: dict[str, str] = {
                 "recorded signature after a retrain); or {by: signature, min_similarity: 0.75}",
     "channel_dim": "this check's channel dimension (overrides the spec's)",
     "unit": "this check's kind of unit: channel or head (overrides the spec's)",
+    "position": "this check's next-token position (overrides the spec's)",
     "num_heads": "for unit: head, how many heads the layer has, where the module does not "
                  "say (num_heads, num_attention_heads, n_head, n_heads)",
     "reference": "this check's reference data for mean and resample ablation (overrides "

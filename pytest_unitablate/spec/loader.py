@@ -105,8 +105,17 @@ class _Validator(Checks):
         ref_hint = " (a fixture name, or 'package.module:callable')"
         ref = re.compile(f"{IDENT.pattern}|{IMPORT_PATH.pattern}")
         model = self.string(root.get("model"), "model", ref, ref_hint)
-        data = self.string(root.get("data"), "data", ref, ref_hint)
-        ranking = self.string(root.get("ranking_data"), "ranking_data", ref, ref_hint)
+        data, groups = self.data_source(root.get("data"), "data", ref, ref_hint)
+        ranking, ranking_groups = self.data_source(root.get("ranking_data"), "ranking_data",
+                                                   ref, ref_hint)
+        self.groups = tuple(name for name, _ in groups)
+        if ranking_groups and tuple(n for n, _ in ranking_groups) != self.groups:
+            node = root.get("ranking_data")
+            self.err(node.line if node else 1,
+                     f"ranking_data's groups ({', '.join(n for n, _ in ranking_groups)}) must "
+                     f"be data's ({', '.join(self.groups) or 'none: data is not grouped'}), "
+                     f"in the same order")
+        position = self.position(root.get("position"))
         reference = self.string(root.get("reference"), "reference", ref, ref_hint)
         classes: tuple[str, ...] | None = None
         cnode = root.get("classes")
@@ -136,6 +145,10 @@ class _Validator(Checks):
                     slugs[s] = item.value
                     names.append(item.value)
                 classes = tuple(names)
+                clash = sorted(set(classes) & set(self.groups))
+                if clash:
+                    self.err(cnode.line, f"{', '.join(map(repr, clash))} names both a class "
+                             f"and a data group; a target must name one of them: rename one")
         ablation = self.ablation(root.get("ablation")) or Ablation()
         channel_dim = self.integer(root.get("channel_dim"), "channel_dim")
         spec_unit = self.unit_kind(root.get("unit")) or "channel"
@@ -177,7 +190,8 @@ class _Validator(Checks):
             classes=classes, classes_line=cnode.line if cnode else 0, ablation=ablation,
             ranking_data=ranking,
             ranking_data_line=line_of("ranking_data"),
-            channel_dim=channel_dim, unit=spec_unit, num_heads=num_heads,
+            channel_dim=channel_dim, unit=spec_unit, num_heads=num_heads, position=position,
+            groups=groups, ranking_groups=ranking_groups,
             min_examples=min_examples or 1, provenance=provenance,
             output=output, output_line=line_of("output"),
             signatures=sig_file, signatures_sha256=sig_sha,

@@ -166,6 +166,8 @@ class Check:
     unit: UnitKind | None = None
     #: for unit: head, the number of heads where the module does not say it
     num_heads: int | None = None
+    #: the next-token position judged for (N, T, V) logits (None: the spec's)
+    position: int | str | None = None
     #: the data mean and resample ablation take their values from (None: the spec's)
     reference: str | None = None
     reference_line: int = 0
@@ -200,6 +202,12 @@ class Spec:
     unit: UnitKind = "channel"
     #: For unit: head checks, the number of heads where the model does not say it.
     num_heads: int | None = None
+    #: For a language model's (N, T, V) logits: the position judged (an index or "last").
+    position: int | str | None = None
+    #: ``data:`` as named groups: (name, reference) pairs, each group a target.
+    groups: tuple[tuple[str, str], ...] = ()
+    #: ``ranking_data:`` as named groups (the same names), for ``top_units`` of a group.
+    ranking_groups: tuple[tuple[str, str], ...] = ()
     #: Minimum number of evaluation examples a class target needs.
     min_examples: int = 1
     #: Record-mode provenance block (torch version, device, dtype, hashes), if present.
@@ -233,6 +241,19 @@ class Spec:
         """The channel dimension a check states (its own, or the spec's), or ``None``."""
         return check.channel_dim if check.channel_dim is not None else self.channel_dim
 
+    def position_for(self, check: Check) -> int | str | None:
+        """The next-token position a check judges (its own, or the spec's), or ``None``."""
+        return check.position if check.position is not None else self.position
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """The names of ``data:``'s groups (empty for one data source)."""
+        return tuple(name for name, _ in self.groups)
+
+    def is_group(self, target: str | int | None) -> bool:
+        """Whether ``target`` names a data group."""
+        return isinstance(target, str) and target in self.group_names
+
     def num_heads_for(self, check: Check) -> int | None:
         """The head count a head check states (its own, or the spec's), or ``None``."""
         return check.num_heads if check.num_heads is not None else self.num_heads
@@ -255,6 +276,8 @@ class Spec:
             return None
         if isinstance(target, int):
             return target
+        if self.is_group(target):
+            raise KeyError(f"{target!r} is a data group, not a class")
         if self.classes is None or target not in self.classes:
             raise KeyError(f"class {target!r} is not in the spec's classes")
         return self.classes.index(target)

@@ -119,6 +119,9 @@ def build_schema() -> dict[str, Any]:
             check_props[key] = {"type": "integer", "description": desc}
         elif key == "num_heads":
             check_props[key] = {"type": "integer", "minimum": 1, "description": desc}
+        elif key == "position":
+            check_props[key] = {"description": desc, "oneOf": [{"type": "integer"},
+                                                                {"const": "last"}]}
         elif key == "unit":
             check_props[key] = {"enum": list(UNIT_KINDS), "description": desc}
         else:
@@ -137,8 +140,16 @@ def build_schema() -> dict[str, Any]:
     for key, desc in TOP_KEYS.items():
         if key == "unitablate":
             top[key] = {"const": FORMAT_VERSION, "description": desc}
-        elif key in ("model", "data", "ranking_data", "reference"):
+        elif key in ("model", "reference"):
             top[key] = {"type": "string", "pattern": REF_PATTERN, "description": desc}
+        elif key in ("data", "ranking_data"):
+            ref = {"type": "string", "pattern": REF_PATTERN}
+            top[key] = {"description": desc, "oneOf": [ref, {
+                "type": "object", "minProperties": 1, "additionalProperties": ref,
+                "propertyNames": {"pattern": r"^(?!overall$)(?!.*::)[\w:+\-.]+$"}}]}
+        elif key == "position":
+            top[key] = {"description": desc, "oneOf": [{"type": "integer"},
+                                                       {"const": "last"}]}
         elif key == "classes":
             top[key] = {"type": "array", "minItems": 1, "uniqueItems": True,
                         "items": {"type": "string", "minLength": 1, "not": {"const": "overall"}},

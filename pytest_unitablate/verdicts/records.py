@@ -52,7 +52,7 @@ def static_record(spec: Spec, key: ItemKey) -> dict[str, Any]:
         "units": list(check.units) if check.mode == "units" else None,
         "ablation": spec.ablation_for(check).label(),
         "target": spec.target_name(target),
-        "class_index": spec.class_index(target),
+        "class_index": None if spec.is_group(target) else spec.class_index(target),
         "constraint": key.constraint.kind,
         "threshold": key.constraint.threshold,
         "check_index": check.index,

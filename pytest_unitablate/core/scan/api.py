@@ -58,6 +58,7 @@ from pytest_unitablate.core.scan.memory import DEFAULT_MEMORY_BUDGET
 from pytest_unitablate.core.scan.prefix import PrefixCache, StalePrefix
 from pytest_unitablate.core.scan.split import split_at
 from pytest_unitablate.core.scan.suffix import scan_prefix
+from pytest_unitablate.core.tokens import TokenBatch
 from pytest_unitablate.errors import ConfigError, optional_import
 
 if TYPE_CHECKING:
@@ -272,6 +273,12 @@ def scan(
 
         head = None
         reason = ""
+        if isinstance(first, TokenBatch):
+            if method in ("closed_form", "prefix"):
+                raise ConfigError(f"scan(method={method!r}) refused for {layer!r}: "
+                                  f"tokenizer-style batches run the naive loop")
+            reason = "tokenizer-style batches (a dict per batch): the naive loop"
+            method = "naive"
         if ablation == "resample":
             reason = "resample: each example takes other examples' values (the naive loop)"
             method = "naive"

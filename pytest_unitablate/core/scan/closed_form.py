@@ -26,6 +26,7 @@ from pytest_unitablate.core.evaluation import eval_mode, logits_agree, true_logp
 from pytest_unitablate.core.layers import require_single_call, resolve_layer
 from pytest_unitablate.core.scan.collect import Collector, replacement_values
 from pytest_unitablate.core.scan.split import trace_keeping
+from pytest_unitablate.core.tokens import call_model
 
 
 def affine_head(model: nn.Module, layer: str) -> nn.Linear | None:
@@ -133,7 +134,7 @@ def scan_closed_form(model: nn.Module, data: Any, layer: str,
             ):
                 captured.clear()
                 calls[0] = 0
-                logits = collector.add(index, model(inputs), labels)
+                logits = collector.add(index, call_model(model, inputs), labels)
                 require_single_call(model, layer, calls[0])
                 pooled = captured[0].to(logits.dtype)
                 repl = replacement_values(ablation, means, layer, pooled, 1)
@@ -166,7 +167,7 @@ def _verify(model: nn.Module, layer: str, inputs: torch.Tensor, logits: torch.Te
     for variant in dict.fromkeys((variants[0], variants[-1])):
         predicted = _shifted(logits[:few], diff, weight, variant)
         with ablate(model, {layer: list(variant)}, ablation=ablation, means=means):
-            real = model(inputs[:few])
+            real = call_model(model, inputs[:few])
         if not logits_agree(predicted, real):
             return False
     return True

@@ -37,6 +37,7 @@ from pytest_unitablate.core.heads import ablation_edit, editing_heads, head_site
 from pytest_unitablate.core.scan.collect import Collector, EngineOutput
 from pytest_unitablate.core.scan.plan import slower_than_naive
 from pytest_unitablate.core.scan.split import Split, split_at, trace_keeping
+from pytest_unitablate.core.tokens import call_model
 
 
 def cut_before(model: nn.Module, layer: str) -> tuple[str | None, str]:
@@ -121,7 +122,7 @@ def _agrees(model: nn.Module, inputs: torch.Tensor, layer: str, variant: Sequenc
     few = min(inputs.shape[0], 16)
     with ablate(model, {layer: list(variant)}, ablation=ablation, means=means, unit="head",
                 num_heads=num_heads):
-        real = select_logits(model(inputs[:few]), output)
+        real = select_logits(call_model(model, inputs[:few]), output)
     return logits_agree(logits[:few], real)
 
 

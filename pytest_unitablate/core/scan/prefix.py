@@ -37,9 +37,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from pytest_unitablate.core.data import first_inputs
 from pytest_unitablate.core.evaluation import EvalResult, evaluate, model_device, select_logits
 from pytest_unitablate.core.scan.memory import DEFAULT_MEMORY_BUDGET
 from pytest_unitablate.core.scan.split import Split, split_at
+from pytest_unitablate.core.tokens import TokenBatch
 
 
 def _nbytes(values: Any) -> int:
@@ -145,6 +147,8 @@ class PrefixCache:
         """:func:`~pytest_unitablate.core.scan.split.split_at` (or ``how``), traced once
         per model, layer and way of splitting."""
         key = (id(model), layer, getattr(how, "__name__", str(how)))
+        if getattr(type(model), "unitablate_wrapped", None) is not None:
+            return None, "a next-token view of a language model runs its forward whole"
         if key not in self._splits or self._splits[key][0] is not model:
             self._splits[key] = (model, *how(model, layer))
         _, split, why = self._splits[key]
@@ -236,6 +240,8 @@ def evaluate_keeping(model: nn.Module, data: Any, layers: Sequence[str], cache: 
     within the cache's budget over all of them). The result is ``evaluate()``'s: the hooks
     only copy values."""
     place = torch.device(device) if device is not None else model_device(model)
+    if isinstance(first_inputs(data), TokenBatch):  # a graph takes tensors, not dicts
+        return evaluate(model, data, device=place, batch_size=batch_size, output=output)
     plans: dict[str, list[str]] = {}
     for layer in dict.fromkeys(layers):
         split, _ = cache.split(model, layer)

@@ -40,6 +40,7 @@ from pytest_unitablate.core.scan.memory import DEFAULT_MEMORY_BUDGET, graph_peak
 from pytest_unitablate.core.scan.plan import Calibration, Plan, limits, slower_than_naive
 from pytest_unitablate.core.scan.prefix import PrefixCache
 from pytest_unitablate.core.scan.split import LinearEntry, Split, entry_outputs, linear_entry
+from pytest_unitablate.core.tokens import call_model
 
 
 def _repeat(value: Any, k: int, batch: int) -> Any:
@@ -269,7 +270,7 @@ def _verify(model: nn.Module, inputs: torch.Tensor, layer: str,
     for j in sorted({0, len(chunk) - 1}):
         with ablate(model, {layer: list(chunk[j])}, ablation=ablation, means=means,
                     channel_dim=channel_dim):
-            real = select_logits(model(inputs[:few]), output)
+            real = select_logits(call_model(model, inputs[:few]), output)
         if not logits_agree(logits[j * batch:j * batch + few], real):
             return False
     return True
