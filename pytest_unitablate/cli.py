@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -141,7 +142,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="what a unit is: a channel (default) or an attention head")
     d.add_argument("--channel-dim", type=int, default=None, metavar="DIM",
                    help="the dimension of the layers' outputs that holds the units; needed "
-                   "for outputs that are not N,C,H,W or N,C (-1 for N,T,C tokens)")
+                   "for any output the model's modules do not show to be N,C or "
+                   "channels-first N,C,H,W (-1 for N,T,C tokens and channels-last N,H,W,C; "
+                   "docs/libraries.md)")
     d.add_argument("--num-heads", type=int, default=None, metavar="N",
                    help="with --unit head: the heads of each layer, where the module does "
                    "not say")
@@ -359,6 +362,12 @@ def signatures(file: Path) -> int:
     return 0
 
 
+def _for_discover(text: str) -> str:
+    """A core message as discover's options say it (``--channel-dim -1``, not a spec key)."""
+    return re.sub(r"'channel_dim: (-?\d+)'", r"--channel-dim \1",
+                  text.replace(", on the check, or for the whole spec", ""))
+
+
 def discover(args: argparse.Namespace) -> int:
     """``discover``: a starter spec from scans of the given layers."""
     from pytest_unitablate.analysis.discover import discover as write_spec
@@ -375,7 +384,7 @@ def discover(args: argparse.Namespace) -> int:
                           min_share=args.min_share)
     except (UnitAblateError, FileExistsError, ValueError, ImportError, AttributeError,
             TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_for_discover(str(exc))}", file=sys.stderr)
         return 2
     checks = text.count("  - layer:")  # (checks, not items: each check holds several)
     print(f"wrote {args.out} with {checks} checks; run: pytest --unitablate-spec {args.out}")
@@ -413,7 +422,7 @@ def _discover_calibrated(args: argparse.Namespace, classes: list[str] | None) ->
                 channel_dim=args.channel_dim, num_heads=args.num_heads)
     except (UnitAblateError, FileExistsError, ValueError, ImportError, AttributeError,
             TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_for_discover(str(exc))}", file=sys.stderr)
         return 2
     kept = sum(1 for line in text.splitlines() if line.startswith("  - layer:"))
     left = text.count("unguardable:")

@@ -165,11 +165,16 @@ def _tl_site(model: nn.Module, layer: str, module: nn.Module,
     """A TransformerLens hook point with a head axis (``hook_z``, ``hook_result``)."""
     leaf = layer.rsplit(".", 1)[-1]
     if leaf not in ("hook_z", "hook_result"):
-        near = layer.rsplit(".", 1)[0]
+        modules = dict(unwrap_model(model).named_modules())
+        parts = layer.split(".")
+        near = next((".".join(parts[:i]) + ".attn" for i in range(len(parts) - 1, 0, -1)
+                     if ".".join(parts[:i]) + ".attn.hook_z" in modules), None)
+        where = (f"'{near}.hook_z' (batch, position, head, d_head), or '{near}.hook_result' "
+                 f"with use_attn_result" if near else
+                 "a block's 'attn.hook_z' (batch, position, head, d_head)")
         raise UnsupportedModelError(
             f"unit: head on the TransformerLens hook point {layer!r}: a head's output is "
-            f"'{near}.hook_z' (batch, position, head, d_head), or '{near}.hook_result' with "
-            f"use_attn_result; name one of those")
+            f"{where}; name one of those")
     found = find_head_count(model, layer)
     known = found[0] if found else None
     if num_heads is not None and known is not None and num_heads != known:
@@ -236,6 +241,19 @@ def head_site(model: nn.Module, layer: str, num_heads: int | None = None) -> Hea
         proj = getattr(owner, "proj")  # noqa: B009
         return HeadSite(layer, "functional", owner, heads, int(proj.in_features) // heads)
     modules = dict(unwrap_model(model).named_modules())
+    if _head_count(module) is not None or _computes_attention(module) or \
+            _ATTENTION.search(type(module).__name__):
+        around = [layer, layer.rsplit(".", 1)[0]] if "." in layer else [layer]
+        elsewhere = [n for n in modules if n != layer and any(n.startswith(a + ".")
+                                                              for a in around)
+                     and n.rsplit(".", 1)[-1] in PROJECTION_NAMES
+                     and _attention_owner(modules, n) is not None]
+        if elsewhere and not any(isinstance(getattr(module, name, None), nn.Module)
+                                 for name in PROJECTION_NAMES):
+            raise UnsupportedModelError(
+                f"layer {layer!r} is an attention module ({type(module).__name__}) whose "
+                f"heads are mixed by a projection elsewhere: for unit: head name "
+                f"{elsewhere[0]!r} (the heads are its input)")
     inner = [name for name in PROJECTION_NAMES
              if isinstance(getattr(module, name, None), nn.Module)]
     if inner and _head_count(module) is not None:

@@ -307,8 +307,10 @@ def require_single_call(model: nn.Module, name: str, calls: int) -> None:
         hints = suggest_single_call_layer(model, name)
         hint = f"; ablate a layer that runs once instead, e.g. {', '.join(map(repr, hints))}"
         raise LayerCalledTwiceError(
-            f"layer {name!r} ran {calls} times in one forward pass (the module is shared, "
-            f"like torchvision's BasicBlock.relu), so a unit of it is not one activation map"
+            f"layer {name!r} ran {calls} times in one forward pass (a shared module, like "
+            f"torchvision's BasicBlock.relu, or one the model calls once per use, like a "
+            f"TransformerLens ln1 for query, key and value), so a unit of it is not one "
+            f"activation map"
             + (hint if hints else "")
         )
 

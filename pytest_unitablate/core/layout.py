@@ -75,6 +75,12 @@ class Evidence:
     source: str
     #: a block made only of CNN parts (convolutions, norms, pooling, activations)
     cnn_block: bool = False
+    #: the layer is that module itself (its output is laid out as its kind says)
+    own: bool = False
+    #: a channels-first module (a convolution, a batch norm) is among the modules
+    has_first: bool = False
+    #: the output ranks a channels-first module gives (a Conv2d: 4); ``None``: any
+    ranks: tuple[int, ...] | None = None
 
 
 def _keeps(module: nn.Module) -> bool:
@@ -85,6 +91,16 @@ def _keeps(module: nn.Module) -> bool:
 
 def _is_hook_point(module: nn.Module) -> bool:
     return type(module).__name__ == "HookPoint"
+
+
+def _ranks(module: nn.Module) -> tuple[int, ...] | None:
+    """The output ranks of a channels-first module (a reshape after it changes them)."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return (len(module.kernel_size) + 2,)
+    name = type(module).__name__
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        return {"1d": (2, 3), "2d": (4,), "3d": (5,)}.get(name[-2:])
+    return None
 
 
 def _decider(module: nn.Module) -> tuple[Side | None, int | None] | None:
@@ -118,6 +134,26 @@ def _decider(module: nn.Module) -> tuple[Side | None, int | None] | None:
     return None
 
 
+def _is_leaf(module: nn.Module) -> bool:
+    return not any(True for _ in module.children())
+
+
+def _permuted(module: nn.Module, side: Side | None) -> Side | bool | None:
+    """The side after a torchvision ``Permute`` (``False``: ``module`` is none): moving
+    the last dimension to 1 makes channels-last channels first, and back."""
+    dims = getattr(module, "dims", None)
+    if type(module).__name__ != "Permute" or not isinstance(dims, (list, tuple)):
+        return False
+    n = len(dims)
+    to_first = list(dims) == [0, n - 1, *range(1, n - 1)]
+    to_last = list(dims) == [0, *range(2, n), 1]
+    if side == "last" and to_first:
+        return "first"
+    if side == "first" and to_last:
+        return "last"
+    return None
+
+
 class _Modules:
     def __init__(self, model: nn.Module) -> None:
         self.root = unwrap_model(model)
@@ -133,32 +169,46 @@ class _Modules:
         module = self.by_name[name]
         own = _decider(module)
         if own is not None:
-            return Evidence(own[0], own[1], name, cnn_block=own[0] == "first")
+            first = own[0] == "first"
+            return Evidence(own[0], own[1], name, cnn_block=first, own=True,
+                            has_first=first, ranks=_ranks(module) if first else None)
         leaves = [(n, m) for n, m in module.named_modules(prefix=name) if n != name]
-        deciders = [(n, _decider(m)) for n, m in leaves]
-        found = [(n, d) for n, d in deciders if d is not None]
+        found = [(n, m, d) for n, m in leaves if (d := _decider(m)) is not None]
         if found:
-            cnn = all(isinstance(m, (*_FIRST, *_KEEPS_CNN)) or any(True for _ in m.children())
-                      for _, m in leaves)
-            last, (side, count) = found[-1]
+            last, _, (side, count) = found[-1]
+            firsts = [m for _, m, d in found if d[0] == "first"]
+            pure = all(isinstance(m, (*_FIRST, *_KEEPS_CNN)) or not _is_leaf(m)
+                       for _, m in leaves) and len(firsts) == len(found)
+            ranks = _ranks(firsts[-1]) if firsts else None
             after = [m for n, m in leaves[[n for n, _ in leaves].index(last) + 1:]
-                     if not any(True for _ in m.children())]
-            if any(not _keeps(m) for m in after):  # a Permute after it: no side
-                return Evidence(None, count, last)
-            return Evidence(side, count, last, cnn_block=cnn and all(
-                d[0] == "first" for _, d in found))
+                     if _is_leaf(m)]
+            for m in after:  # a Permute after it turns the side; anything else unknown
+                turned = _permuted(m, side)
+                if turned is False and not _keeps(m):
+                    side = None
+                elif turned is not False:
+                    side = turned if isinstance(turned, str) else None
+            return Evidence(side, count, last, cnn_block=pure,
+                            has_first=bool(firsts) or side == "first", ranks=ranks)
         before = self.previous(name, depth + 1)
         if before is None:
             return None
+        turned = _permuted(module, before.side)
+        if turned is not False:
+            side = turned if isinstance(turned, str) else None
+            return Evidence(side, before.features, before.source,
+                            has_first=before.has_first or side == "first", ranks=before.ranks)
         keeps = all(_keeps(m) for _, m in leaves or [(name, module)])
         # an activation after a CNN layer is still a CNN layer; anything else keeps only
         # the feature count (a Permute changes the side)
-        return Evidence(before.side if keeps else None, before.features, before.source,
-                        before.cnn_block and keeps)
+        return Evidence(before.side if keeps and before.side != "hook" else None,
+                        before.features, before.source, before.cnn_block and keeps,
+                        has_first=before.has_first, ranks=before.ranks)
 
     def previous(self, name: str, depth: int) -> Evidence | None:
         """What runs before ``name``: its previous sibling's evidence, or its parent's
-        previous one."""
+        previous one (registration order, which is not always the order of the forward:
+        the feature count is checked against the output's shape)."""
         if not name:
             return None
         parent = name.rpartition(".")[0]
@@ -173,8 +223,9 @@ def layer_evidence(model: nn.Module, layer: str) -> Evidence | None:
     """What ``model``'s modules say about ``layer``'s output layout (``None``: nothing).
 
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU())
-    >>> layer_evidence(net, "1")
-    Evidence(side='first', features=8, source='0', cnn_block=True)
+    >>> found = layer_evidence(net, "1")
+    >>> found.side, found.features, found.source, found.cnn_block
+    ('first', 8, '0', True)
     """
     from pytest_unitablate.core.layers import _strip_wrapper_prefix
 
@@ -189,7 +240,7 @@ def _refusal(layer: str, shape: Sequence[int], batch: int, evidence: Evidence | 
              likely: int | None) -> ConfigError:
     text = shape_text(shape, batch=batch)
     where = "on the check, or for the whole spec"
-    if evidence is not None and evidence.side == "hook":
+    if evidence is not None and evidence.side == "hook" and evidence.source == layer:
         heads = layer.rsplit(".", 1)[-1] in HEAD_HOOKS
         return ConfigError(
             f"layer {layer!r} outputs shape {text}, a TransformerLens hook point "
@@ -215,6 +266,35 @@ def _refusal(layer: str, shape: Sequence[int], batch: int, evidence: Evidence | 
         f"'channel_dim: -1' for channels-last N,H,W,C or token features; {where}")
 
 
+def _likely(shape: Sequence[int], batch: int, evidence: Evidence | None) -> int | None:
+    """Dimension 1 when the evidence shows the output is channels first; the last
+    dimension when it shows channels last (refused, with that advice); ``None``: unknown."""
+    ndim = len(shape)
+    if evidence is None or batch != 0 or evidence.side == "hook":
+        return None
+    ev, count = evidence, evidence.features
+    if ev.ranks is not None and ndim not in ev.ranks and (ev.side == "first" or ev.cnn_block):
+        return None  # a reshape after the convolution (a patch embedding's flatten)
+    if ev.own and ev.side == "first":
+        return 1
+    if ev.own and ev.side == "last":
+        return ndim - 1
+    if count is None:
+        return 1 if ev.cnn_block else None
+    first, last = shape[1] == count, shape[-1] == count
+    if first and not last:
+        # a token layer whose sequence length equals the width is not channels first: only
+        # a convolution or batch norm among the modules says dimension 1 can be channels
+        return 1 if ev.side == "first" or ev.cnn_block or ev.has_first else None
+    if last and not first:
+        return ndim - 1
+    if first and last:
+        if ev.cnn_block:
+            return 1
+        return ndim - 1 if ev.side == "last" and not ev.has_first else None
+    return 1 if ev.cnn_block else None  # a CNN block that concatenates its branches
+
+
 def unit_dim(layer: str, shape: Sequence[int], stated: int | None, batch: int = 0,
              evidence: Evidence | None = None) -> int:
     """The dimension of ``layer``'s output (``shape``) that holds its units: ``stated``
@@ -238,22 +318,20 @@ def unit_dim(layer: str, shape: Sequence[int], stated: int | None, batch: int = 
                 f"{shape_text(shape, batch=batch)} has no such dimension besides the batch "
                 f"(N): use one of {', '.join(str(d) for d in others)} or "
                 f"{', '.join(str(d - ndim) for d in others)}")
+        expected = _likely(shape, batch, evidence) if ndim >= 3 else None
+        if expected is not None and expected != dim and shape[expected] != shape[dim] \
+                and evidence is not None:
+            raise ConfigError(
+                f"channel_dim: {stated} for layer {layer!r} reads dimension {dim} of its "
+                f"output {shape_text(shape, dim, batch)}, but {evidence.source!r} puts its "
+                f"{evidence.features} units on dimension {expected} "
+                f"{shape_text(shape, expected, batch)}: say channel_dim: "
+                f"{expected if expected == 1 else -1} for this layer (on its check, when "
+                f"the spec's channel_dim is for other layers)")
         return stated
     if ndim == 2 and batch == 0:
         return 1
-    likely: int | None = None
-    if evidence is not None and batch == 0 and ndim >= 3 and evidence.side != "hook":
-        count = evidence.features
-        first = count is not None and shape[1] == count
-        last = count is not None and shape[-1] == count
-        if first and not last:
-            likely = 1
-        elif last and not first:
-            likely = ndim - 1
-        elif first and last and evidence.side is not None:
-            likely = 1 if evidence.side == "first" else ndim - 1
-        elif not first and not last and evidence.cnn_block:
-            likely = 1  # a CNN block that concatenates its branches
+    likely = _likely(shape, batch, evidence)
     if likely == 1:
         return 1
     raise _refusal(layer, shape, batch, evidence, likely)
@@ -262,8 +340,7 @@ def unit_dim(layer: str, shape: Sequence[int], stated: int | None, batch: int = 
 def unit_dim_of(model: nn.Module, layer: str, shape: Sequence[int], stated: int | None,
                 batch: int = 0) -> int:
     """:func:`unit_dim` with ``model``'s evidence about ``layer``."""
-    evidence = None if stated is not None else layer_evidence(model, layer)
-    return unit_dim(layer, shape, stated, batch, evidence)
+    return unit_dim(layer, shape, stated, batch, layer_evidence(model, layer))
 
 
 class DimResolver:
@@ -273,7 +350,7 @@ class DimResolver:
     def __init__(self, model: nn.Module, layer: str, stated: int | None) -> None:
         self.layer = layer
         self.stated = stated
-        self.evidence = None if stated is not None else layer_evidence(model, layer)
+        self.evidence = layer_evidence(model, layer)
         self._dims: dict[tuple[int, ...], int] = {}
 
     def __call__(self, tensor: torch.Tensor) -> int:

@@ -389,3 +389,71 @@ def test_transformer_lens_head_resample_takes_each_head_from_another_example() -
         handle.remove()
     torch.testing.assert_close(torch.as_tensor(result.logprobs[0]), expected,
                                rtol=1e-4, atol=1e-5)
+
+
+# --- what a stranger found: ties between a shape's sizes, and advice --------------------
+
+
+def test_a_token_layer_as_long_as_it_is_wide_is_not_read_as_channels() -> None:
+    """GPT-2's and Llama's MLP activation are registered after the layer whose width they
+    do not have; with as many tokens as the model is wide, dimension 1 matches that width.
+    No convolution is anywhere: refused, not token 5 ablated."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    model = Logits(LlamaForSequenceClassification(LlamaConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, num_labels=3, pad_token_id=0)).eval())
+    data = [(torch.randint(1, 50, (4, 32)), torch.randint(0, 3, (4,)))]  # 32 tokens
+    with pytest.raises(ConfigError, match="channel_dim"):
+        scan(model, data, "hf.model.layers.0.mlp.act_fn", units=[5], progress=False)
+    gpt2 = Logits(_hf("gpt2"))
+    with pytest.raises(ConfigError, match="channel_dim"):
+        scan(gpt2, [(torch.randint(1, 40, (4, 16)), torch.randint(0, 3, (4,)))],
+             "hf.transformer.h.0.mlp.act", units=[5], progress=False)
+
+
+def test_a_patch_embedding_with_as_many_patches_as_features_is_refused() -> None:
+    """A convolution whose output the forward flattens into tokens: the rank changed, so
+    the convolution says nothing about the tokens' layout."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2,
+                              num_classes=3).eval()  # 16 patches of 16 features
+    with pytest.raises(ConfigError, match="channel_dim"):
+        scan(model, images(), "patch_embed", units=[5], progress=False)
+
+
+def test_a_cube_shaped_convnext_block_gets_no_channels_last_advice() -> None:
+    from timm.models.convnext import ConvNeXt
+
+    torch.manual_seed(0)
+    model = ConvNeXt(depths=(1, 1, 1, 1), dims=(8, 16, 16, 16), num_classes=3).eval()
+    data = [(torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4,)))]  # stage 0: (N, 8, 8, 8)
+    with pytest.raises(ConfigError) as info:
+        scan(model, data, "stages.0.blocks.0", units=[3], progress=False)
+    assert "which is channels-last" not in str(info.value)  # not told: -1 would be a column
+    assert "do not tell" in str(info.value) and "'channel_dim: 1' for N,C,H,W" in str(info.value)
+
+
+def test_a_stated_channel_dim_that_the_modules_contradict_is_refused() -> None:
+    model = _swin()
+    with pytest.raises(ConfigError, match=r"channel_dim: 1 for layer 'features.1.0' reads "
+                                          r"dimension 1.*channel_dim: -1"):
+        scan(model, images(), "features.1.0", units=[3], channel_dim=1, progress=False)
+    with pytest.raises(ConfigError, match=r"channel_dim: -1 for layer 'features.0.0'.*"
+                                          r"channel_dim: 1"):
+        scan(model, images(), "features.0.0", units=[3], channel_dim=-1, progress=False)
+
+
+def test_attention_modules_without_their_projection_name_it() -> None:
+    from pytest_unitablate.core.heads import head_site
+
+    bert = Logits(_hf("bert"))
+    for layer in ("hf.bert.encoder.layer.0.attention", "hf.bert.encoder.layer.0.attention.self"):
+        with pytest.raises(UnsupportedModelError,
+                           match="name 'hf.bert.encoder.layer.0.attention.output.dense'"):
+            head_site(bert, layer)
+    with pytest.raises(UnsupportedModelError, match=r"'tl.blocks.1.attn.hook_z'"):
+        head_site(_tl(), "tl.blocks.1.mlp.hook_post")
