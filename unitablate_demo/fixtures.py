@@ -97,3 +97,32 @@ def ranking_data() -> DataLoader[tuple[torch.Tensor, ...]]:
 # pytest would collect a module-level ``test_data`` function if this module were ever
 # collected as a test file; it is not (no ``test_`` file name), but make it explicit.
 test_data.__test__ = False  # type: ignore[attr-defined]
+
+
+def lm(name: str = "lm-seed0") -> nn.Module:
+    """The demo language model (``unitablate_demo.lm``): ``lm-seed0`` .. ``lm-seed4``,
+    ``lm-prevented``; it returns ``(N, T, V)`` logits (a spec says ``position: last``)."""
+    from unitablate_demo.lm import load
+
+    return load(name)
+
+
+def induction_prompts() -> list[dict[str, torch.Tensor]]:
+    """The induction prompts: padded tokenizer-style batches with ``labels``."""
+    from unitablate_demo.lm import prompts
+
+    return prompts("induction")
+
+
+def copy_prompts() -> list[dict[str, torch.Tensor]]:
+    """The copy prompts (``[C] x y1 .. yk -> x``)."""
+    from unitablate_demo.lm import prompts
+
+    return prompts("copy")
+
+
+def bigram_prompts() -> list[dict[str, torch.Tensor]]:
+    """The bigram prompts (``[B] t f(t) .. -> f(last)``)."""
+    from unitablate_demo.lm import prompts
+
+    return prompts("bigram")

@@ -236,6 +236,17 @@ def load(name: str) -> TinyLM:
     return load_weights(path)
 
 
+def is_lm_weights(path: Path) -> bool:
+    """Whether ``path`` holds a :class:`TinyLM` state dict (names and shapes)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a weights file torch loads safely: the caller says why
+        return False
+    shapes = {k: tuple(v.shape) for k, v in TinyLM().state_dict().items()}
+    return isinstance(state, dict) and {
+        k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)} == shapes
+
+
 def load_weights(path: Path) -> TinyLM:
     """A :class:`TinyLM` with the weights in ``path`` (a state dict), in eval mode."""
     model = TinyLM(SIZE["d_model"], SIZE["layers"], SIZE["heads"])

@@ -74,21 +74,31 @@ def _arch(name: str) -> str:
     if _is_path(name):
         from unitablate_demo.models import weights_arch
 
+        from unitablate_demo.lm import is_lm_weights
+
         try:
-            return weights_arch(Path(name))
+            return "lm" if is_lm_weights(Path(name)) else weights_arch(Path(name))
         except (OSError, ValueError) as exc:
             raise pytest.UsageError(f"--demo-checkpoint {name}: {exc}") from None
+    from unitablate_demo.lm import read_manifest as lm_manifest
     from unitablate_demo.models import read_manifest
 
     manifest = read_manifest()
+    if name in lm_manifest():
+        return "lm"
     if name not in manifest:
-        known = ", ".join(sorted(manifest))
+        known = ", ".join(sorted([*manifest, *lm_manifest()]))
         raise pytest.UsageError(f"--demo-checkpoint {name}: unknown checkpoint; known: {known}")
     return str(manifest[name]["arch"])
 
 
 def _model(config: pytest.Config, arch: str) -> nn.Module:
     name = _checkpoint_for(config, arch)
+    if arch == "lm":
+        from unitablate_demo.lm import load, load_weights
+
+        return load_weights(Path(name)) if _is_path(name) else load(
+            "lm-seed0" if name == "lm" else name)
     if _is_path(name):
         from unitablate_demo.models import load_weights
 
@@ -117,6 +127,37 @@ def digits_vit(pytestconfig: pytest.Config) -> nn.Module:
 
 
 @pytest.fixture(scope="session")
+def lm_model(pytestconfig: pytest.Config) -> nn.Module:
+    """The demo language model (checkpoint ``lm-seed0`` unless ``--demo-checkpoint lm-...``
+    says otherwise): ``(N, T, V)`` logits, for specs with ``position: last``."""
+    return _model(pytestconfig, "lm")
+
+
+@pytest.fixture(scope="session")
+def lm_induction() -> Any:
+    """The LM demo's induction prompts (tokenizer-style padded batches with labels)."""
+    from unitablate_demo.fixtures import induction_prompts
+
+    return induction_prompts()
+
+
+@pytest.fixture(scope="session")
+def lm_copy() -> Any:
+    """The LM demo's copy prompts."""
+    from unitablate_demo.fixtures import copy_prompts
+
+    return copy_prompts()
+
+
+@pytest.fixture(scope="session")
+def lm_bigram() -> Any:
+    """The LM demo's bigram prompts."""
+    from unitablate_demo.fixtures import bigram_prompts
+
+    return bigram_prompts()
+
+
+@pytest.fixture(scope="session")
 def digits_test() -> Any:
     """The test split (597 examples) as ``(inputs, labels)`` batches."""
     from unitablate_demo.fixtures import test_data
@@ -133,4 +174,5 @@ def digits_ranking() -> Any:
 
 
 __all__ = ["ENV", "digits_alexnet", "digits_ranking", "digits_resnet", "digits_test",
-           "digits_vit", "pytest_addoption"]
+           "digits_vit", "lm_bigram", "lm_copy", "lm_induction", "lm_model",
+           "pytest_addoption"]

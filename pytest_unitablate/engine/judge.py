@@ -325,10 +325,11 @@ class _ItemRun:
 
     def _warn_engine(self, sweep: Any) -> None:
         """A sweep that fell back to the naive engine is slow: say so, once per layer (not
-        when the naive loop was chosen because it measured faster)."""
+        when the naive loop was chosen because it measured faster, or is the only engine
+        for heads and tokenizer-style batches)."""
         layer = (str(self.spec.path), self.key.check.layer)
         refused = sweep.reason and "measured on the first batch" not in sweep.reason and \
-            not sweep.reason.startswith("heads:")
+            not sweep.reason.startswith(("heads:", "tokenizer-style"))
         if "naive" in sweep.method and refused and layer not in self.engine.engine_warned:
             self.engine.engine_warned.add(layer)
             self.warn(f"{self.spec.where(self.key.check.layer_line)}: the sweep of "

@@ -451,9 +451,10 @@ def test_attention_modules_without_their_projection_name_it() -> None:
     from pytest_unitablate.core.heads import head_site
 
     bert = Logits(_hf("bert"))
-    for layer in ("hf.bert.encoder.layer.0.attention", "hf.bert.encoder.layer.0.attention.self"):
+    for layer in ("hf.bert.encoder.layer.0.attention",
+                  "hf.bert.encoder.layer.0.attention.self"):
         with pytest.raises(UnsupportedModelError,
-                           match="name 'hf.bert.encoder.layer.0.attention.output.dense'"):
+                           match=r"name 'hf\.bert\.encoder\.layer\.0\.attention\.output\.dense'"):
             head_site(bert, layer)
     with pytest.raises(UnsupportedModelError, match=r"'tl.blocks.1.attn.hook_z'"):
         head_site(_tl(), "tl.blocks.1.mlp.hook_post")

@@ -1,0 +1,84 @@
+"""The language-model demo (unitablate_demo/lm.py, specs/lm.yaml): one spec guards the
+tiny LM per prompt set with ``position: last`` and data groups; its numbers equal weight
+surgery; calibrated over seeds 0-2, it passes the held-back seeds 3 and 4 and fails the
+model trained so that no induction circuit forms."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from pytest_unitablate import run_spec
+from unitablate_demo import lm
+
+SPEC = Path(__file__).parents[2] / "specs" / "lm.yaml"
+
+
+def _fixtures(name: str) -> dict[str, Any]:
+    return {"lm_model": lm.load(name), "lm_induction": lm.prompts("induction"),
+            "lm_copy": lm.prompts("copy"), "lm_bigram": lm.prompts("bigram")}
+
+
+@pytest.mark.parametrize("name", ["lm-seed3", "lm-seed4"])
+def test_held_back_seeds_pass_the_calibrated_spec(name: str) -> None:
+    run = run_spec(SPEC, fixtures=_fixtures(name))
+    assert {i.outcome for i in run.items} == {"passed"}, [
+        (i.id, i.message) for i in run.items if i.outcome != "passed"]
+
+
+def test_the_model_without_an_induction_circuit_fails_on_induction_and_copy() -> None:
+    run = run_spec(SPEC, fixtures=_fixtures("lm-prevented"))
+    failed = {(r["target"], r["constraint"]) for r in run.records if r["outcome"] == "failed"}
+    assert ("induction", "min_logprob_drop") in failed
+    assert ("induction", "min_accuracy") in failed
+    assert not any(target == "bigram" for target, _ in failed)  # the bigram still works
+
+
+def _last_token(model: torch.nn.Module, task: str) -> tuple[np.ndarray, np.ndarray]:
+    right, lps = [], []
+    with torch.inference_mode():
+        for batch in lm.prompts(task):
+            logits = model(batch["input_ids"], batch["attention_mask"])
+            last = batch["attention_mask"].sum(1) - 1
+            chosen = logits[torch.arange(len(last)), last]
+            right.append((chosen.argmax(-1) == batch["labels"]).numpy())
+            lps.append(torch.log_softmax(chosen.double(), -1)[
+                torch.arange(len(last)), batch["labels"]].numpy())
+    return np.concatenate(right), np.concatenate(lps)
+
+
+def test_the_specs_numbers_equal_weight_surgery() -> None:
+    model = lm.load("lm-seed1")
+    run = run_spec(SPEC, fixtures=_fixtures("lm-seed1"))
+    surgery = copy.deepcopy(model)
+    with torch.no_grad():  # every head of block 1 zeroed: o_proj's input columns
+        surgery.blocks[1].attn.o_proj.weight.zero_()
+    for task in lm.TASKS:
+        (b_ok, b_lp), (a_ok, a_lp) = _last_token(model, task), _last_token(surgery, task)
+        got = {r["constraint"]: r for r in run.records
+               if r["target"] == task and r["id"].startswith("block1-heads")}
+        if "min_logprob_drop" in got:
+            assert got["min_logprob_drop"]["drop"] == pytest.approx(
+                b_lp.mean() - a_lp.mean(), abs=1e-5)
+        if "min_drop" in got:
+            assert got["min_drop"]["drop"] == pytest.approx(b_ok.mean() - a_ok.mean(),
+                                                            abs=1e-12)
+        assert got["min_accuracy"]["baseline"] == pytest.approx(b_ok.mean(), abs=1e-12)
+    induction = _last_token(model, "induction")[0].mean()
+    assert induction < 1, "the demo LM should not be perfect at baseline"
+
+
+@pytest.mark.slow
+def test_training_forms_the_induction_circuit_only_with_repeats() -> None:
+    """What lm-prevented stands for, measured afresh on a seed no checkpoint used."""
+    torch.set_num_threads(1)
+    honest, _ = lm.train(7)
+    prevented, _ = lm.train(7, repeats=False)
+    assert lm.accuracy(honest, "induction") > 0.8
+    assert lm.accuracy(prevented, "induction") < 0.2
+    assert lm.accuracy(prevented, "bigram") > 0.9
