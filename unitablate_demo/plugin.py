@@ -72,9 +72,8 @@ def _checkpoint_for(config: pytest.Config, arch: str) -> str:
 
 def _arch(name: str) -> str:
     if _is_path(name):
-        from unitablate_demo.models import weights_arch
-
         from unitablate_demo.lm import is_lm_weights
+        from unitablate_demo.models import weights_arch
 
         try:
             return "lm" if is_lm_weights(Path(name)) else weights_arch(Path(name))
@@ -95,9 +94,9 @@ def _arch(name: str) -> str:
 def _model(config: pytest.Config, arch: str) -> nn.Module:
     name = _checkpoint_for(config, arch)
     if arch == "lm":
-        from unitablate_demo.lm import load, load_weights
+        from unitablate_demo import lm
 
-        return load_weights(Path(name)) if _is_path(name) else load(
+        return lm.load_weights(Path(name)) if _is_path(name) else lm.load(
             "lm-seed0" if name == "lm" else name)
     if _is_path(name):
         from unitablate_demo.models import load_weights
