@@ -489,7 +489,8 @@ class _ItemRun:
             ablation=spec.ablation_for(key.check).label(),
             target=spec.target_name(key.expectation.target),
             hint=self.rerun("calibrate" if calibrated else "failed"), deciding=deciding,
-            notes=notes, noun=self.noun)
+            notes=notes, noun=self.noun,
+            kind="group" if spec.is_group(key.expectation.target) else "class")
 
     def _calibration(self, m: Measurement) -> Calibrated | None:
         """What the spec's calibration file says of this item (its models' range), or

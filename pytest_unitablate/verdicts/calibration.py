@@ -122,10 +122,14 @@ class Calibrated:
     baseline: float = math.nan
 
     def range_text(self) -> str:
-        """``60.0-95.0 pp`` (or ``0.120-0.410 nats``)."""
+        """``60.0-95.0 pp`` (or ``0.120-0.410 nats``, ``98.8-100.0%``)."""
         lo, hi = drop_text(self.kind, self.low), drop_text(self.kind, self.high)
         unit = lo.rsplit(" ", 1)[1] if " " in lo else ""
-        return f"{lo.rsplit(' ', 1)[0]}-{hi}" if unit and hi.endswith(unit) else f"{lo}-{hi}"
+        if unit and hi.endswith(unit):
+            return f"{lo.rsplit(' ', 1)[0]}-{hi}"
+        if lo.endswith("%") and hi.endswith("%"):
+            return f"{lo[:-1]}-{hi}"
+        return f"{lo}-{hi}"
 
     def rests_on(self) -> str:
         """``over 3 models: measured 60.0-95.0 pp``."""

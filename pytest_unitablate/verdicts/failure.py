@@ -62,12 +62,14 @@ class FailureContext:
     notes: Sequence[str] = field(default_factory=tuple)
     #: what a unit of the check is called: ``unit`` (a channel) or ``head``
     noun: str = "unit"
+    #: what a target is called: ``class``, or ``group`` for one of data's named groups
+    kind: str = "class"
 
 
 def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
                  verdict: Verdict) -> str:
     """The full message of a failed expectation."""
-    what = "overall accuracy" if ctx.target == OVERALL else f"class {ctx.target!r}"
+    what = "overall accuracy" if ctx.target == OVERALL else f"{ctx.kind} {ctx.target!r}"
     unit_text = ""
     if ctx.deciding is not None:
         label = f"deciding {ctx.noun}" + ("" if len(ctx.deciding) == 1 else "s")
@@ -194,7 +196,7 @@ def disarmed_text(ctx: FailureContext, kind: str, m: Measurement, reason: str,
     >>> print(disarmed_text(ctx, "min_drop", m, "a min_drop of 0.0 pp passes ...")[:70])
     s.yaml:9: layer3.0-u0 no longer carries class 'four' (drop 0.0 pp, 95%
     """
-    what = "overall accuracy" if ctx.target == OVERALL else f"class {ctx.target!r}"
+    what = "overall accuracy" if ctx.target == OVERALL else f"{ctx.kind} {ctx.target!r}"
     measured = _measured(kind, m)
     floor = "record floor" in reason
     if kind.startswith("min"):
@@ -279,7 +281,7 @@ def weak_text(ctx: FailureContext, kind: str, m: Measurement, reason: str,
     >>> print(text.splitlines()[0])
     blocks.1.mlp-u7 eight: drop 10.3 pp on 58 examples is too uncertain to guard: not recorded
     """
-    what = "overall accuracy" if ctx.target == OVERALL else f"class {ctx.target!r}"
+    what = "overall accuracy" if ctx.target == OVERALL else f"{ctx.kind} {ctx.target!r}"
     lines = [f"{ctx.head} {ctx.target}: {_measured(kind, m).split(',')[0]} on {m.n} examples "
              f"is too uncertain to guard: not recorded",
              f"{ctx.where}: {ctx.head} carries {what} ({_measured(kind, m)}, n={m.n}), but "

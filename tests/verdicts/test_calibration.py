@@ -109,7 +109,7 @@ def test_range_text_and_what_it_rests_on() -> None:
     nats = calibrated_threshold("min_logprob_drop", [Point(0.1234, 0.1), Point(0.5, 0.4)])
     assert nats.range_text() == "0.123-0.500 nats"
     acc = calibrated_threshold("min_accuracy", [Point(0.9, 0.85), Point(0.95, 0.9)])
-    assert acc.range_text() == "90.0%-95.0%"
+    assert acc.range_text() == "90.0-95.0%"
 
 
 def test_the_file_keeps_one_point_per_model_and_round_trips(tmp_path: object) -> None:
