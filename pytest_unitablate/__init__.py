@@ -43,6 +43,8 @@ _LAZY = {
     "evaluate": "pytest_unitablate.core.evaluation",
     "EvalResult": "pytest_unitablate.core.evaluation",
     "scan": "pytest_unitablate.core.scan",
+    "next_token": "pytest_unitablate.core.next_token",
+    "GroupedData": "pytest_unitablate.core.data",
     "ScanResult": "pytest_unitablate.core.scan",
     "PrefixCache": "pytest_unitablate.core.scan",
     "load_spec": "pytest_unitablate.spec.loader",
@@ -57,6 +59,7 @@ _LAZY = {
 
 __all__ = [
     "EvalResult",
+    "GroupedData",
     "PrefixCache",
     "ScanResult",
     "SpecError",
@@ -69,6 +72,7 @@ __all__ = [
     "discover",
     "evaluate",
     "load_spec",
+    "next_token",
     "run_spec",
     "scan",
     "unit_attributes",

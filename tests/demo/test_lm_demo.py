@@ -82,3 +82,42 @@ def test_training_forms_the_induction_circuit_only_with_repeats() -> None:
     assert lm.accuracy(honest, "induction") > 0.8
     assert lm.accuracy(prevented, "induction") < 0.2
     assert lm.accuracy(prevented, "bigram") > 0.9
+
+
+def test_top_units_of_a_group_rank_on_the_grouped_ranking_data() -> None:
+    """``ranking_data:`` grouped like ``data:``: the heads ranked by their drop of the
+    induction group are the ones weight surgery finds; ``reference:`` (mean ablation) takes
+    its means from other prompts."""
+    import tempfile
+
+    text = """unitablate: 1
+model: lm_model
+data: {induction: lm_induction, copy: lm_copy, bigram: lm_bigram}
+ranking_data: {induction: rank_induction, copy: rank_copy, bigram: rank_bigram}
+position: last
+unit: head
+checks:
+  - layer: blocks.0.attn.o_proj
+    top_units:
+      k: 1
+      class: induction
+      expect:
+        induction: {min_logprob_drop: 0.01}
+  - layer: blocks.0.attn.o_proj
+    units: [1]
+    ablation: mean
+    reference: rank_copy
+    expect:
+      induction: {min_logprob_drop: 0.01}
+"""
+    fixtures = _fixtures("lm-seed2")
+    fixtures.update({f"rank_{t}": lm.prompts(t, n=120, seed=99) for t in lm.TASKS})
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "rank.yaml"
+        path.write_text(text)
+        run = run_spec(path, fixtures=fixtures)
+    assert {i.outcome for i in run.items} == {"passed"}, [i.message for i in run.items]
+    top = next(r for r in run.records if r["id"].startswith("blocks.0.attn.o_proj-top"))
+    # seed 2's head 0.1 carries induction (docs/analysis.md): ranked first on the ranking
+    # prompts, by its drop of the induction group, not of the whole data
+    assert top["units"] == [1]
