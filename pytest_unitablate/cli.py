@@ -26,7 +26,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 #: pytest's exit code for a usage error (and ours)
 USAGE = 4
@@ -124,7 +124,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--spec-model", default=None, metavar="REF",
                    help="with several --model: what the spec's model: says (a fixture name "
                    "or import path; default: the first --model)")
-    d.add_argument("--data", required=True, help="package.module:callable returning the data")
+    d.add_argument("--data", required=True, action="append", metavar="REF",
+                   help="package.module:callable returning the data; repeat as NAME=REF for "
+                   "named data groups (prompt sets), which become the targets")
+    d.add_argument("--position", default=None, metavar="POS",
+                   help="a language model: judge the next token at POS, 'last' (each "
+                   "prompt's last real token) or an index (-1); written as position:")
     d.add_argument("--layer", action="append", required=True, help="layer to scan (repeatable)")
     d.add_argument("--classes", default=None, help="comma-separated class names")
     d.add_argument("--top", type=int, default=5, help="named-unit checks to write (default 5)")
@@ -362,6 +367,13 @@ def signatures(file: Path) -> int:
     return 0
 
 
+def _int_or(text: str) -> int | str:
+    try:
+        return int(text)
+    except ValueError:
+        return text  # refused by the position check with its message
+
+
 def _for_discover(text: str) -> str:
     """A core message as discover's options say it (``--channel-dim -1``, not a spec key)."""
     return re.sub(r"'channel_dim: (-?\d+)'", r"--channel-dim \1",
@@ -374,14 +386,28 @@ def discover(args: argparse.Namespace) -> int:
     from pytest_unitablate.errors import UnitAblateError
 
     classes = args.classes.split(",") if args.classes else None
+    position = None if args.position is None else (
+        args.position if args.position == "last" else _int_or(args.position))
+    named = [d for d in args.data if "=" in d]
+    if (named and len(named) != len(args.data)) or (len(args.data) > 1 and not named):
+        print("error: --data: give one REF, or several NAME=REF (data groups)",
+              file=sys.stderr)
+        return 2
+    data: Any = dict(d.split("=", 1) for d in named) if named else args.data[0]
     if args.weights or len(args.model) > 1:
+        if named or position is not None:
+            print("error: data groups and --position are not calibrated by discover yet: "
+                  "discover one model, then calibrate the spec with "
+                  "--unitablate-record-mode=calibrate", file=sys.stderr)
+            return 2
+        args.data = data
         return _discover_calibrated(args, classes)
     try:
-        text = write_spec(args.model[0], args.data, args.layer, args.out, classes=classes,
+        text = write_spec(args.model[0], data, args.layer, args.out, classes=classes,
                           top=args.top, level=args.confidence, overwrite=args.force,
                           identity=args.identity, unit=args.unit,
                           channel_dim=args.channel_dim, num_heads=args.num_heads,
-                          min_share=args.min_share)
+                          min_share=args.min_share, position=position)
     except (UnitAblateError, FileExistsError, ValueError, ImportError, AttributeError,
             TypeError) as exc:
         print(f"error: {_for_discover(str(exc))}", file=sys.stderr)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,7 @@ def find_units(model: Any, data: Any, layers: Sequence[str], *, top: int = 5,
         result = scan(model, data, layer, **addressing.scan_args(model, data, layer))
         base = result.baseline.correct
         labels = result.labels
+        masks = _target_masks(data, labels, result.baseline.num_classes)
         assert result.logprobs is not None  # every engine keeps them
         worst_high = -1.0
         for i in range(len(result.units)):  # a full scan: row i is unit i alone
@@ -122,8 +123,7 @@ def find_units(model: Any, data: Any, layers: Sequence[str], *, top: int = 5,
             overall = Measurement.from_correct(base, after, level=level)
             worst_high = max(worst_high, overall.ci[1])
             best: Finding | None = None
-            for k in range(result.baseline.num_classes):
-                mask = labels == k
+            for k, mask in masks.items():
                 if not mask.any():
                     continue
                 m = Measurement.from_correct(base[mask], after[mask], level=level)
@@ -132,11 +132,11 @@ def find_units(model: Any, data: Any, layers: Sequence[str], *, top: int = 5,
             base_lp = result.baseline.true_logprob
             if best is None or best.low < min_low:
                 # accuracy cannot bound this unit's damage: the log-prob measure may
-                best = _by_logprob(layer, unit, labels, base, after, base_lp,
+                best = _by_logprob(layer, unit, masks, base, after, base_lp,
                                    result.logprobs[i], overall.ci[1], level, min_share)
                 if best is None:
                     continue
-            mask = labels == best.target
+            mask = masks[best.target]
             lp = Measurement.from_logprob(base_lp[mask], result.logprobs[i][mask], level=level)
             acc = Measurement.from_correct(base[mask], after[mask], level=level)
             best = replace(
@@ -157,14 +157,21 @@ def find_units(model: Any, data: Any, layers: Sequence[str], *, top: int = 5,
 MIN_LOGPROB_LOW = 0.05
 
 
-def _by_logprob(layer: str, unit: int, labels: Any, base: Any, after: Any, base_lp: Any,
-                after_lp: Any, overall_high: float, level: float, share: float
+def _target_masks(data: Any, labels: Any, num_classes: int) -> dict[int, Any]:
+    """Each target's examples: the data's groups (a ``GroupedData``), else the classes."""
+    if hasattr(data, "group_ids"):
+        ids = data.group_ids()
+        return {g: ids == g for g in range(len(data.names))}
+    return {k: labels == k for k in range(num_classes)}
+
+
+def _by_logprob(layer: str, unit: int, masks: dict[int, Any], base: Any, after: Any,
+                base_lp: Any, after_lp: Any, overall_high: float, level: float, share: float
                 ) -> Finding | None:
-    """The class whose log-prob drop has the largest lower bound, when that bound is
+    """The target whose log-prob drop has the largest lower bound, when that bound is
     strong enough to guard (at least :data:`MIN_LOGPROB_LOW` and ``share`` of the drop)."""
     best: tuple[float, int, Measurement] | None = None
-    for k in range(int(labels.max()) + 1):
-        mask = labels == k
+    for k, mask in masks.items():
         if not mask.any():
             continue
         lp = Measurement.from_logprob(base_lp[mask], after_lp[mask], level=level)
@@ -173,7 +180,7 @@ def _by_logprob(layer: str, unit: int, labels: Any, base: Any, after: Any, base_
     if best is None or best[0] < MIN_LOGPROB_LOW or _weak("min_logprob_drop", best[0],
                                                            best[2], share):
         return None
-    mask = labels == best[1]
+    mask = masks[best[1]]
     acc = Measurement.from_correct(base[mask], after[mask], level=level)
     return Finding(layer, unit, best[1], acc.drop, acc.ci[0], overall_high)
 
@@ -184,13 +191,19 @@ def _weak(kind: str, bound: float, m: Measurement, share: float) -> str:
         weak_threshold(kind, written, m, share) or ""
 
 
-def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
-                findings: Sequence[Finding], guards: dict[str, float], level: float,
+def render_spec(model_ref: str, data_ref: str | Mapping[str, str],
+                classes: Sequence[str] | None, findings: Sequence[Finding],
+                guards: dict[str, float], level: float,
                 signatures: tuple[str, str] | None = None,
-                addressing: Addressing = Addressing()) -> str:
-    """The starter spec as YAML text (comments carry the measurements)."""
+                addressing: Addressing = Addressing(),
+                position: int | str | None = None) -> str:
+    """The starter spec as YAML text (comments carry the measurements). ``data_ref`` as a
+    mapping: named data groups, which are the targets."""
+    groups = list(data_ref) if isinstance(data_ref, Mapping) else None
 
     def name(k: int) -> str:
+        if groups is not None:
+            return groups[k]
         return classes[k] if classes else str(k)
 
     lines = [
@@ -201,9 +214,12 @@ def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
         "# than half of its drop, or that one example meets, is left out (too weak).",
         "unitablate: 1",
         f"model: {model_ref}",
-        f"data: {data_ref}",
+        "data: {" + ", ".join(f"{g}: {r}" for g, r in data_ref.items()) + "}"
+        if isinstance(data_ref, Mapping) else f"data: {data_ref}",
     ]
-    if classes:
+    if position is not None:
+        lines.append(f"position: {position}                   # the next token judged")
+    if classes and groups is None:
         lines.append(f"classes: [{', '.join(classes)}]")
     lines.append("ablation: zero")
     if not findings:
@@ -225,7 +241,8 @@ def render_spec(model_ref: str, data_ref: str, classes: Sequence[str] | None,
     for f in findings:
         guards_of = [f"{name(f.target)}: {{{_bounds(f)}}}"] if _bounds(f) else []
         lines += [
-            f"  # {noun} {f.unit} of {f.layer}: class {name(f.target)} drops "
+            f"  # {noun} {f.unit} of {f.layer}: {'group' if groups else 'class'} "
+            f"{name(f.target)} drops "
             f"{f.drop * 100:.1f} pp, log p(true) drops {f.lp_drop:.3f} nats",
             *[f"  # not written: {why}" for why in (f.weak, f.lp_weak) if why],
             f"  - layer: {f.layer}",
@@ -277,11 +294,12 @@ def _bounds(f: Finding) -> str:
     return ", ".join(parts)
 
 
-def discover(model_ref: str, data_ref: str, layers: Sequence[str], out: Path, *,
-             classes: Sequence[str] | None = None, top: int = 5, level: float = 0.95,
-             overwrite: bool = False, identity: bool = False, unit: str = "channel",
-             channel_dim: int | None = None, num_heads: int | None = None,
-             min_share: float = DEFAULT_MIN_SHARE) -> str:
+def discover(model_ref: str, data_ref: str | Mapping[str, str], layers: Sequence[str],
+             out: Path, *, classes: Sequence[str] | None = None, top: int = 5,
+             level: float = 0.95, overwrite: bool = False, identity: bool = False,
+             unit: str = "channel", channel_dim: int | None = None,
+             num_heads: int | None = None, min_share: float = DEFAULT_MIN_SHARE,
+             position: int | str | None = None) -> str:
     """Scan, choose units, write the starter spec to ``out``; return its text.
 
     With ``identity``, the named-unit checks carry ``identity: signature`` and the units'
@@ -290,18 +308,33 @@ def discover(model_ref: str, data_ref: str, layers: Sequence[str], out: Path, *,
     ``channel_dim`` says which dimension of a layer's output holds its units (required for
     outputs the model's modules do not show to be N,C or channels-first N,C,H,W, e.g.
     ``-1`` for a transformer's N,T,C tokens or a Swin block's channels-last N,H,W,C).
+    ``data_ref`` may map group names to references (prompt sets): the groups are the
+    targets. ``position`` (``"last"`` or an index): a language model judged on its next
+    token there, as the spec's ``position:``.
     """
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --force to replace it")
     addressing = Addressing(unit, channel_dim, num_heads)
     model = load_reference(model_ref)
-    data = load_reference(data_ref)
+    if position is not None:
+        from pytest_unitablate.core.next_token import next_token
+
+        model = next_token(model, position)
+    if isinstance(data_ref, Mapping):
+        from pytest_unitablate.core.data import GroupedData
+
+        data = GroupedData([(g, load_reference(r)) for g, r in data_ref.items()])
+    else:
+        data = load_reference(data_ref)
     findings, guards = find_units(model, data, layers, top=top, level=level,
                                   addressing=addressing, min_share=min_share)
+    if identity and (position is not None or isinstance(data_ref, Mapping)):
+        raise ValueError("identity signatures are class profiles: not for data groups or "
+                         "a language model's positions (drop --identity)")
     entry = _write_signatures(model, data, findings, out, classes, addressing) \
         if identity else None
     text = render_spec(model_ref, data_ref, classes, findings, guards, level, entry,
-                       addressing)
+                       addressing, position)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, text)
     return text

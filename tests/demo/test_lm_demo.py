@@ -121,3 +121,25 @@ checks:
     # seed 2's head 0.1 carries induction (docs/analysis.md): ranked first on the ranking
     # prompts, by its drop of the induction group, not of the whole data
     assert top["units"] == [1]
+
+
+def test_discover_finds_the_induction_head_from_prompt_groups(tmp_path: Path) -> None:
+    """``discover --data NAME=REF ... --position last --unit head``: the starter spec names
+    head 1 of block 0 for the induction prompts (lm-seed0's previous-token head, 0.84
+    nats in docs/analysis.md) and runs as written."""
+    from pytest_unitablate.cli import main
+
+    out = tmp_path / "start.yaml"
+    code = main(["discover", "--model", "unitablate_demo.fixtures:lm",
+                 "--data", "induction=unitablate_demo.fixtures:induction_prompts",
+                 "--data", "copy=unitablate_demo.fixtures:copy_prompts",
+                 "--data", "bigram=unitablate_demo.fixtures:bigram_prompts",
+                 "--position", "last", "--unit", "head",
+                 "--layer", "blocks.0.attn.o_proj", "--out", str(out)])
+    assert code == 0
+    text = out.read_text()
+    assert "position: last" in text and "data: {induction: " in text
+    first = text.split("  - layer:")[1]
+    assert "units: [1]" in first and "induction: {min_drop:" in first
+    run = run_spec(out)
+    assert {i.outcome for i in run.items} == {"passed"}
