@@ -179,3 +179,63 @@ def test_a_group_target_must_be_a_group_and_logits_need_a_position(folder: Path)
     (item,) = run_spec("nopos.yaml").items
     assert item.outcome == "failed" and item.message is not None
     assert "(N, T, V)" in item.message and "position:" in item.message
+
+
+def test_position_on_a_check_and_groups_of_a_classifier(folder: Path) -> None:
+    """``position:`` on one check (the spec has none), and data groups for a classifier:
+    each group's drop is measured on its own examples."""
+    (folder / "clf.py").write_text('''
+import torch
+from torch import nn
+
+
+def model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+
+
+def _part(seed, shift):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(60, 6, generator=g) + shift
+    with torch.no_grad():
+        y = model()(x).argmax(1)
+    y[::4] = (y[::4] + 1) % 3
+    return [(x[:30], y[:30]), (x[30:], y[30:])]
+
+
+def day():
+    return _part(1, 0.0)
+
+
+def night():
+    return _part(2, -1.5)
+''')
+    (folder / "clf.yaml").write_text(
+        "unitablate: 1\nmodel: clf:model\ndata: {day: clf:day, night: clf:night}\n"
+        "checks:\n  - layer: '1'\n    units: [3]\n    expect:\n"
+        "      day: {max_drop: 100%}\n      night: {max_drop: 100%}\n"
+        "      overall: {max_drop: 100%}\n")
+    import clf
+
+    run = run_spec("clf.yaml")
+    model = clf.model()
+    drops = {}
+    for name, part in (("day", clf.day()), ("night", clf.night())):
+        x = torch.cat([a for a, _ in part])
+        y = torch.cat([b for _, b in part])
+        with torch.no_grad():
+            before = (model(x).argmax(1) == y).double().mean()
+            hidden = model[1](model[0](x))
+            hidden[:, 3] = 0
+            after = (model[2](hidden).argmax(1) == y).double().mean()
+        drops[name] = float(before - after)
+    got = {r["target"]: r["drop"] for r in run.records}
+    assert got["day"] == pytest.approx(drops["day"], abs=1e-12)
+    assert got["night"] == pytest.approx(drops["night"], abs=1e-12)
+    assert got["overall"] == pytest.approx((drops["day"] + drops["night"]) / 2, abs=1e-12)
+
+    checks = ("  - layer: transformer.h.1.attn.c_proj\n    position: last\n    units: [1]\n"
+              "    expect:\n      copy: {max_drop: 100%}\n")
+    (folder / "checkpos.yaml").write_text(SPEC.replace("position: last\n", "") + checks)
+    (item,) = run_spec("checkpos.yaml").items
+    assert item.outcome == "passed", item.message

@@ -116,7 +116,7 @@ def test_calibrate_writes_thresholds_from_three_models_and_refuses_unguardable(
     third.stdout.fnmatch_lines([
         "unitablate: 1 constraint(s) unguardable over the reference models, NOT recorded*",
         "*spec.yaml:14: hidden-u1-one-min_relative_drop: unguardable over 3 models (measured "
-        "0.0%-*)",
+        "0.0-*%)",
         "  the calibrated min_relative_drop would be *: a min_relative_drop of * passes "
         "whatever the ablation does.",
         "*What could guard it: any_unit instead of a named unit*"])
