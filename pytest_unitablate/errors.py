@@ -74,6 +74,11 @@ class OutputError(DataError):
     """The model's output does not hold one logits tensor where the spec says it does."""
 
 
+class PositionError(DataError):
+    """A language model's next-token position cannot be read (missing ``position:``, an
+    index outside the sequence, a mask that keeps nothing)."""
+
+
 class UnpairedDataError(DataError):
     """Two passes over the data saw different examples or a different order."""
 

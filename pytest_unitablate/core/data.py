@@ -113,7 +113,9 @@ def _check_batch(index: int, batch: Any) -> Batch:
         )
     if labels.dim() != 1:
         raise DataError(
-            f"{where}: labels have shape {tuple(labels.shape)}; expected (N,) class indices"
+            f"{where}: labels have shape {tuple(labels.shape)}; expected (N,) class indices, "
+            f"one per example (for a language model: one target token id per prompt, with "
+            f"the spec's position: saying which position's next token it is)"
         )
     if inputs.dim() == 0 or inputs.shape[0] != labels.shape[0]:
         raise DataError(

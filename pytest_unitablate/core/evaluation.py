@@ -43,6 +43,7 @@ from pytest_unitablate.errors import (
     DataError,
     NonFiniteLogitsError,
     OutputError,
+    PositionError,
     UnpairedDataError,
 )
 
@@ -249,7 +250,7 @@ def checked_logits(index: int, produced: Any, labels: torch.Tensor, width: int |
             f"of logits of shape (N, classes)"
         )
     if logits.dim() == 3 and logits.shape[0] == batch:
-        raise DataError(
+        raise PositionError(
             f"batch {index}: the model returned logits of shape {tuple(logits.shape)}, a "
             f"language model's (N, T, V): say which position's next token is judged with "
             f"the spec key position: (last, or an index such as -1; the labels are then "

@@ -47,6 +47,11 @@ class NextTokenLogits(nn.Module):
         self.position = check_position(position)
         self.output = output
 
+    def extra_repr(self) -> str:
+        """The position and output in the repr: a cache keyed by the model's structure
+        keeps one entry per position."""
+        return f"position={self.position!r}, output={self.output!r}"
+
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         logits = select_logits(self.wrapped_model(*args, **kwargs), self.output)
         if not isinstance(logits, torch.Tensor):

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytest_unitablate.errors import ConfigError, DataError
+from pytest_unitablate.errors import ConfigError, DataError, PositionError
 
 #: The key a dict batch keeps its labels under.
 LABELS_KEY = "labels"
@@ -121,7 +121,7 @@ def pick_position(logits: torch.Tensor, position: Position,
     ``"last"``, each example's last position its ``attention_mask`` keeps (right or left
     padding), the last position when there is no mask."""
     if logits.dim() != 3:
-        raise DataError(f"position: {position} needs (N, T, V) next-token logits; the model "
+        raise PositionError(f"position: {position} needs (N, T, V) next-token logits; the model "
                         f"returned logits of shape {tuple(logits.shape)}")
     n, t, _ = logits.shape
     if position == "last":
@@ -129,17 +129,17 @@ def pick_position(logits: torch.Tensor, position: Position,
             return logits[:, -1]
         mask = attention_mask.to(logits.device)
         if tuple(mask.shape) != (n, t):
-            raise DataError(f"position: last: the attention_mask has shape "
+            raise PositionError(f"position: last: the attention_mask has shape "
                             f"{tuple(mask.shape)}, the logits {tuple(logits.shape)}")
         kept = mask != 0
         if not bool(kept.any(dim=1).all()):
-            raise DataError("position: last: an example's attention_mask keeps no position")
+            raise PositionError("position: last: an example's attention_mask keeps no position")
         steps = torch.arange(t, device=logits.device).expand(n, t)
         last = torch.where(kept, steps, torch.full_like(steps, -1)).max(dim=1).values
         return logits[torch.arange(n, device=logits.device), last]
     assert isinstance(position, int)
     if not -t <= position < t:
-        raise DataError(f"position: {position} is outside the {t} positions of the logits")
+        raise PositionError(f"position: {position} is outside the {t} positions of the logits")
     return logits[:, position]
 
 

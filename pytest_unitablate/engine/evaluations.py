@@ -44,6 +44,7 @@ from pytest_unitablate.errors import (
     ItemProblem,
     NonFiniteLogitsError,
     OutputError,
+    PositionError,
     UnitAblateError,
     UnpairedDataError,
 )
@@ -135,6 +136,9 @@ class Evaluations:
         except OutputError as exc:
             where = spec.output_line or spec.model_line
             raise ItemProblem(f"{spec.where(where)}: model {spec.model!r}: {exc}") from None
+        except PositionError as exc:  # position: (the spec's), or model: when it has none
+            where = spec.position_line or spec.model_line
+            raise ItemProblem(f"{spec.where(where)}: {exc}") from None
         except UnpairedDataError as exc:  # the data's fault, wherever a pass found it out
             where = spec.ranking_data_line if ranking and spec.ranking_data else spec.data_line
             raise ItemProblem(f"{spec.where(where)}: {exc}") from None
@@ -461,6 +465,8 @@ class Evaluations:
             identity = {
                 "weights": self.weights_hash(model), "model": structure_sha256(model),
                 "data": fingerprint, "output": spec.output,
+                "position": getattr(model, "position", None)
+                if getattr(type(model), "unitablate_wrapped", None) else None,
                 "device": self.device, "dtype": self.dtype, "seed": self.settings.seed,
                 "torch": str(torch.__version__), "unitablate": __version__,
                 "entries": ENTRY_FORMAT,

@@ -191,6 +191,7 @@ class _Validator(Checks):
             ranking_data=ranking,
             ranking_data_line=line_of("ranking_data"),
             channel_dim=channel_dim, unit=spec_unit, num_heads=num_heads, position=position,
+            position_line=line_of("position"),
             groups=groups, ranking_groups=ranking_groups,
             min_examples=min_examples or 1, provenance=provenance,
             output=output, output_line=line_of("output"),

@@ -204,6 +204,7 @@ class Spec:
     num_heads: int | None = None
     #: For a language model's (N, T, V) logits: the position judged (an index or "last").
     position: int | str | None = None
+    position_line: int = 0
     #: ``data:`` as named groups: (name, reference) pairs, each group a target.
     groups: tuple[tuple[str, str], ...] = ()
     #: ``ranking_data:`` as named groups (the same names), for ``top_units`` of a group.

@@ -349,7 +349,8 @@ def _median(values: Sequence[float]) -> float:
 
 def definition_of(record: Mapping[str, Any]) -> str:
     """What an item measures, from its static record: the fields that change the number
-    (layer, unit kind and axis, units or layer-wide mode, ablation, target, constraint).
+    (layer, unit kind and axis, units or layer-wide mode, ablation, target, constraint, and
+    a language model's position).
     Points measured under another definition are not mixed in.
 
     >>> d = definition_of({"layer": "conv5", "mode": "units", "units": [3],
@@ -359,4 +360,7 @@ def definition_of(record: Mapping[str, Any]) -> str:
     """
     keys = ("layer", "mode", "unit", "channel_dim", "units", "ablation", "target",
             "constraint")
-    return json.dumps({k: record.get(k) for k in keys}, sort_keys=True)
+    found = {k: record.get(k) for k in keys}
+    if record.get("position") is not None:  # a language model's next-token position
+        found["position"] = record["position"]
+    return json.dumps(found, sort_keys=True)

@@ -90,7 +90,9 @@ def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
         ]
     elif m.metric == "logprob":
         assert m.diffs is not None
-        what = "the examples" if ctx.target == OVERALL else f"the examples of {ctx.target!r}"
+        what = "the examples" if ctx.target == OVERALL else (
+            f"the examples of {ctx.target!r}" if ctx.kind == "class"
+            else f"the examples of group {ctx.target!r}")
         lines = [
             headline(ctx, constraint, m),
             f"{ctx.where}: {ctx.head} ({ctx.ablation} ablation): {what} must have {required}",
@@ -132,7 +134,9 @@ def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
         lines.append(f"  McNemar exact p={m.p_value:.3g} ({table.b} flipped to wrong, "
                      f"{table.c} to right)")
     lines.extend(f"  {note}" for note in ctx.notes)
-    lines.append(f"  To re-record: {ctx.hint}")
+    honest = " (only for an honest retrain: it becomes a reference model)" \
+        if "record-mode=calibrate" in ctx.hint else ""
+    lines.append(f"  To re-record{honest}: {ctx.hint}")
     return "\n".join(lines)
 
 

@@ -28,7 +28,8 @@ from pytest_unitablate.verdicts.calibration import Calibrated
 
 #: The JSON report's per-item fields, in order.
 FIELDS = (
-    "id", "spec", "line", "layer", "unit", "channel_dim", "units", "ablation", "target",
+    "id", "spec", "line", "layer", "unit", "channel_dim", "position", "units", "ablation",
+    "target", "target_kind",
     "class_index", "metric", "n", "baseline", "ablated", "drop", "ci_low", "ci_high",
     "constraint", "threshold", "outcome", "p_value", "deciding_units", "ranking_note",
     "units_evaluated", "units_total", "identity", "matched_units", "similarity",
@@ -49,9 +50,12 @@ def static_record(spec: Spec, key: ItemKey) -> dict[str, Any]:
         "unit": spec.unit_for(check),
         "channel_dim": spec.channel_dim_for(check) if spec.unit_for(check) == "channel"
         else None,
+        "position": spec.position_for(check),
         "units": list(check.units) if check.mode == "units" else None,
         "ablation": spec.ablation_for(check).label(),
         "target": spec.target_name(target),
+        "target_kind": "overall" if target == "overall" else (
+            "group" if spec.is_group(target) else "class"),
         "class_index": None if spec.is_group(target) else spec.class_index(target),
         "constraint": key.constraint.kind,
         "threshold": key.constraint.threshold,

@@ -179,6 +179,12 @@ def test_a_group_target_must_be_a_group_and_logits_need_a_position(folder: Path)
     (item,) = run_spec("nopos.yaml").items
     assert item.outcome == "failed" and item.message is not None
     assert "(N, T, V)" in item.message and "position:" in item.message
+    assert "nopos.yaml:2:" in item.message  # model: (the spec has no position: line)
+    (folder / "far.yaml").write_text((SPEC + (
+        "  - layer: transformer.h.1.attn.c_proj\n    units: [1]\n    expect:\n"
+        "      copy: {max_drop: 100%}\n")).replace("position: last", "position: 40"))
+    (item,) = run_spec("far.yaml").items
+    assert item.message is not None and "far.yaml:5: position: 40 is outside" in item.message
 
 
 def test_position_on_a_check_and_groups_of_a_classifier(folder: Path) -> None:
@@ -239,3 +245,22 @@ def night():
     (folder / "checkpos.yaml").write_text(SPEC.replace("position: last\n", "") + checks)
     (item,) = run_spec("checkpos.yaml").items
     assert item.outcome == "passed", item.message
+
+
+def test_a_cache_keeps_one_entry_per_position(folder: Path) -> None:
+    """Two checks that differ only in position:, with the on-disk store: each gets its own
+    position's numbers, in the first run and when the second run reuses the store."""
+    checks = "".join(
+        f"  - name: at{tag}\n    layer: transformer.h.1.attn.c_proj\n    position: {pos}\n"
+        f"    units: [0, 1, 2, 3]\n    expect:\n      induction: {{min_accuracy: 0%}}\n"
+        for tag, pos in (("end", -1), ("last", "last")))
+    (folder / "pos.yaml").write_text(SPEC.replace("position: last\n", "") + checks)
+    import lmzoo
+
+    right, _ = _correct_and_lp(lmzoo.lm(), lmzoo.induction())
+    for _ in range(2):  # a fresh store, then the same store
+        run = run_spec("pos.yaml", cache_dir=folder / "store")
+        got = {r["id"].split("-")[0]: r["baseline"] for r in run.records}
+        assert got["atlast"] == pytest.approx(right.mean(), abs=1e-12)
+        assert got["atend"] != pytest.approx(right.mean(), abs=1e-12)  # padded positions
+        assert {r["position"] for r in run.records} == {-1, "last"}

@@ -156,7 +156,8 @@ def test_a_calibrated_guard_passes_an_honest_variant_and_fails_a_destroyed_one(
     bad.stdout.fnmatch_lines([
         "*calibration: * pp is outside the range seen over 3 reference model(s) (*-* pp; "
         "threshold * pp)",
-        "*To re-record: pytest *--unitablate-spec spec.yaml *--unitablate-record-mode=calibrate"])
+        "*To re-record (only for an honest retrain: *): pytest *--unitablate-spec spec.yaml "
+        "*--unitablate-record-mode=calibrate"])
 
 
 def test_calibrate_is_refused_in_ci(cal: pytest.Pytester,
