@@ -8,17 +8,22 @@ modules vouch for it:
 
 * a module that sets a feature count (*a decider*): convolutions, batch/instance/group
   norms (channels first), ``Linear``, ``LayerNorm``, ``RMSNorm``, Hugging Face ``Conv1D``,
-  ``Embedding`` (features last). The layer's units are along the dimension whose size
-  equals that count; when both dimension 1 and the last match, the decider's kind settles
-  it;
-* a layer that sets none (an activation, dropout, pooling, a ``Permute``) takes the
-  feature count of what runs before it (its previous sibling in registration order, or
-  its parent's), so ``ReLU`` after a convolution is channels first and a torchvision
-  ``Permute([0, 2, 3, 1])`` before a ``LayerNorm`` shows up as channels last;
-* a block is judged by its last decider, and a block made only of convolutions, norms,
-  pooling and activations (a ResNet block, an Inception module that concatenates) is
-  channels first;
+  ``Embedding`` (features last). Its own output is laid out as its kind says;
+* a layer that sets none (an activation, dropout, pooling) takes the feature count of
+  what runs before it (its previous sibling in registration order, or its parent's), so
+  ``ReLU`` after a convolution is channels first; a torchvision ``Permute`` turns the
+  side;
+* a block is judged by its last decider (and any ``Permute`` after it), and a block made
+  only of convolutions, norms, pooling and activations (a ResNet block, an Inception
+  module that concatenates) is channels first;
+* otherwise the units are along the dimension whose size equals the feature count, and
+  dimension 1 only when a convolution or batch norm is among the modules (a token layer
+  as long as it is wide is not channels first); a reshape after a convolution (a patch
+  embedding) changes the rank and says nothing; when dimension 1 and the last have the
+  same size and nothing settles it, the layer is refused;
 * a TransformerLens ``HookPoint`` never is: its output is ``(batch, position, ...)``.
+A stated ``channel_dim`` that the modules contradict (another dimension, of another size)
+is refused too.
 
 Anything else is refused with the shape and the likely value (:func:`unit_dim`).
 
