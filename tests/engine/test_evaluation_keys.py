@@ -111,7 +111,8 @@ def test_the_identity_holds_everything_that_decides_an_evaluation(tmp_path: Path
     ident = engine.evals.identity(spec, subject.model, subject.data)
     assert ident == {
         "weights": weights_sha256(subject.model), "model": structure_sha256(subject.model),
-        "data": data_fingerprint(subject.data), "output": None, "device": "cpu",
+        "data": data_fingerprint(subject.data), "output": None, "position": None,
+        "device": "cpu",
         "dtype": "float32", "seed": 3, "torch": str(torch.__version__),
         "unitablate": __version__, "entries": ENTRY_FORMAT}
     assert engine.evals.identity(spec, subject.model, subject.data) is ident  # once

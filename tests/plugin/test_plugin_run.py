@@ -186,8 +186,9 @@ def test_json_report_and_junit_properties(tiny: pytest.Pytester) -> None:
     assert doc["device"] == "cpu" and doc["dtype"] == "float32"
     assert doc["torch_version"] and doc["pytest_unitablate_version"]
     first = doc["items"][0]
-    assert list(first) == ["id", "spec", "line", "layer", "unit", "channel_dim", "units",
-                           "ablation", "target", "class_index", "metric", "n", "baseline",
+    assert list(first) == ["id", "spec", "line", "layer", "unit", "channel_dim", "position",
+                           "units", "ablation", "target", "target_kind", "class_index",
+                           "metric", "n", "baseline",
                            "ablated", "drop", "ci_low", "ci_high", "constraint",
                            "threshold", "outcome", "p_value",
                            "deciding_units", "ranking_note",
