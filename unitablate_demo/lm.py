@@ -26,7 +26,6 @@ induction circuit can pay off). Train one::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import random
@@ -37,6 +36,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from unitablate_demo import models
+from unitablate_demo.models import sha256_file
 
 PAD, INDUCT, COPY, BIGRAM = 0, 1, 2, 3
 FIRST, CONTENT = 4, 32
@@ -217,10 +219,7 @@ def accuracy(model: nn.Module, task: str) -> float:
 
 def read_manifest() -> dict[str, dict[str, Any]]:
     """The LM checkpoints: name -> {file, sha256, seed, repeats, accuracy, ...}."""
-    if not MANIFEST_PATH.exists():
-        return {}
-    manifest: dict[str, dict[str, Any]] = json.loads(MANIFEST_PATH.read_text())
-    return manifest
+    return models.read_manifest(MANIFEST_PATH)
 
 
 def load(name: str) -> TinyLM:
@@ -229,7 +228,7 @@ def load(name: str) -> TinyLM:
     if name not in manifest:
         raise KeyError(f"no LM checkpoint {name!r}; known: {', '.join(sorted(manifest))}")
     path = CHECKPOINT_DIR / str(manifest[name]["file"])
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_file(path)
     if digest != manifest[name]["sha256"]:
         raise ValueError(f"{path}: sha256 {digest} does not match {MANIFEST_PATH}; retrain "
                          f"with: {manifest[name]['command']}")
@@ -265,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     model, seconds = train(args.seed, repeats=not args.no_repeats)
     path = CHECKPOINT_DIR / f"{args.name}.pt"
     torch.save(model.state_dict(), path)
-    entry = {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    entry = {"file": path.name, "sha256": sha256_file(path),
              "seed": args.seed, "repeats": not args.no_repeats, "hyperparameters": HYPER,
              "accuracy": {t: round(accuracy(model, t), 4) for t in TASKS},
              "train_seconds": round(seconds, 1), "torch_version": torch.__version__,

@@ -180,11 +180,13 @@ def vit_digits() -> nn.Module:
 ARCHITECTURES = {"resnet": resnet_digits, "alexnet": alexnet_digits, "vit": vit_digits}
 
 
-def read_manifest() -> dict[str, dict[str, Any]]:
-    """The checkpoint manifest: name -> {file, sha256, arch, test_accuracy, seed, ...}."""
-    if not MANIFEST_PATH.exists():
+def read_manifest(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The checkpoint manifest: name -> {file, sha256, arch, test_accuracy, seed, ...}
+    (``path``: another manifest of the same form, such as the LM demo's)."""
+    path = MANIFEST_PATH if path is None else path
+    if not path.exists():
         return {}
-    manifest: dict[str, dict[str, Any]] = json.loads(MANIFEST_PATH.read_text())
+    manifest: dict[str, dict[str, Any]] = json.loads(path.read_text())
     return manifest
 
 

@@ -133,6 +133,16 @@ def _computes_attention(module: nn.Module | None) -> bool:
         or len(children & set(_QKV)) >= 2)
 
 
+def _stated_count(model: nn.Module, layer: str, num_heads: int | None) -> int | None:
+    """The head count of ``layer``: ``num_heads``, which must agree with a count the model
+    states (:func:`find_head_count`), else that count; ``None`` when neither says."""
+    found = find_head_count(model, layer)
+    if num_heads is not None and found is not None and num_heads != found[0]:
+        raise ConfigError(f"num_heads: {num_heads} for {layer!r}, but {found[1]!r} says it "
+                          f"has {found[0]} heads")
+    return num_heads or (found[0] if found else None)
+
+
 def _attention_owner(modules: dict[str, nn.Module], layer: str) -> str | None:
     """The attention module ``layer`` (a projection) belongs to, within two levels up: by
     its name or class, or by children that compute queries and keys; ``None`` when it
@@ -175,12 +185,7 @@ def _tl_site(model: nn.Module, layer: str, module: nn.Module,
         raise UnsupportedModelError(
             f"unit: head on the TransformerLens hook point {layer!r}: a head's output is "
             f"{where}; name one of those")
-    found = find_head_count(model, layer)
-    known = found[0] if found else None
-    if num_heads is not None and known is not None and num_heads != known:
-        raise ConfigError(f"num_heads: {num_heads} for {layer!r}, but {found[1] if found else ''}"
-                          f" says it has {known} heads")
-    heads = num_heads or known
+    heads = _stated_count(model, layer, num_heads)
     if heads is None:
         raise UnsupportedModelError(
             f"{layer!r} is a TransformerLens hook point whose model has no cfg.n_heads: "
@@ -283,12 +288,7 @@ def head_site(model: nn.Module, layer: str, num_heads: int | None = None) -> Hea
             f"input features are neurons, not heads, and num_heads would only cut them into "
             f"blocks. {hint}For its neurons drop unit: head and name the layer before "
             f"it (its output is these neurons), with channel_dim: -1")
-    found = find_head_count(model, layer)
-    known = found[0] if found else None
-    if num_heads is not None and known is not None and num_heads != known:
-        raise ConfigError(f"num_heads: {num_heads} for {layer!r}, but "
-                          f"{found[1] if found else ''!r} says it has {known} heads")
-    heads = num_heads or known
+    heads = _stated_count(model, layer, num_heads)
     if heads is None:
         raise UnsupportedModelError(
             f"{layer!r} is the output projection of an attention module, but neither it, "

@@ -58,6 +58,17 @@ def logprobs(model: nn.Module, data: Any) -> torch.Tensor:
     return torch.as_tensor(evaluate(model, data).logprob)
 
 
+def hooked_logprobs(model: nn.Module, data: Any, module: nn.Module,
+                    hook: Callable[[nn.Module, Any, torch.Tensor], torch.Tensor]
+                    ) -> torch.Tensor:
+    """``logprobs`` with ``hook`` (an independent oracle's edit) on ``module``'s output."""
+    handle = module.register_forward_hook(hook)
+    try:
+        return logprobs(model, data)
+    finally:
+        handle.remove()
+
+
 def assert_scan_equals_surgery(model: nn.Module, data: Any, layer: str, index: int,
                                edits: list[tuple[torch.Tensor, Callable[[torch.Tensor], None]]],
                                **kwargs: Any) -> None:
@@ -275,11 +286,7 @@ def test_torchvision_convnext_block_is_channels_first_and_its_linear_is_not() ->
         out[:, 3] = 0
         return out
 
-    handle = model.features[1][0].register_forward_hook(zero_channel)
-    try:
-        expected = logprobs(model, data)
-    finally:
-        handle.remove()
+    expected = hooked_logprobs(model, data, model.features[1][0], zero_channel)
     torch.testing.assert_close(torch.as_tensor(result.logprobs[0]), expected,
                                rtol=1e-4, atol=1e-5)
 
@@ -349,11 +356,7 @@ def test_transformer_lens_head_mean_ablation_is_per_feature() -> None:
         out[:, :, 1, :] = mean[1]
         return out
 
-    handle = hook.register_forward_hook(replace)
-    try:
-        expected = logprobs(model, data)
-    finally:
-        handle.remove()
+    expected = hooked_logprobs(model, data, hook, replace)
     torch.testing.assert_close(torch.as_tensor(result.logprobs[0]), expected,
                                rtol=1e-4, atol=1e-5)
 
@@ -382,11 +385,7 @@ def test_transformer_lens_head_resample_takes_each_head_from_another_example() -
         out[:, :, 3, :] = taken[:, :, 3, :]
         return out
 
-    handle = hook.register_forward_hook(replace)
-    try:
-        expected = logprobs(model, [(x, y)])
-    finally:
-        handle.remove()
+    expected = hooked_logprobs(model, [(x, y)], hook, replace)
     torch.testing.assert_close(torch.as_tensor(result.logprobs[0]), expected,
                                rtol=1e-4, atol=1e-5)
 
