@@ -35,12 +35,15 @@ USAGE = 4
 #: reference is generated from this).
 EXIT_CODES: dict[int, str] = {
     0: "every expectation met",
-    1: "an expectation missed, or a model-dependent problem (unknown layer, unit out of "
-       "range, class index beyond the model's outputs, a class with too few examples, a "
-       "missing fixture, an import failure, NaN logits, a layer that never runs or runs "
-       "twice): reported on the affected items as `path:line: message`",
-    2: "the spec itself is wrong (YAML syntax, unknown key, bare number, unknown class, ...): "
-       "a collection error listing every problem as `path:line: message`, no traceback",
+    1: "an expectation missed (a threshold, a class the model forgot, a protected unit "
+       "gone), the model under test is broken (NaN logits, its fixture or factory raised), "
+       "an unguardable calibration, or a test that is not a spec item failed",
+    2: "the spec is wrong: it does not load (YAML syntax, unknown key, bare number, unknown "
+       "class: a collection error listing every problem), or it does not fit the model and "
+       "data and nothing else failed (unknown layer, unit out of range, a missing fixture, "
+       "a loader that shuffles, inputs of the wrong dtype, a class with too few examples, a "
+       "layer that never runs or runs twice): each as `path:line: message`, no traceback; "
+       "the JSON report marks these items `problem: spec`",
     USAGE: "a usage error: a spec path that does not exist or holds no spec, a bad option or "
            "device, record mode in CI without `--unitablate-record-force`, torch not "
            "installed",
@@ -262,11 +265,13 @@ def _check(args: argparse.Namespace, specs: list[Path], fixtures: dict[str, str]
     from pytest_unitablate.engine.store import DiskStore, NullStore, Store
     from pytest_unitablate.errors import SpecError
     from pytest_unitablate.verdicts.records import (
+        SPEC_PROBLEMS_LINE,
         build_report,
         build_run,
         engine_lines,
         run_path,
         sort_records,
+        spec_problems_only,
         summary_line,
         write_json,
     )
@@ -319,6 +324,9 @@ def _check(args: argparse.Namespace, specs: list[Path], fixtures: dict[str, str]
         print(f"unitablate: {line}")
     print(summary_line(sort_records(records), args.report))
     unguardable = any(r.get("unguardable") for r in records)
+    if spec_problems_only(records):
+        print(SPEC_PROBLEMS_LINE)
+        return 2
     return 1 if unguardable or any(r["outcome"] in FAILING for r in records) else 0
 
 

@@ -114,7 +114,21 @@ class ItemProblem(UnitAblateError):
     """A located problem of one spec item that is not a threshold miss: a model or data
     reference that does not resolve, data that cannot be paired, a class with too few
     examples, a unit outside its layer. Its message starts with ``path:line:``; a front
-    end shows it without a traceback (pytest: an error; ``run_spec``: outcome ``error``)."""
+    end shows it without a traceback (pytest: an error; ``run_spec``: outcome ``error``).
+
+    ``cause`` says whose it is: ``"spec"`` (the default: the spec does not fit the model or
+    data, such as an unknown layer, a unit out of range, a loader that shuffles, inputs of the
+    wrong dtype) or ``"model"`` (the model under test is broken: NaN logits, a model factory
+    that raised). A run whose only failures are spec problems exits 2, as a spec that does
+    not load does; a broken model is a failure like a missed threshold (exit 1).
+
+    >>> ItemProblem("s.yaml:3: no layer 'conv9'").cause, ItemProblem("x", cause="model").cause
+    ('spec', 'model')
+    """
+
+    def __init__(self, message: str, *, cause: str = "spec") -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class ConfigError(UnitAblateError):

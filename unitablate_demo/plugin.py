@@ -91,7 +91,25 @@ def _arch(name: str) -> str:
     return str(manifest[name]["arch"])
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """``DEMO_CHECKPOINT`` chooses the weights under test: failures' re-record command, the
+    JSON report and the review page name its value (as ``MODEL_WEIGHTS`` for the docs'
+    own fixtures)."""
+    try:
+        config.addinivalue_line("unitablate_weights_env", ENV)
+    except ValueError:  # pytest-unitablate disabled (-p no:unitablate): no such ini key
+        pass
+
+
 def _model(config: pytest.Config, arch: str) -> nn.Module:
+    model = _load(config, arch)
+    name = _checkpoint_for(config, arch)
+    # the checkpoint the report, the review page and a failure name
+    model.unitablate_checkpoint = name if _is_path(name) else f"unitablate_demo:{name}"
+    return model
+
+
+def _load(config: pytest.Config, arch: str) -> nn.Module:
     name = _checkpoint_for(config, arch)
     if arch == "lm":
         from unitablate_demo import lm
@@ -174,4 +192,4 @@ def digits_ranking() -> Any:
 
 __all__ = ["ENV", "digits_alexnet", "digits_ranking", "digits_resnet", "digits_test",
            "digits_vit", "lm_bigram", "lm_copy", "lm_induction", "lm_model",
-           "pytest_addoption"]
+           "pytest_addoption", "pytest_configure"]

@@ -54,6 +54,22 @@ from pytest_unitablate.spec.model import Check, Spec
 SWEPT = ("any_unit", "every_unit")
 
 
+def checkpoint_of(model: Any) -> str | None:
+    """The checkpoint the model's fixture says its weights came from: its
+    ``unitablate_checkpoint`` attribute (a path or name), on the model or on a wrapper's
+    inner model; ``None`` when no fixture said.
+
+    >>> m = nn.Linear(2, 2); m.unitablate_checkpoint = "ckpt/candidate.pt"
+    >>> checkpoint_of(m), checkpoint_of(nn.Linear(2, 2))
+    ('ckpt/candidate.pt', None)
+    """
+    for obj in (model, getattr(model, "module", None), getattr(model, "model", None)):
+        found = getattr(obj, "unitablate_checkpoint", None) if obj is not None else None
+        if found is not None:
+            return str(found)
+    return None
+
+
 class Evaluations:
     """Baselines, ablated passes, channel means, channel counts and store keys."""
 
@@ -108,7 +124,9 @@ class Evaluations:
         try:
             return fn()
         except UnitAblateError as exc:
-            raise ItemProblem(f"{spec.where(line)}: {exc}") from None
+            cause = "model" if isinstance(exc, NonFiniteLogitsError) else getattr(
+                exc, "cause", "spec")
+            raise ItemProblem(f"{spec.where(line)}: {exc}", cause=cause) from None
 
     def paired(self, spec: Spec, baseline: EvalResult, other: EvalResult, what: str,
                ranking: bool = False, reference: str | None = None) -> None:
@@ -131,8 +149,8 @@ class Evaluations:
         except ItemProblem:
             raise
         except NonFiniteLogitsError as exc:
-            raise ItemProblem(f"{spec.where(spec.model_line)}: model {spec.model!r}: {exc}"
-                              ) from None
+            raise ItemProblem(f"{spec.where(spec.model_line)}: model {spec.model!r}: {exc}",
+                              cause="model") from None
         except OutputError as exc:
             where = spec.output_line or spec.model_line
             raise ItemProblem(f"{spec.where(where)}: model {spec.model!r}: {exc}") from None
@@ -421,6 +439,9 @@ class Evaluations:
         """
         out = {"data_sha256": self.baseline(spec, subject).fingerprint[:16],
                "weights_sha256": self.weights_hash(subject.model)[:16]}
+        checkpoint = checkpoint_of(subject.model)
+        if checkpoint is not None:
+            out["checkpoint"] = checkpoint
         refs = []
         for ref, value in sorted(subject.references.items()):
             key = ("reference_sha256", id(value))

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ from pytest_unitablate.verdicts.failure import (
     dead_text,
     disarmed_text,
     failure_text,
+    forgotten_text,
     missing_threshold_text,
     no_match_text,
     problem_text,
@@ -79,6 +81,20 @@ from pytest_unitablate.verdicts.records import static_record
 if TYPE_CHECKING:
     from pytest_unitablate.engine.refs import Subject
 
+def weights_text(record: dict[str, Any]) -> str:
+    """The weights an item tested, as a failure names them: ``sha256 1a2b3c4d5e6f7a8b
+    (checkpoints/candidate.pt)``; empty when they were not hashed.
+
+    >>> weights_text({"weights_sha256": "1a2b", "checkpoint": "c.pt"}), weights_text({})
+    ('sha256 1a2b (c.pt)', '')
+    """
+    sha = record.get("weights_sha256")
+    if not sha:
+        return ""
+    where = f" ({record['checkpoint']})" if record.get("checkpoint") else ""
+    return f"sha256 {sha}{where}"
+
+
 def judge_item(engine: Engine, spec: Spec, subject: Subject, key: ItemKey) -> ItemResult:
     """Measure and judge the item ``key`` of ``spec`` on ``subject``."""
     run = _ItemRun(engine, spec, subject, key)
@@ -91,6 +107,7 @@ def judge_item(engine: Engine, spec: Spec, subject: Subject, key: ItemKey) -> It
                                                             else text)
     except ItemProblem as exc:
         run.result.status, run.result.message = "error", problem_text(str(exc))
+        run.record["problem"] = exc.cause
     if run.result.message is not None:  # the headline: the report's and the page's reason
         run.record["reason"] = run.result.message.split("\n", 1)[0]
     return run.result
@@ -109,6 +126,8 @@ class _ItemRun:
         #: identity: signature: recorded units whose own index is dead in the model under
         #: test (unit -> its profile's share of the recorded one)
         self.dead: dict[int, float] = {}
+        #: the target's baseline cannot reach the item's min_* drop (a forgotten class)
+        self.forgotten = False
 
     @property
     def record(self) -> dict[str, Any]:
@@ -153,10 +172,17 @@ class _ItemRun:
         other_kind = "min_drop" if metric_of(kind) == "logprob" else "min_logprob_drop"
         problem = unsupportable_text(spec.where(key.line), key.id, constraint,
                                      int(base_correct.sum()), len(base_correct))
+        # a min_* drop the target's baseline cannot reach: the model under test forgot the
+        # class (record modes all, failed and calibrate measure and rewrite it instead); it
+        # is measured like any other, then fails as forgotten (_judge)
         if problem is not None and self.settings.record_mode not in ("all", "failed",
                                                                      "calibrate"):
-            # record modes all and failed measure and rewrite such a threshold instead
-            raise ItemProblem(problem)
+            hits, n = int(base_correct.sum()), len(base_correct)
+            reach = (1.0 if hits else 0.0) if "relative" in kind else hits / max(n, 1)
+            if constraint.threshold is not None and reach + 1e-12 < constraint.threshold:
+                self.forgotten = True
+            else:  # only a confidence bound is out of reach: too few examples to judge
+                raise ItemProblem(problem)
         level = constraint.confidence or self.settings.record_level
         if is_accuracy(kind):  # the target's own accuracy: nothing is ablated
             m = Measurement.from_correct(base_correct, base_correct, level=level)
@@ -474,6 +500,11 @@ class _ItemRun:
                 spec.where(key.line), key.id, constraint.kind, m, self.rerun("new")))
         if mode == "all":
             return
+        if self.forgotten and not verdict.passed:
+            reference = calibration.baseline if calibration is not None and \
+                math.isfinite(calibration.baseline) else None
+            self.record.update({"forgotten": True, "reference_baseline": reference})
+            raise Miss(forgotten_text(ctx, constraint, m, verdict, reference))
         if not verdict.passed:
             raise Miss(failure_text(ctx, constraint, m, verdict))
         if verdict.warn:
@@ -490,7 +521,8 @@ class _ItemRun:
             target=spec.target_name(key.expectation.target),
             hint=self.rerun("calibrate" if calibrated else "failed"), deciding=deciding,
             notes=notes, noun=self.noun,
-            kind="group" if spec.is_group(key.expectation.target) else "class")
+            kind="group" if spec.is_group(key.expectation.target) else "class",
+            weights=weights_text(self.record))
 
     def _calibration(self, m: Measurement) -> Calibrated | None:
         """What the spec's calibration file says of this item (its models' range), or
@@ -571,19 +603,24 @@ class _ItemRun:
                                  self.other, share)
 
     def _check_provenance(self) -> None:
-        """Warn once per spec when its recorded environment differs from this run's."""
+        """Once per spec and process: what of the spec's recorded environment differs now,
+        in the item's record (``provenance``; the front end says it once per run, in its
+        summary and the report's ``tested`` entry, not as a warning per process).
+
+        Only what should not differ is compared: torch, device, dtype and the evaluation
+        data. The weights are left out: in CI the model under test is a candidate, whose
+        weights differ from the recorded model's by design (the report names both)."""
         evals = self.engine.evals
-        recorded = dict(self.spec.provenance)
+        recorded = {k: v for k, v in self.spec.provenance if k != "weights_sha256"}
         current: dict[str, str] = {
             "torch_version": str(sys.modules["torch"].__version__),
             "device": evals.device, "dtype": str(evals.dtype),
         }
-        if "data_sha256" in recorded or "weights_sha256" in recorded:
+        if "data_sha256" in recorded:
             current.update(evals.hashes(self.spec, self.subject))
         lines = provenance_mismatches(recorded, current)
         if lines:
-            self.warn(f"{self.spec.path}: thresholds were recorded in another environment "
-                      f"({'; '.join(lines)}); re-record if the differences are intended")
+            self.record["provenance"] = lines
 
 
 __all__ = ["Engine", "ItemResult", "Miss", "judge_item"]

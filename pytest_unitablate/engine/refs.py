@@ -106,8 +106,8 @@ def call_import_path(ref: str, what: str, here: str) -> Any:
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as exc:  # also pytest's outcomes (BaseException), e.g. skip()
-        raise ItemProblem(f"{here}: {what} {ref!r} raised {type(exc).__name__}: {exc}"
-                          ) from None
+        raise ItemProblem(f"{here}: {what} {ref!r} raised {type(exc).__name__}: {exc}",
+                          cause="model") from None
 
 
 def _is_pytest_fixture(obj: Any) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from pytest_unitablate.errors import torch_missing
-from pytest_unitablate.plugin.options import add_options, read_settings
+from pytest_unitablate.plugin.options import add_options, read_settings, weights_env
 from pytest_unitablate.plugin.state import STATE_KEY, PluginState
 
 
@@ -45,6 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
     state = PluginState(
         settings=settings, is_worker=hasattr(config, "workerinput"),
         invocation_args=tuple(str(a) for a in config.invocation_params.args),
+        weights_env=lambda: weights_env(config),
     )
     from pytest_unitablate.plugin.progress import Progress
 
@@ -161,6 +162,11 @@ class _RecordCollector:
             if record is not None:
                 # keyed by node id: a rerun (pytest-rerunfailures) replaces the earlier try
                 self.state.records[report.nodeid] = record
+        if report.failed and getattr(report, "unitablate", None) is None:
+            # a test that is not a spec item failed: the run is not "only the spec is wrong"
+            self.state.other_failures.add(report.nodeid)
+        elif report.failed:
+            self.state.other_failures.discard(report.nodeid)
 
 
 @pytest.hookimpl(trylast=True)
@@ -227,7 +233,8 @@ def _environment(state: PluginState) -> dict[str, Any]:
     if recs:
         torch_version = recs[0]["torch_version"]
     return {"pytest_unitablate_version": __version__, "torch_version": torch_version,
-            "device": state.device, "dtype": dtype or _first(records, "dtype")}
+            "device": state.device, "dtype": dtype or _first(records, "dtype"),
+            "chosen_by": state.chosen_by()}
 
 
 def _commit(folder: Path) -> str | None:
@@ -246,11 +253,49 @@ def _first(records: list[dict[str, Any]], name: str) -> Any:
     return next((r[name] for r in records if r.get(name) is not None), None)
 
 
+_FAILED_WEIGHTS = "unitablate/failed_weights"
+
+
+def _weights_against_last_failure(config: pytest.Config, state: PluginState,
+                                  records: list[dict[str, Any]]) -> list[str]:
+    """Remember the weights of each spec that failed (pytest's cache), and in record mode
+    ``failed`` or ``calibrate`` say when the weights measured now are not those: the
+    re-record command run without the variable that chose the candidate measures the
+    reference, finds nothing failing, and records nothing."""
+    cache = getattr(config, "cache", None)
+    if cache is None:
+        return []
+    from pytest_unitablate.verdicts.records import tested
+
+    known: dict[str, Any] = dict(cache.get(_FAILED_WEIGHTS, {}) or {})
+    notes = []
+    failing = {str(r.get("spec")) for r in records if r.get("outcome") in ("failed", "error")}
+    chosen = state.chosen_by()
+    for entry in tested(records):
+        spec, sha = str(entry["spec"]), entry.get("weights_sha256")
+        last = known.get(spec)
+        if state.record_mode in ("failed", "calibrate") and isinstance(last, dict) and sha \
+                and last.get("weights_sha256") not in (None, sha):
+            how = " ".join(f"{k}={v}" for k, v in (last.get("chosen_by") or {}).items())
+            ckpt = f", {last['checkpoint']}" if last.get("checkpoint") else ""
+            notes.append(
+                f"{spec}: record mode measured weights sha256 {sha}, not the weights that "
+                f"failed in the last run (sha256 {last['weights_sha256']}{ckpt}"
+                f"{', chosen by ' + how if how else ''}); rerun with what chose them"
+                f"{' (' + how + ')' if how else ''} to re-record their thresholds")
+        if spec in failing and sha and state.record_mode == "none":
+            known[spec] = {"weights_sha256": sha, "checkpoint": entry.get("checkpoint"),
+                           "chosen_by": chosen}
+    cache.set(_FAILED_WEIGHTS, known)  # pytest only warns about an unwritable cache_dir
+    return notes
+
+
 def _write_outputs(session: pytest.Session, state: PluginState) -> None:
     from pytest_unitablate.verdicts.records import build_report, build_run, run_path, write_json
 
     records = list(state.records.values())
     where = Path(session.config.invocation_params.dir)
+    state.weights_notes = _weights_against_last_failure(session.config, state, records)
     if state.record_mode != "none":  # first: calibrate annotates the records it judged
         from pytest_unitablate.plugin.record_mode import apply_recorded
 
@@ -259,6 +304,11 @@ def _write_outputs(session: pytest.Session, state: PluginState) -> None:
         if any(r.get("unguardable") for r in records) and \
                 session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if session.exitstatus == pytest.ExitCode.TESTS_FAILED and not state.other_failures:
+        from pytest_unitablate.verdicts.records import spec_problems_only
+
+        if spec_problems_only(records):  # the spec does not fit the model: exit 2
+            session.exitstatus = pytest.ExitCode.INTERRUPTED
     if state.report_path is not None:
         write_json(where / state.report_path, build_report(records, _environment(state)))
         write_json(where / run_path(state.report_path), build_run(records))
@@ -283,9 +333,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
     if state is None or state.is_worker or not state.records:
         return
     from pytest_unitablate.verdicts.records import (
+        SPEC_PROBLEMS_LINE,
         engine_lines,
         format_table,
+        provenance_lines,
         sort_records,
+        spec_problems_only,
         summary_line,
     )
 
@@ -304,6 +357,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
             terminalreporter.write_line(cache_line)
     if mode in ("line", "table"):
         terminalreporter.write_line(summary_line(records, state.report_path))
+    if not state.other_failures and spec_problems_only(records):
+        terminalreporter.write_line(SPEC_PROBLEMS_LINE, red=True)
+    if mode != "none":
+        for line in provenance_lines(records):
+            terminalreporter.write_line(f"unitablate: {line}", yellow=True)
+    for line in state.weights_notes:
+        terminalreporter.write_line(f"unitablate: WARNING {line}", yellow=True)
     for line in state.recorded or []:
         terminalreporter.write_line(f"unitablate: {line}")
     for field, why in (

@@ -108,6 +108,7 @@ class UnitAblateItem(pytest.Function):
             return
         except ItemProblem as exc:
             problem = problem_text(str(exc))
+            self._set_props({"problem": exc.cause})
         pytest.fail(problem, pytrace=False)  # outside the except: no chained repeat
 
     def run_check(self) -> None:
@@ -119,7 +120,8 @@ class UnitAblateItem(pytest.Function):
         if result.status == "failed":
             raise ThresholdMiss(result.message)
         if result.status == "error":
-            raise ItemProblem(result.message)
+            raise ItemProblem(str(result.message),
+                              cause=str(result.record.get("problem") or "spec"))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
                      style: Any = None) -> Any:

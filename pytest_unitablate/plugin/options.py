@@ -120,7 +120,20 @@ def add_options(parser: pytest.Parser) -> None:
            action="store_const", const=True, default=None,
            help="show internal tracebacks instead of the short failure text. "
            "ini: unitablate_full_trace. Default: off")
+    group.addoption("--unitablate-weights-env", dest="unitablate_weights_env",
+                    action="append", default=[], metavar="VAR",
+                    help="an environment variable that chooses the weights under test "
+                    "(repeatable; added to ini unitablate_weights_env): failures' re-record "
+                    "command, the report and the page name its value. Default: "
+                    "MODEL_WEIGHTS")
+    parser.addini("unitablate_weights_env", type="linelist", default=list(WEIGHTS_ENV),
+                  help="environment variables that choose the weights under test (default: "
+                  "MODEL_WEIGHTS); a plugin or conftest may add its own with "
+                  "config.addinivalue_line")
 
+
+#: The environment variable the docs' fixtures read the weights' path from.
+WEIGHTS_ENV = ("MODEL_WEIGHTS",)
 
 _INI_DEFAULTS: dict[str, Any] = {"string": "", "paths": [], "int": "", "float": "",
                                  "bool": False}
@@ -252,4 +265,15 @@ def _share(share: float) -> float:
     return share
 
 
-__all__ = ["SUMMARY_MODES", "Settings", "add_options", "parse_size", "read_settings"]
+def weights_env(config: pytest.Config) -> tuple[str, ...]:
+    """The environment variables that choose the weights under test: the ini key
+    ``unitablate_weights_env`` (a conftest or plugin may add its own at configure time)
+    and ``--unitablate-weights-env``, in order, without repeats. Read when needed, not at
+    configure: a conftest's ``pytest_configure`` may run after the plugin's."""
+    names = [*(config.getini("unitablate_weights_env") or []),
+             *(config.getoption("unitablate_weights_env") or [])]
+    return tuple(dict.fromkeys(str(n).strip() for n in names if str(n).strip()))
+
+
+__all__ = ["SUMMARY_MODES", "WEIGHTS_ENV", "Settings", "add_options", "parse_size",
+           "read_settings", "weights_env"]

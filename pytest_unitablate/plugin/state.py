@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,9 +41,15 @@ class PluginState:
     specs: list[Path] = field(default_factory=list)  # resolved --unitablate-spec paths
     is_worker: bool = False
     invocation_args: tuple[str, ...] = ()
+    #: the environment variables that choose the weights under test (read when needed)
+    weights_env: Callable[[], Sequence[str]] = tuple
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     collected_specs: set[Path] = field(default_factory=set)
     recorded: list[str] | None = None
+    #: record mode: what it measured is not the weights that failed last (summary lines)
+    weights_notes: list[str] = field(default_factory=list)
+    #: node ids of failed tests that are not spec items (the run then exits 1, not 2)
+    other_failures: set[str] = field(default_factory=set)
     #: where the evaluation cache lives (None: off, or no pytest cache provider)
     cache_dir: Path | None = None
     #: makes the per-sweep progress callbacks (plugin.progress.Progress), set at configure
@@ -87,7 +93,7 @@ class PluginState:
                 plain_passes=s.plain_passes, record_mode=s.record_mode,
                 record_level=s.record_level, record_floor=s.record_floor,
                 record_min_share=s.record_min_share, worker=worker,
-                rerun=self.rerun_command, run_facts=s.html is not None,
+                rerun=self.rerun_command, run_facts=True,
                 progress=self.progress.for_sweep if self.progress is not None else None)
             self._engine = Engine(settings, DiskStore(self.cache_dir))
         return self._engine
@@ -104,11 +110,17 @@ class PluginState:
             return None
         return self._engine.store.summary()
 
+    def chosen_by(self) -> dict[str, str]:
+        """The variables of :attr:`weights_env` that are set, with their values: what
+        chose the weights under test (``{"MODEL_WEIGHTS": "candidate.pt"}``)."""
+        return {name: os.environ[name] for name in self.weights_env() if name in os.environ}
+
     def rerun_command(self, mode: str) -> str:
         """The command the user ran, with ``--unitablate-record-mode=mode`` instead of any
-        record mode it had: it reproduces the run (same options, same model and data), so
-        the thresholds are measured where they failed."""
-        return rerun_command(self.invocation_args, mode)
+        record mode it had, after the variables that chose the weights: it reproduces the
+        run (same options, same model and data), so the thresholds are measured where they
+        failed."""
+        return rerun_command(self.invocation_args, mode, self.chosen_by())
 
 
 def share_threads() -> int | None:
@@ -147,12 +159,16 @@ def xdist_worker() -> tuple[int, int]:
     return index % workers, workers
 
 
-def rerun_command(args: Sequence[str], mode: str) -> str:
-    """``pytest <args>`` with the record mode replaced by ``mode``.
+def rerun_command(args: Sequence[str], mode: str, env: Mapping[str, str] | None = None
+                  ) -> str:
+    """``pytest <args>`` with the record mode replaced by ``mode``, after ``env`` (the
+    variables that chose the weights).
 
     >>> rerun_command(["--unitablate-spec", "s.yaml", "--unitablate-record-mode", "new",
     ...                "--demo-checkpoint", "ft"], "failed")
     'pytest --unitablate-spec s.yaml --demo-checkpoint ft --unitablate-record-mode=failed'
+    >>> rerun_command(["--unitablate-spec", "s.yaml"], "failed", {"MODEL_WEIGHTS": "c 1.pt"})
+    "MODEL_WEIGHTS='c 1.pt' pytest --unitablate-spec s.yaml --unitablate-record-mode=failed"
     """
     kept: list[str] = []
     skip = False
@@ -163,7 +179,8 @@ def rerun_command(args: Sequence[str], mode: str) -> str:
             skip = True
         elif not arg.startswith("--unitablate-record-mode="):
             kept.append(arg)
-    return shlex.join(["pytest", *kept, f"--unitablate-record-mode={mode}"])
+    prefix = "".join(f"{name}={shlex.quote(value)} " for name, value in (env or {}).items())
+    return prefix + shlex.join(["pytest", *kept, f"--unitablate-record-mode={mode}"])
 
 
 STATE_KEY = pytest.StashKey[PluginState]()

@@ -64,6 +64,9 @@ class FailureContext:
     noun: str = "unit"
     #: what a target is called: ``class``, or ``group`` for one of data's named groups
     kind: str = "class"
+    #: the weights that were tested: ``sha256 1a2b... (checkpoints/candidate.pt)``; empty
+    #: when the front end did not hash them
+    weights: str = ""
 
 
 def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
@@ -134,10 +137,55 @@ def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
         lines.append(f"  McNemar exact p={m.p_value:.3g} ({table.b} flipped to wrong, "
                      f"{table.c} to right)")
     lines.extend(f"  {note}" for note in ctx.notes)
+    if ctx.weights:
+        lines.append(f"  Weights under test: {ctx.weights}")
     honest = " (only for an honest retrain: it becomes a reference model)" \
         if "record-mode=calibrate" in ctx.hint else ""
     lines.append(f"  To re-record{honest}: {ctx.hint}")
     return "\n".join(lines)
+
+
+def forgotten_headline(ctx: FailureContext, m: Measurement,
+                       reference_baseline: float | None) -> str:
+    """The first line of a forgotten class's failure.
+
+    >>> m = Measurement.from_correct([True] * 5 + [False] * 5, [False] * 10)
+    >>> ctx = FailureContext(where="s.yaml:9", head="conv5-u3", ablation="zero",
+    ...                      target="square", hint="cmd")
+    >>> forgotten_headline(ctx, m, 0.87)
+    "conv5-u3 square: class 'square' fell from 87.0% to 50.0% at baseline: its units can \
+no longer be judged"
+    """
+    fell = (f"fell from {pct(reference_baseline)}% to {pct(m.baseline)}%"
+            if reference_baseline is not None else f"is at {pct(m.baseline)}%")
+    return (f"{ctx.head} {ctx.target}: {ctx.kind} {ctx.target!r} {fell} at baseline: its "
+            f"units can no longer be judged")
+
+
+def forgotten_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
+                   verdict: Verdict, reference_baseline: float | None) -> str:
+    """The full message of a ``min_*`` drop that the target's baseline cannot reach: the
+    model under test no longer gets enough of the class right for any ablation to take
+    that much away (a fine-tune that forgot the class). Its own failure, not a spec
+    problem and not "use more examples": the numbers measured, what the references had
+    (``reference_baseline``, the lowest baseline of the calibration's models, when known),
+    and what to look at."""
+    lines = failure_text(ctx, constraint, m, verdict).split("\n")
+    lines[0] = forgotten_headline(ctx, m, reference_baseline)
+    right = round(m.baseline * m.n)
+    reach = m.baseline if "relative" not in constraint.kind else 1.0
+    then = (f" (the reference models had at least {pct(reference_baseline)}%)"
+            if reference_baseline is not None else "")
+    extra = [
+        f"  forgotten: {right} of {m.n} right at baseline ({pct(m.baseline)}%){then}; even "
+        f"if every one were lost, the drop would be {pct(reach)} "
+        f"{'%' if 'relative' in constraint.kind else 'pp'}, below the required "
+        f"{drop_text(constraint.kind, constraint.threshold)}",
+        f"  The model under test no longer knows {ctx.kind} {ctx.target!r}: look at what its "
+        f"training changed for it (data, labels, recipe). If the {ctx.kind} was dropped on "
+        f"purpose, remove its checks; do not re-record the threshold to fit.",
+    ]
+    return "\n".join([*lines[:-1], *extra])
 
 
 def headline(ctx: FailureContext, constraint: Constraint, m: Measurement) -> str:
@@ -447,6 +495,8 @@ __all__ = [
     "dead_text",
     "disarmed_text",
     "failure_text",
+    "forgotten_headline",
+    "forgotten_text",
     "headline",
     "missing_threshold_text",
     "no_match_text",

@@ -33,8 +33,9 @@ FIELDS = (
     "class_index", "metric", "n", "baseline", "ablated", "drop", "ci_low", "ci_high",
     "constraint", "threshold", "outcome", "p_value", "deciding_units", "ranking_note",
     "units_evaluated", "units_total", "identity", "matched_units", "similarity",
-    "min_similarity", "mapping", "dead_units", "recorded_drop", "reason",
+    "min_similarity", "mapping", "dead_units", "recorded_drop", "reason", "problem",
     "calibration_models", "calibration_low", "calibration_high", "unguardable",
+    "forgotten", "reference_baseline",
 )
 
 
@@ -200,6 +201,32 @@ def summary_line(records: Sequence[Mapping[str, Any]], report: Path | None) -> s
     return f"unitablate: {', '.join(parts)}{where}"
 
 
+#: Said when a run exits 2 because every failure is a spec problem.
+SPEC_PROBLEMS_LINE = ("unitablate: exit 2: every failure is a spec problem (the spec does not "
+                      "fit the model or data), not a regression of the model")
+
+
+def spec_problems_only(records: Iterable[Mapping[str, Any]]) -> bool:
+    """True when something failed and every failing item is a spec problem (``problem:
+    "spec"``: an unknown layer, a unit out of range, a loader that shuffles, inputs of the
+    wrong dtype, found while binding or measuring): the run then exits 2, as a spec that
+    does not load does, so CI tells a broken spec from a broken model. A missed threshold,
+    a forgotten class, a broken model (``problem: "model"``, NaN logits) or an unguardable
+    calibration keep exit 1.
+
+    >>> spec_problems_only([{"outcome": "error", "problem": "spec"}, {"outcome": "passed"}])
+    True
+    >>> spec_problems_only([{"outcome": "error", "problem": "spec"}, {"outcome": "failed"}])
+    False
+    >>> spec_problems_only([{"outcome": "passed"}])
+    False
+    """
+    failing = [r for r in records if r.get("outcome") in ("failed", "error")
+               or r.get("unguardable")]
+    return bool(failing) and all(r.get("problem") == "spec" and not r.get("unguardable")
+                                 for r in failing)
+
+
 def format_table(records: Sequence[Mapping[str, Any]]) -> str:
     """The terminal summary table: layer, units, target, baseline, ablated, drop, required,
     outcome, then the legend of the ``units`` column."""
@@ -280,12 +307,55 @@ def engines(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
+def tested(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """What each spec tested: one entry per spec with its ``model`` and ``data``
+    references, the sha256 (first 16 hex digits) of the weights and of the evaluation
+    data, the ``checkpoint`` the model's fixture named (its ``unitablate_checkpoint``
+    attribute; ``None`` when it said nothing), and ``differs_from_recorded``: what of the
+    environment the spec's thresholds were recorded in differs now (torch, device, dtype,
+    data; empty when nothing does).
+
+    >>> tested([{"spec": "s.yaml", "model_ref": "net", "data_ref": "digits",
+    ...          "weights_sha256": "ab12", "data_sha256": "cd34"}])[0]["weights_sha256"]
+    'ab12'
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for r in sort_records(records):
+        entry = out.setdefault(str(r.get("spec")), {
+            "spec": r.get("spec"), "model": r.get("model_ref"), "weights_sha256": None,
+            "checkpoint": None, "data": r.get("data_ref"), "data_sha256": None,
+            "differs_from_recorded": []})
+        for field in ("weights_sha256", "checkpoint", "data_sha256"):
+            if entry[field] is None and r.get(field):
+                entry[field] = r[field]
+        for line in r.get("provenance") or ():
+            if line not in entry["differs_from_recorded"]:
+                entry["differs_from_recorded"].append(line)
+    return list(out.values())
+
+
+def provenance_lines(records: Iterable[Mapping[str, Any]]) -> list[str]:
+    """One line per spec whose recorded environment differs from this run's (said once
+    per run, in the summary, not as a warning from every process).
+
+    >>> provenance_lines([{"spec": "s.yaml", "provenance": ["torch_version: recorded 2.1.0, "
+    ...                    "now 2.4.0"]}])
+    ['s.yaml: thresholds were recorded in another environment (torch_version: recorded \
+2.1.0, now 2.4.0); re-record if the differences are intended']
+    """
+    return [f"{t['spec']}: thresholds were recorded in another environment "
+            f"({'; '.join(t['differs_from_recorded'])}); re-record if the differences are "
+            f"intended" for t in tested(records) if t["differs_from_recorded"]]
+
+
 def build_report(records: Iterable[Mapping[str, Any]], environment: Mapping[str, Any]
                  ) -> dict[str, Any]:
-    """The JSON report document: environment fields and one record per item, the same
-    for the same model, data and spec, byte for byte (serial or under xdist)."""
+    """The JSON report document: environment fields, what each spec tested
+    (:func:`tested`) and one record per item, the same for the same model, data and spec,
+    byte for byte (serial or under xdist)."""
+    records = list(records)
     items = [{name: r.get(name) for name in FIELDS} for r in sort_records(records)]
-    return {**environment, "items": items}
+    return {**environment, "tested": tested(records), "items": items}
 
 
 def build_run(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -319,7 +389,8 @@ def write_json(path: str | os.PathLike[str], document: Mapping[str, Any]) -> Non
     atomic_write(target, json.dumps(document, indent=2, sort_keys=False) + "\n")
 
 
-__all__ = ["FIELDS", "RUN_ABOUT", "TABLE_LEGEND", "build_report", "build_run",
+__all__ = ["FIELDS", "RUN_ABOUT", "SPEC_PROBLEMS_LINE", "TABLE_LEGEND", "build_report", "build_run",
            "describe_required", "engine_lines", "engines", "format_table", "interval_text",
-           "matched_or_none", "measured_text", "pct", "run_path",
-           "sort_records", "static_record", "summary_line", "write_json"]
+           "matched_or_none", "measured_text", "pct", "provenance_lines", "run_path",
+           "sort_records", "spec_problems_only", "static_record", "summary_line",
+           "tested", "write_json"]
