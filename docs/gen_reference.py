@@ -62,7 +62,35 @@ class _Parser:
 
 
 def _cell(text: str) -> str:
+    """Text for a table cell whose own markup is kept (a code span)."""
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _prose(text: str) -> str:
+    """Help text as Markdown prose: ``{...}`` examples become code spans (as typed), and
+    ``<placeholders>`` elsewhere are escaped, so neither is taken for HTML or attributes.
+
+    >>> _prose("{file: <sidecar>, sha256: <hash>} next to <spec>.json")
+    '`{file: <sidecar>, sha256: <hash>}` next to &lt;spec&gt;.json'
+    """
+    out, depth, start, last = [], 0, 0, 0
+    for i, ch in enumerate(text):
+        if ch == "{":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif ch == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                out.append(_escape(text[last:start]))
+                out.append(f"`{text[start:i + 1]}`")
+                last = i + 1
+    out.append(_escape(text[last:]))
+    return _cell("".join(out))
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def options_section() -> list[str]:
@@ -82,7 +110,8 @@ def options_section() -> list[str]:
             shown = f"{opt['name']} {'|'.join(choices)}"
         ini = parser.ini.get(opt["dest"])
         ini_cell = f"`{opt['dest']}` ({ini['type']})" if ini else "none, on purpose"
-        lines.append(f"| `{_cell(shown)}` | {ini_cell} | {_cell(opt.get('help', ''))} |")
+        text = opt.get("help", "").replace("%%", "%")  # argparse's escape of %
+        lines.append(f"| `{_cell(shown)}` | {ini_cell} | {_prose(text)} |")
     return lines
 
 
@@ -92,7 +121,7 @@ def _schema_rows(props: dict[str, Any]) -> list[str]:
         text = value.get("description", "")
         if not text and "$ref" in value:
             text = f"see `{value['$ref'].rsplit('/', 1)[-1]}` below"
-        rows.append(f"| `{key}` | {_cell(text)} |")
+        rows.append(f"| `{key}` | {_prose(text)} |")
     return rows
 
 
@@ -111,7 +140,7 @@ def spec_section() -> list[str]:
               "| key | meaning |", "|---|---|"]
     lines += _schema_rows(defs["target"]["properties"])
     ablation = defs["ablation"].get("description", "")
-    lines += ["", f"`ablation` (spec or check): {ablation}."]
+    lines += ["", f"`ablation` (spec or check): {_prose(ablation)}."]
     return lines
 
 
@@ -121,7 +150,7 @@ def exit_section() -> list[str]:
     lines = ["## Exit codes", "",
              "The same for `pytest --unitablate-spec ...` and `python -m pytest_unitablate "
              "check ...`.", "", "| code | when |", "|---:|---|"]
-    lines += [f"| {code} | {_cell(text)} |" for code, text in sorted(EXIT_CODES.items())]
+    lines += [f"| {code} | {_prose(text)} |" for code, text in sorted(EXIT_CODES.items())]
     return lines
 
 

@@ -114,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("discover", help="scan layers and write a starter spec with recorded "
                        "thresholds")
     d.add_argument("--model", required=True, action="append",
-                   help="package.module:callable returning the model; repeat it for several "
+                   help="package.module:callable returning the model, or the name of a "
+                   "fixture in your conftest.py (found through pytest, as the spec's); "
+                   "repeat it for several "
                    "reference models (honest retrains, 3 or more): the starter spec is then "
                    "calibrated over all of them and written with <out>.calibration.json")
     d.add_argument("--weights", action="append", default=[], metavar="PATH",
@@ -128,7 +130,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="with several --model: what the spec's model: says (a fixture name "
                    "or import path; default: the first --model)")
     d.add_argument("--data", required=True, action="append", metavar="REF",
-                   help="package.module:callable returning the data; repeat as NAME=REF for "
+                   help="package.module:callable returning the data, or a conftest fixture "
+                   "name; repeat as NAME=REF for "
                    "named data groups (prompt sets), which become the targets")
     d.add_argument("--position", default=None, metavar="POS",
                    help="a language model: judge the next token at POS, 'last' (each "
@@ -157,12 +160,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --unit head: the heads of each layer, where the module does "
                    "not say")
     m = sub.add_parser("compare", help="what changed between two JSON reports: outcome "
-                       "flips, drops outside their intervals, units whose identity moved; "
+                       "flips first, then baselines and drops outside their intervals, units "
+                       "whose identity moved; "
                        "exit 1 when anything changed")
     m.add_argument("reference", type=Path, help="the reference run's JSON report")
     m.add_argument("candidate", type=Path, help="the candidate run's JSON report")
     m.add_argument("--html", type=Path, default=None, metavar="PATH.html",
                    help="also write the comparison as a self-contained page")
+    m.add_argument("--all", action="store_true", dest="show_all",
+                   help="also list baseline moves that chance explains (inside the 95%% "
+                   "interval)")
     s = sub.add_parser("signatures", help="print a signatures sidecar as a table")
     s.add_argument("file", type=Path)
     return parser
@@ -203,7 +210,7 @@ def compare(args: argparse.Namespace) -> int:
             print(f"ERROR: {path}: {problem}", file=sys.stderr)
             return USAGE
         docs.append(doc)
-    changes = compare_reports(docs[0], docs[1])
+    changes = compare_reports(docs[0], docs[1], show_all=args.show_all)
     print(comparison_text(changes, str(args.reference), str(args.candidate)))
     if args.html is not None:
         from pytest_unitablate.atomic import atomic_write
@@ -410,6 +417,9 @@ def discover(args: argparse.Namespace) -> int:
             return 2
         args.data = data
         return _discover_calibrated(args, classes)
+    refs = [args.model[0], *(data.values() if isinstance(data, dict) else [data])]
+    if any(":" not in r for r in refs):  # conftest fixture names: pytest resolves them
+        return _discover_with_conftest(args, data, classes, position)
     try:
         text = write_spec(args.model[0], data, args.layer, args.out, classes=classes,
                           top=args.top, level=args.confidence, overwrite=args.force,
@@ -417,7 +427,7 @@ def discover(args: argparse.Namespace) -> int:
                           channel_dim=args.channel_dim, num_heads=args.num_heads,
                           min_share=args.min_share, position=position)
     except (UnitAblateError, FileExistsError, ValueError, ImportError, AttributeError,
-            TypeError) as exc:
+            TypeError, LookupError) as exc:
         print(f"error: {_for_discover(str(exc))}", file=sys.stderr)
         return 2
     checks = text.count("  - layer:")  # (checks, not items: each check holds several)
@@ -427,6 +437,30 @@ def discover(args: argparse.Namespace) -> int:
               f"{args.confidence * 100:g}% lower bound of at least 5 pp on this data, nor a "
               f"log-prob drop a lower bound of 0.05 nats that keeps the share (a redundant "
               f"layer, or too few examples per class to bound a drop away from 0)")
+    return 0
+
+
+def _discover_with_conftest(args: argparse.Namespace, data: Any,
+                            classes: list[str] | None, position: Any) -> int:
+    """``discover`` of one model whose model or data are conftest fixture names: run in a
+    pytest subprocess (:mod:`pytest_unitablate.plugin.conftest_fixtures`), so this command
+    needs no pytest itself and the fixtures load as the spec's will."""
+    import json
+    import subprocess
+
+    kwargs = {"model_ref": args.model[0], "data_ref": data, "layers": list(args.layer),
+              "out": str(args.out), "classes": classes, "top": args.top,
+              "level": args.confidence, "overwrite": args.force, "identity": args.identity,
+              "unit": args.unit, "channel_dim": args.channel_dim,
+              "num_heads": args.num_heads, "min_share": args.min_share,
+              "position": position}
+    proc = subprocess.run([sys.executable, "-m", "pytest_unitablate.plugin.conftest_fixtures",
+                           json.dumps(kwargs)], check=False)
+    if proc.returncode != 0:
+        return 2
+    text = args.out.read_text(encoding="utf-8")
+    checks = text.count("  - layer:")
+    print(f"wrote {args.out} with {checks} checks; run: pytest --unitablate-spec {args.out}")
     return 0
 
 

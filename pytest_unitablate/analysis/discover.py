@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -299,8 +299,13 @@ def discover(model_ref: str, data_ref: str | Mapping[str, str], layers: Sequence
              level: float = 0.95, overwrite: bool = False, identity: bool = False,
              unit: str = "channel", channel_dim: int | None = None,
              num_heads: int | None = None, min_share: float = DEFAULT_MIN_SHARE,
-             position: int | str | None = None) -> str:
+             position: int | str | None = None,
+             loader: Callable[[str], Any] | None = None) -> str:
     """Scan, choose units, write the starter spec to ``out``; return its text.
+
+    ``loader`` turns the model and data references into objects (default:
+    :func:`load_reference`, import paths; the ``discover`` command passes one that asks
+    pytest for the user's conftest fixtures by name).
 
     With ``identity``, the named-unit checks carry ``identity: signature`` and the units'
     signatures go to ``<out stem>.signatures.json`` next to the spec (hashed in it).
@@ -315,7 +320,8 @@ def discover(model_ref: str, data_ref: str | Mapping[str, str], layers: Sequence
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --force to replace it")
     addressing = Addressing(unit, channel_dim, num_heads)
-    model = load_reference(model_ref)
+    load = loader if loader is not None else load_reference
+    model = load(model_ref)
     if position is not None:
         from pytest_unitablate.core.next_token import next_token
 
@@ -323,9 +329,9 @@ def discover(model_ref: str, data_ref: str | Mapping[str, str], layers: Sequence
     if isinstance(data_ref, Mapping):
         from pytest_unitablate.core.data import GroupedData
 
-        data = GroupedData([(g, load_reference(r)) for g, r in data_ref.items()])
+        data = GroupedData([(g, load(r)) for g, r in data_ref.items()])
     else:
-        data = load_reference(data_ref)
+        data = load(data_ref)
     findings, guards = find_units(model, data, layers, top=top, level=level,
                                   addressing=addressing, min_share=min_share)
     if identity and (position is not None or isinstance(data_ref, Mapping)):

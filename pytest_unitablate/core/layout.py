@@ -203,7 +203,10 @@ class _Modules:
             side = turned if isinstance(turned, str) else None
             return Evidence(side, before.features, before.source,
                             has_first=before.has_first or side == "first", ranks=before.ranks)
-        keeps = all(_keeps(m) for _, m in leaves or [(name, module)])
+        # a container's own type says nothing: its leaf modules decide (nested blocks of
+        # activations keep the CNN layout as one flat block does)
+        keeps = all(_keeps(m) for _, m in [(n, m) for n, m in leaves if _is_leaf(m)]
+                    or [(name, module)])
         # an activation after a CNN layer is still a CNN layer; anything else keeps only
         # the feature count (a Permute changes the side)
         return Evidence(before.side if keeps and before.side != "hook" else None,

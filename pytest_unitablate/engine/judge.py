@@ -95,6 +95,23 @@ def weights_text(record: dict[str, Any]) -> str:
     return f"sha256 {sha}{where}"
 
 
+def next_step(message: str, status: str) -> str | None:
+    """What a failure says to do, for the report and the review page: its last line (the
+    command that re-records the threshold, or what to look at); for a problem, fixing the
+    spec line it names.
+
+    >>> next_step("headline\\n  details\\n  To re-record: pytest --x", "failed")
+    'To re-record: pytest --x'
+    >>> next_step("s.yaml:4: no layer 'conv9' in the model", "error")
+    'fix the spec at s.yaml:4'
+    """
+    if status == "error":
+        found = next((m for m in map(LOCATION.match, message.splitlines()) if m), None)
+        return f"fix the spec at {found.group(0).rstrip(': ')}" if found else None
+    last = message.rstrip().rsplit("\n", 1)[-1].strip()
+    return last or None
+
+
 def judge_item(engine: Engine, spec: Spec, subject: Subject, key: ItemKey) -> ItemResult:
     """Measure and judge the item ``key`` of ``spec`` on ``subject``."""
     run = _ItemRun(engine, spec, subject, key)
@@ -110,6 +127,10 @@ def judge_item(engine: Engine, spec: Spec, subject: Subject, key: ItemKey) -> It
         run.record["problem"] = exc.cause
     if run.result.message is not None:  # the headline: the report's and the page's reason
         run.record["reason"] = run.result.message.split("\n", 1)[0]
+        run.record["next_step"] = (
+            "the model under test is broken: look at its weights and its forward pass"
+            if run.record.get("problem") == "model"
+            else next_step(run.result.message, run.result.status))
     return run.result
 
 

@@ -259,6 +259,8 @@ class Sweeps:
             parts.append(part)
             merged = merge(parts)
             if decided(merged):
+                if series is not None:  # decided early: the series ends (its last line)
+                    series(layer_units.count * n, None)
                 return merged
             start, size = start + size, size * growth
         return merge(parts)

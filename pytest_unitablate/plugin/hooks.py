@@ -338,6 +338,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
         format_table,
         provenance_lines,
         sort_records,
+        spec_lines,
         spec_problems_only,
         summary_line,
     )
@@ -349,12 +350,16 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
         mode = "table" if verbosity > 0 else "none" if verbosity < -1 else "line"
     if mode == "table":
         terminalreporter.write_sep("=", "unitablate summary")
+        for line in spec_lines(records):
+            terminalreporter.write_line(line)
         terminalreporter.write_line(format_table(records))
-        for line in engine_lines(records):
-            terminalreporter.write_line(f"scan engine: {line}")
-        cache_line = state.cache_summary()
-        if cache_line:
-            terminalreporter.write_line(cache_line)
+        # how the engine ran: -vv, or a table asked for by name (the run file has it too)
+        if config.get_verbosity() > 1 or state.settings.summary == "table":
+            for line in engine_lines(records):
+                terminalreporter.write_line(f"scan engine: {line}")
+            cache_line = state.cache_summary()
+            if cache_line:
+                terminalreporter.write_line(cache_line)
     if mode in ("line", "table"):
         terminalreporter.write_line(summary_line(records, state.report_path))
     if not state.other_failures and spec_problems_only(records):

@@ -112,10 +112,11 @@ def add_options(parser: pytest.Parser) -> None:
            help="memory the scan engine may use beyond one plain batch: it measures one "
            "unit on one example and stacks as many as fit (B, KiB, MiB, GiB; plain numbers "
            "are bytes). ini: unitablate_memory_budget. Default: 2GiB")
-    option("progress", "progress lines for long sweeps on a terminal: auto, on or off "
-           "(default: auto)", default=None, choices=("auto", "on", "off"),
-           help="show how far a long layer sweep is (serial runs on a terminal; auto: "
-           "after it has run for 2 s). ini: unitablate_progress. Default: auto")
+    option("progress", "progress lines for long sweeps: auto, on or off (default: auto)",
+           default=None, choices=("auto", "on", "off"),
+           help="show how far a long layer sweep is: serial runs, on a terminal or in a "
+           "piped CI log, a line after 2 s, then at least every 10 s, and one at 100%% "
+           "(on = auto). ini: unitablate_progress. Default: auto")
     option("full-trace", "show internal tracebacks (bool; default: false)", "bool",
            action="store_const", const=True, default=None,
            help="show internal tracebacks instead of the short failure text. "

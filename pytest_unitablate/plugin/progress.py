@@ -1,12 +1,14 @@
 """Progress lines for long layer sweeps, written to pytest's terminal (torch-free).
 
 Output capture hides anything a test writes, so a sweep that runs for minutes (a
-1,024-unit layer of a big model) would look hung. On a serial run whose terminal is a tty,
-the plugin prints a line such as ``unitablate: sweep of big.yaml layer3: 40% (38 s, about
-57 s left)`` once a sweep has run for 2 s and then every 10 s, with capture suspended for
-the write: one share of the whole layer, also when early stopping sweeps it in chunks.
-``--unitablate-progress=on`` prints them on any output (a CI log), ``off`` never; xdist
-workers have no terminal and print nothing.
+1,024-unit layer of a big model) would look hung, in a terminal and in a CI log alike. On a
+serial run the plugin prints a line such as ``unitablate: sweep of big.yaml layer3: 40%
+(38 s, about 57 s left)`` once a sweep has run for 2 s and then at least every 10 s, with
+capture suspended for the write: one share of the whole layer, also when early stopping
+sweeps it in chunks. A sweep that printed a line ends with one at 100% (``done in 17
+s``), so the scrollback never stops at 43%. Lines are plain (no carriage returns), so a
+piped log reads the same as a terminal. ``--unitablate-progress=off`` prints nothing;
+``on`` is ``auto``; xdist workers have no terminal and print nothing.
 
 Example::
 
@@ -36,7 +38,6 @@ class Progress:
         self.clock = clock
         self.mode = "off" if is_worker else mode
         self.writer: Any = None
-        self.tty: bool | None = None
 
     def _enabled(self) -> bool:
         """Looked up on first use: the terminal reporter registers after this plugin."""
@@ -46,13 +47,7 @@ class Progress:
         if reporter is None:
             return False
         self.writer = self.config.get_terminal_writer()
-        if self.mode == "on":
-            return True
-        if self.tty is None:  # fd capture points stdout at a file while a test runs
-            stream = getattr(self.writer, "_file", None)
-            with self._uncaptured():
-                self.tty = bool(getattr(stream, "isatty", lambda: False)())
-        return self.tty
+        return True
 
     def for_sweep(self, label: str, total: int | None = None
                   ) -> Callable[[int, int | None], None] | None:
@@ -67,12 +62,20 @@ class Progress:
             return None
         start = self.clock()
         shown = [start + FIRST_AFTER - EVERY]
+        ended = [False]
 
         def report(done: int, known: int | None) -> None:
             whole = total if total is not None else known
             now = self.clock()
             finished = whole is not None and done >= whole
-            if now - shown[0] < EVERY or (finished and shown[0] < start):
+            printed = shown[0] >= start  # a line of this sweep is on the screen
+            if ended[0]:
+                return
+            if finished and printed:  # end what was started: the last line says 100%
+                ended[0] = True
+                self.write(f"unitablate: sweep of {label}: 100%, done in {now - start:.0f} s")
+                return
+            if now - shown[0] < EVERY or finished:
                 return
             shown[0] = now
             elapsed = now - start

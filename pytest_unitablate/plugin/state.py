@@ -159,6 +159,18 @@ def xdist_worker() -> tuple[int, int]:
     return index % workers, workers
 
 
+#: Options a re-record command leaves out: the record mode it replaces, and what only
+#: shapes this run's outputs or processes (reports, xdist), so the command reads the same
+#: whatever wrote the report (and the report holds the same bytes).
+_DROPPED = frozenset({"--unitablate-record-mode", "--unitablate-report", "--unitablate-html",
+                      "--junitxml", "--junit-xml", "-n", "--numprocesses", "--dist",
+                      "--maxprocesses", "--unitablate-cache", "--unitablate-memory-budget",
+                      "--unitablate-progress", "--unitablate-summary"})
+#: Flags it leaves out for the same reason (how the engine or the terminal ran).
+_DROPPED_FLAGS = frozenset({"--unitablate-plain-passes", "--unitablate-full-sweeps", "-q", "-qq",
+                            "-v", "-vv", "--quiet", "--verbose"})
+
+
 def rerun_command(args: Sequence[str], mode: str, env: Mapping[str, str] | None = None
                   ) -> str:
     """``pytest <args>`` with the record mode replaced by ``mode``, after ``env`` (the
@@ -167,17 +179,22 @@ def rerun_command(args: Sequence[str], mode: str, env: Mapping[str, str] | None 
     >>> rerun_command(["--unitablate-spec", "s.yaml", "--unitablate-record-mode", "new",
     ...                "--demo-checkpoint", "ft"], "failed")
     'pytest --unitablate-spec s.yaml --demo-checkpoint ft --unitablate-record-mode=failed'
-    >>> rerun_command(["--unitablate-spec", "s.yaml"], "failed", {"MODEL_WEIGHTS": "c 1.pt"})
+    >>> rerun_command(["--unitablate-spec", "s.yaml", "-n", "2", "--unitablate-report=r.json",
+    ...                "--junitxml", "j.xml", "-n4"], "failed", {"MODEL_WEIGHTS": "c 1.pt"})
     "MODEL_WEIGHTS='c 1.pt' pytest --unitablate-spec s.yaml --unitablate-record-mode=failed"
     """
     kept: list[str] = []
     skip = False
     for arg in args:
+        name = arg.split("=", 1)[0]
         if skip:
             skip = False
-        elif arg == "--unitablate-record-mode":
+        elif arg in _DROPPED:  # the option's value is the next argument
             skip = True
-        elif not arg.startswith("--unitablate-record-mode="):
+        elif arg in _DROPPED_FLAGS:
+            continue
+        elif not (name in _DROPPED and "=" in arg) and not (
+                arg.startswith("-n") and arg[2:].isdigit()):
             kept.append(arg)
     prefix = "".join(f"{name}={shlex.quote(value)} " for name, value in (env or {}).items())
     return prefix + shlex.join(["pytest", *kept, f"--unitablate-record-mode={mode}"])

@@ -2,11 +2,15 @@
 ``python -m pytest_unitablate compare REFERENCE.json CANDIDATE.json [--html out.html]``.
 
 Both files are JSON reports (``--unitablate-report``, ``check --report``). Items are paired
-by spec and id. A change is one of:
+by spec and id. A change is one of, in the order they are listed:
 
-* **baseline**: a target's accuracy without any ablation moved (once per spec and target:
-  the model itself changed);
-* **outcome**: the item passed in one run and failed (or errored, ...) in the other;
+* **outcome**: the item passed in one run and failed (or errored, was skipped, ...) in the
+  other; the candidate's reason follows (a forgotten class says so);
+* **baseline**: a target's accuracy without any ablation moved beyond chance (once per spec
+  and target: the model itself changed): the candidate's baseline lies outside the
+  reference's 95% Wilson interval, or the reverse. Smaller moves are listed only with
+  ``show_all`` (a mean log-probability, whose interval the report does not hold, is
+  always listed);
 * **drop**: the candidate's drop lies outside the reference's paired confidence interval
   (a move that chance alone explains rarely), or the reverse;
 * **identity**: the unit ablated for a recorded unit (``matched_units``), or the unit that
@@ -25,7 +29,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -44,8 +48,8 @@ from pytest_unitablate.verdicts.review_page import (
     units_text,
 )
 
-#: The kinds of change, in the order they are listed.
-KINDS = ("baseline", "outcome", "drop", "identity", "added", "removed")
+#: The kinds of change, in the order they are listed: what flipped first.
+KINDS = ("outcome", "baseline", "drop", "identity", "added", "removed")
 
 
 @dataclass(frozen=True)
@@ -70,9 +74,33 @@ def _interval(r: Mapping[str, Any]) -> str:
     return interval_text(r)
 
 
-def compare_reports(reference: Mapping[str, Any], candidate: Mapping[str, Any]
-                    ) -> list[Change]:
-    """Every change from ``reference`` to ``candidate`` (two JSON report documents)."""
+def _wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion ``p`` of ``n``.
+
+    >>> [round(x, 3) for x in _wilson(0.5, 60)]
+    [0.377, 0.623]
+    """
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
+    return centre - half, centre + half
+
+
+def _baseline_moved(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool | None:
+    """Whether a target's baseline accuracy moved beyond chance between two records
+    (each outside the other's 95% Wilson interval of its ``n``); ``None`` when it cannot
+    be told (a log-probability, no ``n``)."""
+    if a.get("metric") == "logprob" or not a.get("n") or not b.get("n"):
+        return None
+    x, y = float(a["baseline"]), float(b["baseline"])
+    return _outside(y, *_wilson(x, int(a["n"]))) or _outside(x, *_wilson(y, int(b["n"])))
+
+
+def compare_reports(reference: Mapping[str, Any], candidate: Mapping[str, Any],
+                    show_all: bool = False) -> list[Change]:
+    """Every change from ``reference`` to ``candidate`` (two JSON report documents):
+    outcome flips first; baseline moves that chance explains are left out unless
+    ``show_all``."""
     refs, news = reference.get("items", []), candidate.get("items", [])
     # a spec path is as the run was invoked (relative, or absolute with check): when the
     # two runs name their specs differently, pair them by file name
@@ -90,7 +118,8 @@ def compare_reports(reference: Mapping[str, Any], candidate: Mapping[str, Any]
         where = (key[0], str(a.get("target")), str(a.get("metric") or "accuracy"))
         if where in seen or a.get("baseline") is None or b.get("baseline") is None:
             continue
-        if abs(float(a["baseline"]) - float(b["baseline"])) > 1e-12:
+        if abs(float(a["baseline"]) - float(b["baseline"])) > 1e-12 and (
+                show_all or _baseline_moved(a, b) is not False):
             seen.add(where)
             what = "mean log p(true)" if a.get("metric") == "logprob" else "accuracy"
             changes.append(Change("baseline", key[0], str(a.get("target")),
@@ -109,8 +138,12 @@ def compare_reports(reference: Mapping[str, Any], candidate: Mapping[str, Any]
         if a.get("outcome") != b.get("outcome"):
             calibrated = calibration_text(b) or calibration_text(a)
             rests = f" (the threshold is calibrated {calibrated})" if calibrated else ""
+            failing = b if b.get("outcome") in ("failed", "error") else None
+            why = f": {failing['reason']}" if failing is not None and failing.get("reason") \
+                else ""
             changes.append(Change("outcome", spec, item,
-                                  f"{a.get('outcome')} -> {b.get('outcome')}{rests}", a, b))
+                                  f"{a.get('outcome')} -> {b.get('outcome')}{why}{rests}",
+                                  a, b))
         moved = _outside(b.get("drop"), a.get("ci_low"), a.get("ci_high")) or _outside(
             a.get("drop"), b.get("ci_low"), b.get("ci_high"))
         if moved:
@@ -176,6 +209,7 @@ def comparison_page(changes: Sequence[Change], reference: str, candidate: str,
     keys = ("pytest_unitablate_version", "torch_version", "device", "dtype")
     facts = [(f"{k} (reference / candidate)", f"{ref_env.get(k)} / {new_env.get(k)}")
              for k in keys]
+    facts += tested_facts(ref_env, new_env)
     body += ["<h2>Runs</h2>", facts_list(facts)]
     if not changes:
         body.append("<p>The runs agree: no outcome, drop or identity changed.</p>")
@@ -183,24 +217,66 @@ def comparison_page(changes: Sequence[Change], reference: str, candidate: str,
         group = [c for c in changes if c.kind == kind]
         if not group:
             continue
-        rows = []
-        for c in group:
-            a, b = c.reference or {}, c.candidate or {}
-            rows.append(
-                f"<tr><td>{e(c.id)}<br><small>{e(c.spec)}</small></td>"
-                f"<td>{badge(a.get('outcome')) if a else ''}</td>"
-                f"<td>{badge(b.get('outcome')) if b else ''}</td>"
-                f'<td class="num">{e(measured_text(a, "drop"))}</td>'
-                f'<td class="num">{e(measured_text(b, "drop"))}</td>'
-                f"<td>{e(units_text(a))}</td><td>{e(units_text(b))}</td>"
-                f'<td class="reason">{e(c.text)}</td></tr>')
-        head = "".join(f"<th>{h}</th>" for h in (
-            "item", "reference", "candidate", "reference drop", "candidate drop",
-            "reference units", "candidate units", "change"))
+        heads, cells = _COLUMNS[kind]
+        rows = [f"<tr><td>{e(c.id)}<br><small>{e(c.spec)}</small></td>"
+                + "".join(cell(c.reference or {}, c.candidate or {}) for cell in cells)
+                + f'<td class="reason">{e(c.text)}</td></tr>' for c in group]
+        head = "".join(f"<th>{h}</th>" for h in (heads[0], *heads[1:], "change"))
         body += [f"<h2>{e(kind)} ({len(group)})</h2>",
                  f'<table class="items"><tr>{head}</tr>{"".join(rows)}</table>']
     return document(title, "".join(body))
 
 
+def tested_facts(ref_env: Mapping[str, Any], new_env: Mapping[str, Any]
+                 ) -> list[tuple[str, str]]:
+    """Per spec, the weights and data each run tested (the reports' ``tested`` entries)."""
+    def by_spec(env: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+        return {PurePath(str(t.get("spec"))).name: t for t in env.get("tested") or ()
+                if isinstance(t, dict)}
+
+    def weights(t: Mapping[str, Any] | None) -> str:
+        if not t or not t.get("weights_sha256"):
+            return "?"
+        return f"{t['weights_sha256']}" + (f" ({t['checkpoint']})" if t.get("checkpoint")
+                                           else "")
+
+    a, b = by_spec(ref_env), by_spec(new_env)
+    facts = []
+    for spec in sorted(set(a) | set(b)):
+        facts.append((f"{spec}: weights sha256 (reference / candidate)",
+                      f"{weights(a.get(spec))} / {weights(b.get(spec))}"))
+        facts.append((f"{spec}: data sha256 (reference / candidate)",
+                      f"{(a.get(spec) or {}).get('data_sha256') or '?'} / "
+                      f"{(b.get(spec) or {}).get('data_sha256') or '?'}"))
+    return facts
+
+
+def _cell(text: str, num: bool = False) -> str:
+    return f'<td class="num">{e(text)}</td>' if num else f"<td>{e(text)}</td>"
+
+
+_Cell = Callable[[Mapping[str, Any], Mapping[str, Any]], str]
+
+#: The columns of each kind's table (after the item): only what that change is about.
+_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[_Cell, ...]]] = {
+    "outcome": (("item", "reference", "candidate", "reference drop", "candidate drop"), (
+        lambda a, b: f"<td>{badge(a.get('outcome'))}</td>",
+        lambda a, b: f"<td>{badge(b.get('outcome'))}</td>",
+        lambda a, b: _cell(measured_text(a, "drop"), True),
+        lambda a, b: _cell(measured_text(b, "drop"), True))),
+    "baseline": (("target", "reference baseline", "candidate baseline", "n"), (
+        lambda a, b: _cell(measured_text(a, "baseline"), True),
+        lambda a, b: _cell(measured_text(b, "baseline"), True),
+        lambda a, b: _cell(f"{a.get('n') or '?'} / {b.get('n') or '?'}", True))),
+    "drop": (("item", "reference drop", "candidate drop"), (
+        lambda a, b: _cell(f"{measured_text(a, 'drop')} {interval_text(a)}", True),
+        lambda a, b: _cell(f"{measured_text(b, 'drop')} {interval_text(b)}", True))),
+    "identity": (("item", "reference units", "candidate units"), (
+        lambda a, b: _cell(units_text(a)), lambda a, b: _cell(units_text(b)))),
+    "added": (("item", "candidate"), (lambda a, b: f"<td>{badge(b.get('outcome'))}</td>",)),
+    "removed": (("item", "reference"), (lambda a, b: f"<td>{badge(a.get('outcome'))}</td>",)),
+}
+
+
 __all__ = ["KINDS", "Change", "compare_reports", "comparison_page", "comparison_text",
-           "report_problem"]
+           "report_problem", "tested_facts"]

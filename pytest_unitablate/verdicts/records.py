@@ -170,12 +170,39 @@ def matched_or_none(r: Mapping[str, Any]) -> list[Any]:
             else m for m, s in zip(units, sims, strict=False)]
 
 
-#: Printed under the table: how to read the ``units`` column.
+#: Printed under the table: how to read the ``units`` column (every part; a table shows
+#: only the parts its rows use, :func:`table_legend`).
 TABLE_LEGEND = ("units: the units ablated together (h3: attention head 3); for a "
                 "layer-wide check, <mode>:<units> names the check (any_unit, every_unit, "
                 "top_units) and the unit(s) that decided its outcome; 10->3: identity: "
                 "signature matched the recorded unit 10 to unit 3 of the model under test; "
                 "15->none: no unit is similar enough (the best candidate is not ablated)")
+
+
+def table_legend(records: Sequence[Mapping[str, Any]]) -> str:
+    """The legend of the ``units`` column for these rows: only what they use (a CNN's
+    table says nothing of heads, a spec without identity nothing of matching).
+
+    >>> table_legend([{"units": [3]}])
+    'units: the units ablated together'
+    >>> table_legend([{"unit": "head", "mode": "any_unit", "deciding_units": [2]}])
+    'units: the heads ablated together (h3: attention head 3); <mode>:<units> names a \
+layer-wide check (any_unit, every_unit, top_units) and the unit(s) that decided its outcome'
+    """
+    heads = any(r.get("unit") == "head" for r in records)
+    parts = ["units: the heads ablated together (h3: attention head 3)" if heads
+             else "units: the units ablated together"]
+    if any(r.get("mode") in ("any_unit", "every_unit", "top_units") for r in records):
+        parts.append("<mode>:<units> names a layer-wide check (any_unit, every_unit, "
+                     "top_units) and the unit(s) that decided its outcome")
+    if any(r.get("matched_units") for r in records):
+        parts.append("10->3: identity: signature matched the recorded unit 10 to unit 3 of "
+                     "the model under test")
+    if any(m is None for r in records for m in (matched_or_none(r)
+                                                  if r.get("matched_units") else [])):
+        parts.append("15->none: no unit is similar enough (the best candidate is not "
+                     "ablated)")
+    return "; ".join(parts)
 
 
 def summary_line(records: Sequence[Mapping[str, Any]], report: Path | None) -> str:
@@ -258,7 +285,7 @@ def format_table(records: Sequence[Mapping[str, Any]]) -> str:
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
               for row in rows]
-    lines.append(TABLE_LEGEND)
+    lines.append(table_legend(records))
     return "\n".join(lines)
 
 
@@ -334,6 +361,33 @@ def tested(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+def spec_lines(records: Iterable[Mapping[str, Any]]) -> list[str]:
+    """What each spec is about, above the table (``-v``): its model and weights, its data,
+    and its checks by layer.
+
+    >>> print(spec_lines([{"spec": "s.yaml", "model_ref": "net", "data_ref": "digits",
+    ...     "weights_sha256": "ab12", "checkpoint": "c.pt", "layer": "conv5",
+    ...     "check_index": 0, "target": "seven", "n": 60}])[0])
+    s.yaml: model net (weights sha256 ab12, c.pt) on digits: 1 check of conv5 (targets seven)
+    """
+    records = sort_records(records)
+    out = []
+    for t in tested(records):
+        mine = [r for r in records if r.get("spec") == t["spec"]]
+        layers = list(dict.fromkeys(str(r.get("layer")) for r in mine))
+        checks = len({r.get("check_index") for r in mine})
+        targets = list(dict.fromkeys(str(r.get("target")) for r in mine))
+        shown = ", ".join(targets[:6]) + (f", ... ({len(targets)} in all)"
+                                           if len(targets) > 6 else "")
+        weights = ", ".join(str(x) for x in (
+            f"weights sha256 {t['weights_sha256']}" if t["weights_sha256"] else None,
+            t["checkpoint"]) if x)
+        out.append(f"{t['spec']}: model {t['model']}{f' ({weights})' if weights else ''} on "
+                   f"{t['data']}: {checks} check{'s' * (checks != 1)} of "
+                   f"{', '.join(layers)} (targets {shown})")
+    return out
+
+
 def provenance_lines(records: Iterable[Mapping[str, Any]]) -> list[str]:
     """One line per spec whose recorded environment differs from this run's (said once
     per run, in the summary, not as a warning from every process).
@@ -392,5 +446,5 @@ def write_json(path: str | os.PathLike[str], document: Mapping[str, Any]) -> Non
 __all__ = ["FIELDS", "RUN_ABOUT", "SPEC_PROBLEMS_LINE", "TABLE_LEGEND", "build_report", "build_run",
            "describe_required", "engine_lines", "engines", "format_table", "interval_text",
            "matched_or_none", "measured_text", "pct", "provenance_lines", "run_path",
-           "sort_records", "spec_problems_only", "static_record", "summary_line",
-           "tested", "write_json"]
+           "sort_records", "spec_lines", "spec_problems_only", "static_record", "summary_line",
+           "table_legend", "tested", "write_json"]

@@ -30,6 +30,7 @@ from pytest_unitablate.verdicts.records import (
     interval_text,
     matched_or_none,
     measured_text,
+    tested,
 )
 
 #: Outcome -> colour of its badge.
@@ -157,16 +158,68 @@ def run_facts(records: Sequence[Mapping[str, Any]], environment: Mapping[str, An
         ("pytest_unitablate_version", "pytest-unitablate"), ("torch_version", "torch"),
         ("device", "device"), ("dtype", "dtype"), ("commit", "commit"))
         if environment.get(key) is not None]
-    seen: dict[str, Mapping[str, Any]] = {}
-    for r in records:
-        if r.get("weights_sha256") and str(r.get("spec")) not in seen:
-            seen[str(r.get("spec"))] = r
-    for spec, r in sorted(seen.items()):
-        facts.append((f"{spec}: model", f"{r.get('model_ref') or ''} weights sha256 "
-                      f"{r.get('weights_sha256')}".strip()))
-        facts.append((f"{spec}: data", f"{r.get('data_ref') or ''} sha256 "
-                      f"{r.get('data_sha256')}".strip()))
+    chosen = " ".join(f"{k}={v}" for k, v in (environment.get("chosen_by") or {}).items())
+    if chosen:
+        facts.append(("weights chosen by", chosen))
+    for t in tested(records):
+        spec = t["spec"]
+        if t["weights_sha256"]:
+            where = f" ({t['checkpoint']})" if t["checkpoint"] else ""
+            facts.append((f"{spec}: model", f"{t['model'] or ''} weights sha256 "
+                          f"{t['weights_sha256']}{where}".strip()))
+        if t["data_sha256"]:
+            facts.append((f"{spec}: data", f"{t['data'] or ''} sha256 "
+                          f"{t['data_sha256']}".strip()))
+        if t["differs_from_recorded"]:
+            facts.append((f"{spec}: recorded elsewhere", "; ".join(t["differs_from_recorded"])))
     return facts
+
+
+def reference_text(r: Mapping[str, Any]) -> str:
+    """What the reference model(s) showed for an item, as a failure row shows it beside
+    the measurement: a forgotten class's reference baseline, a calibrated threshold's
+    range, or the drop recorded for a protected unit.
+
+    >>> reference_text({"forgotten": True, "reference_baseline": 0.87})
+    'baseline at least 87.0% on the reference models'
+    >>> reference_text({"recorded_drop": 0.45})
+    'recorded drop 45.0 pp'
+    """
+    if r.get("forgotten") and r.get("reference_baseline") is not None:
+        return (f"baseline at least {measured_text({'x': r['reference_baseline']}, 'x')} on "
+                f"the reference models")
+    calibrated = calibration_text(r)
+    if calibrated:
+        return calibrated
+    if r.get("recorded_drop") is not None:
+        recorded = {"drop": r["recorded_drop"], "metric": r.get("metric")}
+        return f"recorded drop {measured_text(recorded, 'drop')}"
+    return ""
+
+
+def failures_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """The failures, each with what it measured, what the references showed, and the
+    next step (the command that re-records it, or what to look at)."""
+    head = ("outcome", "item", "units", "target", "baseline", "measured", "required",
+            "reference", "reason", "next step")
+    rows = []
+    for r in sort_for_review(records):
+        measured = measured_text(r, "drop") or measured_text(r, "baseline")
+        ci = interval_text(r)
+        cells = [badge(r.get("outcome")),
+                 f"{e(r.get('id'))}<br><small>{e(r.get('spec'))}:{e(r.get('line'))}</small>",
+                 e(units_text(r)), e(r.get("target"))]
+        row = "".join(f"<td>{c}</td>" for c in cells)
+        row += f'<td class="num">{e(measured_text(r, "baseline"))}</td>'
+        below = f"<br><small>{e(ci)}</small>" if ci else ""
+        row += f'<td class="num">{e(measured)}{below}</td>'
+        row += f"<td>{e(required_text(r))}</td><td>{e(reference_text(r))}</td>"
+        row += f'<td class="reason">{e(r.get("reason"))}</td>'
+        row += f'<td class="reason">{e(r.get("next_step"))}</td>'
+        rows.append(f"<tr>{row}</tr>")
+    header = "".join(f"<th>{e(h)}</th>" for h in head)
+    return f'<table class="items"><tr>{header}</tr>{"".join(rows)}</table>'
+
 
 
 def counts_line(records: Sequence[Mapping[str, Any]]) -> str:
@@ -200,7 +253,7 @@ def review_page(records: Sequence[Mapping[str, Any]], environment: Mapping[str, 
             f'<p class="summary">{len(records)} items: {e(counts_line(records))}</p>',
             "<h2>Run</h2>", facts_list(run_facts(records, environment))]
     if failing:
-        body += [f"<h2>Failures ({len(failing)})</h2>", items_table(failing)]
+        body += [f"<h2>Failures ({len(failing)})</h2>", failures_table(failing)]
     body += ["<h2>All items</h2>",
              "<p>Drops are baseline minus ablated, positive when the ablation hurts: "
              "accuracy in percentage points (pp), paired Newcombe intervals; the "
@@ -230,5 +283,6 @@ def write_review_page(path: Any, records: Iterable[Mapping[str, Any]],
 
 
 __all__ = ["OUTCOME_COLOURS", "badge", "counts_line", "document", "e", "facts_list",
-           "items_table", "required_text", "review_page", "run_facts",
+           "failures_table", "items_table", "reference_text", "required_text", "review_page",
+           "run_facts",
            "sort_for_review", "units_text", "write_review_page"]

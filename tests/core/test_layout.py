@@ -157,3 +157,15 @@ def test_out_of_range_units_point_at_channel_dim_when_another_dimension_fits() -
         check_units("conv", [9], 8, (4, 8, 8, 8), 1)
     assert "channel_dim" not in str(info.value)  # no dimension has a unit 9 either
 
+
+
+def test_nested_blocks_of_activations_after_a_convolution_stay_channels_first() -> None:
+    """Hypothesis found it (ops relu, relu, relu, group, group): a block whose activations
+    sit in a nested block took the inner container for an unknown module and refused a
+    plain CNN output whose channels, height and width are all 4."""
+    model, truth, plain = _build([("relu", 4), ("relu", 4), ("relu", 4), ("group", 4),
+                                  ("group", 4)])
+    assert plain and truth["1"] == "first"
+    shapes = _shapes(model, torch.randn(2, 3, 4, 4))
+    assert shapes["1"] == (2, 4, 4, 4)
+    assert unit_dim_of(model, "1", shapes["1"], None) == 1

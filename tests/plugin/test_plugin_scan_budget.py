@@ -53,7 +53,7 @@ def test_a_bad_memory_budget_is_a_usage_error(tiny: pytest.Pytester, value: str)
     result.stderr.fnmatch_lines(["*unitablate-memory-budget*"])
 
 
-def test_progress_lines_on_request_and_never_in_a_captured_log(
+def test_progress_lines_in_a_piped_log_end_at_100_and_off_silences_them(
         tiny: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(progress, "FIRST_AFTER", 0.0)  # every sweep counts as long
     monkeypatch.setattr(progress, "EVERY", 0.0)
@@ -74,8 +74,12 @@ def test_progress_lines_on_request_and_never_in_a_captured_log(
     for shares in by_check.values():
         restarts = sum(b < a for a, b in itertools.pairwise(shares))
         assert restarts <= 1 and max(shares) <= 100, shares
-    auto, _ = _run(tiny)  # pytester's output is not a terminal
-    assert "unitablate: sweep of" not in auto.stdout.str()
+    # every series ends with its 100% line, also when early stopping decided it
+    ends = [line for line in shown.outlines if ": 100%, done in " in line]
+    assert len(ends) >= len(by_check), shown.outlines
+    auto, _ = _run(tiny)  # pytester's output is not a terminal: a CI log gets the lines
+    assert "unitablate: sweep of" in auto.stdout.str()
+    assert ": 100%, done in " in auto.stdout.str()
     off, _ = _run(tiny, "--unitablate-progress=off")
     assert "unitablate: sweep of" not in off.stdout.str()
 
@@ -123,5 +127,15 @@ def test_the_terminal_is_looked_for_and_written_to_with_capture_suspended() -> N
     assert [line for line in lines if line] == [
         "unitablate: sweep of big.yaml layer3: 10% (5 s, about 45 s left)",
         "unitablate: sweep of big.yaml layer3: 70% (15 s, about 6 s left)"]
+    report(100, None)  # finished: the line says so at once, whatever the throttle
+    report(100, None)  # and only once
+    assert [line for line in lines if line][2:] == [
+        "unitablate: sweep of big.yaml layer3: 100%, done in 20 s"]
+    quiet: list[str] = []  # a sweep too short to print a line prints no 100% line either
+    short = progress.Progress(_Config(capture, quiet), "auto",  # type: ignore[arg-type]
+                              clock=iter([0, 1]).__next__).for_sweep("x", total=10)
+    assert short is not None
+    short(10, None)
+    assert not [line for line in quiet if line]
     worker: Any = _Config(capture, [])
     assert progress.Progress(worker, "auto", is_worker=True).for_sweep("x") is None

@@ -262,7 +262,7 @@ def test_summary_follows_verbosity_and_the_option(mixed: pytest.Pytester, args: 
     text = result.stdout.str()
     assert ("unitablate summary" in text) == table
     assert ("unitablate: 5 items of 4 checks, 2 failed; report: r.json" in text) == line
-    assert ("<mode>:<units> names the check" in text) == table
+    assert ("<mode>:<units> names a layer-wide check" in text) == table
 
 
 def test_rerecord_hint_reproduces_the_run(mixed: pytest.Pytester) -> None:

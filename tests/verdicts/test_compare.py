@@ -49,15 +49,42 @@ def test_each_kind_of_change_is_found_and_nothing_else() -> None:
 
 
 def test_a_changed_baseline_is_listed_once_per_target() -> None:
-    ref = {"items": [_item("a", target="one", baseline=0.98),
-                     _item("b", target="one", baseline=0.98),
-                     _item("c", target="two", baseline=0.90)]}
-    new = {"items": [_item("a", target="one", baseline=0.72),
-                     _item("b", target="one", baseline=0.72),
-                     _item("c", target="two", baseline=0.90)]}
+    ref = {"items": [_item("a", target="one", baseline=0.98, n=60),
+                     _item("b", target="one", baseline=0.98, n=60),
+                     _item("c", target="two", baseline=0.90, n=60)]}
+    new = {"items": [_item("a", target="one", baseline=0.72, n=60),
+                     _item("b", target="one", baseline=0.72, n=60),
+                     _item("c", target="two", baseline=0.90, n=60)]}
     changes = compare_reports(ref, new)
     assert [(c.kind, c.id, c.text) for c in changes] == [
         ("baseline", "one", "baseline accuracy 98.0% -> 72.0%")]
+
+
+def test_flips_come_first_and_a_baseline_move_chance_explains_is_hidden_unless_asked(
+        ) -> None:
+    """A 1.7 pp move of 60 examples lies inside both 95% Wilson intervals: not a change
+    (``show_all`` lists it); an outcome flip is listed before any baseline move, with the
+    candidate's reason."""
+    ref = {"items": [_item("a", target="one", baseline=0.95, n=60),
+                     _item("b", target="two", baseline=0.90, n=60)]}
+    new = {"items": [_item("a", target="one", baseline=0.9333, n=60),
+                     _item("b", target="two", baseline=0.50, n=60, outcome="failed",
+                           forgotten=True, reason="x two: class 'two' fell from 90.0% to "
+                           "50.0% at baseline: its units can no longer be judged")]}
+    changes = compare_reports(ref, new)
+    assert [(c.kind, c.id) for c in changes] == [("outcome", "b"), ("baseline", "two")]
+    assert "class 'two' fell from 90.0% to 50.0%" in changes[0].text
+    every = compare_reports(ref, new, show_all=True)
+    assert [(c.kind, c.id) for c in every] == [("outcome", "b"), ("baseline", "one"),
+                                                ("baseline", "two")]
+    page = comparison_page(changes, "ref.json", "new.json",
+                           {"tested": [{"spec": "s.yaml", "weights_sha256": "aa11",
+                                        "data_sha256": "dd"}]},
+                           {"tested": [{"spec": "s.yaml", "weights_sha256": "bb22",
+                                        "checkpoint": "cand.pt", "data_sha256": "dd"}]})
+    assert "aa11 / bb22 (cand.pt)" in page
+    baseline_table = page.split("<h2>baseline (1)</h2>")[1]
+    assert "reference baseline" in baseline_table and "units" not in baseline_table
 
 
 def test_a_drop_within_noise_and_a_new_similarity_are_not_changes() -> None:
