@@ -114,9 +114,9 @@ def day(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Py
     return pytester
 
 
-def _run(day: pytest.Pytester, *args: str, **env: str) -> pytest.RunResult:
+def _run(day: pytest.Pytester, *args: str) -> pytest.RunResult:
     return day.runpytest_subprocess("--unitablate-spec", "spec.yaml", "-p", "no:randomly",
-                                    *args, timeout=300, **({} if not env else {}))
+                                    *args, timeout=300)
 
 
 def _with_env(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
