@@ -6,9 +6,15 @@ with the job's environment; the steps a CI service performs itself are emulated 
 checkout (the copy), setup-python (this interpreter), artifacts (copied between jobs),
 and the cache (saved under the key the recipe computes, ``hashFiles`` included, and
 restored on the next run with the same key). ``--skip-install`` leaves out the steps that
-install packages (the test suite's environment already has them).
+install packages (the test suite's environment already has them). ``--clean-venv`` runs
+every job in a new virtualenv of its own, as a CI runner starts each job from a fresh
+image: a job that does not install what it runs fails here as it would there. Then the
+plugin is installed from this copy of the repository (``UNITABLATE_SOURCE``), and where
+the PyTorch CPU index cannot be reached (an offline machine), the install lines ask the
+default index for ``--offline-torch`` instead (a CPU wheel on this project's CI machines).
 
     python examples/ci/run_locally.py github --skip-install
+    python examples/ci/run_locally.py github --clean-venv
     python examples/ci/run_locally.py gitlab --store /tmp/ci-store --candidate resnet
 
 Exit status: the first failing job's, as CI would report it (1 when a check missed).
@@ -76,11 +82,49 @@ def _shell(script: str, work: Path, env: dict[str, str], flags: str = "-euo") ->
                           env=env).returncode
 
 
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def _reachable(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 class _Runner:
-    def __init__(self, work: Path, store: Path, skip_install: bool, env: dict[str, str]
-                 ) -> None:
+    def __init__(self, work: Path, store: Path, skip_install: bool, env: dict[str, str],
+                 venvs: Path | None = None, offline_torch: str = "torch==2.13.0") -> None:
         self.work, self.store, self.skip_install = work, store, skip_install
         self.env = env
+        #: a new virtualenv per job under this folder (``--clean-venv``)
+        self.venvs = venvs
+        self.offline_torch = offline_torch
+        self.cpu_index = venvs is None or _reachable(f"{CPU_INDEX}/torch/")
+
+    def job_env(self, name: str, env: dict[str, str]) -> dict[str, str]:
+        """With ``--clean-venv``: a new virtualenv for job ``name``, first on ``PATH``,
+        and the plugin's source pointed at this copy of the repository."""
+        if self.venvs is None:
+            return env
+        venv = self.venvs / name
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        path = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                               if Path(p) != Path(sys.executable).parent)
+        print(f"[run_locally] job {name} runs in a new virtualenv {venv}", flush=True)
+        return {**env, "VIRTUAL_ENV": str(venv), "UNITABLATE_SOURCE": f"file://{self.work}",
+                "PATH": f"{venv / 'bin'}{os.pathsep}{path}"}
+
+    def script(self, text: str) -> str:
+        """Install lines as written, except where the PyTorch CPU index cannot be reached:
+        they then ask the default index for ``offline_torch``."""
+        if self.cpu_index or self.venvs is None:
+            return text
+        return re.sub(rf"torch --index-url {re.escape(CPU_INDEX)}",
+                      f"'{self.offline_torch}'", text)
 
     def _copy_in(self, src: Path, dest: Path) -> None:
         if src.is_dir():
@@ -108,7 +152,8 @@ class _Runner:
     def github(self, doc: dict[str, Any]) -> int:
         for job_name, job in _job_order(doc["jobs"], "needs"):
             print(f"[run_locally] job {job_name}", flush=True)
-            env = {**self.env, **{k: str(v) for k, v in (job.get("env") or {}).items()}}
+            env = self.job_env(job_name, {**self.env, **{k: str(v) for k, v in (
+                job.get("env") or {}).items()}})
             outputs: dict[str, dict[str, str]] = {}
             status = 0
             for step in job["steps"]:
@@ -120,8 +165,8 @@ class _Runner:
                     if self.skip_install and str(step.get("name", "")).startswith("Install"):
                         print(f"[run_locally] skipped: {step['name']}", flush=True)
                         continue
-                    status = _shell(_expand(step["run"], self.work), self.work,
-                                    {**env, **(step.get("env") or {})})
+                    status = _shell(self.script(_expand(step["run"], self.work)),
+                                    self.work, {**env, **(step.get("env") or {})})
                 elif uses.startswith("actions/cache/restore@"):
                     key = _expand(w["key"], self.work)
                     hit = self.restore("cache", key)
@@ -154,6 +199,7 @@ class _Runner:
             env = {**self.env, "CI_PROJECT_DIR": str(self.work)}
             for k, v in (job.get("variables") or {}).items():
                 env[k] = os.path.expandvars(str(v).replace("$CI_PROJECT_DIR", str(self.work)))
+            env = self.job_env(job_name, env)
             for need in job.get("needs", []):
                 self.restore("artifact", str(need))
             caches = job.get("cache") or []
@@ -169,7 +215,7 @@ class _Runner:
                     print(f"[run_locally] skipped: {line}", flush=True)
                     continue
                 lines.append(line)
-            status = _shell("\n".join(lines), self.work, env, flags="-eo")
+            status = _shell(self.script("\n".join(lines)), self.work, env, flags="-eo")
             listed = caches if isinstance(caches, list) else [caches]
             for cache, (name, paths) in zip(listed, keys, strict=True):
                 if status == 0 or cache.get("when") == "always":  # on_success by default
@@ -232,7 +278,14 @@ def main(argv: list[str] | None = None) -> int:
                         "recipe's, resnet-finetuned)")
     parser.add_argument("--skip-install", action="store_true",
                         help="leave out the steps that install packages")
+    parser.add_argument("--clean-venv", action="store_true",
+                        help="run every job in a new virtualenv of its own (installs run)")
+    parser.add_argument("--offline-torch", default="torch==2.13.0", metavar="REQ",
+                        help="with --clean-venv, where the PyTorch CPU index cannot be "
+                        "reached: what the install lines ask the default index for instead")
     args = parser.parse_args(argv)
+    if args.clean_venv and args.skip_install:
+        parser.error("--clean-venv runs the install steps: drop --skip-install")
     doc = yaml.safe_load(RECIPES[args.recipe].read_text())
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     env["CI"] = "true"
@@ -245,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             work.mkdir(parents=True, exist_ok=True)
             _copy_repo(work)
         store = args.store or Path(tmp) / "store"
-        runner = _Runner(work, store, args.skip_install, env)
+        venvs = Path(tmp) / "venvs" if args.clean_venv else None
+        runner = _Runner(work, store, args.skip_install, env, venvs, args.offline_torch)
         return runner.github(doc) if args.recipe == "github" else runner.gitlab(doc)
 
 
