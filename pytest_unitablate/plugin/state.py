@@ -165,7 +165,7 @@ def xdist_worker() -> tuple[int, int]:
 _DROPPED = frozenset({"--unitablate-record-mode", "--unitablate-report", "--unitablate-html",
                       "--junitxml", "--junit-xml", "-n", "--numprocesses", "--dist",
                       "--maxprocesses", "--unitablate-cache", "--unitablate-memory-budget",
-                      "--unitablate-progress", "--unitablate-summary"})
+                      "--unitablate-progress", "--unitablate-summary", "--basetemp"})
 #: Flags it leaves out for the same reason (how the engine or the terminal ran).
 _DROPPED_FLAGS = frozenset({"--unitablate-plain-passes", "--unitablate-full-sweeps", "-q", "-qq",
                             "-v", "-vv", "--quiet", "--verbose"})

@@ -134,8 +134,8 @@ def test_the_rerecord_command_and_the_report_name_the_weights_that_failed(
                   "-n", "2")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     out = result.stdout.str()
-    # (pytester's subprocess adds --basetemp; report, page and -n 2 are left out)
-    result.stdout.fnmatch_lines(["  To re-record: MODEL_WEIGHTS=candidate.pt pytest * "
+    # (report, page, --basetemp and -n 2 are left out)
+    result.stdout.fnmatch_lines(["  To re-record: MODEL_WEIGHTS=candidate.pt pytest *"
                                  "--unitablate-spec spec.yaml -p no:randomly "
                                  "--unitablate-record-mode=failed"])
     assert "Weights under test: sha256 " in out and "(candidate.pt)" in out
