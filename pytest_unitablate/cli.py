@@ -31,6 +31,11 @@ from typing import Any, NoReturn
 #: pytest's exit code for a usage error (and ours)
 USAGE = 4
 
+#: What ``discover`` of one model says after writing the spec.
+ONE_MODEL_NOTE = ("note: thresholds measured on one model guard fine-tunes, pruning and "
+                  "quantisation of it; for retrains, calibrate them over 3 or more reference "
+                  "models (--unitablate-record-mode=calibrate, docs/calibration.md)")
+
 #: What each exit code means, for a pytest run of a spec and for ``check`` alike (the docs'
 #: reference is generated from this).
 EXIT_CODES: dict[int, str] = {
@@ -211,13 +216,15 @@ def compare(args: argparse.Namespace) -> int:
             return USAGE
         docs.append(doc)
     changes = compare_reports(docs[0], docs[1], show_all=args.show_all)
-    print(comparison_text(changes, str(args.reference), str(args.candidate)))
+    hidden = 0 if args.show_all else len(compare_reports(docs[0], docs[1], show_all=True)
+                                          ) - len(changes)
+    print(comparison_text(changes, str(args.reference), str(args.candidate), hidden))
     if args.html is not None:
         from pytest_unitablate.atomic import atomic_write
 
         args.html.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(args.html, comparison_page(changes, str(args.reference),
-                                                str(args.candidate), docs[0], docs[1]))
+                                                str(args.candidate), docs[0], docs[1], hidden))
     return 1 if changes else 0
 
 
@@ -432,6 +439,7 @@ def discover(args: argparse.Namespace) -> int:
         return 2
     checks = text.count("  - layer:")  # (checks, not items: each check holds several)
     print(f"wrote {args.out} with {checks} checks; run: pytest --unitablate-spec {args.out}")
+    print(ONE_MODEL_NOTE)
     if "units: [" not in text:
         print(f"note: no named-unit checks: no unit's class drop has a "
               f"{args.confidence * 100:g}% lower bound of at least 5 pp on this data, nor a "
@@ -448,6 +456,9 @@ def _discover_with_conftest(args: argparse.Namespace, data: Any,
     import json
     import subprocess
 
+    if args.out.exists() and not args.force:  # before any fixture loads
+        print(f"error: {args.out} exists; pass --force to replace it", file=sys.stderr)
+        return 2
     kwargs = {"model_ref": args.model[0], "data_ref": data, "layers": list(args.layer),
               "out": str(args.out), "classes": classes, "top": args.top,
               "level": args.confidence, "overwrite": args.force, "identity": args.identity,
@@ -461,6 +472,7 @@ def _discover_with_conftest(args: argparse.Namespace, data: Any,
     text = args.out.read_text(encoding="utf-8")
     checks = text.count("  - layer:")
     print(f"wrote {args.out} with {checks} checks; run: pytest --unitablate-spec {args.out}")
+    print(ONE_MODEL_NOTE)
     return 0
 
 

@@ -196,9 +196,12 @@ def render_spec(model_ref: str, data_ref: str | Mapping[str, str],
                 guards: dict[str, float], level: float,
                 signatures: tuple[str, str] | None = None,
                 addressing: Addressing = Addressing(),
-                position: int | str | None = None) -> str:
+                position: int | str | None = None,
+                accuracies: Mapping[int, tuple[float, float]] | None = None) -> str:
     """The starter spec as YAML text (comments carry the measurements). ``data_ref`` as a
-    mapping: named data groups, which are the targets."""
+    mapping: named data groups, which are the targets. ``accuracies`` (class -> (measured
+    accuracy, its lower bound)): a ``min_accuracy`` per class, which a model that forgot
+    a class fails whatever its units do."""
     groups = list(data_ref) if isinstance(data_ref, Mapping) else None
 
     def name(k: int) -> str:
@@ -239,7 +242,8 @@ def render_spec(model_ref: str, data_ref: str | Mapping[str, str],
                      f"# written by discover (identity: signature)")
     lines.append("checks:")
     for f in findings:
-        guards_of = [f"{name(f.target)}: {{{_bounds(f)}}}"] if _bounds(f) else []
+        guards_of = [f"{name(f.target)}: {{{_bounds(f)}}}  # recorded: {_measured(f)}"
+                     ] if _bounds(f) else []
         lines += [
             f"  # {noun} {f.unit} of {f.layer}: {'group' if groups else 'class'} "
             f"{name(f.target)} drops "
@@ -271,6 +275,20 @@ def render_spec(model_ref: str, data_ref: str | Mapping[str, str],
                 "      expect:",
                 f"        {name(f.target)}: {{{_bounds(f)}}}",
             ]
+        if accuracies and layer == min(guards):
+            kept = {k: v for k, v in sorted(accuracies.items())
+                    if v[1] > 1.0 / max(2, len(accuracies))}  # above chance only
+            if kept:
+                lines += [
+                    f"  - layer: {layer}            # every class's own accuracy (nothing "
+                    f"is ablated): a model that forgot a class fails here",
+                    *heads,
+                    "    any_unit:",
+                    "      expect:",
+                    *[f"        {name(k)}: {{min_accuracy: "
+                      f"{format_threshold('min_accuracy', low)}}}  # recorded: measured "
+                      f"{acc * 100:.1f}%" for k, (acc, low) in kept.items()],
+                ]
         high = guards[layer]
         if not math.isnan(high) and high >= 0:
             lines += [
@@ -282,6 +300,17 @@ def render_spec(model_ref: str, data_ref: str | Mapping[str, str],
                 f"        overall: {{max_drop: {format_threshold('max_drop', high)}}}",
             ]
     return "\n".join(lines) + "\n"
+
+
+def _measured(f: Finding) -> str:
+    """What was measured for the bounds written, in record mode's comment form (a
+    failure's page shows it as the reference value)."""
+    parts = []
+    if not f.weak:
+        parts.append(f"min_drop measured {f.drop * 100:.1f} pp")
+    if not f.lp_weak:
+        parts.append(f"min_logprob_drop measured {f.lp_drop:.3f} nats")
+    return "; ".join(parts)
 
 
 def _bounds(f: Finding) -> str:
@@ -339,11 +368,39 @@ def discover(model_ref: str, data_ref: str | Mapping[str, str], layers: Sequence
                          "a language model's positions (drop --identity)")
     entry = _write_signatures(model, data, findings, out, classes, addressing) \
         if identity else None
+    accuracies = None if position is not None or isinstance(data_ref, Mapping) else \
+        class_accuracies(model, data)
     text = render_spec(model_ref, data_ref, classes, findings, guards, level, entry,
-                       addressing, position)
+                       addressing, position, accuracies)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, text)
     return text
+
+
+#: The confidence level of the per-class ``min_accuracy`` guards discover writes: wide
+#: (the 99.9% Wilson lower bound), so an honest retrain's wobble of a few points passes
+#: and a class the model forgot fails.
+ACCURACY_LEVEL = 0.999
+
+
+def class_accuracies(model: Any, data: Any, level: float = ACCURACY_LEVEL, most: int = 100
+                     ) -> dict[int, tuple[float, float]] | None:
+    """Each class's accuracy without ablation and the lower bound of its Wilson interval
+    at ``level`` (one pass over the data); ``None`` for more than ``most`` classes (a
+    vocabulary)."""
+    from pytest_unitablate.core.evaluation import evaluate
+
+    result = evaluate(model, data)
+    if result.num_classes > most:
+        return None
+    correct, labels = result.correct, result.labels
+    out = {}
+    for k in range(result.num_classes):
+        mask = labels == k
+        if mask.any():
+            m = Measurement.from_correct(correct[mask], correct[mask], level=level)
+            out[k] = (float(m.baseline), float(m.bound("min_accuracy", level)))
+    return out
 
 
 def _write_signatures(model: Any, data: Any, findings: Sequence[Finding], out: Path,

@@ -440,6 +440,8 @@ class Evaluations:
         out = {"data_sha256": self.baseline(spec, subject).fingerprint[:16],
                "weights_sha256": self.weights_hash(subject.model)[:16]}
         checkpoint = checkpoint_of(subject.model)
+        if checkpoint is None and self.settings.weights_source is not None:
+            checkpoint = self.settings.weights_source()
         if checkpoint is not None:
             out["checkpoint"] = checkpoint
         refs = []

@@ -18,8 +18,11 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_unitablate.core.identity import dead_units
@@ -28,7 +31,11 @@ from pytest_unitablate.engine.results import Engine, ItemResult, Miss
 from pytest_unitablate.errors import ItemProblem
 from pytest_unitablate.spec.ids import ItemKey
 from pytest_unitablate.spec.model import Spec
-from pytest_unitablate.spec.rewrite import provenance_mismatches, rounded_threshold
+from pytest_unitablate.spec.rewrite import (
+    provenance_mismatches,
+    recorded_measurement,
+    rounded_threshold,
+)
 from pytest_unitablate.verdicts.calibration import (
     Calibrated,
     CalibrationFile,
@@ -80,6 +87,24 @@ from pytest_unitablate.verdicts.records import static_record
 
 if TYPE_CHECKING:
     from pytest_unitablate.engine.refs import Subject
+
+@functools.lru_cache(maxsize=64)
+def _spec_lines(path: str, mtime_ns: int) -> tuple[str, ...]:
+    try:
+        return tuple(Path(path).read_text(encoding="utf-8").splitlines())
+    except OSError:
+        return ()
+
+
+def spec_line(path: str, line: int) -> str:
+    """Line ``line`` (1-based) of the spec file ``path`` as it is on disk (empty when it
+    cannot be read): its end-of-line comment holds what was recorded."""
+    try:
+        lines = _spec_lines(path, os.stat(path).st_mtime_ns)
+    except OSError:
+        return ""
+    return lines[line - 1] if 0 < line <= len(lines) else ""
+
 
 def weights_text(record: dict[str, Any]) -> str:
     """The weights an item tested, as a failure names them: ``sha256 1a2b3c4d5e6f7a8b
@@ -502,6 +527,9 @@ class _ItemRun:
                      f"{calibration.models} reference model(s) "
                      f"({calibration.range_text()}; threshold "
                      f"{drop_text(constraint.kind, constraint.threshold)})"]
+        recorded = recorded_measurement(spec_line(str(spec.path), key.line), constraint.kind)
+        if recorded is not None:  # what record mode or discover measured (the page shows it)
+            self.record["reference_note"] = recorded
         ctx = self._context(deciding, notes, calibrated=calibration is not None)
         if writes(mode, has_threshold=verdict is not None,
                    failing=verdict is not None and not verdict.passed):

@@ -59,6 +59,10 @@ class EngineSettings:
     #: SPEC --unitablate-record-mode=MODE``
     rerun: Callable[[str], str] | None = None
     progress: ProgressFactory | None = None
+    #: the weights file the front end knows chose the model under test (the value of
+    #: ``MODEL_WEIGHTS`` when it names a file); records name it when the model's fixture
+    #: did not set ``unitablate_checkpoint``
+    weights_source: Callable[[], str | None] | None = None
     #: hash the weights and data into every record (the review page's run facts); record
     #: mode does regardless (its provenance)
     run_facts: bool = False

@@ -79,19 +79,35 @@ def with_fixtures(names: Sequence[str], job: Callable[[Callable[[str], Any]], An
     try:
         test = folder / "test_unitablate_discover.py"
         test.write_text(_TEST, encoding="utf-8")
+        failures = _Failures()
         code = pytest.main([str(test), "-o", "addopts=", "-p", "no:cacheprovider",
-                            "-p", "no:randomly", "-qq", "--no-header", "-s",
-                            "-p", "no:warnings", "--rootdir", str(root)])
+                            "-p", "no:randomly", "-p", "no:terminal", "-s",
+                            "-p", "no:warnings", "--rootdir", str(root)], plugins=[failures])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     if "error" in _JOB:
         raise _JOB["error"]
     if "result" not in _JOB:
+        why = f": {failures.text}" if failures.text else f" (pytest exit {int(code)})"
         raise LookupError(
-            f"pytest could not give the fixtures {', '.join(names)} (exit {int(code)}; its "
-            f"report is above): define them in a conftest.py under {root}, or pass import "
-            f"paths 'package.module:callable'")
+            f"pytest could not give the fixtures {', '.join(names)}{why}. Define them in a "
+            f"conftest.py under {root}, or pass import paths 'package.module:callable'")
     return _JOB["result"]
+
+
+class _Failures:
+    """What pytest said about the generated test when it failed (the terminal is off, so
+    no progress dots reach the command's output)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        if report.failed and not self.text:
+            lines = [line.strip().removeprefix("E").strip()
+                     for line in str(report.longreprtext).splitlines()
+                     if line.strip().startswith(("E ", "fixture '"))]
+            self.text = "; ".join(dict.fromkeys(lines[:2]))[:500]
 
 
 def _run(request: Any) -> None:
@@ -110,6 +126,7 @@ def discover_main(argv: Sequence[str]) -> int:
     resolved as conftest fixtures where they are names. Prints ``error: ...`` and returns
     2 when it fails."""
     import json
+    import sys
 
     from pytest_unitablate.analysis.discover import discover, load_reference
     from pytest_unitablate.errors import UnitAblateError
@@ -128,7 +145,7 @@ def discover_main(argv: Sequence[str]) -> int:
         with_fixtures(names, job)
     except (UnitAblateError, FileExistsError, ValueError, ImportError, AttributeError,
             TypeError, LookupError) as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -339,6 +339,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
         provenance_lines,
         sort_records,
         spec_lines,
+        spec_problems_line,
         spec_problems_only,
         summary_line,
     )
@@ -364,6 +365,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
         terminalreporter.write_line(summary_line(records, state.report_path))
     if not state.other_failures and spec_problems_only(records):
         terminalreporter.write_line(SPEC_PROBLEMS_LINE, red=True)
+    else:
+        line = spec_problems_line(records)
+        if line:
+            terminalreporter.write_line(line, red=True)
     if mode != "none":
         for line in provenance_lines(records):
             terminalreporter.write_line(f"unitablate: {line}", yellow=True)

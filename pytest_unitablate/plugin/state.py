@@ -93,7 +93,7 @@ class PluginState:
                 plain_passes=s.plain_passes, record_mode=s.record_mode,
                 record_level=s.record_level, record_floor=s.record_floor,
                 record_min_share=s.record_min_share, worker=worker,
-                rerun=self.rerun_command, run_facts=True,
+                rerun=self.rerun_command, run_facts=True, weights_source=self.weights_file,
                 progress=self.progress.for_sweep if self.progress is not None else None)
             self._engine = Engine(settings, DiskStore(self.cache_dir))
         return self._engine
@@ -114,6 +114,11 @@ class PluginState:
         """The variables of :attr:`weights_env` that are set, with their values: what
         chose the weights under test (``{"MODEL_WEIGHTS": "candidate.pt"}``)."""
         return {name: os.environ[name] for name in self.weights_env() if name in os.environ}
+
+    def weights_file(self) -> str | None:
+        """The first value of :meth:`chosen_by` that names an existing file (the weights
+        under test, when the model's fixture did not say)."""
+        return next((v for v in self.chosen_by().values() if os.path.isfile(v)), None)
 
     def rerun_command(self, mode: str) -> str:
         """The command the user ran, with ``--unitablate-record-mode=mode`` instead of any

@@ -342,6 +342,29 @@ def _comment_for(updates: Sequence[ThresholdUpdate]) -> str:
     return f"{COMMENT_PREFIX} " + "; ".join(parts)
 
 
+def recorded_measurement(line: str, kind: str) -> str | None:
+    """What record mode (or ``discover``) wrote it measured for constraint ``kind``, from
+    the end-of-line comment of a spec ``line``: ``measured 51.5 pp`` (``None`` when the
+    line says nothing of it).
+
+    >>> line = "  four: {min_drop: 38.1%}  # recorded: min_drop measured 51.5 pp, margin 13.3 pp"
+    >>> recorded_measurement(line, "min_drop"), recorded_measurement(line, "max_drop")
+    ('measured 51.5 pp', None)
+    >>> recorded_measurement("  one: {min_accuracy: 89.8%}  # recorded: measured 97.1%, "
+    ...                      "margin 7.2%", "min_accuracy")
+    'measured 97.1%'
+    """
+    _, marker, rest = line.partition(f"# {COMMENT_PREFIX}")
+    if not marker:
+        return None
+    parts = [p.strip() for p in rest.split(";") if "measured" in p]
+    for part in parts:
+        head, _, value = part.partition("measured")
+        if head.strip() in (kind, "") and (head.strip() == kind or len(parts) == 1):
+            return f"measured {value.split(',')[0].strip()}"
+    return None
+
+
 def provenance_mismatches(
     recorded: Mapping[str, str], current: Mapping[str, str]
 ) -> list[str]:

@@ -184,8 +184,20 @@ def report_problem(doc: Any) -> str | None:
     return None
 
 
-def comparison_text(changes: Sequence[Change], reference: str, candidate: str) -> str:
-    """The terminal listing: one line per change, grouped by kind, then a summary line."""
+def hidden_text(hidden: int) -> str:
+    """What a comparison left out, and how to see it (empty when nothing was).
+
+    >>> hidden_text(2)
+    '2 baseline move(s) inside the 95% interval (chance explains them) not listed; --all'
+    """
+    return (f"{hidden} baseline move(s) inside the 95% interval (chance explains them) not "
+            f"listed; --all") if hidden else ""
+
+
+def comparison_text(changes: Sequence[Change], reference: str, candidate: str,
+                    hidden: int = 0) -> str:
+    """The terminal listing: one line per change, grouped by kind, then a summary line
+    (and, when ``hidden`` baseline moves were left out, a line saying so)."""
     lines = [f"unitablate compare: {reference} -> {candidate}"]
     for kind in KINDS:
         group = [c for c in changes if c.kind == kind]
@@ -196,16 +208,20 @@ def comparison_text(changes: Sequence[Change], reference: str, candidate: str) -
                        if any(c.kind == k for c in changes))
     lines.append(f"unitablate compare: {len(changes)} change(s)"
                  + (f": {counts}" if counts else ": the runs agree"))
+    if hidden:
+        lines.append(f"unitablate compare: {hidden_text(hidden)}")
     return "\n".join(lines)
 
 
 def comparison_page(changes: Sequence[Change], reference: str, candidate: str,
-                    ref_env: Mapping[str, Any], new_env: Mapping[str, Any]) -> str:
+                    ref_env: Mapping[str, Any], new_env: Mapping[str, Any],
+                    hidden: int = 0) -> str:
     """The same as a self-contained page: the two runs' facts and a table per kind."""
     title = "pytest-unitablate: what changed"
+    left_out = f" ({e(hidden_text(hidden))})" if hidden else ""
     body = [f"<h1>{e(title)}</h1>",
             f'<p class="summary">{len(changes)} change(s) from <code>{e(reference)}</code> to '
-            f"<code>{e(candidate)}</code></p>"]
+            f"<code>{e(candidate)}</code>{left_out}</p>"]
     keys = ("pytest_unitablate_version", "torch_version", "device", "dtype")
     facts = [(f"{k} (reference / candidate)", f"{ref_env.get(k)} / {new_env.get(k)}")
              for k in keys]
@@ -279,4 +295,4 @@ _COLUMNS: dict[str, tuple[tuple[str, ...], tuple[_Cell, ...]]] = {
 
 
 __all__ = ["KINDS", "Change", "compare_reports", "comparison_page", "comparison_text",
-           "report_problem", "tested_facts"]
+           "hidden_text", "report_problem", "tested_facts"]

@@ -254,6 +254,23 @@ def spec_problems_only(records: Iterable[Mapping[str, Any]]) -> bool:
                                  for r in failing)
 
 
+def spec_problems_line(records: Iterable[Mapping[str, Any]]) -> str:
+    """When spec problems fail beside other failures (the run exits 1): how many of the
+    failures are the spec's, so a reader fixes those lines and looks at the rest as the
+    model's. Empty when there are none.
+
+    >>> spec_problems_line([{"outcome": "error", "problem": "spec"}, {"outcome": "failed"}])
+    'unitablate: 1 of 2 failures are spec problems (problem: spec in the report): fix those \
+spec lines; the others are the model under test'
+    """
+    failing = [r for r in records if r.get("outcome") in ("failed", "error")]
+    spec = [r for r in failing if r.get("problem") == "spec"]
+    if not spec:
+        return ""
+    return (f"unitablate: {len(spec)} of {len(failing)} failures are spec problems (problem: "
+            f"spec in the report): fix those spec lines; the others are the model under test")
+
+
 def format_table(records: Sequence[Mapping[str, Any]]) -> str:
     """The terminal summary table: layer, units, target, baseline, ablated, drop, required,
     outcome, then the legend of the ``units`` column."""
@@ -446,5 +463,5 @@ def write_json(path: str | os.PathLike[str], document: Mapping[str, Any]) -> Non
 __all__ = ["FIELDS", "RUN_ABOUT", "SPEC_PROBLEMS_LINE", "TABLE_LEGEND", "build_report", "build_run",
            "describe_required", "engine_lines", "engines", "format_table", "interval_text",
            "matched_or_none", "measured_text", "pct", "provenance_lines", "run_path",
-           "sort_records", "spec_lines", "spec_problems_only", "static_record", "summary_line",
-           "table_legend", "tested", "write_json"]
+           "sort_records", "spec_lines", "spec_problems_line", "spec_problems_only",
+           "static_record", "summary_line", "table_legend", "tested", "write_json"]

@@ -184,6 +184,8 @@ def reference_text(r: Mapping[str, Any]) -> str:
     'baseline at least 87.0% on the reference models'
     >>> reference_text({"recorded_drop": 0.45})
     'recorded drop 45.0 pp'
+    >>> reference_text({"reference_note": "measured 51.5 pp"})
+    'when recorded: measured 51.5 pp'
     """
     if r.get("forgotten") and r.get("reference_baseline") is not None:
         return (f"baseline at least {measured_text({'x': r['reference_baseline']}, 'x')} on "
@@ -194,6 +196,8 @@ def reference_text(r: Mapping[str, Any]) -> str:
     if r.get("recorded_drop") is not None:
         recorded = {"drop": r["recorded_drop"], "metric": r.get("metric")}
         return f"recorded drop {measured_text(recorded, 'drop')}"
+    if r.get("reference_note"):  # the spec line's comment: what was measured when recorded
+        return f"when recorded: {r['reference_note']}"
     return ""
 
 

@@ -157,6 +157,18 @@ def test_the_rerecord_command_and_the_report_name_the_weights_that_failed(
         "MODEL_WEIGHTS=candidate.pt); rerun with what chose them*"])
 
 
+def test_without_the_fixture_saying_the_variable_names_the_weights_file(
+        day: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    conftest = day.path / "conftest.py"
+    conftest.write_text(conftest.read_text().replace(
+        "    model.unitablate_checkpoint = path\n", ""))
+    _with_env(monkeypatch, MODEL_WEIGHTS="candidate.pt")
+    result = _run(day, "--unitablate-report", "r.json")
+    result.stdout.fnmatch_lines(["  Weights under test: sha256 * (candidate.pt)"])
+    assert json.loads((day.path / "r.json").read_text())["tested"][0]["checkpoint"] == \
+        "candidate.pt"
+
+
 def test_a_forgotten_class_is_its_own_failure_with_every_number(
         day: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     _with_env(monkeypatch, FORGET="1")
@@ -207,6 +219,9 @@ checks:
     _with_env(monkeypatch, MODEL_WEIGHTS="candidate.pt")  # unit 2 silenced: a regression
     both = _run(day)
     assert both.ret == pytest.ExitCode.TESTS_FAILED
+    both.stdout.fnmatch_lines(["unitablate: 1 of 2 failures are spec problems (problem: "
+                               "spec in the report): fix those spec lines; the others are "
+                               "the model under test"])
     monkeypatch.delenv("MODEL_WEIGHTS")
     # a failing test that is not a spec item: exit 1 too
     (day.path / "spec.yaml").write_text(HEAD + "checks:\n  - layer: hidden\n    units: [9]\n"
@@ -260,9 +275,28 @@ def test_discover_takes_the_conftest_fixture_names(day: pytest.Pytester) -> None
     text = (day.path / "specs" / "starter.yaml").read_text()
     assert "model: my_model" in text and "data: my_data" in text and "units: [" in text
     assert not [p for p in day.path.iterdir() if p.name.startswith("unitablate_discover_")]
+    assert proc.stdout.startswith("wrote specs/starter.yaml")  # no pytest output around it
+    # every class's own accuracy is guarded, each with what was measured: a model that
+    # forgot class one fails there, and the failure page shows the recorded value
+    assert "one: {min_accuracy: " in text and "# recorded: measured 100.0%" in text
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FORGET": "1"}
+    forgot = subprocess.run(
+        [sys.executable, "-m", "pytest", "--unitablate-spec", "specs/starter.yaml", "-p",
+         "no:randomly", "--unitablate-html", "f.html"], cwd=day.path, capture_output=True,
+        text=True, timeout=300, env=env)
+    assert forgot.returncode == 1, forgot.stdout[-2000:]
+    assert "hidden-any one: accuracy 40.0%, needs >= " in forgot.stdout
+    assert "when recorded: measured 100.0%" in (day.path / "f.html").read_text()
+    again = subprocess.run(
+        [sys.executable, "-m", "pytest_unitablate", "discover", "--model", "my_model",
+         "--data", "my_data", "--layer", "hidden", "--out", "specs/starter.yaml"],
+        cwd=day.path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and again.stdout == ""  # checked before any fixture loads
+    assert "specs/starter.yaml exists; pass --force" in again.stderr
     bad = subprocess.run(
         [sys.executable, "-m", "pytest_unitablate", "discover", "--model", "no_such_model",
          "--data", "my_data", "--layer", "hidden", "--out", "specs/other.yaml"],
         cwd=day.path, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
-    assert "pytest could not give the fixtures no_such_model" in bad.stdout + bad.stderr
+    assert "pytest could not give the fixtures no_such_model, my_data: fixture " \
+           "'no_such_model' not found" in bad.stderr

@@ -77,6 +77,9 @@ def test_flips_come_first_and_a_baseline_move_chance_explains_is_hidden_unless_a
     every = compare_reports(ref, new, show_all=True)
     assert [(c.kind, c.id) for c in every] == [("outcome", "b"), ("baseline", "one"),
                                                 ("baseline", "two")]
+    text = comparison_text(changes, "ref.json", "new.json", hidden=len(every) - len(changes))
+    assert text.endswith("1 baseline move(s) inside the 95% interval (chance explains "
+                         "them) not listed; --all")
     page = comparison_page(changes, "ref.json", "new.json",
                            {"tested": [{"spec": "s.yaml", "weights_sha256": "aa11",
                                         "data_sha256": "dd"}]},
