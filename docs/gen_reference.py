@@ -107,7 +107,7 @@ def options_section() -> list[str]:
         choices = opt.get("choices")
         shown = opt["name"] + (f" {metavar}" if metavar else "")
         if choices:
-            shown = f"{opt['name']} {'|'.join(choices)}"
+            shown = f"{opt['name']} {{{','.join(choices)}}}"
         ini = parser.ini.get(opt["dest"])
         ini_cell = f"`{opt['dest']}` ({ini['type']})" if ini else "none, on purpose"
         text = opt.get("help", "").replace("%%", "%")  # argparse's escape of %
@@ -159,7 +159,7 @@ def commands_section() -> list[str]:
 
     from pytest_unitablate.cli import _parser
 
-    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal's width
+    os.environ["COLUMNS"] = "78"  # argparse wraps to this width: the docs column shows ~80
     parser = _parser()
     lines = ["## Commands", "",
              "`python -m pytest_unitablate COMMAND` (the installed `unitablate` script is the "
