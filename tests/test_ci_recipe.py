@@ -104,12 +104,15 @@ def test_gitlab_recipe_passes_the_reference_and_empties_a_cache_of_other_code(
 
 @pytest.mark.slow
 @pytest.mark.recipe
-def test_each_github_job_installs_what_it_runs_in_a_clean_venv(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("recipe", "reports"), [
+    ("github", "unitablate-reports/reports"), ("gitlab", "unitablate/reports")])
+def test_each_job_installs_what_it_runs_in_a_clean_venv(tmp_path: Path, recipe: str,
+                                                         reports: str) -> None:
     """Every job in a new virtualenv, as a CI runner starts it: the train job's Python
     needs the torch its own install step put there, and the check job gets the plugin from
     the repository itself (UNITABLATE_SOURCE), not from a package index."""
     proc = subprocess.run(
-        [sys.executable, str(CI / "run_locally.py"), "github", "--clean-venv", "--store",
+        [sys.executable, str(CI / "run_locally.py"), recipe, "--clean-venv", "--store",
          str(tmp_path / "store"), "--workdir", str(tmp_path / "work")],
         capture_output=True, text=True, timeout=1200)
     out = proc.stdout + proc.stderr
@@ -119,6 +122,6 @@ def test_each_github_job_installs_what_it_runs_in_a_clean_venv(tmp_path: Path) -
     assert "2 failed, 23 passed" in out
     assert "pytest-unitablate @ ${UNITABLATE_SOURCE}" in out
     # the report came from the checks job's own venv, which installed the plugin
-    report = json.loads((tmp_path / "store" / "artifact" / "unitablate-reports" / "reports"
-                         / "unitablate.json").read_text())
+    report = json.loads((tmp_path / "store" / "artifact" / reports / "unitablate.json"
+                         ).read_text())
     assert report["chosen_by"] == {"DEMO_CHECKPOINT": "artifacts/candidate.pt"}
