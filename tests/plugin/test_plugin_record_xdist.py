@@ -48,7 +48,7 @@ def test_default_mode_never_writes_and_null_threshold_fails(spec_dir: pytest.Pyt
     result.assert_outcomes(passed=2, failed=3)  # two null thresholds, one impossible
     result.stdout.fnmatch_lines([
         "spec.yaml:11: hidden-u1-one-min_drop: no threshold recorded yet*",
-        "  To record it: pytest --unitablate-spec spec.yaml * --unitablate-record-mode=new",
+        "  To record it: pytest --unitablate-spec spec.yaml*--unitablate-record-mode=new",
     ])
     assert (spec_dir.path / "spec.yaml").read_text() == SPEC
 

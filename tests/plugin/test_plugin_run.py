@@ -59,7 +59,7 @@ def test_failure_message_is_located_and_actionable(tiny: pytest.Pytester) -> Non
         "  drop     0.0 pp   95% CI [[]*[]] pp (paired, Newcombe)   required drop >= 20.0 pp"
         "   missed by 20.0 pp*",
         "  McNemar exact p=1 *",
-        "  To re-record: pytest --unitablate-spec spec.yaml * --unitablate-record-mode=failed",
+        "  To re-record: pytest --unitablate-spec spec.yaml*--unitablate-record-mode=failed",
     ])
     assert "Traceback" not in result.stdout.str()
     assert "pytest_unitablate/" not in result.stdout.str()

@@ -270,7 +270,7 @@ def test_rerecord_hint_reproduces_the_run(mixed: pytest.Pytester) -> None:
                              "-p", "no:randomly")
     result.stdout.fnmatch_lines([
         "  To re-record: pytest --unitablate-spec spec.yaml --unitablate-seed 3 -p no:randomly"
-        " * --unitablate-record-mode=failed"])
+        "*--unitablate-record-mode=failed"])
 
 
 def test_ini_keys_are_typed_and_listed_in_help(mixed: pytest.Pytester) -> None:
