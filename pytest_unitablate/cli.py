@@ -397,9 +397,14 @@ def _int_or(text: str) -> int | str:
 
 
 def _for_discover(text: str) -> str:
-    """A core message as discover's options say it (``--channel-dim -1``, not a spec key)."""
-    return re.sub(r"'channel_dim: (-?\d+)'", r"--channel-dim \1",
-                  text.replace(", on the check, or for the whole spec", ""))
+    """A core message as discover's options say it (``--channel-dim -1``, not a spec key).
+
+    >>> _for_discover("say 'channel_dim: -1' for tokens; on the check, or for the whole spec")
+    'say --channel-dim -1 for tokens'
+    """
+    text = re.sub(r"[,;] on the check, or for the whole spec", "", text)
+    text = re.sub(r"'unit: head'", "--unit head", text)
+    return re.sub(r"'channel_dim: (-?\d+)'", r"--channel-dim \1", text)
 
 
 def discover(args: argparse.Namespace) -> int:

@@ -370,6 +370,14 @@ def discover(model_ref: str, data_ref: str | Mapping[str, str], layers: Sequence
         if identity else None
     accuracies = None if position is not None or isinstance(data_ref, Mapping) else \
         class_accuracies(model, data)
+    outputs = max((f.target for f in findings), default=-1) + 1
+    if accuracies is not None:
+        outputs = max(outputs, max(accuracies, default=-1) + 1)
+    if classes and not isinstance(data_ref, Mapping) and position is None and \
+            len(classes) < outputs:
+        raise ValueError(f"--classes names {len(classes)} classes, but the data's labels "
+                         f"and the model's outputs reach class {outputs - 1}: one name per "
+                         f"output, in index order")
     text = render_spec(model_ref, data_ref, classes, findings, guards, level, entry,
                        addressing, position, accuracies)
     out.parent.mkdir(parents=True, exist_ok=True)

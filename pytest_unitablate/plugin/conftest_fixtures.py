@@ -145,7 +145,9 @@ def discover_main(argv: Sequence[str]) -> int:
         with_fixtures(names, job)
     except (UnitAblateError, FileExistsError, ValueError, ImportError, AttributeError,
             TypeError, LookupError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from pytest_unitablate.cli import _for_discover  # the options' words, not spec keys
+
+        print(f"error: {_for_discover(str(exc))}", file=sys.stderr)
         return 2
     return 0
 

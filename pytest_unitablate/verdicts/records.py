@@ -187,14 +187,17 @@ def table_legend(records: Sequence[Mapping[str, Any]]) -> str:
     'units: the units ablated together'
     >>> table_legend([{"unit": "head", "mode": "any_unit", "deciding_units": [2]}])
     'units: the heads ablated together (h3: attention head 3); <mode>:<units> names a \
-layer-wide check (any_unit, every_unit, top_units) and the unit(s) that decided its outcome'
+layer-wide check (any_unit) and the unit(s) that decided its outcome'
     """
     heads = any(r.get("unit") == "head" for r in records)
     parts = ["units: the heads ablated together (h3: attention head 3)" if heads
              else "units: the units ablated together"]
-    if any(r.get("mode") in ("any_unit", "every_unit", "top_units") for r in records):
-        parts.append("<mode>:<units> names a layer-wide check (any_unit, every_unit, "
-                     "top_units) and the unit(s) that decided its outcome")
+    modes = [m for m in ("any_unit", "every_unit", "top_units")
+             if any(r.get("mode") == m and not str(r.get("constraint") or "").endswith(
+                 "_accuracy") for r in records)]
+    if modes:
+        parts.append(f"<mode>:<units> names a layer-wide check ({', '.join(modes)}) and the "
+                     f"unit(s) that decided its outcome")
     if any(r.get("matched_units") for r in records):
         parts.append("10->3: identity: signature matched the recorded unit 10 to unit 3 of "
                      "the model under test")

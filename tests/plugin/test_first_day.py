@@ -300,3 +300,11 @@ def test_discover_takes_the_conftest_fixture_names(day: pytest.Pytester) -> None
     assert bad.returncode == 2
     assert "pytest could not give the fixtures no_such_model, my_data: fixture " \
            "'no_such_model' not found" in bad.stderr
+    few = subprocess.run(
+        [sys.executable, "-m", "pytest_unitablate", "discover", "--model", "my_model",
+         "--data", "my_data", "--layer", "hidden", "--classes", "a,b", "--out",
+         "specs/few.yaml"], cwd=day.path, capture_output=True, text=True, timeout=300)
+    assert few.returncode == 2 and "Traceback" not in few.stderr
+    assert "error: --classes names 2 classes, but the data's labels and the model's " \
+           "outputs reach class 3" in few.stderr
+    assert not (day.path / "specs" / "few.yaml").exists()
