@@ -5,6 +5,7 @@ getting-started page's does."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -18,6 +19,10 @@ pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.slow  # subprocess runs of pytest (about a minute in all)
 
 ROOT = Path(__file__).resolve().parents[2]
+
+#: Two xdist workers where pytest-xdist is installed (the matrix has a session without it:
+#: the same tests then run serially)
+XDIST = ("-n", "2") if importlib.util.find_spec("xdist") is not None else ()
 
 #: A conftest whose model fixture loads the weights ``MODEL_WEIGHTS`` names (the reference
 #: by default) and says which checkpoint it loaded; the data get two class-zero examples
@@ -131,7 +136,7 @@ def test_the_rerecord_command_and_the_report_name_the_weights_that_failed(
     without them says it measured other weights."""
     _with_env(monkeypatch, MODEL_WEIGHTS="candidate.pt")
     result = _run(day, "--unitablate-report", "r.json", "--unitablate-html", "r.html",
-                  "-n", "2")
+                  *XDIST)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     out = result.stdout.str()
     # (report, page, --basetemp and -n 2 are left out)
@@ -203,7 +208,7 @@ checks:
     expect:
       two: {min_drop: 90%}
 """)
-    for extra in ((), ("-n", "2")):
+    for extra in ((), XDIST):
         result = _run(day, "--unitablate-report", "r.json", *extra)
         assert result.ret == pytest.ExitCode.INTERRUPTED, result.stdout.str()
         result.stdout.fnmatch_lines(["unitablate: exit 2: every failure is a spec problem*"])
@@ -239,12 +244,12 @@ def test_the_provenance_note_is_once_per_run_in_the_summary_and_ignores_the_weig
     not as a pytest warning."""
     (day.path / "spec.yaml").write_text(SPEC + "provenance:\n  weights_sha256: 0123abcd\n")
     _with_env(monkeypatch, MODEL_WEIGHTS="candidate.pt")
-    quiet = _run(day, "-n", "2")
+    quiet = _run(day, *XDIST)
     assert "recorded in another environment" not in quiet.stdout.str()
     assert "UnitAblateWarning" not in quiet.stdout.str()
     (day.path / "spec.yaml").write_text(SPEC + "provenance:\n  weights_sha256: 0123abcd\n"
                                         "  torch_version: 0.0.1\n")
-    loud = _run(day, "-n", "2", "--unitablate-report", "r.json", "-p", "no:warnings")
+    loud = _run(day, *XDIST, "--unitablate-report", "r.json", "-p", "no:warnings")
     lines = [line for line in loud.outlines if "recorded in another environment" in line]
     assert len(lines) == 1 and "torch_version: recorded 0.0.1" in lines[0], loud.outlines
     assert "weights_sha256" not in lines[0]
