@@ -283,9 +283,11 @@ def _weights_against_last_failure(config: pytest.Config, state: PluginState,
                 f"failed in the last run (sha256 {last['weights_sha256']}{ckpt}"
                 f"{', chosen by ' + how if how else ''}); rerun with what chose them"
                 f"{' (' + how + ')' if how else ''} to re-record their thresholds")
-        if spec in failing and sha and state.record_mode == "none":
+        if state.record_mode == "none" and spec in failing and sha:
             known[spec] = {"weights_sha256": sha, "checkpoint": entry.get("checkpoint"),
                            "chosen_by": chosen}
+        elif state.record_mode == "none":  # the last run of this spec did not fail
+            known.pop(spec, None)
     cache.set(_FAILED_WEIGHTS, known)  # pytest only warns about an unwritable cache_dir
     return notes
 

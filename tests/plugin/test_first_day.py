@@ -160,6 +160,9 @@ def test_the_rerecord_command_and_the_report_name_the_weights_that_failed(
         "unitablate: WARNING spec.yaml: record mode measured weights sha256 *, not the "
         "weights that failed in the last run (sha256 *, candidate.pt, chosen by "
         "MODEL_WEIGHTS=candidate.pt); rerun with what chose them*"])
+    # once a run of the spec passed, record mode has no failing weights to compare with
+    assert _run(day).ret == pytest.ExitCode.OK
+    assert "WARNING" not in _run(day, "--unitablate-record-mode=failed").stdout.str()
 
 
 def test_without_the_fixture_saying_the_variable_names_the_weights_file(
