@@ -55,6 +55,7 @@ from pytest_unitablate.verdicts.records import (
     build_report,
     build_run,
     format_table,
+    provenance_lines,
     run_path,
     sort_records,
     static_record,
@@ -168,6 +169,9 @@ class SpecRun:
         if table:
             parts.append(format_table(sort_records(
                 [{**i.record, "outcome": i.outcome} for i in self.items])))
+        # recorded in another environment (torch, device, dtype, data): once per spec
+        parts += [f"unitablate: {line}" for line in provenance_lines(
+            [i.record for i in self.items])]
         parts.append(summary_line(self.records, report))
         return "\n".join(parts)
 

@@ -294,3 +294,18 @@ def test_a_pytest_fixture_given_as_an_import_path_is_refused_with_the_fix(folder
     message = run.items[0].message
     assert message is not None and "'fixture_models:my_model' is a pytest fixture, which only " \
         "pytest can call" in message
+
+
+def test_run_spec_says_once_when_the_spec_was_recorded_in_another_environment(
+        folder: Path) -> None:
+    """The weights are not compared (a candidate's always differ); another torch is said
+    once for the spec, in the text, not as a warning on every item."""
+    spec = folder / "spec.yaml"
+    spec.write_text(SPEC + "provenance:\n  weights_sha256: 0123abcd\n")
+    assert "another environment" not in run_spec("spec.yaml").text()
+    spec.write_text(SPEC + "provenance:\n  weights_sha256: 0123abcd\n  torch_version: 0.0.1\n")
+    run = run_spec("spec.yaml")
+    lines = [line for line in run.text().splitlines() if "another environment" in line]
+    assert len(lines) == 1 and "torch_version: recorded 0.0.1" in lines[0]
+    assert "weights_sha256" not in lines[0]
+    assert not any(item.warnings for item in run.items)
