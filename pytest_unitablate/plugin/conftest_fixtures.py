@@ -149,6 +149,10 @@ def discover_main(argv: Sequence[str]) -> int:
 
         print(f"error: {_for_discover(str(exc))}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a fixture of the user's raised (a weights file missing, ...)
+        print(f"error: discovery stopped: {type(exc).__name__}: {exc} (from a fixture, or "
+              f"the model's forward on the data)", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -316,3 +316,11 @@ def test_discover_takes_the_conftest_fixture_names(day: pytest.Pytester) -> None
     assert "error: --classes names 2 classes, but the data's labels and the model's " \
            "outputs reach class 3" in few.stderr
     assert not (day.path / "specs" / "few.yaml").exists()
+    missing = subprocess.run(
+        [sys.executable, "-m", "pytest_unitablate", "discover", "--model", "my_model",
+         "--data", "my_data", "--layer", "hidden", "--out", "specs/gone.yaml"],
+        cwd=day.path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "MODEL_WEIGHTS": "no_such_weights.pt"})
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "error: discovery stopped: FileNotFoundError: " in missing.stderr
+    assert "no_such_weights.pt" in missing.stderr
