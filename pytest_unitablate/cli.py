@@ -410,6 +410,7 @@ def _for_discover(text: str) -> str:
 def discover(args: argparse.Namespace) -> int:
     """``discover``: a starter spec from scans of the given layers."""
     from pytest_unitablate.analysis.discover import discover as write_spec
+    from pytest_unitablate.analysis.discover import is_fixture_name
     from pytest_unitablate.errors import UnitAblateError
 
     classes = args.classes.split(",") if args.classes else None
@@ -430,7 +431,7 @@ def discover(args: argparse.Namespace) -> int:
         args.data = data
         return _discover_calibrated(args, classes)
     refs = [args.model[0], *(data.values() if isinstance(data, dict) else [data])]
-    if any(":" not in r for r in refs):  # conftest fixture names: pytest resolves them
+    if any(is_fixture_name(r) for r in refs):  # conftest fixture names: pytest resolves them
         return _discover_with_conftest(args, data, classes, position)
     try:
         text = write_spec(args.model[0], data, args.layer, args.out, classes=classes,
@@ -483,7 +484,7 @@ def _discover_with_conftest(args: argparse.Namespace, data: Any,
 
 def _discover_calibrated(args: argparse.Namespace, classes: list[str] | None) -> int:
     """``discover`` with several ``--model``: a starter spec calibrated over them."""
-    from pytest_unitablate.analysis.discover import load_reference
+    from pytest_unitablate.analysis.discover import is_fixture_name, load_reference
     from pytest_unitablate.engine.starter import discover_calibrated, discover_with_fixtures
     from pytest_unitablate.errors import UnitAblateError
     from pytest_unitablate.verdicts.calibration import calibration_path
@@ -491,7 +492,7 @@ def _discover_calibrated(args: argparse.Namespace, classes: list[str] | None) ->
     count = len(args.weights) or len(args.model)
     try:
         if args.weights:
-            if len(args.model) != 1 or ":" in args.model[0] or not classes:
+            if len(args.model) != 1 or not is_fixture_name(args.model[0]) or not classes:
                 raise ValueError("--weights needs one --model naming your conftest's model "
                                  "fixture (not an import path) and --classes")
             text = discover_with_fixtures(

@@ -42,6 +42,15 @@ from pytest_unitablate.verdicts.measure import (
 )
 
 
+def is_fixture_name(ref: str) -> bool:
+    """A reference without the ``package.module:callable`` form names a pytest fixture.
+
+    >>> is_fixture_name("my_model"), is_fixture_name("pkg.models:net")
+    (True, False)
+    """
+    return ":" not in ref
+
+
 def load_reference(ref: str) -> Any:
     """Import ``package.module:callable`` and call it; a generator function is returned
     uncalled (data that can replay its batches: each pass calls it again, as with a
@@ -302,25 +311,28 @@ def render_spec(model_ref: str, data_ref: str | Mapping[str, str],
     return "\n".join(lines) + "\n"
 
 
+def _written(f: Finding) -> list[tuple[str, str, str]]:
+    """The class bounds of a finding that are strong enough to write: (constraint, its
+    threshold, what was measured), each in its unit."""
+    out = []
+    if not f.weak:
+        out.append(("min_drop", format_threshold("min_drop", f.low),
+                    f"{f.drop * 100:.1f} pp"))
+    if not f.lp_weak:
+        out.append(("min_logprob_drop", format_threshold("min_logprob_drop", f.lp_low),
+                    f"{f.lp_drop:.3f} nats"))
+    return out
+
+
 def _measured(f: Finding) -> str:
     """What was measured for the bounds written, in record mode's comment form (a
     failure's page shows it as the reference value)."""
-    parts = []
-    if not f.weak:
-        parts.append(f"min_drop measured {f.drop * 100:.1f} pp")
-    if not f.lp_weak:
-        parts.append(f"min_logprob_drop measured {f.lp_drop:.3f} nats")
-    return "; ".join(parts)
+    return "; ".join(f"{kind} measured {value}" for kind, _, value in _written(f))
 
 
 def _bounds(f: Finding) -> str:
     """The class bounds of a finding that are strong enough to write."""
-    parts = []
-    if not f.weak:
-        parts.append(f"min_drop: {format_threshold('min_drop', f.low)}")
-    if not f.lp_weak:
-        parts.append(f"min_logprob_drop: {format_threshold('min_logprob_drop', f.lp_low)}")
-    return ", ".join(parts)
+    return ", ".join(f"{kind}: {threshold}" for kind, threshold, _ in _written(f))
 
 
 def discover(model_ref: str, data_ref: str | Mapping[str, str], layers: Sequence[str],

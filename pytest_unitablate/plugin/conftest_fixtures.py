@@ -41,15 +41,6 @@ _SKIP = {".git", ".venv", "venv", "node_modules", "site-packages", ".tox", ".nox
          "__pycache__", "build", "dist"}
 
 
-def is_fixture_name(ref: str) -> bool:
-    """A reference without ``module:callable`` form names a fixture.
-
-    >>> is_fixture_name("my_model"), is_fixture_name("pkg.models:net")
-    (True, False)
-    """
-    return ":" not in ref
-
-
 def conftest_for(name: str, root: Path) -> Path:
     """The folder of the ``conftest.py`` under ``root`` that defines fixture ``name``
     (``root`` when none says ``def name(``): tests there see it."""
@@ -128,7 +119,7 @@ def discover_main(argv: Sequence[str]) -> int:
     import json
     import sys
 
-    from pytest_unitablate.analysis.discover import discover, load_reference
+    from pytest_unitablate.analysis.discover import discover, is_fixture_name, load_reference
     from pytest_unitablate.errors import UnitAblateError
 
     kwargs = json.loads(argv[0])
@@ -164,4 +155,4 @@ if __name__ == "__main__":  # the module's own copy holds the job the generated 
     raise SystemExit(_main(sys.argv[1:]))
 
 
-__all__ = ["conftest_for", "discover_main", "is_fixture_name", "with_fixtures"]
+__all__ = ["conftest_for", "discover_main", "with_fixtures"]

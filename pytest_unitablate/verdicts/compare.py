@@ -47,6 +47,7 @@ from pytest_unitablate.verdicts.review_page import (
     facts_list,
     units_text,
 )
+from pytest_unitablate.verdicts.stats import wilson
 
 #: The kinds of change, in the order they are listed: what flipped first.
 KINDS = ("outcome", "baseline", "drop", "identity", "added", "removed")
@@ -74,26 +75,15 @@ def _interval(r: Mapping[str, Any]) -> str:
     return interval_text(r)
 
 
-def _wilson(p: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """The 95% Wilson score interval of a proportion ``p`` of ``n``.
-
-    >>> [round(x, 3) for x in _wilson(0.5, 60)]
-    [0.377, 0.623]
-    """
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
-    return centre - half, centre + half
-
-
 def _baseline_moved(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool | None:
     """Whether a target's baseline accuracy moved beyond chance between two records
     (each outside the other's 95% Wilson interval of its ``n``); ``None`` when it cannot
     be told (a log-probability, no ``n``)."""
     if a.get("metric") == "logprob" or not a.get("n") or not b.get("n"):
         return None
-    x, y = float(a["baseline"]), float(b["baseline"])
-    return _outside(y, *_wilson(x, int(a["n"]))) or _outside(x, *_wilson(y, int(b["n"])))
+    x, y, n_a, n_b = float(a["baseline"]), float(b["baseline"]), int(a["n"]), int(b["n"])
+    return _outside(y, *wilson(round(x * n_a), n_a)) or _outside(x, *wilson(round(y * n_b),
+                                                                           n_b))
 
 
 def compare_reports(reference: Mapping[str, Any], candidate: Mapping[str, Any],

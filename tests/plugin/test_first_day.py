@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import tiny_source
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.slow  # subprocess runs of pytest (about a minute in all)
@@ -25,33 +26,13 @@ ROOT = Path(__file__).resolve().parents[2]
 XDIST = ("-n", "2") if importlib.util.find_spec("xdist") is not None else ()
 
 #: A conftest whose model fixture loads the weights ``MODEL_WEIGHTS`` names (the reference
-#: by default) and says which checkpoint it loaded; the data get two class-zero examples
-#: wrong at baseline, and with ``FORGET=1`` six of class one's ten (a fine-tune that forgot
-#: the class: one falls to 40%).
-CONFTEST = '''
+#: by default: the plugin tests' tiny network, ``tiny_source.TINY``) and says which
+#: checkpoint it loaded; the data get two class-zero examples wrong at baseline, and with
+#: ``FORGET=1`` six of class one's ten (a fine-tune that forgot the class: one falls to 40%).
+CONFTEST = tiny_source.TINY + '''
 import os
 
 import pytest
-import torch
-from torch import nn
-
-
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.hidden = nn.Linear(4, 4)
-        self.head = nn.Linear(4, 4)
-
-    def forward(self, x):
-        return self.head(self.hidden(x))
-
-
-def reference():
-    m = Tiny()
-    with torch.no_grad():
-        m.hidden.weight.copy_(torch.eye(4)); m.hidden.bias.zero_()
-        m.head.weight.copy_(torch.eye(4)); m.head.bias.copy_(torch.tensor([0, 0, 0, 0.5]))
-    return m
 
 
 @pytest.fixture(scope="session")
@@ -106,8 +87,8 @@ def day(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Py
     script = textwrap.dedent("""
         import sys, torch
         sys.path.insert(0, ".")
-        from conftest import reference
-        ref = reference()
+        from conftest import Tiny
+        ref = Tiny()
         torch.save(ref.state_dict(), "reference.pt")
         with torch.no_grad():
             ref.hidden.weight[2, 2] = 0.0   # unit 2 silenced: class two now rests on the bias
