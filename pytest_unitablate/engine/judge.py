@@ -271,7 +271,8 @@ class _ItemRun:
                                                       damaging_first(constraint, check.mode))
                 sweep = engine.sweeps.in_order(
                     spec, subject, check, order, lambda sw: decided_early(
-                        constraint, measure(sw), mode=check.mode, at_least=check.at_least))
+                        constraint, measure(sw), mode=check.mode, at_least=check.at_least),
+                    first=check.at_least)
             else:
                 sweep = engine.sweeps.sweep(spec, subject, check)
             per_unit = measure(sweep)
@@ -390,9 +391,14 @@ class _ItemRun:
         return left
 
     def _stops_early(self) -> bool:
-        """Early stopping needs a threshold to decide against, and record mode needs every
-        unit (the bound it writes is the best or worst of all)."""
-        return (not self.settings.full_sweeps and self.settings.record_mode == "none"
+        """Whether stopping early can pay: only ``any_unit``, whose usual outcome (it
+        passes) is decided by its first ``at_least`` units. A passing ``every_unit`` must
+        see every unit, so it goes straight to the full sweep (which also names the worst
+        unit of all when it fails). Early stopping needs a threshold to decide against,
+        and record mode needs every unit (the bound it writes is the best or worst of
+        all)."""
+        return (self.key.check.mode == "any_unit" and not self.settings.full_sweeps
+                and self.settings.record_mode == "none"
                 and self.key.constraint.threshold is not None)
 
     def _warn_engine(self, sweep: Any) -> None:

@@ -4,8 +4,9 @@ A sweep is one :func:`pytest_unitablate.core.scan.scan` of a layer (the scan pic
 engine: closed form, prefix/suffix split or naive loop), memoised in memory and in the
 store. Under xdist, processes that need the same full sweep cut it into pieces and each
 starts with the pieces no other process holds (:meth:`Sweeps.sweep`). Layer-wide checks
-that can stop early evaluate units in the order of a first-order damage estimate, in
-chunks of 1, 4, 16, ... units, until the outcome is fixed (:meth:`Sweeps.in_order`).
+that can stop early (``any_unit``) evaluate units in the order of a first-order damage
+estimate: the units that can decide first, then the rest in one sweep
+(:meth:`Sweeps.in_order`).
 
 Example::
 
@@ -215,16 +216,15 @@ class Sweeps:
         return factory(f"{spec.path}:{check.line} {check.layer}", total) if factory else None
 
     def in_order(self, spec: Spec, subject: Subject, check: Check, order: Sequence[int],
-                 decided: Callable[[Sweep], bool], first: int = 1, growth: int = 4) -> Sweep:
-        """Units ablated alone in ``order``, in chunks of growing size (``first``, then
-        ``growth`` times as many, ...), until ``decided`` says the outcome is fixed or
-        every unit ran.
+                 decided: Callable[[Sweep], bool], first: int = 1) -> Sweep:
+        """Units ablated alone in ``order``: the first ``first`` of them, then, unless
+        ``decided`` says the outcome is fixed, all the others in one sweep.
 
-        One unit first: it often decides alone (the most damaging unit meets an
-        ``any_unit`` bound, or breaks an ``every_unit`` one). Growing by 4 rather than 2
-        keeps a layer that needs every unit to a few scans (each pays one prefix pass).
-        The chunks depend only on ``order``, so two checks of one layer that order its
-        units alike share every chunk through the caches.
+        The first chunk holds the units most likely to decide (``first`` is what the
+        constraint needs: an ``any_unit`` check's ``at_least``). When they do not decide,
+        the outcome needs every unit and the rest costs one scan (each scan pays its
+        calibration and, without a kept prefix, one prefix pass), not a series of growing
+        chunks. Two checks that order a layer alike share both chunks through the caches.
 
         The result holds only the units evaluated, in ``order``, and does not depend on
         what ran before: a full sweep already made is read chunk by chunk, so the stopping
@@ -262,7 +262,7 @@ class Sweeps:
                 if series is not None:  # decided early: the series ends (its last line)
                     series(layer_units.count * n, None)
                 return merged
-            start, size = start + size, size * growth
+            start, size = start + size, len(order)
         return merge(parts)
 
 

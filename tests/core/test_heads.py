@@ -225,34 +225,43 @@ def test_torchvision_vit_heads_equal_weight_surgery() -> None:
 
 def test_head_scans_run_the_network_before_the_attention_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Heads of a later block go through the split (one suffix pass per head) with the
-    naive loop's predictions; the first block's heads, with almost nothing before them,
-    go to the naive loop, which says why. (The split also steps aside when the first
-    batch measures it slower than the naive loop: a clock decision that a loaded machine
-    can flip, so it is held to "not slower" here; the structural refusal is not timed.)"""
+    """Heads of every block, the first included, are ablated from the output projection
+    on: the network up to the attention's output runs once per batch (counted at the
+    patch embedding), and the predictions are the naive loop's. (The engine also steps
+    aside when the first batch measures it slower than the naive loop: a clock decision
+    that a loaded machine can flip, so it is switched off here.)"""
     from torchvision.models import VisionTransformer
 
-    import pytest_unitablate.core.scan.heads as heads_engine
+    import pytest_unitablate.core.scan.suffix as suffix_engine
     from pytest_unitablate import scan
 
-    monkeypatch.setattr(heads_engine, "slower_than_naive", lambda *args: False)
+    monkeypatch.setattr(suffix_engine, "slower_than_naive", lambda *args: False)
 
     torch.manual_seed(6)
     vit = VisionTransformer(image_size=16, patch_size=4, num_layers=3, num_heads=4,
                             hidden_dim=32, mlp_dim=64, num_classes=10).eval()
     torch.nn.init.normal_(vit.heads.head.weight)  # torchvision starts it at zero
-    x = torch.randn(40, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    x = torch.randn(44, 3, 16, 16, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         y = vit(x).argmax(1)
-    data = [(x[:24], y[:24]), (x[24:], y[24:])]
-    late = "encoder.layers.encoder_layer_2.self_attention"
-    for ablation in ("zero", "mean"):
-        split = scan(vit, data, late, unit="head", ablation=ablation, progress=False)
-        naive = scan(vit, data, late, unit="head", ablation=ablation, method="naive",
-                     progress=False)
-        assert split.method == "prefix" and "1 head per suffix pass" in split.plan
-        assert np.array_equal(split.predictions, naive.predictions)
-        assert not np.array_equal(split.predictions[0], y.numpy())  # a head mattered
-    first = scan(vit, data, "encoder.layers.encoder_layer_0.self_attention", unit="head",
-                 progress=False)
-    assert first.method == "naive" and "running it once would save little" in first.reason
+    data = [(x[:24], y[:24]), (x[24:], y[24:])]  # batches of 24 and 20
+    sizes: list[int] = []
+    vit.conv_proj.register_forward_hook(lambda m, a, out: sizes.append(int(out.shape[0])))
+    for block in range(3):
+        layer = f"encoder.layers.encoder_layer_{block}.self_attention"
+        means = {layer: head_means(vit, data, layer)}  # its own pass over the data
+        for ablation in ("zero", "mean", 0.5):
+            units = [0, 1, 2, 3, (1, 3)]
+            naive = scan(vit, data, layer, unit="head", ablation=ablation, method="naive",
+                         units=units, progress=False, means=means)
+            sizes.clear()
+            split = scan(vit, data, layer, unit="head", ablation=ablation, units=units,
+                         progress=False, means=means)
+            assert split.method == "prefix", split.reason
+            assert split.plan.startswith("heads from the output projection on")
+            # whole batches went through the patch embedding once each (the checks
+            # against real ablated forwards take 16 examples, the layer's probe 2)
+            assert sorted(n for n in sizes if n > 16) == [20, 24], (block, ablation, sizes)
+            assert np.array_equal(split.predictions, naive.predictions)
+            assert np.allclose(split.logprobs, naive.logprobs, atol=1e-4)
+            assert not np.array_equal(split.predictions[0], y.numpy())  # a head mattered

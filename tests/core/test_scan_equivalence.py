@@ -178,7 +178,7 @@ def test_method_choice_and_refusals() -> None:
     assert scan(model, (x, y), "tail").method == "closed_form"
     # a fixed chunk_size: no timing decides between the prefix engine and the naive loop
     assert scan(model, (x, y), "blocks.0", chunk_size=4).method == "prefix"
-    with pytest.raises(ConfigError, match="not GAP -> flatten -> Linear"):
+    with pytest.raises(ConfigError, match="not per-channel operations"):
         scan(model, (x, y), "blocks.0", method="closed_form")
     assert scan(model, (x, y), "blocks.0", method="naive").method == "naive"
 
@@ -213,7 +213,9 @@ def test_frame_columns_and_values() -> None:
     x, y = torch.randn(12, 1, 6, 6), torch.arange(12) % 5
     result = scan(model, (x, y), "blocks")
     frame = result.frame
-    assert list(frame.columns) == ["unit", "target", "n", "baseline", "ablated", "drop"]
+    assert list(frame.columns) == ["unit", "target", "n", "baseline", "ablated", "drop",
+                                   "baseline_logprob", "ablated_logprob", "logprob_drop"]
+    assert frame.equals(result.to_pandas())
     overall = frame[frame.target == "overall"]
     assert list(overall.unit) == [0, 1, 2]
     for _, row in overall.iterrows():
@@ -221,6 +223,20 @@ def test_frame_columns_and_values() -> None:
         assert row.ablated == pytest.approx(acc)
         assert row["drop"] == pytest.approx(row["baseline"] - acc)
     assert set(frame[frame.target != "overall"].n) <= {2, 3}
+    # the log-prob columns against an independent forward per unit, class by class
+    with torch.no_grad():
+        before = torch.log_softmax(model(x), 1)[torch.arange(12), y]
+        for unit in range(3):
+            with ablate(model, {"blocks": [unit]}):
+                after = torch.log_softmax(model(x), 1)[torch.arange(12), y]
+            for target in ["overall", *range(5)]:
+                mask = torch.ones(12, dtype=torch.bool) if target == "overall" else y == target
+                (row,) = frame[(frame.unit == unit) & (frame.target == target)].itertuples()
+                assert row.baseline_logprob == pytest.approx(float(before[mask].mean()),
+                                                             abs=1e-5)
+                assert row.ablated_logprob == pytest.approx(float(after[mask].mean()), abs=1e-5)
+                assert row.logprob_drop == pytest.approx(
+                    float((before[mask] - after[mask]).mean()), abs=1e-5)
 
 
 @pytest.mark.parametrize("layer", ["blocks", "blocks.0.conv"])

@@ -1,4 +1,5 @@
-"""Layer-wide checks stop once their outcome is decided, with the outcome a full sweep gives.
+"""``any_unit`` checks stop once their outcome is decided, with the outcome a full sweep
+gives; ``every_unit`` checks, whose passing outcome needs every unit, sweep the layer.
 
 The wide model: ``hidden`` has 32 units; unit 8k+5 alone carries class k to the logits (the
 others reach no logit), and the head's bias makes class three win whenever its carrier is
@@ -50,12 +51,12 @@ checks:
   - layer: hidden
     any_unit:
       expect:
-        two: {min_drop: 90%}        # unit 21: decided by the first chunk
+        two: {min_drop: 90%}        # unit 21: decided by the first unit tried
         three: {min_drop: 50%}      # no unit: needs every unit to fail
   - layer: hidden
     every_unit:
       expect:
-        overall: {max_drop: 10%}    # units 5, 13, 21 break it: decided by the first chunk
+        overall: {max_drop: 10%}    # units 5, 13, 21 break it: the worst of all decides
         one: {max_drop: 100%}       # every unit passes: needs every unit
 """
 
@@ -76,25 +77,25 @@ def test_layer_wide_checks_stop_once_decided_with_the_full_sweeps_outcomes(
     assert {k: v["outcome"] for k, v in early.items()} == \
         {k: v["outcome"] for k, v in full.items()}
     evaluated = {k: v["units_evaluated"] for k, v in early.items()}
-    # chunks of 1, 4, 16, ... units: one unit decides the first two
+    # any_unit: the first unit tried decides a pass, a failure needs the rest (one more
+    # sweep); every_unit sweeps the whole layer at once
     assert evaluated == {"hidden-any-two-min_drop": 1, "hidden-any-three-min_drop": 32,
-                         "hidden-every-overall-max_drop": 1, "hidden-every-one-max_drop": 32}
+                         "hidden-every-overall-max_drop": 32, "hidden-every-one-max_drop": 32}
     assert all(v["units_evaluated"] == v["units_total"] == 32 for v in full.values())
     assert early["hidden-any-two-min_drop"]["deciding_units"] == [21]
-    # the early stop names the unit that decided it (21, the first tried: it breaks the
-    # bound alone); the full sweep names the worst of all 32, unit 13 (class one's carrier:
-    # 10 of 40 examples)
-    assert early["hidden-every-overall-max_drop"]["deciding_units"] == [21]
+    # every_unit names the worst of all 32 units, unit 13 (class one's carrier: 10 of 40
+    # examples), as the full sweep does
+    assert early["hidden-every-overall-max_drop"]["deciding_units"] == [13]
     assert full["hidden-every-overall-max_drop"]["deciding_units"] == [13]
 
 
-def test_the_failure_text_says_it_stopped_early(tiny: pytest.Pytester) -> None:
+def test_an_every_unit_failure_names_every_unit_that_misses_it(tiny: pytest.Pytester) -> None:
     tiny.makepyfile(wide=WIDE)
     spec(tiny, BODY, head=HEAD)
     result = tiny.runpytest("--unitablate-spec", "spec.yaml", "-k", "every-overall")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*stopped early: the outcome was decided after 1 of 32 units,"
-                                 " tried in order of a first-order estimate*"])
+    result.stdout.fnmatch_lines(["*deciding unit: 13", "  3 of 32 units miss it: [[]5, 13, 21[]]"])
+    result.stdout.no_fnmatch_line("*stopped early*")
 
 
 def test_record_mode_sweeps_every_unit(tiny: pytest.Pytester) -> None:
@@ -141,4 +142,4 @@ def test_where_a_check_stops_does_not_depend_on_what_ran_before(tiny: pytest.Pyt
     result.assert_outcomes(passed=3, failed=2)
     items = {i["id"]: i for i in json.loads((tiny.path / "r.json").read_text())["items"]}
     assert items["hidden-any-two-min_drop"]["units_evaluated"] == 1
-    assert items["hidden-every-overall-max_drop"]["units_evaluated"] == 1
+    assert items["hidden-every-overall-max_drop"]["units_evaluated"] == 32

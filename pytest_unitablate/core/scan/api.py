@@ -2,11 +2,13 @@
 
 Engines, chosen automatically (``method="auto"``) and reported in ``ScanResult.method``:
 
-* ``closed_form``: when everything after the layer is global average pooling, flatten,
-  (eval) dropout and one ``nn.Linear`` — the network's suffix is affine in the layer's
-  output — a single-unit ablation changes the logits by exactly
-  ``-W[:, u] * (pooled_u - r_u)``. One forward per batch serves every unit. The engine is
-  verified against real ablated forwards on the first batch and refused if they disagree.
+* ``closed_form``: when everything after the layer is a chain of per-channel operations
+  (elementwise activations such as ReLU or GELU, eval-mode batch norm, dropout, average or
+  max pooling), flatten and one ``nn.Linear``, an ablated channel is a constant map that
+  the chain turns into known features ``g_u``, and the logits change by exactly
+  ``-W[:, u] @ (f_u - g_u)`` (``f_u``: the channel's features in front of the Linear).
+  One forward per batch serves every unit. The engine is verified against real ablated
+  forwards on the first batch and refused if they disagree.
 * ``prefix``: the network is split with ``torch.fx`` at the layer. The prefix (everything
   the layer's output and the rest of the network need from before it, residual branches
   included) runs once per batch; the suffix runs on ``chunk_size`` ablated copies of the
@@ -18,7 +20,8 @@ Engines, chosen automatically (``method="auto"``) and reported in ``ScanResult.m
 Example::
 
     result = scan(model, loader, "layer4")
-    result.frame          # tidy DataFrame: unit, target, n, baseline, ablated, drop
+    result.frame          # tidy DataFrame: unit, target, n, baseline, ablated, drop,
+                          # and the same in log-probability of the true class (nats)
     result.predictions    # (n_units, n_examples) predicted classes
 """
 
@@ -51,12 +54,13 @@ from pytest_unitablate.core.layers import (
     unit_indices,
 )
 from pytest_unitablate.core.layout import unit_dim_of
-from pytest_unitablate.core.scan.closed_form import affine_head, scan_closed_form
+from pytest_unitablate.core.scan.closed_form import closed_form_head, scan_closed_form
 from pytest_unitablate.core.scan.collect import EngineOutput
+from pytest_unitablate.core.scan.head_copies import head_projection
 from pytest_unitablate.core.scan.heads import scan_heads, split_for_heads
 from pytest_unitablate.core.scan.memory import DEFAULT_MEMORY_BUDGET
 from pytest_unitablate.core.scan.prefix import PrefixCache, StalePrefix
-from pytest_unitablate.core.scan.split import split_at
+from pytest_unitablate.core.scan.split import remembered, split_at
 from pytest_unitablate.core.scan.suffix import scan_prefix
 from pytest_unitablate.core.tokens import TokenBatch
 from pytest_unitablate.errors import ConfigError, optional_import
@@ -129,8 +133,25 @@ class ScanResult:
 
     @property
     def frame(self) -> pd.DataFrame:
-        """One row per (unit, target): unit, target (class index or "overall"), n,
-        baseline, ablated, drop (fractions). Needs pandas (the ``scan`` extra)."""
+        """One row per (unit, target): ``unit``, ``target`` (class index or
+        ``"overall"``), ``n``, ``baseline``, ``ablated``, ``drop`` (accuracy, fractions),
+        then ``baseline_logprob``, ``ablated_logprob`` and ``logprob_drop``: the mean
+        log-probability of the true class over the target's examples before and after,
+        and their difference (nats; what ``min_logprob_drop`` and ``max_logprob_drop``
+        judge). Needs pandas (the ``scan`` extra).
+
+        >>> import torch
+        >>> from torch import nn
+        >>> torch.manual_seed(0) and None
+        >>> model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+        >>> x, y = torch.randn(30, 4), torch.arange(30) % 3
+        >>> frame = scan(model, (x, y), "1", progress=False).frame
+        >>> list(frame.columns)  # doctest: +NORMALIZE_WHITESPACE
+        ['unit', 'target', 'n', 'baseline', 'ablated', 'drop', 'baseline_logprob',
+         'ablated_logprob', 'logprob_drop']
+        >>> len(frame)  # 6 units x (overall + 3 classes)
+        24
+        """
         pd = optional_import("pandas", "scan", "ScanResult.frame")
 
         base = self.baseline
@@ -138,21 +159,29 @@ class ScanResult:
         counts = base.class_counts
         rows: list[dict[str, Any]] = []
         correct = self.correct
+        base_lp = np.asarray(base.true_logprob, dtype=np.float64)
+        labels = self.labels
+        masks = [("overall", np.ones(len(labels), dtype=bool))] + [
+            (k, labels == k) for k in range(classes) if counts[k]]
         for i, unit in enumerate(self.units):
-            acc = float(correct[i].mean())
-            rows.append({"unit": unit, "target": "overall", "n": base.n,
-                         "baseline": base.accuracy, "ablated": acc,
-                         "drop": base.accuracy - acc})
-            hits = np.bincount(self.labels[correct[i]], minlength=classes)
-            for k in range(classes):
-                if counts[k] == 0:
-                    continue
-                ab = float(hits[k] / counts[k])
-                b = float(base.class_accuracy[k])
-                rows.append({"unit": unit, "target": k, "n": int(counts[k]), "baseline": b,
-                             "ablated": ab, "drop": b - ab})
+            after_lp = np.asarray(self.logprobs[i], dtype=np.float64) \
+                if self.logprobs is not None else None
+            for target, mask in masks:
+                b = base.accuracy if target == "overall" else float(base.class_accuracy[target])
+                ab = float(correct[i][mask].mean())
+                blp = float(base_lp[mask].mean())
+                alp = float(after_lp[mask].mean()) if after_lp is not None else float("nan")
+                rows.append({"unit": unit, "target": target, "n": int(mask.sum()),
+                             "baseline": b, "ablated": ab, "drop": b - ab,
+                             "baseline_logprob": blp, "ablated_logprob": alp,
+                             "logprob_drop": blp - alp})
         return pd.DataFrame(rows, columns=["unit", "target", "n", "baseline", "ablated",
-                                           "drop"])
+                                           "drop", "baseline_logprob", "ablated_logprob",
+                                           "logprob_drop"])
+
+    def to_pandas(self) -> pd.DataFrame:
+        """:attr:`frame` (the name pandas-producing APIs often use)."""
+        return self.frame
 
 
 def scan(
@@ -283,9 +312,27 @@ def scan(
             reason = "resample: each example takes other examples' values (the naive loop)"
             method = "naive"
         if unit == "head" and method != "naive":
-            if method == "auto":
-                split, why = split_for_heads(model, layer) if prefix_cache is None else \
-                    prefix_cache.split(model, layer, split_for_heads)
+            projection = head_projection(model, layer, num_heads) if method == "auto" \
+                else None
+            if projection is not None:  # from the output projection on
+                split, why = remembered(model, layer, split_at) if prefix_cache is None else \
+                    prefix_cache.split(model, layer)
+                if split is not None:
+                    tick.restart()
+                    after = scan_prefix(model, split, data, layer, variants, ablation, means,
+                                        target, batch_size, chunk_size, -1, output,
+                                        memory_budget=budget, progress=tick,
+                                        allow_naive=chunk_size is None, heads=projection)
+                    if not isinstance(after, str):
+                        after.plan = (f"heads from the output projection on (the network "
+                                      f"before it once per batch): {after.plan}")
+                        return result(after, "prefix")
+                    why = after
+                reason = f"heads: {why}"
+            elif method == "auto":
+                split, why = remembered(model, layer, split_for_heads) \
+                    if prefix_cache is None else prefix_cache.split(model, layer,
+                                                                    split_for_heads)
                 if split is not None:
                     tick.restart()
                     by_heads = scan_heads(model, split, data, layer, variants, ablation, means,
@@ -309,9 +356,10 @@ def scan(
             if channel_dim != 1 or len(info.shape) != 4:
                 reason = "closed form needs a 4-D N,C,H,W layer with channel_dim 1"
             else:
-                head = affine_head(model, layer)
+                head = remembered(model, layer, closed_form_head)
                 if head is None:
-                    reason = "the network after the layer is not GAP -> flatten -> Linear"
+                    reason = ("the network after the layer is not per-channel operations "
+                              "(activations, pooling) -> flatten -> Linear")
             if head is None and method == "closed_form":
                 raise ConfigError(f"scan(method='closed_form') refused for {layer!r}: {reason}")
         if head is not None:
@@ -323,7 +371,7 @@ def scan(
             if method == "closed_form":
                 raise ConfigError(f"scan(method='closed_form') refused for {layer!r}: {reason}")
         if method in ("auto", "prefix"):
-            split, why = split_at(model, layer) if prefix_cache is None else \
+            split, why = remembered(model, layer, split_at) if prefix_cache is None else \
                 prefix_cache.split(model, layer)
             if split is not None:
                 found: EngineOutput | str | None = None

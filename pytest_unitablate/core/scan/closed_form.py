@@ -1,24 +1,30 @@
 """The closed-form engine: exact single-unit ablations with one forward per batch.
 
-When everything after the layer is global average pooling, flatten, (eval) dropout and one
-``nn.Linear``, the network's suffix is affine in the layer's output, and ablating unit u
-changes the logits by exactly ``-W[:, u] * (pooled_u - r_u)``. Verified against real
-ablated forwards on the first batch.
+When everything after the layer is a chain of per-channel operations (elementwise
+activations such as ReLU or GELU, eval-mode batch norm, dropout, average or max pooling),
+then flatten and one ``nn.Linear``, a channel the ablation sets to a constant ``r_c``
+stays a constant map through the chain: its features in front of the Linear are the
+chain applied to that constant, ``g_c`` (ReLU and GELU map 0 to 0; a mean maps to its
+activation). The logits then change by exactly ``-W[:, c] @ (f_c - g_c)``, where ``f_c``
+are the channel's features on the example, so one forward per batch serves every unit.
+Verified against real ablated forwards on the first batch.
 
 Example::
 
-    head = affine_head(model, "layer4")        # the final Linear, or None
-    out = scan_closed_form(model, loader, "layer4", (0, 1), "zero", None, head,
+    head = closed_form_head(model, "conv5")     # conv5 -> ReLU -> GAP -> fc, or None
+    out = scan_closed_form(model, loader, "conv5", ((0,), (1,)), "zero", None, head,
                            torch.device("cpu"), 256)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
 
 from pytest_unitablate.core.ablation import ablate
 from pytest_unitablate.core.data import iter_batches
@@ -28,144 +34,207 @@ from pytest_unitablate.core.scan.collect import Collector, replacement_values
 from pytest_unitablate.core.scan.split import trace_keeping
 from pytest_unitablate.core.tokens import call_model
 
+#: Modules that act on each channel alone (elementwise, or pooling within a channel).
+PER_CHANNEL_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.GELU, nn.SiLU, nn.Mish, nn.ELU, nn.CELU,
+    nn.SELU, nn.Tanh, nn.Sigmoid, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus,
+    nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity, nn.AdaptiveAvgPool2d,
+    nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
+)
+# (not F.dropout: torch.fx records its ``training`` flag as it was when traced)
+_PER_CHANNEL_FUNCTIONS = (
+    torch.relu, F.relu, F.relu6, F.gelu, F.silu, F.mish, F.elu, F.leaky_relu, F.hardswish,
+    torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, F.adaptive_avg_pool2d,
+    F.avg_pool2d, F.max_pool2d, F.adaptive_max_pool2d, torch.flatten, torch.mean,
+)
+_PER_CHANNEL_METHODS = ("relu", "sigmoid", "tanh", "flatten", "view", "reshape", "mean",
+                        "contiguous")
 
-def affine_head(model: nn.Module, layer: str) -> nn.Linear | None:
-    """The final Linear if everything after ``layer`` is GAP -> flatten -> dropout -> Linear.
 
-    Detected with torch.fx; ``None`` when the model cannot be traced or the suffix is not
-    of that form.
+@dataclass
+class ClosedFormHead:
+    """The final ``linear`` and the per-channel ``chain`` from the layer's output to its
+    input (``chain(out)`` gives the Linear's input features, channel-major)."""
+
+    linear: nn.Linear
+    chain: fx.GraphModule
+
+
+def _per_channel(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        mod = modules.get(str(node.target))
+        if isinstance(mod, nn.PReLU) and mod.num_parameters != 1:
+            return False  # per-channel slopes are fine too, but rare: keep the rule simple
+        return isinstance(mod, PER_CHANNEL_MODULES)
+    if node.op == "call_function":
+        return any(node.target is f for f in _PER_CHANNEL_FUNCTIONS)
+    return node.op == "call_method" and node.target in _PER_CHANNEL_METHODS
+
+
+def closed_form_head(model: nn.Module, layer: str) -> ClosedFormHead | None:
+    """The closed form's parts when everything after ``layer`` is a single chain of
+    per-channel operations, flatten and one ``nn.Linear`` whose output is the model's
+    output; ``None`` otherwise (or when torch.fx cannot trace the model).
+
+    The chain's form is what makes the result exact; the engine still checks it against
+    real ablated forwards on the first batch.
     """
-
     try:
-        graph = trace_keeping(model, layer).graph
+        traced = trace_keeping(model, layer)
     except Exception:
         return None
-    modules = dict(model.named_modules())
+    graph = traced.graph
+    modules = dict(traced.named_modules())
     nodes = list(graph.nodes)
-    start = next((i for i, n in enumerate(nodes)
-                  if n.op == "call_module" and n.target == layer), None)
+    start = next((n for n in nodes if n.op == "call_module" and n.target == layer), None)
     if start is None:
         return None
-    current = nodes[start]
-    linear: nn.Linear | None = None
-    pooled = False
-    for node in nodes[start + 1:]:
-        if node.op == "output":
-            args = node.args[0]
-            return linear if (args is current and linear is not None and pooled) else None
-        if current not in node.all_input_nodes:
-            if any(current is a for a in node.all_input_nodes):
+    chain: list[fx.Node] = []
+    current = start
+    while True:
+        users = list(current.users)
+        if len(users) != 1:
+            return None  # the layer's value must flow through one chain
+        node = users[0]
+        if node.op == "call_module" and isinstance(modules.get(str(node.target)), nn.Linear):
+            linear = modules[str(node.target)]
+            assert isinstance(linear, nn.Linear)
+            if node.all_input_nodes != [current] or len(node.users) != 1:
                 return None
-            continue
-        if len(node.users) == 0:
+            out = next(iter(node.users))
+            if out.op != "output" or out.args[0] is not node:
+                return None
+            break
+        if not _per_channel(node, modules) or node.all_input_nodes != [current]:
             return None
-        mod = modules.get(str(node.target)) if node.op == "call_module" else None
-        if isinstance(mod, nn.AdaptiveAvgPool2d) and mod.output_size in (1, (1, 1)):
-            pooled = True
-        elif isinstance(mod, (nn.Flatten, nn.Dropout, nn.Identity)) or (
-            node.op == "call_function" and node.target is torch.flatten
-        ) or (node.op == "call_method" and node.target in ("flatten", "view", "reshape")):
-            pass
-        elif node.op == "call_function" and node.target is torch.mean and pooled is False:
-            pooled = True
-        elif isinstance(mod, nn.Linear) and linear is None and pooled:
-            linear = mod
-        else:
-            return None
-        # the layer's value must flow through a single chain
-        if sum(1 for n in nodes if current in n.all_input_nodes) != 1:
-            return None
+        chain.append(node)
         current = node
-    return None
+    piece = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {start: piece.placeholder("layer_out")}
+    for node in chain:
+        env[node] = piece.node_copy(node, lambda n: env[n])
+    piece.output(env[current])
+    gm = fx.GraphModule(traced, piece)
+    return ClosedFormHead(linear, gm)
 
 
 def _shifted(logits: torch.Tensor, diff: torch.Tensor, weight: torch.Tensor,
              variant: Sequence[int]) -> torch.Tensor:
-    """Logits with the units of ``variant`` ablated: ``logits - sum_u (p_u - r_u) W[:, u]``
-    (``diff`` holds ``p - r`` per example and channel)."""
+    """Logits with the channels of ``variant`` ablated: ``logits - sum_c W_c @ (f_c - g_c)``
+    (``diff``: ``f - g`` per example, channel and pooled position, ``(N, C, S)``;
+    ``weight``: ``(classes, C, S)``)."""
     idx = torch.as_tensor(list(variant), device=diff.device)
-    return logits - diff[:, idx] @ weight[:, idx].T
+    return logits - diff[:, idx].flatten(1) @ weight[:, idx].flatten(1).T
 
 
-def _closed_form_batch(logits: torch.Tensor, pooled: torch.Tensor, weight: torch.Tensor,
-                       repl: torch.Tensor, variants: Sequence[Sequence[int]], labels: torch.Tensor
+#: Elements of the ``(units, batch, classes)`` logit block the engine makes at once.
+_BLOCK = 1 << 24
+
+
+def _closed_form_batch(logits: torch.Tensor, diff: torch.Tensor, weight: torch.Tensor,
+                       variants: Sequence[Sequence[int]], labels: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predictions and log p(true) ``(n_variants, batch)`` from the exact logit shifts."""
-    if all(len(v) == 1 for v in variants):  # one unit per row: all rows in one product
-        idx = torch.as_tensor([v[0] for v in variants], device=pooled.device)
-        # delta[u, n, :] = -W[:, u] * (pooled[n, u] - r_u)
-        diff = pooled[:, idx] - repl[idx][None, :]  # (batch, U)
-        shifted = logits[None, :, :] - diff.T[:, :, None] * weight[:, idx].T[:, None, :]
-    else:
-        diff = pooled - repl[None, :]
-        shifted = torch.stack([_shifted(logits, diff, weight, v) for v in variants])
-    k, batch, width = shifted.shape
-    lp = true_logprob(shifted.reshape(k * batch, width), labels).view(k, batch)
-    return shifted.argmax(dim=2), lp
+    batch, width = logits.shape
+    preds, lps = [], []
+    step = max(1, _BLOCK // max(1, batch * width))
+    for at in range(0, len(variants), step):
+        part = variants[at:at + step]
+        if all(len(v) == 1 for v in part):  # one unit per row: the rows in one product
+            idx = torch.as_tensor([v[0] for v in part], device=diff.device)
+            # shifted[u, n, k] = logits[n, k] - sum_s diff[n, u, s] * W[k, u, s]
+            shifted = logits[None] - torch.einsum("nus,kus->unk", diff[:, idx],
+                                                  weight[:, idx])
+        else:
+            shifted = torch.stack([_shifted(logits, diff, weight, v) for v in part])
+        k = shifted.shape[0]
+        preds.append(shifted.argmax(dim=2))
+        lps.append(true_logprob(shifted.reshape(k * batch, width), labels).view(k, batch))
+    return torch.cat(preds), torch.cat(lps)
 
 
 def scan_closed_form(model: nn.Module, data: Any, layer: str,
                      variants: tuple[tuple[int, ...], ...],
                      ablation: str | float, means: dict[str, torch.Tensor] | None,
-                     head: nn.Linear, device: torch.device, batch_size: int,
+                     head: ClosedFormHead, device: torch.device, batch_size: int,
                      output: int | str | None = None,
                      progress: Callable[[int], None] | None = None) -> Any:
     """Predictions of every row of ``variants`` (each a tuple of units ablated together),
     or ``None`` when the closed form does not match a real ablated forward."""
     module = resolve_layer(model, layer)
-    captured: list[torch.Tensor] = []
-    calls = [0]
+    shapes: list[torch.Size] = []
+    features: list[torch.Tensor] = []
 
     def hook(m: nn.Module, a: Any, out: torch.Tensor) -> None:
-        calls[0] += 1
-        captured.append(out.mean(dim=(2, 3)))
+        shapes.append(out.shape)
 
-    weight = head.weight.detach()
+    def pre(m: nn.Module, a: Any) -> None:
+        features.append(a[0])
+
+    weight = head.linear.weight.detach()
     collector = Collector(output)
     out: list[torch.Tensor] = []
     out_lp: list[torch.Tensor] = []
+    constant: dict[tuple[Any, ...], torch.Tensor] = {}
     verified = False
-    handle = module.register_forward_hook(hook)
+    handles = [module.register_forward_hook(hook),
+               head.linear.register_forward_pre_hook(pre)]
     try:
         with eval_mode(model):
             for index, (inputs, labels) in enumerate(
                 iter_batches(data, batch_size=batch_size, device=device,
                              digest=collector.digest)
             ):
-                captured.clear()
-                calls[0] = 0
+                shapes.clear()
+                features.clear()
                 logits = collector.add(index, call_model(model, inputs), labels)
-                require_single_call(model, layer, calls[0])
-                pooled = captured[0].to(logits.dtype)
-                repl = replacement_values(ablation, means, layer, pooled, 1)
-                preds, lps = _closed_form_batch(logits, pooled, weight, repl, variants,
-                                                labels)
+                require_single_call(model, layer, len(shapes))
+                shape = shapes[0]
+                channels = shape[1]
+                feats = features[0].to(logits.dtype)
+                if feats.dim() != 2 or feats.shape[1] % channels:
+                    return None  # the Linear's input is not per-channel features
+                positions = feats.shape[1] // channels
+                key = (tuple(shape[1:]), feats.dtype)
+                if key not in constant:
+                    repl = replacement_values(ablation, means, layer,
+                                              feats.new_zeros(1, channels), 1)
+                    filled = repl.view(1, channels, *([1] * (len(shape) - 2))).expand(
+                        1, *shape[1:]).contiguous()
+                    constant[key] = head.chain(filled).to(feats.dtype).reshape(
+                        channels, positions)
+                diff = feats.reshape(-1, channels, positions) - constant[key][None]
+                w3 = weight.to(feats.dtype).view(weight.shape[0], channels, positions)
+                preds, lps = _closed_form_batch(logits, diff, w3, variants, labels)
                 if not verified:
-                    handle.remove()
-                    if not _verify(model, layer, inputs, logits, pooled, weight, repl,
-                                   variants, ablation, means):
+                    for handle in handles:
+                        handle.remove()
+                    handles = []
+                    if not _verify(model, layer, inputs, logits, diff, w3, variants,
+                                   ablation, means):
                         return None
                     verified = True
-                    handle = module.register_forward_hook(hook)
+                    handles = [module.register_forward_hook(hook),
+                               head.linear.register_forward_pre_hook(pre)]
                 out.append(preds.cpu())
                 out_lp.append(lps.cpu())
                 if progress is not None:
                     progress(len(variants) * int(labels.shape[0]))
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     return collector.finish(out, out_lp)
 
 
 def _verify(model: nn.Module, layer: str, inputs: torch.Tensor, logits: torch.Tensor,
-            pooled: torch.Tensor, weight: torch.Tensor, repl: torch.Tensor,
+            diff: torch.Tensor, weight: torch.Tensor,
             variants: tuple[tuple[int, ...], ...], ablation: str | float,
             means: dict[str, torch.Tensor] | None) -> bool:
     """Compare the closed-form logits with real ablated forwards for the first and the
     last row."""
     few = min(inputs.shape[0], 16)  # a slice of the first batch is enough to catch a mismatch
-    diff = pooled[:few] - repl[None, :]
     for variant in dict.fromkeys((variants[0], variants[-1])):
-        predicted = _shifted(logits[:few], diff, weight, variant)
+        predicted = _shifted(logits[:few], diff[:few], weight, variant)
         with ablate(model, {layer: list(variant)}, ablation=ablation, means=means):
             real = call_model(model, inputs[:few])
         if not logits_agree(predicted, real):
@@ -173,4 +242,4 @@ def _verify(model: nn.Module, layer: str, inputs: torch.Tensor, logits: torch.Te
     return True
 
 
-__all__ = ["affine_head", "scan_closed_form"]
+__all__ = ["PER_CHANNEL_MODULES", "ClosedFormHead", "closed_form_head", "scan_closed_form"]

@@ -16,8 +16,10 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import fx, nn
@@ -109,6 +111,43 @@ def split_at(model: nn.Module, layer: str) -> tuple[Split | None, str]:
     return Split(prefix, suffix, len(extras)), ""
 
 
+T = TypeVar("T")
+
+_SPLITS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str], Any]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _structure(model: nn.Module) -> tuple[Any, ...]:
+    """What a split depends on besides the code: which module and tensor sits where."""
+    return (tuple((name, id(m)) for name, m in model.named_modules()),
+            tuple(id(t) for t in model.parameters()), tuple(id(t) for t in model.buffers()))
+
+
+def remembered(model: nn.Module, layer: str, how: Callable[[nn.Module, str], T]) -> T:
+    """``how(model, layer)`` (a split of the network, or the closed form's parts: what
+    tracing finds), computed once per model, layer and ``how`` while the model's modules
+    and tensors stay the same objects: a later ``scan()`` of the layer does not trace it
+    again.
+
+    >>> calls = []
+    >>> def how(model, layer):
+    ...     calls.append(layer)
+    ...     return layer.upper()
+    >>> model = nn.Linear(2, 2)
+    >>> remembered(model, "x", how), remembered(model, "x", how), calls
+    ('X', 'X', ['x'])
+    """
+    try:
+        kept = _SPLITS.setdefault(model, {})
+    except TypeError:  # a model that cannot be weakly referenced: work it out every time
+        return how(model, layer)
+    key = (layer, f"{getattr(how, '__module__', '')}.{getattr(how, '__qualname__', how)}")
+    structure = _structure(model)
+    if key not in kept or kept[key][0] != structure:
+        kept[key] = (structure, how(model, layer))
+    return kept[key][1]  # type: ignore[no-any-return]
+
+
 @dataclass
 class LinearEntry:
     """The suffix starts with convolutions only: ``rest(*conv_outputs, *extras)``.
@@ -177,4 +216,5 @@ def entry_outputs(entry: LinearEntry, out: torch.Tensor, full: Sequence[torch.Te
     return results
 
 
-__all__ = ["LinearEntry", "Split", "entry_outputs", "linear_entry", "split_at", "trace_keeping"]
+__all__ = ["LinearEntry", "Split", "entry_outputs", "linear_entry", "remembered", "split_at",
+           "trace_keeping"]

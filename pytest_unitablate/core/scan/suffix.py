@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -36,6 +37,7 @@ from pytest_unitablate.core.scan.collect import (
     ablated_copies,
     replacement_values,
 )
+from pytest_unitablate.core.scan.head_copies import HeadProjection
 from pytest_unitablate.core.scan.memory import DEFAULT_MEMORY_BUDGET, graph_peak_bytes
 from pytest_unitablate.core.scan.plan import Calibration, Plan, limits, slower_than_naive
 from pytest_unitablate.core.scan.prefix import PrefixCache
@@ -58,11 +60,13 @@ def _rows(value: Any, rows: slice, batch: int) -> Any:
 class _Batch:
     """One batch through the prefix: suffix logits for ablated copies of some of its rows."""
 
-    def __init__(self, split: Split, entry: LinearEntry | None, out: torch.Tensor,
+    def __init__(self, split: Split, entry: LinearEntry | None, out: Any,
                  extras: Sequence[Any], repl: torch.Tensor, dim: int,
-                 output: int | str | None) -> None:
+                 output: int | str | None, heads: HeadProjection | None = None,
+                 z: torch.Tensor | None = None) -> None:
         self.split, self.entry, self.out, self.extras = split, entry, out, extras
         self.repl, self.dim, self.output = repl, dim, output
+        self.heads, self.z = heads, z
         # the entry convolutions of the unablated batch: computed once per batch
         self.full = [conv(out) for conv in entry.convs] if entry is not None else []
 
@@ -71,10 +75,17 @@ class _Batch:
         """The graph to run for ablated copies of ``rows`` (copy j: the units of
         ``chunk[j]`` ablated),
         and its arguments."""
-        batch = self.out.shape[0]
-        part = self.out[rows]
+        main = self.out if isinstance(self.out, torch.Tensor) else self.out[0]
+        batch = main.shape[0]
+        part = main[rows]
         repeated = [_repeat(_rows(e, rows, batch), len(chunk), part.shape[0])
                     for e in self.extras]
+        if self.heads is not None:  # heads: the projection's change added to its output
+            assert self.z is not None
+            out = part if isinstance(self.out, torch.Tensor) else \
+                type(self.out)(_rows(v, rows, batch) for v in self.out)
+            return self.split.suffix, [self.heads.copies(out, self.z[rows], chunk, self.repl),
+                                       *repeated]
         if self.entry is not None:
             entry = entry_outputs(self.entry, part, [f[rows] for f in self.full],
                                   [v[0] for v in chunk],
@@ -106,7 +117,8 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                 memory_budget: int = DEFAULT_MEMORY_BUDGET,
                 progress: Callable[[int], None] | None = None,
                 allow_naive: bool = False,
-                cache: PrefixCache | None = None) -> EngineOutput | str:
+                cache: PrefixCache | None = None,
+                heads: HeadProjection | None = None) -> EngineOutput | str:
     """Predictions ``(len(units), n_examples)`` (each element of ``units`` a tuple of units
     ablated together), or why the engine was refused: the split fails
     verification, or (with ``allow_naive``) it measured slower than the naive loop.
@@ -117,7 +129,12 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
     (:mod:`~pytest_unitablate.core.scan.prefix`) the prefix outputs and unablated logits
     of an earlier pass are reused (raising ``StalePrefix`` if the data no longer matches
     them), and this pass's are kept.
+
+    ``heads`` (:mod:`~pytest_unitablate.core.scan.head_copies`): the units are heads of
+    ``layer``, an attention layer the network is split after; the copies add each head's
+    change through the output projection (no ``cache``).
     """
+    assert heads is None or cache is None, "head scans keep no prefix outputs"
     kept = cache.get(model, data, layer, device, batch_size) if cache is not None else None
     recording = cache.recorder() if cache is not None and kept is None else None
     columns: list[torch.Tensor] = []
@@ -143,12 +160,15 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
         ):
             began = time.perf_counter()
             stored = kept.batch(index, inputs.shape[0]) if kept is not None else None
-            produced = split.prefix(inputs) if stored is None else stored
-            if not isinstance(produced[0], torch.Tensor):
+            with heads.capturing() if heads is not None else nullcontext():
+                produced = split.prefix(inputs) if stored is None else stored
+            if heads is None and not isinstance(produced[0], torch.Tensor):
                 return (f"the layer's output is a {type(produced[0]).__name__}, not one "
                         f"tensor (the naive loop ablates its first tensor)")
-            if produced[0].is_cuda:  # kernels run asynchronously: wait before timing
-                torch.cuda.synchronize(produced[0].device)
+            z = heads.heads_of(produced[0]) if heads is not None else None
+            main = produced[0] if z is None else z
+            if main.is_cuda:  # kernels run asynchronously: wait before timing
+                torch.cuda.synchronize(main.device)
             prefix_time = time.perf_counter() - began
             out, extras = produced[0], produced[1:]
             known = kept.logits[index] if kept is not None and stored is not None else None
@@ -175,11 +195,13 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                 recording.prefix_seconds, recording.whole_seconds = prefix_time, whole_time
             if index == 0:  # the naive loop is weighed with the first batch's times
                 first_prefix, first_whole = prefix_time, whole_time
-            dim = channel_dim if channel_dim >= 0 else out.dim() + channel_dim
-            repl = replacement_values(ablation, means, layer, out, dim)
-            batch = out.shape[0]
-            work = _Batch(split, entry if out.dim() == 4 else None, out, extras, repl, dim,
-                          output)
+            dim = channel_dim if channel_dim >= 0 else main.dim() + channel_dim
+            if z is not None:
+                dim = z.dim() - 1  # heads: replacement values per feature of their output
+            repl = replacement_values(ablation, means, layer, main, dim)
+            batch = main.shape[0]
+            work = _Batch(split, entry if main.dim() == 4 and z is None else None, out,
+                          extras, repl, dim, output, heads, z)
             if plan is None and calibration is None:
                 row_bytes = work.row_bytes(units[0])
                 examples, most = limits(batch, len(units), row_bytes, memory_budget)
@@ -225,7 +247,8 @@ def scan_prefix(model: nn.Module, split: Split, data: Any, layer: str,
                     took = time.perf_counter() - began
                     if verified < 2:  # the first two passes are checked against real ablations
                         if not _verify(model, inputs[rows], layer, chunk, logits, size,
-                                       ablation, means, channel_dim, output):
+                                       ablation, means, channel_dim, output,
+                                       None if heads is None else heads.site.num_heads):
                             return ("the split network did not match a real ablated forward "
                                     "on the first batch")
                         verified += 1
@@ -265,11 +288,14 @@ def _verify(model: nn.Module, inputs: torch.Tensor, layer: str,
             chunk: Sequence[tuple[int, ...]],
             logits: torch.Tensor, batch: int, ablation: str | float,
             means: dict[str, torch.Tensor] | None, channel_dim: int,
-            output: int | str | None = None) -> bool:
+            output: int | str | None = None, num_heads: int | None = None) -> bool:
+    """The logits of the first and last copies of ``chunk`` against real ablated forwards
+    (``num_heads``: the units are heads)."""
     few = min(batch, 16)  # a slice of the first batch is enough to catch a wrong split
     for j in sorted({0, len(chunk) - 1}):
         with ablate(model, {layer: list(chunk[j])}, ablation=ablation, means=means,
-                    channel_dim=channel_dim):
+                    channel_dim=channel_dim, unit="channel" if num_heads is None else "head",
+                    num_heads=num_heads):
             real = select_logits(call_model(model, inputs[:few]), output)
         if not logits_agree(logits[j * batch:j * batch + few], real):
             return False
