@@ -72,7 +72,6 @@ def row(job: str, ratio: float, bound: str, target: str, ok: bool, extra: str = 
 
 def vit_heads(repeats: int, copies: int) -> None:
     import numpy as np
-    import torch
 
     from pytest_unitablate import scan
     from pytest_unitablate.core.evaluation import eval_mode
@@ -92,7 +91,7 @@ def vit_heads(repeats: int, copies: int) -> None:
             kept = [split.prefix(b) for b, _ in data]
         heads = 4
 
-        def timed(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def timed(fn: Callable[[], Any], split: Any = split) -> Callable[[], Any]:
             def run() -> Any:
                 with eval_mode(model), eval_mode(split.prefix), eval_mode(split.suffix):
                     return fn()

@@ -18,48 +18,19 @@ Example::
 
 from __future__ import annotations
 
-import functools
-import math
-import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_unitablate.core.identity import dead_units
 from pytest_unitablate.core.layers import resolve_layer
 from pytest_unitablate.engine.results import Engine, ItemResult, Miss
 from pytest_unitablate.errors import ItemProblem
 from pytest_unitablate.spec.ids import ItemKey
 from pytest_unitablate.spec.model import Spec
-from pytest_unitablate.spec.rewrite import (
-    provenance_mismatches,
-    recorded_measurement,
-    rounded_threshold,
-)
-from pytest_unitablate.verdicts.calibration import (
-    Calibrated,
-    CalibrationFile,
-    CalibrationFileError,
-    Point,
-    calibrated_threshold,
-    calibration_path,
-    definition_of,
-    unguardable_reason,
-)
 from pytest_unitablate.verdicts.failure import (
     LOCATION,
-    FailureContext,
     dead_text,
-    disarmed_text,
-    failure_text,
-    forgotten_text,
-    missing_threshold_text,
-    no_match_text,
     problem_text,
-    unguardable_text,
     unsupportable_text,
-    warn_text,
-    weak_text,
 )
 from pytest_unitablate.verdicts.layerwide import (
     LayerVerdict,
@@ -73,68 +44,16 @@ from pytest_unitablate.verdicts.layerwide import (
 )
 from pytest_unitablate.verdicts.measure import (
     Measurement,
-    drop_text,
-    examples_needed,
     is_accuracy,
-    judge,
     metric_of,
     record_value,
-    vacuous_threshold,
-    weak_threshold,
-    writes,
 )
-from pytest_unitablate.verdicts.records import static_record
 
 if TYPE_CHECKING:
     from pytest_unitablate.engine.refs import Subject
-
-@functools.lru_cache(maxsize=64)
-def _spec_lines(path: str, mtime_ns: int) -> tuple[str, ...]:
-    try:
-        return tuple(Path(path).read_text(encoding="utf-8").splitlines())
-    except OSError:
-        return ()
-
-
-def spec_line(path: str, line: int) -> str:
-    """Line ``line`` (1-based) of the spec file ``path`` as it is on disk (empty when it
-    cannot be read): its end-of-line comment holds what was recorded."""
-    try:
-        lines = _spec_lines(path, os.stat(path).st_mtime_ns)
-    except OSError:
-        return ""
-    return lines[line - 1] if 0 < line <= len(lines) else ""
-
-
-def weights_text(record: dict[str, Any]) -> str:
-    """The weights an item tested, as a failure names them: ``sha256 1a2b3c4d5e6f7a8b
-    (checkpoints/candidate.pt)``; empty when they were not hashed.
-
-    >>> weights_text({"weights_sha256": "1a2b", "checkpoint": "c.pt"}), weights_text({})
-    ('sha256 1a2b (c.pt)', '')
-    """
-    sha = record.get("weights_sha256")
-    if not sha:
-        return ""
-    where = f" ({record['checkpoint']})" if record.get("checkpoint") else ""
-    return f"sha256 {sha}{where}"
-
-
-def next_step(message: str, status: str) -> str | None:
-    """What a failure says to do, for the report and the review page: its last line (the
-    command that re-records the threshold, or what to look at); for a problem, fixing the
-    spec line it names.
-
-    >>> next_step("headline\\n  details\\n  To re-record: pytest --x", "failed")
-    'To re-record: pytest --x'
-    >>> next_step("s.yaml:4: no layer 'conv9' in the model", "error")
-    'fix the spec at s.yaml:4'
-    """
-    if status == "error":
-        found = next((m for m in map(LOCATION.match, message.splitlines()) if m), None)
-        return f"fix the spec at {found.group(0).rstrip(': ')}" if found else None
-    last = message.rstrip().rsplit("\n", 1)[-1].strip()
-    return last or None
+from pytest_unitablate.engine.item_identity import ItemIdentity
+from pytest_unitablate.engine.item_state import next_step, spec_line, weights_text
+from pytest_unitablate.engine.item_verdict import ItemVerdict
 
 
 def judge_item(engine: Engine, spec: Spec, subject: Subject, key: ItemKey) -> ItemResult:
@@ -159,36 +78,9 @@ def judge_item(engine: Engine, spec: Spec, subject: Subject, key: ItemKey) -> It
     return run.result
 
 
-class _ItemRun:
-    """The state of one item while it is judged."""
-
-    def __init__(self, engine: Engine, spec: Spec, subject: Subject, key: ItemKey) -> None:
-        self.engine, self.spec, self.subject, self.key = engine, spec, subject, key
-        self.settings = engine.settings
-        self.result = ItemResult(record=static_record(spec, key))
-        #: the same ablation of the same examples under the other measure (accuracy or
-        #: log-probability): what a weak guard's message offers instead
-        self.other: Measurement | None = None
-        #: identity: signature: recorded units whose own index is dead in the model under
-        #: test (unit -> its profile's share of the recorded one)
-        self.dead: dict[int, float] = {}
-        #: the target's baseline cannot reach the item's min_* drop (a forgotten class)
-        self.forgotten = False
-
-    @property
-    def record(self) -> dict[str, Any]:
-        return self.result.record
-
-    def warn(self, text: str) -> None:
-        self.result.warnings.append(text)
-
-    @property
-    def noun(self) -> str:
-        """What one of the check's units is called in messages: ``unit`` or ``head``."""
-        return "head" if self.spec.unit_for(self.key.check) == "head" else "unit"
-
-    def rerun(self, mode: str) -> str:
-        return self.settings.rerun_command(mode, str(self.spec.path))
+class _ItemRun(ItemVerdict, ItemIdentity):
+    """One item: measured here, its units matched (:class:`ItemIdentity`) and judged
+    (:class:`ItemVerdict`)."""
 
     def run(self) -> None:
         """Measure the constraint, record the numbers, and judge it."""
@@ -310,85 +202,6 @@ class _ItemRun:
             raise Miss(dead_text(self._context(deciding, notes), self.key.check.layer,
                                  self.dead, self.record, m))
         self._judge(m, deciding, notes)
-
-    def _identity_units(self, notes: list[str]) -> list[int] | None:
-        """For ``identity: signature``: the units of the model under test that match the
-        check's recorded units (one-to-one across the layer's recorded units), or ``None``
-        (this run uses the indices: record mode is recording their signatures now).
-
-        A recorded unit whose best possible partner is below ``min_similarity`` fails the
-        item: the unit the check protects is gone.
-        """
-        engine, spec, subject, check = self.engine, self.spec, self.subject, self.key.check
-        recording = self.settings.record_mode != "none"
-        signatures = engine.matching.signatures(spec, recording=recording)
-        recorded = signatures.units(check.layer) if signatures is not None else {}
-        missing = [u for u in check.units if u not in recorded]
-        self.record.update({"identity": "signature", "min_similarity": check.min_similarity,
-                            "recorded_units": list(check.units)})
-        if missing:
-            if not recording:
-                raise ItemProblem(
-                    f"{spec.where(check.identity_line)}: identity: signature, but no "
-                    f"signature of {check.layer} unit(s) {missing} is recorded in "
-                    f"{spec.signatures_path()}; record it (from the reference model) with: "
-                    f"{self.rerun('new')}")
-            engine.evals.check_units(spec, subject, check)
-            profiles = engine.matching.profiles(spec, subject, check)
-            self.record.update({
-                "signature": {str(u): [float(v) for v in profiles[u]] for u in check.units},
-                "signatures_file": str(spec.signatures_path()),
-                "signature_classes": list(spec.classes) if spec.classes else None,
-                "signature_data_sha256": engine.evals.baseline(spec, subject).fingerprint})
-            notes.append(f"identity: signature: no signature recorded yet for unit(s) "
-                         f"{missing}; this run takes the indices as they are and record mode "
-                         f"writes the signatures")
-            return None
-        matches = engine.matching.match(spec, subject, check)
-        fingerprint = engine.evals.baseline(spec, subject).fingerprint
-        if signatures is not None and signatures.data_sha256 and \
-                signatures.data_sha256 != fingerprint and \
-                str(spec.path) not in engine.signature_data_warned:
-            engine.signature_data_warned.add(str(spec.path))
-            self.warn(f"{spec.where(spec.signatures_line)}: the signatures were recorded on "
-                      f"other evaluation data (fingerprint {signatures.data_sha256[:12]}...); "
-                      f"profiles are class averages, so matching still works, but re-record "
-                      f"to silence this")
-        mapped = [matches[u] for u in check.units]
-        profiles = engine.matching.profiles(spec, subject, check)
-        # every recorded unit of the layer whose own index is dead (and that matching moved)
-        dead_all = {u: share for u, share in dead_units(recorded, profiles).items()
-                    if u in matches and matches[u].unit != u}
-        # a retrain that renumbered the units can put an unused unit at a recorded index:
-        # then matching is trusted (another recorded unit of the layer moved, alive). A
-        # recorded unit that moved because its own index is dead (pruned) is no evidence
-        # of renumbering: two pruned units do not excuse each other.
-        renumbered = any(m.unit is not None and m.unit != r and r not in dead_all
-                         for r, m in matches.items())
-        dead = {u: dead_all[u] for u in check.units if u in dead_all}
-        self.dead = {} if renumbered else dead
-        self.record.update({
-            "dead_units": sorted(self.dead) or None,
-            "recorded_drop": self.key.constraint.measured,
-            "matched_units": [m.unit for m in mapped],
-            "similarity": [round(m.similarity, 4) if m.unit is not None else None
-                           for m in mapped],
-            "mapping": "; ".join(m.describe() for m in mapped)})
-        left = [int(m.unit) for m in mapped if m.unit is not None]
-        if self.dead and left:  # measured on the units matching would take, then failed
-            return left
-        gone = [m for m in mapped if m.unit is None or m.similarity < check.min_similarity]
-        if gone:
-            raise Miss(no_match_text(
-                spec.where(check.identity_line or check.line), self.key.id, check.layer,
-                gone, check.min_similarity, matches, self.noun))
-        notes.insert(0, "identity: signature: " + "; ".join(m.describe() for m in mapped))
-        was = self.key.constraint.measured
-        if was is not None:
-            notes.append(f"drop when recorded (recorded {self.noun}s "
-                         f"{', '.join(map(str, check.units))}): "
-                         f"{drop_text(self.key.constraint.kind.replace('max', 'min'), was)}")
-        return left
 
     def _stops_early(self) -> bool:
         """Whether stopping early can pay: only ``any_unit``, whose usual outcome (it
@@ -515,167 +328,6 @@ class _ItemRun:
         self.record["class_drops"] = drops
         self.record["overall_drop"] = float(before.mean() - after.mean())
 
-    def _judge(self, m: Measurement, deciding: list[int] | None, notes: list[str]) -> None:
-        spec, key = self.spec, self.key
-        constraint = key.constraint
-        mode = self.settings.record_mode
-        verdict = judge(constraint, m) if constraint.threshold is not None else None
-        if verdict is not None:
-            self.record["outcome_margin"] = verdict.margin
-        calibration = self._calibration(m)
-        if mode == "calibrate":
-            return  # measured; the run's owner calibrates from every model (and refuses)
-        if calibration is not None and constraint.threshold is not None:
-            inside = calibration.low - 1e-12 <= m.value(constraint.kind) <= \
-                calibration.high + 1e-12
-            notes = [*notes, f"calibration: {drop_text(constraint.kind, m.value(constraint.kind))}"
-                     f" is {'inside' if inside else 'outside'} the range seen over "
-                     f"{calibration.models} reference model(s) "
-                     f"({calibration.range_text()}; threshold "
-                     f"{drop_text(constraint.kind, constraint.threshold)})"]
-        recorded = recorded_measurement(spec_line(str(spec.path), key.line), constraint.kind)
-        if recorded is not None:  # what record mode or discover measured (the page shows it)
-            self.record["reference_note"] = recorded
-        ctx = self._context(deciding, notes, calibrated=calibration is not None)
-        if writes(mode, has_threshold=verdict is not None,
-                   failing=verdict is not None and not verdict.passed):
-            self._refuse_vacuous(ctx, m)
-        if verdict is None:
-            if mode in ("new", "all"):
-                return
-            unguardable = self._unguardable()
-            if unguardable is not None:  # calibrated, and refused: say so, not "record"
-                raise Miss(unguardable)
-            value = self.record.get("record_value")
-            refused = None if value is None else self._unrecordable(ctx, m, float(value),
-                                                                    first=True)
-            if refused is not None:  # record mode would refuse it too: say so, not "record"
-                raise Miss(refused[1])
-            raise Miss(missing_threshold_text(
-                spec.where(key.line), key.id, constraint.kind, m, self.rerun("new")))
-        if mode == "all":
-            return
-        if self.forgotten and not verdict.passed:
-            reference = calibration.baseline if calibration is not None and \
-                math.isfinite(calibration.baseline) else None
-            self.record.update({"forgotten": True, "reference_baseline": reference})
-            raise Miss(forgotten_text(ctx, constraint, m, verdict, reference))
-        if not verdict.passed:
-            raise Miss(failure_text(ctx, constraint, m, verdict))
-        if verdict.warn:
-            self.warn(warn_text(spec.where(key.line), key.id, constraint, verdict))
 
-    def _context(self, deciding: list[int] | None, notes: list[str],
-                 calibrated: bool = False) -> FailureContext:
-        """``calibrated``: the threshold rests on several reference models, so the way to
-        accept this model is to add it to them (record mode ``calibrate``)."""
-        spec, key = self.spec, self.key
-        return FailureContext(
-            where=spec.where(key.line), head=key.check_part,
-            ablation=spec.ablation_for(key.check).label(),
-            target=spec.target_name(key.expectation.target),
-            hint=self.rerun("calibrate" if calibrated else "failed"), deciding=deciding,
-            notes=notes, noun=self.noun,
-            kind="group" if spec.is_group(key.expectation.target) else "class",
-            weights=weights_text(self.record))
-
-    def _calibration(self, m: Measurement) -> Calibrated | None:
-        """What the spec's calibration file says of this item (its models' range), or
-        ``None`` when it holds no model of this item's definition. In record mode
-        ``calibrate`` the item also keeps this model's point in its record: the run's
-        owner adds it to the file and writes the thresholds calibrated from all models
-        (:mod:`pytest_unitablate.verdicts.recording`)."""
-        spec, kind = self.spec, self.key.constraint.kind
-        path = str(spec.path)
-        if path not in self.engine.calibrations:
-            try:
-                self.engine.calibrations[path] = CalibrationFile.read(
-                    calibration_path(spec.path))
-            except CalibrationFileError as exc:
-                raise ItemProblem(str(exc)) from None
-        definition = definition_of(self.record)
-        bound = self.record.get("record_value")
-        if self.settings.record_mode == "calibrate" and bound is not None:
-            ci = (float(self.record["ci_low"]), float(self.record["ci_high"]))
-            point = Point(m.value(kind), float(bound), ci, m.n, m.baseline)
-            self.record.update({"calibration_point": point.to_json(),
-                                "calibration_definition": definition})
-        points = self.engine.calibrations[path].points(self.key.id, definition)
-        if not points:
-            return None
-        found = calibrated_threshold(kind, points)
-        self.record.update({"calibration_models": found.models,
-                            "calibration_low": found.low, "calibration_high": found.high})
-        return found
-
-    def _unguardable(self) -> str | None:
-        """Why calibration left this item's threshold empty, when the calibration file
-        holds enough models to say so (the text record mode ``calibrate`` printed), or
-        ``None``."""
-        file = self.engine.calibrations.get(str(self.spec.path))
-        if file is None:
-            return None
-        found = file.calibrated(self.key.id, definition_of(self.record))
-        if found is None:
-            return None
-        kind = self.key.constraint.kind
-        reason = unguardable_reason(kind, found, self.settings.record_floor)
-        if reason is None:
-            return None
-        return unguardable_text(self.spec.where(self.key.line), self.key.id, kind, found,
-                                reason, named=self.key.check.mode == "units") + \
-            "\n  Remove this constraint from the spec, or guard it as suggested."
-
-    def _refuse_vacuous(self, ctx: FailureContext, m: Measurement) -> None:
-        """Record mode never writes a threshold that could not fail, nor a ``min_*`` bound
-        that keeps too little of the effect: the item fails instead, says why and what
-        would make a guard, and the summary lists it (the spec's threshold stays)."""
-        value = self.record.get("record_value")
-        if value is None:
-            return
-        found = self._unrecordable(ctx, m, float(value),
-                                   first=self.key.constraint.threshold is None)
-        if found is None:
-            return
-        field, text = found
-        self.record.update({"record_value": None, field: text})
-        raise Miss(text)
-
-    def _unrecordable(self, ctx: FailureContext, m: Measurement, value: float, first: bool
-                      ) -> tuple[str, str] | None:
-        """``("disarmed", text)`` when ``value`` written as the item's threshold could not
-        fail, ``("weak", text)`` when it would guard too little of the effect, else None."""
-        kind = self.key.constraint.kind
-        written = rounded_threshold(kind, value)
-        reason = vacuous_threshold(kind, written, m.baseline, self.settings.record_floor)
-        if reason is not None:
-            return "disarmed", disarmed_text(ctx, kind, m, reason, first=first)
-        share = self.settings.record_min_share
-        reason = weak_threshold(kind, written, m, share)
-        if reason is None:
-            return None
-        return "weak", weak_text(ctx, kind, m, reason, examples_needed(m, kind, share),
-                                 self.other, share)
-
-    def _check_provenance(self) -> None:
-        """Once per spec and process: what of the spec's recorded environment differs now,
-        in the item's record (``provenance``; the front end says it once per run, in its
-        summary and the report's ``tested`` entry, not as a warning per process).
-
-        Only what should not differ is compared: torch, device, dtype and the evaluation
-        data. The weights are left out: in CI the model under test is a candidate, whose
-        weights differ from the recorded model's by design (the report names both)."""
-        evals = self.engine.evals
-        recorded = {k: v for k, v in self.spec.provenance if k != "weights_sha256"}
-        current: dict[str, str] = {
-            "torch_version": str(sys.modules["torch"].__version__),
-            "device": evals.device, "dtype": str(evals.dtype),
-        }
-        if "data_sha256" in recorded:
-            current.update(evals.hashes(self.spec, self.subject))
-        lines = provenance_mismatches(recorded, current)
-        if lines:
-            self.record["provenance"] = lines
-
-
-__all__ = ["Engine", "ItemResult", "Miss", "judge_item"]
+__all__ = ["Engine", "ItemResult", "Miss", "judge_item", "next_step", "spec_line",
+           "weights_text"]

@@ -127,7 +127,7 @@ def test_the_identity_holds_everything_that_decides_an_evaluation(tmp_path: Path
     assert other["data"] == data_fingerprint(subject.references["ref"]) != ident["data"]
     # without a store nothing is hashed: the data is not even fingerprinted
     engine, spec, subject = _bound(tmp_path, store=False)
-    from pytest_unitablate.engine import evaluations
+    from pytest_unitablate.engine import baselines as evaluations
 
     def refuse(data: Any) -> str:
         raise AssertionError("fingerprinted without a store")

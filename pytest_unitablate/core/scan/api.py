@@ -161,13 +161,14 @@ class ScanResult:
         correct = self.correct
         base_lp = np.asarray(base.true_logprob, dtype=np.float64)
         labels = self.labels
-        masks = [("overall", np.ones(len(labels), dtype=bool))] + [
+        masks: list[tuple[int | str, Any]] = [("overall", np.ones(len(labels), dtype=bool))] + [
             (k, labels == k) for k in range(classes) if counts[k]]
         for i, unit in enumerate(self.units):
             after_lp = np.asarray(self.logprobs[i], dtype=np.float64) \
                 if self.logprobs is not None else None
             for target, mask in masks:
-                b = base.accuracy if target == "overall" else float(base.class_accuracy[target])
+                b = base.accuracy if isinstance(target, str) else \
+                    float(base.class_accuracy[target])
                 ab = float(correct[i][mask].mean())
                 blp = float(base_lp[mask].mean())
                 alp = float(after_lp[mask].mean()) if after_lp is not None else float("nan")
