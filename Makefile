@@ -116,6 +116,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_identity.py
 	$(BIN)/python benchmarks/bench_named.py
 	$(BIN)/python benchmarks/bench_big.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/bench_bounds.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_VENV) .nox mutants guard-bench

@@ -49,6 +49,7 @@ class Engine:
         self.named = NamedChecks(self.evals, self.matching)
         #: what was said once per spec or layer (warnings are not repeated per item)
         self.provenance_checked: set[str] = set()
+        self.chance_noted: set[str] = set()
         self.engine_warned: set[tuple[str, str]] = set()
         self.signature_data_warned: set[str] = set()
         self.calibrations: dict[str, CalibrationFile] = {}

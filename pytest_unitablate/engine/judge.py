@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 from pytest_unitablate.engine.item_identity import ItemIdentity
 from pytest_unitablate.engine.item_state import next_step, spec_line, weights_text
 from pytest_unitablate.engine.item_verdict import ItemVerdict
+from pytest_unitablate.verdicts.fit import at_or_below_chance, chance_text, width_text
 
 
 def judge_item(engine: Engine, spec: Spec, subject: Subject, key: ItemKey) -> ItemResult:
@@ -93,12 +94,11 @@ class _ItemRun(ItemVerdict, ItemIdentity):
         if spec.provenance and str(spec.path) not in engine.provenance_checked:
             engine.provenance_checked.add(str(spec.path))
             self._check_provenance()
-        if spec.classes is not None and len(spec.classes) > baseline.num_classes:
-            # fewer names than outputs is fine (they name classes 0..k-1); more is a mistake
-            raise ItemProblem(
-                f"{spec.where(spec.classes_line)}: classes names {len(spec.classes)} classes "
-                f"but the model has {baseline.num_classes} outputs: one name per output, in "
-                f"index order")
+        if spec.classes is not None and len(spec.classes) != baseline.num_classes:
+            # logits that do not fit the classes are an output that is not the logits (an
+            # embedding, features) or a wrong list: either way every number would be wrong
+            raise ItemProblem(width_text(spec, baseline.num_classes))
+        self._chance_note(baseline)
         mask = self._target_mask(key.expectation.target, baseline)
         # the class the unit order is estimated on (a group's order is the overall one:
         # the order only decides how soon a layer-wide check can stop, never its result)
@@ -202,6 +202,17 @@ class _ItemRun(ItemVerdict, ItemIdentity):
             raise Miss(dead_text(self._context(deciding, notes), self.key.check.layer,
                                  self.dead, self.record, m))
         self._judge(m, deciding, notes)
+
+    def _chance_note(self, baseline: Any) -> None:
+        """Say so when every class is at or below chance at baseline: no ablation can show
+        what the model knows when it knows nothing (an untrained model, or the wrong
+        output). Kept in the record (``at_chance``) and said once per spec as a warning."""
+        at_chance = at_or_below_chance(baseline.class_accuracy, baseline.class_counts)
+        self.record["at_chance"] = at_chance
+        if at_chance and str(self.spec.path) not in self.engine.chance_noted:
+            self.engine.chance_noted.add(str(self.spec.path))
+            self.warn(chance_text(self.spec, baseline.num_classes,
+                                  float(max(baseline.class_accuracy, default=0.0))))
 
     def _stops_early(self) -> bool:
         """Whether stopping early can pay: only ``any_unit``, whose usual outcome (it

@@ -33,6 +33,8 @@ class Engine(Protocol):
     sweeps: Sweeps
     matching: Matching
     provenance_checked: set[str]
+    #: specs (by path) whose at-or-below-chance baseline was already said
+    chance_noted: set[str]
     engine_warned: set[tuple[str, str]]
     signature_data_warned: set[str]
     #: the calibration file of each spec (by path), read once per process

@@ -49,15 +49,79 @@ def test_a_wrong_output_points_at_the_output_line(outputs: pytest.Pytester) -> N
                                  "range: batch 0: the model returned 2 values (0..1)"])
 
 
-def test_more_class_names_than_outputs_is_an_error_at_the_classes_line(
-        tiny: pytest.Pytester) -> None:
-    head = HEAD.replace("classes: [zero, one, two, three]",
-                        "classes: [zero, one, two, three, four, five]")
-    spec(tiny, BODY, head=head)
+WIDE_OUTPUTS = '''
+import torch
+from torch import nn
+from tinymodel import Tiny
+
+class Embedding(Tiny):
+    """Returns a 16-wide embedding, and (as a dict) the 4 logits beside it."""
+
+    def __init__(self, as_dict):
+        super().__init__()
+        self.embed = nn.Linear(4, 16)
+        self.as_dict = as_dict
+
+    def forward(self, x):
+        h = self.hidden(x)
+        e = self.embed(h)
+        return {"embedding": e, "logits": self.head(h)} if self.as_dict else e
+
+class Shifted(Tiny):
+    """Says class k+1 for class k: every class is right 0% of the time."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.no_grad():
+            self.head.weight.copy_(torch.eye(4).roll(1, 0)); self.head.bias.zero_()
+
+def embedding():
+    return Embedding(False).eval()
+
+def both():
+    return Embedding(True).eval()
+
+def shifted():
+    return Shifted().eval()
+'''
+
+
+@pytest.mark.parametrize(("head", "where"), [
+    ("model: wide:embedding", "spec.yaml:2: model 'wide:embedding' gives 16 values"),
+    ("model: wide:both\noutput: embedding",
+     "spec.yaml:3: output: 'embedding' of model 'wide:both' gives 16 values"),
+    ("model: wide:both\noutput: logits",  # six names for four logits
+     "spec.yaml:3: output: 'logits' of model 'wide:both' gives 4 values"),
+])
+def test_logits_that_do_not_fit_the_classes_are_refused_at_model_or_output(
+        tiny: pytest.Pytester, head: str, where: str) -> None:
+    """An embedding taken for logits ran and said "0 right at baseline"; now the line that
+    picked it is named, whichever way the widths differ."""
+    tiny.makepyfile(wide=WIDE_OUTPUTS)
+    text = HEAD.replace("model: tinymodel:model", head)
+    if "logits" in head:
+        text = text.replace("three]", "three, four, five]")
+    spec(tiny, BODY, head=text)
     result = tiny.runpytest("--unitablate-spec", "spec.yaml")
-    result.assert_outcomes(failed=4)
-    result.stdout.fnmatch_lines(["spec.yaml:4: classes names 6 classes but the model has 4 "
-                                 "outputs: one name per output, in index order"])
+    result.assert_outcomes(errors=0, failed=4)
+    result.stdout.fnmatch_lines([f"{where} per example, but classes: (line *) names * "
+                                 f"classes. Logits need one value per class, in index order*"])
+    assert result.ret == 2  # a spec problem: exit 2
+
+
+def test_a_baseline_at_or_below_chance_everywhere_is_said_once(tiny: pytest.Pytester) -> None:
+    tiny.makepyfile(wide=WIDE_OUTPUTS)
+    spec(tiny, BODY, head=HEAD.replace("model: tinymodel:model", "model: wide:shifted"))
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-report", "r.json")
+    text = result.stdout.str()
+    assert text.count("every class is at or below chance at baseline") == 1, text
+    result.stdout.fnmatch_lines(["*spec.yaml:2: model wide:shifted: every class is at or "
+                                 "below chance at baseline (the best class is right 0.0% of "
+                                 "the time; chance with 4 outputs is 25.0%)*"])
+    # the tiny model itself is far above chance: nothing said
+    spec(tiny, BODY)
+    assert "chance at baseline" not in tiny.runpytest("--unitablate-spec",
+                                                      "spec.yaml").stdout.str()
 
 
 def test_one_layer_two_ablations_and_two_layers_are_kept_apart(tiny: pytest.Pytester) -> None:
