@@ -87,8 +87,10 @@ checks:
     (item,) = run.items
     assert item.outcome == "failed" and item.message is not None
     assert "deciding head: " in item.message and "of 4 heads miss it" in item.message
-    assert item.record["engine"] == "naive"
-    assert item.warnings == ()  # one forward per head is the plan, not a fallback
+    # torch.fx cannot split nn.TransformerEncoderLayer's fused attention: the modules before
+    # it are replayed (or, measured no cheaper on a loaded machine, plain forwards run)
+    assert item.record["engine"] in ("replay", "naive")
+    assert item.warnings == ()  # the plan, not a fallback
 
 
 def test_a_token_layer_without_channel_dim_is_refused_with_its_shape(folder: Path) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -457,3 +458,54 @@ def test_attention_modules_without_their_projection_name_it() -> None:
             head_site(bert, layer)
     with pytest.raises(UnsupportedModelError, match=r"'tl.blocks.1.attn.hook_z'"):
         head_site(_tl(), "tl.blocks.1.mlp.hook_post")
+
+
+# --- the replay engine: what torch.fx cannot split ------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "layer", "kwargs"), [
+    ("gpt2", "hf.transformer.h.1.attn.c_proj", {"unit": "head"}),
+    ("llama", "hf.model.layers.1.self_attn.o_proj", {"unit": "head"}),
+    ("bert", "hf.bert.encoder.layer.1.attention.output.dense", {"unit": "head"}),
+    ("vit", "hf.vit.layers.1.attention.o_proj", {"unit": "head"}),
+    ("vit", "hf.vit.layers.1.mlp.activation_fn", {"channel_dim": -1}),
+    ("tl", "tl.blocks.1.attn.hook_z", {"unit": "head"}),
+])
+@pytest.mark.parametrize("ablation", ["zero", "mean", 0.5])
+def test_untraceable_libraries_replay_what_runs_before_the_layer_exactly(
+        kind: str, layer: str, kwargs: dict[str, Any], ablation: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hugging Face and TransformerLens models branch in Python (torch.fx cannot split
+    them): the modules that finish before the layer are replayed, and every row equals the
+    naive loop's (an independent forward per row). The clock that could send a cheap
+    layer back to plain forwards is switched off."""
+    import pytest_unitablate.core.scan.replay as replay
+
+    monkeypatch.setattr(replay, "cheaper", lambda *args: True)
+    model = _tl() if kind == "tl" else Logits(_hf(kind))
+    data = images() if kind == "vit" else tokens()
+    rows = [0, 1, (2, 3), 3] if kwargs.get("unit") == "head" else [5, (1, 9), 60]
+    auto = scan(model, data, layer, units=rows, ablation=ablation, progress=False, **kwargs)
+    naive = scan(model, data, layer, units=rows, ablation=ablation, method="naive",
+                 progress=False, **kwargs)
+    assert auto.method == "replay", auto.reason
+    assert "torch.fx cannot trace" in auto.reason
+    assert np.array_equal(auto.predictions, naive.predictions)
+    torch.testing.assert_close(torch.as_tensor(auto.logprobs), torch.as_tensor(naive.logprobs),
+                               rtol=1e-4, atol=1e-5)
+    assert not np.array_equal(auto.logprobs[0], auto.baseline.logprob)  # a row changed
+
+
+def test_a_replayed_layer_measured_no_cheaper_finishes_with_plain_forwards(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the first batch measures a replayed pass no cheaper than a whole forward, the
+    rows go on as plain ablated forwards (nothing measured is thrown away)."""
+    import pytest_unitablate.core.scan.replay as replay
+
+    monkeypatch.setattr(replay, "cheaper", lambda *args: False)
+    model, data = Logits(_hf("gpt2")), tokens()
+    layer = "hf.transformer.h.0.attn.c_proj"
+    auto = scan(model, data, layer, unit="head", progress=False)
+    naive = scan(model, data, layer, unit="head", method="naive", progress=False)
+    assert auto.method == "naive" and "plain ablated forwards from there on" in auto.reason
+    assert np.array_equal(auto.predictions, naive.predictions)

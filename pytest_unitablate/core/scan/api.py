@@ -60,6 +60,7 @@ from pytest_unitablate.core.scan.head_copies import head_projection
 from pytest_unitablate.core.scan.heads import scan_heads, split_for_heads
 from pytest_unitablate.core.scan.memory import DEFAULT_MEMORY_BUDGET
 from pytest_unitablate.core.scan.prefix import PrefixCache, StalePrefix
+from pytest_unitablate.core.scan.replay import scan_replay
 from pytest_unitablate.core.scan.split import remembered, split_at
 from pytest_unitablate.core.scan.suffix import scan_prefix
 from pytest_unitablate.core.tokens import TokenBatch
@@ -301,23 +302,46 @@ def scan(
             return ScanResult(layer, chosen, out.predictions, out.labels, base, method_name, why,
                               out.plan, out.logprobs)
 
+        def replayed(why: str, heads: Any = None) -> ScanResult | str:
+            """The replay engine (:mod:`.replay`) where the split could not be made."""
+            if method != "auto" or ablation == "resample" or batch not in (0, None):
+                return why
+            tick.restart()
+            found = scan_replay(model, data, layer, variants, ablation, means, target,
+                                batch_size, output, channel_dim=channel_dim or 1,
+                                heads=heads, progress=tick)
+            if isinstance(found, str):
+                return f"{why}; replay: {found}"
+            if found.plan:  # measured no cheaper than plain forwards: the naive loop's
+                return result(found, "naive", f"{why}; replay: {found.plan}")
+            found.plan = (f"the modules that finish before {layer!r} replayed, the rest "
+                          f"once per {'head' if unit == 'head' else 'unit'}")
+            return result(found, "replay", why)
+
         head = None
         reason = ""
         if isinstance(first, TokenBatch):
             if method in ("closed_form", "prefix"):
                 raise ConfigError(f"scan(method={method!r}) refused for {layer!r}: "
                                   f"tokenizer-style batches run the naive loop")
-            reason = "tokenizer-style batches (a dict per batch): the naive loop"
-            method = "naive"
+            reason = "tokenizer-style batches (a dict per batch) are not split"
+            if unit == "channel":
+                done = replayed(reason)
+                if not isinstance(done, str):
+                    return done
+                reason = done
+            method = "naive" if unit == "channel" or method != "auto" else "replay-only"
         if ablation == "resample":
             reason = "resample: each example takes other examples' values (the naive loop)"
             method = "naive"
         if unit == "head" and method != "naive":
-            projection = head_projection(model, layer, num_heads) if method == "auto" \
-                else None
+            projection = head_projection(model, layer, num_heads) \
+                if method in ("auto", "replay-only") else None
             if projection is not None:  # from the output projection on
-                split, why = remembered(model, layer, split_at) if prefix_cache is None else \
+                split, why = (None, reason) if method == "replay-only" else \
+                    remembered(model, layer, split_at) if prefix_cache is None else \
                     prefix_cache.split(model, layer)
+                method = "auto"
                 if split is not None:
                     tick.restart()
                     after = scan_prefix(model, split, data, layer, variants, ablation, means,
@@ -329,6 +353,11 @@ def scan(
                                       f"before it once per batch): {after.plan}")
                         return result(after, "prefix")
                     why = after
+                else:
+                    done = replayed(why, projection)
+                    if not isinstance(done, str):
+                        return done
+                    why = done
                 reason = f"heads: {why}"
             elif method == "auto":
                 split, why = remembered(model, layer, split_for_heads) \
@@ -392,6 +421,11 @@ def scan(
                 if not isinstance(found, str):
                     return result(found, "prefix", reason)
                 why = found
+            elif unit == "channel":  # torch.fx cannot split it: replay what runs before
+                done = replayed(why)
+                if not isinstance(done, str):
+                    return done
+                why = done
             reason = f"{reason}; {why}" if reason else why
             if method == "prefix":
                 raise ConfigError(f"scan(method='prefix') refused for {layer!r}: {why}")
