@@ -18,6 +18,9 @@ system, so load from other jobs on a shared machine costs less than on the wall 
 * **256 named conv5 checks** (512 items): a whole pytest process against a whole python
   process running a plain hook loop over the same 256 units (baseline, then one forward per
   unit, per-class accuracy). Target >= 5x.
+* where transformers is installed, a random-init GPT-2 (4 blocks, 4 heads; ``torch.fx``
+  cannot trace it, so the replay engine runs): heads of each block's ``attn.c_proj``
+  against the plain loop;
 * where TransformerLens is installed, a random-init ``HookedTransformer`` (2 layers, 4
   heads): ``scan()`` of ``blocks.1.attn.hook_z`` heads against a ``run_with_hooks`` loop
   and a ``start_at_layer`` loop (the residual stream before block 1 computed once).
@@ -248,18 +251,64 @@ def named_checks(repeats: int, folder: Path, units: int) -> None:
         f"{times['plugin']:.2f} s against {times['loop']:.2f} s for a plain hook loop")
 
 
-def transformer_lens(repeats: int) -> None:
+def hugging_face(repeats: int) -> None:
     try:
-        from transformer_lens import HookedTransformer, HookedTransformerConfig
+        import transformers
+        from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError:
-        print("TransformerLens not installed: its job is skipped")
+        print("transformers not installed: its job is skipped")
         return
     import numpy as np
     import torch
 
     from pytest_unitablate import scan
 
+    transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
+
+    class Last(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.inner(t).logits[:, -1]  # type: ignore[no-any-return]
+
+    cfg = GPT2Config(n_embd=64, n_layer=4, n_head=4, vocab_size=50, n_positions=16,
+                     bos_token_id=1, eos_token_id=1)
+    model = Last(GPT2LMHeadModel(cfg)).eval()
+    tokens = torch.randint(0, 50, (1024, 12))
+    with torch.no_grad():
+        labels = model(tokens).argmax(1)
+    data = [(tokens[i:i + 128], labels[i:i + 128]) for i in range(0, 1024, 128)]
+    for block in range(4):
+        layer = f"inner.transformer.h.{block}.attn.c_proj"
+        times, out = interleaved({
+            "scan": lambda layer=layer: scan(model, data, layer, unit="head", progress=False),
+            "loop": lambda layer=layer: scan(model, data, layer, unit="head", method="naive",
+                                             progress=False)}, repeats)
+        same = np.array_equal(out["scan"].predictions, out["loop"].predictions)
+        ratio = times["loop"] / times["scan"]
+        row(f"HF GPT-2 heads, block {block} (1024 prompts)", ratio, "", ">= 1.00x",
+            same and ratio >= 1.0,
+            f"{out['scan'].method}; {times['scan']:.2f} s against {times['loop']:.2f} s")
+
+
+def transformer_lens(repeats: int) -> None:
+    try:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+    except ImportError:
+        print("TransformerLens not installed: its job is skipped")
+        return
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from pytest_unitablate import scan
+
+    torch.manual_seed(0)
+    warnings.simplefilter("ignore", DeprecationWarning)
     cfg = HookedTransformerConfig(n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=128,
                                   n_ctx=16, d_vocab=50, act_fn="gelu", normalization_type="LN")
     model = HookedTransformer(cfg).eval()
@@ -324,7 +373,7 @@ def main() -> None:
     parser.add_argument("--loop-units", type=int, default=16,
                         help="conv5 channels the plain loop is timed on")
     parser.add_argument("--units", type=int, default=256, help="named conv5 checks")
-    parser.add_argument("--only", default="vit,alexnet,plugin,named,tl")
+    parser.add_argument("--only", default="vit,alexnet,plugin,named,hf,tl")
     args = parser.parse_args()
     import torch
 
@@ -344,6 +393,8 @@ def main() -> None:
             plugin_every_unit(args.repeats, folder)
         if "named" in only:
             named_checks(args.repeats, folder, args.units)
+    if "hf" in only:
+        hugging_face(args.repeats)
     if "tl" in only:
         transformer_lens(args.repeats)
 
