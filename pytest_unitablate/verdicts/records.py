@@ -174,7 +174,8 @@ def matched_or_none(r: Mapping[str, Any]) -> list[Any]:
 #: only the parts its rows use, :func:`table_legend`).
 TABLE_LEGEND = ("units: the units ablated together (h3: attention head 3); for a "
                 "layer-wide check, <mode>:<units> names the check (any_unit, every_unit, "
-                "top_units) and the unit(s) that decided its outcome; 10->3: identity: "
+                "top_units) and the unit(s) that decided its outcome (any_unit and "
+                "every_unit ablate each alone, top_units together); 10->3: identity: "
                 "signature matched the recorded unit 10 to unit 3 of the model under test; "
                 "15->none: no unit is similar enough (the best candidate is not ablated)")
 
@@ -187,7 +188,7 @@ def table_legend(records: Sequence[Mapping[str, Any]]) -> str:
     'units: the units ablated together'
     >>> table_legend([{"unit": "head", "mode": "any_unit", "deciding_units": [2]}])
     'units: the heads ablated together (h3: attention head 3); <mode>:<units> names a \
-layer-wide check (any_unit) and the unit(s) that decided its outcome'
+layer-wide check (any_unit) and the unit(s) that decided its outcome, each ablated alone'
     """
     heads = any(r.get("unit") == "head" for r in records)
     parts = ["units: the heads ablated together (h3: attention head 3)" if heads
@@ -196,8 +197,12 @@ layer-wide check (any_unit) and the unit(s) that decided its outcome'
              if any(r.get("mode") == m and not str(r.get("constraint") or "").endswith(
                  "_accuracy") for r in records)]
     if modes:
+        alone = [m for m in modes if m != "top_units"]
+        how = ("each ablated alone" if not set(modes) - set(alone) else "together"
+               if not alone else f"{' and '.join(alone)} ablate each alone, top_units "
+               f"together")
         parts.append(f"<mode>:<units> names a layer-wide check ({', '.join(modes)}) and the "
-                     f"unit(s) that decided its outcome")
+                     f"unit(s) that decided its outcome, {how}")
     if any(r.get("matched_units") for r in records):
         parts.append("10->3: identity: signature matched the recorded unit 10 to unit 3 of "
                      "the model under test")

@@ -269,3 +269,58 @@ def test_every_head_kind_takes_the_projection_engine(kind: str,
     result = scan(model, (x, y), _projection(model, 0)[2], unit="head", progress=False)
     assert result.method == "prefix", result.reason
     assert result.plan.startswith("heads from the output projection on")
+
+
+class Branching(nn.Module):
+    """Python control flow on the data: torch.fx cannot trace it, replay can run it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.attn = HFAttention(16, 4)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        if h.shape[1] > 1:  # on the input's shape, read as a Python bool
+            h = h + self.attn(h)
+        return self.head(h.mean(dim=1))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("kind", ["mha", "hf", "tl"])
+def test_every_engine_can_be_named_and_gives_the_naive_rows(kind: str) -> None:
+    from pytest_unitablate.errors import ConfigError
+
+    torch.manual_seed(2)
+    model = Encoder(kind, 2).eval()
+    x, y = torch.randn(20, 5, 6), torch.randint(0, 4, (20,))
+    layer = _projection(model, 1)[2]
+    rows = [0, (1, 2), 3]
+    naive = scan(model, (x, y), layer, unit="head", units=rows, method="naive",
+                 progress=False)
+    for method in ("prefix", "replay", "auto"):
+        got = scan(model, (x, y), layer, unit="head", units=rows, method=method,
+                   progress=False)
+        assert got.method == ("prefix" if method == "auto" else method)
+        assert np.array_equal(got.predictions, naive.predictions), method
+    with pytest.raises(ConfigError, match="heads have no closed form"):
+        scan(model, (x, y), layer, unit="head", method="closed_form", progress=False)
+
+
+def test_a_named_engine_that_cannot_run_says_why() -> None:
+    from pytest_unitablate.errors import ConfigError
+
+    torch.manual_seed(3)
+    model = Branching().eval()
+    x, y = torch.randn(12, 5, 6), torch.randint(0, 4, (12,))
+    with pytest.raises(ConfigError, match=r"method='prefix'.*torch.fx cannot trace"):
+        scan(model, (x, y), "attn.o_proj", unit="head", method="prefix", progress=False)
+    replayed = scan(model, (x, y), "attn.o_proj", unit="head", method="replay",
+                    progress=False)
+    naive = scan(model, (x, y), "attn.o_proj", unit="head", method="naive", progress=False)
+    assert replayed.method == "replay"
+    assert np.array_equal(replayed.predictions, naive.predictions)
+    with pytest.raises(ConfigError, match="resample ablation runs the naive loop"):
+        scan(model, (x, y), "embed", method="replay", ablation="resample", resample=[object()],
+             channel_dim=-1,
+             progress=False)

@@ -212,7 +212,9 @@ def scan(
     ``units`` defaults to all channels. An element may also be a tuple of units: that row
     ablates them together (``units=[3, (4, 7)]``: unit 3 alone, then 4 and 7 together).
     ``ablation`` is ``"zero"``, ``"mean"`` or a number.
-    ``method`` is ``"auto"``, ``"closed_form"``, ``"prefix"`` or ``"naive"``.
+    ``method`` is ``"auto"``, ``"closed_form"``, ``"prefix"``, ``"replay"`` or ``"naive"``
+    (a named engine that cannot run is a ``ConfigError`` saying why; ``"auto"`` picks the
+    fastest that can, and ``ScanResult.reason`` says why a faster one was refused).
 
     The prefix engine stacks several ablated copies of a batch into one suffix forward.
     By default it measures, on the first batch, how many units per pass are fastest and
@@ -231,20 +233,22 @@ def scan(
     share the network before it: the prefix engine reuses the outputs an earlier pass left
     there and leaves its own (results are the same with or without it).
 
-    ``unit="head"`` scans attention heads of ``layer`` (an ``nn.MultiheadAttention`` or an
-    output projection: :mod:`pytest_unitablate.core.heads`; ``num_heads`` where the module
-    does not say): ``units`` are head indices and ``means`` per-feature means of the heads'
-    concatenated output. Heads are ablated inside the attention computation, so the naive
-    loop (one forward per head) runs them.
+    ``unit="head"`` scans attention heads of ``layer`` (an ``nn.MultiheadAttention``, an
+    output projection or a TransformerLens ``hook_z``: :mod:`pytest_unitablate.core.heads`;
+    ``num_heads`` where the module does not say): ``units`` are head indices and ``means``
+    per-feature means of the heads' concatenated output. The prefix engine runs them from
+    the output projection on (:mod:`~pytest_unitablate.core.scan.head_copies`); a model
+    ``torch.fx`` cannot split takes the replay engine
+    (:mod:`~pytest_unitablate.core.scan.replay`), as do its channels.
 
     ``ablation="resample"`` takes ``resample``, one
     :class:`~pytest_unitablate.core.resample.ResampleSource` per draw: each row is the
     mean over the draws (log-probabilities, and ``shares`` of right answers when there
     are several); the naive loop runs it (each example takes other examples' values).
     """
-    if method not in ("auto", "closed_form", "prefix", "naive"):
+    if method not in ("auto", "closed_form", "prefix", "replay", "naive"):
         raise ConfigError(
-            f"scan method must be auto, closed_form, prefix or naive, got {method!r}")
+            f"scan method must be auto, closed_form, prefix, replay or naive, got {method!r}")
     require_replayable(data)
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     if budget < 1:
@@ -281,12 +285,19 @@ def scan(
         if not resample:
             raise ConfigError(f"scan of {layer!r}: resample ablation needs resample= (one "
                               f"ResampleSource per draw)")
-        if method in ("closed_form", "prefix"):
+        if method in ("closed_form", "prefix", "replay"):
             raise ConfigError(f"scan(method={method!r}) refused for {layer!r}: resample "
                               f"ablation runs the naive loop")
-    if unit == "head" and method in ("closed_form", "prefix"):
-        raise ConfigError(f"scan(method={method!r}) refused for {layer!r}: heads are ablated "
-                          f"inside the attention computation; use method='auto' or 'naive'")
+    if unit == "head" and method == "closed_form":
+        raise ConfigError(f"scan(method='closed_form') refused for {layer!r}: heads have no "
+                          f"closed form (the network after the attention is not affine in "
+                          f"it); use method='auto', 'prefix', 'replay' or 'naive'")
+    if unit == "head" and method in ("prefix", "replay") and \
+            head_projection(model, layer, num_heads) is None:
+        raise ConfigError(f"scan(method={method!r}) refused for {layer!r}: its heads cannot be "
+                          f"ablated after its output (only batch-first nn.MultiheadAttention, "
+                          f"a Linear or Conv1D output projection and a TransformerLens "
+                          f"hook_z can); use method='auto' or 'naive'")
 
     if not chosen:  # nothing to ablate: the baseline alone
         base = evaluate(model, data, device=target, batch_size=batch_size, output=output)
@@ -303,14 +314,18 @@ def scan(
                               out.plan, out.logprobs)
 
         def replayed(why: str, heads: Any = None) -> ScanResult | str:
-            """The replay engine (:mod:`.replay`) where the split could not be made."""
-            if method != "auto" or ablation == "resample" or batch not in (0, None):
+            """The replay engine (:mod:`.replay`) where the split could not be made (or
+            asked for: then a refusal is a ConfigError)."""
+            if method not in ("auto", "replay") or ablation == "resample" or \
+                    batch not in (0, None):
                 return why
             tick.restart()
             found = scan_replay(model, data, layer, variants, ablation, means, target,
                                 batch_size, output, channel_dim=channel_dim or 1,
-                                heads=heads, progress=tick)
+                                heads=heads, progress=tick, allow_naive=method == "auto")
             if isinstance(found, str):
+                if method == "replay":
+                    raise ConfigError(f"scan(method='replay') refused for {layer!r}: {found}")
                 return f"{why}; replay: {found}"
             if found.plan:  # measured no cheaper than plain forwards: the naive loop's
                 return result(found, "naive", f"{why}; replay: {found.plan}")
@@ -330,28 +345,36 @@ def scan(
                 if not isinstance(done, str):
                     return done
                 reason = done
-            method = "naive" if unit == "channel" or method != "auto" else "replay-only"
+            method = "naive" if unit == "channel" or method not in ("auto", "replay") \
+                else "replay-only"
         if ablation == "resample":
             reason = "resample: each example takes other examples' values (the naive loop)"
             method = "naive"
         if unit == "head" and method != "naive":
             projection = head_projection(model, layer, num_heads) \
-                if method in ("auto", "replay-only") else None
+                if method in ("auto", "replay-only", "prefix", "replay") else None
             if projection is not None:  # from the output projection on
-                split, why = (None, reason) if method == "replay-only" else \
+                split, why = (None, reason) if method in ("replay-only", "replay") else \
                     remembered(model, layer, split_at) if prefix_cache is None else \
                     prefix_cache.split(model, layer)
-                method = "auto"
+                if method == "replay-only":
+                    method = "auto"
+                if split is None and method == "prefix":
+                    raise ConfigError(f"scan(method='prefix') refused for {layer!r}: {why}")
                 if split is not None:
                     tick.restart()
                     after = scan_prefix(model, split, data, layer, variants, ablation, means,
                                         target, batch_size, chunk_size, -1, output,
                                         memory_budget=budget, progress=tick,
-                                        allow_naive=chunk_size is None, heads=projection)
+                                        allow_naive=method == "auto" and chunk_size is None,
+                                        heads=projection)
                     if not isinstance(after, str):
                         after.plan = (f"heads from the output projection on (the network "
                                       f"before it once per batch): {after.plan}")
                         return result(after, "prefix")
+                    if method == "prefix":
+                        raise ConfigError(f"scan(method='prefix') refused for {layer!r}: "
+                                          f"{after}")
                     why = after
                 else:
                     done = replayed(why, projection)
@@ -376,12 +399,16 @@ def scan(
                 reason = f"heads: {why}"
             method = "naive"
         if batch not in (0, None):
-            if method in ("closed_form", "prefix"):
+            if method in ("closed_form", "prefix", "replay"):
                 raise ConfigError(f"scan(method={method!r}) refused for {layer!r}: its output "
                                   f"{shape_text(info.shape, None, batch)} is not batch-first")
             reason = (f"the layer's output {shape_text(info.shape, None, batch)} has its batch "
                       f"on dimension {batch}: the naive loop")
             method = "naive"
+        if method == "replay":  # asked for: no split tried, a refusal is an error
+            done = replayed("method='replay'")
+            assert not isinstance(done, str)
+            return done
         if method in ("auto", "closed_form"):
             if channel_dim != 1 or len(info.shape) != 4:
                 reason = "closed form needs a 4-D N,C,H,W layer with channel_dim 1"
