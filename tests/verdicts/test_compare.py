@@ -161,3 +161,33 @@ def test_an_outcome_change_of_a_calibrated_item_says_what_the_threshold_rests_on
     text = comparison_text(compare_reports(ref, new), "a.json", "b.json")
     assert ("s.yaml::any: passed -> failed (the threshold is calibrated over 3 reference "
             "models: 30.0-50.0 pp)") in text
+
+
+def test_a_drop_is_judged_against_the_other_runs_interval_both_ways() -> None:
+    """Each run's drop is held to the *other* run's interval: a narrow reference catches a
+    candidate that its own wide interval would excuse, and the reverse. (Held against its
+    own interval, no drop would ever move: a drop lies inside its own interval.)"""
+    narrow_ref = {"items": [_item("a", drop=0.5, ci_low=0.45, ci_high=0.55)]}
+    wide_new = {"items": [_item("a", drop=0.3, ci_low=0.0, ci_high=0.6)]}
+    assert [c.kind for c in compare_reports(narrow_ref, wide_new)] == ["drop"]
+    wide_ref = {"items": [_item("a", drop=0.5, ci_low=0.0, ci_high=0.9)]}
+    narrow_new = {"items": [_item("a", drop=0.3, ci_low=0.28, ci_high=0.32)]}
+    assert [c.kind for c in compare_reports(wide_ref, narrow_new)] == ["drop"]
+    # each inside the other's interval: chance explains it, nothing is listed
+    near = {"items": [_item("a", drop=0.45, ci_low=0.3, ci_high=0.6)]}
+    assert compare_reports(wide_ref, near) == []
+
+
+def test_every_outcome_change_is_listed_not_only_pass_and_fail() -> None:
+    outcomes = ["passed", "failed", "error", "skipped", "xfailed"]
+    for before in outcomes:
+        for after in outcomes:
+            ref = {"items": [_item("a", outcome=before)]}
+            new = {"items": [_item("a", outcome=after)]}
+            kinds = [c.kind for c in compare_reports(ref, new)]
+            assert kinds == ([] if before == after else ["outcome"]), (before, after)
+    # an item one run does not have is listed whatever its outcome
+    for outcome in outcomes:
+        only = {"items": [_item("a", outcome=outcome)]}
+        assert [c.kind for c in compare_reports({"items": []}, only)] == ["added"]
+        assert [c.kind for c in compare_reports(only, {"items": []})] == ["removed"]
