@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test test-fast test-slow test-threads test-recipes matrix mutate lint docs docs-serve bench guard-bench clean
+.PHONY: setup browser demo test test-fast test-slow test-threads test-numerics fuzz test-recipes matrix mutate lint docs docs-serve bench guard-bench clean
 
 $(STAMP): pyproject.toml requirements-torch.txt
 	$(PY) -m venv $(VENV)
@@ -58,6 +58,21 @@ test-fast: $(STAMP)
 
 test-slow: $(STAMP) browser
 	$(RUN_TESTS) -m "slow and not recipe"
+
+# The fast suite again under perturbed numerics: three torch threads per worker (another
+# summation order than `make test`'s one) and torch.use_deterministic_algorithms (the
+# root conftest reads UNITABLATE_TEST_THREADS). An assertion that holds for one CPU's
+# rounding only fails here first. CI runs it after `make test`.
+test-numerics: $(STAMP)
+	env -u PYTHONDONTWRITEBYTECODE UNITABLATE_TEST_THREADS=3 $(BIN)/pytest -n 2 -m "not slow" \
+		-p no:randomly
+
+# Differential fuzzing, the long profile (tests/fuzz): hundreds of generated models against
+# the test's own oracle through scan(), the engine and the plugin's JSON report. `make test`
+# runs the same tests bounded and seeded; CI runs this after the other suites.
+fuzz: $(STAMP)
+	env -u PYTHONDONTWRITEBYTECODE OMP_NUM_THREADS=1 UNITABLATE_FUZZ=long $(BIN)/pytest \
+		-p no:randomly tests/fuzz --hypothesis-show-statistics
 
 # The CI recipe (examples/ci) run locally on the demo, and the demo from a built wheel:
 # minutes each, so not in `make test`; CI runs them after it.

@@ -10,3 +10,17 @@ assertion rewriting and warn in every in-process pytester run.)
 """
 
 from unitablate_demo.plugin import *  # noqa: F403
+
+
+def pytest_configure(config: object) -> None:
+    """``UNITABLATE_TEST_THREADS=N`` (``make test-numerics``): the suite again with another
+    torch thread count and ``torch.use_deterministic_algorithms``, so that an assertion that
+    holds only for one summation order shows up before another CPU finds it."""
+    import os
+
+    threads = os.environ.get("UNITABLATE_TEST_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+        torch.use_deterministic_algorithms(True)

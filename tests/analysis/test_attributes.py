@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from numerics import assert_f32_close
 from scipy import stats
 from torch import nn
 
@@ -42,12 +43,12 @@ def test_selectivity_and_statistics_equal_brute_force() -> None:
     pooled = act.mean(axis=(2, 3))
     mu = np.stack([pooled[labels.numpy() == k].mean(0) for k in (0, 1)])
     sel = (mu.max(0) - mu.min(0)) / (mu.max(0) + mu.min(0) + 1e-6)  # two classes: rest = min
-    np.testing.assert_allclose(attrs["selectivity"], sel, rtol=1e-6)
+    assert_f32_close(attrs["selectivity"], sel, terms=64, depth=4)
     assert attrs["selectivity"][0] == pytest.approx(1.0, abs=1e-5)  # only class 1 fires it
     assert attrs["selectivity"][2] == pytest.approx(0.0, abs=1e-6)  # never fires
-    np.testing.assert_allclose(attrs["selectivity_1"], (mu[1] - mu[0]) / (mu[1] + mu[0] + 1e-6),
-                               rtol=1e-6)
-    np.testing.assert_allclose(attrs["mean_activation"], act.mean(axis=(0, 2, 3)), rtol=1e-6)
+    assert_f32_close(attrs["selectivity_1"], (mu[1] - mu[0]) / (mu[1] + mu[0] + 1e-6),
+                     terms=64, depth=4)
+    assert_f32_close(attrs["mean_activation"], act.mean(axis=(0, 2, 3)), terms=64, depth=2)
     np.testing.assert_allclose(attrs["sparsity"], (act <= 0).mean(axis=(0, 2, 3)))
     assert np.isnan(attrs["l1_in"]).all()  # a ReLU has no weights
     np.testing.assert_allclose(attrs["l1_out"], model.fc.weight.abs().sum(0).detach().numpy())

@@ -46,7 +46,7 @@ def test_matches_plain_hook_reference(arch: str) -> None:
         expected = _reference(model, layer, units, x)
         with torch.no_grad(), ablate(model, {layer: units}):
             ours = model(x)
-        torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+        torch.testing.assert_close(ours, expected, rtol=0, atol=0)  # exact: same ops
         assert not torch.equal(ours, clean)
     with torch.no_grad():
         assert torch.equal(model(x), clean)  # nothing left behind
