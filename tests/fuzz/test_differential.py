@@ -19,6 +19,7 @@ finds becomes a named regression test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -178,7 +179,7 @@ def networks(draw: st.DrawFn) -> Built:
     if tokens:
         layers.append(nn.Linear(6, width))
         targets.append(Target("blocks.0", "channel", -1, width))
-        for i in range(draw(st.integers(1, 3))):
+        for _ in range(draw(st.integers(1, 3))):
             at = f"blocks.{len(layers)}"
             kind = draw(st.sampled_from(["mlp", "norm", "rms", "res", "mha", "mha_seq", "hf",
                                          "tl"]))
@@ -214,7 +215,7 @@ def networks(draw: st.DrawFn) -> Built:
         layers.append(nn.Conv2d(3, width, 3, padding=1))
         targets.append(Target("blocks.0", "channel", 1, width))
         size = 6
-        for i in range(draw(st.integers(1, 3))):
+        for _ in range(draw(st.integers(1, 3))):
             at = f"blocks.{len(layers)}"
             kind = draw(st.sampled_from(["conv", "bn", "act", "pool", "res", "convnext",
                                          "cl_norm"]))
@@ -334,10 +335,8 @@ def _agree(got: np.ndarray, want: np.ndarray) -> bool:
 
 def event(text: str) -> None:
     """hypothesis's ``event`` inside a test; nothing outside one (a hunt by hand)."""
-    try:
+    with contextlib.suppress(Exception):
         _event(text)
-    except Exception:
-        pass
 
 
 def _refused(exc: Exception, layer: str) -> bool:
