@@ -12,12 +12,12 @@
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from attention_models import HFAttention, TLAttention
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -115,54 +115,6 @@ def test_the_closed_form_through_per_channel_layers_equals_a_hook_of_our_own(dat
     _agree(result, oracle, y)
 
 
-class HookPoint(nn.Module):
-    """A TransformerLens-style hook point (identity): the class name is what names it."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-class HFAttention(nn.Module):
-    """q/k/v/o projections, heads concatenated before ``o_proj`` (Hugging Face style)."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.num_heads = heads
-        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, dim) for _ in range(3))
-        self.o_proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        h = self.num_heads
-
-        def split(v: torch.Tensor) -> torch.Tensor:
-            return v.view(b, t, h, d // h).transpose(1, 2)
-
-        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
-        att = torch.softmax(q @ k.transpose(-1, -2) / (d // h) ** 0.5, dim=-1) @ v
-        return self.o_proj(att.transpose(1, 2).reshape(b, t, d))  # type: ignore[no-any-return]
-
-
-class TLAttention(nn.Module):
-    """TransformerLens-style: ``hook_z`` (batch, position, head, d_head), then ``W_O``."""
-
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.cfg = SimpleNamespace(n_heads=heads, d_head=dim // heads)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.hook_z = HookPoint()
-        self.W_O = nn.Parameter(torch.randn(heads, dim // heads, dim) / dim ** 0.5)
-        self.b_O = nn.Parameter(torch.randn(dim) * 0.1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        h = self.cfg.n_heads
-        q, k, v = self.qkv(x).view(b, t, 3, h, d // h).unbind(2)  # (b, t, h, dh) each
-        att = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, k) / (d // h) ** 0.5, -1)
-        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", att, v))
-        return torch.einsum("bqhd,hdm->bqm", z, self.W_O) + self.b_O
-
-
 class Encoder(nn.Module):
     """Embedding, ``depth`` pre-norm blocks of one attention kind, mean pooling, a head."""
 
@@ -176,7 +128,8 @@ class Encoder(nn.Module):
         elif kind == "hf":
             self.attn = nn.ModuleList(HFAttention(dim, heads) for _ in range(depth))
         else:
-            self.attn = nn.ModuleList(TLAttention(dim, heads) for _ in range(depth))
+            self.attn = nn.ModuleList(TLAttention(dim, heads, bias=0.1)
+                                      for _ in range(depth))
         self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(),
                                                nn.Linear(2 * dim, dim)) for _ in range(depth))
         self.kind = kind

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from attention_models import HFAttention, TLAttention
 from hypothesis import HealthCheck, given, settings
 from hypothesis import event as _event
 from hypothesis import strategies as st
@@ -53,13 +54,6 @@ class Permute(nn.Module):
         return x.permute(*self.dims)
 
 
-class HookPoint(nn.Module):
-    """TransformerLens's hook point (identity): the class name is what names it."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
 class SeqFirst(nn.Module):
     """``nn.MultiheadAttention`` used sequence-first inside a batch-first model."""
 
@@ -79,42 +73,6 @@ class BatchFirst(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.attn(x, x, x, need_weights=False)[0]  # type: ignore[no-any-return]
-
-
-class HFAttention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.num_heads = heads
-        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, dim) for _ in range(3))
-        self.o_proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        h = self.num_heads
-        q, k, v = (p(x).view(b, t, h, d // h).transpose(1, 2)
-                   for p in (self.q_proj, self.k_proj, self.v_proj))
-        att = torch.softmax(q @ k.transpose(-1, -2) / (d // h) ** 0.5, dim=-1) @ v
-        return self.o_proj(att.transpose(1, 2).reshape(b, t, d))  # type: ignore[no-any-return]
-
-
-class TLAttention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        from types import SimpleNamespace
-
-        self.cfg = SimpleNamespace(n_heads=heads, d_head=dim // heads)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.hook_z = HookPoint()
-        self.W_O = nn.Parameter(torch.randn(heads, dim // heads, dim) / dim ** 0.5)
-        self.b_O = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        h = self.cfg.n_heads
-        q, k, v = self.qkv(x).view(b, t, 3, h, d // h).unbind(2)
-        att = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, k) / (d // h) ** 0.5, -1)
-        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", att, v))
-        return torch.einsum("bqhd,hdm->bqm", z, self.W_O) + self.b_O
 
 
 class Residual(nn.Module):
@@ -444,7 +402,7 @@ def test_the_plugins_report_records_the_oracles_drop(
     torch.save({"model": built.model, "x": built.x, "y": built.y}, folder / "case.pt")
     (folder / "conftest.py").write_text(textwrap.dedent(f"""
         import sys, torch, pytest
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]
         import test_differential  # noqa: F401  (the classes the pickle names)
         CASE = torch.load("case.pt", weights_only=False)
 

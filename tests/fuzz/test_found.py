@@ -10,16 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_differential import (
-    Built,
-    HookPoint,
-    Net,
-    Permute,
-    Residual,
-    Target,
-    TLAttention,
-    check_one,
-)
+from attention_models import HookPoint, TLAttention
+from test_differential import Built, Net, Permute, Residual, Target, check_one
 from torch import nn
 
 from pytest_unitablate import scan
