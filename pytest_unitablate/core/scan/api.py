@@ -27,13 +27,11 @@ Example::
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -51,7 +49,6 @@ from pytest_unitablate.core.layers import (
     check_units,
     probe_layers,
     shape_text,
-    unit_indices,
 )
 from pytest_unitablate.core.layout import unit_dim_of
 from pytest_unitablate.core.scan.closed_form import closed_form_head, scan_closed_form
@@ -60,130 +57,17 @@ from pytest_unitablate.core.scan.head_copies import head_projection
 from pytest_unitablate.core.scan.heads import scan_heads, split_for_heads
 from pytest_unitablate.core.scan.memory import DEFAULT_MEMORY_BUDGET
 from pytest_unitablate.core.scan.prefix import PrefixCache, StalePrefix
+from pytest_unitablate.core.scan.progress import Progress
 from pytest_unitablate.core.scan.replay import scan_replay
+from pytest_unitablate.core.scan.result import ScanResult, variants_of
 from pytest_unitablate.core.scan.split import remembered, split_at
 from pytest_unitablate.core.scan.suffix import scan_prefix
 from pytest_unitablate.core.tokens import TokenBatch
-from pytest_unitablate.errors import ConfigError, optional_import
+from pytest_unitablate.errors import ConfigError
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
-
-
-#: What one row of a scan ablates: one unit, or a tuple of units ablated together.
-Unit = int | tuple[int, ...]
-
-
-def variants_of(layer: str, units: Sequence[int | Sequence[int]]
-                ) -> tuple[tuple[Unit, ...], tuple[tuple[int, ...], ...]]:
-    """The rows of a scan: each element of ``units`` as the result names it (an int, or a
-    tuple), and as the engines take it (always a tuple of indices).
-
-    >>> variants_of("conv5", [3, (4, 7)])
-    ((3, (4, 7)), ((3,), (4, 7)))
-    """
-    labels: list[Unit] = []
-    variants: list[tuple[int, ...]] = []
-    if hasattr(units, "__index__") and not hasattr(units, "__len__"):
-        units = [units]  # type: ignore[list-item]  # one unit, as scan(units=5)
-    for element in units:
-        if not hasattr(element, "__iter__"):  # one unit (a float here is refused)
-            (unit,) = unit_indices(layer, [element])
-            labels.append(unit)
-            variants.append((unit,))
-        else:
-            group = tuple(dict.fromkeys(unit_indices(layer, element)))
-            if not group:
-                raise ConfigError(f"scan of {layer!r}: an empty set of units to ablate")
-            labels.append(group)
-            variants.append(group)
-    return tuple(labels), tuple(variants)
-
-
-@dataclass(frozen=True)
-class ScanResult:
-    """Per-unit results of :func:`scan`; arrays are indexed ``[unit position, example]``.
-
-    ``units`` holds what was ablated in each row, as the caller gave it: a unit index, or
-    a tuple of indices ablated together."""
-
-    layer: str
-    units: tuple[Unit, ...]
-    predictions: npt.NDArray[np.int64]
-    labels: npt.NDArray[np.int64]
-    baseline: EvalResult
-    method: str
-    reason: str = ""
-    plan: str = ""
-    #: log-probability of the true class, ``[unit position, example]`` (nats, float32)
-    logprobs: npt.NDArray[np.float32] | None = None
-    #: resample ablation with several draws: each example's share of draws it was right
-    #: in (``predictions`` then hold the first draw's); ``None`` otherwise
-    shares: npt.NDArray[np.float64] | None = None
-
-    @property
-    def correct(self) -> npt.NDArray[np.bool_]:
-        out: npt.NDArray[np.bool_] = self.predictions == self.labels[None, :]
-        return out
-
-    def unit_correct(self, unit: Unit) -> npt.NDArray[np.bool_]:
-        """Per-example correctness with ``unit`` (an index, or a tuple of them) ablated."""
-        out: npt.NDArray[np.bool_] = self.correct[self.units.index(unit)]
-        return out
-
-    @property
-    def frame(self) -> pd.DataFrame:
-        """One row per (unit, target): ``unit``, ``target`` (class index or
-        ``"overall"``), ``n``, ``baseline``, ``ablated``, ``drop`` (accuracy, fractions),
-        then ``baseline_logprob``, ``ablated_logprob`` and ``logprob_drop``: the mean
-        log-probability of the true class over the target's examples before and after,
-        and their difference (nats; what ``min_logprob_drop`` and ``max_logprob_drop``
-        judge). Needs pandas (the ``scan`` extra).
-
-        >>> import torch
-        >>> from torch import nn
-        >>> torch.manual_seed(0) and None
-        >>> model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
-        >>> x, y = torch.randn(30, 4), torch.arange(30) % 3
-        >>> frame = scan(model, (x, y), "1", progress=False).frame
-        >>> list(frame.columns)  # doctest: +NORMALIZE_WHITESPACE
-        ['unit', 'target', 'n', 'baseline', 'ablated', 'drop', 'baseline_logprob',
-         'ablated_logprob', 'logprob_drop']
-        >>> len(frame)  # 6 units x (overall + 3 classes)
-        24
-        """
-        pd = optional_import("pandas", "scan", "ScanResult.frame")
-
-        base = self.baseline
-        classes = base.num_classes
-        counts = base.class_counts
-        rows: list[dict[str, Any]] = []
-        correct = self.correct
-        base_lp = np.asarray(base.true_logprob, dtype=np.float64)
-        labels = self.labels
-        masks: list[tuple[int | str, Any]] = [("overall", np.ones(len(labels), dtype=bool))] + [
-            (k, labels == k) for k in range(classes) if counts[k]]
-        for i, unit in enumerate(self.units):
-            after_lp = np.asarray(self.logprobs[i], dtype=np.float64) \
-                if self.logprobs is not None else None
-            for target, mask in masks:
-                b = base.accuracy if isinstance(target, str) else \
-                    float(base.class_accuracy[target])
-                ab = float(correct[i][mask].mean())
-                blp = float(base_lp[mask].mean())
-                alp = float(after_lp[mask].mean()) if after_lp is not None else float("nan")
-                rows.append({"unit": unit, "target": target, "n": int(mask.sum()),
-                             "baseline": b, "ablated": ab, "drop": b - ab,
-                             "baseline_logprob": blp, "ablated_logprob": alp,
-                             "logprob_drop": blp - alp})
-        return pd.DataFrame(rows, columns=["unit", "target", "n", "baseline", "ablated",
-                                           "drop", "baseline_logprob", "ablated_logprob",
-                                           "logprob_drop"])
-
-    def to_pandas(self) -> pd.DataFrame:
-        """:attr:`frame` (the name pandas-producing APIs often use)."""
-        return self.frame
 
 
 def scan(
@@ -304,7 +188,7 @@ def scan(
         return ScanResult(layer, chosen, np.zeros((0, base.n), dtype=np.int64), base.labels,
                           base, "naive", "no units to scan",
                           logprobs=np.zeros((0, base.n), dtype=np.float32))
-    tick = _progress(progress, len(chosen), count_examples(data), f"scan {layer}")
+    tick = Progress(progress, len(chosen), count_examples(data), f"scan {layer}")
     try:  # the bar goes away even when a batch raises
         def result(out: Any, method_name: str, why: str = "") -> ScanResult:
             base = EvalResult(labels=out.labels, predictions=out.baseline,
@@ -489,47 +373,3 @@ def scan(
                           logprobs=lp_naive, shares=shares)
     finally:
         tick.close()
-
-
-class _progress:
-    """Counts (unit, example) pairs done and shows them: a tqdm bar (in units) or a callback."""
-
-    def __init__(self, progress: bool | Callable[[int, int | None], None] | None,
-                 n_units: int, n_examples: int | None, desc: str) -> None:
-        self.callback = progress if callable(progress) else None
-        self.total = n_units * n_examples if n_examples is not None else None
-        self.n_examples = n_examples
-        self.done = 0
-        self.bar: Any = None
-        if progress is False or self.callback is not None:
-            return
-        if progress is None and not sys.stderr.isatty():
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:  # tqdm is optional (the `scan` extra)
-            return
-        self.bar = tqdm(total=n_units if n_examples else None, desc=desc, unit="unit",
-                        leave=False, delay=0 if progress else 2)
-
-    def __call__(self, pairs: int) -> None:
-        self.done += pairs
-        if self.callback is not None:
-            self.callback(self.done, self.total)
-        if self.bar is not None:  # whole units' worth of pairs (no "127.5/128")
-            shown = self.done // self.n_examples if self.n_examples else self.done
-            if shown > self.bar.n:
-                self.bar.update(shown - self.bar.n)
-
-    def restart(self) -> None:
-        """Another engine starts over (the previous one was refused)."""
-        if self.done and self.bar is not None:
-            self.bar.reset()
-        self.done = 0
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
