@@ -277,3 +277,18 @@ def test_a_named_engine_that_cannot_run_says_why() -> None:
         scan(model, (x, y), "embed", method="replay", ablation="resample", resample=[object()],
              channel_dim=-1,
              progress=False)
+
+
+def test_replay_puts_back_a_forward_an_instance_had_of_its_own() -> None:
+    """Some wrappers set ``module.forward`` on the instance; replay restores it exactly,
+    and leaves no forward of its own behind on the others."""
+    torch.manual_seed(5)
+    model = Branching().eval()
+    original = model.embed.forward
+    model.embed.forward = lambda x: original(x) * 1.0  # type: ignore[method-assign]
+    patched = model.embed.__dict__["forward"]
+    x, y = torch.randn(12, 5, 6), torch.randint(0, 4, (12,))
+    scan(model, (x, y), "attn.o_proj", unit="head", method="replay", progress=False)
+    assert model.embed.__dict__["forward"] is patched
+    assert all("forward" not in m.__dict__ for name, m in model.named_modules()
+               if name != "embed")

@@ -133,6 +133,7 @@ def _batch_size(inputs: Any) -> int:
 def _replaying(modules: Sequence[nn.Module], kept: dict[int, Any]) -> Iterator[None]:
     """Each module's ``forward`` returns its kept output (copied: the model may change it
     in place) instead of computing it."""
+    own = {id(m): m.__dict__["forward"] for m in modules if "forward" in m.__dict__}
     for module in modules:
         value = kept[id(module)]
 
@@ -143,8 +144,11 @@ def _replaying(modules: Sequence[nn.Module], kept: dict[int, Any]) -> Iterator[N
     try:
         yield
     finally:
-        for module in modules:
-            del module.forward
+        for module in modules:  # a forward the instance had of its own is put back
+            if id(module) in own:
+                module.forward = own[id(module)]
+            else:
+                del module.forward
 
 
 def _copied(value: Any) -> Any:
