@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +115,32 @@ def test_a_weights_file_of_no_demo_architecture_is_a_usage_error(pytester: pytes
 def test_checkpoint_files_match_manifest() -> None:
     for entry in read_manifest().values():
         assert sha256_file(CHECKPOINT_DIR / entry["file"]) == entry["sha256"]
+
+
+# The root conftest is the demo plugin plus the suite's own configure: both must run (a
+# second ``pytest_configure`` there once shadowed the demo's, and ``DEMO_CHECKPOINT``
+# stopped choosing the weights; only the CI recipe's run noticed).
+ROOT_SPEC = """\
+unitablate: 1
+model: digits_resnet
+data: digits_test
+checks:
+  - layer: layer3.0
+    units: [1]
+    expect:
+      overall: {max_drop: 50%}
+"""
+
+
+def test_the_demo_checkpoint_variable_still_chooses_the_weights(tmp_path: Path) -> None:
+    shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "s.yaml").write_text(ROOT_SPEC)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(DEMO_CHECKPOINT="resnet-retrained", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--unitablate-spec", "s.yaml",
+                           "-p", "no:randomly", "-p", "no:cacheprovider", "-q",
+                           "--unitablate-report", "r.json"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["chosen_by"] == {"DEMO_CHECKPOINT": "resnet-retrained"}
