@@ -26,11 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from pytest_unitablate.core.ablation import ablate
 from pytest_unitablate.core.data import iter_batches
-from pytest_unitablate.core.evaluation import eval_mode, logits_agree, true_logprob
+from pytest_unitablate.core.evaluation import eval_mode, true_logprob
 from pytest_unitablate.core.layers import require_single_call, resolve_layer
-from pytest_unitablate.core.scan.collect import Collector, replacement_values
+from pytest_unitablate.core.scan.collect import (
+    CHECKED_EXAMPLES,
+    Collector,
+    matches_real,
+    replacement_values,
+)
 from pytest_unitablate.core.scan.split import trace_keeping
 from pytest_unitablate.core.tokens import call_model
 
@@ -211,7 +215,7 @@ def scan_closed_form(model: nn.Module, data: Any, layer: str,
                         handle.remove()
                     handles = []
                     if not _verify(model, layer, inputs, logits, diff, w3, variants,
-                                   ablation, means):
+                                   ablation, means, output):
                         return None
                     verified = True
                     handles = [module.register_forward_hook(hook),
@@ -229,17 +233,14 @@ def scan_closed_form(model: nn.Module, data: Any, layer: str,
 def _verify(model: nn.Module, layer: str, inputs: torch.Tensor, logits: torch.Tensor,
             diff: torch.Tensor, weight: torch.Tensor,
             variants: tuple[tuple[int, ...], ...], ablation: str | float,
-            means: dict[str, torch.Tensor] | None) -> bool:
+            means: dict[str, torch.Tensor] | None, output: int | str | None = None) -> bool:
     """Compare the closed-form logits with real ablated forwards for the first and the
     last row."""
-    few = min(inputs.shape[0], 16)  # a slice of the first batch is enough to catch a mismatch
-    for variant in dict.fromkeys((variants[0], variants[-1])):
-        predicted = _shifted(logits[:few], diff[:few], weight, variant)
-        with ablate(model, {layer: list(variant)}, ablation=ablation, means=means):
-            real = call_model(model, inputs[:few])
-        if not logits_agree(predicted, real):
-            return False
-    return True
+    few = min(inputs.shape[0], CHECKED_EXAMPLES)
+    return all(matches_real(model, inputs, layer, variant,
+                            _shifted(logits[:few], diff[:few], weight, variant), ablation,
+                            means, output=output)
+               for variant in dict.fromkeys((variants[0], variants[-1])))
 
 
 __all__ = ["PER_CHANNEL_MODULES", "ClosedFormHead", "closed_form_head", "scan_closed_form"]

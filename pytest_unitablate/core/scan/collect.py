@@ -17,9 +17,15 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from pytest_unitablate.core.ablation import check_means
+from pytest_unitablate.core.ablation import ablate, check_means
 from pytest_unitablate.core.data import PassDigest
-from pytest_unitablate.core.evaluation import checked_logits, true_logprob
+from pytest_unitablate.core.evaluation import (
+    checked_logits,
+    logits_agree,
+    select_logits,
+    true_logprob,
+)
+from pytest_unitablate.core.tokens import call_model
 
 
 @dataclass
@@ -104,4 +110,25 @@ def ablated_copies(out: torch.Tensor, variants: Sequence[Sequence[int]], repl: t
     return stacked.reshape(k * batch, *out.shape[1:])
 
 
-__all__ = ["Collector", "EngineOutput", "ablated_copies", "replacement_values"]
+#: Examples of the first batch every fast engine checks against real ablated forwards.
+CHECKED_EXAMPLES = 16
+
+
+def matches_real(model: Any, inputs: Any, layer: str, variant: Sequence[int],
+                 logits: torch.Tensor, ablation: str | float,
+                 means: dict[str, torch.Tensor] | None, *, unit: str = "channel",
+                 channel_dim: int = 1, num_heads: int | None = None,
+                 output: int | str | None = None) -> bool:
+    """Whether an engine's ``logits`` for ``inputs`` with ``variant`` of ``layer`` ablated
+    equal a real ablated forward (``ablate`` hooks on the untouched model) on the first
+    :data:`CHECKED_EXAMPLES` examples: the check every fast engine makes on its first
+    batch before it is trusted."""
+    few = min(len(logits), CHECKED_EXAMPLES)
+    with ablate(model, {layer: list(variant)}, ablation=ablation, means=means,
+                channel_dim=channel_dim, unit=unit, num_heads=num_heads):
+        real = select_logits(call_model(model, inputs[:few]), output)
+    return logits_agree(logits[:few], real)
+
+
+__all__ = ["CHECKED_EXAMPLES", "Collector", "EngineOutput", "ablated_copies", "matches_real",
+           "replacement_values"]

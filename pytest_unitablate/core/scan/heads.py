@@ -25,19 +25,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from pytest_unitablate.core.ablation import ablate
 from pytest_unitablate.core.data import iter_batches
 from pytest_unitablate.core.evaluation import (
     eval_mode,
-    logits_agree,
     select_logits,
     true_logprob,
 )
 from pytest_unitablate.core.heads import ablation_edit, editing_heads, head_site
-from pytest_unitablate.core.scan.collect import Collector, EngineOutput
+from pytest_unitablate.core.scan.collect import Collector, EngineOutput, matches_real
 from pytest_unitablate.core.scan.plan import slower_than_naive
 from pytest_unitablate.core.scan.split import Split, split_at, trace_keeping
-from pytest_unitablate.core.tokens import call_model
 
 
 def cut_before(model: nn.Module, layer: str) -> tuple[str | None, str]:
@@ -97,9 +94,9 @@ def scan_heads(model: nn.Module, split: Split, data: Any, layer: str,
                     return (f"measured on the first batch, a head's suffix pass costs "
                             f"{(time.perf_counter() - began) * 1e3:.2f} ms against "
                             f"{whole_time * 1e3:.2f} ms for a whole forward (the naive loop)")
-                if index == 0 and row in (0, len(variants) - 1) and not _agrees(
-                        model, inputs, layer, variant, logits, ablation, means, num_heads,
-                        output):
+                if index == 0 and row in (0, len(variants) - 1) and not matches_real(
+                        model, inputs, layer, variant, logits, ablation, means, unit="head",
+                        num_heads=num_heads, output=output):
                     return "the split network did not match a real ablated forward"
                 predictions[row] = logits.argmax(dim=1).cpu()
                 logprobs[row] = true_logprob(logits, labels).cpu()
@@ -113,17 +110,6 @@ def scan_heads(model: nn.Module, split: Split, data: Any, layer: str,
 def _copies(values: Sequence[Any]) -> list[Any]:
     """The kept prefix values, copied: in-place ops in the suffix must not change them."""
     return [v.clone() if isinstance(v, torch.Tensor) else v for v in values]
-
-
-def _agrees(model: nn.Module, inputs: torch.Tensor, layer: str, variant: Sequence[int],
-            logits: torch.Tensor, ablation: str | float,
-            means: dict[str, torch.Tensor] | None, num_heads: int | None,
-            output: int | str | None) -> bool:
-    few = min(inputs.shape[0], 16)
-    with ablate(model, {layer: list(variant)}, ablation=ablation, means=means, unit="head",
-                num_heads=num_heads):
-        real = select_logits(call_model(model, inputs[:few]), output)
-    return logits_agree(logits[:few], real)
 
 
 def split_for_heads(model: nn.Module, layer: str) -> tuple[Split | None, str]:

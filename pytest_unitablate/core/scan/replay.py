@@ -40,7 +40,6 @@ from pytest_unitablate.core.ablation import ablate
 from pytest_unitablate.core.data import iter_batches
 from pytest_unitablate.core.evaluation import (
     eval_mode,
-    logits_agree,
     select_logits,
     true_logprob,
 )
@@ -49,6 +48,7 @@ from pytest_unitablate.core.scan.collect import (
     Collector,
     EngineOutput,
     ablated_copies,
+    matches_real,
     replacement_values,
 )
 from pytest_unitablate.core.scan.head_copies import HeadProjection
@@ -256,8 +256,11 @@ def scan_replay(model: nn.Module, data: Any, layer: str,
                 took = time.perf_counter() - began  # the row alone, not its check below
                 if not (plain or yardstick) and verified < 2:
                     # the first two replayed rows against real ablated forwards
-                    if not _agrees(model, inputs, layer, variant, ablated, ablation, means,
-                                   channel_dim, heads, output):
+                    if not matches_real(model, inputs, layer, variant, ablated, ablation,
+                                        means, unit="channel" if heads is None else "head",
+                                        channel_dim=channel_dim, output=output,
+                                        num_heads=None if heads is None else
+                                        heads.site.num_heads):
                         return "the replayed pass did not match a real ablated forward"
                     verified += 1
                 if index == 0 and row < 4:
@@ -282,18 +285,6 @@ def scan_replay(model: nn.Module, data: Any, layer: str,
 def cheaper(replayed: float, plain: float) -> bool:
     """Whether a replayed pass (seconds) costs less than a plain ablated forward."""
     return replayed < plain
-
-
-def _agrees(model: nn.Module, inputs: Any, layer: str, variant: Sequence[int],
-            logits: torch.Tensor, ablation: str | float,
-            means: dict[str, torch.Tensor] | None, channel_dim: int,
-            heads: HeadProjection | None, output: int | str | None) -> bool:
-    few = min(_batch_size(inputs), 16)
-    kind = {"unit": "head", "num_heads": heads.site.num_heads} if heads is not None else {
-        "channel_dim": channel_dim}
-    with ablate(model, {layer: list(variant)}, ablation=ablation, means=means, **kind):
-        real = select_logits(call_model(model, inputs[:few]), output)
-    return logits_agree(logits[:few], real)
 
 
 __all__ = ["cheaper", "replayable", "scan_replay"]

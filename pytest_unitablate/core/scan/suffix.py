@@ -23,11 +23,9 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from pytest_unitablate.core.ablation import ablate
 from pytest_unitablate.core.data import iter_batches
 from pytest_unitablate.core.evaluation import (
     eval_mode,
-    logits_agree,
     select_logits,
     true_logprob,
 )
@@ -35,6 +33,7 @@ from pytest_unitablate.core.scan.collect import (
     Collector,
     EngineOutput,
     ablated_copies,
+    matches_real,
     replacement_values,
 )
 from pytest_unitablate.core.scan.head_copies import HeadProjection
@@ -42,7 +41,6 @@ from pytest_unitablate.core.scan.memory import DEFAULT_MEMORY_BUDGET, graph_peak
 from pytest_unitablate.core.scan.plan import Calibration, Plan, limits, slower_than_naive
 from pytest_unitablate.core.scan.prefix import PrefixCache
 from pytest_unitablate.core.scan.split import LinearEntry, Split, entry_outputs, linear_entry
-from pytest_unitablate.core.tokens import call_model
 
 
 def _repeat(value: Any, k: int, batch: int) -> Any:
@@ -291,15 +289,11 @@ def _verify(model: nn.Module, inputs: torch.Tensor, layer: str,
             output: int | str | None = None, num_heads: int | None = None) -> bool:
     """The logits of the first and last copies of ``chunk`` against real ablated forwards
     (``num_heads``: the units are heads)."""
-    few = min(batch, 16)  # a slice of the first batch is enough to catch a wrong split
-    for j in sorted({0, len(chunk) - 1}):
-        with ablate(model, {layer: list(chunk[j])}, ablation=ablation, means=means,
-                    channel_dim=channel_dim, unit="channel" if num_heads is None else "head",
-                    num_heads=num_heads):
-            real = select_logits(call_model(model, inputs[:few]), output)
-        if not logits_agree(logits[j * batch:j * batch + few], real):
-            return False
-    return True
+    return all(matches_real(model, inputs, layer, chunk[j], logits[j * batch:(j + 1) * batch],
+                            ablation, means, channel_dim=channel_dim, output=output,
+                            unit="channel" if num_heads is None else "head",
+                            num_heads=num_heads)
+               for j in sorted({0, len(chunk) - 1}))
 
 
 __all__ = ["scan_prefix"]
