@@ -67,14 +67,6 @@ def _batch_first(value: Any, batch: int) -> bool:
     return False
 
 
-def _rows(value: Any, rows: slice, batch: int) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value[rows] if value.dim() > 0 and value.shape[0] == batch else value
-    if isinstance(value, (tuple, list)):
-        return type(value)(_rows(v, rows, batch) for v in value)
-    return value
-
-
 def replayable(model: nn.Module, inputs: Any, layer: str) -> tuple[list[nn.Module], str]:
     """The modules whose outputs can be replayed when ``layer`` is ablated: called once per
     forward, finished before ``layer`` starts, not inside another such module, with
