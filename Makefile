@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test test-fast test-slow test-threads test-numerics fuzz test-recipes matrix mutate lint docs docs-serve bench guard-bench clean
+.PHONY: setup browser demo test test-fast test-slow test-threads test-numerics fuzz test-recipes matrix mutate mutate-clean lint docs docs-serve bench guard-bench clean
 
 $(STAMP): pyproject.toml requirements-torch.txt
 	$(PY) -m venv $(VENV)
@@ -98,12 +98,23 @@ guard-bench: $(STAMP)
 matrix: $(STAMP)
 	$(BIN)/nox
 
-# Mutation testing (mutmut; the modules are listed in pyproject.toml [tool.mutmut]): slow,
-# not part of `make test`. Prints every surviving mutant at the end.
+# Mutation testing (mutmut; the modules are listed in pyproject.toml [tool.mutmut]) against
+# the whole fast suite: hours, so not part of `make test`; .ci/mutate runs it in chunks as
+# the scheduled job. CHUNK narrows it to packages or modules, paths under pytest_unitablate
+# with dots or slashes (CHUNK=engine, CHUNK=core/scan, CHUNK="core/data core/layers").
+# mutants/ is kept between runs, so the mutated copy and the suite's run that maps tests to
+# functions are made once (`make mutate-clean` starts over; mutmut re-runs every mutant a
+# CHUNK names). Ends with the per-module table and every survivor, and fails when a module
+# kills fewer than MUTATE_MIN percent.
+MUTATE_MIN ?= 90
+MUTATE_NAMES = $(foreach c,$(CHUNK),"pytest_unitablate.$(subst /,.,$(c:.py=))*")
+MUTATE_FILES = $(foreach c,$(CHUNK),--only 'pytest_unitablate/$(subst .,/,$(c:.py=))*')
 mutate: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2 $(MUTATE_NAMES)
+	$(BIN)/python tools/mutation_scores.py $(MUTATE_FILES) --survivors --min $(MUTATE_MIN)
+
+mutate-clean:
 	rm -rf mutants
-	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2
-	$(BIN)/mutmut results
 
 # ruff (style, and TID253: no module-level torch in the torch-free layers), mypy --strict,
 # and import-linter (the layer contract in pyproject.toml; docs/architecture.md).

@@ -1,0 +1,80 @@
+"""tools/mutation_scores.py: per-module scores from the ``.meta`` files mutmut keeps."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("mutation_scores",
+                                               ROOT / "tools" / "mutation_scores.py")
+assert _spec is not None and _spec.loader is not None
+scores = importlib.util.module_from_spec(_spec)
+sys.modules["mutation_scores"] = scores  # dataclasses look their module up
+_spec.loader.exec_module(scores)
+
+
+def _meta(root: Path, path: str, codes: dict[str, int | None]) -> None:
+    meta = root / (path + ".meta")
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps({"exit_code_by_key": codes}))
+
+
+@pytest.fixture
+def mutants(tmp_path: Path) -> Path:
+    root = tmp_path / "mutants"
+    # 9 killed (one by a timeout), 1 survivor: 90%
+    _meta(root, "pytest_unitablate/engine/a.py",
+          {**{f"m.a.x_f__mutmut_{i}": 1 for i in range(8)}, "m.a.x_f__mutmut_8": 36,
+           "m.a.x_f__mutmut_9": 0})
+    # 3 killed, 1 no test runs it: 75%
+    _meta(root, "pytest_unitablate/core/b.py",
+          {"m.b.x_g__mutmut_1": 1, "m.b.x_g__mutmut_2": 1, "m.b.x_g__mutmut_3": 1,
+           "m.b.x_g__mutmut_4": 33})
+    # partly checked: scored over the checked ones, never judged against --min
+    _meta(root, "pytest_unitablate/core/c.py",
+          {"m.c.x_h__mutmut_1": None, "m.c.x_h__mutmut_2": 1, "m.c.x_h__mutmut_3": 0})
+    # none checked yet: no score
+    _meta(root, "pytest_unitablate/core/d.py", {"m.d.x_k__mutmut_1": None})
+    return root
+
+
+def test_scores_per_module_count_timeouts_as_killed_and_untested_against(
+        mutants: Path) -> None:
+    by_path = {m.path: m for m in scores.read(mutants, [])}
+    a, b = by_path["pytest_unitablate/engine/a.py"], by_path["pytest_unitablate/core/b.py"]
+    assert (a.total, a.killed, a.survived, a.score) == (10, 9, 1, 90.0)
+    assert (b.total, b.killed, b.no_tests, b.score) == (4, 3, 1, 75.0)
+    assert b.survivors == ["m.b.x_g__mutmut_4  (no test runs it)"]
+    assert by_path["pytest_unitablate/core/c.py"].score == 50.0
+    assert by_path["pytest_unitablate/core/d.py"].score is None
+
+
+def test_min_fails_only_on_a_checked_module_below_it(
+        mutants: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert scores.main(["--mutants", str(mutants), "--min", "90"]) == 1
+    err = capsys.readouterr().err
+    assert "pytest_unitablate/core/b.py: 75.0% is below 90%" in err
+    assert "engine/a.py" not in err and "core/c.py" not in err
+    only_engine = ["--mutants", str(mutants), "--only", "pytest_unitablate/engine/*"]
+    assert scores.main([*only_engine, "--min", "90"]) == 0
+
+
+def test_markdown_table_and_survivor_list(mutants: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    scores.main(["--mutants", str(mutants), "--markdown", "--survivors"])
+    out = capsys.readouterr().out
+    assert "| `engine/a.py` | 10 | 9 | 1 | 0 | 0 | 90.0% |" in out
+    assert "| `core/c.py` | 3 | 1 | 1 | 0 | 1 | 50.0% |" in out
+    assert "| `core/d.py` | 1 | 0 | 0 | 0 | 1 | - |" in out
+    assert "m.a.x_f__mutmut_9\n" in out
+
+
+def test_no_mutants_folder_says_what_to_run(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert scores.main(["--mutants", str(tmp_path / "none")]) == 2
+    assert "run `make mutate` first" in capsys.readouterr().err

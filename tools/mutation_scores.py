@@ -1,0 +1,135 @@
+"""Per-module mutation scores from a mutmut run's ``mutants/`` folder.
+
+mutmut prints one total; the target is per module, so this reads the ``.meta`` file
+mutmut keeps beside each mutated copy and prints one row per module: mutants, killed
+(a timeout counts as killed, as mutmut's own score does), survived, no tests, not yet
+checked, and the score over the checked ones. ``--survivors`` lists every survivor, and
+``--min 90`` exits 1 when a fully checked module scores below it, so a scheduled CI job
+can fail on it.
+
+Example (after ``make mutate``, or one chunk of it)::
+
+    python tools/mutation_scores.py --markdown
+    python tools/mutation_scores.py --only 'pytest_unitablate/engine/*' --min 90
+
+It reads the files only; it does not import mutmut or the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KILLED = {1, 3, 36, -24, 24, 152, 255, 37}
+SURVIVED = {0}
+NO_TESTS = {5, 33}
+NOT_CHECKED = {None}
+
+
+@dataclass
+class Module:
+    """The counts of one module's mutants."""
+
+    path: str
+    killed: int = 0
+    survived: int = 0
+    no_tests: int = 0
+    unchecked: int = 0
+    other: int = 0
+    survivors: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.killed + self.survived + self.no_tests + self.unchecked + self.other
+
+    @property
+    def checked(self) -> int:
+        return self.killed + self.survived + self.no_tests + self.other
+
+    @property
+    def score(self) -> float | None:
+        """Killed over checked (a mutant no test runs counts against the score)."""
+        return None if self.checked == 0 else 100.0 * self.killed / self.checked
+
+
+def read(mutants: Path, only: list[str]) -> list[Module]:
+    """One :class:`Module` per ``.meta`` file under ``mutants`` whose path matches."""
+    modules = []
+    for meta in sorted(mutants.rglob("*.py.meta")):
+        path = meta.relative_to(mutants).as_posix()[: -len(".meta")]
+        if only and not any(fnmatch.fnmatch(path, pattern) for pattern in only):
+            continue
+        codes = json.loads(meta.read_text("utf-8")).get("exit_code_by_key", {})
+        if not codes:
+            continue
+        module = Module(path)
+        for name, code in sorted(codes.items()):
+            if code in KILLED:
+                module.killed += 1
+            elif code in SURVIVED:
+                module.survived += 1
+                module.survivors.append(name)
+            elif code in NO_TESTS:
+                module.no_tests += 1
+                module.survivors.append(f"{name}  (no test runs it)")
+            elif code in NOT_CHECKED:
+                module.unchecked += 1
+            else:
+                module.other += 1
+        modules.append(module)
+    return modules
+
+
+def table(modules: list[Module], markdown: bool) -> str:
+    """The per-module table, in markdown or plain columns."""
+    head = ["module", "mutants", "killed", "survived", "no tests", "unchecked", "score"]
+    rows = []
+    for m in modules:
+        score = "-" if m.score is None else f"{m.score:.1f}%"
+        name = m.path.removeprefix("pytest_unitablate/")
+        rows.append([f"`{name}`" if markdown else name, str(m.total), str(m.killed),
+                     str(m.survived), str(m.no_tests), str(m.unchecked), score])
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines = []
+    for r in [head, *rows]:
+        cells = [c.ljust(w) if i == 0 else c.rjust(w)
+                 for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mutants", type=Path, default=Path("mutants"))
+    parser.add_argument("--only", action="append", default=[], metavar="GLOB")
+    parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--survivors", action="store_true", help="list every survivor")
+    parser.add_argument("--min", type=float, default=None, metavar="SCORE",
+                        help="exit 1 when a fully checked module scores below SCORE")
+    args = parser.parse_args(argv)
+    if not args.mutants.is_dir():
+        print(f"{args.mutants}: no such folder; run `make mutate` first", file=sys.stderr)
+        return 2
+    modules = read(args.mutants, args.only)
+    print(table(modules, args.markdown))
+    if args.survivors:
+        for m in modules:
+            for name in m.survivors:
+                print(name)
+    low = [m for m in modules if m.unchecked == 0 and m.score is not None
+           and args.min is not None and m.score < args.min]
+    for m in low:
+        print(f"{m.path}: {m.score:.1f}% is below {args.min:g}%", file=sys.stderr)
+    return 1 if low else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
