@@ -1,0 +1,175 @@
+"""Heads through a split before the attention (``core/scan/heads.py``): the engine for
+attention whose heads cannot be reached from the output projection on, here a
+sequence-first ``nn.MultiheadAttention``. It must equal weight surgery on ``out_proj``
+(the test's own oracle), and every refusal must say why.
+
+The engine's clock (is a head's suffix pass cheaper than a whole forward?) is switched
+off where the test is about the numbers, so that the engine runs on any machine.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import pytest_unitablate.core.scan.heads as heads_engine
+from pytest_unitablate import scan
+from pytest_unitablate.core.heads import head_means
+from pytest_unitablate.core.scan.heads import cut_before, split_for_heads
+
+
+class SeqFirst(nn.Module):
+    """A pre-norm encoder whose attention runs sequence-first, (T, N, D)."""
+
+    def __init__(self, depth: int = 2, dim: int = 16, heads: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, dim)
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(depth))
+        self.attn = nn.ModuleList(nn.MultiheadAttention(dim, heads) for _ in range(depth))
+        self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(),
+                                               nn.Linear(2 * dim, dim)) for _ in range(depth))
+        self.head = nn.Linear(dim, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x).transpose(0, 1)
+        for norm, attn, mlp in zip(self.norms, self.attn, self.mlp, strict=True):
+            y = norm(h)
+            h = h + attn(y, y, y, need_weights=False)[0]
+            h = h + mlp(h)
+        return self.head(h.mean(dim=0))  # type: ignore[no-any-return]
+
+
+def _surgery(model: SeqFirst, block: int, heads: tuple[int, ...], value: torch.Tensor
+             ) -> SeqFirst:
+    """The oracle: the heads' columns of ``out_proj`` zeroed, their replacement value
+    pushed through those columns into the bias."""
+    cut = copy.deepcopy(model)
+    proj = cut.attn[block].out_proj
+    with torch.no_grad():
+        for h in heads:
+            part = slice(h * 4, (h + 1) * 4)
+            proj.bias += proj.weight[:, part] @ value[part]
+            proj.weight[:, part] = 0
+    return cut
+
+
+@pytest.fixture
+def no_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(heads_engine, "slower_than_naive", lambda *args: False)
+
+
+@settings(deadline=None, max_examples=15, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_heads_behind_a_split_equal_weight_surgery(no_clock: None, data: Any) -> None:
+    torch.manual_seed(data.draw(st.integers(0, 10_000)))
+    model = SeqFirst(depth=data.draw(st.integers(2, 3))).eval()
+    block = len(model.attn) - 1
+    n = data.draw(st.integers(3, 14))
+    x, y = torch.randn(n, 5, 6), torch.randint(0, 4, (n,))
+    head = st.integers(0, 3)
+    rows = data.draw(st.lists(st.one_of(head, st.lists(head, min_size=1, max_size=4,
+                                                       unique=True).map(tuple)),
+                              min_size=1, max_size=4))
+    ablation = data.draw(st.sampled_from(["zero", "mean", 0.3]))
+    layer = f"attn.{block}"
+    result = scan(model, (x, y), layer, unit="head", units=rows, ablation=ablation,
+                  batch_size=data.draw(st.integers(1, 8)), progress=False)
+    assert result.method == "prefix", result.reason
+    assert result.plan.startswith("1 head per suffix pass")
+    value = {"zero": torch.zeros(16), "mean": head_means(model, (x, y), layer)}.get(
+        str(ablation), torch.full((16,), 0.3))
+    with torch.no_grad():
+        expected = [torch.log_softmax(_surgery(model, block, r if isinstance(r, tuple)
+                                               else (r,), value)(x), 1) for r in rows]
+    for i, lp in enumerate(expected):
+        top2 = torch.topk(lp, 2, dim=1).values
+        stable = (top2[:, 0] - top2[:, 1] > 1e-4).numpy()
+        assert np.array_equal(result.predictions[i][stable], lp.argmax(1).numpy()[stable])
+        assert np.allclose(result.logprobs[i], lp[torch.arange(n), y].numpy(), atol=1e-4)
+    with torch.no_grad():
+        plain = torch.log_softmax(model(x), 1)
+    assert np.array_equal(result.baseline.labels, y.numpy())
+    assert result.baseline.logprob is not None
+    assert np.allclose(result.baseline.logprob, plain[torch.arange(n), y].numpy(), atol=1e-4)
+
+
+def test_the_first_block_has_too_little_before_it(no_clock: None) -> None:
+    torch.manual_seed(0)
+    model = SeqFirst().eval()
+    split, why = split_for_heads(model, "attn.0")
+    assert split is None
+    assert why == ("the network before 'attn.0' holds 144 of the 4564 parameters the "
+                   "forward uses: running it once would save little")
+    x, y = torch.randn(6, 5, 6), torch.randint(0, 4, (6,))
+    result = scan(model, (x, y), "attn.0", unit="head", units=[1], progress=False)
+    assert result.method == "naive" and result.reason == f"heads: {why}"
+    split, why = split_for_heads(model, "attn.1")
+    assert split is not None and why == ""
+
+
+def test_a_slower_split_and_a_wrong_one_go_to_the_naive_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(1)
+    model = SeqFirst().eval()
+    x, y = torch.randn(10, 5, 6), torch.randint(0, 4, (10,))
+    naive = scan(model, (x, y), "attn.1", unit="head", units=[0, 2], method="naive",
+                 progress=False)
+    monkeypatch.setattr(heads_engine, "slower_than_naive", lambda *args: True)
+    slower = scan(model, (x, y), "attn.1", unit="head", units=[0, 2], progress=False)
+    assert slower.method == "naive"
+    assert slower.reason.startswith("heads: measured on the first batch, a head's suffix "
+                                    "pass costs ")
+    assert " ms against " in slower.reason and slower.reason.endswith(
+        " ms for a whole forward (the naive loop)")
+    monkeypatch.setattr(heads_engine, "slower_than_naive", lambda *args: False)
+    monkeypatch.setattr(heads_engine, "matches_real", lambda *args, **kw: False)
+    wrong = scan(model, (x, y), "attn.1", unit="head", units=[0, 2], progress=False)
+    assert (wrong.method, wrong.reason) == (
+        "naive", "heads: the split network did not match a real ablated forward")
+    for got in (slower, wrong):
+        assert np.array_equal(got.predictions, naive.predictions)
+
+
+class InputFirst(nn.Module):
+    """The attention reads the model's input directly: nothing before it to run once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(6, 2)
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(0, 1)
+        return self.head(self.attn(x, x, x)[0].mean(0))  # type: ignore[no-any-return]
+
+
+class Twice(SeqFirst):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norms[0](self.embed(x).transpose(0, 1))
+        h = self.attn[0](h, h, h)[0]
+        return self.head(self.attn[0](h, h, h)[0].mean(0))  # type: ignore[no-any-return]
+
+
+class Branchy(SeqFirst):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # Python control flow on the data: torch.fx cannot trace it
+            x = -x
+        return super().forward(x)
+
+
+def test_where_no_cut_before_the_attention_exists_it_says_why() -> None:
+    assert cut_before(InputFirst(), "attn") == (
+        None, "the input of 'attn' is not a module's output (nothing before the attention "
+              "to run once)")
+    assert cut_before(Twice(), "attn.0") == (None, "torch.fx sees 2 calls of 'attn.0'")
+    before, why = cut_before(Branchy(), "attn.1")
+    assert before is None and why.startswith("torch.fx cannot trace the model (TraceError: ")
+    assert cut_before(SeqFirst(), "attn.1") == ("norms.1", "")
