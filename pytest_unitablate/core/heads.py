@@ -73,13 +73,6 @@ class HeadSite:
     #: the head size, when known before a forward (``None``: from the input's last dim)
     head_dim: int | None
 
-    def describe(self) -> str:
-        size = f" of {self.head_dim}" if self.head_dim else ""
-        what = {"mha": "nn.MultiheadAttention", "hook": "TransformerLens hook point",
-                "functional": type(self.module).__name__}.get(
-            self.kind, f"output projection {type(self.module).__name__}")
-        return f"{self.layer!r} ({what}: {self.num_heads} heads{size})"
-
 
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
 _MLP = re.compile(r"mlp|ffn|feed_?forward|intermediate", re.IGNORECASE)

@@ -12,8 +12,7 @@ Swin block's ``N,H,W,C`` an image row.)
 Example::
 
     units = resolve_units(spec, check, model, first_batch)
-    units.count, units.describe()        # 64, "unit 'blocks.1' (N, 17, [64])"
-    units.label(3)                       # "unit 3" (or "head 3")
+    units.count, units.core_args()       # 64, {"channel_dim": 2, "unit": "channel", ...}
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 
 from pytest_unitablate.core.heads import head_site
-from pytest_unitablate.core.layers import batch_dim, probe_layers, shape_text
+from pytest_unitablate.core.layers import batch_dim, probe_layers
 from pytest_unitablate.core.layout import unit_dim_of
 from pytest_unitablate.spec.model import Check, Spec, UnitKind
 
@@ -61,17 +60,6 @@ class LayerUnits:
         """The keyword arguments ``ablate()`` and ``scan()`` take for these units."""
         return {"channel_dim": self.channel_dim, "unit": self.unit,
                 "num_heads": self.num_heads}
-
-    def label(self, index: int) -> str:
-        """``head 3`` or ``unit 3``."""
-        return f"{'head' if self.unit == 'head' else 'unit'} {index}"
-
-    def describe(self) -> str:
-        """The layer and where its units are, for messages."""
-        if self.unit == "head":
-            return f"{self.layer!r} ({self.count} heads)"
-        return f"{self.layer!r}, output " \
-            f"{shape_text(self.shape, self.channel_dim, self.batch_dim)}"
 
 
 def _stated_dim(spec: Spec, check: Check) -> int | None:

@@ -309,3 +309,32 @@ def test_run_spec_says_once_when_the_spec_was_recorded_in_another_environment(
     assert len(lines) == 1 and "torch_version: recorded 0.0.1" in lines[0]
     assert "weights_sha256" not in lines[0]
     assert not any(item.warnings for item in run.items)
+
+
+def test_check_in_this_process_calls_each_import_path_once_and_writes_the_report(
+        folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``check --fixture NAME=module:function`` imports and calls each function once for
+    the whole spec; ``SpecRun.write_report`` writes what ``--report`` writes."""
+    from pytest_unitablate.cli import main
+
+    (folder / "counted.py").write_text(
+        "import tinymodel\n\ncalls = []\n\n\ndef model():\n    calls.append(1)\n"
+        "    return tinymodel.model()\n")
+    (folder / "named.yaml").write_text(SPEC.replace("model: tinymodel:model", "model: mine"))
+    assert main(["check", "named.yaml", "--fixture", "mine=counted:model", "--report",
+                 "r.json"]) == 1
+    assert "unitablate: 7 items of 6 checks, 2 failed; report: r.json" in \
+        capsys.readouterr().out
+    import counted
+
+    assert counted.calls == [1]
+    assert main(["check", "named.yaml", "--fixture", "other=counted:model"]) == 1
+    assert "named.yaml:2: model 'mine': it is not one of the names given with --fixture " \
+           "(other)" in capsys.readouterr().out
+    run = run_spec(folder / "named.yaml", fixtures={"mine": counted.model()})
+    run.write_report(folder / "w.json")
+    assert json.loads((folder / "w.json").read_text())["items"] == run.records
+    assert json.loads((folder / "w.run.json").read_text()) == json.loads(
+        json.dumps(run.run_facts()))
+    assert json.loads((folder / "r.json").read_text())["items"] == [
+        {**r, "spec": "named.yaml"} for r in run.records]

@@ -190,17 +190,20 @@ def my_data():
 
 
 def test_discover_calibrates_through_the_users_fixtures(
-        cal: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+        cal: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_unitablate.cli import main
+
     cal.makeconftest(CONFTEST)
     for variant in ("0", "1", "2", "3", "destroyed"):
         (cal.path / f"w{variant}.txt").write_text(variant)
-    result = cal.run(sys.executable, "-m", "pytest_unitablate", "discover", "--model",
-                     "my_model", "--data", "my_data", "--weights", "w0.txt", "--weights",
-                     "w1.txt", "--weights", "w2.txt", "--weights-var", "WEIGHTS",
-                     "--layer", "hidden", "--classes", "zero,one,two,three",
-                     "--out", "starter.yaml")
-    assert result.ret == 0, result.stderr.str()
-    result.stdout.fnmatch_lines(["wrote starter.yaml with 2 checks calibrated over 3 models*"])
+    # the command in this process (each reference model still runs in a pytest of its own)
+    assert main(["discover", "--model", "my_model", "--data", "my_data", "--weights",
+                 "w0.txt", "--weights", "w1.txt", "--weights", "w2.txt", "--weights-var",
+                 "WEIGHTS", "--layer", "hidden", "--classes", "zero,one,two,three",
+                 "--out", "starter.yaml"]) == 0
+    assert capsys.readouterr().out.startswith(
+        "wrote starter.yaml with 2 checks calibrated over 3 models")
     text = (cal.path / "starter.yaml").read_text()
     assert "model: my_model" in text and "data: my_data" in text
     assert len(json.loads((cal.path / "starter.yaml.calibration.json").read_text())[
