@@ -150,6 +150,7 @@ class SpecRun:
         """What a terminal shows: each failure's text (as pytest prints it), optionally
         the table of every item, and the summary line."""
         parts = []
+        full = [{**i.record, "outcome": i.outcome} for i in self.items]  # check_index too
         shown: dict[str, list[str]] = {}  # an error message -> the items that had it
         for item in self.items:
             if item.outcome in FAILING:
@@ -167,12 +168,11 @@ class SpecRun:
                 parts[where] += (f"(the same error for {len(more)} more item"
                                  f"{'s' * (len(more) != 1)} of this spec: {ids})\n")
         if table:
-            parts.append(format_table(sort_records(
-                [{**i.record, "outcome": i.outcome} for i in self.items])))
+            parts.append(format_table(sort_records(full)))
         # recorded in another environment (torch, device, dtype, data): once per spec
         parts += [f"unitablate: {line}" for line in provenance_lines(
             [i.record for i in self.items])]
-        parts.append(summary_line(self.records, report))
+        parts.append(summary_line(sort_records(full), report))
         return "\n".join(parts)
 
 

@@ -338,3 +338,65 @@ def test_check_in_this_process_calls_each_import_path_once_and_writes_the_report
         json.dumps(run.run_facts()))
     assert json.loads((folder / "r.json").read_text())["items"] == [
         {**r, "spec": "named.yaml"} for r in run.records]
+
+
+#: ``run.text(table=True)`` on the spec above: the tiny model's numbers are exact fractions.
+TEXT = """\
+FAILED spec.yaml::hidden-u0-zero-max_drop
+hidden-u0 zero: drop 80.0 pp, needs <= 50.0 pp
+spec.yaml:14: hidden-u0 (zero ablation): class 'zero' must have drop <= 50.0 pp
+  baseline 80.0% (8/10)   ablated 0.0% (0/10)   n=10
+  drop     80.0 pp   95% CI [38.4, 94.3] pp (paired, Newcombe)   required drop <= 50.0 pp   \
+missed by 30.0 pp (judged on the point estimate)
+  McNemar exact p=0.00781 (8 flipped to wrong, 0 to right)
+  To re-record: pytest --unitablate-spec spec.yaml --unitablate-record-mode=failed
+
+FAILED spec.yaml::hidden-u2-overall-max_drop
+hidden-u2 overall: drop 25.0 pp, needs <= 10.0 pp
+spec.yaml:32: hidden-u2 (zero ablation): overall accuracy must have drop <= 10.0 pp
+  baseline 95.0% (38/40)   ablated 70.0% (28/40)   n=40
+  drop     25.0 pp   95% CI [10.4, 40.0] pp (paired, Newcombe)   required drop <= 10.0 pp   \
+missed by 15.0 pp (judged on the point estimate)
+  McNemar exact p=0.00195 (10 flipped to wrong, 0 to right)
+  To re-record: pytest --unitablate-spec spec.yaml --unitablate-record-mode=failed
+
+layer   units         target   baseline  ablated  drop      required         outcome
+------  ------------  -------  --------  -------  --------  ---------------  -------
+hidden  1             one      100.0%    0.0%     100.0 pp  drop >= 90.0 pp  passed
+hidden  1             zero     80.0%     80.0%    0.0 pp    drop <= 1.0 pp   passed
+hidden  0             zero     80.0%     0.0%     80.0 pp   drop <= 50.0 pp  failed
+hidden  any_unit:2    two      100.0%    0.0%     100.0 pp  drop >= 90.0 pp  passed
+hidden  every_unit:1  overall  95.0%     70.0%    25.0 pp   drop <= 30.0 pp  passed
+hidden  0             zero     80.0%     0.0%     80.0 pp   drop >= 70.0 pp  passed
+hidden  2             overall  95.0%     70.0%    25.0 pp   drop <= 10.0 pp  failed
+units: the units ablated together; <mode>:<units> names a layer-wide check (any_unit, \
+every_unit, top_units) and the unit(s) that decided its outcome, any_unit and every_unit \
+ablate each alone, top_units together
+unitablate: 7 items of 6 checks, 2 failed; report: r.json"""
+
+
+def test_the_runs_text_is_what_check_prints(folder: Path) -> None:
+    """Every failure as pytest prints it, the table, and a summary that counts the spec's
+    checks (it once counted one check for every spec)."""
+    assert run_spec("spec.yaml").text(table=True, report=Path("r.json")) == TEXT
+    assert run_spec("spec.yaml").text().endswith(
+        "  To re-record: pytest --unitablate-spec spec.yaml --unitablate-record-mode=failed"
+        "\n\nunitablate: 7 items of 6 checks, 2 failed")
+
+
+def test_one_bind_error_is_shown_once_with_the_items_it_cost(folder: Path) -> None:
+    (folder / "named.yaml").write_text(SPEC.replace("model: tinymodel:model", "model: mine"))
+    assert run_spec("named.yaml", fixtures={}).text() == (
+        "ERROR named.yaml::hidden-u1-one-min_drop\n"
+        "model 'mine': it is not one of the fixtures given\n"
+        "named.yaml:2: model 'mine': it is not one of the fixtures given (none) and not an "
+        "import path 'package.module:callable'\n"
+        "(the same error for 6 more items of this spec: hidden-u1-zero-max_drop, "
+        "hidden-u0-zero-max_drop, hidden-any-two-min_drop, hidden-every-overall-max_drop, "
+        "hidden-top1-zero-zero-min_drop ...)\n"
+        "\nunitablate: 7 items of 6 checks, 7 failed")
+    one_more = SPEC.split("  - layer: hidden\n    units: [0]")[0].replace(
+        "model: tinymodel:model", "model: mine")
+    (folder / "two.yaml").write_text(one_more)
+    assert "(the same error for 1 more item of this spec: hidden-u1-zero-max_drop)\n" in \
+        run_spec("two.yaml", fixtures={}).text()
