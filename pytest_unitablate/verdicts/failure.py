@@ -429,7 +429,7 @@ def dead_text(ctx: FailureContext, layer: str, dead: Mapping[int, float],
              f"{'are' if plural else 'is'} dead at {'their' if plural else 'its'} own index "
              f"in the model under test: ablating {'them' if plural else 'it'} changes "
              f"nothing (damage profile at " + ", ".join(
-                 f"{share:.1%}" for share in dead.values()) + " of the recorded one), as "
+                 f"{dead[u]:.1%}" for u in sorted(dead)) + " of the recorded one), as "
              "after pruning to a constant"]
     recorded = list(record.get("recorded_units") or [])
     matched = list(record.get("matched_units") or [])
