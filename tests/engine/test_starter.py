@@ -179,3 +179,36 @@ def test_run_spec_calibrates_and_says_what_it_refused(tmp_path: Path,
     with pytest.raises(ValueError, match="must be one of"):
         run_spec(path, fixtures={"my_model": Bypass(ALPHAS[0]), "my_data": data()},
                  record_mode="calibrated", record_force=True)
+
+
+STARTER_GOLDEN = Path(__file__).parent / "golden" / "starter.yaml"
+
+
+class TwoLayers(Bypass):
+    """The same network with a second layer of units after ``hidden``."""
+
+    def __init__(self, alpha: list[float]) -> None:
+        super().__init__(alpha)
+        self.after = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.after(self.hidden(x)) + self.alpha * x  # type: ignore[no-any-return]
+
+
+def test_the_starter_spec_reads_as_the_golden_file(tmp_path: Path) -> None:
+    """The whole starter spec, line by line: its header, its checks, what each target's
+    comment says was measured and left out, and the checks left as comments. Log-prob
+    values (float sums) are masked; accuracies over 800 examples are exact. After an
+    intended change: ``UNITABLATE_REGOLD=1 pytest tests/engine/test_starter.py``."""
+    import os
+    import re
+
+    refs = [TwoLayers(ALPHAS[v]).eval() for v in (0, 1, 2)]
+    text = discover_calibrated(refs, data(), ["hidden", "after"], tmp_path / "s.yaml",
+                               model_ref="my_model", data_ref="my_data",
+                               classes=["a", "b", "c", "d"])
+    masked = re.sub(r"(logprob_drop: )-?\d+\.\d+", r"\1<x>",
+                    re.sub(r"-?\d+\.\d{3}( nats|-)", r"<x>\1", text))
+    if os.environ.get("UNITABLATE_REGOLD"):
+        STARTER_GOLDEN.write_text(masked)
+    assert masked.splitlines() == STARTER_GOLDEN.read_text().splitlines()
