@@ -3,9 +3,11 @@
 mutmut prints one total; the target is per module, so this reads the ``.meta`` file
 mutmut keeps beside each mutated copy and prints one row per module: mutants, killed
 (a timeout counts as killed, as mutmut's own score does), survived, no tests, not yet
-checked, and the score over the checked ones. ``--survivors`` lists every survivor, and
-``--min 90`` exits 1 when a fully checked module scores below it, so a scheduled CI job
-can fail on it.
+checked, and the score over the checked ones. ``--survivors`` lists every survivor,
+``--kinds`` counts the survivors by the kind of change (a string's text, an argument
+dropped or set to None, a comparison's boundary, ...: read from the mutated copy, each
+mutant against its original), and ``--min 90`` exits 1 when a fully checked module scores
+below it, so a scheduled CI job can fail on it.
 
 Example (after ``make mutate``, or one chunk of it)::
 
@@ -18,9 +20,13 @@ It reads the files only; it does not import mutmut or the package.
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import fnmatch
 import json
+import re
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +90,66 @@ def read(mutants: Path, only: list[str]) -> list[Module]:
     return modules
 
 
+#: (kind, the tokens whose change makes it that kind), tried in order
+KINDS: list[tuple[str, re.Pattern[str]]] = [
+    ("a comparison's boundary", re.compile(r"<=|>=|<|>")),
+    ("a condition (and/or/not, ==/!=, is/in)", re.compile(
+        r"\band\b|\bor\b|\bnot\b|==|!=|\bis\b|\bin\b|\bTrue\b|\bFalse\b")),
+    ("loop control (break/continue)", re.compile(r"\bbreak\b|\bcontinue\b")),
+    ("an arithmetic operator", re.compile(r"\*\*|[-+*/%]")),
+    ("a number", re.compile(r"\d+")),
+]
+
+
+def kind_of(before: str, after: str) -> str:
+    """The kind of one mutation, from the original line(s) and the mutated one(s).
+
+    >>> kind_of('f(x, "a b")', 'f(x, "XXa bXX")'), kind_of("f(x, y)", "f(x, None)")
+    ("a string's text", 'a value set to None')
+    >>> kind_of("f(x, y=1)", "f(x)"), kind_of("if a < b:", "if a <= b:")
+    ('a part removed (an argument, a keyword)', "a comparison's boundary")
+    """
+    if "XX" in after or (before.lower() == after.lower() and before != after):
+        return "a string's text"
+    if after.count("None") > before.count("None"):
+        return "a value set to None"
+    ops = difflib.SequenceMatcher(a=before, b=after).get_opcodes()
+    if all(op in ("equal", "delete") for op, *_ in ops) and len(after) < len(before):
+        return "a part removed (an argument, a keyword)"
+    for kind, pattern in KINDS:
+        if sorted(pattern.findall(before)) != sorted(pattern.findall(after)):
+            return kind
+    return "other"
+
+
+def _functions(source: str) -> dict[str, str]:
+    tree = ast.parse(source)
+    return {node.name: ast.get_source_segment(source, node) or ""
+            for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef,
+                                                            ast.AsyncFunctionDef))}
+
+
+def survivor_kinds(mutants: Path, module: Module) -> Counter[str]:
+    """The survivors of ``module`` counted by :func:`kind_of`."""
+    source = (mutants / module.path).read_text("utf-8")
+    functions = _functions(source)
+    kinds: Counter[str] = Counter()
+    for entry in module.survivors:
+        if entry.endswith("(no test runs it)"):
+            kinds["no test runs it"] += 1
+            continue
+        local = entry.rsplit(".", 1)[-1]
+        original = functions.get(local.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", "")
+        mutated = functions.get(local, "")
+        mutated = mutated.replace(local, local.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", 1)
+        old = [line for line in difflib.ndiff(original.splitlines(), mutated.splitlines())
+               if line.startswith(("- ", "+ "))]
+        before = " ".join(line[2:] for line in old if line.startswith("- "))
+        after = " ".join(line[2:] for line in old if line.startswith("+ "))
+        kinds[kind_of(before, after)] += 1
+    return kinds
+
+
 def table(modules: list[Module], markdown: bool) -> str:
     """The per-module table, in markdown or plain columns."""
     head = ["module", "mutants", "killed", "survived", "no tests", "unchecked", "score"]
@@ -112,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], metavar="GLOB")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--survivors", action="store_true", help="list every survivor")
+    parser.add_argument("--kinds", action="store_true",
+                        help="count the survivors by the kind of change, over all modules")
     parser.add_argument("--min", type=float, default=None, metavar="SCORE",
                         help="exit 1 when a fully checked module scores below SCORE")
     args = parser.parse_args(argv)
@@ -124,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         for m in modules:
             for name in m.survivors:
                 print(name)
+    if args.kinds:
+        total: Counter[str] = Counter()
+        for m in modules:
+            total += survivor_kinds(args.mutants, m)
+        for kind, count in total.most_common():
+            print(f"{count:6d}  {kind}")
     low = [m for m in modules if m.unchecked == 0 and m.score is not None
            and args.min is not None and m.score < args.min]
     for m in low:

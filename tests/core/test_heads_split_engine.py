@@ -28,22 +28,32 @@ from pytest_unitablate.core.scan.heads import cut_before, split_for_heads
 class SeqFirst(nn.Module):
     """A pre-norm encoder whose attention runs sequence-first, (T, N, D)."""
 
-    def __init__(self, depth: int = 2, dim: int = 16, heads: int = 4) -> None:
+    def __init__(self, depth: int = 2, dim: int = 16, heads: int = 4, pos: bool = False,
+                 in_place: bool = False, as_tuple: bool = False) -> None:
         super().__init__()
         self.embed = nn.Linear(6, dim)
+        # a learned position table used as a bare parameter (a get_attr in the graph)
+        self.pos = nn.Parameter(torch.randn(5, 1, dim) * 0.1) if pos else None
+        self.in_place, self.as_tuple = in_place, as_tuple
         self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(depth))
         self.attn = nn.ModuleList(nn.MultiheadAttention(dim, heads) for _ in range(depth))
         self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(),
                                                nn.Linear(2 * dim, dim)) for _ in range(depth))
         self.head = nn.Linear(dim, 4)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> Any:
         h = self.embed(x).transpose(0, 1)
+        if self.pos is not None:
+            h = h + self.pos
         for norm, attn, mlp in zip(self.norms, self.attn, self.mlp, strict=True):
             y = norm(h)
-            h = h + attn(y, y, y, need_weights=False)[0]
+            if self.in_place:  # the suffix writes into what the prefix produced
+                h = h.add_(attn(y, y, y, need_weights=False)[0])
+            else:
+                h = h + attn(y, y, y, need_weights=False)[0]
             h = h + mlp(h)
-        return self.head(h.mean(dim=0))  # type: ignore[no-any-return]
+        logits = self.head(h.mean(dim=0))
+        return (h, logits) if self.as_tuple else logits
 
 
 def _surgery(model: SeqFirst, block: int, heads: tuple[int, ...], value: torch.Tensor
@@ -70,7 +80,10 @@ def no_clock(monkeypatch: pytest.MonkeyPatch) -> None:
 @given(st.data())
 def test_heads_behind_a_split_equal_weight_surgery(no_clock: None, data: Any) -> None:
     torch.manual_seed(data.draw(st.integers(0, 10_000)))
-    model = SeqFirst(depth=data.draw(st.integers(2, 3))).eval()
+    as_tuple = data.draw(st.booleans())
+    model = SeqFirst(depth=data.draw(st.integers(2, 3)), pos=data.draw(st.booleans()),
+                     in_place=data.draw(st.booleans()), as_tuple=as_tuple).eval()
+    output = {"output": 1} if as_tuple else {}
     block = len(model.attn) - 1
     n = data.draw(st.integers(3, 14))
     x, y = torch.randn(n, 5, 6), torch.randint(0, 4, (n,))
@@ -81,21 +94,25 @@ def test_heads_behind_a_split_equal_weight_surgery(no_clock: None, data: Any) ->
     ablation = data.draw(st.sampled_from(["zero", "mean", 0.3]))
     layer = f"attn.{block}"
     result = scan(model, (x, y), layer, unit="head", units=rows, ablation=ablation,
-                  batch_size=data.draw(st.integers(1, 8)), progress=False)
+                  batch_size=data.draw(st.integers(1, 8)), progress=False, **output)
     assert result.method == "prefix", result.reason
     assert result.plan.startswith("1 head per suffix pass")
     value = {"zero": torch.zeros(16), "mean": head_means(model, (x, y), layer)}.get(
         str(ablation), torch.full((16,), 0.3))
+    def logits(net: nn.Module) -> torch.Tensor:
+        out = net(x)
+        return out[1] if as_tuple else out  # type: ignore[no-any-return]
+
     with torch.no_grad():
-        expected = [torch.log_softmax(_surgery(model, block, r if isinstance(r, tuple)
-                                               else (r,), value)(x), 1) for r in rows]
+        expected = [torch.log_softmax(logits(_surgery(model, block, r if isinstance(r, tuple)
+                                                      else (r,), value)), 1) for r in rows]
     for i, lp in enumerate(expected):
         top2 = torch.topk(lp, 2, dim=1).values
         stable = (top2[:, 0] - top2[:, 1] > 1e-4).numpy()
         assert np.array_equal(result.predictions[i][stable], lp.argmax(1).numpy()[stable])
         assert np.allclose(result.logprobs[i], lp[torch.arange(n), y].numpy(), atol=1e-4)
     with torch.no_grad():
-        plain = torch.log_softmax(model(x), 1)
+        plain = torch.log_softmax(logits(model), 1)
     assert np.array_equal(result.baseline.labels, y.numpy())
     assert result.baseline.logprob is not None
     assert np.allclose(result.baseline.logprob, plain[torch.arange(n), y].numpy(), atol=1e-4)
@@ -113,6 +130,11 @@ def test_the_first_block_has_too_little_before_it(no_clock: None) -> None:
     assert result.method == "naive" and result.reason == f"heads: {why}"
     split, why = split_for_heads(model, "attn.1")
     assert split is not None and why == ""
+    # a bare parameter before the attention counts too (once, however often it is read)
+    torch.manual_seed(0)
+    assert split_for_heads(SeqFirst(pos=True).eval(), "attn.0")[1] == (
+        "the network before 'attn.0' holds 224 of the 4644 parameters the forward uses: "
+        "running it once would save little")
 
 
 def test_a_slower_split_and_a_wrong_one_go_to_the_naive_loop(
