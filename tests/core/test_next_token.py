@@ -44,7 +44,13 @@ def test_output_picks_the_logits_out_of_a_mapping_and_anything_else_is_refused()
     lm = next_token(Tiny(as_dict=True), -1, output="logits")
     assert lm(input_ids=IDS, attention_mask=MASK).argmax(1).tolist() == [3, 0]
     assert "output='logits'" in repr(lm)
-    with pytest.raises(DataError, match=r"^the model returned dict, not logits$"):
-        next_token(Tiny(as_dict=True))(input_ids=IDS)
+    assert next_token(Tiny(as_dict=True))(input_ids=IDS).argmax(1).tolist() == [3, 0]
+
+    class Words(nn.Module):
+        def forward(self, input_ids: torch.Tensor) -> list[str]:
+            return ["a reply"]
+
+    with pytest.raises(DataError, match=r"^the model returned str, not logits$"):
+        next_token(Words())(input_ids=IDS)
     with pytest.raises(PositionError, match=r"^position: last needs \(N, T, V\)"):
         next_token(Tiny(as_dict=True), output="hidden")(input_ids=IDS)
