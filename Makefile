@@ -107,7 +107,8 @@ matrix: $(STAMP)
 # CHUNK names). Ends with the per-module table and every survivor, and fails when a module
 # kills fewer than MUTATE_MIN percent.
 MUTATE_MIN ?= 90
-MUTATE_NAMES = $(foreach c,$(CHUNK),"pytest_unitablate.$(subst /,.,$(c:.py=))*")
+# (a package's __init__ names its mutants pytest_unitablate.<package>.x...)
+MUTATE_NAMES = $(foreach c,$(CHUNK),"$(subst .__init__,.x,pytest_unitablate.$(subst /,.,$(c:.py=)))*")
 MUTATE_FILES = $(foreach c,$(CHUNK),--only 'pytest_unitablate/$(subst .,/,$(c:.py=))*')
 mutate: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2 $(MUTATE_NAMES)

@@ -78,3 +78,32 @@ def test_no_mutants_folder_says_what_to_run(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     assert scores.main(["--mutants", str(tmp_path / "none")]) == 2
     assert "run `make mutate` first" in capsys.readouterr().err
+
+
+def _chunks() -> dict[str, list[str]]:
+    import re
+
+    text = (ROOT / ".ci" / "mutate").read_text()
+    block = text.split("declare -A CHUNK_MODULES=(")[1].split("\n)")[0]
+    return {name: body.split() for name, body in
+            re.findall(r"\[([\w-]+)\]=\"([^\"]*)\"", block)}
+
+
+def test_every_module_with_code_is_in_exactly_one_chunk_of_the_scheduled_job() -> None:
+    """A module added to core/, engine/ or verdicts/ must get a chunk in .ci/mutate, or
+    the scheduled job would never mutate it."""
+    import ast
+
+    chunked = [m for modules in _chunks().values() for m in modules]
+    assert len(chunked) == len(set(chunked))
+    package = ROOT / "pytest_unitablate"
+    with_code = {"spec/rewrite", "plugin/schedule"}
+    for part in ("core", "engine", "verdicts"):
+        for path in (package / part).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            if any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for n in ast.walk(tree)):
+                with_code.add(path.relative_to(package).with_suffix("").as_posix())
+    assert set(chunked) == with_code
+    order = (ROOT / ".ci" / "mutate").read_text().split("ORDER=(")[1].split(")")[0].split()
+    assert sorted(order) == sorted(_chunks())
