@@ -93,6 +93,9 @@ def test_record_then_match_after_permutation_then_unit_gone(
     one = items["1-u1-one-min_drop"]
     assert one["matched_units"] == [1] and one["similarity"] == [pytest.approx(1.0)]
     assert one["baseline"] < 1.0  # not a 100%-accurate toy
+    assert (one["identity"], one["min_similarity"], one["units"]) == ("signature", 0.75, [1])
+    assert items["1-u2-two-min_drop"]["min_similarity"] == 0.9
+    assert one["mapping"] == "unit 1 -> unit 1 (similarity 1.00)"
 
     # the hidden units permuted: found at their new positions, the checks pass
     result, items = _run(idmodel, monkeypatch, "-v", PERMUTE="1")
