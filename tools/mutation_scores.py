@@ -123,10 +123,10 @@ def kind_of(before: str, after: str) -> str:
 
 
 def _functions(source: str) -> dict[str, str]:
-    tree = ast.parse(source)
-    return {node.name: ast.get_source_segment(source, node) or ""
-            for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef,
-                                                            ast.AsyncFunctionDef))}
+    lines = source.splitlines()
+    return {node.name: "\n".join(lines[node.lineno - 1:node.end_lineno])
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
 
 def survivor_kinds(mutants: Path, module: Module) -> Counter[str]:
@@ -142,10 +142,11 @@ def survivor_kinds(mutants: Path, module: Module) -> Counter[str]:
         original = functions.get(local.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", "")
         mutated = functions.get(local, "")
         mutated = mutated.replace(local, local.rsplit("__mutmut_", 1)[0] + "__mutmut_orig", 1)
-        old = [line for line in difflib.ndiff(original.splitlines(), mutated.splitlines())
-               if line.startswith(("- ", "+ "))]
-        before = " ".join(line[2:] for line in old if line.startswith("- "))
-        after = " ".join(line[2:] for line in old if line.startswith("+ "))
+        old = [line for line in difflib.unified_diff(original.splitlines(),
+                                                     mutated.splitlines(), n=0, lineterm="")
+               if line[:1] in "-+" and line[:3] not in ("---", "+++")]
+        before = " ".join(line[1:] for line in old if line.startswith("-"))
+        after = " ".join(line[1:] for line in old if line.startswith("+"))
         kinds[kind_of(before, after)] += 1
     return kinds
 
