@@ -40,6 +40,7 @@ from pytest_unitablate.engine.refs import mapping_lookup
 from pytest_unitablate.engine.run import evaluate_spec
 from pytest_unitablate.engine.settings import EngineSettings
 from pytest_unitablate.spec.ids import item_ids
+from pytest_unitablate.spec.keys import UNIT_KINDS
 from pytest_unitablate.spec.loader import load_spec
 from pytest_unitablate.spec.model import OVERALL
 from pytest_unitablate.spec.rewrite import format_threshold
@@ -185,6 +186,9 @@ def _num_classes(model: Any, data: Any) -> int:
 
 
 def _addressing(unit: str, channel_dim: int | None, num_heads: int | None) -> list[str]:
+    """The spec's lines that say what a unit is; an unknown ``unit`` is refused."""
+    if unit not in UNIT_KINDS:
+        raise ValueError(f"unit: {unit!r} is not one of: {', '.join(UNIT_KINDS)}")
     if unit == "head":
         return ["unit: head"] + ([f"num_heads: {num_heads}"] if num_heads else [])
     return [f"channel_dim: {channel_dim}"] if channel_dim is not None else []

@@ -224,6 +224,33 @@ def test_discover_calibrates_through_the_users_fixtures(
     assert not (cal.path / "other.yaml").exists()
 
 
+def test_discover_names_the_reference_whose_pytest_failed_and_leaves_nothing(
+        cal: pytest.Pytester, capsys: pytest.CaptureFixture[str]) -> None:
+    """A reference model whose fixture breaks: the error names its weights file, pytest's
+    exit status and the last 15 lines pytest printed; the half-made spec is removed."""
+    from pytest_unitablate.cli import main
+
+    cal.makeconftest(CONFTEST.replace(
+        "    return calmodel.model()",
+        "    if os.environ[\"VARIANT\"] == \"corrupt\":\n"
+        "        raise RuntimeError(\"the weights file is corrupt\")\n"
+        "    return calmodel.model()"))
+    for variant in ("0", "1", "corrupt"):
+        (cal.path / f"w{variant}.txt").write_text(variant)
+    assert main(["discover", "--model", "my_model", "--data", "my_data", "--weights",
+                 "w0.txt", "--weights", "w1.txt", "--weights", "wcorrupt.txt",
+                 "--weights-var", "WEIGHTS", "--layer", "hidden", "--classes",
+                 "zero,one,two,three", "--out", "starter.yaml"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    first = next(i for i, line in enumerate(err) if "calibrating on" in line)
+    assert err[first].endswith("calibrating on WEIGHTS=wcorrupt.txt failed (pytest exit 1):")
+    tail = err[first + 1:]
+    assert len(tail) == 15 and any("RuntimeError: the weights" in line for line in tail)
+    assert "error" in tail[-1]  # pytest's summary line ends the tail
+    assert not (cal.path / "starter.yaml").exists()
+    assert not (cal.path / "starter.yaml.calibration.json").exists()
+
+
 def test_a_broken_calibration_file_is_named_and_nothing_is_written(
         cal: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     path = calibration_path(cal.path / "spec.yaml")
