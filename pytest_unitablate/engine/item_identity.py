@@ -96,7 +96,7 @@ class ItemIdentity(ItemState):
             raise Miss(no_match_text(
                 spec.where(check.identity_line or check.line), self.key.id, check.layer,
                 gone, check.min_similarity, matches, self.noun))
-        notes.insert(0, "identity: signature: " + "; ".join(m.describe() for m in mapped))
+        notes.append("identity: signature: " + "; ".join(m.describe() for m in mapped))
         was = self.key.constraint.measured
         if was is not None:
             notes.append(f"drop when recorded (recorded {self.noun}s "
