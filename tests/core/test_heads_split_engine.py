@@ -160,6 +160,30 @@ def test_a_slower_split_and_a_wrong_one_go_to_the_naive_loop(
         assert np.array_equal(got.predictions, naive.predictions)
 
 
+class ByKeyword(SeqFirst):
+    """The attention called with keywords only (``query=``, ``key=``, ``value=``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x).transpose(0, 1)
+        for norm, attn, mlp in zip(self.norms, self.attn, self.mlp, strict=True):
+            y = norm(h)
+            h = h + attn(query=y, key=y, value=y, need_weights=False)[0]
+            h = h + mlp(h)
+        return self.head(h.mean(dim=0))  # type: ignore[no-any-return]
+
+
+def test_an_attention_called_by_keyword_is_cut_before_its_query(no_clock: None) -> None:
+    torch.manual_seed(4)
+    model = ByKeyword().eval()
+    assert cut_before(model, "attn.1") == ("norms.1", "")
+    x, y = torch.randn(9, 5, 6), torch.randint(0, 4, (9,))
+    naive = scan(model, (x, y), "attn.1", unit="head", units=[1, 2], method="naive",
+                 progress=False)
+    split = scan(model, (x, y), "attn.1", unit="head", units=[1, 2], progress=False)
+    assert split.method == "prefix", split.reason
+    assert np.array_equal(split.predictions, naive.predictions)
+
+
 class InputFirst(nn.Module):
     """The attention reads the model's input directly: nothing before it to run once."""
 
@@ -195,3 +219,100 @@ def test_where_no_cut_before_the_attention_exists_it_says_why() -> None:
     before, why = cut_before(Branchy(), "attn.1")
     assert before is None and why.startswith("torch.fx cannot trace the model (TraceError: ")
     assert cut_before(SeqFirst(), "attn.1") == ("norms.1", "")
+
+
+class _Clock:
+    """``time`` for the engine: each reading is one millisecond after the last."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1e-3
+        return self.now
+
+
+def test_the_first_head_pass_is_timed_against_a_whole_forward(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a clock that reads 1 ms later each time, the first batch's prefix takes 1 ms, a
+    whole forward (prefix and suffix) 2 ms and a head's suffix pass 1 ms: one head costs
+    1 + 1 = 2 ms by the split against 0.9 * 2 ms by the naive loop (refused), two heads
+    1 + 2 * 1 = 3 ms against 0.9 * 4 ms (taken)."""
+    torch.manual_seed(1)
+    model = SeqFirst().eval()
+    x, y = torch.randn(10, 5, 6), torch.randint(0, 4, (10,))
+    monkeypatch.setattr(heads_engine, "time", _Clock())
+    one = scan(model, (x, y), "attn.1", unit="head", units=[2], progress=False)
+    assert (one.method, one.reason) == (
+        "naive", "heads: measured on the first batch, a head's suffix pass costs 2.00 ms "
+                 "against 2.00 ms for a whole forward (the naive loop)")
+    monkeypatch.setattr(heads_engine, "time", _Clock())
+    two = scan(model, (x, y), "attn.1", unit="head", units=[0, 2], progress=False)
+    assert two.method == "prefix", two.reason
+
+
+def test_the_split_is_checked_on_the_first_and_last_head_of_the_first_batch(
+        no_clock: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(2)
+    model = SeqFirst().eval()
+    x, y = torch.randn(10, 5, 6), torch.randint(0, 4, (10,))
+    checked: list[tuple[int, tuple[int, ...]]] = []
+    real = heads_engine.matches_real
+
+    def spy(net: nn.Module, inputs: torch.Tensor, layer: str, variant: tuple[int, ...],
+            *args: Any, **kwargs: Any) -> bool:
+        checked.append((int(inputs.shape[0]), variant))
+        return real(net, inputs, layer, variant, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(heads_engine, "matches_real", spy)
+    naive = scan(model, (x, y), "attn.1", unit="head", units=[0, 1, 3], method="naive",
+                 batch_size=4, progress=False)
+    split = scan(model, (x, y), "attn.1", unit="head", units=[0, 1, 3], batch_size=4,
+                 progress=False)
+    assert split.method == "prefix", split.reason
+    assert checked == [(4, (0,)), (4, (3,))]
+    assert np.array_equal(split.predictions, naive.predictions)
+    assert split.baseline.fingerprint == naive.baseline.fingerprint != ""
+
+
+def test_the_engine_reports_progress_per_batch_and_head(no_clock: None) -> None:
+    torch.manual_seed(3)
+    model = SeqFirst().eval()
+    x, y = torch.randn(10, 5, 6), torch.randint(0, 4, (10,))
+    split, _ = split_for_heads(model, "attn.1")
+    assert split is not None
+    steps: list[int] = []
+    out = heads_engine.scan_heads(model, split, (x, y), "attn.1", ((0,), (1, 2)), "zero",
+                                  None, torch.device("cpu"), 4, progress=steps.append)
+    assert not isinstance(out, str)
+    assert steps == [4, 4, 4, 4, 2, 2]  # per batch of 4, 4 and 2, one step per head set
+    assert out.predictions.shape == (2, 10)
+
+
+class Shared(SeqFirst):
+    """A position table held by a submodule (a dotted ``get_attr``) and one MLP called
+    twice before the attention: each parameter counts once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Module()
+        self.table.pos = nn.Parameter(torch.randn(5, 1, 16) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x).transpose(0, 1) + self.table.pos
+        h = self.mlp[0](self.mlp[0](h))
+        y = self.norms[1](h)
+        h = h + self.attn[1](y, y, y, need_weights=False)[0]
+        return self.head(self.mlp[1](h).mean(dim=0))  # type: ignore[no-any-return]
+
+
+def test_the_parameter_count_reads_dotted_attributes_and_counts_each_once() -> None:
+    model = Shared()
+    split, why = split_for_heads(model, "attn.1")
+    before = [model.embed, model.mlp[0], model.norms[1]]
+    prefix = sum(p.numel() for m in before for p in m.parameters()) + model.table.pos.numel()
+    after = [model.attn[1], model.mlp[1], model.head]
+    suffix = sum(p.numel() for m in after for p in m.parameters())
+    assert split is not None and why == ""
+    assert heads_engine._parameters(split.prefix) == prefix
+    assert heads_engine._parameters(split.suffix) == suffix

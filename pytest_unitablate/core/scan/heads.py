@@ -38,8 +38,9 @@ from pytest_unitablate.core.scan.split import Split, split_at, trace_keeping
 
 
 def cut_before(model: nn.Module, layer: str) -> tuple[str | None, str]:
-    """The module whose output is the attention ``layer``'s first input (where to cut the
-    network so the suffix holds the attention), or ``(None, why)``."""
+    """The module whose output is the attention ``layer``'s first input, positional or
+    by keyword (where to cut the network so the suffix holds the attention), or
+    ``(None, why)``."""
     try:
         traced = trace_keeping(model, layer)
     except Exception as exc:
@@ -47,7 +48,8 @@ def cut_before(model: nn.Module, layer: str) -> tuple[str | None, str]:
     calls = [n for n in traced.graph.nodes if n.op == "call_module" and n.target == layer]
     if len(calls) != 1:
         return None, f"torch.fx sees {len(calls)} calls of {layer!r}"
-    source: Any = calls[0].args[0] if calls[0].args else None
+    call = calls[0]
+    source: Any = call.args[0] if call.args else next(iter(call.kwargs.values()), None)
     if getattr(source, "op", None) != "call_module":
         return None, (f"the input of {layer!r} is not a module's output (nothing before the "
                       f"attention to run once)")
