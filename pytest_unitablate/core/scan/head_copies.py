@@ -70,9 +70,8 @@ class HeadProjection:
     def heads_of(self, out: Any) -> torch.Tensor:
         """``z`` batch-first, ``(batch, ..., heads * head_dim)``, for the output ``out`` of
         the pass that ran inside :meth:`capturing`."""
-        if self.weight is None:
-            main = out if isinstance(out, torch.Tensor) else out[0]
-            return main.reshape(*main.shape[:2], -1)
+        if self.weight is None:  # a hook point with a head axis: its output is z itself
+            return out.reshape(*out.shape[:2], -1)  # type: ignore[no-any-return]
         (z,) = self.captured
         return z.transpose(0, 1) if self.seq_first else z
 
