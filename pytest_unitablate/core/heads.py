@@ -136,22 +136,21 @@ def _stated_count(model: nn.Module, layer: str, num_heads: int | None) -> int | 
     return num_heads or (found[0] if found else None)
 
 
-def _attention_owner(modules: dict[str, nn.Module], layer: str) -> str | None:
-    """The attention module ``layer`` (a projection) belongs to, within two levels up: by
-    its name or class, or by children that compute queries and keys; ``None`` when it
-    belongs to an MLP or to nothing like attention."""
+def _in_attention(modules: dict[str, nn.Module], layer: str) -> bool:
+    """Whether ``layer`` (a projection) belongs to an attention module, within two levels
+    up: by the module's name or class, or by children that compute queries and keys;
+    ``False`` when an MLP (by name or class) comes first, or nothing like attention."""
     parts = layer.split(".")
     for up in (1, 2):
         if up > len(parts):
             break
-        name = ".".join(parts[:-up])
-        module = modules.get(name)
+        module = modules.get(".".join(parts[:-up]))
         text = f"{parts[-up - 1] if len(parts) > up else ''} {type(module).__name__}"
         if _MLP.search(text):
-            return None
+            return False
         if _ATTENTION.search(text) or _computes_attention(module):
-            return name
-    return None
+            return True
+    return False
 
 
 def _attention_projections(modules: dict[str, nn.Module], near: str) -> list[str]:
@@ -160,7 +159,7 @@ def _attention_projections(modules: dict[str, nn.Module], near: str) -> list[str
     return [name for name in modules
             if (name.startswith(block + ".") or not block)
             and name.rsplit(".", 1)[-1] in PROJECTION_NAMES
-            and _attention_owner(modules, name) is not None][:2]
+            and _in_attention(modules, name)][:2]
 
 
 def _tl_site(model: nn.Module, layer: str, module: nn.Module,
@@ -245,7 +244,7 @@ def head_site(model: nn.Module, layer: str, num_heads: int | None = None) -> Hea
         elsewhere = [n for n in modules if n != layer and any(n.startswith(a + ".")
                                                               for a in around)
                      and n.rsplit(".", 1)[-1] in PROJECTION_NAMES
-                     and _attention_owner(modules, n) is not None]
+                     and _in_attention(modules, n)]
         if elsewhere and not any(isinstance(getattr(module, name, None), nn.Module)
                                  for name in PROJECTION_NAMES):
             raise UnsupportedModelError(
@@ -270,7 +269,7 @@ def head_site(model: nn.Module, layer: str, num_heads: int | None = None) -> Hea
             f"{type(module).__name__}. Its "
             f"{'channels' if isinstance(weight, torch.Tensor) else 'outputs'} are not heads: "
             f"name the attention's projection, or drop unit: head")
-    if _attention_owner(modules, layer) is None:
+    if not _in_attention(modules, layer):
         owner_name = layer.rsplit(".", 1)[0] if "." in layer else "the model"
         near = _attention_projections(modules, layer)
         hint = f"For heads name the attention's projection ({', '.join(map(repr, near))}). " \
