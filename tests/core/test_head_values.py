@@ -1,0 +1,95 @@
+"""The heads' mean (``mean`` ablation) and per-example values (``resample``) of a layer:
+over several batches, with the head count given when the model does not state it, and
+the refusals (a layer the data never reaches, torchvision's windowed heads). The oracle
+is the test's own forward pre-hook on the output projection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from attention_models import HFAttention
+from numerics import assert_f32_close
+from torch import nn
+
+from pytest_unitablate.core.heads import head_means, head_values
+from pytest_unitablate.errors import ConfigError, UnsupportedModelError
+
+
+class Quiet(HFAttention):
+    """HF-style attention that does not say how many heads it has."""
+
+    def __init__(self) -> None:
+        super().__init__(8, 2)
+        del self.num_heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.num_heads = 2
+        try:
+            return super().forward(x)
+        finally:
+            del self.num_heads
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 8)
+        self.attn = Quiet()
+        self.unused = Quiet()  # never called by forward
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        return self.head((h + self.attn(h)).mean(dim=1))  # type: ignore[no-any-return]
+
+
+def _oracle(model: Net, x: torch.Tensor) -> torch.Tensor:
+    seen: list[torch.Tensor] = []
+    handle = model.attn.o_proj.register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return seen[0]  # (batch, tokens, heads * head size)
+
+
+def test_means_and_values_span_every_batch() -> None:
+    torch.manual_seed(0)
+    model = Net().eval()
+    x, y = torch.randn(10, 4, 3), torch.randint(0, 4, (10,))
+    batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 10, 4)]  # 4, 4 and 2
+    z = _oracle(model, x)
+    means = head_means(model, batches, "attn.o_proj", num_heads=2)
+    assert means.shape == (8,)
+    assert_f32_close(means, z.reshape(-1, 8).double().mean(dim=0), terms=40, depth=3)
+    values = head_values(model, batches, "attn.o_proj", num_heads=2)
+    assert values.shape == (10, 4, 8)
+    assert_f32_close(values, z, terms=8, depth=3)
+
+
+def test_a_layer_without_a_count_or_a_run_is_refused_by_name() -> None:
+    model = Net().eval()
+    data = [(torch.randn(2, 4, 3), torch.tensor([0, 1]))]
+    with pytest.raises(UnsupportedModelError, match="add num_heads: to the check"):
+        head_means(model, data, "attn.o_proj")
+    with pytest.raises(UnsupportedModelError, match="add num_heads: to the check"):
+        head_values(model, data, "attn.o_proj")
+    with pytest.raises(UnsupportedModelError) as raised:
+        head_means(model, data, "unused.o_proj", num_heads=2)
+    assert str(raised.value) == "layer 'unused.o_proj' never ran on the data"
+    with pytest.raises(UnsupportedModelError) as raised:
+        head_values(model, data, "unused.o_proj", num_heads=2)
+    assert str(raised.value) == "layer 'unused.o_proj' never ran on the reference data"
+
+
+def test_windowed_heads_cannot_be_resampled() -> None:
+    swin = pytest.importorskip("torchvision.models.swin_transformer")
+    model = nn.Sequential()
+    model.add_module("attn", swin.ShiftedWindowAttention(8, [2, 2], [0, 0], num_heads=2))
+    with pytest.raises(ConfigError) as raised:
+        head_values(model, [(torch.randn(1, 4, 4, 8), torch.tensor([0]))], "attn")
+    assert str(raised.value) == (
+        "resample ablation of the heads of 'attn': torchvision's ShiftedWindowAttention "
+        "computes them per window, not per example; use zero or mean")
