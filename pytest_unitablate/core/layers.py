@@ -84,11 +84,9 @@ def closest(name: str, candidates: Sequence[str], n: int = 3) -> list[str]:
     >>> closest("conv5", ["features.conv5", "features.conv4", "fc"])
     ['features.conv5']
     """
-    found: list[str] = []
+    # the same last part (a candidate ending in ``.name``, or one ``name`` ends in, has it)
     tail = name.split(".")[-1]
-    for cand in candidates:
-        if cand.endswith("." + name) or name.endswith("." + cand) or cand.split(".")[-1] == tail:
-            found.append(cand)
+    found = [cand for cand in candidates if cand.split(".")[-1] == tail]
     for cand in difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5):
         if cand not in found:
             found.append(cand)
@@ -269,18 +267,24 @@ def probe_layers(
 
 
 def suggest_single_call_layer(model: nn.Module, name: str) -> list[str]:
-    """Layers near ``name`` (its siblings before it, or its parent) that could run once."""
+    """Layers near ``name`` that could run once: the last two convolutions or norms among
+    its siblings (before or after it) and its parent, else its last two siblings.
+
+    >>> net = nn.Sequential(nn.Conv2d(1, 1, 1), nn.ReLU(), nn.BatchNorm2d(1))
+    >>> suggest_single_call_layer(net, "1")
+    ['0', '2']
+    """
     inner = unwrap_model(model)
     parent, _, _leaf = name.rpartition(".")
     siblings = [
         f"{parent}.{child}" if parent else child
         for child, _ in (resolve_layer(inner, parent) if parent else inner).named_children()
     ]
-    before = [s for s in siblings if s != name]
-    hints = [s for s in before if s.split(".")[-1].startswith(("bn", "conv"))][-2:]
+    others = [s for s in siblings if s != name]
+    hints = [s for s in others if s.split(".")[-1].startswith(("bn", "conv"))][-2:]
     if parent:
         hints.append(parent)
-    return hints or before[-2:]
+    return hints or others[-2:]
 
 
 def require_single_call(model: nn.Module, name: str, calls: int) -> None:
