@@ -142,6 +142,45 @@ def test_marks_act_as_in_pytest(folder: Path) -> None:
                         "hidden-u0-zero-min_drop": "passed"}
 
 
+def test_each_mark_gives_pytest_s_outcome_and_reason(folder: Path) -> None:
+    """Every form of mark, each on a check that passes (unit 1 costs class one 100 pp) or
+    fails (its max_drop: 1%): the outcome and the reason as pytest would give them."""
+    checks = [
+        ("[{skip: {reason: not today}}]", "fail", "skipped", "not today"),
+        ("[skip]", "fail", "skipped", "skipped"),
+        ("[{skip: [no reason needed]}]", "fail", "skipped", "no reason needed"),
+        ("[{skipif: {condition: \"sys.platform != 'nowhere'\", reason: always}}]",
+         "fail", "skipped", "always"),
+        ("[{skipif: [\"os.sep != ''\"]}]", "fail", "skipped", "skipif"),
+        ("[{skipif: {condition: \"platform.system() == 'Nowhere'\"}}]", "pass", "passed",
+         None),
+        ("[{skipif: [false]}]", "pass", "passed", None),
+        ("[{xfail: {reason: known loss}}]", "fail", "xfailed", "known loss"),
+        ("[{xfail: {condition: false, reason: not here}}]", "pass", "passed", None),
+        ("[{xfail: [false]}, {xfail: {reason: second}}]", "fail", "xfailed", "second"),
+        ("[{xfail: [true]}]", "pass", "xpassed", None),
+        ("[xfail]", "fail", "xfailed", None),
+        ("[{xfail: {reason: fixed now, strict: true}}]", "pass", "failed",
+         "[XPASS(strict)] fixed now"),
+    ]
+    body = ["checks:"]
+    for i, (marks, kind, _, _) in enumerate(checks):
+        bound = "min_drop: 50%" if kind == "pass" else "max_drop: 1%"
+        body += ["  - layer: hidden", f"    name: c{i}", "    units: [1]",
+                 f"    marks: {marks}", "    expect:", f"      one: {{{bound}}}"]
+    spec = folder / "marks.yaml"
+    spec.write_text(tiny_source.HEAD + "\n".join(body) + "\n")
+    run = run_spec(spec)
+    got = {item.id.split("-")[0]: (item.outcome, item.message) for item in run.items}
+    for i, (marks, _, outcome, reason) in enumerate(checks):
+        assert got[f"c{i}"][0] == outcome, (marks, got[f"c{i}"])
+        if reason is not None:
+            assert got[f"c{i}"][1] == reason, (marks, got[f"c{i}"])
+    assert got["c10"][1] is None  # an xpass says nothing
+    # an xfail that missed keeps the failure text when it gives no reason
+    assert str(got["c11"][1]).startswith("c11 one: drop 100.0 pp, needs <= 1.0 pp\n")
+
+
 def test_a_spec_with_problems_raises_every_problem(folder: Path) -> None:
     bad = folder / "bad.yaml"
     bad.write_text(tiny_source.HEAD + "checks:\n  - layer: hidden\n    units: [1]\n"
