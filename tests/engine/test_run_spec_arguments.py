@@ -1,0 +1,110 @@
+"""``run_spec``'s keyword arguments, each shown to reach the engine: the memory budget
+(and its refusals), the device refusals, ``record_force`` in CI, ``full_sweeps``,
+``full_trace`` on an unexpected error, and the report's run fields."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import tiny_source
+
+from pytest_unitablate import run_spec
+from pytest_unitablate.engine.engine import Engine
+from pytest_unitablate.engine.run import evaluate_spec
+from pytest_unitablate.errors import SpecError
+from pytest_unitablate.plugin.record_mode import CI_VARIABLES
+from pytest_unitablate.spec.loader import load_spec
+
+
+@pytest.fixture
+def spec(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for var in CI_VARIABLES:
+        monkeypatch.delenv(var, raising=False)
+    pytester.makepyfile(tinymodel=tiny_source.TINY)
+    pytester.syspathinsert()
+    path = pytester.path / "spec.yaml"
+    path.write_text(tiny_source.HEAD + tiny_source.ALL_ENGINES)
+    return path
+
+
+def _outcomes(run: object) -> dict[str, str]:
+    return {r["id"]: r["outcome"] for r in run.records}  # type: ignore[attr-defined]
+
+
+def test_a_memory_budget_is_a_positive_size(spec: Path) -> None:
+    plain = _outcomes(run_spec(spec))
+    assert _outcomes(run_spec(spec, memory_budget=1)) == plain  # one example per pass
+    assert _outcomes(run_spec(spec, memory_budget="512MiB")) == plain
+    for bad in (0, -5, True, 1.5):
+        with pytest.raises(ValueError) as raised:
+            run_spec(spec, memory_budget=bad)  # type: ignore[arg-type]
+        assert str(raised.value) == (
+            "run_spec(memory_budget=...) takes a positive number of bytes or a size such as "
+            f"'512MiB', got {bad!r}")
+
+
+def test_a_device_this_torch_cannot_use_is_refused_at_once(spec: Path) -> None:
+    import torch
+
+    for device, backend in (("mps", getattr(torch.backends, "mps", None)),
+                            ("cuda:0", torch.cuda)):
+        if backend is not None and backend.is_available():
+            continue  # this machine has it: nothing to refuse
+        with pytest.raises(ValueError, match=rf"^run_spec\(device='{device}'\): "
+                                             rf"'{device}': .* is not available to this "):
+            run_spec(spec, device=device)
+
+
+def test_record_force_lets_record_mode_run_in_ci(spec: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(ValueError, match=r"^run_spec\(record_mode='new'\): "):
+        run_spec(spec, record_mode="new")
+    assert run_spec(spec, record_mode="new", record_force=True).ok
+
+
+def test_full_sweeps_evaluates_every_unit(spec: Path) -> None:
+    def evaluated(run: object) -> int:
+        item = next(i for i in run.items  # type: ignore[attr-defined]
+                    if i.id == "hidden-any-two-min_drop")
+        return int(item.record["units_evaluated"])
+
+    assert evaluated(run_spec(spec)) == 1  # unit 2 decides at once
+    assert evaluated(run_spec(spec, full_sweeps=True)) == 4
+
+
+def test_an_unexpected_error_is_a_located_failure_unless_full_trace(
+        spec: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("an internal slip")
+
+    monkeypatch.setattr(Engine, "run_item", boom)
+    run = run_spec(spec)
+    item = run.items[0]
+    assert (item.id, item.outcome) == ("hidden-u1-one-min_drop", "failed")
+    first = (f"{spec}:9: unexpected error while running hidden-u1-one-min_drop: "
+             f"RuntimeError: an internal slip")
+    assert item.message == f"{first}\n  (pass full_trace=True for the traceback)"
+    assert item.record["reason"] == first and item.record["layer"] == "hidden"
+    with pytest.raises(RuntimeError, match="an internal slip"):
+        run_spec(spec, full_trace=True)
+
+
+def test_the_run_fields_name_this_run(spec: Path) -> None:
+    import torch
+
+    from pytest_unitablate.version import __version__
+
+    assert run_spec(spec).environment == {
+        "pytest_unitablate_version": __version__, "torch_version": str(torch.__version__),
+        "device": "cpu", "dtype": "float32"}
+
+
+def test_a_spec_object_without_checks_yields_no_items(spec: Path) -> None:
+    empty = dataclasses.replace(load_spec(spec), checks=())
+    with pytest.raises(SpecError) as raised:
+        evaluate_spec(empty, None, Engine())
+    assert [(p.path, p.line, p.message) for p in raised.value.problems] == [
+        (str(spec), 1, "the spec yields no test items")]
