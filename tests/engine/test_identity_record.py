@@ -145,3 +145,27 @@ def test_recording_replaces_a_sidecar_the_spec_does_not_name(tmp_path: Path) -> 
     recording = _by_id(run_spec(path, fixtures=fixtures, record_mode="new",
                                 record_force=True))["1-u1+2-one-min_drop"]
     assert set(recording["signature"]) == {"1", "2"}
+
+
+def test_the_recorded_sidecar_holds_the_profiles_and_where_they_were_measured(
+        tmp_path: Path) -> None:
+    import torch
+
+    from pytest_unitablate.spec.loader import load_spec
+    from pytest_unitablate.spec.signatures import read_signatures
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC.format(classes="classes: [zero, one, two, three]\n", signatures=""))
+    run = run_spec(path, fixtures={"model": _mlp(), "data": _data()}, record_mode="new",
+                   record_force=True)
+    one = _by_id(run)["1-u1+2-one-min_drop"]
+    spec = load_spec(path)
+    sidecar = read_signatures(spec.signatures_path(), spec.signatures_sha256)
+    assert sidecar is not None and sidecar.classes == CLASSES
+    assert sidecar.data_sha256 == one["signature_data_sha256"]
+    assert sidecar.meta["torch_version"] == str(torch.__version__)
+    assert sidecar.meta["weights_sha256"] == one["weights_sha256"]
+    profiles = _profiles()
+    for unit in (1, 2):  # stored to four decimals
+        assert sidecar.units("1")[unit] == pytest.approx(list(map(float, profiles[unit])),
+                                                         abs=6e-5)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_starter import ALPHAS, data
+from test_starter import ALPHAS, Bypass, data
 from torch import nn
 
 from pytest_unitablate import run_spec
@@ -126,3 +126,29 @@ def test_a_reference_that_fails_is_named_with_its_message_and_no_location(
                               "no layer 'hiden'; did you mean 'hidden', 'idle'?")
     assert "s.yaml:" not in message and "\n" not in message
     assert not out.exists()
+
+
+def test_calibrate_keeps_each_model_once_with_where_it_was_measured(tmp_path: Path) -> None:
+    """Three reference models through ``run_spec`` in record mode ``calibrate`` (one of
+    them twice): the calibration file holds each model once, keyed by its weights, with
+    the data and torch it was measured on, and one point per model."""
+    import json
+
+    from pytest_unitablate.verdicts.calibration import calibration_path
+
+    spec = tmp_path / "c.yaml"
+    spec.write_text("unitablate: 1\nmodel: m\ndata: d\nclasses: [a, b, c, d]\nchecks:\n"
+                    "  - layer: hidden\n    units: [0]\n    expect:\n"
+                    "      a: {min_drop: null}\n")
+    runs = [run_spec(spec, fixtures={"m": Bypass(ALPHAS[v]).eval(), "d": data()},
+                     record_mode="calibrate", record_force=True) for v in (0, 1, 1, 2)]
+    weights = [str(r.items[0].record["weights_sha256"]) for r in runs]
+    assert weights[1] == weights[2] and len(set(weights)) == 3
+    saved = json.loads(calibration_path(spec).read_text())
+    assert sorted(saved["models"]) == sorted(set(weights))
+    provenance = dict(load_spec(spec).provenance)
+    for meta in saved["models"].values():
+        assert meta == {"data_sha256": provenance["data_sha256"],
+                        "torch_version": str(torch.__version__)}
+    assert sorted(saved["items"]["hidden-u0-a-min_drop"]["points"]) == sorted(set(weights))
+    assert "min_drop: " in spec.read_text() and "null" not in spec.read_text()
