@@ -210,11 +210,10 @@ def unguardable_reason(kind: str, found: Calibrated, floor: float = 0.0) -> str 
             return (f"a {kind} of {drop_text(kind, written)} is met by one example of {n} "
                     f"({drop_text(kind, one)}) flipping to wrong")
     if kind.startswith("min") and found.low > 0 and written < MIN_SHARE * found.low - 1e-12:
-        return (f"a {kind} of {drop_text(kind, written)} keeps "
-                f"{math.floor(100 * written / found.low)}% of the smallest effect the models "
-                f"showed "
-                f"({drop_text(kind, found.low)}; less than {MIN_SHARE:.0%}): a unit that "
-                f"lost most of its role would still pass")
+        kept = math.floor(100 * written / found.low + 1e-9)  # never "25% (less than 25%)"
+        return (f"a {kind} of {drop_text(kind, written)} keeps {kept}% of the smallest effect "
+                f"the models showed ({drop_text(kind, found.low)}; less than "
+                f"{MIN_SHARE:.0%}): a unit that lost most of its role would still pass")
     return None
 
 

@@ -303,7 +303,8 @@ def weak_threshold(kind: str, value: float, m: Measurement, share: float = DEFAU
         return None  # vacuous_threshold speaks for no effect at all
     parts = []
     if value < share * effect - 1e-12:
-        parts.append(f"keeps {math.floor(100 * value / effect)}% of the measured {_what(kind)} of "
+        kept = math.floor(100 * value / effect + 1e-9)  # floored: never "50% (less than 50%)"
+        parts.append(f"keeps {kept}% of the measured {_what(kind)} of "
                      f"{drop_text(kind, effect)} (less than {share:.0%})")
     if metric_of(kind) == "accuracy":
         one = 1.0 / m.n / (m.baseline if "relative" in kind else 1.0)
