@@ -36,6 +36,38 @@ class HFAttention(nn.Module):
         return self.o_proj(att.transpose(1, 2).reshape(b, t, d))  # type: ignore[no-any-return]
 
 
+class QuietAttention(HFAttention):
+    """HF-style attention that does not say how many heads it has (2 of size 4): only a
+    spec's ``num_heads:`` can."""
+
+    def __init__(self) -> None:
+        super().__init__(8, 2)
+        del self.num_heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.num_heads = 2
+        try:
+            return super().forward(x)
+        finally:
+            del self.num_heads
+
+
+class QuietNet(nn.Module):
+    """(batch, tokens, 3) -> 4 logits through one :class:`QuietAttention` (``attn``) and
+    another the forward never calls (``unused``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3, 8)
+        self.attn = QuietAttention()
+        self.unused = QuietAttention()
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        return self.head((h + self.attn(h)).mean(dim=1))  # type: ignore[no-any-return]
+
+
 class TLAttention(nn.Module):
     """TransformerLens-style: ``hook_z`` (batch, position, head, d_head), then ``W_O``
     (``bias``: the scale of a random ``b_O``; 0 for none)."""
@@ -57,4 +89,4 @@ class TLAttention(nn.Module):
         return torch.einsum("bqhd,hdm->bqm", z, self.W_O) + self.b_O
 
 
-__all__ = ["HFAttention", "HookPoint", "TLAttention"]
+__all__ = ["HFAttention", "HookPoint", "QuietAttention", "QuietNet", "TLAttention"]

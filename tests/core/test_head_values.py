@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_models import HFAttention
+from attention_models import QuietNet
 from numerics import assert_f32_close
 from torch import nn
 
@@ -15,35 +15,7 @@ from pytest_unitablate.core.heads import head_means, head_values
 from pytest_unitablate.errors import ConfigError, UnsupportedModelError
 
 
-class Quiet(HFAttention):
-    """HF-style attention that does not say how many heads it has."""
-
-    def __init__(self) -> None:
-        super().__init__(8, 2)
-        del self.num_heads
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.num_heads = 2
-        try:
-            return super().forward(x)
-        finally:
-            del self.num_heads
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Linear(3, 8)
-        self.attn = Quiet()
-        self.unused = Quiet()  # never called by forward
-        self.head = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x)
-        return self.head((h + self.attn(h)).mean(dim=1))  # type: ignore[no-any-return]
-
-
-def _oracle(model: Net, x: torch.Tensor) -> torch.Tensor:
+def _oracle(model: QuietNet, x: torch.Tensor) -> torch.Tensor:
     seen: list[torch.Tensor] = []
     handle = model.attn.o_proj.register_forward_pre_hook(
         lambda _m, args: seen.append(args[0].detach()))
@@ -57,7 +29,7 @@ def _oracle(model: Net, x: torch.Tensor) -> torch.Tensor:
 
 def test_means_and_values_span_every_batch() -> None:
     torch.manual_seed(0)
-    model = Net().eval()
+    model = QuietNet().eval()
     x, y = torch.randn(10, 4, 3), torch.randint(0, 4, (10,))
     batches = [(x[i:i + 4], y[i:i + 4]) for i in range(0, 10, 4)]  # 4, 4 and 2
     z = _oracle(model, x)
@@ -70,7 +42,7 @@ def test_means_and_values_span_every_batch() -> None:
 
 
 def test_a_layer_without_a_count_or_a_run_is_refused_by_name() -> None:
-    model = Net().eval()
+    model = QuietNet().eval()
     data = [(torch.randn(2, 4, 3), torch.tensor([0, 1]))]
     with pytest.raises(UnsupportedModelError, match="add num_heads: to the check"):
         head_means(model, data, "attn.o_proj")
