@@ -344,7 +344,10 @@ def test_unexpected_errors_are_short_unless_full_trace(tiny: pytest.Pytester) ->
         "against what the model expects",
     ])
     assert "def forward" not in result.stdout.str()
-    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-full-trace")
+    # native: Python's own traceback (pytest's long one parses every file in the stack,
+    # which under mutation testing are the mutated copies, many times their size)
+    result = tiny.runpytest("--unitablate-spec", "spec.yaml", "--unitablate-full-trace",
+                            "--tb=native")
     result.stdout.fnmatch_lines(["*raise RuntimeError(\"forward exploded\")*"])
 
 
