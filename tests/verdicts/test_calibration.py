@@ -19,6 +19,7 @@ from pytest_unitablate.verdicts.calibration import (
     calibrated_threshold,
     calibration_path,
     definition_of,
+    group_of,
     unguardable_reason,
 )
 
@@ -141,6 +142,123 @@ def test_a_broken_file_is_named_with_what_to_do() -> None:
                                   "x.json")
     with pytest.raises(CalibrationFileError, match="format 1"):
         CalibrationFile.from_text("[]", "x.json")
+
+
+def test_the_file_text_is_stable_whatever_order_models_were_added() -> None:
+    """One key per line, sorted: a reviewer's diff shows the model that was added."""
+    first, second = CalibrationFile(), CalibrationFile()
+    adds = [("b" * 4, "item-z", Point(0.5, 0.4)), ("a" * 4, "item-z", Point(0.3, 0.2)),
+            ("a" * 4, "item-a", Point(0.1, 0.05, (0.0, 0.2), 7, 0.9))]
+    for sha, item, point in adds:
+        first.add(sha, item, "{}", "min_drop", point, {"torch_version": "2.14"})
+    for sha, item, point in reversed(adds):
+        second.add(sha, item, "{}", "min_drop", point, {"torch_version": "2.14"})
+    assert first.to_text() == second.to_text() == """\
+{
+ "items": {
+  "item-a": {
+   "constraint": "min_drop",
+   "definition": "{}",
+   "points": {
+    "aaaa": {
+     "baseline": 0.9,
+     "bound": 0.05,
+     "ci_high": 0.2,
+     "ci_low": 0.0,
+     "n": 7,
+     "value": 0.1
+    }
+   }
+  },
+  "item-z": {
+   "constraint": "min_drop",
+   "definition": "{}",
+   "points": {
+    "aaaa": {
+     "baseline": null,
+     "bound": 0.2,
+     "ci_high": null,
+     "ci_low": null,
+     "n": 0,
+     "value": 0.3
+    },
+    "bbbb": {
+     "baseline": null,
+     "bound": 0.4,
+     "ci_high": null,
+     "ci_low": null,
+     "n": 0,
+     "value": 0.5
+    }
+   }
+  }
+ },
+ "models": {
+  "aaaa": {
+   "torch_version": "2.14"
+  },
+  "bbbb": {
+   "torch_version": "2.14"
+  }
+ },
+ "rule": {
+  "min_models": 3,
+  "name": "widened envelope",
+  "widen": 2.0
+ },
+ "unitablate_calibration": 1
+}
+"""
+
+
+def test_a_point_that_is_not_a_number_is_not_written() -> None:
+    f = CalibrationFile()
+    f.add("a" * 64, "item", "{}", "min_drop", Point(math.nan, 0.2))
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        f.to_text()
+
+
+def test_a_file_with_no_items_or_models_yet_reads_as_empty() -> None:
+    empty = CalibrationFile.from_text('{"unitablate_calibration": 1}', "x.json")
+    assert empty.items == {} and empty.models == {}
+
+
+def test_the_threshold_needs_a_measurement() -> None:
+    with pytest.raises(ValueError) as info:
+        calibrated_threshold("min_drop", [])
+    assert str(info.value) == "calibrated_threshold needs at least one model's measurement"
+
+
+@pytest.mark.parametrize(("ratios", "pooled"), [
+    ({"seven": 1.0, "two": 0.5, "three": 0.9}, 0.9),  # the middle one
+    ({"seven": 1.0, "two": 0.5, "three": 0.7, "four": 0.9}, 0.8),  # the middle two's mean
+])
+def test_the_spread_pooled_over_a_group_is_its_median(ratios: dict[str, float],
+                                                      pooled: float) -> None:
+    """The item whose own models agree (ratio 1) is widened by the group's median ratio."""
+    f = CalibrationFile()
+    group = {"layer": "conv5", "mode": "any_unit", "constraint": "min_drop",
+             "ablation": "zero"}
+    for target, ratio in ratios.items():
+        definition = definition_of({**group, "target": target})
+        for sha, value in (("a", 0.4), ("b", 0.4 * ratio), ("c", 0.4)):
+            f.add(sha * 64, target, definition, "min_drop", Point(value, value / 2))
+    found = f.calibrated("seven", definition_of({**group, "target": "seven"}))
+    assert found is not None
+    assert found.threshold == pytest.approx(0.2 * pooled ** 2)
+
+
+def test_items_that_differ_only_in_target_or_units_share_a_group() -> None:
+    a = definition_of({"layer": "conv5", "mode": "units", "units": [3], "target": "seven",
+                       "constraint": "min_drop", "ablation": "zero"})
+    b = definition_of({"layer": "conv5", "mode": "units", "units": [4, 5], "target": "two",
+                       "constraint": "min_drop", "ablation": "zero"})
+    c = definition_of({"layer": "conv4", "mode": "units", "units": [3], "target": "seven",
+                       "constraint": "min_drop", "ablation": "zero"})
+    assert group_of(a) == group_of(b) != group_of(c)
+    # whatever order the definition's keys come in
+    assert group_of(json.dumps({"layer": "x", "ablation": "zero"})) == group_of(
+        json.dumps({"ablation": "zero", "layer": "x"}))
 
 
 def test_the_file_sits_beside_the_spec() -> None:

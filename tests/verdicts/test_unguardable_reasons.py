@@ -26,6 +26,16 @@ SHARE = ("a {kind} of {written} keeps {share} of the smallest effect the models 
     (Calibrated("min_drop", 0.1, 3, 0.4, 0.5, n=100, baseline=0.9), None),  # 25% exactly
     (Calibrated("min_drop", 0.099, 3, 0.4, 0.5, n=100, baseline=0.9),
      SHARE.format(kind="min_drop", written="9.9 pp", share="24%", low="40.0 pp")),
+    # floored: 9.9 / 49.9 is 19.84%, never rounded up to 20%
+    (Calibrated("min_drop", 0.099, 3, 0.499, 0.9, n=100, baseline=0.9),
+     SHARE.format(kind="min_drop", written="9.9 pp", share="19%", low="49.9 pp")),
+    # one example of one: any drop it could show is one example flipping
+    (Calibrated("min_drop", 0.5, 3, 0.6, 0.9, n=1, baseline=0.9),
+     "a min_drop of 50.0 pp is met by one example of 1 (100.0 pp) flipping to wrong"),
+    # no count of examples known (n=0): the one-example rule cannot apply
+    (Calibrated("min_drop", 0.2, 3, 0.4, 0.5, n=0, baseline=0.9), None),
+    # a relative drop of a target whose baseline is 0: one example is counted unscaled
+    (Calibrated("min_relative_drop", 0.2, 3, 0.4, 0.5, n=20, baseline=0.0), None),
     (Calibrated("min_logprob_drop", 0.1, 3, 0.5, 0.9, n=5, baseline=0.9),
      SHARE.format(kind="min_logprob_drop", written="0.100 nats", share="20%",
                   low="0.500 nats")),
