@@ -50,6 +50,8 @@ COMMENT_PREFIX = "recorded:"
 #: threshold on a line (``calibrated over 3 models: ...``) or several (``calibrated
 #: min_drop over 3 models: ...; max_drop over ...``).
 _CALIBRATED = re.compile(r"\bcalibrated (?:over|min_|max_)")
+#: Where the record of an end-of-line comment starts (after a user's own note, if any).
+_RECORDED = re.compile(rf"[#;] *{COMMENT_PREFIX}")
 
 
 
@@ -120,13 +122,10 @@ def format_threshold(kind: ConstraintKind, value: float) -> str:
     >>> format_threshold("max_drop", 0.01201)
     '1.3%'
     """
+    # _tenths is an int, so neither text can read "-0.0"
     if "logprob" in kind:
-        text = f"{_tenths(kind, value) / 1000:.3f}"
-        return "0.000" if text == "-0.000" else text
-    text = f"{_tenths(kind, value) / 10:.1f}"
-    if text == "-0.0":
-        text = "0.0"
-    return f"{text}%"
+        return f"{_tenths(kind, value) / 1000:.3f}"
+    return f"{_tenths(kind, value) / 10:.1f}%"
 
 
 class RecordError(Exception):
@@ -329,7 +328,7 @@ def rewritten_spec(
     touched = {ls for ls, _, _ in line_edits}
     others = [s for s in spans if _line_bounds(original, s[0])[0] not in touched]
     result = _replace_spans(original, [*line_edits, *others, *extra_spans]) + appended
-    return original, result, changed if result != original else 0
+    return original, result, changed
 
 
 def _comment_for(updates: Sequence[ThresholdUpdate]) -> str:
@@ -354,9 +353,10 @@ def recorded_measurement(line: str, kind: str) -> str | None:
     ...                      "margin 7.2%", "min_accuracy")
     'measured 97.1%'
     """
-    _, marker, rest = line.partition(f"# {COMMENT_PREFIX}")
-    if not marker:
+    found = _RECORDED.search(line)  # "# recorded:", or "# a user's note; recorded:"
+    if found is None:
         return None
+    rest = line[found.end():]
     parts = [p.strip() for p in rest.split(";") if "measured" in p]
     for part in parts:
         head, _, value = part.partition("measured")
