@@ -115,9 +115,8 @@ def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
             f"  baseline {pct(m.baseline)}%   ablated {pct(m.ablated)}% (mean over the "
             f"resample draws)   n={m.n}{unit_text}",
             f"  drop     {pct(m.drop)} pp   {m.ci_level * 100:g}% CI [{pct(lo)}, {pct(hi)}] pp "
-            f"(paired t over examples)   required {required}   missed by "
-            f"{-verdict.margin * 100:.1f} {'points' if relative else 'pp'} (judged on the "
-            f"{verdict.by})",
+            f"(paired t over examples)   required {required}   "
+            f"{_missed_by(verdict.margin, relative)} (judged on the {verdict.by})",
             f"  paired t-test p={m.p_value:.3g}",
         ]
     else:
@@ -128,12 +127,14 @@ def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
             f"  baseline {pct(m.baseline)}% ({table.a + table.b}/{m.n})   ablated "
             f"{pct(m.ablated)}% ({table.a + table.c}/{m.n})   n={m.n}{unit_text}",
             f"  drop     {pct(m.drop)} pp   {m.ci_level * 100:g}% CI [{pct(lo)}, {pct(hi)}] pp "
-            f"(paired, Newcombe)   required {required}   missed by "
-            f"{-verdict.margin * 100:.1f} {'points' if relative else 'pp'} (judged on the "
-            f"{verdict.by})",
+            f"(paired, Newcombe)   required {required}   "
+            f"{_missed_by(verdict.margin, relative)} (judged on the {verdict.by})",
         ]
         if relative:
-            lines.append(f"  relative drop {pct(m.value(kind))}% of the baseline")
+            share = m.value(kind)
+            lines.append("  relative drop undefined: no example right at baseline"
+                         if math.isnan(share) else
+                         f"  relative drop {pct(share)}% of the baseline")
         lines.append(f"  McNemar exact p={m.p_value:.3g} ({table.b} flipped to wrong, "
                      f"{table.c} to right)")
     lines.extend(f"  {note}" for note in ctx.notes)
@@ -143,6 +144,18 @@ def failure_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
         if "record-mode=calibrate" in ctx.hint else ""
     lines.append(f"  To re-record{honest}: {ctx.hint}")
     return "\n".join(lines)
+
+
+def _missed_by(margin: float, relative: bool) -> str:
+    """``missed by 12.3 pp`` (``points`` for a relative drop, a share of the baseline);
+    a relative drop of a target with none right at baseline has no margin.
+
+    >>> _missed_by(-0.123, False), _missed_by(float("nan"), True)
+    ('missed by 12.3 pp', 'missed (no relative drop without an example right at baseline)')
+    """
+    if math.isnan(margin):
+        return "missed (no relative drop without an example right at baseline)"
+    return f"missed by {-margin * 100:.1f} {'points' if relative else 'pp'}"
 
 
 def forgotten_headline(ctx: FailureContext, m: Measurement,
@@ -173,13 +186,16 @@ def forgotten_text(ctx: FailureContext, constraint: Constraint, m: Measurement,
     lines = failure_text(ctx, constraint, m, verdict).split("\n")
     lines[0] = forgotten_headline(ctx, m, reference_baseline)
     right = round(m.baseline * m.n)
-    reach = m.baseline if "relative" not in constraint.kind else 1.0
+    relative = "relative" in constraint.kind
+    # what losing every right example would show (a relative drop: all of it, or, with
+    # none right, nothing: the rule the item was judged forgotten by)
+    reach = (1.0 if right else 0.0) if relative else m.baseline
     then = (f" (the reference models had at least {pct(reference_baseline)}%)"
             if reference_baseline is not None else "")
     extra = [
         f"  forgotten: {right} of {m.n} right at baseline ({pct(m.baseline)}%){then}; even "
-        f"if every one were lost, the drop would be {pct(reach)} "
-        f"{'%' if 'relative' in constraint.kind else 'pp'}, below the required "
+        f"if every one were lost, the drop would be {pct(reach)}"
+        f"{'%' if relative else ' pp'}, below the required "
         f"{drop_text(constraint.kind, constraint.threshold)}",
         f"  The model under test no longer knows {ctx.kind} {ctx.target!r}: look at what its "
         f"training changed for it (data, labels, recipe). If the {ctx.kind} was dropped on "

@@ -30,6 +30,12 @@ SHARES = Measurement.from_shares([True] * 8 + [False] * 2,
                                  [1.0, 0.5, 0.5, 0.0, 1.0, 1.0, 0.25, 0.75, 0.0, 0.0])
 OWN = Measurement.from_correct([True] * 7 + [False] * 3, [True] * 7 + [False] * 3)
 NONE = Measurement.from_correct([True] * 10, [True] * 10)
+#: two examples the ablation gets right that the baseline got wrong
+RECOVERED = Measurement.from_correct([True] * 8 + [False] * 2,
+                                     [True] * 5 + [False] * 3 + [True] * 2)
+#: a log-prob drop strong and sure enough to guard what accuracy cannot
+STRONG = Measurement.from_logprob([-0.1] * 10 + [-0.2] * 10, [-1.5] * 10 + [-2.5] * 10)
+FORGOT = Measurement.from_correct([False] * 10, [False] * 10)
 
 
 def _ctx(**kw: object) -> f.FailureContext:
@@ -46,6 +52,11 @@ MATCH = SimpleNamespace(recorded=10, unit=7, similarity=0.41, best_unit=7,
                         best_similarity=0.41)
 TAKEN = SimpleNamespace(recorded=11, unit=None, similarity=None, best_unit=3,
                         best_similarity=0.9)
+#: recorded unit 12's best match (7) went to recorded unit 10; it got unit 5
+SECOND = SimpleNamespace(recorded=12, unit=5, similarity=0.6, best_unit=7, best_similarity=0.9)
+#: ... and recorded unit 13 got none
+NOTHING_LEFT = SimpleNamespace(recorded=13, unit=None, similarity=None, best_unit=7,
+                               best_similarity=0.8)
 CALIBRATED = calibrated_threshold("min_drop", [Point(0.016, 0.0), Point(0.885, 0.8),
                                                Point(0.803, 0.7)])
 DEAD_RECORD = {"recorded_units": [37, 38], "matched_units": [12, 13],
@@ -125,6 +136,28 @@ CASES: dict[str, Callable[[], object]] = {
     "no match, heads, taken": lambda: f.no_match_text(
         "s.yaml:9", "x", "blocks.0.attn", [MATCH, TAKEN], 0.75, {10: MATCH, 11: TAKEN},
         noun="head"),
+    "table, some recovered": lambda: _failure(_ctx(), Constraint("min_drop", 0.6), RECOVERED),
+    "forgotten, relative": lambda: f.forgotten_text(
+        _ctx(), Constraint("min_relative_drop", 0.9), FORGOT,
+        judge(Constraint("min_relative_drop", 0.9), FORGOT), None),
+    "problem, long, several lines": lambda: f.problem_text(
+        "s.yaml:6: " + "word " * 30 + "\n  second line\n  third line"),
+    "problem, several short lines": lambda: f.problem_text("s.yaml:6: short\n  two\n  three"),
+    "problem, exactly 100": lambda: f.problem_text("s.yaml:6: " + "x" * 100),
+    "disarmed, max": lambda: f.disarmed_text(_ctx(), "max_drop", TABLE, "r"),
+    "disarmed, accuracy": lambda: f.disarmed_text(_ctx(), "min_accuracy", OWN, "r"),
+    "weak, a strong log-prob drop": lambda: f.weak_text(
+        _ctx(), "min_drop", TABLE, "keeps 15%", None, STRONG, 0.25),
+    "weak, the other shows nothing": lambda: f.weak_text(
+        _ctx(), "min_logprob_drop", LOGPROB, "keeps 5%", None, NONE, 0.25),
+    "weak, a strong accuracy drop": lambda: f.weak_text(
+        _ctx(), "min_logprob_drop", LOGPROB, "keeps 5%", None, TABLE, 0.25),
+    "dead, logprob": lambda: f.dead_text(
+        _ctx(head="mlp-u37"), "mlp", {37: 0.0},
+        {**DEAD_RECORD, "constraint": "min_logprob_drop", "recorded_drop": 0.9}, LOGPROB),
+    "no match, the best was taken": lambda: f.no_match_text(
+        "s.yaml:9", "x", "layer3.0", [SECOND, NOTHING_LEFT], 0.75,
+        {10: MATCH, 12: SECOND, 13: NOTHING_LEFT}),
     "pct": lambda: [f.pct(None), f.pct(float("nan")), f.pct(0.12345), f.pct(1.0)],
 }
 
