@@ -74,3 +74,16 @@ def test_no_effect_or_a_share_of_all_of_it_needs_no_count() -> None:
     # the doctest's case, and its default share of one half
     m = Measurement.from_correct([True] * 58, [True] * 52 + [False] * 6)
     assert examples_needed(m, "min_drop") == examples_needed(m, "min_drop", 0.5) == 150
+
+
+def test_at_a_small_share_one_example_must_be_worth_less_than_it() -> None:
+    """5 of 100 flipped, share 10%: at 200 examples one flip is worth 0.5 pp, a tenth of
+    the 5 pp effect (the interval alone would ask for about 108). A relative drop counts
+    one example against the baseline's share: 5 of 80 right flipped is 6.25%, and one
+    example of 200 at an 80% baseline is 0.625% of it."""
+    m = Measurement.from_correct([True] * 100, [True] * 95 + [False] * 5)
+    assert examples_needed(m, "min_drop", 0.1) == 200
+    relative = Measurement.from_correct([True] * 80 + [False] * 20,
+                                        [True] * 75 + [False] * 25)
+    assert relative.value("min_relative_drop") == 0.0625
+    assert examples_needed(relative, "min_relative_drop", 0.1) == 200
