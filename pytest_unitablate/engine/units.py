@@ -87,8 +87,7 @@ def resolve_units(spec: Spec, check: Check, model: nn.Module, inputs: torch.Tens
     batch = batch_dim(model, inputs, check.layer)
     batch = 0 if batch is None else batch
     stated = unit_dim_of(model, check.layer, shape, stated, batch)
-    dim = stated if stated >= 0 else len(shape) + stated
-    return LayerUnits(check.layer, "channel", stated, None, shape[dim], shape, batch)
+    return LayerUnits(check.layer, "channel", stated, None, shape[stated], shape, batch)
 
 
 __all__ = ["LayerUnits", "resolve_units"]

@@ -65,3 +65,36 @@ def _notebook_hash(tail: str) -> str:
 
 def test_a_class_from_a_notebook_cell_is_keyed_by_its_source() -> None:
     assert _notebook_hash("") != _notebook_hash(" * 2")
+
+
+def test_a_model_of_torch_classes_alone_is_keyed_by_its_repr() -> None:
+    import hashlib
+
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
+    assert structure_sha256(model) == hashlib.sha256(repr(model).encode()).hexdigest()
+
+
+class _Here:
+    """A class defined in this file."""
+
+
+def test_the_code_of_a_class_is_its_whole_file_or_nothing_when_unknown() -> None:
+    import types
+
+    from pytest_unitablate.engine.fingerprint import _code_of
+
+    assert _code_of(_Here) == Path(__file__).read_bytes()
+    # a class whose module is not loaded (no file is known: inspect raises TypeError)
+    orphan = type("Orphan", (), {"__module__": "no_such_module_anywhere"})
+    assert _code_of(orphan) == b""
+    # a module whose file is gone (inspect finds no source: OSError)
+    gone = types.ModuleType("gone_module")
+    gone.__file__ = str(Path(__file__).parent / "no_such_file_here.py")
+    sys.modules["gone_module"] = gone
+    try:
+        lost = type("Lost", (), {"__module__": "gone_module"})
+        assert _code_of(lost) == b""
+    finally:
+        del sys.modules["gone_module"]

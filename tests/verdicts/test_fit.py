@@ -40,3 +40,8 @@ def test_the_refusal_and_the_chance_line_word_for_word() -> None:
         "right 20.0% of the time; chance with 5 outputs is 20.0%): no ablation can show what "
         "this model knows. Is it the trained model, and does output: pick its logits?")
     assert "chance with 1 outputs is 100.0%" in chance_text(plain, 1, 0.0)
+
+
+def test_a_class_with_one_example_counts_and_one_output_is_always_chance() -> None:
+    assert not at_or_below_chance([0.9, 0.1], [1, 5])  # one example, right: above chance
+    assert at_or_below_chance([0.8], [10])  # one output: chance is 100%
