@@ -167,9 +167,19 @@ def test_run_spec_calibrates_and_says_what_it_refused(tmp_path: Path,
     # the guard run: the empty, unguardable constraint says so (not "record it with new")
     plain = run_spec(path, fixtures={"my_model": Bypass(ALPHAS[1]).eval(), "my_data": data()})
     d = next(i for i in plain.items if i.id == "hidden-any-d-min_drop")
-    assert d.outcome == "failed" and "unguardable over 3 models" in str(d.message)
-    assert "Remove this constraint" in str(d.message) and "record-mode=new" not in str(
-        d.message)
+    assert d.outcome == "failed"
+    assert str(d.message) == (
+        f"hidden-any-d-min_drop: unguardable over 3 models\n"
+        f"{path}:10: hidden-any-d-min_drop: unguardable over 3 models (measured 0.0-0.0 pp)\n"
+        "  the calibrated min_drop would be -1.3 pp: a min_drop of -1.3 pp (at or below 0) "
+        "passes whatever the ablation does.\n"
+        "  Honest retrains already reach what a destroyed unit shows: such a guard would "
+        "fail them or catch nothing.\n"
+        # a layer-wide check: not told to use any_unit
+        "  What could guard it: min_logprob_drop instead of an accuracy drop (it varies less "
+        "between retrains); another layer, or more reference models if one of them is an "
+        "outlier.\n"
+        "  Remove this constraint from the spec, or guard it as suggested.")
     a = next(i for i in plain.items if i.id == "hidden-any-a-min_logprob_drop")
     assert a.outcome == "passed" and a.record["calibration_models"] == 3
     monkeypatch.setenv("CI", "true")
