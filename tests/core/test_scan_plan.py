@@ -124,6 +124,18 @@ def test_slower_than_naive_counts_the_prefix_pass_once() -> None:
     assert not slower_than_naive(prefix=0.5, per_unit=0.5, whole=1.0, n_units=1)
     assert slower_than_naive(prefix=0.6, per_unit=0.5, whole=1.0, n_units=1)
     assert not slower_than_naive(prefix=0.6, per_unit=0.5, whole=1.0, n_units=2)
+    # a whole forward of 2 s per unit: 1 + 2 * 1.5 = 4 s is not more than 2 * 2 s
+    assert not slower_than_naive(prefix=1.0, per_unit=1.5, whole=2.0, n_units=2)
+    assert slower_than_naive(prefix=1.1, per_unit=1.5, whole=2.0, n_units=2)
+
+
+def test_a_plan_describes_itself_in_one_line() -> None:
+    from pytest_unitablate.core.scan.plan import Plan
+
+    plan = Plan(units=4, examples=64, row_bytes=3 * 1024, budget=2 * 1024**3,
+                how="fastest of 1, 2, 4")
+    assert plan.describe() == ("4 unit(s) x 64 example(s) per suffix pass (fastest of 1, 2, "
+                               "4; one unit on one example needs 3.0 KiB, budget 2.0 GiB)")
 
 
 def test_graph_peak_bytes_agrees_with_what_torch_allocates() -> None:
