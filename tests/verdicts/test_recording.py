@@ -16,7 +16,7 @@ import pytest
 
 from pytest_unitablate.spec.signatures import Signatures, sha256_text
 from pytest_unitablate.verdicts.calibration import MIN_MODELS, calibration_path, definition_of
-from pytest_unitablate.verdicts.recording import apply_recorded
+from pytest_unitablate.verdicts.recording import apply_recorded, ci_environment, record_problem
 
 SPEC = """\
 unitablate: 1
@@ -106,11 +106,11 @@ def test_provenance_keeps_the_hashes_of_one_models_run(spec: Path) -> None:
     rec = record(spec, data_sha256="d" * 8, weights_sha256="w" * 8,
                  reference_sha256="r" * 8)
     apply_recorded([rec], "all", 0.95,
-                   {"torch_version": "2.14.1", "device": "cpu", "dtype": "", "other": "x"})
+                   {"torch_version": "2.14.1", "device": "", "dtype": "float32", "other": "x"})
     block = spec.read_text(encoding="utf-8").split("provenance:", 1)[1]
-    for expected in ("dddddddd", "wwwwwwww", "rrrrrrrr", "2.14.1", "cpu"):
+    for expected in ("dddddddd", "wwwwwwww", "rrrrrrrr", "2.14.1", "float32"):
         assert expected in block
-    assert "dtype" not in block and "other" not in block
+    assert "device" not in block and "other" not in block  # empty, and not the environment's
 
 
 def test_one_broken_spec_does_not_stop_the_next_from_being_recorded(
@@ -275,3 +275,29 @@ def test_an_unguardable_layer_wide_item_is_not_told_to_use_any_unit(spec: Path) 
     _, rec = unguardable_run(spec, "any_unit")
     assert "any_unit instead" not in rec["unguardable"]
     assert "another layer" in rec["unguardable"]
+
+
+def test_only_calibrate_keeps_a_calibration_file(spec: Path) -> None:
+    """A one-model record of items that carry calibration points writes no file."""
+    apply_recorded([calibrating(spec, "a" * 64, 0.5, 0.4)], "all", 0.95, {})
+    assert not calibration_path(str(spec)).exists()
+
+
+@pytest.mark.parametrize(("environ", "name"), [
+    ({"CI": "true"}, "CI"), ({"GITHUB_ACTIONS": "1"}, "GITHUB_ACTIONS"),
+    ({"CI": "no"}, None), ({"CI": "NO"}, None), ({"CI": "False"}, None), ({"CI": "0"}, None),
+    ({"CI": ""}, None), ({}, None),
+])
+def test_what_marks_a_ci_run(environ: dict[str, str], name: str | None) -> None:
+    assert ci_environment(environ) == name
+
+
+def test_record_mode_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert record_problem("calibrated", False) == (
+        "record mode must be one of none, new, failed, all, calibrate")
+    monkeypatch.setenv("CI", "true")
+    assert record_problem("none", False) is None  # not recording: nothing to refuse
+    assert record_problem("new", True) is None  # forced
+    assert record_problem("new", False) == (
+        "record mode refused: CI is set (a CI run); record on a developer machine, or "
+        "force it")
