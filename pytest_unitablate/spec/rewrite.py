@@ -229,7 +229,7 @@ def _provenance_edits(text: str, root: Any, provenance: Mapping[str, str], nl: s
     missing = [k for k in sorted(provenance) if k not in present]
     if missing:
         last = block.value[-1][1]
-        _, end = _line_bounds(text, last.end_mark.index - 1 if last.end_mark.index else 0)
+        _, end = _line_bounds(text, last.end_mark.index - 1)  # the line its value ends on
         indent = " " * block.value[0][0].start_mark.column
         insert = "".join(f"{nl}{indent}{k}: {quoted[k]}" for k in missing)
         spans.append((end, end, insert))
@@ -313,7 +313,6 @@ def rewritten_spec(
     if signatures is not None:
         extra_spans = [*extra_spans, *_signatures_edits(original, root, *signatures, nl)]
     # comments: rewrite each touched line once, after its value spans are applied
-    result = original
     line_edits: list[tuple[int, int, str]] = []
     for line_start, (value_end, group) in comments.items():
         _, line_end = _line_bounds(original, line_start)

@@ -56,6 +56,12 @@ def test_an_existing_block_is_updated_in_place_and_missing_keys_follow_its_last_
         "    dtype: \"float32\"\n") + CHECK
 
 
+def test_keys_go_after_the_last_line_of_a_block_that_is_not_last(tmp_path: Path) -> None:
+    text = HEAD + "provenance:\n  torch: \"2.14\"\n" + CHECK
+    assert rewrite(tmp_path, text, [], provenance={"device": "cpu"}) == (
+        HEAD + "provenance:\n  torch: \"2.14\"\n  device: \"cpu\"\n" + CHECK)
+
+
 def test_a_block_of_one_key_gets_the_others_at_its_indentation(tmp_path: Path) -> None:
     text = HEAD + CHECK + "provenance:\n  torch: \"2.14\""  # no final line break
     assert rewrite(tmp_path, text, [], provenance={"torch": "2.14", "device": "cpu"}) == (
