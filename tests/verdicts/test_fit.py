@@ -45,3 +45,10 @@ def test_the_refusal_and_the_chance_line_word_for_word() -> None:
 def test_a_class_with_one_example_counts_and_one_output_is_always_chance() -> None:
     assert not at_or_below_chance([0.9, 0.1], [1, 5])  # one example, right: above chance
     assert at_or_below_chance([0.8], [10])  # one output: chance is 100%
+
+
+def test_accuracies_and_counts_must_be_per_class_alike() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="shorter"):
+        at_or_below_chance([0.1, 0.2], [5])
