@@ -261,3 +261,14 @@ def test_no_units_gives_the_baseline_and_no_rows() -> None:
     result = scan(model, data, "mid", units=[])
     assert result.predictions.shape == (0, 40) and result.units == ()
     assert result.baseline.predictions.tolist() == evaluate(model, data).predictions.tolist()
+
+
+@pytest.mark.parametrize(("n", "text"), [
+    (0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"),
+    (5 * 1024**2, "5.0 MiB"), (2 * 1024**3, "2.0 GiB"), (3 * 1024**4, "3072.0 GiB"),
+    (-2048, "-2.0 KiB"),
+])
+def test_sizes_read_in_binary_units(n: int, text: str) -> None:
+    from pytest_unitablate.core.scan.memory import format_bytes
+
+    assert format_bytes(n) == text
