@@ -272,3 +272,30 @@ def test_sizes_read_in_binary_units(n: int, text: str) -> None:
     from pytest_unitablate.core.scan.memory import format_bytes
 
     assert format_bytes(n) == text
+
+
+class _Views(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = x * 2  # a new 4,000 bytes
+        b = a.view(10, 100)  # a view of a: nothing new
+        c = b.relu_()  # in place: nothing new
+        return c + 1  # a new 4,000 bytes; a dies after it
+
+
+class _TupleOut(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        values, _ = torch.max(x.view(10, 100), dim=1)  # a tuple: 40 + 80 new bytes
+        return values * 1
+
+
+def test_graph_peak_bytes_counts_views_and_in_place_results_once() -> None:
+    """Exact bytes on a (1, 1000) float32 input (4,000 bytes, alive while the graph
+    runs): views and in-place results share their input's storage; a tuple's tensors
+    count."""
+    from torch import fx
+
+    x = torch.randn(1, 1000)
+    # x + a, then (x freed) a + the result: 8,000 at most
+    assert graph_peak_bytes(fx.symbolic_trace(_Views()), x) == 8000
+    # x + max's values and indices
+    assert graph_peak_bytes(fx.symbolic_trace(_TupleOut()), x) == 4000 + 40 + 80
