@@ -101,8 +101,8 @@ def oracle(model: nn.Module, x: torch.Tensor, layer: str, variants: Any,
 
 
 class Clock:
-    """``perf_counter`` for the replay module: a replayed row takes ``replayed`` seconds,
-    a plain one ``plain`` (rows alternate start/stop calls)."""
+    """``perf_counter`` for the replay module: each row reads it twice (start and stop),
+    and takes the next of ``durations`` seconds."""
 
     def __init__(self, durations: Iterator[float]) -> None:
         self.now = 0.0
