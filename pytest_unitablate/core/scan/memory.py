@@ -51,8 +51,8 @@ def graph_peak_bytes(module: fx.GraphModule, *args: Any) -> int:
             tensors = _tensors(out)
             ptrs = {t.untyped_storage().data_ptr() for t in tensors}
             storages[node] = ptrs
-            shared = [n for n in node.all_input_nodes if storages.get(n, set()) & ptrs]
-            if shared and node.op != "placeholder":
+            shared = [n for n in node.all_input_nodes if storages[n] & ptrs]
+            if shared:
                 owner[node] = owner.get(shared[0], shared[0])
                 sizes[node] = 0
             else:
@@ -65,17 +65,14 @@ def graph_peak_bytes(module: fx.GraphModule, *args: Any) -> int:
     last: dict[fx.Node, int] = {}
     for index, node in enumerate(nodes):
         for used in node.all_input_nodes:
-            root = owner.get(used, used)
-            last[root] = index
-            last[used] = index
+            last[owner.get(used, used)] = index  # a view keeps its storage's owner alive
     live = peak = 0
     for index, node in enumerate(nodes):
-        live += sizes.get(node, 0)
+        live += sizes[node]
         peak = max(peak, live)
         for used in {owner.get(n, n) for n in node.all_input_nodes}:
-            if last.get(used) == index:
-                live -= sizes.get(used, 0)
-                sizes[used] = 0  # freed once
+            if last[used] == index:
+                live -= sizes[used]
     return peak
 
 
@@ -85,8 +82,9 @@ def format_bytes(n: float) -> str:
     >>> format_bytes(2 * 1024**3)
     '2.0 GiB'
     """
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+    unit = "B"
+    for bigger in ("KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            break
+        n, unit = n / 1024, bigger
+    return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
