@@ -141,11 +141,6 @@ def mcnemar_exact_p(table: PairedTable) -> float:
     return float(min(Fraction(1), 2 * tail))
 
 
-def relative(value: float, baseline: float) -> float:
-    """``value / baseline``; the caller checks ``baseline > 0``."""
-    return value / baseline
-
-
 @dataclass(frozen=True)
 class PairedDiffs:
     """Summary of paired per-example values (the log-probability of the true class) before

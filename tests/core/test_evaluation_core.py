@@ -53,6 +53,7 @@ def test_evaluate_equals_brute_force_numpy(data: Any) -> None:
     for k in range(c):
         mask = labels == k
         assert result.class_counts[k] == mask.sum()
+        assert np.array_equal(result.class_correct(k), correct[mask])
         if mask.sum():
             assert result.class_accuracy[k] == pytest.approx(correct[mask].mean())
         else:

@@ -42,6 +42,7 @@ def test_from_correct_counts_the_table() -> None:
     )
     assert (t.a, t.b, t.c, t.d) == (1, 2, 1, 1)
     assert t.drop == pytest.approx(0.2)
+    assert PairedTable.from_counts(a=1, b=2, c=1, d=1) == t
 
 
 def test_no_discordant_pairs_and_all_flipped() -> None:
