@@ -224,7 +224,7 @@ class _Modules:
         at = siblings.index(name)
         if at > 0:
             return self.evidence(siblings[at - 1], depth + 1)
-        return self.previous(parent, depth + 1) if parent else None
+        return self.previous(parent, depth + 1)  # the root's first child: None
 
 
 def layer_evidence(model: nn.Module, layer: str) -> Evidence | None:
