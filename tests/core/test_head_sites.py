@@ -180,3 +180,44 @@ def test_a_top_level_projection_belongs_to_the_model_it_is_in() -> None:
                                                     r"not an attention module: .* with "
                                                     r"channel_dim: -1$"):
         head_site(TopBlock(), "out_proj", num_heads=2)
+
+
+def test_a_stated_count_is_a_positive_int_and_a_root_child_can_state_it() -> None:
+    zero = _with(0, proj=nn.Linear(8, 8))
+    assert find_head_count(zero, "proj") is None  # 0 heads says nothing
+    zero.config = SimpleNamespace(num_heads=True, n_head=3)  # a bool is no count
+    assert find_head_count(zero, "proj") == (3, "the model")
+    assert find_head_count(_with(attn=_with(1)), "attn") == (1, "attn")
+    # a top-level layer's sibling holds it (the root has no name to put before it)
+    assert find_head_count(_with(meta=_with(4), proj=nn.Linear(8, 8)), "proj") == (4, "meta")
+
+
+def test_an_attention_module_is_refused_naming_the_projection_that_mixes_its_heads() -> None:
+    model = _with(blocks=nn.ModuleList([_with(attn=HFAttention(8, 4))]))
+    with pytest.raises(UnsupportedModelError) as raised:
+        head_site(model, "blocks.0.attn")
+    assert str(raised.value) == (
+        "layer 'blocks.0.attn' is an attention module (HFAttention); for unit: head name its "
+        "output projection, e.g. 'blocks.0.attn.o_proj' (the heads are its input, before it "
+        "mixes them)")
+    bert = _with(enc=_with(attention=_with(
+        self=_with(12, query=nn.Linear(8, 8), key=nn.Linear(8, 8), value=nn.Linear(8, 8)),
+        output=_with(dense=nn.Linear(8, 8)))))
+    with pytest.raises(UnsupportedModelError) as raised:
+        head_site(bert, "enc.attention.self")
+    assert str(raised.value) == (
+        "layer 'enc.attention.self' is an attention module (Module) whose heads are mixed "
+        "by a projection elsewhere: for unit: head name 'enc.attention.output.dense' (the "
+        "heads are its input)")
+
+
+def test_features_that_do_not_split_into_the_heads_are_refused() -> None:
+    import torch
+
+    from pytest_unitablate.core.heads import head_mask
+
+    with pytest.raises(ConfigError) as raised:
+        head_mask(10, 4, [1], torch.zeros(1))
+    assert str(raised.value) == "10 features do not split into 4 heads"
+    mask = head_mask(4, 2, [0], torch.zeros(1, dtype=torch.float64))
+    assert mask.dtype == torch.float64 and mask.tolist() == [0.0, 0.0, 1.0, 1.0]
