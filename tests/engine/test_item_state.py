@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_unitablate.engine.item_state import spec_line, weights_text
+from pytest_unitablate.engine.item_state import next_step, spec_line, weights_text
 
 
 def test_a_spec_line_is_read_one_based_and_out_of_range_is_empty(tmp_path: Path) -> None:
@@ -39,3 +39,22 @@ def test_a_spec_rewritten_during_the_run_is_read_again(tmp_path: Path) -> None:
 def test_the_weights_are_named_by_hash_and_checkpoint(record: dict[str, object],
                                                       text: str) -> None:
     assert weights_text(record) == text
+
+
+@pytest.mark.parametrize(("message", "status", "step"), [
+    ("headline\n  details\n  To re-record: pytest --x\n", "failed", "To re-record: pytest --x"),
+    ("one line", "failed", "one line"),
+    ("", "failed", None),
+    ("headline\n   \n", "failed", "headline"),
+    # a problem: fix the spec line it names (the first located line), not its last line
+    ("layer 'conv9' is unknown\nspecs/a b.yaml:4: no layer 'conv9' in the model\n"
+     "  the layers: conv1, conv2", "error", "fix the spec at specs/a b.yaml:4"),
+    ("s.yaml:4: : no layer", "error", "fix the spec at s.yaml:4"),
+    ("a problem with no location\n  look at it", "error", None),
+    # an error's last line is not a next step; a failure's located line is not one either
+    ("s.yaml:7: hidden-u0-zero-min_drop: missed\n  To re-record: pytest", "failed",
+     "To re-record: pytest"),
+])
+def test_the_next_step_of_a_failure_and_of_a_problem(message: str, status: str,
+                                                     step: str | None) -> None:
+    assert next_step(message, status) == step
