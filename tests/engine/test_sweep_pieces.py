@@ -1,0 +1,167 @@
+"""How xdist processes share a layer sweep, in one process: the pieces a sweep is cut
+into, the piece each worker starts with, and that pieces computed by one worker are read
+(not computed again) by another and give the very sweep a lone process makes. Also
+``merge`` and ``Sweep.select``, which early-stopped sweeps are made of.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pytest_unitablate.engine.engine import Engine
+from pytest_unitablate.engine.refs import mapping_lookup
+from pytest_unitablate.engine.settings import EngineSettings
+from pytest_unitablate.engine.store import DiskStore
+from pytest_unitablate.engine.sweeps import Sweep, Sweeps, merge
+from pytest_unitablate.spec.loader import load_spec
+
+
+def _sweeps(workers: int, stored: bool = True) -> Sweeps:
+    evals = SimpleNamespace(settings=SimpleNamespace(worker=(0, workers)),
+                            store=SimpleNamespace(enabled=stored))
+    return Sweeps(evals)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("units", "workers", "stored", "sizes"), [
+    (40, 1, True, [40]),  # alone: one piece
+    (40, 2, False, [40]),  # nothing stored to share through
+    (8, 4, True, [8]),  # too few units to cut
+    (9, 2, True, [8, 1]),  # at least 8 units a piece
+    (20, 2, True, [8, 8, 4]),
+    (40, 2, True, [10, 10, 10, 10]),  # about two pieces per worker
+    (100, 3, True, [17, 17, 17, 17, 17, 15]),
+])
+def test_a_sweep_is_cut_into_pieces_of_at_least_eight_about_two_per_worker(
+        units: int, workers: int, stored: bool, sizes: list[int]) -> None:
+    pieces = _sweeps(workers, stored)._pieces(tuple(range(units)))
+    assert [len(p) for p in pieces] == sizes
+    assert [u for p in pieces for u in p] == list(range(units))
+
+
+class Wide(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = nn.Linear(6, 20)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(20, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 6, generator=g)
+    return x, torch.randint(0, 3, (30,), generator=g)
+
+
+SPEC = textwrap.dedent("""\
+    unitablate: 1
+    model: model
+    data: data
+    checks:
+      - layer: act
+        every_unit:
+          expect: {overall: {max_drop: 100%}}
+    """)
+
+
+def _engine(tmp_path: Path, worker: tuple[int, int], model: nn.Module,
+            data: Any) -> tuple[Engine, Any, Any, list[tuple[int, ...]]]:
+    path = tmp_path / "s.yaml"
+    path.write_text(SPEC)
+    spec = load_spec(path)
+    engine = Engine(EngineSettings(worker=worker), DiskStore(tmp_path / "cache"))
+    subject = engine.bind(spec, mapping_lookup({"model": model, "data": data}))
+    tried: list[tuple[int, ...]] = []
+    store = engine.evals.store
+    plain = store.try_get_or_compute
+
+    def recording(key: Any, compute: Any) -> Any:
+        tried.append(tuple(key["units"]))
+        return plain(key, compute)
+
+    store.try_get_or_compute = recording  # type: ignore[method-assign]
+    return engine, spec, subject, tried
+
+
+def test_workers_start_with_different_pieces_and_share_what_they_computed(
+        tmp_path: Path) -> None:
+    model, data = Wide().eval(), _data()
+    lone = Engine(EngineSettings())
+    lone_subject = lone.bind(load_spec(_spec_file(tmp_path)),
+                             mapping_lookup({"model": model, "data": data}))
+    spec = load_spec(tmp_path / "lone.yaml")
+    expected = lone.sweeps.sweep(spec, lone_subject, spec.checks[0])
+
+    second, spec2, subject2, tried = _engine(tmp_path, (1, 2), model, data)
+    sweep = second.sweeps.sweep(spec2, subject2, spec2.checks[0])
+    pieces = [tuple(range(0, 8)), tuple(range(8, 16)), tuple(range(16, 20))]
+    assert tried == [pieces[1], pieces[2], pieces[0]]  # worker 1 of 2 starts at piece 1
+    assert second.evals.store.stats["hit"] == 0
+    assert sweep.units == tuple(range(20))
+    assert np.array_equal(sweep.predictions, expected.predictions)
+    assert np.array_equal(sweep.logprobs, expected.logprobs)
+    assert np.array_equal(sweep.labels, expected.labels)
+    assert sweep.method == expected.method and sweep.reason == expected.reason
+
+    first, spec1, subject1, tried = _engine(tmp_path, (0, 2), model, data)
+    again = first.sweeps.sweep(spec1, subject1, spec1.checks[0])
+    assert tried == pieces  # worker 0 starts at piece 0, and reads every piece
+    assert first.evals.store.stats["hit"] >= 3
+    assert np.array_equal(again.predictions, expected.predictions)
+
+
+def _spec_file(tmp_path: Path) -> Path:
+    path = tmp_path / "lone.yaml"
+    path.write_text(SPEC)
+    return path
+
+
+def _sweep(units: tuple[int, ...], method: str, shares: bool = False, reason: str = "",
+           plan: str = "") -> Sweep:
+    n = len(units)
+    preds = np.array([[u % 3, (u + 1) % 3] for u in units]).reshape(n, 2)
+    return Sweep(units=units, predictions=preds, labels=np.array([0, 1]), baseline="base",
+                 method=method, reason=reason, plan=plan,
+                 logprobs=-np.arange(2 * n, dtype=np.float32).reshape(n, 2),
+                 shares=np.full((n, 2), 0.5) if shares else None)
+
+
+def test_merged_parts_keep_their_order_and_name_every_engine() -> None:
+    a, b = _sweep((4, 2), "prefix", reason="r1", plan="p1"), _sweep((7,), "closed_form",
+                                                                      reason="r2", plan="p2")
+    whole = merge([a, b])
+    assert whole.units == (4, 2, 7)
+    assert np.array_equal(whole.predictions, np.concatenate([a.predictions, b.predictions]))
+    assert np.array_equal(whole.logprobs, np.concatenate([a.logprobs, b.logprobs]))
+    assert (whole.method, whole.reason, whole.plan, whole.baseline) == \
+        ("closed_form+prefix", "r2", "p2", "base")
+    assert whole.shares is None
+    shared = merge([_sweep((1,), "naive", shares=True), _sweep((3, 5), "naive", shares=True)])
+    assert shared.method == "naive" and shared.shares.shape == (3, 2)
+    assert merge([a]) is a
+
+
+def test_a_selection_keeps_each_units_row_and_the_sweeps_facts() -> None:
+    whole = _sweep((0, 1, 2, 3), "prefix", shares=True, reason="why", plan="how")
+    part = whole.select([3, 1])
+    assert part.units == (3, 1)
+    assert np.array_equal(part.predictions, whole.predictions[[3, 1]])
+    assert np.array_equal(part.logprobs, whole.logprobs[[3, 1]])
+    assert np.array_equal(part.shares, whole.shares[[3, 1]])
+    assert (part.baseline, part.method, part.reason, part.plan) == \
+        ("base", "prefix", "why", "how")
+    assert np.array_equal(part.correct(0), whole.shares[3])
+    plain = _sweep((0, 1), "naive").select([1])
+    assert plain.shares is None
+    assert np.array_equal(plain.correct(0), plain.predictions[0] == plain.labels)
