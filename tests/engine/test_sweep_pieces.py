@@ -165,3 +165,47 @@ def test_a_selection_keeps_each_units_row_and_the_sweeps_facts() -> None:
     plain = _sweep((0, 1), "naive").select([1])
     assert plain.shares is None
     assert np.array_equal(plain.correct(0), plain.predictions[0] == plain.labels)
+
+
+def _ordered(tmp_path: Path, ablation: str, name: str) -> tuple[tuple[int, ...], str]:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        unitablate: 1
+        model: model
+        data: data
+        reference: ref
+        checks:
+          - layer: act
+            ablation: {ablation}
+            any_unit:
+              expect: {{2: {{min_drop: 50%}}}}
+        """))
+    spec = load_spec(path)
+    engine = Engine(EngineSettings())
+    g = torch.Generator().manual_seed(5)
+    ref = (torch.randn(40, 6, generator=g) * 3 + 2, torch.randint(0, 3, (40,), generator=g))
+    subject = engine.bind(spec, mapping_lookup({"model": Wide().eval(), "data": _data(),
+                                                "ref": ref}))
+    return engine.sweeps.unit_order(spec, subject, spec.checks[0], target=2,
+                                    damaging_first=True)
+
+
+def test_mean_and_resample_orders_estimate_with_the_reference_datas_means(
+        tmp_path: Path) -> None:
+    """The first-order estimate of mean ablation replaces each unit by its mean over the
+    reference data; resample's expected replacement is that mean, so both order alike.
+    The order is the estimate's, checked against the core function given those means."""
+    from pytest_unitablate.core.ablation import channel_means
+    from pytest_unitablate.core.unit_order import estimated_damage
+
+    model, data = Wide().eval(), _data()
+    g = torch.Generator().manual_seed(5)
+    ref = (torch.randn(40, 6, generator=g) * 3 + 2, torch.randint(0, 3, (40,), generator=g))
+    means = channel_means(model, [ref], ["act"])
+    damage = estimated_damage(model, data, "act", target=2, ablation="mean", means=means)
+    expected = tuple(sorted(range(20), key=lambda u: (-damage[u], u)))
+    assert expected != tuple(range(20))  # not the index order a refused estimate gives
+    for ablation in ("mean", "resample"):
+        order, how = _ordered(tmp_path, ablation, ablation)
+        assert how == "a first-order estimate of each unit's damage", (ablation, how)
+        assert order == expected, ablation
