@@ -209,3 +209,48 @@ def test_mean_and_resample_orders_estimate_with_the_reference_datas_means(
         order, how = _ordered(tmp_path, ablation, ablation)
         assert how == "a first-order estimate of each unit's damage", (ablation, how)
         assert order == expected, ablation
+
+
+def test_progress_series_name_what_they_count(tmp_path: Path) -> None:
+    """run_spec's progress factory: one series for the layer's named checks (unit 0
+    among them: every named unit set rides the one scan), one per layer-wide sweep, each
+    with its total of ablated examples; every series reaches its total."""
+    from pytest_unitablate import run_spec
+
+    path = tmp_path / "p.yaml"
+    path.write_text(textwrap.dedent("""\
+        unitablate: 1
+        model: model
+        data: data
+        checks:
+          - layer: act
+            units: [2, 5]
+            expect: {overall: {max_drop: 100%}}
+          - layer: act
+            units: [0]
+            expect: {overall: {max_drop: 100%}}
+          - layer: act
+            every_unit:
+              expect: {overall: {max_drop: 100%}}
+          - layer: act
+            units: [20]
+            expect: {overall: {max_drop: 100%}}
+        """))
+    series: list[tuple[str, int | None]] = []
+    done: dict[str, int] = {}
+
+    def factory(label: str, total: int | None) -> Any:
+        series.append((label, total))
+
+        def line(count: int, known: int | None) -> None:
+            done[label] = max(done.get(label, 0), count)
+        return line
+
+    run = run_spec(path, fixtures={"model": Wide().eval(), "data": _data()},
+                   progress=factory, full_sweeps=True)
+    # the unit out of range is its own item's problem, not the other named checks'
+    assert [(r["outcome"], r["problem"]) for r in run.records] == [
+        ("passed", None), ("passed", None), ("passed", None), ("failed", "spec")]
+    assert series == [("p.yaml act (2 named check(s))", 2 * 30),
+                      (f"{path}:11 act", 20 * 30)]
+    assert done == {label: total for label, total in series}
