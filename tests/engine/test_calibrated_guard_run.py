@@ -121,3 +121,28 @@ def test_what_differs_from_the_recorded_environment_is_named(
     assert not any("weights" in line for line in differs)
     spec.write_text(body + "provenance:\n  dtype: float32\n")
     assert "provenance" not in _run(monkeypatch, "3").items[0].record
+
+
+def test_what_record_mode_measured_and_a_pass_inside_the_warn_band_are_reported(
+        folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A threshold record mode wrote carries what it measured (the record's
+    ``reference_note``, which the review page shows); a pass closer to the threshold than
+    ``warn_margin`` is a warning naming the item and how close it passed."""
+    spec = folder / "spec.yaml"
+    spec.write_text(HEAD + BODY.replace("min_drop: 50%, min_logprob_drop: 0.5",
+                                        "min_drop: null, min_logprob_drop: 0.5"))
+    _run(monkeypatch, "0", record_mode="new")
+    assert "# the team's guess; recorded: measured " in spec.read_text()
+    again = _item(_run(monkeypatch, "0"), ZERO)
+    assert again.outcome == "passed"
+    assert str(again.record["reference_note"]).startswith("measured ")
+    assert "reference_note" not in _item(_run(monkeypatch, "0"), "hidden-u0-overall-max_drop"
+                                         ).record
+    drop = again.record["drop"]
+    close = f"min_drop: {(drop - 0.01) * 100:.1f}%, warn_margin: 5%"
+    spec.write_text(HEAD + BODY.replace("min_drop: 50%", close))
+    warned = _item(_run(monkeypatch, "0"), ZERO)
+    assert warned.outcome == "passed"
+    assert len(warned.warnings) == 1 and warned.warnings[0].startswith(
+        f"spec.yaml:9: {ZERO} passes by only ")
+    assert warned.warnings[0].endswith(" (warn_margin 5%)")
