@@ -66,3 +66,13 @@ def test_channel_means_average_over_examples_and_positions() -> None:
     means = channel_means(net, batches, ["pre"])["pre"].reshape(-1)
     assert means.shape == (3,)
     assert torch.allclose(means, reference, atol=1e-6)
+
+
+def test_channel_means_accumulate_in_float64() -> None:
+    """1e8, a thousand ones and -1e8: a float32 sum loses the ones (it gives 0 or a few
+    hundred, by the order it adds in); the float64 one is exact, so the mean is 1000/1002."""
+    x = torch.tensor([[1e8]] + [[1.0]] * 1000 + [[-1e8]])
+    model = nn.Sequential(nn.Identity())
+    means = channel_means(model, [(x, torch.zeros(len(x), dtype=torch.long))], ["0"])
+    assert means["0"].dtype == torch.float32
+    assert abs(float(means["0"][0]) - 1000 / 1002) < 1e-6
