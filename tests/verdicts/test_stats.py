@@ -75,3 +75,28 @@ def test_coverage_is_close_to_nominal_at_small_n() -> None:
         lo, hi = paired_drop_ci(PairedTable(*map(int, counts)))
         hits += lo <= true_drop <= hi
     assert 0.93 <= hits / trials <= 0.98
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([0.5, 0.8, 0.9, 0.95, 0.99, 0.999]), st.integers(1, 2000))
+def test_student_t_quantile_and_p_value_match_scipy(level: float, df: int) -> None:
+    from scipy.stats import t as student
+
+    from pytest_unitablate.verdicts.stats import t_quantile, t_two_sided_p
+
+    q = t_quantile(level, df)
+    assert q == pytest.approx(float(student.ppf((1 + level) / 2, df)), rel=1e-8)
+    assert t_two_sided_p(q, df) == pytest.approx(1 - level, rel=1e-7)
+    for stat in (0.0, 0.3, 1.0, 2.5, 8.0):
+        assert t_two_sided_p(stat, df) == pytest.approx(float(2 * student.sf(stat, df)),
+                                                        rel=1e-8, abs=1e-300)
+
+
+def test_two_paired_values_have_a_standard_deviation_one_has_none() -> None:
+    from pytest_unitablate.verdicts.stats import PairedDiffs
+
+    two = PairedDiffs.from_values([-0.1, -0.2], [-0.5, -0.2])
+    assert (two.n, two.mean) == (2, pytest.approx(0.2))
+    assert two.sd == pytest.approx(math.sqrt(0.08))
+    one = PairedDiffs.from_values([-0.1], [-0.5])
+    assert one.mean == pytest.approx(0.4) and math.isnan(one.sd)
