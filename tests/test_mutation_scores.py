@@ -80,6 +80,36 @@ def test_no_mutants_folder_says_what_to_run(tmp_path: Path,
     assert "run `make mutate` first" in capsys.readouterr().err
 
 
+def test_a_sample_draws_unchecked_mutants_per_module_and_is_scored_with_intervals(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "mutants"
+    _meta(root, "pytest_unitablate/core/big.py",
+          {f"m.big.x_f__mutmut_{i}": None for i in range(30)} | {"m.big.x_f__mutmut_99": 1})
+    _meta(root, "pytest_unitablate/core/small.py",
+          {"m.small.x_g__mutmut_1": None, "m.small.x_g__mutmut_2": 0})
+    assert scores.main(["--mutants", str(root), "--sample", "10", "--seed", "7"]) == 0
+    drawn = capsys.readouterr().out.split()
+    big = [n for n in drawn if n.startswith("m.big.")]
+    assert len(big) == 10 and len(set(big)) == 10 and "m.big.x_f__mutmut_99" not in big
+    assert [n for n in drawn if n.startswith("m.small.")] == ["m.small.x_g__mutmut_1"]
+    assert scores.sample(root, [], 10, 7) == drawn  # the seed fixes the draw
+    assert scores.sample(root, [], 10, 8) != drawn
+    assert scores.sample(root, ["*/small.py"], 10, 7) == ["m.small.x_g__mutmut_1"]
+    # the sample is run: 8 of the 10 killed, 2 survive; only the named ones are scored
+    codes = {f"m.big.x_f__mutmut_{i}": None for i in range(30)} | {"m.big.x_f__mutmut_99": 1}
+    codes |= {name: (0 if i < 2 else 1) for i, name in enumerate(big)}
+    _meta(root, "pytest_unitablate/core/big.py", codes)
+    names = tmp_path / "sample.txt"
+    names.write_text(" ".join(drawn) + "\n")
+    assert scores.main(["--mutants", str(root), "--names", str(names), "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith("| score | 95% interval |")
+    low, high = scores.wilson(8, 10)
+    assert f"| `core/big.py` | 10 | 8 | 2 | 0 | 0 | 80.0% | {low:.0f}-{high:.0f}% |" in out
+    assert "| `core/small.py` | 1 | 0 | 0 | 0 | 1 | - | - |" in out
+    assert (round(low, 1), round(high, 1)) == (49.0, 94.3)
+
+
 def _chunks() -> dict[str, list[str]]:
     import re
 

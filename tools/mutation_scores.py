@@ -9,10 +9,18 @@ dropped or set to None, a comparison's boundary, ...: read from the mutated copy
 mutant against its original), and ``--min 90`` exits 1 when a fully checked module scores
 below it, so a scheduled CI job can fail on it.
 
+A whole run is many hours; an estimate is not. ``--sample 45`` prints the names of a
+seeded random sample of each module's unchecked mutants (all of them when it has fewer),
+to run with ``mutmut run NAMES``; ``--names FILE`` then scores only the mutants named in
+``FILE`` and adds the 95% Wilson interval of each module's score: an unbiased estimate of
+the whole module's score when the names are such a sample.
+
 Example (after ``make mutate``, or one chunk of it)::
 
     python tools/mutation_scores.py --markdown
     python tools/mutation_scores.py --only 'pytest_unitablate/engine/*' --min 90
+    python tools/mutation_scores.py --sample 45 --seed 32 > sample.txt
+    mutmut run $(cat sample.txt) && python tools/mutation_scores.py --names sample.txt
 
 It reads the files only; it does not import mutmut or the package.
 """
@@ -24,6 +32,8 @@ import ast
 import difflib
 import fnmatch
 import json
+import math
+import random
 import re
 import sys
 from collections import Counter
@@ -62,14 +72,48 @@ class Module:
         return None if self.checked == 0 else 100.0 * self.killed / self.checked
 
 
-def read(mutants: Path, only: list[str]) -> list[Module]:
-    """One :class:`Module` per ``.meta`` file under ``mutants`` whose path matches."""
+def wilson(killed: int, checked: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The 95% Wilson interval of ``killed / checked``, in percent.
+
+    >>> [round(x, 1) for x in wilson(40, 45)]
+    [76.5, 95.2]
+    """
+    if checked == 0:
+        return 0.0, 100.0
+    p = killed / checked
+    centre = (p + z * z / (2 * checked)) / (1 + z * z / checked)
+    half = z * math.sqrt(p * (1 - p) / checked + z * z / (4 * checked * checked)) / (
+        1 + z * z / checked)
+    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
+
+
+def sample(mutants: Path, only: list[str], size: int, seed: int) -> list[str]:
+    """Up to ``size`` unchecked mutants of each module, drawn at random (``seed`` and the
+    module's path fix the draw)."""
+    names: list[str] = []
+    for meta in sorted(mutants.rglob("*.py.meta")):
+        path = meta.relative_to(mutants).as_posix()[: -len(".meta")]
+        if only and not any(fnmatch.fnmatch(path, pattern) for pattern in only):
+            continue
+        codes = json.loads(meta.read_text("utf-8")).get("exit_code_by_key", {})
+        unchecked = sorted(name for name, code in codes.items() if code in NOT_CHECKED)
+        if len(unchecked) > size:
+            unchecked = sorted(random.Random(f"{seed}-{path}").sample(unchecked, size))
+        names += unchecked
+    return names
+
+
+def read(mutants: Path, only: list[str], names: set[str] | None = None) -> list[Module]:
+    """One :class:`Module` per ``.meta`` file under ``mutants`` whose path matches (only
+    the mutants in ``names``, when given)."""
     modules = []
     for meta in sorted(mutants.rglob("*.py.meta")):
         path = meta.relative_to(mutants).as_posix()[: -len(".meta")]
         if only and not any(fnmatch.fnmatch(path, pattern) for pattern in only):
             continue
         codes = json.loads(meta.read_text("utf-8")).get("exit_code_by_key", {})
+        if names is not None:
+            codes = {name: code for name, code in codes.items() if name in names}
         if not codes:
             continue
         module = Module(path)
@@ -151,15 +195,20 @@ def survivor_kinds(mutants: Path, module: Module) -> Counter[str]:
     return kinds
 
 
-def table(modules: list[Module], markdown: bool) -> str:
-    """The per-module table, in markdown or plain columns."""
+def table(modules: list[Module], markdown: bool, interval: bool = False) -> str:
+    """The per-module table, in markdown or plain columns (``interval``: with the 95%
+    Wilson interval of each score)."""
     head = ["module", "mutants", "killed", "survived", "no tests", "unchecked", "score"]
+    head += ["95% interval"] if interval else []
     rows = []
     for m in modules:
         score = "-" if m.score is None else f"{m.score:.1f}%"
         name = m.path.removeprefix("pytest_unitablate/")
         rows.append([f"`{name}`" if markdown else name, str(m.total), str(m.killed),
                      str(m.survived), str(m.no_tests), str(m.unchecked), score])
+        if interval:
+            low, high = wilson(m.killed, m.checked)
+            rows[-1].append("-" if m.score is None else f"{low:.0f}-{high:.0f}%")
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -183,12 +232,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="count the survivors by the kind of change, over all modules")
     parser.add_argument("--min", type=float, default=None, metavar="SCORE",
                         help="exit 1 when a fully checked module scores below SCORE")
+    parser.add_argument("--sample", type=int, default=None, metavar="N",
+                        help="print the names of N random unchecked mutants per module")
+    parser.add_argument("--seed", type=int, default=32, help="the seed of --sample")
+    parser.add_argument("--names", type=Path, default=None, metavar="FILE",
+                        help="score only the mutants named in FILE, with 95%% intervals")
     args = parser.parse_args(argv)
     if not args.mutants.is_dir():
         print(f"{args.mutants}: no such folder; run `make mutate` first", file=sys.stderr)
         return 2
-    modules = read(args.mutants, args.only)
-    print(table(modules, args.markdown))
+    if args.sample is not None:
+        print(" ".join(sample(args.mutants, args.only, args.sample, args.seed)))
+        return 0
+    names = None if args.names is None else set(args.names.read_text("utf-8").split())
+    modules = read(args.mutants, args.only, names)
+    print(table(modules, args.markdown, interval=names is not None))
     if args.survivors:
         for m in modules:
             for name in m.survivors:
