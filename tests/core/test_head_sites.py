@@ -7,6 +7,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+import torch
 from attention_models import HFAttention, HookPoint, TLAttention
 from torch import nn
 
@@ -212,8 +213,6 @@ def test_an_attention_module_is_refused_naming_the_projection_that_mixes_its_hea
 
 
 def test_features_that_do_not_split_into_the_heads_are_refused() -> None:
-    import torch
-
     from pytest_unitablate.core.heads import head_mask
 
     with pytest.raises(ConfigError) as raised:
@@ -221,3 +220,53 @@ def test_features_that_do_not_split_into_the_heads_are_refused() -> None:
     assert str(raised.value) == "10 features do not split into 4 heads"
     mask = head_mask(4, 2, [0], torch.zeros(1, dtype=torch.float64))
     assert mask.dtype == torch.float64 and mask.tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_a_layer_that_is_no_projection_is_refused_saying_what_its_outputs_are() -> None:
+    model = _with(attn=HFAttention(8, 4), act=nn.ReLU())
+    for layer, kind, what in (("attn.q_proj", "Linear", "channels"),
+                              ("act", "ReLU", "outputs")):
+        with pytest.raises(UnsupportedModelError) as raised:
+            head_site(model, layer)
+        assert str(raised.value) == (
+            "unit: head needs an nn.MultiheadAttention, the output projection of an "
+            "attention module (a linear layer named out_proj, o_proj, c_proj, dense, proj, "
+            f"wo: the heads are its input) or a TransformerLens hook_z; {layer!r} is a "
+            f"{kind}. Its {what} are not heads: name the attention's projection, or drop "
+            "unit: head")
+
+
+def test_a_projection_whose_count_nobody_states_asks_for_num_heads() -> None:
+    from attention_models import QuietAttention
+
+    with pytest.raises(UnsupportedModelError) as raised:
+        head_site(_with(attn=QuietAttention()), "attn.o_proj")
+    assert str(raised.value) == (
+        "'attn.o_proj' is the output projection of an attention module, but neither it, its "
+        "attention module, a module beside it nor the model's config says how many heads it "
+        "has (num_heads, num_attention_heads, n_head, n_heads): add num_heads: to the check "
+        "or the spec")
+
+
+class Conv1D(nn.Module):
+    """Hugging Face's Conv1D: weight (in, out)."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf))
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(
+            *x.shape[:-1], self.nf)
+
+
+def test_a_conv1d_projection_is_as_wide_as_its_input() -> None:
+    attn = _with(4, q_proj=nn.Linear(8, 12), k_proj=nn.Linear(8, 12), c_proj=Conv1D(8, 12))
+    site = head_site(_with(attn=attn), "attn.c_proj")
+    assert (site.kind, site.num_heads, site.head_dim) == ("projection", 4, 3)
+    wrong = _with(5, q_proj=nn.Linear(8, 12), k_proj=nn.Linear(8, 12), c_proj=Conv1D(10, 12))
+    with pytest.raises(ConfigError, match=r"^'attn.c_proj' takes 12 features, which do not "
+                                          r"split into 5 heads$"):
+        head_site(_with(attn=wrong), "attn.c_proj")
