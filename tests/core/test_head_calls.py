@@ -88,3 +88,19 @@ def test_heads_equal_surgery_on_a_projection_called_inside_a_function(
         expected = _logprobs(_surgery(model, proj, heads, size, value), x, y)
         assert np.allclose(got.logprobs[i], expected, atol=1e-4), (r, ablation)
     assert np.allclose(got.baseline.logprob, _logprobs(model, x, y), atol=1e-5)
+
+
+def test_heads_of_a_float64_attention_equal_surgery_in_float64() -> None:
+    """The identity that stands in for the projection inside
+    ``F.multi_head_attention_forward`` takes the weight's dtype: a float64 model's heads
+    are ablated in float64 (a float32 identity would raise). The scan keeps log-probs in
+    float32."""
+    torch.manual_seed(0)
+    model = Masked().double().eval()
+    x, y = torch.randn(12, 5, 3, dtype=torch.float64), torch.randint(0, 4, (12,))
+    got = scan(model, (x, y), "attn", unit="head", units=[1, (0, 2)], method="naive",
+               progress=False)
+    assert got.logprobs is not None
+    for i, heads in enumerate([(1,), (0, 2)]):
+        expected = _logprobs(_surgery(model, "attn.out_proj", heads, 4, 0.0), x, y)
+        assert np.allclose(got.logprobs[i], expected, rtol=0, atol=1e-5), heads
