@@ -80,3 +80,32 @@ def test_the_damage_of_every_class_or_of_a_vocabulary_only_overall(
     assert record["class_drops"] == pytest.approx(expected, abs=1e-9)
     assert any(d is not None and d != 0 for d in record["class_drops"])
     assert np.isfinite(overall)
+
+
+@pytest.mark.parametrize("ranking", [False, True])
+def test_a_top_units_failure_says_which_data_ranked_the_units(tmp_path: Path,
+                                                             ranking: bool) -> None:
+    model = Wide(3).eval()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(60, 6, generator=g)
+    with torch.no_grad():
+        labels = model(x).argmax(1)
+    labels[::5] = (labels[::5] + 1) % 3
+    path = tmp_path / "s.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        unitablate: 1
+        model: model
+        data: data
+        {"ranking_data: ranking" if ranking else ""}
+        checks:
+          - layer: act
+            top_units:
+              k: 2
+              class: 1
+              expect: {{1: {{min_drop: 100%}}}}
+        """))
+    fixtures = {"model": model, "data": (x, labels), "ranking": (x[:30], labels[:30])}
+    item = run_spec(path, fixtures=fixtures).items[0]
+    assert item.outcome == "failed" and item.message is not None
+    source = "the ranking_data split" if ranking else "the evaluation data (no ranking_data)"
+    assert f"  units ranked by their drop of 1 on {source}" in item.message.splitlines()
