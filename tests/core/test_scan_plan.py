@@ -299,3 +299,53 @@ def test_graph_peak_bytes_counts_views_and_in_place_results_once() -> None:
     assert graph_peak_bytes(fx.symbolic_trace(_Views()), x) == 8000
     # x + max's values and indices
     assert graph_peak_bytes(fx.symbolic_trace(_TupleOut()), x) == 4000 + 40 + 80
+
+
+def _how(plan: str) -> str:
+    """What chose a plan: the text between its parenthesis and "; one unit"."""
+    return plan.split(" per suffix pass (", 1)[1].split("; one unit on one example", 1)[0]
+
+
+def test_a_chunk_size_is_said_and_said_capped_only_above_what_the_budget_allows() -> None:
+    model, data = Wide().eval(), _data()
+    capped = scan(model, data, "mid", chunk_size=1000, memory_budget=8_000_000,
+                  progress=False, method="prefix")
+    assert _how(capped.plan) == "chunk_size=1000, capped by the budget"
+    most = int(capped.plan.split(" unit(s)", 1)[0])
+    assert 1 < most < 8
+    exact = scan(model, data, "mid", chunk_size=most, memory_budget=8_000_000, progress=False,
+                 method="prefix")
+    assert _how(exact.plan) == f"chunk_size={most}"
+    assert exact.plan.startswith(f"{most} unit(s) x ")
+    roomy = scan(model, data, "mid", chunk_size=3, progress=False, method="prefix")
+    assert _how(roomy.plan) == "chunk_size=3"
+    expected = _naive(model, data, "mid", range(8))
+    for result in (capped, exact, roomy):
+        assert np.array_equal(result.predictions, expected)
+
+
+class BatchReshape(nn.Module):
+    """The batch size is read before the layer and used after it (a reshape to it, as
+    torchvision's ViT does): copies cannot be stacked, one unit per whole-batch pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = nn.Linear(6, 8)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        return self.fc2(self.act(self.fc1(x))).reshape(n, 3)
+
+
+def test_a_suffix_that_uses_the_batch_size_takes_one_unit_per_pass() -> None:
+    model = BatchReshape().eval()
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(24, 6, generator=g), torch.randint(0, 3, (24,), generator=g)
+    result = scan(model, (x, y), "act", progress=False, method="prefix")
+    assert result.method == "prefix"
+    assert _how(result.plan) == "the network after the layer uses the batch size"
+    assert result.plan.startswith("1 unit(s) x 24 example(s) per suffix pass")
+    assert np.array_equal(result.predictions, _naive(model, (x, y), "act", range(8)))
