@@ -104,3 +104,30 @@ def test_heads_of_a_float64_attention_equal_surgery_in_float64() -> None:
     for i, heads in enumerate([(1,), (0, 2)]):
         expected = _logprobs(_surgery(model, "attn.out_proj", heads, 4, 0.0), x, y)
         assert np.allclose(got.logprobs[i], expected, rtol=0, atol=1e-5), heads
+
+
+def test_heads_of_an_attention_called_twice_per_forward_are_refused() -> None:
+    """The same attention applied twice (weights shared between two blocks): one head is
+    two activations, so ablating it is refused as for any layer that runs twice."""
+    from attention_models import HFAttention
+
+    from pytest_unitablate import ablate
+    from pytest_unitablate.errors import LayerCalledTwiceError
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = HFAttention(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attn(self.attn(x))
+
+    model = Twice().eval()
+    x = torch.randn(2, 5, 8)
+    with pytest.raises(LayerCalledTwiceError, match=r"^layer 'attn.o_proj' ran 2 times "), \
+            ablate(model, {"attn.o_proj": [1]}, unit="head"):
+        model(x)
+    once = nn.Sequential()
+    once.attn = HFAttention(8, 4)
+    with ablate(once.eval(), {"attn.o_proj": [1]}, unit="head"):
+        assert once(x).shape == (2, 5, 8)
