@@ -34,6 +34,10 @@ def test_before_the_count_is_known_only_negative_units_are_refused_each_of_them(
                              "6, 32) has 8 units along dimension 1; if its units are along "
                              "dimension 3 (size 32), say channel_dim: -1 (units are 0-based: "
                              "0..7; NetDissect counts from 1)"),
+    # no dimension has a unit 8 either (size 8 ends at 7): no hint
+    ([8], (4, 8, 6, 8), 1, "unit 8 is out of range for layer 'fc', whose output (N, [8], 6, "
+                           "8) has 8 units along dimension 1 (units are 0-based: 0..7; "
+                           "NetDissect counts from 1)"),
 ])
 def test_a_unit_out_of_range_is_refused_with_what_the_shape_says(
         units: list[int], shape: tuple[int, ...] | None, dim: int | None, text: str) -> None:
