@@ -76,3 +76,29 @@ def test_channel_means_accumulate_in_float64() -> None:
     means = channel_means(model, [(x, torch.zeros(len(x), dtype=torch.long))], ["0"])
     assert means["0"].dtype == torch.float32
     assert abs(float(means["0"][0]) - 1000 / 1002) < 1e-6
+
+
+def test_an_ablated_output_keeps_its_dtype_and_its_container() -> None:
+    """A bfloat16 layer stays bfloat16 (a float32 mask would promote it and break the next
+    layer's matmul); a layer that returns a list gives a list back, a tuple a tuple."""
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).to(torch.bfloat16)
+    x = torch.randn(5, 4, dtype=torch.bfloat16)
+    for ablation in ("zero", "mean", 0.5):
+        means = {"1": torch.full((6,), 0.25)} if ablation == "mean" else None
+        with ablate(model, {"1": [0, 2]}, ablation=ablation, means=means):
+            assert model(x).dtype == torch.bfloat16
+
+    class Pair(nn.Module):
+        def __init__(self, kind: type) -> None:
+            super().__init__()
+            self.kind = kind
+
+        def forward(self, x: torch.Tensor) -> object:
+            return self.kind([x * 2, "extra"])
+
+    for kind in (list, tuple):
+        net = nn.Sequential(Pair(kind))
+        with ablate(net, {"0": [1]}):
+            out = net(torch.ones(2, 3))
+        assert type(out) is kind and out[1] == "extra"
+        assert out[0].tolist() == [[2.0, 0.0, 2.0], [2.0, 0.0, 2.0]]
