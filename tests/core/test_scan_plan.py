@@ -349,3 +349,16 @@ def test_a_suffix_that_uses_the_batch_size_takes_one_unit_per_pass() -> None:
     assert _how(result.plan) == "the network after the layer uses the batch size"
     assert result.plan.startswith("1 unit(s) x 24 example(s) per suffix pass")
     assert np.array_equal(result.predictions, _naive(model, (x, y), "act", range(8)))
+
+
+def test_unit_sets_skip_the_entry_convolution_shortcut_and_stay_exact() -> None:
+    """The entry convolutions' one-channel shortcut serves one unit per copy: rows that
+    ablate several units together go through the suffix whole, and equal the naive loop."""
+    model, data = Wide().eval(), _data()
+    rows = [(0, 1), 2, (3, 4, 7)]
+    result = scan(model, data, "mid", units=rows, method="prefix", progress=False)
+    expected = []
+    for row in rows:
+        with ablate(model, {"mid": list(row) if isinstance(row, tuple) else [row]}):
+            expected.append(evaluate(model, data).predictions)
+    assert np.array_equal(result.predictions, np.stack(expected))
