@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -264,3 +265,24 @@ def test_items_that_differ_only_in_target_or_units_share_a_group() -> None:
 def test_the_file_sits_beside_the_spec() -> None:
     assert calibration_path("specs/a.yaml").name == "a.yaml.calibration.json"
     assert not math.isnan(Point.from_json({"value": 1, "bound": 0.5}).bound)
+
+
+def test_a_calibration_file_that_cannot_be_read_or_parsed_is_named(tmp_path: Path) -> None:
+    from pytest_unitablate.verdicts.calibration import CalibrationFile, CalibrationFileError
+
+    assert CalibrationFile.read(tmp_path / "none.json") == CalibrationFile()
+    broken = tmp_path / "s.yaml.calibration.json"
+    broken.write_text("{not json", encoding="utf-8")
+    with pytest.raises(CalibrationFileError) as info:
+        CalibrationFile.read(broken)
+    assert str(info.value).startswith(f"{broken}: Expecting property name")
+    assert str(info.value).endswith("; delete it and calibrate again")
+    folder = tmp_path / "a folder.json"
+    folder.mkdir()
+    with pytest.raises(CalibrationFileError) as info:
+        CalibrationFile.read(folder)
+    assert str(info.value).startswith(f"{folder}: cannot be read (")
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'{"unitablate_calibration": 1, "x": "\xe9"}')
+    with pytest.raises(CalibrationFileError, match="cannot be read"):
+        CalibrationFile.read(latin)
