@@ -286,3 +286,26 @@ def test_a_calibration_file_that_cannot_be_read_or_parsed_is_named(tmp_path: Pat
     latin.write_bytes(b'{"unitablate_calibration": 1, "x": "\xe9"}')
     with pytest.raises(CalibrationFileError, match="cannot be read"):
         CalibrationFile.read(latin)
+
+
+def test_a_definition_changes_with_every_field_that_changes_the_number() -> None:
+    from pytest_unitablate.verdicts.calibration import definition_of
+
+    base = {"layer": "conv5", "mode": "units", "unit": "channel", "channel_dim": 1,
+            "units": [3], "ablation": "zero", "target": "seven", "constraint": "min_drop",
+            "threshold": 0.2, "id": "a", "line": 4}
+    first = definition_of(base)
+    assert json.loads(first) == {k: base[k] for k in (
+        "layer", "mode", "unit", "channel_dim", "units", "ablation", "target", "constraint")}
+    # the keys sorted: the text a calibration file stores is the same for the same fields
+    assert list(json.loads(first)) == sorted(json.loads(first))
+    others = {"layer": "conv4", "mode": "any_unit", "unit": "head", "channel_dim": -1,
+              "units": [4], "ablation": "mean", "target": "six", "constraint": "max_drop"}
+    for key, value in others.items():
+        assert definition_of({**base, key: value}) != first, key
+    # what does not change the number does not change the definition
+    assert definition_of({**base, "threshold": 0.5, "id": "b", "line": 9}) == first
+    assert definition_of({**base, "position": None}) == first
+    with_position = definition_of({**base, "position": "last"})
+    assert json.loads(with_position)["position"] == "last"
+    assert definition_of({**base, "position": 3}) != with_position
