@@ -1,0 +1,89 @@
+"""``call_import_path``: ``package.module:attr.attr`` imported and called, each problem
+located and worded; a pytest fixture recognised in every pytest's way of marking one."""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Iterator
+
+import pytest
+
+from pytest_unitablate.engine.refs import Subject, _is_pytest_fixture, call_import_path
+from pytest_unitablate.errors import ItemProblem
+
+
+@pytest.fixture
+def module() -> Iterator[types.ModuleType]:
+    mod = types.ModuleType("ua_paths_mod")
+    mod.factory = lambda: "built"  # type: ignore[attr-defined]
+    mod.holder = types.SimpleNamespace(inner=types.SimpleNamespace(make=lambda: "deep"))  # type: ignore[attr-defined]
+    mod.value = 3  # type: ignore[attr-defined]
+
+    def broken() -> None:
+        raise RuntimeError("weights missing")
+
+    mod.broken = broken  # type: ignore[attr-defined]
+    sys.modules["ua_paths_mod"] = mod
+    yield mod
+    del sys.modules["ua_paths_mod"]
+
+
+def test_a_nested_attribute_is_followed_and_called(module: types.ModuleType) -> None:
+    assert call_import_path("ua_paths_mod:factory", "model", "s.yaml:2") == "built"
+    assert call_import_path("ua_paths_mod:holder.inner.make", "model", "s.yaml:2") == "deep"
+
+
+@pytest.mark.parametrize(("ref", "text", "cause"), [
+    ("ua_paths_mod:nothing", "s.yaml:2: model 'ua_paths_mod:nothing': module "
+                             "'ua_paths_mod' has no attribute 'nothing'", "spec"),
+    ("ua_paths_mod:holder.none", "s.yaml:2: model 'ua_paths_mod:holder.none': module "
+                                 "'ua_paths_mod' has no attribute 'holder.none'", "spec"),
+    ("ua_paths_mod:value", "s.yaml:2: model 'ua_paths_mod:value' is not callable", "spec"),
+    ("ua_paths_mod:broken", "s.yaml:2: model 'ua_paths_mod:broken' raised RuntimeError: "
+                            "weights missing", "model"),
+    ("ua_no_such_module_here:f", "s.yaml:2: model 'ua_no_such_module_here:f': cannot import "
+                                 "'ua_no_such_module_here': ModuleNotFoundError: No module "
+                                 "named 'ua_no_such_module_here'", "spec"),
+])
+def test_each_problem_is_located_and_says_whose_it_is(module: types.ModuleType, ref: str,
+                                                     text: str, cause: str) -> None:
+    with pytest.raises(ItemProblem) as info:
+        call_import_path(ref, "model", "s.yaml:2")
+    assert str(info.value) == text
+    assert info.value.cause == cause
+
+
+def test_a_pytest_fixture_is_recognised_however_pytest_marked_it() -> None:
+    @pytest.fixture
+    def real() -> int:
+        return 1
+
+    assert _is_pytest_fixture(real)  # this pytest's own way
+    FixtureFunctionDefinition = type("FixtureFunctionDefinition", (), {})  # pytest >= 8.4
+    assert _is_pytest_fixture(FixtureFunctionDefinition())
+
+    def old() -> None: ...
+
+    old._pytestfixturefunction = object()  # type: ignore[attr-defined]  # pytest < 8.4
+    assert _is_pytest_fixture(old)
+
+    def older() -> None: ...
+
+    older._fixture_function_marker = object()  # type: ignore[attr-defined]
+    assert _is_pytest_fixture(older)
+
+    def plain() -> None: ...
+
+    assert not _is_pytest_fixture(plain)
+    assert not _is_pytest_fixture(type("fixturefunctiondefinition", (), {})())
+
+
+def test_a_subject_groups_its_ranking_data_only_when_asked() -> None:
+    class Grouped:
+        def group_ids(self) -> list[int]:
+            return [0, 1]
+
+    subject = Subject(model=None, data=[1, 2], ranking=Grouped())
+    assert subject.group_ids() is None
+    assert subject.group_ids(ranking=True) == [0, 1]
