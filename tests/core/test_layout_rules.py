@@ -247,3 +247,22 @@ def test_the_resolver_decides_once_per_shape_and_gives_a_non_negative_dimension(
     assert cnn(torch.zeros(2, 6, 4, 4)) == 1
     with pytest.raises(ConfigError):
         cnn(torch.zeros(2, 6, 4, 5))
+
+
+def test_only_modules_of_their_kind_are_read_by_their_attributes() -> None:
+    """A ``normalized_shape`` outside a LayerNorm or RMSNorm sets no side; a 1-D weight
+    on a container is no hand-written norm (its children decide); a layout-keeping module
+    after a block's last decider keeps that decider's side."""
+
+    class Shaped(nn.Module):
+        normalized_shape = (8,)
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), Shaped())  # an unknown module after a conv
+    assert layer_evidence(net, "1") == Evidence(None, 8, "0", cnn_block=False,
+                                                has_first=True, ranks=(4,))
+    block = nn.Sequential(nn.Linear(3, 5))
+    block.weight = nn.Parameter(torch.ones(7))
+    found = layer_evidence(nn.Sequential(block), "0")
+    assert found is not None and (found.side, found.features, found.own) == ("last", 5, False)
+    tail = layer_evidence(nn.Sequential(nn.Sequential(nn.Linear(3, 5), nn.ReLU())), "0")
+    assert tail is not None and (tail.side, tail.features, tail.source) == ("last", 5, "0.0")
