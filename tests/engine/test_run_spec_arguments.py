@@ -108,3 +108,26 @@ def test_a_spec_object_without_checks_yields_no_items(spec: Path) -> None:
         evaluate_spec(empty, None, Engine())
     assert [(p.path, p.line, p.message) for p in raised.value.problems] == [
         (str(spec), 1, "the spec yields no test items")]
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("512MiB", 512 * 1024**2), ("2 GiB", 2 * 1024**3), (" 1.5GB ", 1_500_000_000),
+    ("1000", 1000), ("4kb", 4000), ("1KiB", 1024)])
+def test_sizes_parse_in_their_units(text: str, size: int) -> None:
+    from pytest_unitablate.engine.settings import parse_size
+
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("lots", "must be a size such as 512MiB or 4GiB, got 'lots'"),
+    ("5 parsecs", "must be a size such as 512MiB or 4GiB, got '5 parsecs'"),
+    ("0MiB", "must be positive, got '0MiB'"),
+    ("0.1", "must be positive, got '0.1'"),
+])
+def test_a_size_that_is_none_says_what_one_looks_like(text: str, message: str) -> None:
+    from pytest_unitablate.engine.settings import parse_size
+
+    with pytest.raises(ValueError) as info:
+        parse_size(text)
+    assert str(info.value) == message
