@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 from pytest_unitablate.engine.fingerprint import structure_sha256
 
 SOURCE = """
@@ -98,3 +100,31 @@ def test_the_code_of_a_class_is_its_whole_file_or_nothing_when_unknown() -> None
         assert _code_of(lost) == b""
     finally:
         del sys.modules["gone_module"]
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")  # deprecated,
+def test_bfloat16_and_quantized_weights_hash_by_their_bits() -> None:  # still loadable
+    """numpy has neither dtype: a bfloat16 tensor is hashed as its raw 16 bits, a quantized
+    one as its integer representation; either way a change of one value changes the
+    hash, and the same values hash the same."""
+    import torch
+    from torch import nn
+
+    from pytest_unitablate.engine.fingerprint import weights_sha256
+
+    half = nn.Linear(3, 2).to(torch.bfloat16)
+    first = weights_sha256(half)
+    assert weights_sha256(half) == first
+    with torch.no_grad():
+        half.weight[0, 0] = half.weight[0, 0] + 1
+    assert weights_sha256(half) != first
+
+    quant = nn.Module()
+    values = torch.tensor([0.1, -0.2, 0.3, 0.4])
+    quant.register_buffer("q", torch.quantize_per_tensor(values, 0.1, 0, torch.qint8))
+    before = weights_sha256(quant)
+    quant.q = torch.quantize_per_tensor(values + torch.tensor([0.0, 0.0, 0.0, 0.2]), 0.1, 0,
+                                        torch.qint8)
+    assert weights_sha256(quant) != before
+    quant.q = torch.quantize_per_tensor(values, 0.1, 0, torch.qint8)
+    assert weights_sha256(quant) == before
