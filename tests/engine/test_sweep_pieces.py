@@ -254,3 +254,40 @@ def test_progress_series_name_what_they_count(tmp_path: Path) -> None:
     assert series == [("p.yaml act (2 named check(s))", 2 * 30),
                       (f"{path}:11 act", 20 * 30)]
     assert done == {label: total for label, total in series}
+
+
+class TwoOutputs(nn.Module):
+    """A dict output: the logits under ``scores`` (no name the core would guess),
+    something as wide first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = Wide()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"aux": x[:, :3] * 2, "scores": self.inner(x)}  # both 3 wide
+
+
+def test_the_unit_order_estimates_on_the_spec_s_output(tmp_path: Path) -> None:
+    path = tmp_path / "o.yaml"
+    path.write_text(textwrap.dedent("""\
+        unitablate: 1
+        model: model
+        data: data
+        output: scores
+        checks:
+          - layer: inner.act
+            any_unit:
+              expect: {2: {min_drop: 50%}}
+        """))
+    spec = load_spec(path)
+    engine = Engine(EngineSettings())
+    model = TwoOutputs().eval()
+    subject = engine.bind(spec, mapping_lookup({"model": model, "data": _data()}))
+    order, how = engine.sweeps.unit_order(spec, subject, spec.checks[0], target=2,
+                                          damaging_first=True)
+    assert how == "a first-order estimate of each unit's damage", how
+    from pytest_unitablate.core.unit_order import estimated_damage
+
+    damage = estimated_damage(model.inner, _data(), "act", target=2)
+    assert order == tuple(sorted(range(20), key=lambda u: (-damage[u], u)))
