@@ -37,6 +37,7 @@ import random
 import re
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,15 +88,21 @@ def wilson(killed: int, checked: int, z: float = 1.959963984540054) -> tuple[flo
     return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
 
 
-def sample(mutants: Path, only: list[str], size: int, seed: int) -> list[str]:
-    """Up to ``size`` unchecked mutants of each module, drawn at random (``seed`` and the
-    module's path fix the draw)."""
-    names: list[str] = []
+def _codes(mutants: Path, only: list[str]) -> Iterator[tuple[str, dict[str, int | None]]]:
+    """``(module path, mutmut's exit code by mutant)`` of each ``.meta`` file under
+    ``mutants`` whose path matches ``only`` (every one when it is empty), in path order."""
     for meta in sorted(mutants.rglob("*.py.meta")):
         path = meta.relative_to(mutants).as_posix()[: -len(".meta")]
         if only and not any(fnmatch.fnmatch(path, pattern) for pattern in only):
             continue
-        codes = json.loads(meta.read_text("utf-8")).get("exit_code_by_key", {})
+        yield path, json.loads(meta.read_text("utf-8")).get("exit_code_by_key", {})
+
+
+def sample(mutants: Path, only: list[str], size: int, seed: int) -> list[str]:
+    """Up to ``size`` unchecked mutants of each module, drawn at random (``seed`` and the
+    module's path fix the draw)."""
+    names: list[str] = []
+    for path, codes in _codes(mutants, only):
         unchecked = sorted(name for name, code in codes.items() if code in NOT_CHECKED)
         if len(unchecked) > size:
             unchecked = sorted(random.Random(f"{seed}-{path}").sample(unchecked, size))
@@ -107,11 +114,7 @@ def read(mutants: Path, only: list[str], names: set[str] | None = None) -> list[
     """One :class:`Module` per ``.meta`` file under ``mutants`` whose path matches (only
     the mutants in ``names``, when given)."""
     modules = []
-    for meta in sorted(mutants.rglob("*.py.meta")):
-        path = meta.relative_to(mutants).as_posix()[: -len(".meta")]
-        if only and not any(fnmatch.fnmatch(path, pattern) for pattern in only):
-            continue
-        codes = json.loads(meta.read_text("utf-8")).get("exit_code_by_key", {})
+    for path, codes in _codes(mutants, only):
         if names is not None:
             codes = {name: code for name, code in codes.items() if name in names}
         if not codes:
