@@ -98,9 +98,8 @@ def test_workers_start_with_different_pieces_and_share_what_they_computed(
         tmp_path: Path) -> None:
     model, data = Wide().eval(), _data()
     lone = Engine(EngineSettings())
-    lone_subject = lone.bind(load_spec(_spec_file(tmp_path)),
-                             mapping_lookup({"model": model, "data": data}))
-    spec = load_spec(tmp_path / "lone.yaml")
+    spec = load_spec(_spec_file(tmp_path))
+    lone_subject = lone.bind(spec, mapping_lookup({"model": model, "data": data}))
     expected = lone.sweeps.sweep(spec, lone_subject, spec.checks[0])
 
     second, spec2, subject2, tried = _engine(tmp_path, (1, 2), model, data)
@@ -167,8 +166,19 @@ def test_a_selection_keeps_each_units_row_and_the_sweeps_facts() -> None:
     assert np.array_equal(plain.correct(0), plain.predictions[0] == plain.labels)
 
 
-def _ordered(tmp_path: Path, ablation: str, name: str) -> tuple[tuple[int, ...], str]:
-    path = tmp_path / f"{name}.yaml"
+def _reference() -> tuple[torch.Tensor, torch.Tensor]:
+    """Data whose unit means differ from the evaluation data's."""
+    g = torch.Generator().manual_seed(5)
+    return torch.randn(40, 6, generator=g) * 3 + 2, torch.randint(0, 3, (40,), generator=g)
+
+
+def _damaging_first(damage: Any) -> tuple[int, ...]:
+    """Units by estimated damage, most first, ties by index (the order's own rule)."""
+    return tuple(sorted(range(len(damage)), key=lambda u: (-damage[u], u)))
+
+
+def _ordered(tmp_path: Path, ablation: str) -> tuple[tuple[int, ...], str]:
+    path = tmp_path / f"{ablation}.yaml"
     path.write_text(textwrap.dedent(f"""\
         unitablate: 1
         model: model
@@ -182,10 +192,8 @@ def _ordered(tmp_path: Path, ablation: str, name: str) -> tuple[tuple[int, ...],
         """))
     spec = load_spec(path)
     engine = Engine(EngineSettings())
-    g = torch.Generator().manual_seed(5)
-    ref = (torch.randn(40, 6, generator=g) * 3 + 2, torch.randint(0, 3, (40,), generator=g))
     subject = engine.bind(spec, mapping_lookup({"model": Wide().eval(), "data": _data(),
-                                                "ref": ref}))
+                                                "ref": _reference()}))
     return engine.sweeps.unit_order(spec, subject, spec.checks[0], target=2,
                                     damaging_first=True)
 
@@ -199,14 +207,12 @@ def test_mean_and_resample_orders_estimate_with_the_reference_datas_means(
     from pytest_unitablate.core.unit_order import estimated_damage
 
     model, data = Wide().eval(), _data()
-    g = torch.Generator().manual_seed(5)
-    ref = (torch.randn(40, 6, generator=g) * 3 + 2, torch.randint(0, 3, (40,), generator=g))
-    means = channel_means(model, [ref], ["act"])
-    damage = estimated_damage(model, data, "act", target=2, ablation="mean", means=means)
-    expected = tuple(sorted(range(20), key=lambda u: (-damage[u], u)))
+    means = channel_means(model, [_reference()], ["act"])
+    expected = _damaging_first(estimated_damage(model, data, "act", target=2,
+                                                ablation="mean", means=means))
     assert expected != tuple(range(20))  # not the index order a refused estimate gives
     for ablation in ("mean", "resample"):
-        order, how = _ordered(tmp_path, ablation, ablation)
+        order, how = _ordered(tmp_path, ablation)
         assert how == "a first-order estimate of each unit's damage", (ablation, how)
         assert order == expected, ablation
 
@@ -289,5 +295,4 @@ def test_the_unit_order_estimates_on_the_spec_s_output(tmp_path: Path) -> None:
     assert how == "a first-order estimate of each unit's damage", how
     from pytest_unitablate.core.unit_order import estimated_damage
 
-    damage = estimated_damage(model.inner, _data(), "act", target=2)
-    assert order == tuple(sorted(range(20), key=lambda u: (-damage[u], u)))
+    assert order == _damaging_first(estimated_damage(model.inner, _data(), "act", target=2))
