@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -204,3 +205,30 @@ def test_unpaired_evaluation_data_is_not_blamed_on_the_ranking_data(tmp_path: Pa
                                        "rank": _data(seed=2)}, plain_passes=plain)
         assert fnmatch.fnmatch(str(run.items[0].message), "*s.yaml:3: the pass with act "
                                "units [[]1] ablated did not see*"), run.items[0].message
+
+
+class _Jitter:
+    """Ranking data with augmentation drawn from numpy's global generator, which no pass
+    reseeds: each pass over it sees other inputs."""
+
+    def __init__(self) -> None:
+        self.x, self.y = _data(n=8, seed=3)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        noise = torch.from_numpy(np.random.default_rng().random(self.x.shape)).float()
+        yield self.x + noise, self.y
+
+
+def test_unpaired_passes_inside_a_ranking_sweep_are_located_at_the_ranking_data(
+        tmp_path: Path) -> None:
+    """A resample sweep runs its own passes (one per unit): when those see other
+    examples than the sweep's baseline, the fault is the data the sweep ranks on,
+    ``ranking_data:`` (line 4), not ``data:``."""
+    path = tmp_path / "s.yaml"
+    path.write_text("unitablate: 1\nmodel: model\ndata: data\nranking_data: rank\nchecks:\n"
+                    "  - layer: act\n    ablation: resample\n    top_units: {k: 2, class: 1, "
+                    "expect: {overall: {max_drop: 100%}}}\n")
+    run = run_spec(path, fixtures={"model": Net().eval(), "data": _data(), "rank": _Jitter()})
+    (item,) = run.items
+    assert fnmatch.fnmatch(str(item.message), "*s.yaml:4: the pass with act units [[]0] "
+                           "ablated did not see the baseline's examples*"), item.message
