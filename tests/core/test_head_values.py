@@ -67,3 +67,36 @@ def test_windowed_heads_cannot_be_resampled() -> None:
     assert str(raised.value) == (
         "resample ablation of the heads of 'attn': torchvision's ShiftedWindowAttention "
         "computes them per window, not per example; use zero or mean")
+
+
+class _Projection(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.o_proj = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.o_proj(x)  # type: ignore[no-any-return]
+
+
+class _Passthrough(nn.Module):
+    """The heads' concatenated output is the input itself: the test sets every value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = _Projection()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x).mean(1)  # type: ignore[no-any-return]
+
+
+def test_means_are_summed_in_float64() -> None:
+    """Two batches of one example at two positions: 2**24 and 1, then -2**24 and 1. Each
+    batch's sum is one addition, so no order of summation changes it: in float32,
+    2**24 + 1 rounds to 2**24 and the mean comes out 1/4; the float64 sums keep every 1,
+    a mean of 2/4 per feature."""
+    top = float(2**24)
+    data = [(torch.tensor([[[top] * 4, [1.0] * 4]]), torch.tensor([0])),
+            (torch.tensor([[[-top] * 4, [1.0] * 4]]), torch.tensor([1]))]
+    means = head_means(_Passthrough().eval(), data, "attn.o_proj", num_heads=2)
+    assert means.dtype == torch.float32
+    assert_f32_close(means, torch.full((4,), 0.5), terms=4)
