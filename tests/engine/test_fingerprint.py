@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from torch import nn
 
 from pytest_unitablate.engine.fingerprint import structure_sha256
 
@@ -51,7 +52,7 @@ def _notebook_hash(tail: str) -> str:
     import linecache
     import types
 
-    filename = f"/nonexistent/ipykernel/cell{abs(hash(tail))}.py"
+    filename = "/nonexistent/ipykernel/cell7.py"  # one cell, run again after an edit
     code = SOURCE.format(tail=tail)
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
     module = types.ModuleType("nb_cell")
@@ -69,10 +70,26 @@ def test_a_class_from_a_notebook_cell_is_keyed_by_its_source() -> None:
     assert _notebook_hash("") != _notebook_hash(" * 2")
 
 
-def test_a_model_of_torch_classes_alone_is_keyed_by_its_repr() -> None:
+class _Wrapper(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 3)
+
+
+def test_the_hash_is_the_repr_then_each_class_name_and_its_file() -> None:
+    """The layout recorded hashes depend on: a change to it would make every recorded
+    spec's hash differ from its model's after an upgrade."""
     import hashlib
 
-    from torch import nn
+    model = nn.Sequential(_Wrapper(), nn.ReLU())
+    digest = hashlib.sha256(repr(model).encode())
+    digest.update(f"\0{__name__}._Wrapper\0".encode())
+    digest.update(Path(__file__).read_bytes())
+    assert structure_sha256(model) == digest.hexdigest()
+
+
+def test_a_model_of_torch_classes_alone_is_keyed_by_its_repr() -> None:
+    import hashlib
 
     model = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
     assert structure_sha256(model) == hashlib.sha256(repr(model).encode()).hexdigest()

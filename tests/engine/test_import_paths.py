@@ -40,6 +40,9 @@ def test_a_nested_attribute_is_followed_and_called(module: types.ModuleType) -> 
     ("ua_paths_mod:holder.none", "s.yaml:2: model 'ua_paths_mod:holder.none': module "
                                  "'ua_paths_mod' has no attribute 'holder.none'", "spec"),
     ("ua_paths_mod:value", "s.yaml:2: model 'ua_paths_mod:value' is not callable", "spec"),
+    # the module is what comes before the first colon
+    ("ua_paths_mod:holder:x", "s.yaml:2: model 'ua_paths_mod:holder:x': module "
+                              "'ua_paths_mod' has no attribute 'holder:x'", "spec"),
     ("ua_paths_mod:broken", "s.yaml:2: model 'ua_paths_mod:broken' raised RuntimeError: "
                             "weights missing", "model"),
     ("ua_no_such_module_here:f", "s.yaml:2: model 'ua_no_such_module_here:f': cannot import "
