@@ -9,7 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from pytest_unitablate.engine.refs import Subject, _is_pytest_fixture, call_import_path
+from pytest_unitablate.engine.refs import (
+    References,
+    Subject,
+    _is_pytest_fixture,
+    call_import_path,
+)
 from pytest_unitablate.errors import ItemProblem
 
 
@@ -90,3 +95,11 @@ def test_a_subject_groups_its_ranking_data_only_when_asked() -> None:
     subject = Subject(model=None, data=[1, 2], ranking=Grouped())
     assert subject.group_ids() is None
     assert subject.group_ids(ranking=True) == [0, 1]
+
+
+def test_a_name_without_names_to_look_it_up_in_is_refused_at_its_line() -> None:
+    """``Engine.bind(spec, None)``: no fixtures, so a name is not an import path."""
+    with pytest.raises(ItemProblem) as raised:
+        References().resolve("model", "model", 2, where="s.yaml", lookup=None)
+    assert str(raised.value) == ("s.yaml:2: model 'model' is not an import path "
+                                 "'package.module:callable' and no names were given")
