@@ -360,3 +360,27 @@ def test_matched_signature_checks_join_their_layers_scan(tmp_path: Path,
     assert rows == [[3, 5]]  # unit 1 went to 3, unit 2 to 5: one scan, a row each
     assert records["1-u1-one-min_drop"]["outcome"] == "passed"
     assert records["1-u2-two-min_drop"]["outcome"] == "passed"
+
+
+def test_a_match_below_its_min_similarity_is_left_out_of_the_layers_scan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the pruned model recorded unit 2 keeps unit 2 at a similarity of about 0.9994:
+    under a ``min_similarity`` of 0.9999 its check fails on the match (no ablated pass of
+    its own), so the scan that unit 1's check starts (its match, unit 4) plans no row for
+    it."""
+    from pytest_unitablate.engine import named
+
+    rows: list[list[Any]] = []
+    real = named.scan
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        rows.append(list(kwargs["units"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(named, "scan", spy)
+    spec = _spec(tmp_path)
+    spec.write_text(spec.read_text().replace("min_similarity: 0.9}", "min_similarity: 0.9999}"))
+    two = _records(spec, _mlp(prune=True))["1-u2-two-min_drop"]
+    assert two["matched_units"] == [2] and 0.99 < two["similarity"][0] < 0.9999
+    assert two["outcome"] == "failed"
+    assert rows == [[4]]
