@@ -75,7 +75,7 @@ def next_step(message: str, status: str) -> str | None:
     """
     if status == "error":
         found = next((m for m in map(LOCATION.match, message.splitlines()) if m), None)
-        return f"fix the spec at {found.group(0).rstrip(': ')}" if found else None
+        return f"fix the spec at {found.group(1)}" if found else None
     last = message.rstrip().rpartition("\n")[2].strip()
     return last or None
 

@@ -27,7 +27,6 @@ Example::
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,12 +50,12 @@ from pytest_unitablate.verdicts.calibration import (
     calibration_path,
     definition_of,
 )
+from pytest_unitablate.verdicts.failure import LOCATION
 from pytest_unitablate.verdicts.records import static_record
 
 #: The names the skeleton spec uses while each model is measured.
 _MODEL, _DATA = "unitablate_discover_model", "unitablate_discover_data"
 _CLASS_KINDS = ("min_drop", "min_logprob_drop")
-_LOCATION = re.compile(r"^.+?:\d+: ")
 _OVERALL_KINDS = ("max_drop", "max_logprob_drop")
 
 
@@ -82,7 +81,7 @@ def discover_calibrated(models: Sequence[Any], data: Any, layers: Sequence[str],
             if broken:
                 message = str(broken[0].message).splitlines()[-1]
                 raise ValueError(f"measuring reference model {i + 1} of {len(models)}: "
-                                 f"{_LOCATION.sub('', message, count=1)}")
+                                 f"{LOCATION.sub('', message, count=1)}")
             run.record("calibrate", engine.settings.record_level)
 
     return _write_starter(out, names, layers, measure, len(models), named=bool(classes),

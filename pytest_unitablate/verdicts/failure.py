@@ -230,8 +230,8 @@ def _what_drop(kind: str) -> str:
     return "relative drop" if "relative" in kind else "drop"
 
 
-#: The ``path:line: `` a located message starts with.
-LOCATION = re.compile(r"^.+?:\d+: ")
+#: The ``path:line: `` a located message starts with (group 1: ``path:line``).
+LOCATION = re.compile(r"^(.+?:\d+): ")
 
 
 def problem_text(text: str) -> str:
