@@ -248,8 +248,8 @@ class Sweeps:
                 before = start * n
 
                 def lines(done: int, known: int | None, before: int = before) -> None:
-                    if series is not None:
-                        series(before + done, None)
+                    assert series is not None  # passed on only with a series
+                    series(before + done, None)
 
                 part = self.sweep(spec, subject, check, units=chunk,
                                   lines=lines if series is not None else None)

@@ -296,3 +296,29 @@ def test_the_unit_order_estimates_on_the_spec_s_output(tmp_path: Path) -> None:
     from pytest_unitablate.core.unit_order import estimated_damage
 
     assert order == _damaging_first(estimated_damage(model.inner, _data(), "act", target=2))
+
+
+def test_a_sweep_of_several_resample_draws_keeps_each_examples_share(tmp_path: Path) -> None:
+    """With ``{resample: {draws: 3}}`` an example is right in 0, 1, 2 or 3 draws: the
+    sweep keeps that share per unit and example (the core's ``shares``), and a unit's
+    correctness is the share, not the first draw's prediction."""
+    from pytest_unitablate.core.scan import scan
+
+    path = tmp_path / "r.yaml"
+    path.write_text(SPEC.replace("  - layer: act\n",
+                                 "  - layer: act\n    ablation: {resample: {draws: 3}}\n"))
+    spec = load_spec(path)
+    engine = Engine(EngineSettings(seed=0))
+    model, data = Wide().eval(), _data()
+    subject = engine.bind(spec, mapping_lookup({"model": model, "data": data}))
+    check = spec.checks[0]
+    sweep = engine.sweeps.sweep(spec, subject, check)
+    engine.evals.seeded()
+    core = scan(model, data, "act", units=list(range(20)),
+                **engine.evals.ablation_values(spec, subject, check))
+    assert sweep.shares is not None and core.shares is not None
+    assert np.array_equal(sweep.shares, core.shares)
+    assert {0.0, 1.0} < set(np.round(sweep.shares.ravel() * 3) / 3)  # thirds are there
+    row = next(r for r in range(20) if not np.array_equal(
+        sweep.correct(r), sweep.predictions[r] == sweep.labels))
+    assert np.array_equal(sweep.correct(row), core.shares[row])
