@@ -322,3 +322,24 @@ def test_a_sweep_of_several_resample_draws_keeps_each_examples_share(tmp_path: P
     row = next(r for r in range(20) if not np.array_equal(
         sweep.correct(r), sweep.predictions[r] == sweep.labels))
     assert np.array_equal(sweep.correct(row), core.shares[row])
+
+
+class Frozen(Wide):
+    """The hidden units detached before a tanh read-out: no gradient reaches them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.act(self.fc1(x)).detach()))  # type: ignore[no-any-return]
+
+
+def test_a_model_without_gradients_is_ordered_by_unit_index_and_says_why(
+        tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text(SPEC)
+    spec = load_spec(path)
+    engine = Engine(EngineSettings())
+    subject = engine.bind(spec, mapping_lookup({"model": Frozen().eval(), "data": _data()}))
+    for damaging_first in (True, False):
+        order, how = engine.sweeps.unit_order(spec, subject, spec.checks[0], target=2,
+                                              damaging_first=damaging_first)
+        assert order == tuple(range(20))
+        assert how.startswith("unit index (no gradient estimate: RuntimeError: "), how
