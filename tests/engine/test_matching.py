@@ -384,3 +384,37 @@ def test_a_match_below_its_min_similarity_is_left_out_of_the_layers_scan(
     assert two["matched_units"] == [2] and 0.99 < two["similarity"][0] < 0.9999
     assert two["outcome"] == "failed"
     assert rows == [[4]]
+
+
+def test_a_check_whose_units_cannot_be_addressed_is_left_out_of_the_layers_scan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second check of the layer states a unit dimension the layer does not have: its
+    own item reports that; the first check's scan plans no row for it."""
+    from pytest_unitablate.engine import named
+
+    rows: list[list[Any]] = []
+    real = named.scan
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        rows.append(list(kwargs["units"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(named, "scan", spy)
+    spec = tmp_path / "d.yaml"
+    spec.write_text(textwrap.dedent("""\
+        unitablate: 1
+        model: model
+        data: data
+        checks:
+          - layer: "1"
+            units: [1]
+            expect: {overall: {max_drop: 100%}}
+          - layer: "1"
+            units: [2]
+            channel_dim: 7
+            expect: {overall: {max_drop: 100%}}
+        """))
+    run = run_spec(spec, fixtures={"model": _mlp(), "data": _data()})
+    assert [(r["outcome"], r["problem"]) for r in run.records] == [
+        ("passed", None), ("failed", "spec")]
+    assert rows == [[1]]
