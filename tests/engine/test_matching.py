@@ -340,22 +340,27 @@ def test_heads_are_matched_by_measured_head_profiles(tmp_path: Path,
     assert record["similarity"] == [pytest.approx(1.0, abs=1e-6)]
 
 
-def test_matched_signature_checks_join_their_layers_scan(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch
-                                                        ) -> None:
-    """Once a layer's match is made (by its first signature check), the layer's named
-    checks are planned with the matched units: one scan with a row per check, not one
-    pass per check."""
+@pytest.fixture
+def rows(monkeypatch: pytest.MonkeyPatch) -> list[list[Any]]:
+    """The unit sets of every scan a layer's named checks start, one list per scan."""
     from pytest_unitablate.engine import named
 
-    rows: list[list[Any]] = []
+    seen: list[list[Any]] = []
     real = named.scan
 
     def spy(*args: Any, **kwargs: Any) -> Any:
-        rows.append(list(kwargs["units"]))
+        seen.append(list(kwargs["units"]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(named, "scan", spy)
+    return seen
+
+
+def test_matched_signature_checks_join_their_layers_scan(tmp_path: Path,
+                                                        rows: list[list[Any]]) -> None:
+    """Once a layer's match is made (by its first signature check), the layer's named
+    checks are planned with the matched units: one scan with a row per check, not one
+    pass per check."""
     records = _records(_spec(tmp_path), _mlp(permute=True))
     assert rows == [[3, 5]]  # unit 1 went to 3, unit 2 to 5: one scan, a row each
     assert records["1-u1-one-min_drop"]["outcome"] == "passed"
@@ -363,21 +368,11 @@ def test_matched_signature_checks_join_their_layers_scan(tmp_path: Path,
 
 
 def test_a_match_below_its_min_similarity_is_left_out_of_the_layers_scan(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, rows: list[list[Any]]) -> None:
     """In the pruned model recorded unit 2 keeps unit 2 at a similarity of about 0.9994:
     under a ``min_similarity`` of 0.9999 its check fails on the match (no ablated pass of
     its own), so the scan that unit 1's check starts (its match, unit 4) plans no row for
     it."""
-    from pytest_unitablate.engine import named
-
-    rows: list[list[Any]] = []
-    real = named.scan
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        rows.append(list(kwargs["units"]))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(named, "scan", spy)
     spec = _spec(tmp_path)
     spec.write_text(spec.read_text().replace("min_similarity: 0.9}", "min_similarity: 0.9999}"))
     two = _records(spec, _mlp(prune=True))["1-u2-two-min_drop"]
@@ -387,19 +382,9 @@ def test_a_match_below_its_min_similarity_is_left_out_of_the_layers_scan(
 
 
 def test_a_check_whose_units_cannot_be_addressed_is_left_out_of_the_layers_scan(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, rows: list[list[Any]]) -> None:
     """A second check of the layer states a unit dimension the layer does not have: its
     own item reports that; the first check's scan plans no row for it."""
-    from pytest_unitablate.engine import named
-
-    rows: list[list[Any]] = []
-    real = named.scan
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        rows.append(list(kwargs["units"]))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(named, "scan", spy)
     spec = tmp_path / "d.yaml"
     spec.write_text(textwrap.dedent("""\
         unitablate: 1
