@@ -403,3 +403,24 @@ def test_a_check_whose_units_cannot_be_addressed_is_left_out_of_the_layers_scan(
     assert [(r["outcome"], r["problem"]) for r in run.records] == [
         ("passed", None), ("failed", "spec")]
     assert rows == [[1]]
+
+
+def test_a_layers_scan_plans_the_named_checks_of_that_layer_and_ablation_only(
+        tmp_path: Path, rows: list[list[Any]]) -> None:
+    """The first check of layer "1" plans every later named check of that layer with the
+    same ablation (unit 4), past a check of another layer, and not a check of the same
+    layer with another ablation: each of those starts its own scan."""
+    spec = tmp_path / "p.yaml"
+    spec.write_text(textwrap.dedent("""\
+        unitablate: 1
+        model: model
+        data: data
+        checks:
+          - {layer: "1", units: [1], expect: {overall: {max_drop: 100%}}}
+          - {layer: "0", units: [3], expect: {overall: {max_drop: 100%}}}
+          - {layer: "1", units: [2], ablation: mean, expect: {overall: {max_drop: 100%}}}
+          - {layer: "1", units: [4], expect: {overall: {max_drop: 100%}}}
+        """))
+    run = run_spec(spec, fixtures={"model": _mlp(), "data": _data()})
+    assert [r["outcome"] for r in run.records] == ["passed"] * 4
+    assert rows == [[1, 4], [3], [2]]
