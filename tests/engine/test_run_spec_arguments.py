@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,30 @@ def test_a_memory_budget_is_a_positive_size(spec: Path) -> None:
         assert str(raised.value) == (
             "run_spec(memory_budget=...) takes a positive number of bytes or a size such as "
             f"'512MiB', got {bad!r}")
+
+
+def _spy(real: Callable[..., object], calls: list[dict[str, object]]
+         ) -> Callable[..., object]:
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append({k: kwargs[k] for k in ("memory_budget", "device", "progress")})
+        return real(*args, **kwargs)
+    return spy
+
+
+def test_the_budget_and_device_reach_every_scan(spec: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scans of named checks and of layer sweeps get the run's memory budget and
+    device, and no progress bar without a progress factory (``False``: not even on a
+    terminal)."""
+    from pytest_unitablate.engine import named, sweeps
+
+    seen: dict[str, list[dict[str, object]]] = {"named": [], "sweeps": []}
+    monkeypatch.setattr(named, "scan", _spy(named.scan, seen["named"]))
+    monkeypatch.setattr(sweeps, "scan", _spy(sweeps.scan, seen["sweeps"]))
+    run_spec(spec, memory_budget="1MiB", device="cpu")
+    expected = {"memory_budget": 1 << 20, "device": "cpu", "progress": False}
+    for calls in seen.values():
+        assert calls and all(kwargs == expected for kwargs in calls), seen
 
 
 def test_a_device_this_torch_cannot_use_is_refused_at_once(spec: Path) -> None:
