@@ -103,3 +103,16 @@ def test_a_name_without_names_to_look_it_up_in_is_refused_at_its_line() -> None:
         References().resolve("model", "model", 2, where="s.yaml", lookup=None)
     assert str(raised.value) == ("s.yaml:2: model 'model' is not an import path "
                                  "'package.module:callable' and no names were given")
+
+
+def test_a_failing_fixture_is_shown_from_the_fixture_on() -> None:
+    """A lookup that raises for a known name (a fixture that fails) goes through
+    untouched, and pytest's traceback hides the frame that called it."""
+    def lookup(name: str) -> object:
+        raise RuntimeError(f"fixture {name} broke")
+
+    with pytest.raises(RuntimeError, match="fixture model broke") as raised:
+        References().resolve("model", "model", 2, where="s.yaml", lookup=lookup)
+    shown = [str(entry.statement).strip() for entry in raised.traceback.filter(raised)]
+    assert "return lookup(ref)" not in shown, shown
+    assert any("raise RuntimeError" in line for line in shown), shown
