@@ -362,3 +362,29 @@ def test_unit_sets_skip_the_entry_convolution_shortcut_and_stay_exact() -> None:
         with ablate(model, {"mid": list(row) if isinstance(row, tuple) else [row]}):
             expected.append(evaluate(model, data).predictions)
     assert np.array_equal(result.predictions, np.stack(expected))
+
+
+def test_a_plan_without_a_chunk_size_says_it_was_measured() -> None:
+    result = scan(Wide().eval(), _data(), "mid", progress=False, method="prefix")
+    assert _how(result.plan) == "measured on the first batch", result.plan
+
+
+class _Scores(nn.Module):
+    """A dict output whose logits are under ``scores``, beside something as wide."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = Wide()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.inner(x)
+        return {"aux": logits.flip(1), "scores": logits}
+
+
+def test_the_suffix_reads_the_named_output() -> None:
+    """The prefix engine's suffix passes pick ``output`` from the model's dict: its
+    verification against real forwards passes, so the prefix engine runs."""
+    model, data = _Scores().eval(), _data()
+    result = scan(model, data, "inner.mid", output="scores", progress=False)
+    assert result.method == "prefix", (result.method, result.reason)
+    assert np.array_equal(result.predictions, _naive(model.inner, data, "mid", range(8)))
