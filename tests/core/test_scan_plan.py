@@ -364,9 +364,14 @@ def test_unit_sets_skip_the_entry_convolution_shortcut_and_stay_exact() -> None:
     assert np.array_equal(result.predictions, np.stack(expected))
 
 
-def test_a_plan_without_a_chunk_size_says_it_was_measured() -> None:
-    result = scan(Wide().eval(), _data(), "mid", progress=False, method="prefix")
+@pytest.mark.parametrize("units", [[3], list(range(8))])
+def test_a_plan_without_a_chunk_size_says_it_was_measured(units: list[int]) -> None:
+    """Also when the scan had too little work to finish measuring (one unit)."""
+    result = scan(Wide().eval(), _data(), "mid", units=units, progress=False,
+                  method="prefix")
     assert _how(result.plan) == "measured on the first batch", result.plan
+    if len(units) == 1:  # (more units: how many per pass is timed, so it varies)
+        assert result.plan.startswith("1 unit(s) x 20 example(s)"), result.plan
 
 
 class _Scores(nn.Module):
@@ -388,3 +393,26 @@ def test_the_suffix_reads_the_named_output() -> None:
     result = scan(model, data, "inner.mid", output="scores", progress=False)
     assert result.method == "prefix", (result.method, result.reason)
     assert np.array_equal(result.predictions, _naive(model.inner, data, "mid", range(8)))
+
+
+def test_the_naive_loop_is_weighed_per_example_on_the_first_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a clock that moves one second per reading, the first batch (20 examples) takes
+    1 s for the prefix and 2 s in all: the comparison gets 1/20 and 2/20 s per example,
+    the measured cost of a unit, and the number of units."""
+    from types import SimpleNamespace
+
+    clock = iter(range(10**6))
+    monkeypatch.setattr(scan_fx, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    weighed: list[tuple[Any, ...]] = []
+
+    def slower(*args: Any) -> bool:
+        weighed.append(args)
+        return False
+
+    monkeypatch.setattr(scan_fx, "slower_than_naive", slower)
+    result = scan(Wide().eval(), _data(), "mid", progress=False)
+    assert result.method == "prefix"
+    ((prefix, per_unit, whole, units),) = weighed
+    assert (prefix, whole, units) == (pytest.approx(1 / 20), pytest.approx(2 / 20), 8)
+    assert per_unit > 0
