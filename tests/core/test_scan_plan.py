@@ -364,13 +364,14 @@ def test_unit_sets_skip_the_entry_convolution_shortcut_and_stay_exact() -> None:
     assert np.array_equal(result.predictions, np.stack(expected))
 
 
-@pytest.mark.parametrize("units", [[3], list(range(8))])
-def test_a_plan_without_a_chunk_size_says_it_was_measured(units: list[int]) -> None:
-    """Also when the scan had too little work to finish measuring (one unit)."""
-    result = scan(Wide().eval(), _data(), "mid", units=units, progress=False,
+@pytest.mark.parametrize(("units", "n"), [([3], 40), ([1, 2], 20), (list(range(8)), 40)])
+def test_a_plan_without_a_chunk_size_says_it_was_measured(units: list[int], n: int) -> None:
+    """Also when the scan had too little work to finish measuring: two units and one
+    batch measure one unit per pass, then have one unit left for a pass of two."""
+    result = scan(Wide().eval(), _data(n), "mid", units=units, progress=False,
                   method="prefix")
     assert _how(result.plan) == "measured on the first batch", result.plan
-    if len(units) == 1:  # (more units: how many per pass is timed, so it varies)
+    if len(units) <= 2:  # (more units: how many per pass is timed, so it varies)
         assert result.plan.startswith("1 unit(s) x 20 example(s)"), result.plan
 
 
