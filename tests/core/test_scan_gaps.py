@@ -108,7 +108,8 @@ def test_prefix_that_fails_verification_falls_back_to_naive_and_says_why() -> No
     data = _data()
     result = scan(model, data, "conv1", batch_size=8, chunk_size=3)
     assert result.method == "naive"
-    assert "split network did not match a real ablated forward" in result.reason
+    assert "split network did not match a real ablated forward on the first batch" \
+        in result.reason, result.reason
     assert np.array_equal(result.predictions, _naive(model, data, "conv1", 8))
     with pytest.raises(ConfigError, match=r"prefix.*refused.*did not match"):
         scan(model, data, "conv1", method="prefix")
