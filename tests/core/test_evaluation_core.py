@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pytest_unitablate import evaluate
 from pytest_unitablate.core.data import data_fingerprint
+from pytest_unitablate.core.evaluation import logits_agree
 from pytest_unitablate.errors import DataError, NonFiniteLogitsError
 
 
@@ -131,3 +132,14 @@ def test_fingerprint_is_stable_and_sensitive() -> None:
     y2 = y.clone()
     y2[4] = (y2[4] + 1) % 3
     assert data_fingerprint((x, y)) != data_fingerprint((x, y2))
+
+
+def test_logits_agree_only_as_tensors_of_one_shape_within_the_scale() -> None:
+    """What every fast engine checks itself with on the first batch."""
+    real = torch.tensor([[1.0, 2.0], [-300.0, 4.0]])
+    assert logits_agree(real + 0.02, real)  # within 1e-4 of the largest logit, 300
+    assert not logits_agree(real + 0.05, real)
+    assert not logits_agree(real[:, :1], real[:1, :1].expand(1, 2))  # (2, 1) and (1, 2)
+    assert not logits_agree(real.reshape(4), real)
+    assert not logits_agree(real.tolist(), real)
+    assert not logits_agree((real,), real)
