@@ -366,3 +366,39 @@ def test_plain_rows_read_the_logits_the_output_names(
                 rows.append(model(x)[1].argmax(dim=1))
     assert got.plan != ""
     assert torch.equal(torch.from_numpy(got.predictions), torch.stack(rows))
+
+
+class IdsAttention(nn.Module):
+    """Token ids (N, T) as a keyword -> 4 logits through an HF-style attention of 2
+    heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.embed = nn.Embedding(10, 8)
+        self.attn = HFAttention(8, 2)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attn(self.embed(input_ids)).mean(dim=1))  # type: ignore[no-any-return]
+
+
+def test_heads_of_tokenizer_style_batches_are_replayed_once_per_head(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``scan()`` on dict batches: no split, so the heads are replayed through their
+    projection (the network before it once per batch), and the result says so."""
+    from pytest_unitablate.core.scan import scan
+
+    monkeypatch.setattr(replay, "time", Clock(row_durations(0.001, 0.002)))
+    g = torch.Generator().manual_seed(0)
+    ids, y = torch.randint(0, 10, (6, 5), generator=g), torch.randint(0, 4, (6,), generator=g)
+    batches = [({"input_ids": ids[:4]}, y[:4]), ({"input_ids": ids[4:]}, y[4:])]
+    model = IdsAttention().eval()
+    got = scan(model, batches, "attn.o_proj", unit="head", num_heads=2, progress=False)
+    assert got.method == "replay", got.reason
+    assert got.reason == "tokenizer-style batches (a dict per batch) are not split"
+    assert got.plan == ("the modules that finish before 'attn.o_proj' replayed, the rest "
+                        "once per head")
+    naive = scan(model, batches, "attn.o_proj", unit="head", num_heads=2, progress=False,
+                 method="naive")
+    assert (got.predictions == naive.predictions).all()
