@@ -402,3 +402,40 @@ def test_heads_of_tokenizer_style_batches_are_replayed_once_per_head(
     naive = scan(model, batches, "attn.o_proj", unit="head", num_heads=2, progress=False,
                  method="naive")
     assert (got.predictions == naive.predictions).all()
+
+
+class Swap(nn.Linear):
+    """A linear layer whose output is sequence-first: (tokens, batch, features)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).transpose(0, 1)
+
+
+class SeqFirst(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.mid = Swap(3, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.mid(x)).mean(0))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("method", ["closed_form", "prefix", "replay"])
+def test_a_fast_engine_asked_for_a_layer_that_is_not_batch_first_is_refused(
+        method: str) -> None:
+    """Asked for, each fast engine refuses a sequence-first layer by name; chosen
+    automatically, the naive loop runs and says why."""
+    from pytest_unitablate.core.scan import scan
+    from pytest_unitablate.errors import ConfigError
+
+    x, y = data(shape=(5, 3))
+    with pytest.raises(ConfigError) as raised:
+        scan(SeqFirst().eval(), (x, y), "mid", method=method, channel_dim=-1, progress=False)
+    assert str(raised.value) == (f"scan(method={method!r}) refused for 'mid': its output "
+                                 f"(5, N, 8) is not batch-first")
+    auto = scan(SeqFirst().eval(), (x, y), "mid", channel_dim=-1, progress=False)
+    assert auto.method == "naive"
+    assert auto.reason == ("the layer's output (5, N, 8) has its batch on dimension 1: the "
+                           "naive loop")
