@@ -96,7 +96,8 @@ def test_heads_behind_a_split_equal_weight_surgery(no_clock: None, data: Any) ->
     result = scan(model, (x, y), layer, unit="head", units=rows, ablation=ablation,
                   batch_size=data.draw(st.integers(1, 8)), progress=False, **output)
     assert result.method == "prefix", result.reason
-    assert result.plan.startswith("1 head per suffix pass")
+    assert result.plan == ("1 head per suffix pass (heads are ablated inside the "
+                           "attention), the network before it once per batch")
     value = {"zero": torch.zeros(16), "mean": head_means(model, (x, y), layer)}.get(
         str(ablation), torch.full((16,), 0.3))
     def logits(net: nn.Module) -> torch.Tensor:
