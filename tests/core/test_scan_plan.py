@@ -260,6 +260,9 @@ def test_no_units_gives_the_baseline_and_no_rows() -> None:
     data = _data()
     result = scan(model, data, "mid", units=[])
     assert result.predictions.shape == (0, 40) and result.units == ()
+    assert result.logprobs.shape == (0, 40) and result.logprobs.dtype == np.float32
+    assert (result.method, result.reason) == ("naive", "no units to scan")
+    assert result.frame.empty  # a frame with its columns and no rows
     assert result.baseline.predictions.tolist() == evaluate(model, data).predictions.tolist()
 
 
