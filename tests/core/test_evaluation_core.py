@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pytest_unitablate import evaluate
 from pytest_unitablate.core.data import data_fingerprint
-from pytest_unitablate.core.evaluation import logits_agree
+from pytest_unitablate.core.evaluation import checked_logits, logits_agree
 from pytest_unitablate.errors import DataError, NonFiniteLogitsError
 
 
@@ -143,3 +143,19 @@ def test_logits_agree_only_as_tensors_of_one_shape_within_the_scale() -> None:
     assert not logits_agree(real.reshape(4), real)
     assert not logits_agree(real.tolist(), real)
     assert not logits_agree((real,), real)
+
+
+@pytest.mark.parametrize(("produced", "width", "text"), [
+    (3.5, None, "batch 2: the model returned float; expected a tensor of logits of shape "
+                "(N, classes)"),
+    (torch.zeros(4), None, "batch 2: the model returned logits of shape (4,); expected "
+                           "(4, classes)"),
+    (torch.zeros(3, 5), None, "batch 2: the model returned logits of shape (3, 5); expected "
+                              "(4, classes)"),
+    (torch.zeros(4, 5), 6, "batch 2: logits have 5 classes, expected 6"),
+])
+def test_logits_that_do_not_fit_the_batch_say_what_they_are(produced: Any, width: int | None,
+                                                             text: str) -> None:
+    with pytest.raises(DataError) as raised:
+        checked_logits(2, produced, torch.zeros(4, dtype=torch.long), width)
+    assert str(raised.value) == text
