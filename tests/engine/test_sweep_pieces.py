@@ -96,7 +96,7 @@ def _engine(tmp_path: Path, worker: tuple[int, int], model: nn.Module,
 
 def test_workers_start_with_different_pieces_and_share_what_they_computed(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # the engine of each piece must not hang on timings: on a loaded machine a piece can
+    # the engine of each piece must not depend on timings: on a loaded machine a piece can
     # measure the prefix engine slower than the naive loop and switch
     from pytest_unitablate.core.scan import suffix
 
