@@ -423,3 +423,33 @@ def test_one_engine_keeps_two_models_and_references_apart(tmp_path: Path) -> Non
         assert records == run_spec(path, fixtures=objects).records
     drops = [[r["drop"] for r in records] for records in shared]
     assert drops[0] != drops[2] and len(set(drops[0])) > 3  # the references matter
+
+
+def test_each_stored_entry_says_what_it_holds(tmp_path: Path) -> None:
+    """A store entry keeps its key (to be read back, and looked at by whoever opens the
+    cache): one per kind of evaluation a run makes, each named in ``what``. The unit a
+    sweep tried first, ablated alone by a named check too, is two entries that only ``what``
+    tells apart."""
+    import json
+
+    from pytest_unitablate.engine.store import _META
+
+    body = CHECKS.split("  - layer: conv")[0] + (
+        "  - layer: act\n    any_unit:\n      expect: {overall: {min_drop: 100%}}\n"
+        + "".join(f"  - layer: act\n    units: [{unit}]\n"  # whichever unit it tries first
+                  "    expect: {overall: {max_drop: 100%}}\n" for unit in range(4)))
+    path = tmp_path / "w.yaml"
+    path.write_text("unitablate: 1\nmodel: model\ndata: data\n" + body)
+    objects = {"model": Net().eval(), "data": _data(), "ref": _data(seed=7, n=5)}
+    run_spec(path, fixtures=objects, cache_dir=tmp_path / "cache")
+    entries = sorted((tmp_path / "cache").rglob("*.npz"))
+    keys = []
+    for entry in entries:
+        with np.load(entry) as npz:
+            keys.append(json.loads(str(npz[_META])))
+    assert {key["what"] for key in keys} == {"baseline", "means", "ablated", "order",
+                                             "sweep"}
+    sweep = next(key for key in keys if key["what"] == "sweep" and len(key["units"]) == 1)
+    named = [key for key in keys if key["what"] == "ablated" and key["units"] == sweep["units"]
+             and key["ablation"] == "zero"]
+    assert named and {**named[0], "what": "sweep"} == sweep  # the same pass, two entries

@@ -57,17 +57,26 @@ def _spy(real: Callable[..., object], calls: list[dict[str, object]]
 def test_the_budget_and_device_reach_every_scan(spec: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The scans of named checks and of layer sweeps get the run's memory budget and
-    device, and no progress bar without a progress factory (``False``: not even on a
-    terminal)."""
+    device (the unit order's gradient estimate the device), and no progress bar without
+    a progress factory (``False``: not even on a terminal)."""
     from pytest_unitablate.engine import named, sweeps
 
     seen: dict[str, list[dict[str, object]]] = {"named": [], "sweeps": []}
     monkeypatch.setattr(named, "scan", _spy(named.scan, seen["named"]))
     monkeypatch.setattr(sweeps, "scan", _spy(sweeps.scan, seen["sweeps"]))
+    estimates: list[object] = []  # the unit order's gradient estimate runs on it too
+    real_estimate = sweeps.estimated_damage
+
+    def estimate(*args: object, **kwargs: object) -> object:
+        estimates.append(kwargs["device"])
+        return real_estimate(*args, **kwargs)
+
+    monkeypatch.setattr(sweeps, "estimated_damage", estimate)
     run_spec(spec, memory_budget="1MiB", device="cpu")
     expected = {"memory_budget": 1 << 20, "device": "cpu", "progress": False}
     for calls in seen.values():
         assert calls and all(kwargs == expected for kwargs in calls), seen
+    assert estimates and set(estimates) == {"cpu"}, estimates
 
 
 def test_a_device_this_torch_cannot_use_is_refused_at_once(spec: Path) -> None:

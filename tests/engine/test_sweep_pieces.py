@@ -348,3 +348,58 @@ def test_a_model_without_gradients_is_ordered_by_unit_index_and_says_why(
                                               damaging_first=damaging_first)
         assert order == tuple(range(20))
         assert how.startswith("unit index (no gradient estimate: RuntimeError: "), how
+
+
+class Conv(nn.Module):
+    """Ten channels, then ReLU, average pooling and a linear head: the closed form's
+    shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(1, 10, 3)
+        self.rest = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(10, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.conv(x))  # type: ignore[no-any-return]
+
+
+def _closed_form_scans(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: int
+                       ) -> tuple[Sweep, list[tuple[int, ...]]]:
+    """``in_order`` over the ten channels of ``conv``, last unit first, ``first`` units
+    in its first chunk and nothing decided; with the units of every scan it ran."""
+    from pytest_unitablate.engine import sweeps
+
+    path = tmp_path / "c.yaml"
+    path.write_text(SPEC.replace("layer: act", "layer: conv"))
+    spec = load_spec(path)
+    engine = Engine(EngineSettings())
+    g = torch.Generator().manual_seed(2)
+    data = (torch.randn(30, 1, 5, 5, generator=g), torch.randint(0, 3, (30,), generator=g))
+    subject = engine.bind(spec, mapping_lookup({"model": Conv().eval(), "data": data}))
+    scanned: list[tuple[int, ...]] = []
+    real = sweeps.scan
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        scanned.append(tuple(kwargs["units"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweeps, "scan", counting)
+    result = engine.sweeps.in_order(spec, subject, spec.checks[0], tuple(range(9, -1, -1)),
+                                    decided=lambda sweep: False, first=first)
+    return result, scanned
+
+
+def test_a_closed_form_chunk_short_of_the_layer_sweeps_the_whole_layer_in_one_pass(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The closed form costs one pass for any number of units: after a first chunk that
+    does not decide, the rest is read out of one sweep of the whole layer; a first chunk
+    that already holds every unit is the only scan."""
+    short, scanned = _closed_form_scans(tmp_path, monkeypatch, first=3)
+    assert short.method == "closed_form", short.reason
+    assert scanned == [(9, 8, 7), tuple(range(10))]
+    assert short.units == tuple(range(9, -1, -1))
+    whole, scanned = _closed_form_scans(tmp_path, monkeypatch, first=10)
+    assert scanned == [tuple(range(9, -1, -1))]
+    assert np.array_equal(whole.predictions, short.predictions)
