@@ -238,9 +238,20 @@ def test_the_progress_bar_counts_whole_units(monkeypatch: pytest.MonkeyPatch) ->
     assert all(isinstance(k, int) and k > 0 for k in bar.steps), bar.steps
 
 
-def test_entry_convolutions_run_once_per_batch_whatever_the_units() -> None:
+@pytest.mark.parametrize("geometry", [
+    {"kernel_size": 3, "padding": 1},  # Wide's own
+    {"kernel_size": 3, "dilation": 2, "padding": 2},
+    {"kernel_size": (3, 1), "stride": 2},
+    {"kernel_size": 2, "stride": (1, 2), "padding": (1, 0)},
+])
+def test_entry_convolutions_run_once_per_batch_whatever_the_units(
+        geometry: dict[str, Any]) -> None:
+    """The entry convolution runs as many times for 8 units as for 2 (its per-unit
+    shortcut, in the prefix engine), with exact results, whatever its dilation, stride,
+    padding and kernel shape."""
     torch.manual_seed(0)
     model = Wide().eval()
+    model.up = nn.Conv2d(8, 64, **geometry)
     data = _data()
     calls = [0]
     model.up.register_forward_hook(lambda m, a, o: calls.__setitem__(0, calls[0] + 1))
@@ -249,9 +260,9 @@ def test_entry_convolutions_run_once_per_batch_whatever_the_units() -> None:
         calls[0] = 0
         result = scan(model, data, "mid", units=list(range(n)), chunk_size=1)
         counts.append(calls[0])
-        assert result.method == "prefix"
+        assert result.method == "prefix", result.reason
         assert np.array_equal(result.predictions, _naive(model, data, "mid", range(n)))
-    assert counts[0] == counts[1], counts  # not once per pass of units
+    assert counts[0] == counts[1], counts  # the shortcut: not once per unit
 
 
 def test_no_units_gives_the_baseline_and_no_rows() -> None:

@@ -329,6 +329,9 @@ def test_provenance_hashes(tmp_path: Path) -> None:
     engine, spec, subject = _bound(tmp_path, body=CHECKS.replace("    reference: ref\n", ""),
                                    store=False)
     assert "reference_sha256" not in engine.evals.hashes(spec, subject)
+    # the checkpoint a fixture names on its model (the weights' file, for the report)
+    subject.model.unitablate_checkpoint = "ckpt/seed3.pt"  # type: ignore[assignment]
+    assert engine.evals.hashes(spec, subject)["checkpoint"] == "ckpt/seed3.pt"
 
 
 def test_passes_are_seeded_only_with_a_seed(tmp_path: Path) -> None:
@@ -453,3 +456,28 @@ def test_each_stored_entry_says_what_it_holds(tmp_path: Path) -> None:
     named = [key for key in keys if key["what"] == "ablated" and key["units"] == sweep["units"]
              and key["ablation"] == "zero"]
     assert named and {**named[0], "what": "sweep"} == sweep  # the same pass, two entries
+
+
+def test_one_engine_checks_each_data_source_for_replay_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Binding a second spec to the same objects (one pytest process, two specs) does not
+    check their data again; other data is checked."""
+    from pytest_unitablate.engine import baselines
+
+    checked: list[int] = []
+    real = baselines.require_replayable
+
+    def counting(data: Any) -> None:
+        checked.append(id(data))
+        real(data)
+
+    monkeypatch.setattr(baselines, "require_replayable", counting)
+    engine, spec, subject = _bound(tmp_path)
+    assert sorted(checked) == sorted({id(subject.data), id(subject.references["ref"])})
+    engine.bind(spec, mapping_lookup({"model": subject.model, "data": subject.data,
+                                      "ref": subject.references["ref"]}))
+    assert len(checked) == 2
+    other = _data(seed=9)
+    engine.bind(spec, mapping_lookup({"model": subject.model, "data": other,
+                                      "ref": subject.references["ref"]}))
+    assert checked[2:] == [id(other)]

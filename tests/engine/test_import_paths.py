@@ -3,6 +3,7 @@ located and worded; a pytest fixture recognised in every pytest's way of marking
 
 from __future__ import annotations
 
+import pathlib
 import sys
 import types
 from collections.abc import Iterator
@@ -115,4 +116,25 @@ def test_a_failing_fixture_is_shown_from_the_fixture_on() -> None:
         References().resolve("model", "model", 2, where="s.yaml", lookup=lookup)
     shown = [str(entry.statement).strip() for entry in raised.traceback.filter(raised)]
     assert "return lookup(ref)" not in shown, shown
+    assert any("raise RuntimeError" in line for line in shown), shown
+
+
+def test_a_failing_fixture_is_shown_from_the_fixture_on_through_bind(
+        tmp_path: pathlib.Path) -> None:
+    """``Engine.bind`` (and its resolving helper) hide their frames too: a fixture that
+    fails while the engine binds a spec is shown from the fixture on."""
+    from pytest_unitablate.engine.engine import Engine
+    from pytest_unitablate.spec.loader import load_spec
+
+    path = tmp_path / "s.yaml"
+    path.write_text("unitablate: 1\nmodel: model\ndata: data\nchecks:\n  - layer: fc\n"
+                    "    units: [0]\n    expect: {overall: {max_drop: 100%}}\n")
+
+    def lookup(name: str) -> object:
+        raise RuntimeError(f"fixture {name} broke")
+
+    with pytest.raises(RuntimeError, match="fixture model broke") as raised:
+        Engine().bind(load_spec(path), lookup)
+    shown = [str(entry.statement).strip() for entry in raised.traceback.filter(raised)]
+    assert not [line for line in shown if "resolve(" in line], shown
     assert any("raise RuntimeError" in line for line in shown), shown

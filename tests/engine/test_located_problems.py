@@ -232,3 +232,57 @@ def test_unpaired_passes_inside_a_ranking_sweep_are_located_at_the_ranking_data(
     (item,) = run.items
     assert fnmatch.fnmatch(str(item.message), "*s.yaml:4: the pass with act units [[]0] "
                            "ablated did not see the baseline's examples*"), item.message
+
+
+@pytest.mark.parametrize(("lines", "check", "expected"), [
+    ("data: nope\n", "", "error: *s.yaml:3: data 'nope': it is not one of the fixtures "
+     "given (data, model) *"),
+    ("data: {a: data, b: nope}\n", "", "error: *s.yaml:3: data group 'b' 'nope': *"),
+    ("data: data\nranking_data: nope\n", "", "error: *s.yaml:4: ranking_data 'nope': *"),
+    ("data: {a: data, b: data}\nranking_data: {a: data, b: nope}\n", "",
+     "error: *s.yaml:4: ranking_data group 'b' 'nope': *"),
+    ("data: data\nreference: nope\n", "ablation: mean\n",
+     "error: *s.yaml:4: reference 'nope': *"),
+])
+def test_a_name_that_is_no_fixture_says_which_line_named_it_and_as_what(
+        tmp_path: Path, lines: str, check: str, expected: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("unitablate: 1\nmodel: model\n" + lines
+                    + CHECK.format(check=textwrap.indent(check, "    ")))
+    run = run_spec(path, fixtures={"model": Net().eval(), "data": _data()})
+    messages = [f"{item.outcome}: {item.message}" for item in run.items]
+    assert messages and all(fnmatch.fnmatch(m, expected) for m in messages), messages
+
+
+@pytest.mark.parametrize(("min_examples", "expected"), [
+    ("", ["passed: None"]),  # one example is enough by default
+    ("min_examples: 2\n", ["failed: *s.yaml:9: data group 'b' has 1 example(s); the spec "
+                           "needs at least 2"]),
+])
+def test_a_data_group_with_too_few_examples_is_located_at_its_expectation(
+        tmp_path: Path, min_examples: str, expected: list[str]) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("unitablate: 1\nmodel: model\ndata: {a: data, b: one}\n" + min_examples
+                    + "checks:\n  - layer: act\n    units: [1]\n    expect:\n"
+                    + ("" if min_examples else "\n")
+                    + "      b: {max_drop: 100%}\n")
+    one = tuple(t[:1] for t in _data())
+    run = run_spec(path, fixtures={"model": Net().eval(), "data": _data(), "one": one})
+    messages = [f"{item.outcome}: {item.message}" for item in run.items]
+    assert len(messages) == len(expected) and all(
+        fnmatch.fnmatch(m, e) for m, e in zip(messages, expected, strict=True)), messages
+
+
+@pytest.mark.parametrize("stored", [False, True])  # with a store the data is fingerprinted
+@pytest.mark.parametrize(("data", "expected"), [
+    (lambda: [_data()[0]], "batch 0 is a Tensor; expected a pair (inputs, labels)"),
+    (lambda: [(_data()[0], _data()[1].float())],
+     "batch 0: labels have dtype torch.float32; expected integer class indices"),
+    (lambda: [(_data()[0], _data()[1] + 7)],
+     "batch 0: label * is out of range for 3 classes (labels must be 0..2)"),
+])
+def test_batches_the_core_refuses_are_located_at_data(
+        tmp_path: Path, data: Any, expected: str, stored: bool) -> None:
+    messages = _run(tmp_path, data=data(), cache_dir=tmp_path / "cache" if stored else None)
+    assert len(messages) == 1 and fnmatch.fnmatch(messages[0], f"failed: *s.yaml:3: {expected}"
+                                                  ), messages

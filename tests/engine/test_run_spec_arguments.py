@@ -165,3 +165,20 @@ def test_a_size_that_is_none_says_what_one_looks_like(text: str, message: str) -
     with pytest.raises(ValueError) as info:
         parse_size(text)
     assert str(info.value) == message
+
+
+def test_a_model_without_parameters_is_judged_in_the_default_dtype(tmp_path: Path) -> None:
+    """A model with no parameters (here a ReLU over three inputs read as logits) has no
+    weights to read a dtype from: the run says torch's default, float32."""
+    import torch
+    from torch import nn
+
+    path = tmp_path / "s.yaml"
+    path.write_text("unitablate: 1\nmodel: model\ndata: data\nchecks:\n  - layer: '0'\n"
+                    "    units: [2]\n    expect: {overall: {max_drop: 100%}}\n")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 3, generator=g)
+    run = run_spec(path, fixtures={"model": nn.Sequential(nn.ReLU()).eval(),
+                                   "data": (x, x.argmax(1))}, cache_dir=tmp_path / "c")
+    assert run.environment["dtype"] == "float32"
+    assert [item.outcome for item in run.items] == ["passed"]
