@@ -175,8 +175,8 @@ def check_units(layer: str, units: Iterable[int], channels: int | None,
                      f"along dimension {dim}" if shape is not None and dim is not None
                      else f"which has {channels} channels")
             if shape is not None and dim is not None:
-                at = dim if dim >= 0 else len(shape) + dim
-                wider = [d for d, n in enumerate(shape) if d not in (at, batch) and n > unit]
+                # the unit dimension itself has ``channels <= unit`` entries: never offered
+                wider = [d for d, n in enumerate(shape) if d != batch and n > unit]
                 if wider:
                     where += (f"; if its units are along dimension {wider[-1]} (size "
                               f"{shape[wider[-1]]}), say channel_dim: {wider[-1] - len(shape)}")

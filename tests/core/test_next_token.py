@@ -54,3 +54,28 @@ def test_output_picks_the_logits_out_of_a_mapping_and_anything_else_is_refused()
         next_token(Words())(input_ids=IDS)
     with pytest.raises(PositionError, match=r"^position: last needs \(N, T, V\)"):
         next_token(Tiny(as_dict=True), output="hidden")(input_ids=IDS)
+
+
+def test_a_scan_through_the_engines_prefix_cache_says_the_view_runs_whole() -> None:
+    """The engine's scans (with a prefix cache) do not try to cut a next-token view: its
+    position is picked after the whole forward. The reason says so first (the engine
+    that ran instead is measured, so only the start is fixed)."""
+    from pytest_unitablate.core.scan import scan
+    from pytest_unitablate.core.scan.prefix import PrefixCache
+
+    class Embedded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb, self.act, self.head = nn.Embedding(5, 8), nn.ReLU(), nn.Linear(8, 5)
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.act(self.emb(input_ids)))  # type: ignore[no-any-return]
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 5, (12, 4), generator=g)
+    labels = torch.randint(0, 5, (12,), generator=g)
+    result = scan(next_token(Embedded().eval()), (ids, labels), "act", units=[0, 1, 2, 3],
+                  channel_dim=-1, prefix_cache=PrefixCache(), progress=False)
+    assert result.reason.startswith(
+        "a next-token view of a language model runs its forward whole"), result.reason

@@ -78,10 +78,8 @@ def split_at(model: nn.Module, layer: str) -> tuple[Split | None, str]:
     # Prefix: everything before the cut, returning (layer output, *extras).
     prefix_graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
-    for node in graph.nodes:
+    for node in graph.nodes:  # (the output node is after the cut: checked above)
         if node in after and node is not cut:
-            continue
-        if node.op == "output":
             continue
         env[node] = prefix_graph.node_copy(node, lambda n: env[n])
         if node is cut:
