@@ -321,14 +321,14 @@ def require_single_call(model: nn.Module, name: str, calls: int) -> None:
 
 def unit_indices(layer: str, value: Any) -> tuple[int, ...]:
     """Unit indices as Python ints: an int, or a sequence of them; numpy and torch integers
-    count (``np.argsort`` output), bools and floats do not.
+    count (``np.argsort`` output, a 0-d ``argmax``), bools and floats do not.
 
     >>> import numpy as np
-    >>> unit_indices("conv5", np.array([3, 1]))
-    (3, 1)
+    >>> unit_indices("conv5", np.array([3, 1])), unit_indices("conv5", np.int64(2))
+    ((3, 1), (2,))
     """
-    single = isinstance(value, int) or (hasattr(value, "__index__")
-                                        and not hasattr(value, "__len__"))
+    # one unit: anything not iterable, and 0-d arrays and tensors (iterable in name only)
+    single = not isinstance(value, Iterable) or getattr(value, "ndim", None) == 0
     out = []
     for unit in (value,) if single else tuple(value):
         try:

@@ -166,3 +166,45 @@ def test_probe_reports_calls_shapes_and_channels() -> None:
     info = probe_layers(net, torch.zeros(1, 3, 4, 4), ["conv", "head"])
     assert info["conv"].channels == 3 and info["conv"].calls == 1
     assert info["head"].shape == (1, 4)
+    # a negative channel_dim counts from the end of each layer's own shape
+    back = probe_layers(net, torch.zeros(1, 3, 4, 4), ["conv", "head"], channel_dim=-3)
+    assert back["conv"].channels == 3 and back["head"].channels == 0  # (1, 4) has no -3
+    assert probe_layers(net, torch.zeros(1, 3, 4, 4), ["head"], channel_dim=-1)[
+        "head"].channels == 4
+
+
+@pytest.mark.parametrize(("attention", "proj", "hint"), [
+    (lambda: nn.MultiheadAttention(8, 2, batch_first=True), "attn.out_proj",
+     "; an nn.MultiheadAttention never calls its out_proj as a module (its weights are "
+     "used inside the attention function): for its heads, name the attention layer "
+     "'attn' with unit: head"),
+    ("swin", "attn.proj",
+     "; torchvision's ShiftedWindowAttention applies its proj inside a function, never as "
+     "a module: for its heads name the attention 'attn' with unit: head; for its output, "
+     "'attn' with channel_dim: -1"),
+])
+def test_a_projection_used_inside_a_function_says_what_to_name_instead(
+        attention: object, proj: str, hint: str) -> None:
+    if attention == "swin":
+        from torchvision.models import swin_transformer as swin
+
+        def attention() -> nn.Module:
+            return swin.ShiftedWindowAttention(8, [2, 2], [0, 0], num_heads=2)
+        x = torch.randn(2, 4, 4, 8)
+    else:
+        x = torch.randn(2, 5, 8)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = attention()  # type: ignore[operator]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.attn(x, x, x)[0] if isinstance(self.attn, nn.MultiheadAttention) \
+                else self.attn(x)
+            return out.flatten(1)  # type: ignore[no-any-return]
+
+    net = Net().eval()
+    with pytest.raises(LayerNeverRanError) as raised, ablate(net, {proj: [0]}):
+        net(x)
+    assert hint in str(raised.value), str(raised.value)

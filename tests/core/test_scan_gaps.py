@@ -154,3 +154,25 @@ def test_units_from_numpy_are_taken_and_bad_units_refused_up_front() -> None:
     with pytest.raises(UnitOutOfRangeError, match="is negative: units are 0-based"), \
             ablate(model, {"1": [-2]}):
         pass
+
+
+@pytest.mark.parametrize(("value", "units"), [
+    (5, (5,)), (np.int64(2), (2,)), (torch.tensor(4), (4,)),  # a 0-d argmax is one unit
+    (np.array([3, 1]), (3, 1)), (torch.tensor([1, 2]), (1, 2)), ([np.int32(1), 2], (1, 2)),
+    ((), ()),
+])
+def test_unit_indices_take_ints_numpy_and_torch_integers(value: object,
+                                                         units: tuple[int, ...]) -> None:
+    from pytest_unitablate.core.layers import unit_indices
+
+    got = unit_indices("conv5", value)
+    assert got == units and all(type(u) is int for u in got)
+
+
+@pytest.mark.parametrize("value", [1.0, True, [True], [1, 2.5], np.float32(1), "3",
+                                   torch.tensor(1.0)])
+def test_unit_indices_refuse_what_is_not_an_integer_by_name(value: object) -> None:
+    from pytest_unitablate.core.layers import unit_indices
+
+    with pytest.raises(TypeError, match=r"^units of layer 'conv5' must be integers, got "):
+        unit_indices("conv5", value)
