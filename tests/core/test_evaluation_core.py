@@ -159,3 +159,19 @@ def test_logits_that_do_not_fit_the_batch_say_what_they_are(produced: Any, width
     with pytest.raises(DataError) as raised:
         checked_logits(2, produced, torch.zeros(4, dtype=torch.long), width)
     assert str(raised.value) == text
+
+
+def test_an_output_object_with_attributes_gives_its_logits() -> None:
+    """Not a mapping, not a tuple: an object whose attributes hold tensors (a dataclass,
+    a namespace) gives its ``logits``, or its one tensor; private attributes do not
+    count, and two public tensors without ``logits`` are refused."""
+    from types import SimpleNamespace
+
+    from pytest_unitablate.core.evaluation import select_logits
+    from pytest_unitablate.errors import OutputError
+
+    t, h = torch.zeros(2, 3), torch.zeros(2, 8)
+    assert select_logits(SimpleNamespace(hidden=h, logits=t)) is t
+    assert select_logits(SimpleNamespace(scores=t, _cache=h, note="x")) is t
+    with pytest.raises(OutputError, match=r"^the model returned"):
+        select_logits(SimpleNamespace(scores=t, hidden=h))
