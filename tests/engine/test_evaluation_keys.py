@@ -9,6 +9,7 @@ and every way two checks' ablated passes differ against two different keys.
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,10 @@ def test_a_scan_row_is_that_ablated_pass(tmp_path: Path) -> None:
     assert_f32_close(row.true_logprob, direct.true_logprob, terms=16, depth=3)
     assert row.fingerprint == direct.fingerprint and row.num_classes == 3
     assert np.array_equal(row.labels, direct.labels) and row.shares is None
+    # resample draws: the row keeps each example's share of right draws
+    shares = np.linspace(0, 1, scanned.predictions.size).reshape(scanned.predictions.shape)
+    drawn = row_result(dataclasses.replace(scanned, shares=shares), 1)
+    assert drawn.shares is not None and np.array_equal(drawn.shares, shares[1])
 
 
 SWEEPS = """\
@@ -329,7 +334,12 @@ def test_provenance_hashes(tmp_path: Path) -> None:
     engine, spec, subject = _bound(tmp_path, body=CHECKS.replace("    reference: ref\n", ""),
                                    store=False)
     assert "reference_sha256" not in engine.evals.hashes(spec, subject)
-    # the checkpoint a fixture names on its model (the weights' file, for the report)
+    # else what chose the weights (the plugin's weights variable), else nothing
+    assert "checkpoint" not in engine.evals.hashes(spec, subject)
+    engine.evals.settings = dataclasses.replace(
+        engine.evals.settings, weights_source=lambda: "MODEL_WEIGHTS=ckpt/seed5.pt")
+    assert engine.evals.hashes(spec, subject)["checkpoint"] == "MODEL_WEIGHTS=ckpt/seed5.pt"
+    # the checkpoint a fixture names on its model (the weights' file, for the report) first
     subject.model.unitablate_checkpoint = "ckpt/seed3.pt"  # type: ignore[assignment]
     assert engine.evals.hashes(spec, subject)["checkpoint"] == "ckpt/seed3.pt"
 

@@ -286,3 +286,17 @@ def test_batches_the_core_refuses_are_located_at_data(
     messages = _run(tmp_path, data=data(), cache_dir=tmp_path / "cache" if stored else None)
     assert len(messages) == 1 and fnmatch.fnmatch(messages[0], f"failed: *s.yaml:3: {expected}"
                                                   ), messages
+
+
+@pytest.mark.parametrize(("model", "data", "problem"), [
+    (lambda: Net(nan=True), _data, "model"),  # the model's own fault: NaN logits
+    (lambda: Net(pair=True), _data, "spec"),  # the spec must say which output: output:
+    (Net, lambda: [_data()[0]], "spec"),  # batches without labels: the spec's data:
+    (Net, _data, None),
+])
+def test_the_report_says_whose_problem_a_failure_is(tmp_path: Path, model: Any, data: Any,
+                                                    problem: str | None) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("unitablate: 1\nmodel: model\ndata: data\n" + CHECK.format(check=""))
+    (item,) = run_spec(path, fixtures={"model": model().eval(), "data": data()}).items
+    assert item.record.get("problem") == problem, item.message
