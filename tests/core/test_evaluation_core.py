@@ -175,3 +175,37 @@ def test_an_output_object_with_attributes_gives_its_logits() -> None:
     assert select_logits(SimpleNamespace(scores=t, _cache=h, note="x")) is t
     with pytest.raises(OutputError, match=r"^the model returned"):
         select_logits(SimpleNamespace(scores=t, hidden=h))
+
+
+def test_the_fingerprint_reads_bfloat16_inputs_and_any_integer_labels() -> None:
+    """bfloat16 inputs (numpy has no such type) are hashed, and differ from the same
+    values in float32 (the dtype is part of the hash); labels are hashed as int64, so
+    int32 and int64 labels of the same examples give one fingerprint."""
+    x = torch.randn(6, 3)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    half = data_fingerprint((x.bfloat16(), y))
+    assert half == data_fingerprint((x.bfloat16(), y))
+    assert half != data_fingerprint((x.bfloat16().float(), y))
+    assert data_fingerprint((x, y.int())) == data_fingerprint((x, y))
+
+
+def test_an_output_object_or_mapping_named_by_output_and_the_refusals() -> None:
+    from types import SimpleNamespace
+
+    from pytest_unitablate.core.evaluation import select_logits
+    from pytest_unitablate.errors import OutputError
+
+    t, h = torch.zeros(2, 3), torch.zeros(2, 8)
+    assert select_logits(SimpleNamespace(scores=t, hidden=h), "scores") is t
+    with pytest.raises(OutputError) as raised:
+        select_logits(SimpleNamespace(scores=t), "logits")
+    assert str(raised.value) == ("output: logits is not an attribute of the model's "
+                                 "SimpleNamespace output")
+    with pytest.raises(OutputError) as raised:
+        select_logits({"z": t, "b": h, "note": "x"}, where="the model")
+    assert str(raised.value) == (
+        "the model returned a dict with keys ['b', 'note', 'z']; say which holds the "
+        "logits with the spec key output: (e.g. output: b)")
+    with pytest.raises(OutputError) as raised:
+        select_logits({"note": "x"})
+    assert str(raised.value).endswith("(e.g. output: logits)")

@@ -491,3 +491,28 @@ def test_one_engine_checks_each_data_source_for_replay_once(
     engine.bind(spec, mapping_lookup({"model": subject.model, "data": other,
                                       "ref": subject.references["ref"]}))
     assert checked[2:] == [id(other)]
+
+
+def test_next_token_views_at_two_positions_are_two_identities(tmp_path: Path) -> None:
+    """A language model read at position 0 and at its last position has the same weights
+    and data: the identity names the position (its stored evaluations are apart); a plain
+    model has none."""
+    from pytest_unitablate.core.next_token import next_token
+
+    class Embedded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb, self.head = nn.Embedding(5, 8), nn.Linear(8, 5)
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.emb(input_ids))  # type: ignore[no-any-return]
+
+    engine, spec, _ = _bound(tmp_path)
+    lm = Embedded().eval()
+    data = (torch.randint(0, 5, (6, 4)), torch.randint(0, 5, (6,)))
+    views = next_token(lm, 0), next_token(lm, "last")  # kept, as the engine keeps them
+    first, last = (engine.evals.identity(spec, view, data) for view in views)
+    assert (first["position"], last["position"]) == (0, "last")
+    assert first["weights"] == last["weights"] and first["data"] == last["data"]
+    assert engine.evals.identity(spec, lm, data)["position"] is None
