@@ -104,6 +104,9 @@ def _check_batch(index: int, batch: Any) -> Batch:
         raise DataError(f"{where}: inputs are a {type(inputs).__name__}, not a tensor")
     if not isinstance(labels, torch.Tensor):
         if isinstance(labels, (list, tuple)) and all(isinstance(v, int) for v in labels):
+            if any(isinstance(v, bool) for v in labels):  # as a bool tensor is refused
+                raise DataError(f"{where}: labels are booleans; expected integer class "
+                                f"indices")
             labels = torch.tensor(labels, dtype=torch.int64)
         else:
             raise DataError(f"{where}: labels are a {type(labels).__name__}, not a tensor")

@@ -102,6 +102,9 @@ def test_modes_and_grad_restored_after_exception() -> None:
         ([(torch.zeros(2, 3), torch.tensor([0, -1]))], r"negative label -1"),
         ([], r"no examples"),
         ([("x", torch.tensor([0]))], r"inputs are a str"),
+        ([(torch.zeros(2, 3), [True, False])], r"batch 0: labels are booleans; expected "),
+        ([(torch.zeros(2, 3), torch.tensor([True, False]))], r"labels have dtype torch.bool"),
+        ([(torch.zeros(2, 3), [0, 1.0])], r"batch 0: labels are a list, not a tensor"),
         (42, r"got int"),
     ],
 )
@@ -209,3 +212,13 @@ def test_an_output_object_or_mapping_named_by_output_and_the_refusals() -> None:
     with pytest.raises(OutputError) as raised:
         select_logits({"note": "x"})
     assert str(raised.value).endswith("(e.g. output: logits)")
+
+
+def test_labels_given_as_a_python_list_are_class_indices() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 4).eval()
+    x = torch.randn(5, 3)
+    listed = evaluate(model, [(x, [0, 3, 1, 2, 0])])
+    tensor = evaluate(model, [(x, torch.tensor([0, 3, 1, 2, 0]))])
+    assert np.array_equal(listed.labels, tensor.labels)
+    assert np.array_equal(listed.correct, tensor.correct)
