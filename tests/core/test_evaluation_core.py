@@ -222,3 +222,14 @@ def test_labels_given_as_a_python_list_are_class_indices() -> None:
     tensor = evaluate(model, [(x, torch.tensor([0, 3, 1, 2, 0]))])
     assert np.array_equal(listed.labels, tensor.labels)
     assert np.array_equal(listed.correct, tensor.correct)
+
+
+def test_a_data_callable_that_returns_no_batches_is_named() -> None:
+    def make_loader() -> int:
+        return 3
+
+    model = nn.Linear(3, 4).eval()
+    with pytest.raises(DataError) as raised:
+        evaluate(model, make_loader)
+    assert str(raised.value) == ("data callable 'make_loader' returned int, not an iterable "
+                                 "of (inputs, labels) batches")
