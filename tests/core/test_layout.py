@@ -169,3 +169,16 @@ def test_nested_blocks_of_activations_after_a_convolution_stay_channels_first() 
     shapes = _shapes(model, torch.randn(2, 3, 4, 4))
     assert shapes["1"] == (2, 4, 4, 4)
     assert unit_dim_of(model, "1", shapes["1"], None) == 1
+
+
+def test_a_permute_after_a_convolution_is_refused_and_told_to_say_minus_one() -> None:
+    """A Permute that turns a convolution's output channels-last: the features are on the
+    last dimension, and the user says so (``channel_dim: -1``) rather than the tool
+    assuming it for a layer whose evidence began channels-first."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), Permute([0, 2, 3, 1]), nn.Linear(8, 4)).eval()
+    with pytest.raises(ConfigError) as raised:
+        unit_dim_of(model, "1", (2, 5, 6, 8), None)
+    assert str(raised.value) == (
+        "layer '1' outputs shape (N, 5, 6, 8), which is channels-last (its 8 features are on "
+        "the last dimension, as '0' says): dimension 1 would be an image row or a token. Say "
+        "'channel_dim: -1', on the check, or for the whole spec")
