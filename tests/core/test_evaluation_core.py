@@ -233,3 +233,15 @@ def test_a_data_callable_that_returns_no_batches_is_named() -> None:
         evaluate(model, make_loader)
     assert str(raised.value) == ("data callable 'make_loader' returned int, not an iterable "
                                  "of (inputs, labels) batches")
+
+
+def test_empty_data_says_so_and_asks_about_a_used_up_iterator() -> None:
+    from pytest_unitablate.core.data import iter_batches
+
+    with pytest.raises(DataError) as raised:
+        list(iter_batches([]))
+    assert str(raised.value) == "the data has no examples"
+    with pytest.raises(DataError) as raised:
+        list(iter_batches(iter([])))
+    assert str(raised.value) == ("the data has no examples (a one-shot iterator used up by "
+                                 "an earlier pass?)")
