@@ -206,9 +206,11 @@ class _ItemRun(ItemVerdict, ItemIdentity):
     def _chance_note(self, baseline: Any) -> None:
         """Say so when every class is at or below chance at baseline: no ablation can show
         what the model knows when it knows nothing (an untrained model, or the wrong
-        output). Said once per spec, as a warning."""
-        if at_or_below_chance(baseline.class_accuracy, baseline.class_counts) and \
-                str(self.spec.path) not in self.engine.chance_noted:
+        output). Kept in the record (``at_chance``: a JUnit property under xunit1) and said
+        once per spec as a warning."""
+        at_chance = at_or_below_chance(baseline.class_accuracy, baseline.class_counts)
+        self.record["at_chance"] = at_chance
+        if at_chance and str(self.spec.path) not in self.engine.chance_noted:
             self.engine.chance_noted.add(str(self.spec.path))
             self.warn(chance_text(self.spec, baseline.num_classes,
                                   float(max(baseline.class_accuracy, default=0.0))))

@@ -89,3 +89,22 @@ def test_a_class_with_fewer_examples_than_min_examples_is_located_at_the_item(
         "s.yaml:9: class 0 has 4 example(s) in the evaluation data; the spec needs at "
         "least 5 (min_examples)"), item.message
     assert _run(tmp_path, 4, "{max_drop: 100%}", head="min_examples: 4\n").outcome == "passed"
+
+
+def test_a_baseline_at_chance_everywhere_is_in_the_record_and_warned_once(
+        tmp_path: Path) -> None:
+    """Every example shown as another class than its label: every class at 0% (chance is
+    33%). Each item's record says ``at_chance`` (a JUnit property under xunit1); the run
+    warns once for the spec. The same model on right labels is not at chance."""
+    labels = torch.tensor([0, 1, 2] * 8)
+    path = tmp_path / "s.yaml"
+    path.write_text("unitablate: 1\nmodel: model\ndata: data\nchecks:\n  - layer: act\n"
+                    "    units: [0]\n    expect:\n      overall: {max_drop: 100%}\n"
+                    "      1: {max_drop: 100%}\n")
+    for shown, at_chance in (((labels + 1) % 3, True), (labels, False)):
+        run = run_spec(path, fixtures={"model": OneHot().eval(),
+                                       "data": (torch.eye(3)[shown], labels)})
+        assert [item.record["at_chance"] for item in run.items] == [at_chance] * 2
+        warned = [w for item in run.items for w in item.warnings]
+        assert len(warned) == at_chance and all(
+            "every class is at or below chance at baseline" in w for w in warned), warned
