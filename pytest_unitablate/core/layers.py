@@ -319,6 +319,17 @@ def require_single_call(model: nn.Module, name: str, calls: int) -> None:
         )
 
 
+def one_unit(value: Any) -> bool:
+    """Whether ``value`` names one unit rather than several: anything not iterable, and
+    0-d arrays and tensors (iterable in name only).
+
+    >>> import torch
+    >>> one_unit(3), one_unit(torch.tensor(3)), one_unit([3]), one_unit(torch.tensor([3]))
+    (True, True, False, False)
+    """
+    return not isinstance(value, Iterable) or getattr(value, "ndim", None) == 0
+
+
 def unit_indices(layer: str, value: Any) -> tuple[int, ...]:
     """Unit indices as Python ints: an int, or a sequence of them; numpy and torch integers
     count (``np.argsort`` output, a 0-d ``argmax``), bools and floats do not.
@@ -327,13 +338,15 @@ def unit_indices(layer: str, value: Any) -> tuple[int, ...]:
     >>> unit_indices("conv5", np.array([3, 1])), unit_indices("conv5", np.int64(2))
     ((3, 1), (2,))
     """
-    # one unit: anything not iterable, and 0-d arrays and tensors (iterable in name only)
-    single = not isinstance(value, Iterable) or getattr(value, "ndim", None) == 0
+    single = one_unit(value)
+    if getattr(value, "dtype", None) == torch.bool:
+        raise TypeError(f"units of layer {layer!r} must be integers, got a boolean "
+                        f"tensor (a mask? give its indices: mask.nonzero().flatten())")
     out = []
     for unit in (value,) if single else tuple(value):
         try:
-            if isinstance(unit, bool):  # (a float has no __index__)
-                raise TypeError
+            if isinstance(unit, bool) or getattr(unit, "dtype", None) == torch.bool:
+                raise TypeError  # (a float has no __index__; a torch bool has one)
             out.append(operator.index(unit))
         except TypeError:
             raise TypeError(f"units of layer {layer!r} must be integers, got {unit!r}"

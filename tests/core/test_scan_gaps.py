@@ -4,6 +4,7 @@ means of the wrong length."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -176,3 +177,35 @@ def test_unit_indices_refuse_what_is_not_an_integer_by_name(value: object) -> No
 
     with pytest.raises(TypeError, match=r"^units of layer 'conv5' must be integers, got "):
         unit_indices("conv5", value)
+
+
+def test_a_boolean_mask_given_as_units_is_refused_not_read_as_units_0_and_1() -> None:
+    from pytest_unitablate.core.layers import unit_indices
+
+    for mask in (torch.tensor([True, False, True]), torch.tensor(True)):
+        with pytest.raises(TypeError) as raised:
+            unit_indices("conv5", mask)
+        assert str(raised.value) == (
+            "units of layer 'conv5' must be integers, got a boolean tensor (a mask? give its "
+            "indices: mask.nonzero().flatten())")
+    assert unit_indices("conv5", torch.tensor([True, False, True]).nonzero().flatten()) == (
+        0, 2)
+
+
+def test_scan_takes_units_as_a_tensor_like_a_list_and_refuses_a_mask() -> None:
+    """``scan(units=...)`` given a 1-d tensor names its rows by ints, as for a list (not
+    one-unit groups); a 0-d tensor is one unit; a boolean mask is refused by name."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 5, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3)).eval()
+    data = (torch.randn(10, 1, 7, 7), torch.randint(0, 3, (10,)))
+    model(data[0])  # materialise the lazy layer
+    by_tensor = scan(model, data, "1", units=torch.tensor([3, 1]), progress=False)
+    by_list = scan(model, data, "1", units=[3, 1], progress=False)
+    assert by_tensor.units == by_list.units == (3, 1)
+    assert np.array_equal(by_tensor.predictions, by_list.predictions)
+    assert scan(model, data, "1", units=torch.tensor(3), progress=False).units == (3,)
+    for mask, got in ((torch.tensor([True, False, True, False, False]), "a boolean tensor"),
+                      ([torch.tensor(True), torch.tensor(False)], "tensor(True)")):
+        with pytest.raises(TypeError, match=rf"^units of layer '1' must be integers, got "
+                                            rf"{re.escape(got)}"):
+            scan(model, data, "1", units=mask, progress=False)
