@@ -330,6 +330,18 @@ def one_unit(value: Any) -> bool:
     return not isinstance(value, Iterable) or getattr(value, "ndim", None) == 0
 
 
+def refuse_mask(layer: str, value: Any) -> None:
+    """Refuse a boolean tensor given as units (a mask where indices were meant): torch
+    reads its elements as 1 and 0.
+
+    >>> import torch
+    >>> refuse_mask("conv5", torch.tensor([3, 1]))  # indices: nothing to say
+    """
+    if getattr(value, "dtype", None) == torch.bool:
+        raise TypeError(f"units of layer {layer!r} must be integers, got a boolean "
+                        f"tensor (a mask? give its indices: mask.nonzero().flatten())")
+
+
 def unit_indices(layer: str, value: Any) -> tuple[int, ...]:
     """Unit indices as Python ints: an int, or a sequence of them; numpy and torch integers
     count (``np.argsort`` output, a 0-d ``argmax``), bools and floats do not.
@@ -338,10 +350,8 @@ def unit_indices(layer: str, value: Any) -> tuple[int, ...]:
     >>> unit_indices("conv5", np.array([3, 1])), unit_indices("conv5", np.int64(2))
     ((3, 1), (2,))
     """
+    refuse_mask(layer, value)
     single = one_unit(value)
-    if getattr(value, "dtype", None) == torch.bool:
-        raise TypeError(f"units of layer {layer!r} must be integers, got a boolean "
-                        f"tensor (a mask? give its indices: mask.nonzero().flatten())")
     out = []
     for unit in (value,) if single else tuple(value):
         try:

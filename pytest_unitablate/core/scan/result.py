@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pytest_unitablate.core.evaluation import EvalResult
-from pytest_unitablate.core.layers import one_unit, unit_indices
+from pytest_unitablate.core.layers import one_unit, refuse_mask, unit_indices
 from pytest_unitablate.errors import ConfigError, optional_import
 
 if TYPE_CHECKING:
@@ -40,10 +40,9 @@ def variants_of(layer: str, units: Sequence[int | Sequence[int]]
     """
     labels: list[Unit] = []
     variants: list[tuple[int, ...]] = []
+    refuse_mask(layer, units)
     if one_unit(units):
         units = [units]  # type: ignore[list-item]  # one unit, as scan(units=5)
-    elif getattr(units, "dtype", None) is not None:  # an array or tensor: a mask is refused
-        unit_indices(layer, units)
     for element in units:
         if one_unit(element):  # (a float here is refused)
             (unit,) = unit_indices(layer, [element])
